@@ -1,0 +1,125 @@
+"""Reading machine recordings.
+
+MIMII clips are 8-channel, 16 kHz, 10 s WAV files. :func:`load_audio` turns any readable file into
+the mono 16 kHz float32 signal the frontends expect: the channels are averaged (as the study does)
+or one is picked, other sample rates are resampled, and the clip is padded or cut to the expected
+length with a note. Anything unusable raises :class:`~asdkit.errors.AudioError` with one line that
+names the file; features never see NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from asdkit.errors import AudioError
+
+log = logging.getLogger("asdkit")
+
+SAMPLE_RATE = 16_000
+"""MIMII's sample rate; every frontend works at this rate."""
+CLIP_SECONDS = 10.0
+"""MIMII's clip length."""
+SILENCE_PEAK = 1e-6
+"""A clip whose peak amplitude is below this (full scale = 1.0) is treated as silent."""
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    """How a file becomes the signal a model sees."""
+
+    sample_rate: int = SAMPLE_RATE
+    seconds: float | None = CLIP_SECONDS  # None keeps the file's own length
+    channel: int | None = None  # None averages all channels (the study's choice)
+
+    @property
+    def n_samples(self) -> int | None:
+        return None if self.seconds is None else int(round(self.seconds * self.sample_rate))
+
+
+def load_audio(
+    path: str | os.PathLike,
+    settings: AudioSettings | None = None,
+    *,
+    notes: list[str] | None = None,
+) -> np.ndarray:
+    """Read ``path`` as a mono float32 signal at ``settings.sample_rate``.
+
+    Padding, cutting and resampling are reported as notes (appended to ``notes`` when given, and
+    logged at INFO level). Raises :class:`AudioError` for an unusable file.
+    """
+    s = settings or AudioSettings()
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file")
+    try:
+        info = sf.info(str(path))
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AudioError(f"{path}: not readable audio ({reason})") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: holds no samples")
+    if info.frames > 0 and data.shape[0] < info.frames:
+        raise AudioError(
+            f"{path}: truncated (header says {info.frames} frames, file holds {data.shape[0]})"
+        )
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: contains NaN or infinite samples")
+
+    n_ch = data.shape[1]
+    if s.channel is not None:
+        if not 0 <= s.channel < n_ch:
+            raise AudioError(f"{path}: has {n_ch} channel(s), channel {s.channel} asked for")
+        y = data[:, s.channel]
+    else:
+        y = data.mean(axis=1)
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    if float(np.max(np.abs(y))) < SILENCE_PEAK:
+        raise AudioError(f"{path}: silent (all samples are zero)")
+
+    def note(msg: str) -> None:
+        log.info("%s: %s", path, msg)
+        if notes is not None:
+            notes.append(f"{path}: {msg}")
+
+    if sr != s.sample_rate:
+        import librosa
+
+        y = librosa.resample(y, orig_sr=sr, target_sr=s.sample_rate, res_type="soxr_hq")
+        y = np.ascontiguousarray(y, dtype=np.float32)
+        note(f"resampled from {sr} Hz to {s.sample_rate} Hz")
+    n = s.n_samples
+    if n is not None and len(y) != n:
+        if len(y) < n:
+            note(f"padded with silence from {len(y) / s.sample_rate:.2f} s to {n / s.sample_rate:.2f} s")
+            y = np.pad(y, (0, n - len(y)))
+        else:
+            note(f"cut from {len(y) / s.sample_rate:.2f} s to {n / s.sample_rate:.2f} s")
+            y = y[:n]
+    return y
+
+
+def write_audio(path: str | os.PathLike, y: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write ``y`` (samples, or samples x channels) as 16-bit PCM WAV, whole or not at all."""
+    from asdkit.io import atomic_path
+
+    with atomic_path(path, suffix=".wav") as tmp:
+        sf.write(str(tmp), np.asarray(y), sample_rate, subtype="PCM_16", format="WAV")
+
+
+def find_audio(folder: str | os.PathLike) -> list[Path]:
+    """All audio files below ``folder``, sorted."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)

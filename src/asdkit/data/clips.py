@@ -1,0 +1,103 @@
+"""The clip record every dataset parser returns and every later step reads."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from asdkit.errors import DatasetError
+from asdkit.io import write_csv
+
+NORMAL, ANOMALOUS = 0, 1
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One recording.
+
+    ``machine_id`` is spelled as in the data's paths: ``id_00`` (MIMII, DCASE 2020) or
+    ``section_00`` (DCASE 2021-2024). ``label`` is 0 for normal and 1 for anomalous. ``snr`` is
+    e.g. ``6dB`` where the layout says it, ``split`` is ``train``/``val``/``test`` once split,
+    ``domain`` is DCASE's ``source``/``target`` where given.
+    """
+
+    path: str
+    machine_type: str
+    machine_id: str
+    label: int
+    snr: str = ""
+    split: str = ""
+    domain: str = ""
+
+    @property
+    def group(self) -> str:
+        """``fan_id_00``: the machine type and id together."""
+        return f"{self.machine_type}_{self.machine_id}"
+
+    @property
+    def is_anomalous(self) -> bool:
+        return self.label == ANOMALOUS
+
+    def with_split(self, split: str) -> "Clip":
+        return replace(self, split=split)
+
+
+CLIP_FIELDS = tuple(f.name for f in fields(Clip))
+
+
+def write_clips_csv(clips: list[Clip], path: str | os.PathLike) -> None:
+    """Save clips (with their split) so a run can be repeated exactly."""
+    write_csv(path, CLIP_FIELDS, ([asdict(c)[k] for k in CLIP_FIELDS] for c in clips))
+
+
+def read_clips_csv(path: str | os.PathLike) -> list[Clip]:
+    """Read a file written by :func:`write_clips_csv` (or a manifest with at least
+    ``path``, ``machine_type``, ``machine_id``, ``label``). Relative paths are taken relative to
+    the CSV's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such manifest")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: not a readable CSV ({e})") from None
+    if not rows:
+        raise DatasetError(f"{path}: manifest holds no clips")
+    missing = {"path", "label"} - set(rows[0])
+    if missing:
+        raise DatasetError(f"{path}: manifest lacks column(s) {', '.join(sorted(missing))}")
+    clips = []
+    for i, r in enumerate(rows, start=2):
+        label = _parse_label(r.get("label", ""), path, i)
+        p = Path(r["path"])
+        if not p.is_absolute():
+            p = path.parent / p
+        clips.append(
+            Clip(
+                path=str(p),
+                machine_type=r.get("machine_type") or "machine",
+                machine_id=r.get("machine_id") or "id_00",
+                label=label,
+                snr=r.get("snr", "") or "",
+                split=r.get("split", "") or "",
+                domain=r.get("domain", "") or "",
+            )
+        )
+    bad = {c.split for c in clips} - set(SPLITS) - {""}
+    if bad:
+        raise DatasetError(f"{path}: unknown split(s) {', '.join(sorted(bad))} (use train, val, test)")
+    return clips
+
+
+_LABELS = {"0": 0, "1": 1, "normal": 0, "abnormal": 1, "anomaly": 1, "anomalous": 1}
+
+
+def _parse_label(value: str, path: Path, line: int) -> int:
+    v = (value or "").strip().lower()
+    if v not in _LABELS:
+        raise DatasetError(f"{path}:{line}: label {value!r} is not normal/anomalous (or 0/1)")
+    return _LABELS[v]

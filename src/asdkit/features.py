@@ -1,0 +1,141 @@
+"""Log-mel frontends, each exactly as the study feeds its model.
+
+* ``ae``  - the MIMII autoencoder baseline: n_fft 1024, hop 512, 64 mels, power 2, log as
+  ``10 * log10(mel + eps)``, then 5 consecutive frames stacked: a 10 s clip gives 313 frames and
+  309 context vectors of 64 x 5 = 320 values (shape 309 x 320).
+* ``cnn`` - ResNeXt input: hop 128, 128 mels (librosa's other defaults: n_fft 2048, Hann window,
+  centred frames), converted to dB (``librosa.power_to_db``, ref 1.0, top_db 80), normalised per
+  clip to zero mean and unit variance, copied to 3 channels: 3 x 128 x 1251.
+* ``ast`` - the Hugging Face ``ASTFeatureExtractor`` (Kaldi-compatible fbank, 25 ms window, 10 ms
+  shift, 128 mels, padded/cut to 1024 frames, AudioSet normalisation with mean -4.2677393 and
+  std 4.5689974): 1024 x 128.
+
+Every frontend is a :class:`Frontend` whose ``key`` changes whenever its output could, so cached
+embeddings are keyed by it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+
+from asdkit.audio import SAMPLE_RATE
+from asdkit.errors import ConfigError
+
+AE_PARAMS = dict(n_fft=1024, hop_length=512, n_mels=64, power=2.0, frames=5)
+CNN_PARAMS = dict(n_fft=2048, hop_length=128, n_mels=128, top_db=80.0, channels=3)
+AST_PARAMS = dict(num_mel_bins=128, max_length=1024, mean=-4.2677393, std=4.5689974)
+
+
+def ae_logmel(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """64 x T log-mel energies as the MIMII baseline computes them."""
+    import librosa
+
+    p = AE_PARAMS
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=sr, n_fft=p["n_fft"], hop_length=p["hop_length"], n_mels=p["n_mels"], power=p["power"]
+    )
+    return (20.0 / p["power"] * np.log10(mel + sys.float_info.epsilon)).astype(np.float32)
+
+
+def context_frames(log_mel: np.ndarray, frames: int = AE_PARAMS["frames"]) -> np.ndarray:
+    """Stack ``frames`` consecutive columns: (n_mels, T) -> (T - frames + 1, n_mels * frames).
+
+    Row t holds frames t..t+frames-1, frame after frame (the MIMII baseline's order).
+    """
+    n_mels, t = log_mel.shape
+    n = t - frames + 1
+    if n < 1:
+        raise ConfigError(f"clip too short: {t} frames, {frames} needed for the context window")
+    out = np.empty((n, n_mels * frames), dtype=np.float32)
+    for k in range(frames):
+        out[:, n_mels * k : n_mels * (k + 1)] = log_mel[:, k : k + n].T
+    return out
+
+
+def ae_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """The autoencoder's input: 309 x 320 for a 10 s clip."""
+    return context_frames(ae_logmel(y, sr), AE_PARAMS["frames"])
+
+
+def cnn_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """The CNN's input: 3 x 128 x 1251 for a 10 s clip."""
+    import librosa
+
+    p = CNN_PARAMS
+    mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=p["n_fft"], hop_length=p["hop_length"], n_mels=p["n_mels"])
+    db = librosa.power_to_db(mel, ref=1.0, top_db=p["top_db"])
+    x = (db - db.mean()) / (db.std() + 1e-6)
+    return np.repeat(x[None].astype(np.float32), p["channels"], axis=0)
+
+
+@lru_cache(maxsize=4)
+def ast_extractor(max_length: int = AST_PARAMS["max_length"], num_mel_bins: int = AST_PARAMS["num_mel_bins"]):
+    """The Hugging Face AST feature extractor with its AudioSet defaults (built locally, no download)."""
+    from transformers import ASTFeatureExtractor
+
+    return ASTFeatureExtractor(
+        sampling_rate=SAMPLE_RATE,
+        num_mel_bins=num_mel_bins,
+        max_length=max_length,
+        mean=AST_PARAMS["mean"],
+        std=AST_PARAMS["std"],
+        do_normalize=True,
+    )
+
+
+def ast_features(y: np.ndarray, sr: int = SAMPLE_RATE, max_length: int = AST_PARAMS["max_length"]) -> np.ndarray:
+    """The AST's input: 1024 x 128 (frames x mel bins)."""
+    if sr != SAMPLE_RATE:
+        raise ConfigError(f"the AST frontend needs {SAMPLE_RATE} Hz audio, got {sr} Hz")
+    ext = ast_extractor(max_length=max_length)
+    out = ext(y, sampling_rate=sr, return_tensors="np")["input_values"][0]
+    return np.asarray(out, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """A named function from a mono 16 kHz signal to a model's input array."""
+
+    name: str
+    fn: Callable[..., np.ndarray]
+    params: dict = field(default_factory=dict)
+    description: str = ""
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        x = self.fn(y, **self.params)
+        if not np.isfinite(x).all():  # a guard: inputs are checked in audio.py, so this is a bug
+            raise FloatingPointError(f"frontend {self.name} produced non-finite values")
+        return x
+
+    def batch(self, ys: list[np.ndarray]) -> np.ndarray:
+        return np.stack([self(y) for y in ys])
+
+    @property
+    def key(self) -> str:
+        """A short hash of everything that shapes the output (for caches)."""
+        settings = {"name": self.name, "params": self.params, "fixed": _FIXED.get(self.name, {})}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_FIXED = {"ae": AE_PARAMS, "cnn": CNN_PARAMS, "ast": AST_PARAMS}
+
+FRONTENDS = {
+    "ae": Frontend("ae", ae_features, description="log-mel 64 x 5-frame context (MIMII baseline)"),
+    "cnn": Frontend("cnn", cnn_features, description="log-mel 128, hop 128, normalised, 3 channels"),
+    "ast": Frontend("ast", ast_features, description="HF AST feature extractor (Kaldi fbank 128 x 1024)"),
+}
+
+
+def get_frontend(name: str, **params) -> Frontend:
+    """A frontend by name (``ae``, ``cnn``, ``ast``); ``params`` override its keyword arguments."""
+    if name not in FRONTENDS:
+        raise ConfigError(f"unknown frontend {name!r} (choose from {', '.join(FRONTENDS)})")
+    base = FRONTENDS[name]
+    return base if not params else Frontend(base.name, base.fn, {**base.params, **params}, base.description)
