@@ -78,16 +78,20 @@ def cnn_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
 @lru_cache(maxsize=4)
 def ast_extractor(max_length: int = AST_PARAMS["max_length"], num_mel_bins: int = AST_PARAMS["num_mel_bins"]):
     """The Hugging Face AST feature extractor with its AudioSet defaults (built locally, no download)."""
+    import warnings
+
     from transformers import ASTFeatureExtractor
 
-    return ASTFeatureExtractor(
-        sampling_rate=SAMPLE_RATE,
-        num_mel_bins=num_mel_bins,
-        max_length=max_length,
-        mean=AST_PARAMS["mean"],
-        std=AST_PARAMS["std"],
-        do_normalize=True,
-    )
+    with warnings.catch_warnings():  # its mel bank has an empty filter at 128 bins; that is AST's own setting
+        warnings.filterwarnings("ignore", message="At least one mel filter has all zero values")
+        return ASTFeatureExtractor(
+            sampling_rate=SAMPLE_RATE,
+            num_mel_bins=num_mel_bins,
+            max_length=max_length,
+            mean=AST_PARAMS["mean"],
+            std=AST_PARAMS["std"],
+            do_normalize=True,
+        )
 
 
 def ast_features(y: np.ndarray, sr: int = SAMPLE_RATE, max_length: int = AST_PARAMS["max_length"]) -> np.ndarray:

@@ -1,0 +1,132 @@
+"""The MIMII autoencoder baseline, in PyTorch.
+
+Purohit et al., "MIMII Dataset: Sound Dataset for Malfunctioning Industrial Machine Investigation and
+Inspection" (DCASE 2019), ship a Keras baseline that the study keeps unchanged: fully connected layers
+64-64-8-64-64 with ReLU and a linear output of the input size, mean squared error, Adam at 1e-3,
+50 epochs, batch 512, trained on the 309 context vectors (64 mels x 5 frames) of every normal training
+clip; a clip's anomaly score is the mean reconstruction error over its 309 vectors.
+
+Example::
+
+    >>> from asdkit.models.autoencoder import AutoencoderDetector
+    >>> det = AutoencoderDetector(epochs=50).fit(train_features)   # list of (309, 320) arrays
+    >>> scores = det.score_clips(test_features)                     # one score per clip
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from asdkit.errors import ConfigError
+from asdkit.progress import make_progress, progress_enabled
+
+HIDDEN = (64, 64, 8, 64, 64)
+"""Layer widths of the MIMII baseline (encoder 64-64, bottleneck 8, decoder 64-64)."""
+
+
+class Autoencoder(nn.Module):
+    """FC autoencoder: input -> 64 -> 64 -> 8 -> 64 -> 64 -> input, ReLU between, linear output."""
+
+    def __init__(self, input_dim: int = 320, hidden: Sequence[int] = HIDDEN):
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = input_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            d = h
+        layers.append(nn.Linear(d, input_dim))
+        self.net = nn.Sequential(*layers)
+        self.input_dim = input_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The 8-d bottleneck code."""
+        return self.net[:6](x)  # the first three Linear+ReLU pairs: in -> 64 -> 64 -> 8
+
+
+@dataclass
+class AutoencoderSettings:
+    epochs: int = 50
+    lr: float = 1e-3
+    batch_size: int = 512
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+
+
+class AutoencoderDetector:
+    """Train the baseline on normal clips' context vectors, score clips by mean reconstruction error."""
+
+    def __init__(self, epochs: int = 50, lr: float = 1e-3, batch_size: int = 512, seed: int = 0):
+        self.settings = AutoencoderSettings(epochs, lr, batch_size, seed)
+        self.settings.validate()
+        self.model_: Autoencoder | None = None
+        self.loss_history_: list[float] = []
+
+    def get_params(self) -> dict:
+        return asdict(self.settings)
+
+    def fit(self, clips: Sequence[np.ndarray], progress: bool = True, description: str = "autoencoder") -> "AutoencoderDetector":
+        if len(clips) == 0:
+            raise ConfigError("the autoencoder needs at least one normal training clip")
+        s = self.settings
+        x = torch.from_numpy(np.concatenate([np.asarray(c, dtype=np.float32) for c in clips]))
+        torch.manual_seed(s.seed)
+        model = Autoencoder(input_dim=x.shape[1])
+        opt = torch.optim.Adam(model.parameters(), lr=s.lr)
+        loss_fn = nn.MSELoss()
+        gen = torch.Generator().manual_seed(s.seed)
+        n = x.shape[0]
+        model.train()
+        self.loss_history_ = []
+        show = progress_enabled(progress)
+        bar = make_progress() if show else None
+        if bar:
+            bar.start()
+            task = bar.add_task(f"{description} ({n} vectors)", total=s.epochs)
+        try:
+            for _ in range(s.epochs):
+                perm = torch.randperm(n, generator=gen)
+                total = 0.0
+                for i in range(0, n, s.batch_size):
+                    xb = x[perm[i : i + s.batch_size]]
+                    opt.zero_grad(set_to_none=True)
+                    loss = loss_fn(model(xb), xb)
+                    loss.backward()
+                    opt.step()
+                    total += loss.item() * xb.shape[0]
+                self.loss_history_.append(total / n)
+                if bar:
+                    bar.update(task, advance=1, description=f"{description} loss {total / n:.3f}")
+        finally:
+            if bar:
+                bar.stop()
+        model.eval()
+        self.model_ = model
+        return self
+
+    @torch.no_grad()
+    def score_clips(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """Mean squared reconstruction error over each clip's context vectors (higher = more anomalous)."""
+        if self.model_ is None:
+            raise ConfigError("the autoencoder is not fitted yet")
+        out = np.empty(len(clips), dtype=np.float64)
+        for i, c in enumerate(clips):
+            xb = torch.from_numpy(np.asarray(c, dtype=np.float32))
+            if xb.ndim != 2 or xb.shape[1] != self.model_.input_dim:
+                raise ConfigError(f"clip features of shape {tuple(xb.shape)} do not fit an autoencoder of input {self.model_.input_dim}")
+            out[i] = float(((self.model_(xb) - xb) ** 2).mean())
+        return out

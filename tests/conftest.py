@@ -1,0 +1,19 @@
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("ASDKIT_PROGRESS", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def tone_clip():
+    """A 10 s, 16 kHz mono test signal: two tones, an amplitude modulation and a little noise."""
+    sr = 16000
+    t = np.arange(10 * sr) / sr
+    rng = np.random.default_rng(0)
+    y = 0.3 * np.sin(2 * np.pi * 440 * t) * (1 + 0.3 * np.sin(2 * np.pi * 2 * t))
+    y += 0.1 * np.sin(2 * np.pi * 3100 * t) + 0.01 * rng.standard_normal(t.size)
+    return y.astype(np.float32)

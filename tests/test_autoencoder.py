@@ -1,0 +1,69 @@
+"""The MIMII autoencoder baseline: architecture, training, scoring."""
+
+import numpy as np
+import pytest
+import torch
+
+from asdkit.errors import ConfigError
+from asdkit.models.autoencoder import Autoencoder, AutoencoderDetector
+
+
+def test_architecture_is_the_mimii_baseline():
+    m = Autoencoder(320)
+    linears = [l for l in m.net if isinstance(l, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(320, 64), (64, 64), (64, 8), (8, 64), (64, 64), (64, 320)]
+    relus = [l for l in m.net if isinstance(l, torch.nn.ReLU)]
+    assert len(relus) == 5 and isinstance(m.net[-1], torch.nn.Linear)  # linear output
+    assert m.encode(torch.zeros(3, 320)).shape == (3, 8)
+
+
+def _clips(rng, n, anomalous=False):
+    """Clips of 309 context vectors living near a 4-d subspace; anomalies leave it."""
+    basis = np.random.default_rng(42).standard_normal((4, 320))
+    out = []
+    for _ in range(n):
+        x = rng.standard_normal((309, 4)) @ basis + 0.05 * rng.standard_normal((309, 320))
+        if anomalous:
+            x += 0.8 * rng.standard_normal((309, 320))
+        out.append(x.astype(np.float32))
+    return out
+
+
+def test_training_lowers_loss_and_separates_anomalies():
+    rng = np.random.default_rng(0)
+    det = AutoencoderDetector(epochs=15, batch_size=256, seed=0).fit(_clips(rng, 12), progress=False)
+    assert det.loss_history_[-1] < 0.5 * det.loss_history_[0]
+    normal = det.score_clips(_clips(rng, 6))
+    anomalous = det.score_clips(_clips(rng, 6, anomalous=True))
+    assert normal.max() < anomalous.min()
+
+
+def test_score_is_mean_reconstruction_error():
+    rng = np.random.default_rng(1)
+    clips = _clips(rng, 2)
+    det = AutoencoderDetector(epochs=1, seed=3).fit(clips, progress=False)
+    with torch.no_grad():
+        x = torch.from_numpy(clips[0])
+        expected = float(((det.model_(x) - x) ** 2).mean())
+    assert det.score_clips(clips[:1])[0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_same_seed_same_model():
+    clips = _clips(np.random.default_rng(2), 3)
+    a = AutoencoderDetector(epochs=2, seed=5).fit(clips, progress=False).score_clips(clips)
+    b = AutoencoderDetector(epochs=2, seed=5).fit(clips, progress=False).score_clips(clips)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_settings_and_inputs():
+    with pytest.raises(ConfigError):
+        AutoencoderDetector(epochs=0)
+    with pytest.raises(ConfigError):
+        AutoencoderDetector(lr=-1)
+    with pytest.raises(ConfigError, match="at least one"):
+        AutoencoderDetector(epochs=1).fit([], progress=False)
+    det = AutoencoderDetector(epochs=1).fit([np.zeros((309, 320), np.float32) + 0.1], progress=False)
+    with pytest.raises(ConfigError, match="do not fit"):
+        det.score_clips([np.zeros((309, 64), np.float32)])
+    with pytest.raises(ConfigError, match="not fitted"):
+        AutoencoderDetector().score_clips([np.zeros((309, 320), np.float32)])
