@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,10 @@ def load_audio(
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise AudioError(f"{path}: not readable audio ({reason})") from None
+    if info.format in ("WAV", "WAVEX"):
+        short = _wav_data_shortfall(path)
+        if short:
+            raise AudioError(f"{path}: truncated (header says {short[0]} bytes of audio, file holds {short[1]})")
     if data.shape[0] == 0:
         raise AudioError(f"{path}: holds no samples")
     if info.frames > 0 and data.shape[0] < info.frames:
@@ -123,3 +128,25 @@ def find_audio(folder: str | os.PathLike) -> list[Path]:
     """All audio files below ``folder``, sorted."""
     folder = Path(folder)
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:
+    """``(declared, present)`` byte counts of a RIFF WAV's data chunk when the file ends before it
+    does (libsndfile then quietly shortens its frame count), else None."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return None
+        endian = "<" if head[:4] == b"RIFF" else ">"
+        size = os.fstat(f.fileno()).st_size
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk, length = struct.unpack(endian + "4sI", f.read(8))
+            if chunk == b"data":
+                if length in (0, 0xFFFFFFFF):  # streamed: length not written
+                    return None
+                present = size - (pos + 8)
+                return (length, present) if length > present else None
+            pos += 8 + length + (length & 1)
+    return None
