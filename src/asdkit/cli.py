@@ -108,6 +108,7 @@ def run(
     layout: str = typer.Option("auto", help="auto, mimii, dcase, folder or csv."),
     machines: Optional[str] = typer.Option(None, help="Only these machine types (comma separated)."),
     ids: Optional[str] = typer.Option(None, help="Only these machine ids (comma separated, e.g. 00,02)."),
+    snr: Optional[str] = typer.Option(None, help="MIMII noise level when the tree holds several (6dB, 0dB, -6dB, or all)."),
     per_id: bool = typer.Option(False, "--per-id", help="Train one model per machine id (the MIMII baseline) instead of one per type."),
     seed: int = typer.Option(0, help="Seed for the split and the models."),
     split: Optional[Path] = typer.Option(None, help="Reuse a saved split.csv instead of splitting."),
@@ -126,7 +127,7 @@ def run(
     from asdkit.pipeline import RunConfig, run as run_pipeline
 
     cfg = RunConfig(
-        data=str(data), method=method, layout=layout, machines=_csv_list(machines), ids=_csv_list(ids),
+        data=str(data), method=method, layout=layout, machines=_csv_list(machines), ids=_csv_list(ids), snr=snr,
         per_id=per_id, seed=seed, split_csv=str(split) if split else None, channel=channel, skip_bad=skip_bad,
         epochs=epochs, backbone=backbone, weights=weights, precision=precision, detector=detector,
         standardize=standardize, cache_dir=str(cache) if cache else None,
@@ -149,6 +150,139 @@ def demo(
     from asdkit.demo import run_demo
 
     run_demo(out, n_normal=normal, n_anomalous=anomalous, epochs=epochs, seed=seed, progress=not quiet, print_result=_print_results)
+
+
+@app.command()
+def embed(
+    data: Path = typer.Option(..., "--data", help="Dataset root or CSV manifest."),
+    backbone: str = typer.Option(..., help="ast or resnext101_32x8d."),
+    out: Path = typer.Option(..., "--out", help="Where to write the .npz (X, path, label, machine_type, machine_id, split)."),
+    weights: str = typer.Option("default", help="Hub id, local dir/file, or 'none' for random initialisation."),
+    precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast on CPU)."),
+    layout: str = typer.Option("auto", help="auto, mimii, dcase, folder or csv."),
+    machines: Optional[str] = typer.Option(None, help="Only these machine types."),
+    ids: Optional[str] = typer.Option(None, help="Only these machine ids."),
+    snr: Optional[str] = typer.Option(None, help="MIMII noise level when the tree holds several."),
+    batch_size: int = typer.Option(8, help="Clips per forward pass."),
+    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder (default: ~/.cache/asdkit)."),
+    channel: Optional[int] = typer.Option(None, help="Use one microphone instead of the mean."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files instead of stopping."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Embed every clip of a dataset with a backbone (batched, cached on disk)."""
+    from asdkit.audio import AudioSettings
+    from asdkit.data import load_dataset
+    from asdkit.embed import embed_clips
+    from asdkit.models import create_backbone
+
+    if not str(out).endswith(".npz"):
+        raise ConfigError(f"{out}: the output must be a .npz file")
+    clips = load_dataset(data, layout=layout, machines=_csv_list(machines), ids=_csv_list(ids), snr=snr)
+    bb = create_backbone(backbone, weights=weights, precision=precision)
+    con = _out()
+    if bb.weights.random_init:
+        con.print(f"[bold red]{backbone}: {bb.weights.describe()}[/]")
+    emb = embed_clips(clips, bb, cache_dir=cache, batch_size=batch_size, audio=AudioSettings(channel=channel),
+                      on_bad="skip" if skip_bad else "error", progress=not quiet)
+    emb.save_npz(out)
+    con.print(f"{len(emb.clips)} embeddings of {bb.embedding_dim} values ({bb.weights.describe()}) -> {out}")
+    if emb.skipped:
+        con.print(f"[yellow]skipped {len(emb.skipped)} bad file(s)[/]")
+
+
+@app.command()
+def fit(
+    data: Path = typer.Option(..., "--data", help="Recordings of one machine (or type): a dataset root, a folder or a manifest."),
+    out: Path = typer.Option(..., "--out", help="Monitor directory to write."),
+    backbone: str = typer.Option("ast", help="ast or resnext101_32x8d."),
+    detector: str = typer.Option("lof-vote", help="lof-vote, lof, knn, mahalanobis, gmm, iforest."),
+    weights: str = typer.Option("default", help="Hub id, local dir/file, or 'none' for random initialisation."),
+    precision: str = typer.Option("fp32", help="fp32 or bf16."),
+    layout: str = typer.Option("auto", help="auto, mimii, dcase, folder or csv."),
+    machines: Optional[str] = typer.Option(None, help="Only these machine types."),
+    ids: Optional[str] = typer.Option(None, help="Only these machine ids."),
+    snr: Optional[str] = typer.Option(None, help="MIMII noise level when the tree holds several."),
+    false_alarm_rate: float = typer.Option(0.05, help="Share of normal validation clips allowed to raise an alarm."),
+    threshold_method: str = typer.Option("gamma", help="gamma (fitted distribution) or percentile."),
+    standardize: bool = typer.Option(False, "--standardize", help="Standardise embeddings before the detector."),
+    seed: int = typer.Option(0),
+    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder."),
+    channel: Optional[int] = typer.Option(None, help="Use one microphone instead of the mean."),
+    skip_bad: bool = typer.Option(False, "--skip-bad"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Learn a monitor from healthy recordings; the threshold comes from normal validation clips only."""
+    from asdkit.audio import AudioSettings
+    from asdkit.data import load_dataset
+    from asdkit.monitor import fit_monitor
+
+    clips = load_dataset(data, layout=layout, machines=_csv_list(machines), ids=_csv_list(ids), snr=snr)
+    mon, summary = fit_monitor(
+        clips, backbone, detector, weights=weights, precision=precision, standardize=standardize,
+        false_alarm_rate=false_alarm_rate, threshold_method=threshold_method, seed=seed,
+        audio=AudioSettings(channel=channel), skip_bad=skip_bad, cache_dir=cache, progress=not quiet,
+    )
+    mon.save(out)
+    con = _out()
+    if summary["random_init"]:
+        con.print(f"[bold red]{backbone}: {summary['weights']}[/]")
+    con.print(
+        f"monitor -> {out}: {backbone} + {detector}, fitted on {summary['n_train']} normal clips, threshold "
+        f"{summary['threshold']:.4g} from {summary['n_val']} validation clips ({threshold_method}, "
+        f"false-alarm rate {false_alarm_rate:g})"
+    )
+    if summary["n_anomalous_ignored"]:
+        con.print(f"ignored {summary['n_anomalous_ignored']} anomalous clip(s): a monitor learns from normal clips only")
+
+
+@app.command()
+def score(
+    monitor: Path = typer.Argument(..., help="A monitor directory written by `asdkit fit`."),
+    inputs: List[Path] = typer.Argument(..., help="Audio files or folders to score."),
+    out: Optional[Path] = typer.Option(None, "--out", help="CSV to write (default: scores.csv in the current folder)."),
+    weights: Optional[str] = typer.Option(None, help="Where the backbone weights are now, if not where they were at fit time."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files instead of stopping."),
+    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Score new recordings with a monitor: file, score, threshold, decision."""
+    from rich.table import Table
+
+    from asdkit.audio import find_audio
+    from asdkit.data.clips import Clip
+    from asdkit.io import write_csv
+    from asdkit.monitor import Monitor
+
+    mon = Monitor.load(monitor, weights=weights)
+    files: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            found = find_audio(p)
+            if not found:
+                raise ConfigError(f"{p}: no audio files in this folder")
+            files += found
+        else:
+            files.append(p)
+    clips = [Clip(str(f), "unknown", "unknown", 0) for f in files]
+    kept, scores, skipped = mon.score_clips(clips, skip_bad=skip_bad, progress=not quiet, cache_dir=cache)
+    alarms = mon.decide(scores)
+    out = out or Path("scores.csv")
+    write_csv(out, ["file", "score", "threshold", "decision"],
+              ([c.path, f"{s:.6g}", f"{mon.threshold:.6g}", "anomalous" if a else "normal"] for c, s, a in zip(kept, scores, alarms)))
+    con = _out()
+    t = Table(title=f"asdkit score ({monitor})")
+    for col in ("file", "score", "decision"):
+        t.add_column(col)
+    for c, s, a in zip(kept, scores, alarms):
+        t.add_row(c.path, f"{s:.4g}", "[bold red]ANOMALOUS[/]" if a else "normal")
+    con.print(t)
+    if mon.settings.get("backbone", {}).get("random_init"):
+        con.print("[bold red]this monitor's backbone is RANDOM INIT (no pretrained weights)[/]")
+    con.print(f"{int(alarms.sum())} of {len(kept)} clip(s) above the threshold {mon.threshold:.4g}; written to {out}")
+    if skipped:
+        con.print(f"[yellow]skipped {len(skipped)} bad file(s)[/]")
+        for p, r in skipped:
+            con.print(f"  {r}")
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -35,6 +35,7 @@ class RunConfig:
     layout: str = "auto"
     machines: list[str] | None = None
     ids: list[str] | None = None
+    snr: str | None = None
     per_id: bool = False
     seed: int = 0
     test_fraction: float = 0.25
@@ -93,7 +94,7 @@ def prepare_clips(cfg: RunConfig, progress: bool = True) -> list[Clip]:
         if not all(c.split for c in clips):
             raise DatasetError(f"{cfg.split_csv}: some clips have no split")
         return clips
-    clips = load_dataset(cfg.data, layout=cfg.layout, machines=cfg.machines, ids=cfg.ids)
+    clips = load_dataset(cfg.data, layout=cfg.layout, machines=cfg.machines, ids=cfg.ids, snr=cfg.snr)
     return study_split(clips, seed=cfg.seed, test=cfg.test_fraction, val=cfg.val_fraction)
 
 

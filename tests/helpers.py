@@ -1,0 +1,33 @@
+"""Small generated datasets for tests (no synth dependency: plain tones and bursts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+
+def make_clip(rng: np.random.Generator, anomalous: bool, seconds: float = 10.0, sr: int = 16000,
+              channels: int = 2, f0: float = 300.0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    y = 0.2 * np.sin(2 * np.pi * (f0 + rng.normal(0, 3)) * t) + 0.02 * rng.standard_normal(t.size)
+    if anomalous:
+        for start in rng.integers(0, t.size - 800, size=12):
+            y[start : start + 800] += 0.5 * rng.standard_normal(800)
+    y = np.clip(y, -0.99, 0.99)
+    return np.stack([y] * channels, axis=1).astype(np.float32)
+
+
+def make_mimii_tree(root: Path, machines=("fan", "pump"), ids=("00", "02"), n_normal=8, n_anomalous=4,
+                    seed=0, seconds: float = 10.0) -> Path:
+    rng = np.random.default_rng(seed)
+    for m_i, m in enumerate(machines):
+        for id_ in ids:
+            for label, n in (("normal", n_normal), ("abnormal", n_anomalous)):
+                d = root / f"6dB_{m}" / m / f"id_{id_}" / label
+                d.mkdir(parents=True, exist_ok=True)
+                for k in range(n):
+                    y = make_clip(rng, label == "abnormal", seconds=seconds, f0=200.0 + 150 * m_i)
+                    sf.write(str(d / f"{k:08d}.wav"), y, 16000, subtype="PCM_16")
+    return root

@@ -1,0 +1,104 @@
+"""`asdkit run` with the autoencoder baseline, end to end on a generated MIMII-layout tree."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from asdkit.cli import main
+from asdkit.data.clips import read_clips_csv
+from asdkit.errors import AudioError, ConfigError
+from asdkit.pipeline import RunConfig, run
+from helpers import make_mimii_tree
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return make_mimii_tree(tmp_path_factory.mktemp("mimii"))
+
+
+def test_autoencoder_run_writes_every_output(tree, tmp_path):
+    out = tmp_path / "run"
+    res = run(RunConfig(data=str(tree), method="autoencoder", epochs=8, batch_size=256), out, progress=False)
+    for name in ("results.json", "results.md", "scores.csv", "split.csv", "config.json"):
+        assert (out / name).is_file(), name
+    doc = json.loads((out / "results.json").read_text())
+    rows = {(r["machine_type"], r["machine_id"]): r for r in doc["rows"]}
+    assert set(rows) == {("fan", "all"), ("fan", "id_00"), ("fan", "id_02"), ("pump", "all"), ("pump", "id_00"), ("pump", "id_02")}
+    # 8 normal + 4 anomalous per id; 25 % of each stratum is test: 2 normal + 1 anomalous per id
+    assert rows[("fan", "all")]["n_normal"] == 4 and rows[("fan", "all")]["n_anomalous"] == 2
+    # impulsive bursts on a steady tone are easy: the baseline must see them
+    assert rows[("fan", "all")]["auc"] > 0.9 and rows[("pump", "all")]["auc"] > 0.9
+    with open(out / "scores.csv") as f:
+        scores = list(csv.DictReader(f))
+    assert len(scores) == 12 and {s["split"] for s in scores} == {"test"}
+    assert list(scores[0]) == ["file", "machine_type", "machine_id", "label", "split", "score"]
+    split = read_clips_csv(out / "split.csv")
+    assert len(split) == 48 and {c.split for c in split} == {"train", "val", "test"}
+    assert "| fan" in (out / "results.md").read_text()
+    assert doc["versions"]["asdkit"] and doc["machine"]["cores"]
+
+
+def test_saved_split_repeats_the_run(tree, tmp_path):
+    a = run(RunConfig(data=str(tree), epochs=3, machines=["fan"]), tmp_path / "a", progress=False)
+    b = run(RunConfig(data=str(tree), epochs=3, machines=["fan"], split_csv=str(tmp_path / "a" / "split.csv")), tmp_path / "b", progress=False)
+    assert a.scores == b.scores
+
+
+def test_per_id_trains_one_model_per_id(tree, tmp_path):
+    res = run(RunConfig(data=str(tree), epochs=3, machines=["fan"], per_id=True), tmp_path / "r", progress=False)
+    assert {r["machine_id"] for r in res.rows} == {"all", "id_00", "id_02"}
+
+
+def test_bad_file_stops_or_is_skipped(tmp_path):
+    tree = make_mimii_tree(tmp_path / "d", machines=("fan",), ids=("00",), n_normal=8, n_anomalous=4)
+    bad = tree / "6dB_fan/fan/id_00/normal/00000003.wav"
+    bad.write_bytes(b"not audio at all")
+    with pytest.raises(AudioError, match="00000003.wav"):
+        run(RunConfig(data=str(tree), epochs=2), tmp_path / "r1", progress=False)
+    res = run(RunConfig(data=str(tree), epochs=2, skip_bad=True), tmp_path / "r2", progress=False)
+    assert [p for p, _ in res.skipped] == [str(bad)]
+    assert json.loads((tmp_path / "r2/results.json").read_text())["skipped"][0]["file"] == str(bad)
+
+
+def test_cli_run_and_errors(tree, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--data", str(tree), "--out", str(tmp_path / "c"), "--epochs", "2", "--machines", "pump", "-q"])
+    assert e.value.code == 0
+    assert (tmp_path / "c/results.md").is_file()
+    assert "AUC" in capsys.readouterr().out
+    for argv, expect in [
+        (["run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")], "nope"),
+        (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--method", "magic"], "unknown method"),
+        (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--machines", "drill"], "drill"),
+        (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--epochs", "0"], "epochs"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2, argv
+        assert err.startswith("error:") and expect in err and "\n" not in err and "Traceback" not in err
+
+
+def test_cli_features(tree, tmp_path, capsys):
+    wav = next((tree / "6dB_fan/fan/id_00/normal").glob("*.wav"))
+    for fe, shape in (("ae", (309, 320)), ("cnn", (3, 128, 1251)), ("ast", (1024, 128))):
+        with pytest.raises(SystemExit) as e:
+            main(["features", str(wav), "--frontend", fe, "--out", str(tmp_path / f"{fe}.npy")])
+        assert e.value.code == 0
+        assert np.load(tmp_path / f"{fe}.npy").shape == shape
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        main(["features", str(empty), "--out", str(tmp_path / "e.npy")])
+    assert e.value.code == 2 and "empty file" in capsys.readouterr().err
+    assert not (tmp_path / "e.npy").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["features", str(wav), "--frontend", "mfcc", "--out", str(tmp_path / "m.npy")])
+    assert e.value.code == 2
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        RunConfig(data="x", method="nope").validate()
