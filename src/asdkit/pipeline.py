@@ -198,7 +198,7 @@ def _run_embed_detect(cfg: RunConfig, groups: dict[str, list[Clip]], out: Path, 
 
 def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> RunResult:
     """Run ``cfg`` and write the run directory ``out``."""
-    from asdkit.metrics import group_table, markdown_table
+    from asdkit.metrics import group_table
     from asdkit.runinfo import environment
 
     cfg.validate()
@@ -217,7 +217,8 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> RunResult:
     scored = [c for c in clips if c.path in scores]
     if not scored:
         raise DatasetError(f"{cfg.data}: no test clips could be scored")
-    rows = group_table(scored, np.array([scores[c.path] for c in scored]))
+    # one model per id: its scores are not on a common scale, so the type's row is the mean of the ids'
+    rows = group_table(scored, np.array([scores[c.path] for c in scored]), type_summary="mean" if cfg.per_id else "pooled")
     write_csv(
         out / "scores.csv",
         ["file", "machine_type", "machine_id", "label", "split", "score"],
