@@ -102,3 +102,21 @@ def test_cli_features(tree, tmp_path, capsys):
 def test_config_validation():
     with pytest.raises(ConfigError):
         RunConfig(data="x", method="nope").validate()
+
+
+def test_embed_detect_run_records_weights_and_embeddings(tree, tmp_path):
+    from asdkit.embed import EmbeddingSet
+
+    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_length=128)
+    cfg = RunConfig(data=str(tree), method="embed-detect", backbone="ast", weights="none", backbone_config=tiny,
+                    detector="lof-vote", machines=["fan"], cache_dir=str(tmp_path / "cache"))
+    res = run(cfg, tmp_path / "r", progress=False)
+    doc = json.loads((tmp_path / "r/results.json").read_text())
+    assert doc["random_init"] is True and "RANDOM INIT" in doc["weights"]
+    assert "RANDOM INIT" in (tmp_path / "r/results.md").read_text()
+    assert doc["label"] == "ast+lof-vote" and doc["embedding_dim"] == 32
+    emb = EmbeddingSet.load_npz(tmp_path / "r/embeddings/ast.npz")
+    # normal train clips + all test clips of fan: 2 ids x (5 normal train + 3 test)
+    assert emb.X.shape == (16, 32)
+    assert {r["machine_id"] for r in res.rows} == {"all", "id_00", "id_02"}
+    assert all(0.0 <= r["auc"] <= 1.0 for r in res.rows)

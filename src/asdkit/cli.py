@@ -35,6 +35,23 @@ def _csv_list(value: Optional[str]) -> Optional[list[str]]:
     return items
 
 
+def _json_dict(value: Optional[str], option: str) -> Optional[dict]:
+    if value is None:
+        return None
+    import json
+
+    try:
+        d = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{option}: not valid JSON ({e.msg})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{option}: must be a JSON object, e.g. '{{\"num_hidden_layers\": 2}}'")
+    return d
+
+
+BACKBONE_CONFIG_HELP = "Architecture overrides as JSON (e.g. a tiny model for a quick try: '{\"num_hidden_layers\": 2}')."
+
+
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder to write the MIMII-layout tree into."),
@@ -118,6 +135,7 @@ def run(
     backbone: str = typer.Option("ast", help="Embedding backbone (embed-detect)."),
     weights: str = typer.Option("default", help="Hub id, local dir/file, or 'none' for random initialisation."),
     precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast on CPU)."),
+    backbone_config: Optional[str] = typer.Option(None, help=BACKBONE_CONFIG_HELP),
     detector: str = typer.Option("lof-vote", help="lof-vote, lof, knn, mahalanobis, gmm, iforest."),
     standardize: bool = typer.Option(False, "--standardize", help="Standardise embeddings before the detector."),
     cache: Optional[Path] = typer.Option(None, help="Embedding cache folder (default: ~/.cache/asdkit)."),
@@ -130,6 +148,7 @@ def run(
         data=str(data), method=method, layout=layout, machines=_csv_list(machines), ids=_csv_list(ids), snr=snr,
         per_id=per_id, seed=seed, split_csv=str(split) if split else None, channel=channel, skip_bad=skip_bad,
         epochs=epochs, backbone=backbone, weights=weights, precision=precision, detector=detector,
+        backbone_config=_json_dict(backbone_config, '--backbone-config'),
         standardize=standardize, cache_dir=str(cache) if cache else None,
     )
     result = run_pipeline(cfg, out, progress=not quiet)
@@ -159,6 +178,7 @@ def embed(
     out: Path = typer.Option(..., "--out", help="Where to write the .npz (X, path, label, machine_type, machine_id, split)."),
     weights: str = typer.Option("default", help="Hub id, local dir/file, or 'none' for random initialisation."),
     precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast on CPU)."),
+    backbone_config: Optional[str] = typer.Option(None, help=BACKBONE_CONFIG_HELP),
     layout: str = typer.Option("auto", help="auto, mimii, dcase, folder or csv."),
     machines: Optional[str] = typer.Option(None, help="Only these machine types."),
     ids: Optional[str] = typer.Option(None, help="Only these machine ids."),
@@ -178,7 +198,7 @@ def embed(
     if not str(out).endswith(".npz"):
         raise ConfigError(f"{out}: the output must be a .npz file")
     clips = load_dataset(data, layout=layout, machines=_csv_list(machines), ids=_csv_list(ids), snr=snr)
-    bb = create_backbone(backbone, weights=weights, precision=precision)
+    bb = create_backbone(backbone, weights=weights, precision=precision, config=_json_dict(backbone_config, '--backbone-config'))
     con = _out()
     if bb.weights.random_init:
         con.print(f"[bold red]{backbone}: {bb.weights.describe()}[/]")
@@ -198,6 +218,7 @@ def fit(
     detector: str = typer.Option("lof-vote", help="lof-vote, lof, knn, mahalanobis, gmm, iforest."),
     weights: str = typer.Option("default", help="Hub id, local dir/file, or 'none' for random initialisation."),
     precision: str = typer.Option("fp32", help="fp32 or bf16."),
+    backbone_config: Optional[str] = typer.Option(None, help=BACKBONE_CONFIG_HELP),
     layout: str = typer.Option("auto", help="auto, mimii, dcase, folder or csv."),
     machines: Optional[str] = typer.Option(None, help="Only these machine types."),
     ids: Optional[str] = typer.Option(None, help="Only these machine ids."),
@@ -219,6 +240,7 @@ def fit(
     clips = load_dataset(data, layout=layout, machines=_csv_list(machines), ids=_csv_list(ids), snr=snr)
     mon, summary = fit_monitor(
         clips, backbone, detector, weights=weights, precision=precision, standardize=standardize,
+        backbone_config=_json_dict(backbone_config, '--backbone-config'),
         false_alarm_rate=false_alarm_rate, threshold_method=threshold_method, seed=seed,
         audio=AudioSettings(channel=channel), skip_bad=skip_bad, cache_dir=cache, progress=not quiet,
     )
