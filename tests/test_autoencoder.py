@@ -67,3 +67,28 @@ def test_bad_settings_and_inputs():
         det.score_clips([np.zeros((309, 64), np.float32)])
     with pytest.raises(ConfigError, match="not fitted"):
         AutoencoderDetector().score_clips([np.zeros((309, 320), np.float32)])
+
+
+def test_autoencoder_backbone_registry_and_saved_run_models(tmp_path):
+    from asdkit.models import create_backbone, list_backbones
+    from asdkit.models.autoencoder import detector_backbone
+
+    assert "autoencoder" in list_backbones()
+    rnd = create_backbone("autoencoder", weights="none")
+    assert rnd.weights.random_init and rnd.embedding_dim == 8 and rnd.frontend.name == "ae"
+    with pytest.raises(ConfigError, match="no pretrained weights"):
+        create_backbone("autoencoder")
+    clips = _clips(np.random.default_rng(4), 2)
+    det = AutoencoderDetector(epochs=2).fit(clips, progress=False)
+    bb = detector_backbone(det, "test model")
+    bb.save(tmp_path / "ae")
+    back = create_backbone("autoencoder", weights=str(tmp_path / "ae"))
+    assert not back.weights.random_init
+    x = np.stack(clips)
+    np.testing.assert_array_equal(bb.embed(x), back.embed(x))
+    with torch.no_grad():
+        expected = det.model_.encode(torch.from_numpy(clips[0])).mean(0).numpy()
+    np.testing.assert_allclose(back.embed(x[:1])[0], expected, rtol=1e-5, atol=1e-6)
+    assert [n for n, _ in back.blocks()] == ["encoder", "decoder"]
+    with pytest.raises(ConfigError, match="not \\(clips, frames, 320\\)"):
+        back.embed(np.zeros((1, 309, 64), np.float32))

@@ -21,7 +21,7 @@ def tree(tmp_path_factory):
 def test_autoencoder_run_writes_every_output(tree, tmp_path):
     out = tmp_path / "run"
     res = run(RunConfig(data=str(tree), method="autoencoder", epochs=8, batch_size=256), out, progress=False)
-    for name in ("results.json", "results.md", "scores.csv", "split.csv", "config.json"):
+    for name in ("results.json", "results.md", "scores.csv", "split.csv", "config.json", "models/fan/model.safetensors", "models/pump/asdkit_backbone.json"):
         assert (out / name).is_file(), name
     doc = json.loads((out / "results.json").read_text())
     rows = {(r["machine_type"], r["machine_id"]): r for r in doc["rows"]}

@@ -134,9 +134,9 @@ def _unsupervised_parts(group: list[Clip]) -> tuple[list[Clip], list[Clip]]:
     return train, test
 
 
-def _run_autoencoder(cfg: RunConfig, groups: dict[str, list[Clip]], progress: bool):
+def _run_autoencoder(cfg: RunConfig, groups: dict[str, list[Clip]], out: Path, progress: bool):
     from asdkit.features import get_frontend
-    from asdkit.models.autoencoder import AutoencoderDetector
+    from asdkit.models.autoencoder import AutoencoderDetector, detector_backbone
 
     frontend = get_frontend("ae")
     scores: dict[str, float] = {}
@@ -150,9 +150,10 @@ def _run_autoencoder(cfg: RunConfig, groups: dict[str, list[Clip]], progress: bo
             raise DatasetError(f"{name}: no normal training clips to learn from")
         det = AutoencoderDetector(cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed)
         det.fit(xtr, progress=progress, description=f"{name}: autoencoder")
+        detector_backbone(det, f"MIMII autoencoder trained on {len(train)} normal {name} clips, {cfg.epochs} epochs").save(out / "models" / name)
         for c, s in zip(test, det.score_clips(xte)):
             scores[c.path] = float(s)
-    return scores, skipped, {"weights": "trained from scratch on normal training clips", "random_init": False}
+    return scores, skipped, {"weights": "trained from scratch on normal training clips (models/<group>)", "random_init": False}
 
 
 def _run_embed_detect(cfg: RunConfig, groups: dict[str, list[Clip]], out: Path, progress: bool):
@@ -211,7 +212,7 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> RunResult:
     write_clips_csv(clips, out / "split.csv")
     groups = training_groups(clips, cfg.per_id)
     if cfg.method == "autoencoder":
-        scores, skipped, info = _run_autoencoder(cfg, groups, progress)
+        scores, skipped, info = _run_autoencoder(cfg, groups, out, progress)
     else:
         scores, skipped, info = _run_embed_detect(cfg, groups, out, progress)
     scored = [c for c in clips if c.path in scores]

@@ -130,3 +130,88 @@ class AutoencoderDetector:
                 raise ConfigError(f"clip features of shape {tuple(xb.shape)} do not fit an autoencoder of input {self.model_.input_dim}")
             out[i] = float(((self.model_(xb) - xb) ** 2).mean())
         return out
+
+
+# -- the autoencoder as a registry backbone ------------------------------------------------------
+
+class _EncoderMean(nn.Module):
+    """(B, frames, input_dim) context vectors -> (B, 8): the mean bottleneck code over a clip's frames.
+    Holds the whole autoencoder, so a saved backbone can be trained further or scored with."""
+
+    def __init__(self, autoencoder: Autoencoder):
+        super().__init__()
+        self.autoencoder = autoencoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.encode(x).mean(dim=1)
+
+
+def _build_backbone():
+    from asdkit.features import get_frontend
+    from asdkit.models.registry import Backbone, check_config, random_init_context, register_backbone
+    from asdkit.models.weights import WeightsInfo, check_meta_backbone, find_weight_file, load_state_dict, read_meta, resolve_weights
+
+    class AutoencoderBackbone(Backbone):
+        """The baseline's encoder as a backbone: a clip's embedding is its mean 8-d code."""
+
+        def _block_modules(self):
+            net = self.module.autoencoder.net
+            return [("encoder", [net[:6]]), ("decoder", [net[6:]])]
+
+        def _check_input(self, x: np.ndarray) -> None:
+            if x.ndim != 3 or x.shape[2] != self.module.autoencoder.input_dim:
+                raise ConfigError(f"autoencoder: input of shape {x.shape} is not (clips, frames, {self.module.autoencoder.input_dim})")
+
+    @register_backbone("autoencoder")
+    def build_autoencoder(*, weights="none", precision="fp32", config=None, seed=0, device="cpu"):
+        """``weights``: ``none`` (random init) or a folder written by ``Backbone.save`` — e.g. the
+        ``models/<machine>`` folders an ``asdkit run --method autoencoder`` leaves. The autoencoder
+        has no pretrained weights to download."""
+        arch = {"input_dim": 320, **check_config("autoencoder", config or {}, {"input_dim": 320})}
+        if weights in (None, "default"):
+            raise ConfigError(
+                "autoencoder: there are no pretrained weights; pass a folder saved by a run "
+                "(RUN_DIR/models/<machine>) with --weights, or --weights none"
+            )
+        resolved = resolve_weights(weights, default="none")
+        if resolved.kind == "hub":
+            raise ConfigError("autoencoder: weights come from a local folder, not the hub")
+        if resolved.kind == "none":
+            with random_init_context(seed):
+                model = Autoencoder(int(arch["input_dim"]))
+            info = WeightsInfo("none", True, f"seed {seed}", f"none:seed{seed}")
+        else:
+            folder = resolved.path if resolved.kind == "dir" else resolved.path.parent
+            meta = read_meta(folder) if resolved.kind == "dir" else None
+            check_meta_backbone(meta, "autoencoder", folder)
+            arch.update((meta or {}).get("config") or {})
+            model = Autoencoder(int(arch["input_dim"]))
+            sd = load_state_dict(find_weight_file(folder) if resolved.kind == "dir" else resolved.path)
+            sd = {k[len("autoencoder."):] if k.startswith("autoencoder.") else k: v for k, v in sd.items()}
+            try:
+                model.load_state_dict(sd)
+            except RuntimeError:
+                raise ConfigError(f"weights {resolved.path}: do not fit the autoencoder (input {arch['input_dim']})") from None
+            origin = (meta or {}).get("origin", {}).get("description", "")
+            info = WeightsInfo(resolved.source, False, origin or "trained autoencoder", resolved.identity())
+        module = _EncoderMean(model).to(device).eval()
+        return AutoencoderBackbone(name="autoencoder", frontend=get_frontend("ae"), module=module, embedding_dim=HIDDEN[2],
+                                   precision=precision, weights=info, config=arch, device=device, seed=seed)
+
+    return AutoencoderBackbone
+
+
+AutoencoderBackbone = _build_backbone()
+
+
+def detector_backbone(det: AutoencoderDetector, note: str):
+    """A fitted :class:`AutoencoderDetector`'s model as a backbone (to save it with ``.save(dir)``)."""
+    from asdkit.features import get_frontend
+    from asdkit.models.registry import state_fingerprint
+    from asdkit.models.weights import WeightsInfo
+
+    if det.model_ is None:
+        raise ConfigError("the autoencoder is not fitted yet")
+    info = WeightsInfo("trained", False, note, f"trained:{state_fingerprint(det.model_)}")
+    return AutoencoderBackbone(name="autoencoder", frontend=get_frontend("ae"), module=_EncoderMean(det.model_).eval(),
+                               embedding_dim=HIDDEN[2], precision="fp32", weights=info, config={"input_dim": det.model_.input_dim})
