@@ -307,6 +307,15 @@ def score(
             con.print(f"  {r}")
 
 
+def _register_commands() -> None:
+    from asdkit.commands.explain import explain_cmd
+
+    app.command("explain", help=explain_cmd.__doc__)(explain_cmd)
+
+
+_register_commands()
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit status 2."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
