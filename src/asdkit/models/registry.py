@@ -1,0 +1,387 @@
+"""One registry for every backbone: a name -> a factory that builds a :class:`Backbone`.
+
+Built-in backbones live in modules that register themselves when imported
+(:data:`BUILTIN_MODULES`); they are imported on first use, so ``import asdkit.models`` stays cheap
+(no torch, no transformers).
+
+A factory is called with keyword arguments only::
+
+    factory(weights=..., precision=..., config=dict, seed=int, device=str, **options) -> Backbone
+
+``weights``/``precision``/``config``/``device`` are validated before the call (precision is
+``fp32`` or ``bf16``, config a dict); ``seed`` and ``device`` may be left out of a factory's
+signature (they are then only accepted at their defaults, 0 and ``"cpu"``); ``options`` are
+backbone-specific (e.g. AST's ``attention``) and must appear in the factory's signature.
+
+Example::
+
+    >>> from asdkit.models import create_backbone, list_backbones
+    >>> "ast" in list_backbones()
+    True
+    >>> bb = create_backbone("ast", weights="none", config=dict(hidden_size=32, num_hidden_layers=2,
+    ...                      num_attention_heads=4, intermediate_size=64, max_length=128))
+    >>> bb.weights.describe()
+    'RANDOM INIT (no pretrained weights): seed 0'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import logging
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from asdkit.errors import ConfigError
+from asdkit.models.weights import META_FILE, WeightsInfo
+
+log = logging.getLogger("asdkit")
+
+PRECISIONS = ("fp32", "bf16")
+"""fp32, or bf16 autocast (CPU or CUDA) in :meth:`Backbone.embed`; embeddings are float32 either way."""
+
+BUILTIN_MODULES = ("asdkit.models.ast", "asdkit.models.resnext", "asdkit.models.autoencoder")
+"""Modules imported on first use of the registry; each registers its backbone(s)."""
+
+CACHE_FORMAT = 1
+"""Bumped whenever the embedding a cache key stands for could change for the same inputs."""
+
+_FACTORIES: dict[str, Callable[..., "Backbone"]] = {}
+_builtins_loaded = False
+
+
+def register_backbone(name: str):
+    """Decorator: register a factory (or a class whose constructor is the factory) under ``name``.
+
+    Example::
+
+        >>> @register_backbone("my-net")
+        ... def build(*, weights, precision, config, seed, device):
+        ...     ...
+    """
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise ValueError(f"backbone names are non-empty strings without spaces, got {name!r}")
+
+    def deco(factory):
+        old = _FACTORIES.get(name)
+        if old is not None and old is not factory and _qualname(old) != _qualname(factory):
+            raise ValueError(f"backbone {name!r} is already registered by {_qualname(old)}")
+        _FACTORIES[name] = factory
+        return factory
+
+    return deco
+
+
+def _qualname(f) -> str:
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', repr(f))}"
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    for mod in BUILTIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # the module exists but something it needs does not: a real error
+                raise
+    _builtins_loaded = True
+
+
+def list_backbones() -> list[str]:
+    """Names accepted by :func:`create_backbone`, sorted."""
+    _load_builtins()
+    return sorted(_FACTORIES)
+
+
+def create_backbone(
+    name: str,
+    weights: str | Path | None = "default",
+    precision: str = "fp32",
+    config: dict | None = None,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    **options: Any,
+) -> "Backbone":
+    """Build the backbone ``name`` (see :func:`list_backbones`).
+
+    ``weights``: ``"default"``, a hub id, a local folder/file or ``"none"`` (see
+    :mod:`asdkit.models.weights`); ``config``: architecture overrides (tiny test models);
+    ``seed``: the random initialisation's seed (used with ``weights="none"``);
+    ``options``: backbone-specific, e.g. ``attention="eager"`` for ``ast``.
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"backbone name must be a string, got {name!r}")
+    _load_builtins()
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        raise ConfigError(f"unknown backbone {name!r} (choose from {', '.join(sorted(_FACTORIES))})")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    if config is not None and not isinstance(config, dict):
+        raise ConfigError(f"backbone config must be a mapping of architecture settings, got {type(config).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    device = _check_device(device)
+    kwargs = dict(weights=weights, precision=precision, config=dict(config or {}), seed=seed, device=device)
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        # seed and device may be left out of a factory's signature while they keep their defaults
+        for k, default in (("seed", 0), ("device", "cpu")):
+            if k not in params and kwargs[k] == default:
+                del kwargs[k]
+        unknown = sorted((set(options) | set(kwargs)) - set(params))
+        if unknown:
+            takes = sorted(set(params) - {"weights", "precision", "config", "seed", "device"})
+            raise ConfigError(
+                f"backbone {name!r} takes no option {unknown[0]!r}"
+                + (f" (options: {', '.join(takes)})" if takes else " (it has no options)")
+            )
+    return factory(**kwargs, **options)
+
+
+def _check_device(device: Any) -> str:
+    if device is None:
+        return "cpu"
+    if not isinstance(device, str):
+        device = str(device)
+    if device == "cpu":
+        return device
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {device!r} (use cpu or cuda)") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+    return device
+
+
+def check_config(name: str, config: dict, allowed: dict) -> dict:
+    """Reject architecture overrides not in ``allowed`` (a dict of the defaults), one line."""
+    unknown = sorted(set(config) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"backbone {name!r}: unknown config key {unknown[0]!r} (choose from {', '.join(sorted(allowed))})"
+        )
+    return dict(config)
+
+
+class Backbone:
+    """A network that turns a batch of frontend outputs into one embedding per clip.
+
+    Attributes: ``name``, ``frontend`` (:class:`asdkit.features.Frontend`), ``embedding_dim``,
+    ``precision`` (``fp32``/``bf16``), ``weights`` (:class:`WeightsInfo`), ``module`` (a
+    differentiable ``torch.nn.Module``: float tensor batch -> (B, D)), ``config`` (the full
+    architecture, JSON-able), ``device``.
+
+    Subclasses supply :meth:`_block_modules` (for :meth:`blocks`) and may override
+    :meth:`_save_weights` / :meth:`_check_input`.
+
+    Example::
+
+        >>> x = bb.frontend.batch([y1, y2])      # mono 16 kHz signals -> model input
+        >>> bb.embed(x).shape                    # (2, bb.embedding_dim), float32
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        frontend,
+        module,
+        embedding_dim: int,
+        precision: str,
+        weights: WeightsInfo,
+        config: dict,
+        device: str = "cpu",
+        seed: int = 0,
+    ):
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+        self.name = name
+        self.frontend = frontend
+        self.module = module
+        self.embedding_dim = int(embedding_dim)
+        self.precision = precision
+        self.weights = weights
+        self.config = dict(config)
+        self.device = device
+        self.seed = seed
+        self._cache_key: str | None = None
+
+    # -- inference ---------------------------------------------------------------------------------
+    def autocast(self):
+        """The autocast context :meth:`embed` uses (bf16) or a no-op (fp32); fine-tuning code can reuse it."""
+        if self.precision != "bf16":
+            return nullcontext()
+        import torch
+
+        return torch.autocast(device_type=_device_type(self.device), dtype=torch.bfloat16)
+
+    def _check_input(self, x: np.ndarray) -> None:
+        """Raise ConfigError when ``x`` is not a batch this backbone accepts."""
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """(B, D) float32 embeddings of a batch of frontend outputs; no gradients, eval mode."""
+        import torch
+
+        x = np.asarray(x, dtype=np.float32)
+        self._check_input(x)
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                out = self.module(t)
+        finally:
+            self.module.train(was_training)
+        out = out.detach().float().cpu().numpy()
+        if out.shape != (x.shape[0], self.embedding_dim):  # a bug, not a user error
+            raise RuntimeError(f"{self.name}: module returned {out.shape}, expected ({x.shape[0]}, {self.embedding_dim})")
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    # -- fine-tuning -------------------------------------------------------------------------------
+    def _block_modules(self) -> list[tuple[str, list]]:
+        return [("all", [self.module])]
+
+    def blocks(self) -> list[tuple[str, list]]:
+        """``[(name, [parameters])]`` from the input (lowest) to the top; every parameter of
+        ``module`` is in exactly one block (frozen ones too, so they can be unfrozen)."""
+        out = []
+        seen: set[int] = set()
+        for bname, mods in self._block_modules():
+            params = []
+            for m in mods:
+                for p in m.parameters():
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        params.append(p)
+            out.append((bname, params))
+        missing = [n for n, p in self.module.named_parameters() if id(p) not in seen]
+        if missing:  # a bug in _block_modules
+            raise RuntimeError(f"{self.name}: parameters outside every block: {', '.join(missing[:5])}")
+        return out
+
+    def mark_trained(self, note: str) -> None:
+        """Record that the weights were trained further (e.g. fine-tuned), before :meth:`save`."""
+        prev = self.weights.describe()
+        self.weights = WeightsInfo(
+            source=self.weights.source,
+            random_init=False,
+            description=f"{note}; started from {prev}",
+            identity=f"trained:{state_fingerprint(self.module)}",
+        )
+        self._cache_key = None
+
+    # -- saving ------------------------------------------------------------------------------------
+    def _save_weights(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        from asdkit.io import atomic_path
+
+        sd = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        with atomic_path(directory / "model.safetensors", suffix=".safetensors") as tmp:
+            save_file(sd, str(tmp), metadata={"format": "pt"})
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``asdkit_backbone.json`` (no pickle) to ``directory``;
+        ``create_backbone(self.name, weights=directory)`` loads it back with identical embeddings."""
+        from asdkit import __version__
+        from asdkit.io import write_json
+
+        directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError(f"{directory}: exists and is not a folder")
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save_weights(directory)
+        write_json(
+            directory / META_FILE,
+            {
+                "format": "asdkit-backbone",
+                "format_version": 1,
+                "backbone": self.name,
+                "config": self.config,
+                "embedding_dim": self.embedding_dim,
+                "frontend": {"name": self.frontend.name, "params": self.frontend.params, "key": self.frontend.key},
+                "origin": self.weights.to_dict(),
+                "random_init": self.weights.random_init,
+                "asdkit_version": __version__,
+            },
+        )
+        return directory
+
+    # -- identity ----------------------------------------------------------------------------------
+    @property
+    def cache_key(self) -> str:
+        """``<name>-<hash>`` of the name, weights identity, architecture, frontend key and precision."""
+        if self._cache_key is None:
+            payload = {
+                "backbone": self.name,
+                "weights": self.weights.identity,
+                "config": self.config,
+                "frontend": self.frontend.key,
+                "precision": self.precision,
+                "format": CACHE_FORMAT,
+            }
+            digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+            self._cache_key = f"{self.name}-{digest[:24]}"
+        return self._cache_key
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.embedding_dim}-d, {self.precision}, {self.weights.describe()})"
+
+    def __repr__(self) -> str:
+        return f"<Backbone {self.describe()}>"
+
+
+def _device_type(device: str) -> str:
+    return device.split(":")[0] if device else "cpu"
+
+
+@contextmanager
+def random_init_context(seed: int):
+    """Seed torch for a repeatable random initialisation without disturbing the caller's RNG."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextmanager
+def quiet_hf_loading():
+    """Silence transformers' load report and progress bars while loading (restored after)."""
+    from transformers.utils import logging as tlog
+
+    verbosity = tlog.get_verbosity()
+    bars = tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(verbosity)
+        if bars:
+            tlog.enable_progress_bar()
+
+
+def state_fingerprint(module) -> str:
+    """SHA-256 of a module's state dict (names, shapes, dtypes and values)."""
+    import torch
+
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{k}:{tuple(v.shape)}:{t.dtype}".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
