@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -6,6 +7,8 @@ import pytest
 os.environ.setdefault("ASDKIT_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the command line caches embeddings under $ASDKIT_CACHE: keep the tests' out of the home folder
+os.environ.setdefault("ASDKIT_CACHE", tempfile.mkdtemp(prefix="asdkit-test-cache-"))
 
 
 @pytest.fixture

@@ -26,6 +26,13 @@ def _out():
     return Console()
 
 
+def default_cache_dir() -> Path:
+    """Where the command line caches embeddings: $ASDKIT_CACHE, else ~/.cache/asdkit."""
+    import os
+
+    return Path(os.environ.get("ASDKIT_CACHE") or Path.home() / ".cache" / "asdkit")
+
+
 def _csv_list(value: Optional[str]) -> Optional[list[str]]:
     if value is None:
         return None
@@ -138,7 +145,7 @@ def run(
     backbone_config: Optional[str] = typer.Option(None, help=BACKBONE_CONFIG_HELP),
     detector: str = typer.Option("lof-vote", help="lof-vote, lof, knn, mahalanobis, gmm, iforest."),
     standardize: bool = typer.Option(False, "--standardize", help="Standardise embeddings before the detector."),
-    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder (default: ~/.cache/asdkit)."),
+    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder (default: $ASDKIT_CACHE or ~/.cache/asdkit)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Run one method over a dataset: results.json, results.md, scores.csv and split.csv in OUT."""
@@ -149,7 +156,7 @@ def run(
         per_id=per_id, seed=seed, split_csv=str(split) if split else None, channel=channel, skip_bad=skip_bad,
         epochs=epochs, backbone=backbone, weights=weights, precision=precision, detector=detector,
         backbone_config=_json_dict(backbone_config, '--backbone-config'),
-        standardize=standardize, cache_dir=str(cache) if cache else None,
+        standardize=standardize, cache_dir=str(cache or default_cache_dir()),
     )
     result = run_pipeline(cfg, out, progress=not quiet)
     _print_results(result)
@@ -184,7 +191,7 @@ def embed(
     ids: Optional[str] = typer.Option(None, help="Only these machine ids."),
     snr: Optional[str] = typer.Option(None, help="MIMII noise level when the tree holds several."),
     batch_size: int = typer.Option(8, help="Clips per forward pass."),
-    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder (default: ~/.cache/asdkit)."),
+    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder (default: $ASDKIT_CACHE or ~/.cache/asdkit)."),
     channel: Optional[int] = typer.Option(None, help="Use one microphone instead of the mean."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files instead of stopping."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -202,7 +209,7 @@ def embed(
     con = _out()
     if bb.weights.random_init:
         con.print(f"[bold red]{backbone}: {bb.weights.describe()}[/]")
-    emb = embed_clips(clips, bb, cache_dir=cache, batch_size=batch_size, audio=AudioSettings(channel=channel),
+    emb = embed_clips(clips, bb, cache_dir=cache or default_cache_dir(), batch_size=batch_size, audio=AudioSettings(channel=channel),
                       on_bad="skip" if skip_bad else "error", progress=not quiet)
     emb.save_npz(out)
     con.print(f"{len(emb.clips)} embeddings of {bb.embedding_dim} values ({bb.weights.describe()}) -> {out}")
@@ -227,7 +234,7 @@ def fit(
     threshold_method: str = typer.Option("gamma", help="gamma (fitted distribution) or percentile."),
     standardize: bool = typer.Option(False, "--standardize", help="Standardise embeddings before the detector."),
     seed: int = typer.Option(0),
-    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder."),
+    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder (default: $ASDKIT_CACHE or ~/.cache/asdkit)."),
     channel: Optional[int] = typer.Option(None, help="Use one microphone instead of the mean."),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -242,7 +249,7 @@ def fit(
         clips, backbone, detector, weights=weights, precision=precision, standardize=standardize,
         backbone_config=_json_dict(backbone_config, '--backbone-config'),
         false_alarm_rate=false_alarm_rate, threshold_method=threshold_method, seed=seed,
-        audio=AudioSettings(channel=channel), skip_bad=skip_bad, cache_dir=cache, progress=not quiet,
+        audio=AudioSettings(channel=channel), skip_bad=skip_bad, cache_dir=cache or default_cache_dir(), progress=not quiet,
     )
     mon.save(out)
     con = _out()
@@ -264,7 +271,7 @@ def score(
     out: Optional[Path] = typer.Option(None, "--out", help="CSV to write (default: scores.csv in the current folder)."),
     weights: Optional[str] = typer.Option(None, help="Where the backbone weights are now, if not where they were at fit time."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files instead of stopping."),
-    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder."),
+    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder (default: $ASDKIT_CACHE or ~/.cache/asdkit)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Score new recordings with a monitor: file, score, threshold, decision."""
@@ -286,7 +293,7 @@ def score(
         else:
             files.append(p)
     clips = [Clip(str(f), "unknown", "unknown", 0) for f in files]
-    kept, scores, skipped = mon.score_clips(clips, skip_bad=skip_bad, progress=not quiet, cache_dir=cache)
+    kept, scores, skipped = mon.score_clips(clips, skip_bad=skip_bad, progress=not quiet, cache_dir=cache or default_cache_dir())
     alarms = mon.decide(scores)
     out = out or Path("scores.csv")
     write_csv(out, ["file", "score", "threshold", "decision"],
