@@ -10,6 +10,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # the command line caches embeddings under $ASDKIT_CACHE: keep the tests' out of the home folder
 os.environ.setdefault("ASDKIT_CACHE", tempfile.mkdtemp(prefix="asdkit-test-cache-"))
 
+# Tests use tiny models: one thread is faster than two fighting over the cores (and leaves the
+# second core to the other test process under xdist).
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def tone_clip():

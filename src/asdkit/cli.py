@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 
+from asdkit.commands.options import BACKBONE_CONFIG_HELP, csv_list as _csv_list, json_dict as _json_dict
 from asdkit.errors import AsdkitError, ConfigError
 
 app = typer.Typer(
@@ -31,32 +32,6 @@ def default_cache_dir() -> Path:
     import os
 
     return Path(os.environ.get("ASDKIT_CACHE") or Path.home() / ".cache" / "asdkit")
-
-
-def _csv_list(value: Optional[str]) -> Optional[list[str]]:
-    if value is None:
-        return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise ConfigError(f"empty list: {value!r}")
-    return items
-
-
-def _json_dict(value: Optional[str], option: str) -> Optional[dict]:
-    if value is None:
-        return None
-    import json
-
-    try:
-        d = json.loads(value)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{option}: not valid JSON ({e.msg})") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{option}: must be a JSON object, e.g. '{{\"num_hidden_layers\": 2}}'")
-    return d
-
-
-BACKBONE_CONFIG_HELP = "Architecture overrides as JSON (e.g. a tiny model for a quick try: '{\"num_hidden_layers\": 2}')."
 
 
 @app.command()
@@ -315,8 +290,11 @@ def score(
 
 
 def _register_commands() -> None:
+    from asdkit.commands import finetune_cmd, reproduce_cmd
     from asdkit.commands.explain import explain_cmd
 
+    app.command("reproduce", help=reproduce_cmd.__doc__)(reproduce_cmd)
+    app.command("finetune", help=finetune_cmd.__doc__)(finetune_cmd)
     app.command("explain", help=explain_cmd.__doc__)(explain_cmd)
 
 

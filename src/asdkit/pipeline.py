@@ -23,7 +23,7 @@ from asdkit.errors import AsdkitError, AudioError, ConfigError, DatasetError
 from asdkit.io import write_csv, write_json, write_text
 from asdkit.progress import console, track
 
-METHODS = ("autoencoder", "embed-detect")
+METHODS = ("autoencoder", "embed-detect", "finetune")
 
 
 @dataclass
@@ -57,12 +57,20 @@ class RunConfig:
     standardize: bool = False
     embed_batch_size: int = 8
     cache_dir: str | None = None
+    # supervised fine-tuning (method "finetune"): asdkit.finetune.FinetuneSettings fields, e.g.
+    # {"epochs": 1, "trainable_blocks": 2}; seed and precision default to the run's own
+    finetune: dict = field(default_factory=dict)
+    save_models: bool = False
 
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
         if self.channel is not None and self.channel < 0:
             raise ConfigError(f"channel must be 0 or more, got {self.channel}")
+        if self.method == "finetune":
+            from asdkit.finetune import settings_from_config
+
+            self.finetune = asdict(settings_from_config(self))  # every setting, checked, saved in config.json
 
     @property
     def audio(self) -> AudioSettings:
@@ -72,6 +80,8 @@ class RunConfig:
     def label(self) -> str:
         if self.method == "autoencoder":
             return "autoencoder"
+        if self.method == "finetune":
+            return f"{self.backbone}+finetune"
         return f"{self.backbone}+{self.detector}"
 
 
@@ -213,6 +223,10 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> RunResult:
     groups = training_groups(clips, cfg.per_id)
     if cfg.method == "autoencoder":
         scores, skipped, info = _run_autoencoder(cfg, groups, out, progress)
+    elif cfg.method == "finetune":
+        from asdkit.finetune import run_finetune
+
+        scores, skipped, info = run_finetune(cfg, groups, out, progress)
     else:
         scores, skipped, info = _run_embed_detect(cfg, groups, out, progress)
     scored = [c for c in clips if c.path in scores]
