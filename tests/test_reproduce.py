@@ -212,7 +212,7 @@ def test_table_failed_cells_and_resume(tmp_path, monkeypatch):
     fake = FakeCells(fail={"ast-lof__pump_all", "cnn-lof__fan_00"})
     monkeypatch.setattr(rp, "run_cell", fake)
     rows = ["autoencoder", "cnn-lof", "ast-lof"]
-    t = reproduce(data, out, rows=rows, machines=["fan", "pump"], progress=False)
+    t = reproduce(data, out, rows=rows, machines=["fan", "pump"], progress=False, report=False)
     assert len(fake.calls) == 9 and len(t.cells) == 9
     assert {c["row"] + "__" + c["column"] for c in t.failed} == {"ast-lof__pump_all", "cnn-lof__fan_00"}
     failed = t.cell("ast-lof", "pump_all")
@@ -230,7 +230,7 @@ def test_table_failed_cells_and_resume(tmp_path, monkeypatch):
     # second run: finished cells are kept, failed ones retried
     fake2 = FakeCells(auc=0.85)
     monkeypatch.setattr(rp, "run_cell", fake2)
-    t2 = reproduce(data, out, rows=rows, machines=["fan", "pump"], progress=False)
+    t2 = reproduce(data, out, rows=rows, machines=["fan", "pump"], progress=False, report=False)
     assert sorted(fake2.calls) == ["ast-lof__pump_all", "cnn-lof__fan_00"]
     assert not t2.failed
     assert t2.cell("ast-lof", "pump_all")["auc"] == 0.85
@@ -239,13 +239,13 @@ def test_table_failed_cells_and_resume(tmp_path, monkeypatch):
     # third run: nothing to do
     fake3 = FakeCells()
     monkeypatch.setattr(rp, "run_cell", fake3)
-    reproduce(data, out, rows=rows, machines=["fan", "pump"], progress=False)
+    reproduce(data, out, rows=rows, machines=["fan", "pump"], progress=False, report=False)
     assert fake3.calls == []
 
     # a changed setting (the seed) makes every cell stale
     cfg = load_study_config()
     cfg.seed = 1
-    reproduce(data, out, cfg, rows=["autoencoder"], machines=["fan"], progress=False)
+    reproduce(data, out, cfg, rows=["autoencoder"], machines=["fan"], progress=False, report=False)
     assert fake3.calls == ["autoencoder__fan_00", "autoencoder__fan_all"]
 
 
@@ -254,7 +254,7 @@ def test_published_comparison_in_every_table(tmp_path, monkeypatch):
     data.mkdir()
     out = tmp_path / "out"
     monkeypatch.setattr(rp, "run_cell", FakeCells(auc=0.9, random_init=True))
-    t = reproduce(data, out, rows=["autoencoder", "ast-lof"], machines=["fan"], progress=False)
+    t = reproduce(data, out, rows=["autoencoder", "ast-lof"], machines=["fan"], progress=False, report=False)
     cell = t.cell("autoencoder", "fan_00")
     assert cell["published"] == 0.7770
     assert cell["difference"] == pytest.approx(0.9 - 0.7770)  # ours - published
@@ -278,15 +278,15 @@ def test_published_comparison_in_every_table(tmp_path, monkeypatch):
 
 def test_argument_errors(tmp_path):
     with pytest.raises(ConfigError, match="--data is required"):
-        reproduce(None, tmp_path / "o", progress=False)
+        reproduce(None, tmp_path / "o", progress=False, report=False)
     with pytest.raises(ConfigError, match="not both"):
-        reproduce(tmp_path, tmp_path / "o", synthetic=True, progress=False)
+        reproduce(tmp_path, tmp_path / "o", synthetic=True, progress=False, report=False)
     with pytest.raises(ConfigError, match="no such file"):
-        reproduce(tmp_path / "nope", tmp_path / "o", progress=False)
+        reproduce(tmp_path / "nope", tmp_path / "o", progress=False, report=False)
     with pytest.raises(ConfigError, match="--weights-dir"):
-        reproduce(tmp_path, tmp_path / "o", weights_dir=tmp_path / "nope", progress=False)
+        reproduce(tmp_path, tmp_path / "o", weights_dir=tmp_path / "nope", progress=False, report=False)
     with pytest.raises(ConfigError, match="precision"):
-        reproduce(tmp_path, tmp_path / "o", precision="fp8", progress=False)
+        reproduce(tmp_path, tmp_path / "o", precision="fp8", progress=False, report=False)
 
 
 def test_command_exit_status(tmp_path, monkeypatch):
@@ -301,7 +301,7 @@ def test_command_exit_status(tmp_path, monkeypatch):
     data = tmp_path / "mimii"
     data.mkdir()
     monkeypatch.setattr(rp, "run_cell", FakeCells(fail={"autoencoder__fan_00"}))
-    args = ["reproduce", "--data", str(data), "--out", str(tmp_path / "o"), "--rows", "autoencoder", "--machines", "fan", "-q"]
+    args = ["reproduce", "--data", str(data), "--out", str(tmp_path / "o"), "--rows", "autoencoder", "--machines", "fan", "-q", "--no-report"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 1 and "1 cell(s) failed" in res.output
     monkeypatch.setattr(rp, "run_cell", FakeCells())
@@ -318,7 +318,7 @@ def test_synthetic_run_is_repeatable(tmp_path):
     small = reproduce_synthetic_defaults(machines=("fan",), ids=("00", "02"), n_normal=8, n_anomalous=4,
                                          autoencoder_epochs=2)
     rows = ["autoencoder", "ast-supervised", "ast-lof"]
-    tables = [reproduce(None, tmp_path / f"run{i}", synthetic=small, rows=rows, progress=False) for i in (1, 2)]
+    tables = [reproduce(None, tmp_path / f"run{i}", synthetic=small, rows=rows, progress=False, report=False) for i in (1, 2)]
     a, b = tables
     assert not a.failed, [c["reason"] for c in a.failed]
     assert len(a.cells) == 6
@@ -340,9 +340,11 @@ def test_synthetic_run_is_repeatable(tmp_path):
     assert cfg["versions"]["torch"]
     assert yaml.safe_load((run / "study.yaml").read_text())["backbones"]["ast"]["weights"] == "none"
     assert any((run / "cache").rglob("*")), "embeddings go through the cache under OUT/cache"
-    # a third call on run1 reuses every cell and the generated data
-    again = reproduce(None, run, synthetic=small, rows=rows, progress=False)
+    # a third call on run1 reuses every cell and the generated data, and draws the report
+    again = reproduce(None, run, synthetic=small, rows=rows, progress=False, report=True)
     assert all(c.get("reused") for c in again.cells)
+    html = (run / "explain" / "report.html").read_text()
+    assert "Table III" in html and "RANDOM INIT" in html
 
 
 def test_synthetic_data_is_reused_or_refused(tmp_path, monkeypatch):
@@ -384,7 +386,7 @@ def test_weights_dir_cells_for_real(tmp_path):
     create_backbone("ast", weights="none", config=tiny["ast"]).save(wd / "ast")
     create_backbone("resnext101_32x8d", weights="none", config=tiny["resnext101_32x8d"]).save(wd / "resnext101_32x8d")
     t = reproduce(data, tmp_path / "out", rows=["ast-lof", "cnn-supervised"], machines=["fan"], weights_dir=wd,
-                  progress=False, threads=1)
+                  progress=False, threads=1, report=False)
     assert not t.failed, [c["reason"] for c in t.failed]
     lof = t.cell("ast-lof", "fan_00")
     assert str(wd / "ast") in lof["weights"] and lof["random_init"] is True
@@ -401,7 +403,7 @@ def test_offline_weights_failure_points_to_weights_dir(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rp, "run_cell", offline)
     (tmp_path / "d").mkdir()
-    t = reproduce(tmp_path / "d", tmp_path / "o", rows=["ast-lof"], machines=["fan"], progress=False)
+    t = reproduce(tmp_path / "d", tmp_path / "o", rows=["ast-lof"], machines=["fan"], progress=False, report=False)
     reason = t.cell("ast-lof", "fan_00")["reason"]
     assert reason.startswith("weights 'MIT/ast': the hub is unreachable") and "--weights-dir" in reason
     assert "\n" not in reason

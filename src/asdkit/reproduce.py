@@ -572,6 +572,7 @@ def reproduce(
     on_cell: Callable[[dict], None] | None = None,
     threads: int | None = None,
     snr: str | None = None,
+    report: bool = True,
 ) -> Table3:
     """Run every cell of Table III (skipping finished ones) and write ``table3.{md,csv,json}`` in ``out``.
 
@@ -581,24 +582,26 @@ def reproduce(
     record as it finishes (or is reused). ``threads``: torch's CPU threads for this call (restored
     after; default: torch's own, or 1 with ``synthetic``); on a busy shared machine 1 thread is many
     times faster than torch's default, whose threads spin-wait for each other. The numbers agree
-    to float rounding across thread counts.
+    to float rounding across thread counts. ``report``: also write the explanations and
+    ``explain/report.html`` (:func:`asdkit.explain.explain_run`) once the table is done.
     """
     if threads is None and synthetic:
         threads = 1  # tiny models gain nothing from more threads, and lose a lot on a busy machine
     if threads is None:
-        return _reproduce(data, out, config, machines, rows, weights_dir, synthetic, precision, progress, on_cell, snr)
+        return _reproduce(data, out, config, machines, rows, weights_dir, synthetic, precision, progress, on_cell, snr, report)
     _int(threads, "--threads", 1)
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _reproduce(data, out, config, machines, rows, weights_dir, synthetic, precision, progress, on_cell, snr)
+        return _reproduce(data, out, config, machines, rows, weights_dir, synthetic, precision, progress, on_cell, snr, report)
     finally:
         torch.set_num_threads(before)
 
 
-def _reproduce(data, out, config, machines, rows, weights_dir, synthetic, precision, progress, on_cell, snr) -> Table3:
+def _reproduce(data, out, config, machines, rows, weights_dir, synthetic, precision, progress, on_cell, snr,
+               report=True) -> Table3:
     t0 = time.time()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -644,7 +647,25 @@ def _reproduce(data, out, config, machines, rows, weights_dir, synthetic, precis
         write_tables(out, records, {**meta, "seconds": round(time.time() - t0, 2)})
     meta["seconds"] = round(time.time() - t0, 2)
     write_tables(out, records, meta)
+    if report:
+        write_report_for(out)
     return Table3(records, out, meta)
+
+
+def write_report_for(out: Path) -> Path | None:
+    """The explanations and report.html of a reproduce directory; a figure that cannot be drawn is
+    noted in the report, and a report that cannot be written at all is said, not raised (the
+    table is the result; the report explains it)."""
+    from asdkit.explain import explain_run
+
+    console.print("[bold]drawing the explanations (report.html)[/]")
+    try:
+        res = explain_run(out)
+    except AsdkitError as e:
+        console.print(f"[yellow]report not written: {e}[/]")
+        return None
+    console.print(f"report: {res.report}")
+    return res.report
 
 
 def _run_or_reuse(cell: CellSpec, out: Path, progress: bool) -> dict:

@@ -33,6 +33,7 @@ def reproduce_cmd(
     synthetic: bool = typer.Option(False, "--synthetic", help="Built-in generated data and random-init tiny backbones (not comparable)."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (CPU autocast) for the backbones; default from the config."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's choice, 1 with --synthetic; 1 is far faster on a busy shared machine)."),
+    no_report: bool = typer.Option(False, "--no-report", help="Skip the explanations and report.html."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Run every cell of the study's Table III (resumable) and compare with the published AUCs."""
@@ -53,6 +54,7 @@ def reproduce_cmd(
     table = reproduce(
         data, out, config, machines=csv_list(machines), rows=csv_list(rows), weights_dir=weights_dir,
         synthetic=synthetic, precision=precision, progress=not quiet, on_cell=show, threads=threads, snr=snr,
+        report=not no_report,
     )
     con.print((out / "table3.md").read_text(encoding="utf-8"), markup=False, highlight=False)
     con.print(f"table in {out / 'table3.md'} (also .csv, .json); {table.meta['seconds']:.0f} s")
