@@ -31,16 +31,6 @@ from asdkit.models import create_backbone
 SR = 16000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread for this module (restored after): on a busy shared CPU, torch's default
-    threads spin-wait for each other and run many times slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 SECONDS = 1.0
 AUDIO = AudioSettings(seconds=SECONDS)
 TINY_RESNEXT = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], cardinality=2, base_width=32, stem_width=8)

@@ -27,18 +27,6 @@ from asdkit.reproduce import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread for this module (restored after): on a busy shared CPU, torch's default
-    threads spin-wait for each other and run many times slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------- config
 
 
