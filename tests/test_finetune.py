@@ -307,3 +307,20 @@ def test_finetune_command_end_to_end(tmp_path):
     model = load_finetuned(out / "models" / "pump")
     paths = sorted(saved)
     np.testing.assert_allclose(model.score_files(paths), [saved[p] for p in paths], rtol=1e-6)
+
+    # the saved model is a monitor for `asdkit score`: probability of "anomalous", threshold 0.5
+    from asdkit.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["score", str(out / "models" / "pump"), *paths, "--out", str(tmp_path / "s.csv"), "-q"])
+    assert e.value.code == 0
+    with open(tmp_path / "s.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["file"] for r in rows] == paths
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(saved[r["file"]], rel=1e-5)
+        assert float(r["threshold"]) == 0.5
+        assert r["decision"] == ("anomalous" if float(r["score"]) > 0.5 else "normal")
+    with pytest.raises(SystemExit) as e:
+        main(["score", str(out / "models" / "pump"), paths[0], "--weights", "none"])
+    assert e.value.code == 2

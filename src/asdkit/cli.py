@@ -249,7 +249,7 @@ def fit(
 
 @app.command()
 def score(
-    monitor: Path = typer.Argument(..., help="A monitor directory written by `asdkit fit`."),
+    monitor: Path = typer.Argument(..., help="A monitor directory written by `asdkit fit`, or a fine-tuned model (RUN/models/<group> of `asdkit finetune --save-model`)."),
     inputs: List[Path] = typer.Argument(..., help="Audio files or folders to score."),
     out: Optional[Path] = typer.Option(None, "--out", help="CSV to write (default: scores.csv in the current folder)."),
     weights: Optional[str] = typer.Option(None, help="Where the backbone weights are now, if not where they were at fit time."),
@@ -263,9 +263,9 @@ def score(
     from asdkit.audio import find_audio
     from asdkit.data.clips import Clip
     from asdkit.io import write_csv
-    from asdkit.monitor import Monitor
+    from asdkit.monitor import load_monitor
 
-    mon = Monitor.load(monitor, weights=weights)
+    mon = load_monitor(monitor, weights=weights)
     files: list[Path] = []
     for p in inputs:
         if p.is_dir():
@@ -289,7 +289,7 @@ def score(
         t.add_row(c.path, f"{s:.4g}", "[bold red]ANOMALOUS[/]" if a else "normal")
     con.print(t)
     if mon.settings.get("backbone", {}).get("random_init"):
-        con.print("[bold red]this monitor's backbone is RANDOM INIT (no pretrained weights)[/]")
+        con.print("[bold red]this monitor's backbone started from RANDOM INIT (no pretrained weights)[/]")
     con.print(f"{int(alarms.sum())} of {len(kept)} clip(s) above the threshold {mon.threshold:.4g}; written to {out}")
     if skipped:
         con.print(f"[yellow]skipped {len(skipped)} bad file(s)[/]")

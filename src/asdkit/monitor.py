@@ -237,3 +237,40 @@ def fit_monitor(
         "random_init": backbone.weights.random_init,
     }
     return Monitor(backbone=backbone, detector=detector, threshold=threshold, settings=settings), summary
+
+
+@dataclass
+class FinetunedMonitor:
+    """A model fine-tuned with the study's head (``asdkit finetune --save-model``), used as a
+    monitor: the score is the head's probability that a clip is anomalous, and the decision
+    threshold is the classifier's own 0.5."""
+
+    scorer: object
+    threshold: float = 0.5
+    settings: dict = field(default_factory=dict)
+
+    def score_clips(self, clips: Sequence[Clip], skip_bad: bool = False, progress: bool = True, cache_dir=None):
+        return self.scorer.score_clips(list(clips), skip_bad=skip_bad, progress=progress)
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) > self.threshold
+
+
+def load_monitor(directory: str | Path, weights: str | None = None) -> "Monitor | FinetunedMonitor":
+    """A monitor written by ``asdkit fit`` (monitor.json), or a fine-tuned model folder
+    (finetune.json, from ``asdkit finetune --save-model``: ``RUN/models/<group>``)."""
+    from asdkit.finetune import load_finetuned
+
+    directory = Path(directory)
+    if directory.is_dir() and not (directory / "monitor.json").exists() and (directory / "finetune.json").is_file():
+        if weights is not None:
+            raise ConfigError("--weights does not apply to a fine-tuned model: its weights are in the folder")
+        scorer = load_finetuned(directory)
+        info = scorer.info
+        settings = {
+            "kind": "finetuned",
+            "backbone": {"name": scorer.backbone.name, "weights_description": scorer.backbone.weights.describe(),
+                         "random_init": bool(info.get("random_init", False))},
+        }
+        return FinetunedMonitor(scorer=scorer, settings=settings)
+    return Monitor.load(directory, weights=weights)
