@@ -14,7 +14,7 @@ from typing import Callable
 from asdkit.progress import console
 
 
-def run_demo(out: str | Path, n_normal: int = 12, n_anomalous: int = 4, epochs: int = 20, seed: int = 0,
+def run_demo(out: str | Path, n_normal: int = 30, n_anomalous: int = 10, epochs: int = 50, seed: int = 0,
              progress: bool = True, on_cell: Callable[[dict], None] | None = None):
     """Generate (or reuse) the data in ``out/data`` and run Table III into ``out``; returns the Table3."""
     from asdkit.reproduce import reproduce, reproduce_synthetic_defaults

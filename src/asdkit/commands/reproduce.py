@@ -20,6 +20,37 @@ from asdkit.errors import ConfigError
 
 
 
+def print_table3(table) -> None:
+    """Table III on the terminal: our AUC above the published one in each cell (failed cells in red)."""
+    from rich.table import Table
+
+    rows = list(dict.fromkeys(c["row"] for c in table.cells))
+    cols = list(dict.fromkeys(c["column"] for c in table.cells))
+    t = Table(title="Table III: AUC, ours / published", show_lines=True)
+    t.add_column("row")
+    for col in cols:
+        t.add_column(col, justify="right")
+    for row in rows:
+        cells = []
+        for col in cols:
+            c = next((x for x in table.cells if x["row"] == row and x["column"] == col), None)
+            if c is None:
+                cells.append("")
+            elif c["status"] != "ok":
+                cells.append("[red]failed[/]")
+            else:
+                ours = "n/a" if c.get("auc") is None else f"{c['auc']:.4f}"
+                pub = "" if c.get("published") is None else f"\n[dim]{c['published']:.4f}[/]"
+                cells.append(ours + pub)
+        t.add_row(row, *cells)
+    con = console()
+    con.print(t)
+    if table.meta.get("note"):
+        con.print(f"[bold red]{table.meta['note']}[/]")
+    elif any(c.get("random_init") for c in table.cells):
+        con.print("[bold red]some cells used RANDOM INIT backbones (see the weights column of table3.md)[/]")
+
+
 def reproduce_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="MIMII root (<snr>_<machine>/<machine>/id_XX/{normal,abnormal})."),
     out: Path = typer.Option(..., "--out", help="Folder for the table, one run directory per cell, the cache."),
@@ -56,7 +87,7 @@ def reproduce_cmd(
         synthetic=synthetic, precision=precision, progress=not quiet, on_cell=show, threads=threads, snr=snr,
         report=not no_report,
     )
-    con.print((out / "table3.md").read_text(encoding="utf-8"), markup=False, highlight=False)
+    print_table3(table)
     con.print(f"table in {out / 'table3.md'} (also .csv, .json); {table.meta['seconds']:.0f} s")
     if table.failed:
         con.print(f"[bold red]{len(table.failed)} cell(s) failed; run the same command again to retry them[/]")
