@@ -298,6 +298,12 @@ def test_examples_pick_a_normal_and_an_anomalous_test_clip_per_machine():
     for m, (normal, anomalous) in ex.items():
         assert (normal.label, anomalous.label) == (0, 1)
         assert normal.split == anomalous.split == "test" and normal.machine_type == m
+    # the pair comes from one machine id that has both labels
+    mixed = [ClipRef("/d/fan/n2.wav", "fan", "id_02", 0, "test"), ClipRef("/d/fan/a4.wav", "fan", "id_04", 1, "test"),
+             ClipRef("/d/fan/n4.wav", "fan", "id_04", 0, "test")]
+    for seed in range(5):
+        normal, anomalous = pick_examples(mixed, seed=seed)["fan"]
+        assert normal.machine_id == anomalous.machine_id == "id_04"
 
     c = clip_from_path("/data/6dB_fan/fan/id_02/abnormal/00000003.wav")
     assert (c.machine_type, c.machine_id, c.label) == ("fan", "id_02", 1)

@@ -140,11 +140,16 @@ def clip_from_path(path: str | Path) -> ClipRef:
 
 
 def pick_examples(clips: Sequence[ClipRef], seed: int = 0, prefer_split: str = "test") -> dict[str, list[ClipRef]]:
-    """Per machine type: one normal and one anomalous clip (from ``prefer_split`` where it has them)."""
+    """Per machine type: one normal and one anomalous clip (from ``prefer_split`` where it has them),
+    of the same machine id where one has both, so the pair differs by the fault and not the product."""
     rng = random.Random(seed)
     out: dict[str, list[ClipRef]] = {}
     for mtype in sorted({c.machine_type for c in clips}):
         of_type = [c for c in clips if c.machine_type == mtype]
+        both = sorted({c.machine_id for c in of_type if c.label == 0} & {c.machine_id for c in of_type if c.label == 1})
+        if both:
+            mid = rng.choice(both)
+            of_type = [c for c in of_type if c.machine_id == mid]
         row = []
         for label in (0, 1):
             cands = [c for c in of_type if c.label == label]
