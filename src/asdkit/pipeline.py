@@ -21,7 +21,7 @@ from asdkit.audio import AudioSettings, load_audio
 from asdkit.data.clips import Clip, read_clips_csv, write_clips_csv
 from asdkit.errors import AsdkitError, AudioError, ConfigError, DatasetError
 from asdkit.io import write_csv, write_json, write_text
-from asdkit.progress import console, track
+from asdkit.progress import track
 
 METHODS = ("autoencoder", "embed-detect", "finetune")
 
@@ -172,8 +172,6 @@ def _run_embed_detect(cfg: RunConfig, groups: dict[str, list[Clip]], out: Path, 
     from asdkit.models import create_backbone
 
     backbone = create_backbone(cfg.backbone, weights=cfg.weights, precision=cfg.precision, config=cfg.backbone_config)
-    if backbone.weights.random_init:
-        console.print(f"[bold red]{cfg.backbone}: {backbone.weights.describe()}[/]")
     used = [c for g in groups.values() for c in g if c.split == "test" or (c.split == "train" and not c.is_anomalous)]
     emb = embed_clips(
         used,
