@@ -237,6 +237,7 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> RunResult:
         ["file", "machine_type", "machine_id", "label", "split", "score"],
         ([c.path, c.machine_type, c.machine_id, c.label, c.split, f"{scores[c.path]:.8g}"] for c in scored),
     )
+    env = environment()
     info = {
         "method": cfg.method,
         "label": cfg.label,
@@ -245,9 +246,9 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> RunResult:
         "n_scored": len(scored),
         "skipped": [{"file": p, "reason": r} for p, r in skipped],
         "seconds": round(time.time() - t0, 2),
-        **environment(),
+        **env,
     }
-    write_json(out / "config.json", {"config": asdict(cfg), **environment()})
+    write_json(out / "config.json", {"config": asdict(cfg), **env})
     write_json(out / "results.json", {**info, "rows": rows})
     write_text(out / "results.md", results_markdown(info, rows))
     return RunResult(rows, scores, clips, skipped, info)
