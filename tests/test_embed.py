@@ -81,8 +81,10 @@ def test_embeddings_match_direct_computation_and_keep_order(backbone, clips):
 def test_streaming_reads_and_embeds_batch_by_batch(backbone, tmp_path, monkeypatch):
     clips = _make_clips(tmp_path, 10)
     events = []
-    real_load = E.load_audio
-    monkeypatch.setattr(E, "load_audio", lambda p, s=None: (events.append("load"), real_load(p, s))[1])
+    import asdkit.reader as R
+
+    real_load = R.load_audio
+    monkeypatch.setattr(R, "load_audio", lambda p, s=None: (events.append("load"), real_load(p, s))[1])
     inner = backbone.embed
     monkeypatch.setattr(backbone, "embed", lambda x: (events.append(f"embed{len(x)}"), inner(x))[1])
     emb = embed_clips(clips, backbone, batch_size=4, audio=AUDIO, progress=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asdkit.errors import ConfigError
+from asdkit.errors import AsdkitError, ConfigError
 from asdkit.explain.attention import (
     PatchGrid,
     attention_rollout,
@@ -323,6 +323,9 @@ def _write_npz(path, rng, types=("fan", "pump"), n=8, dim=6, anomaly_shift=4.0):
     np.savez(path, X=X, path=np.array([f"/d/{m}/{i}/{k}.wav" for k, (m, i, _) in enumerate(rows)]),
              label=np.array([r[2] for r in rows]), machine_type=np.array([r[0] for r in rows]),
              machine_id=np.array([r[1] for r in rows]), split=np.array(["test"] * len(rows)))
+    results = path.parent.parent / "results.json"  # a run is a folder with results.json
+    if not results.exists():
+        results.write_text('{"rows": []}')
     return X, rows
 
 
@@ -377,13 +380,13 @@ def test_tsne_merges_reproduce_cells_and_refuses_bad_files(tmp_path):
 
     bad = tmp_path / "bad.npz"
     np.savez(bad, X=np.zeros((3, 2)), path=np.array(["a", "b", "c"]))
-    with pytest.raises(ConfigError, match="lacks"):
+    with pytest.raises(AsdkitError, match="lacks"):
         load_embeddings(bad)
     obj = tmp_path / "obj.npz"
     np.savez(obj, X=np.zeros((1, 2)), path=np.array([{"a": 1}], dtype=object), label=np.zeros(1), machine_type=np.array(["f"]),
              machine_id=np.array(["i"]), split=np.array(["test"]))
-    with pytest.raises(ConfigError):
+    with pytest.raises(AsdkitError):
         load_embeddings(obj)  # pickled objects are never loaded
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(ConfigError):
+    with pytest.raises(AsdkitError):
         load_embeddings(tmp_path / "junk.npz")

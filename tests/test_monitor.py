@@ -24,7 +24,8 @@ def tree(tmp_path_factory):
 def fitted(tree, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     clips = load_dataset(tree)
-    mon, summary = fit_monitor(clips, "ast", "knn", weights="none", backbone_config=TINY_AST,
+    mon, summary = fit_monitor(clips, "embed-detect", {"backbone": "ast", "detector": "knn", "weights": "none",
+                                                       "backbone_config": TINY_AST},
                                false_alarm_rate=0.2, threshold_method="percentile", cache_dir=cache, progress=False)
     return mon, summary, clips, cache
 
@@ -41,7 +42,7 @@ def test_save_load_round_trip_scores_identically(fitted, tmp_path):
     mon, _, clips, cache = fitted
     mon.save(tmp_path / "m")
     doc = json.loads((tmp_path / "m/monitor.json").read_text())
-    assert doc["asdkit_version"] and doc["backbone"]["random_init"] is True
+    assert doc["asdkit_version"] and doc["random_init"] is True and doc["method"] == "embed-detect"
     assert doc["threshold_rule"]["method"] == "percentile" and doc["threshold_rule"]["false_alarm_rate"] == 0.2
     assert not list((tmp_path / "m").glob("*.pkl"))
     back = Monitor.load(tmp_path / "m")
@@ -56,29 +57,68 @@ def test_refuses_what_it_cannot_trust(fitted, tmp_path):
     mon.save(tmp_path / "m")
     with pytest.raises(MonitorError, match="no such monitor"):
         Monitor.load(tmp_path / "nothing")
-    (tmp_path / "m/detector.safetensors").write_bytes(b"\0" * 64)
+    (tmp_path / "m/method/detector.safetensors").write_bytes(b"\0" * 64)
     with pytest.raises(MonitorError, match="checksum"):
         Monitor.load(tmp_path / "m")
     mon.save(tmp_path / "m2")
-    (tmp_path / "m2/detector.safetensors").unlink()
+    (tmp_path / "m2/method/detector.safetensors").unlink()
     with pytest.raises(MonitorError, match="missing"):
         Monitor.load(tmp_path / "m2")
+    # a changed field (here: another embedding size) is caught by the manifest ...
     mon.save(tmp_path / "m3")
-    doc = json.loads((tmp_path / "m3/monitor.json").read_text())
-    doc["backbone"]["config"] = {**TINY_AST, "hidden_size": 48}  # a different embedding size
-    (tmp_path / "m3/monitor.json").write_text(json.dumps(doc))
+    path = tmp_path / "m3/method/method.json"
+    doc = json.loads(path.read_text())
+    doc["settings"]["backbone_config"] = {**TINY_AST, "hidden_size": 48}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(MonitorError, match="checksum"):
+        Monitor.load(tmp_path / "m3")
+    # ... and, were the manifest rewritten to match, by the method's own checks
+    from asdkit.io import write_manifest
+
+    write_manifest(tmp_path / "m3/method")
+    write_manifest(tmp_path / "m3")
     with pytest.raises(MonitorError, match="48-d"):
         Monitor.load(tmp_path / "m3")
     mon.save(tmp_path / "m4")
-    doc = json.loads((tmp_path / "m4/monitor.json").read_text())
-    doc["arrays"] = {k: [1, 1] for k in doc["arrays"]}
-    (tmp_path / "m4/monitor.json").write_text(json.dumps(doc))
+    path = tmp_path / "m4/method/method.json"
+    doc = json.loads(path.read_text())
+    doc["state"]["arrays"] = {k: [1, 1] for k in doc["state"]["arrays"]}
+    path.write_text(json.dumps(doc))
+    write_manifest(tmp_path / "m4/method")
+    write_manifest(tmp_path / "m4")
     with pytest.raises(MonitorError, match="shapes"):
         Monitor.load(tmp_path / "m4")
     (tmp_path / "m5").mkdir()
     (tmp_path / "m5/monitor.json").write_text("{not json")
+    write_manifest(tmp_path / "m5")
     with pytest.raises(MonitorError, match="damaged"):
         Monitor.load(tmp_path / "m5")
+
+
+@pytest.mark.parametrize("method,settings", [
+    ("autoencoder", {"epochs": 3}),
+    ("embed-detect", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "detector": "lof"}),
+    ("finetune", {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_CNN, "epochs": 1}),
+])
+def test_cli_fit_with_every_method_gives_a_monitor_score_loads(tree, tmp_path, method, settings, capsys):
+    """`asdkit fit --method NAME` for each method; `asdkit score` loads the monitor and scores."""
+    argv = ["fit", "--data", str(tree), "--out", str(tmp_path / "mon"), "--method", method, "-q",
+            "--false-alarm-rate", "0.2", "--threshold-method", "percentile", "--cache", str(tmp_path / "cache")]
+    for k, v in settings.items():
+        argv += [f"--{k.replace('_', '-')}", json.dumps(v) if isinstance(v, dict) else str(v)]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0, capsys.readouterr().err
+    doc = json.loads((tmp_path / "mon/monitor.json").read_text())
+    assert doc["method"] == method and np.isfinite(doc["threshold"])
+    files = sorted((tree / "6dB_fan/fan/id_00").rglob("*.wav"))[:3]
+    with pytest.raises(SystemExit) as e:
+        main(["score", str(tmp_path / "mon"), *map(str, files), "--out", str(tmp_path / "s.csv"), "-q"])
+    assert e.value.code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert [r["file"] for r in rows] == [str(f) for f in files]
+    assert all(np.isfinite(float(r["score"])) and float(r["threshold"]) == pytest.approx(doc["threshold"], rel=1e-5)
+               for r in rows)
 
 
 def test_cli_fit_and_score(tree, tmp_path, capsys):
@@ -116,4 +156,4 @@ def test_fit_needs_enough_normal_clips(tree):
     from asdkit.errors import DatasetError
 
     with pytest.raises(DatasetError, match="at least 10"):
-        fit_monitor(clips, "ast", "knn", weights="none", backbone_config=TINY_AST, progress=False)
+        fit_monitor(clips, "embed-detect", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST}, progress=False)

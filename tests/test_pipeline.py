@@ -20,7 +20,7 @@ def tree(tmp_path_factory):
 
 def test_autoencoder_run_writes_every_output(tree, tmp_path):
     out = tmp_path / "run"
-    res = run(RunConfig(data=str(tree), method="autoencoder", epochs=8, batch_size=256), out, progress=False)
+    res = run(RunConfig(data=str(tree), method="autoencoder", settings={"epochs": 8, "batch_size": 256}), out, progress=False)
     for name in ("results.json", "results.md", "scores.csv", "split.csv", "config.json", "models/fan/model.safetensors", "models/pump/asdkit_backbone.json"):
         assert (out / name).is_file(), name
     doc = json.loads((out / "results.json").read_text())
@@ -41,13 +41,13 @@ def test_autoencoder_run_writes_every_output(tree, tmp_path):
 
 
 def test_saved_split_repeats_the_run(tree, tmp_path):
-    a = run(RunConfig(data=str(tree), epochs=3, machines=["fan"]), tmp_path / "a", progress=False)
-    b = run(RunConfig(data=str(tree), epochs=3, machines=["fan"], split_csv=str(tmp_path / "a" / "split.csv")), tmp_path / "b", progress=False)
+    a = run(RunConfig(data=str(tree), settings={"epochs": 3}, machines=["fan"]), tmp_path / "a", progress=False)
+    b = run(RunConfig(data=str(tree), settings={"epochs": 3}, machines=["fan"], split_csv=str(tmp_path / "a" / "split.csv")), tmp_path / "b", progress=False)
     assert a.scores == b.scores
 
 
 def test_per_id_trains_one_model_per_id(tree, tmp_path):
-    res = run(RunConfig(data=str(tree), epochs=3, machines=["fan"], per_id=True), tmp_path / "r", progress=False)
+    res = run(RunConfig(data=str(tree), settings={"epochs": 3}, machines=["fan"], per_id=True), tmp_path / "r", progress=False)
     assert {r["machine_id"] for r in res.rows} == {"all", "id_00", "id_02"}
 
 
@@ -56,8 +56,8 @@ def test_bad_file_stops_or_is_skipped(tmp_path):
     bad = tree / "6dB_fan/fan/id_00/normal/00000003.wav"
     bad.write_bytes(b"not audio at all")
     with pytest.raises(AudioError, match="00000003.wav"):
-        run(RunConfig(data=str(tree), epochs=2), tmp_path / "r1", progress=False)
-    res = run(RunConfig(data=str(tree), epochs=2, skip_bad=True), tmp_path / "r2", progress=False)
+        run(RunConfig(data=str(tree), settings={"epochs": 2}), tmp_path / "r1", progress=False)
+    res = run(RunConfig(data=str(tree), settings={"epochs": 2}, skip_bad=True), tmp_path / "r2", progress=False)
     assert [p for p, _ in res.skipped] == [str(bad)]
     assert json.loads((tmp_path / "r2/results.json").read_text())["skipped"][0]["file"] == str(bad)
 
@@ -70,7 +70,10 @@ def test_cli_run_and_errors(tree, tmp_path, capsys):
     assert "AUC" in capsys.readouterr().out
     for argv, expect in [
         (["run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")], "nope"),
-        (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--method", "magic"], "unknown method"),
+        (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--method", "magic"], "magic"),
+        (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--detector", "knn"], "--detector does not apply to --method autoencoder"),
+        (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--method", "embed-detect", "--detector", "magic"], "detector"),
+        (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--set", "nope=1"], "no such setting"),
         (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--machines", "drill"], "drill"),
         (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--epochs", "0"], "epochs"),
     ]:
@@ -100,16 +103,25 @@ def test_cli_features(tree, tmp_path, capsys):
 
 
 def test_config_validation():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="unknown method"):
         RunConfig(data="x", method="nope").validate()
+    with pytest.raises(ConfigError, match="autoencoder: epochs"):
+        RunConfig(data="x", settings={"epochs": 0}).validate()
+    with pytest.raises(ConfigError, match="unknown setting.*detector"):
+        RunConfig(data="x", settings={"detector": "knn"}).validate()
+    with pytest.raises(ConfigError, match="n_neighbours"):  # a detector's parameters are checked before any work
+        RunConfig(data="x", method="embed-detect", settings={"detector_params": {"n_neighbours": 3}}).validate()
+    cfg = RunConfig(data="x", method="embed-detect", settings={"detector": "knn"})
+    cfg.validate()
+    assert cfg.settings["backbone"] == "ast" and cfg.settings["detector"] == "knn"  # every setting, saved
 
 
 def test_embed_detect_run_records_weights_and_embeddings(tree, tmp_path):
     from asdkit.embed import EmbeddingSet
 
     tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_length=128)
-    cfg = RunConfig(data=str(tree), method="embed-detect", backbone="ast", weights="none", backbone_config=tiny,
-                    detector="lof-vote", machines=["fan"], cache_dir=str(tmp_path / "cache"))
+    cfg = RunConfig(data=str(tree), method="embed-detect", machines=["fan"], cache_dir=str(tmp_path / "cache"),
+                    settings={"backbone": "ast", "weights": "none", "backbone_config": tiny, "detector": "lof-vote"})
     res = run(cfg, tmp_path / "r", progress=False)
     doc = json.loads((tmp_path / "r/results.json").read_text())
     assert doc["random_init"] is True and "RANDOM INIT" in doc["weights"]

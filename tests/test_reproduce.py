@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import asdkit.reproduce as rp
+import asdkit.reproduce.cells as rp_cells
 from asdkit.errors import ConfigError, DatasetError
 from asdkit.reproduce import (
     COLUMNS,
@@ -135,15 +136,18 @@ def test_plan_cells_follows_the_study(tmp_path):
     by = {c.key: c for c in cells}
     assert len(cells) == 25
     fan00 = by["ast-lof__fan_00"].run_config
-    assert (fan00.machines, fan00.ids, fan00.method, fan00.backbone) == (["fan"], ["00"], "embed-detect", "ast")
-    assert fan00.detector == "lof-vote"
-    assert fan00.detector_params == {"n_neighbors": 4, "contaminations": (0.1, 0.2, 0.3, 0.4)}
+    assert (fan00.machines, fan00.ids, fan00.method, fan00.settings["backbone"]) == (["fan"], ["00"], "embed-detect", "ast")
+    assert fan00.settings["detector"] == "lof-vote"
+    assert fan00.settings["detector_params"] == {"n_neighbors": 4, "contaminations": [0.1, 0.2, 0.3, 0.4]}
     assert fan00.cache_dir == str(tmp_path / "out" / "cache")
     pump = by["cnn-supervised__pump_all"]
-    assert (pump.method, pump.run_config.backbone, pump.run_config.ids) == ("finetune", "resnext101_32x8d", None)
-    assert pump.finetune.trainable_blocks == 2 and pump.finetune.epochs == 1
+    ps = pump.run_config.settings
+    assert (pump.method, ps["backbone"], pump.run_config.ids) == ("finetune", "resnext101_32x8d", None)
+    assert (ps["trainable_blocks"], ps["epochs"], ps["block_unit"]) == (2, 1, "bottleneck")  # the study's reading
     ae = by["autoencoder__slider_all"].run_config
-    assert (ae.method, ae.epochs, ae.lr, ae.batch_size, ae.per_id) == ("autoencoder", 50, 1e-3, 512, False)
+    assert (ae.method, ae.settings, ae.per_id) == ("autoencoder", {"epochs": 50, "lr": 1e-3, "batch_size": 512}, False)
+    for c in cells:  # every cell's settings pass the method's checks before anything runs
+        c.run_config.validate()
     assert fan00.snr == "6dB"  # the study's MIMII noise level
     cfg = load_study_config()
     cfg.snr = "-6dB"  # the noise level goes to every cell's data loading
@@ -163,7 +167,7 @@ def test_weights_dir_names(tmp_path):
     assert resolve_weights_dir(wd, "ast") == str((wd / "ast").resolve())
     assert resolve_weights_dir(wd, "resnext101_32x8d").endswith("resnext101_32x8d.safetensors")
     cells = {c.key: c for c in plan_cells(load_study_config(), tmp_path, tmp_path, weights_dir=wd)}
-    assert cells["ast-lof__fan_all"].run_config.weights == str((wd / "ast").resolve())
+    assert cells["ast-lof__fan_all"].run_config.settings["weights"] == str((wd / "ast").resolve())
     assert cells["autoencoder__fan_all"].error is None
     (wd / "ast").rmdir()
     cells = {c.key: c for c in plan_cells(load_study_config(), tmp_path, tmp_path, weights_dir=wd)}
@@ -198,7 +202,7 @@ def test_table_failed_cells_and_resume(tmp_path, monkeypatch):
     data.mkdir()
     out = tmp_path / "out"
     fake = FakeCells(fail={"ast-lof__pump_all", "cnn-lof__fan_00"})
-    monkeypatch.setattr(rp, "run_cell", fake)
+    monkeypatch.setattr(rp_cells, "run_cell", fake)
     rows = ["autoencoder", "cnn-lof", "ast-lof"]
     t = reproduce(data, out, rows=rows, machines=["fan", "pump"], progress=False, report=False)
     assert len(fake.calls) == 9 and len(t.cells) == 9
@@ -217,7 +221,7 @@ def test_table_failed_cells_and_resume(tmp_path, monkeypatch):
 
     # second run: finished cells are kept, failed ones retried
     fake2 = FakeCells(auc=0.85)
-    monkeypatch.setattr(rp, "run_cell", fake2)
+    monkeypatch.setattr(rp_cells, "run_cell", fake2)
     t2 = reproduce(data, out, rows=rows, machines=["fan", "pump"], progress=False, report=False)
     assert sorted(fake2.calls) == ["ast-lof__pump_all", "cnn-lof__fan_00"]
     assert not t2.failed
@@ -226,7 +230,7 @@ def test_table_failed_cells_and_resume(tmp_path, monkeypatch):
 
     # third run: nothing to do
     fake3 = FakeCells()
-    monkeypatch.setattr(rp, "run_cell", fake3)
+    monkeypatch.setattr(rp_cells, "run_cell", fake3)
     reproduce(data, out, rows=rows, machines=["fan", "pump"], progress=False, report=False)
     assert fake3.calls == []
 
@@ -241,7 +245,7 @@ def test_published_comparison_in_every_table(tmp_path, monkeypatch):
     data = tmp_path / "mimii"
     data.mkdir()
     out = tmp_path / "out"
-    monkeypatch.setattr(rp, "run_cell", FakeCells(auc=0.9, random_init=True))
+    monkeypatch.setattr(rp_cells, "run_cell", FakeCells(auc=0.9, random_init=True))
     t = reproduce(data, out, rows=["autoencoder", "ast-lof"], machines=["fan"], progress=False, report=False)
     cell = t.cell("autoencoder", "fan_00")
     assert cell["published"] == 0.7770
@@ -288,11 +292,11 @@ def test_command_exit_status(tmp_path, monkeypatch):
     app.command("other")(lambda: None)  # two commands: the name is an argument, as in asdkit's app
     data = tmp_path / "mimii"
     data.mkdir()
-    monkeypatch.setattr(rp, "run_cell", FakeCells(fail={"autoencoder__fan_00"}))
+    monkeypatch.setattr(rp_cells, "run_cell", FakeCells(fail={"autoencoder__fan_00"}))
     args = ["reproduce", "--data", str(data), "--out", str(tmp_path / "o"), "--rows", "autoencoder", "--machines", "fan", "-q", "--no-report"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 1 and "1 cell(s) failed" in res.output
-    monkeypatch.setattr(rp, "run_cell", FakeCells())
+    monkeypatch.setattr(rp_cells, "run_cell", FakeCells())
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "0.9000" in res.output and "0.7770" in res.output  # ours above the published AUC
@@ -324,7 +328,7 @@ def test_synthetic_run_is_repeatable(tmp_path):
     for name in ("config.json", "split.csv", "scores.csv", "results.json", "results.md"):
         assert (cell_dir / name).is_file(), name
     cfg = json.loads((cell_dir / "config.json").read_text())
-    assert cfg["config"]["method"] == "finetune" and cfg["config"]["finetune"]["trainable_blocks"] == 2
+    assert cfg["config"]["method"] == "finetune" and cfg["config"]["settings"]["trainable_blocks"] == 2
     assert cfg["versions"]["torch"]
     assert yaml.safe_load((run / "study.yaml").read_text())["backbones"]["ast"]["weights"] == "none"
     assert any((run / "cache").rglob("*")), "embeddings go through the cache under OUT/cache"
@@ -382,14 +386,14 @@ def test_weights_dir_cells_for_real(tmp_path):
     assert str(wd / "resnext101_32x8d") in t.cell("cnn-supervised", "fan_all")["weights"]
     assert "RANDOM INIT" in (tmp_path / "out" / "table3.md").read_text()
     run_cfg = json.loads((tmp_path / "out" / "runs" / "ast-lof__fan_00" / "config.json").read_text())["config"]
-    assert run_cfg["weights"] == str((wd / "ast").resolve())
+    assert run_cfg["settings"]["weights"] == str((wd / "ast").resolve())
 
 
 def test_offline_weights_failure_points_to_weights_dir(tmp_path, monkeypatch):
     def offline(cell, run_dir, progress=True):
         raise ConfigError("weights 'MIT/ast': the hub is unreachable; pass a local copy with --weights /path/to/dir")
 
-    monkeypatch.setattr(rp, "run_cell", offline)
+    monkeypatch.setattr(rp_cells, "run_cell", offline)
     (tmp_path / "d").mkdir()
     t = reproduce(tmp_path / "d", tmp_path / "o", rows=["ast-lof"], machines=["fan"], progress=False, report=False)
     reason = t.cell("ast-lof", "fan_00")["reason"]

@@ -41,13 +41,13 @@ from typing import Iterable
 
 import numpy as np
 
-from asdkit.audio import AudioSettings, load_audio
+from asdkit.audio import AudioSettings
 from asdkit.data.clips import Clip
 from asdkit.errors import AudioError, ConfigError, DatasetError
+from asdkit.reader import ClipReader
 
 log = logging.getLogger("asdkit")
 
-ON_BAD = ("error", "skip")
 MAGIC = b"ASDKEMB\x01"
 """First bytes of every cache entry (format version in the last byte)."""
 NPZ_FIELDS = ("X", "path", "label", "machine_type", "machine_id", "split")
@@ -71,6 +71,19 @@ class EmbeddingSet:
 
     def __len__(self) -> int:
         return len(self.clips)
+
+    @classmethod
+    def concat(cls, sets: "Iterable[EmbeddingSet]", dim: int = 0) -> "EmbeddingSet":
+        """One set from several (rows in order; a clip in more than one set is kept once)."""
+        X, clips, skipped, seen = [], [], [], set()
+        for s in sets:
+            for c, x in zip(s.clips, s.X):
+                if c.path not in seen:
+                    seen.add(c.path)
+                    clips.append(c)
+                    X.append(x)
+            skipped += [k for k in s.skipped if k not in skipped]
+        return cls(np.stack(X) if X else np.zeros((0, dim), np.float32), clips, skipped)
 
     def save_npz(self, path: str | os.PathLike) -> None:
         """Write arrays X, path, label, machine_type, machine_id, split (+ snr, domain, skipped_*)
@@ -131,20 +144,17 @@ class EmbeddingSet:
 
 # -- hashing ---------------------------------------------------------------------------------------
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes; AudioError (one line) when it cannot be read."""
-    path = Path(path)
-    h = hashlib.sha256()
+    """SHA-256 of an audio file's bytes; AudioError (one line) when it cannot be read."""
+    from asdkit.io import file_sha256 as sha
+
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        return sha(path)
     except FileNotFoundError:
         raise AudioError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise AudioError(f"{path}: is a folder, not an audio file") from None
     except OSError as e:
         raise AudioError(f"{path}: not readable ({e.strerror or type(e).__name__})") from None
-    return h.hexdigest()
 
 
 def audio_key(settings: AudioSettings) -> str:
@@ -262,87 +272,71 @@ def embed_clips(
     backbone,
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 8,
-    audio: AudioSettings = AudioSettings(),
+    audio: AudioSettings | None = None,
     on_bad: str = "error",
     progress: bool = True,
+    reader: ClipReader | None = None,
 ) -> EmbeddingSet:
     """Embed ``clips`` with ``backbone`` (a :class:`asdkit.models.Backbone`), ``batch_size`` at a time.
 
-    ``on_bad="error"`` raises the :class:`AudioError` of the first unusable file; ``"skip"``
-    leaves it out and records ``(path, reason)`` in ``skipped``. With ``cache_dir`` a clip whose
-    embedding is cached is neither read nor computed again.
+    Clips are read by ``reader`` (a :class:`~asdkit.reader.ClipReader`; by default one made from
+    ``audio``, ``on_bad`` and ``progress``): ``on_bad="error"`` raises the :class:`AudioError` of
+    the first unusable file, ``"skip"`` leaves it out and records ``(path, reason)`` in
+    ``skipped``. With ``cache_dir`` a clip whose embedding is cached is neither read nor computed
+    again.
     """
-    if on_bad not in ON_BAD:
-        raise ConfigError(f"on_bad must be one of {', '.join(ON_BAD)}, got {on_bad!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
-    if audio is None:
-        audio = AudioSettings()
+    if reader is None:
+        reader = ClipReader(audio, on_bad, progress)
     clips = list(clips)
     n, dim = len(clips), int(backbone.embedding_dim)
-    cache = EmbeddingCache(cache_dir, backbone, audio) if cache_dir is not None else None
+    cache = EmbeddingCache(cache_dir, backbone, reader.audio) if cache_dir is not None else None
     if backbone.weights.random_init:
         log.warning("embedding with %s: %s", backbone.name, backbone.weights.describe())
 
     X = np.empty((n, dim), dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
-    skipped: list[tuple[str, str]] = []
+    n_skipped = len(reader.skipped)
     computed = 0
-
-    def bad(i: int, err: AudioError) -> None:
-        if on_bad == "error":
-            raise err
-        skipped.append((clips[i].path, str(err)))
-        log.warning("skipped %s", err)
-
-    from asdkit.progress import make_progress, progress_enabled
-
-    show = progress_enabled(progress) and n > 0
+    index = {id(c): i for i, c in enumerate(clips)}
     label = f"embedding ({backbone.name}{', RANDOM INIT' if backbone.weights.random_init else ''})"
-    bar = make_progress() if show else None
-    task = bar.add_task(label, total=n) if bar else None
-    if bar:
-        bar.start()
-    try:
-        for start in range(0, n, batch_size):
-            idx = range(start, min(n, start + batch_size))
-            todo: list[tuple[int, str | None]] = []
-            for i in idx:
-                key = None
-                if cache is not None:
-                    try:
-                        key = cache.key(file_sha256(clips[i].path))
-                    except AudioError as e:
-                        bad(i, e)
-                        continue
-                    vec = cache.get(key)
-                    if vec is not None:
-                        X[i] = vec
-                        ok[i] = True
-                        continue
-                todo.append((i, key))
-            signals, keep = [], []
-            for i, key in todo:
+    for chunk in reader.chunks(clips, batch_size, label):
+        todo: list[tuple[int, str | None]] = []
+        for c in chunk:
+            i = index[id(c)]
+            if reader.is_bad(c):
+                continue
+            key = None
+            if cache is not None:
                 try:
-                    signals.append(load_audio(clips[i].path, audio))
-                    keep.append((i, key))
+                    key = cache.key(file_sha256(c.path))
                 except AudioError as e:
-                    bad(i, e)
-            if signals:
-                E = backbone.embed(backbone.frontend.batch(signals))
-                del signals
-                for (i, key), vec in zip(keep, E):
+                    reader.fail(c, e)
+                    continue
+                vec = cache.get(key)
+                if vec is not None:
                     X[i] = vec
                     ok[i] = True
-                    if cache is not None and key is not None:
-                        cache.put(key, vec)
-                computed += len(keep)
-            if bar:
-                bar.advance(task, len(idx))
-    finally:
-        if bar:
-            bar.stop()
+                    continue
+            todo.append((i, key))
+        signals, keep = [], []
+        for i, key in todo:
+            y = reader.read(clips[i])
+            if y is not None:
+                signals.append(y)
+                keep.append((i, key))
+        if signals:
+            E = backbone.embed(backbone.frontend.batch(signals))
+            del signals
+            for (i, key), vec in zip(keep, E):
+                X[i] = vec
+                ok[i] = True
+                if cache is not None and key is not None:
+                    cache.put(key, vec)
+            computed += len(keep)
 
+    skipped = reader.skipped[n_skipped:]
     stats = {"computed": computed, "skipped": len(skipped)}
     if cache is not None:
         stats.update(cache_hits=cache.hits, cache_damaged=cache.damaged, cache_written=cache.written)

@@ -10,9 +10,14 @@ backbone with it, as a binary normal/anomalous classifier:
 * layer-wise rates: the backbone's blocks (:meth:`Backbone.blocks`, lowest to top) are taken from
   the top; the top trainable block learns at ``lr / 10``, the one below at ``lr / 100`` and so on
   (each block a tenth of the block above it), for ``trainable_blocks`` blocks (2 by default); every
-  lower block is frozen (``requires_grad = False``). ResNeXt101: ``layer4`` at ``lr/10``, ``layer3``
-  at ``lr/100``, stem and ``layer1``-``layer2`` frozen. AST: the top ``trainable_blocks``
-  transformer layers likewise, the patch embedding and lower layers frozen;
+  lower block is frozen (``requires_grad = False``). What a block is has two readings
+  (``block_unit``): ``stage`` takes a whole timm stage, so ResNeXt101 trains ``layer4`` at
+  ``lr/10`` and ``layer3`` at ``lr/100`` (84 M of its 86.7 M parameters); ``bottleneck`` takes one
+  Bottleneck module, so it trains ``layer4.2`` ("bottleneck layer 3") at ``lr/10`` and ``layer4.1``
+  ("bottleneck layer 2") at ``lr/100``, the reading that fits the study's argument that few
+  parameters are trained (the default of ``configs/study.yaml``). AST: the top
+  ``trainable_blocks`` transformer layers either way, the patch embedding and lower layers frozen.
+  Every fine-tuning run prints and reports its trainable parameter count;
 * the final LayerNorm of AST (a block named ``*norm`` at the top of ``blocks()``) is **not** its own
   group: it only normalises the top layer's output, so it is trained together with the top
   transformer layer, at the same ``lr / 10`` (see :func:`build_param_groups`);
@@ -28,7 +33,7 @@ Everything is deterministic on CPU for a given seed: the head's initialisation, 
 Example::
 
     >>> from asdkit.finetune import FinetuneSettings, finetune, load_finetuned
-    >>> result = finetune(backbone, train_clips, FinetuneSettings(), val=val_clips)
+    >>> result = finetune(backbone, train_clips, FinetuneSettings(block_unit="bottleneck"), val=val_clips)
     >>> result.scorer.save("model/")                       # backbone + head.safetensors + JSON
     >>> load_finetuned("model/").score_files(["a.wav"])   # probabilities = anomaly scores
 """
@@ -41,19 +46,22 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from asdkit.audio import AudioSettings, load_audio
+from asdkit.audio import AudioSettings
 from asdkit.data.clips import Clip
-from asdkit.errors import AsdkitError, AudioError, ConfigError, DatasetError
-from asdkit.progress import make_progress, progress_enabled
+from asdkit.errors import AsdkitError, ConfigError, DatasetError
+from asdkit.progress import bar
+from asdkit.reader import ClipReader
+from asdkit.settings import Int, OneOf, Real, Settings, setting
 
 FORMAT = "asdkit.finetuned/1"
 PRECISIONS = ("fp32", "bf16")
+BLOCK_UNITS = ("stage", "bottleneck")
 FEATURE_MEMORY_BYTES = 1 << 30
 """With more than one epoch, frontend outputs are kept in memory up to this size (then recomputed)."""
 
@@ -64,75 +72,34 @@ _TOP_NORM = re.compile(r"(^|[._])(layer_?norm|norm|ln_f|fc_norm|final_norm|ln_po
 
 
 @dataclass
-class FinetuneSettings:
-    """The study's fine-tuning settings (saved in the run's config.json and results.json).
+class HeadTraining(Settings):
+    """How the head and the top of the backbone are trained (the study's settings by default).
 
     ``trainable_blocks``: how many of the backbone's top blocks are fine-tuned (each at a tenth of
     the rate of the block above it, the top one at ``lr / 10``); 0 trains the head alone.
-    ``precision``: ``fp32``, or ``bf16`` for CPU autocast of the backbone and head.
+    ``block_unit``: what a block is (see the module docstring): ``stage`` or ``bottleneck``.
     """
 
-    epochs: int = 1
-    lr: float = 1e-3
-    batch_size: int = 8
-    trainable_blocks: int = 2
-    precision: str = "fp32"
-    seed: int = 0
-    head_hidden: int = 256
-    dropout: float = 0.1
+    where: ClassVar[str] = "finetune"
+    epochs: int = setting(1, Int(1), "fine-tuning epochs (the study: 1)")
+    lr: float = setting(1e-3, Real(0, open_low=True), "head learning rate; the top block gets lr/10, the next lr/100 ...")
+    batch_size: int = setting(8, Int(1), "clips per training step")
+    trainable_blocks: int = setting(2, Int(0), "backbone blocks fine-tuned from the top (the rest frozen)")
+    block_unit: str = setting("stage", OneOf(BLOCK_UNITS), "a block is a whole ResNeXt stage, or one bottleneck module")
+    head_hidden: int = setting(256, Int(1), "width of the head's hidden layer")
+    dropout: float = setting(0.1, Real(0, 1, open_high=True), "dropout in the head")
 
-    def validate(self) -> "FinetuneSettings":
-        _check_int("epochs", self.epochs, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("trainable_blocks", self.trainable_blocks, 0)
-        _check_int("seed", self.seed, 0)
-        _check_int("head_hidden", self.head_hidden, 1)
-        if not _is_real(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ConfigError(f"finetune: lr must be a positive number, got {self.lr!r}")
-        if not _is_real(self.dropout) or not 0.0 <= float(self.dropout) < 1.0:
-            raise ConfigError(f"finetune: dropout must be a number from 0 to below 1, got {self.dropout!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"finetune: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        return self
-
-    @classmethod
-    def from_dict(cls, values: dict | None, where: str = "finetune") -> "FinetuneSettings":
-        """Settings from a mapping (a YAML section); unknown keys and bad values are one-line errors."""
-        values = dict(values or {})
-        for k in ("lr", "dropout"):  # YAML reads 1e-3 (no dot) as a string
-            if isinstance(values.get(k), str):
-                try:
-                    values[k] = float(values[k])
-                except ValueError:
-                    pass
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        s = cls(**values)
-        try:
-            return s.validate()
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("finetune:", f"{where}:", 1)) from None
+    def training(self, **extra) -> "FinetuneSettings":
+        """These settings as :class:`FinetuneSettings` (``extra``: its precision and seed)."""
+        return FinetuneSettings(**{f.name: getattr(self, f.name) for f in fields(HeadTraining)}, **extra).validate()
 
 
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+@dataclass
+class FinetuneSettings(HeadTraining):
+    """:class:`HeadTraining` plus the precision (``fp32``, or ``bf16`` CPU autocast) and the seed."""
 
-
-def _check_int(name: str, v: Any, low: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ConfigError(f"finetune: {name} must be a whole number {low} or more, got {v!r}")
-
-
-def settings_from_config(cfg: Any) -> FinetuneSettings:
-    """FinetuneSettings of a run config: ``cfg.finetune`` (a dict or FinetuneSettings) when it has
-    one, else the study's defaults; ``seed`` and ``precision`` default to the run's own."""
-    ft = getattr(cfg, "finetune", None)
-    if isinstance(ft, FinetuneSettings):
-        return ft.validate()
-    base = {"seed": getattr(cfg, "seed", 0), "precision": getattr(cfg, "precision", "fp32")}
-    return FinetuneSettings.from_dict({**base, **(ft or {})})
+    precision: str = setting("fp32", OneOf(PRECISIONS), "fp32, or bf16 autocast")
+    seed: int = setting(0, Int(0), "seed of the head's initialisation, the batch order and dropout")
 
 
 # -------------------------------------------------------------------------------- head, groups
@@ -143,14 +110,15 @@ def make_head(embedding_dim: int, hidden: int = 256, dropout: float = 0.1) -> nn
     return nn.Sequential(nn.Linear(embedding_dim, hidden), nn.Dropout(dropout), nn.ReLU(), nn.Linear(hidden, 1))
 
 
-def backbone_blocks(backbone) -> list[tuple[str, list[nn.Parameter]]]:
-    """The backbone's blocks (lowest to top) as fine-tuning counts them.
+def backbone_blocks(backbone, unit: str = "stage") -> list[tuple[str, list[nn.Parameter]]]:
+    """The backbone's blocks (lowest to top) as fine-tuning counts them (``unit``: see
+    :attr:`HeadTraining.block_unit`).
 
     Blocks without parameters are dropped, and a final normalisation block (``layernorm``,
     ``norm``, ...; AST's final LayerNorm) is merged into the block below it, named
     ``"<block>+<norm>"``: it is trained with the top layer at the same rate.
     """
-    blocks = [(str(n), [p for p in ps]) for n, ps in backbone.blocks()]
+    blocks = [(str(n), [p for p in ps]) for n, ps in backbone.blocks(unit)]
     blocks = [(n, ps) for n, ps in blocks if ps]
     while len(blocks) >= 2 and _TOP_NORM.search(blocks[-1][0]):
         (low_name, low), (top_name, top) = blocks[-2], blocks[-1]
@@ -158,7 +126,7 @@ def backbone_blocks(backbone) -> list[tuple[str, list[nn.Parameter]]]:
     return blocks
 
 
-def build_param_groups(backbone, head: nn.Module, settings: FinetuneSettings) -> list[dict]:
+def build_param_groups(backbone, head: nn.Module, settings: HeadTraining) -> list[dict]:
     """The optimiser's parameter groups, and the freezing that goes with them.
 
     Returns ``[{"name": "head", "params": [...], "lr": lr}, {"name": <top block>, "lr": lr/10},
@@ -167,7 +135,7 @@ def build_param_groups(backbone, head: nn.Module, settings: FinetuneSettings) ->
     and is in no group; the trainable ones get ``requires_grad = True``.
     """
     settings.validate()
-    blocks = backbone_blocks(backbone)
+    blocks = backbone_blocks(backbone, settings.block_unit)
     n = settings.trainable_blocks
     if n > len(blocks):
         names = ", ".join(b for b, _ in blocks)
@@ -192,9 +160,9 @@ def build_param_groups(backbone, head: nn.Module, settings: FinetuneSettings) ->
     return groups
 
 
-def frozen_block_names(backbone, settings: FinetuneSettings) -> list[str]:
+def frozen_block_names(backbone, settings: HeadTraining) -> list[str]:
     """Names of the blocks :func:`build_param_groups` freezes (lowest first)."""
-    blocks = backbone_blocks(backbone)
+    blocks = backbone_blocks(backbone, settings.block_unit)
     return [n for n, _ in blocks[: len(blocks) - settings.trainable_blocks]]
 
 
@@ -231,10 +199,11 @@ def _device(backbone) -> str:
 class FinetunedScorer:
     """A fine-tuned backbone + head that scores clips: sigmoid probability of "anomalous".
 
-    ``score_batch(x)`` takes a batch of frontend outputs; ``score_files(paths)`` reads audio files
-    (``audio`` settings: mono mix, 16 kHz, 10 s) and returns one float64 score per file;
-    ``save(dir)`` / :func:`load_finetuned` round-trip without pickle. ``info`` holds what the model
-    was trained from (base weights, RANDOM INIT, settings, training report).
+    ``score_batch(x)`` takes a batch of frontend outputs; ``score_clips(clips, reader)`` reads clips
+    through a :class:`~asdkit.reader.ClipReader`; ``score_files(paths)`` reads audio files (``audio``
+    settings: mono mix, 16 kHz, 10 s; an unusable file raises) and returns one float64 score per
+    file; ``save(dir)`` / :func:`load_finetuned` round-trip without pickle. ``info`` holds what the
+    model was trained from (base weights, RANDOM INIT, settings, training report).
     """
 
     def __init__(self, backbone, head: nn.Module, settings: FinetuneSettings, audio: AudioSettings | None = None,
@@ -261,38 +230,21 @@ class FinetunedScorer:
             logits = self.model(t.to(self.device))
         return torch.sigmoid(logits.float()).double().cpu().numpy()
 
-    def score_signals(self, signals: Sequence[np.ndarray]) -> np.ndarray:
-        """Probabilities for mono 16 kHz signals."""
-        out = []
-        bs = self.settings.batch_size
-        for i in range(0, len(signals), bs):
-            out.append(self.score_batch(self.frontend.batch(list(signals[i : i + bs]))))
-        return np.concatenate(out) if out else np.empty(0, dtype=np.float64)
+    def score_clips(self, clips: Sequence[Clip], reader: ClipReader | None = None,
+                    description: str = "scoring") -> tuple[list[Clip], np.ndarray]:
+        """(clips scored, their probabilities); ``reader`` (default: this model's audio settings,
+        errors raised) applies the bad-file policy and counts what it skipped."""
+        reader = reader or ClipReader(self.audio, progress=False)
+        kept, scores = [], []
+        for cl, xs in reader.batches(clips, self.settings.batch_size, description, self.frontend):
+            kept += cl
+            scores.append(self.score_batch(np.stack(xs)))
+        return kept, (np.concatenate(scores) if scores else np.empty(0, dtype=np.float64))
 
     def score_files(self, paths: Iterable[str | Path]) -> np.ndarray:
         """One anomaly score (probability) per audio file; an unusable file raises AudioError."""
-        paths = [Path(p) for p in paths]
-        out = []
-        bs = self.settings.batch_size
-        for i in range(0, len(paths), bs):
-            xs = [self.frontend(load_audio(p, self.audio)) for p in paths[i : i + bs]]
-            out.append(self.score_batch(np.stack(xs)))
-        return np.concatenate(out) if out else np.empty(0, dtype=np.float64)
-
-    def score_clips(self, clips: Sequence[Clip], skip_bad: bool = False, progress: bool = False,
-                    description: str = "scoring") -> tuple[list[Clip], np.ndarray, list[tuple[str, str]]]:
-        """(clips scored, their scores, skipped (path, reason)) for ``clips``."""
-        feats = _Features(self.frontend, self.audio, skip_bad, memo=False)
-        kept, scores = [], []
-        for batch in _batches(list(clips), self.settings.batch_size, progress, description):
-            got = feats.get_batch(batch)
-            if got is None:
-                continue
-            cl, x = got
-            kept += cl
-            scores.append(self.score_batch(x))
-        s = np.concatenate(scores) if scores else np.empty(0, dtype=np.float64)
-        return kept, s, feats.skipped
+        clips = [Clip(str(p), "clip", "", 0) for p in paths]
+        return self.score_clips(clips)[1]
 
     def save(self, directory: str | Path) -> Path:
         return save_finetuned(self, directory)
@@ -368,59 +320,31 @@ def load_finetuned(directory: str | Path, precision: str | None = None, device: 
 # ----------------------------------------------------------------------------------- training
 
 
-class _Features:
-    """Frontend outputs of clips, read batch by batch (kept in memory up to a budget when ``memo``)."""
+class _Inputs:
+    """Frontend outputs of training clips, read through the reader (kept in memory up to
+    :data:`FEATURE_MEMORY_BYTES` when the clips are seen more than once)."""
 
-    def __init__(self, frontend, audio: AudioSettings, skip_bad: bool, memo: bool):
+    def __init__(self, frontend, reader: ClipReader, memo: bool):
         self.frontend = frontend
-        self.audio = audio
-        self.skip_bad = skip_bad
+        self.reader = reader
         self.memo = memo
         self.store: dict[str, np.ndarray] = {}
         self.bytes = 0
-        self.skipped: list[tuple[str, str]] = []
-        self.bad: set[str] = set()
 
-    def get(self, clip: Clip) -> np.ndarray | None:
-        if clip.path in self.store:
-            return self.store[clip.path]
-        if clip.path in self.bad:
-            return None
-        try:
-            x = self.frontend(load_audio(clip.path, self.audio))
-        except AudioError as e:
-            if not self.skip_bad:
-                raise
-            self.bad.add(clip.path)
-            self.skipped.append((clip.path, str(e)))
-            return None
-        if self.memo and self.bytes + x.nbytes <= FEATURE_MEMORY_BYTES:
-            self.store[clip.path] = x
-            self.bytes += x.nbytes
-        return x
-
-    def get_batch(self, clips: Sequence[Clip]) -> tuple[list[Clip], np.ndarray] | None:
+    def batch(self, clips: Sequence[Clip]) -> tuple[list[Clip], np.ndarray] | None:
         kept, xs = [], []
         for c in clips:
-            x = self.get(c)
-            if x is not None:
-                kept.append(c)
-                xs.append(x)
+            x = self.store.get(c.path)
+            if x is None:
+                x = self.reader.read(c, self.frontend)
+                if x is None:
+                    continue
+                if self.memo and self.bytes + x.nbytes <= FEATURE_MEMORY_BYTES:
+                    self.store[c.path] = x
+                    self.bytes += x.nbytes
+            kept.append(c)
+            xs.append(x)
         return (kept, np.stack(xs)) if xs else None
-
-
-def _batches(items: list, size: int, progress: bool, description: str):
-    show = progress_enabled(progress) and len(items) > 0
-    bar = make_progress() if show else None
-    if bar is None:
-        for i in range(0, len(items), size):
-            yield items[i : i + size]
-        return
-    with bar:
-        task = bar.add_task(description, total=len(items))
-        for i in range(0, len(items), size):
-            yield items[i : i + size]
-            bar.advance(task, min(size, len(items) - i))
 
 
 @dataclass
@@ -434,6 +358,8 @@ class FinetuneResult:
     n_train_anomalous: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     groups: list[dict] = field(default_factory=list)
+    trainable_params: int = 0
+    total_params: int = 0
     seconds: float = 0.0
 
     def report(self) -> dict:
@@ -443,11 +369,20 @@ class FinetuneResult:
             "train_loss": [round(v, 6) for v in self.train_loss],
             "val": self.val,
             "param_groups": self.groups,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
             "seconds": round(self.seconds, 2),
         }
 
+    def trainable_text(self) -> str:
+        """``"1.23 M of 86.74 M parameters trainable (head, layer4.2, layer4.1)"``."""
+        names = ", ".join(g["name"] for g in self.groups)
+        return (f"{self.trainable_params / 1e6:.2f} M of {self.total_params / 1e6:.2f} M parameters trainable ({names})"
+                if self.total_params >= 1e5 else
+                f"{self.trainable_params:,} of {self.total_params:,} parameters trainable ({names})")
 
-def _train(model: nn.Module, groups: list[dict], train: list[Clip], feats: "_Features", s: FinetuneSettings,
+
+def _train(model: nn.Module, groups: list[dict], train: list[Clip], inputs: _Inputs, s: FinetuneSettings,
            dev: str, progress: bool, description: str) -> list[float]:
     """The training loop: Adam over ``groups``, plain BCE on the logit; returns the mean loss per epoch."""
     opt = torch.optim.Adam(groups, lr=s.lr)
@@ -456,17 +391,13 @@ def _train(model: nn.Module, groups: list[dict], train: list[Clip], feats: "_Fea
     history: list[float] = []
     n = len(train)
     n_batches = math.ceil(n / s.batch_size)
-    bar = make_progress() if progress_enabled(progress) else None
-    if bar:
-        bar.start()
-        task = bar.add_task(f"{description} ({n} clips)", total=s.epochs * n_batches)
-    try:
+    with bar(f"{description} ({n} clips)", s.epochs * n_batches, progress) as b:
         for epoch in range(s.epochs):
             _train_mode(model)
             order = torch.randperm(n, generator=gen).tolist()
             total, count = 0.0, 0
             for i in range(0, n, s.batch_size):
-                got = feats.get_batch([train[j] for j in order[i : i + s.batch_size]])
+                got = inputs.batch([train[j] for j in order[i : i + s.batch_size]])
                 if got is not None:
                     cl, x = got
                     y = torch.tensor([float(c.label) for c in cl], device=dev)
@@ -480,14 +411,10 @@ def _train(model: nn.Module, groups: list[dict], train: list[Clip], feats: "_Fea
                     opt.step()
                     total += loss.item() * len(cl)
                     count += len(cl)
-                if bar:
-                    bar.update(task, advance=1, description=f"{description} epoch {epoch + 1} loss {total / max(count, 1):.3f}")
+                b.advance(1, description=f"{description} epoch {epoch + 1} loss {total / max(count, 1):.3f}")
             if count == 0:
                 raise DatasetError(f"{description}: no training clip could be read")
             history.append(total / count)
-    finally:
-        if bar:
-            bar.stop()
     return history
 
 
@@ -501,13 +428,17 @@ def finetune(
     skip_bad: bool = False,
     progress: bool = True,
     description: str = "finetune",
+    reader: ClipReader | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``backbone`` + a new head on ``train`` (normal and anomalous clips), then report
-    loss and AUC on ``val``. The backbone's module is changed in place (it becomes the scorer's)."""
+    loss and AUC on ``val``. The backbone's module is changed in place (it becomes the scorer's).
+    Clips are read by ``reader`` (default: one from ``audio``, ``skip_bad`` and ``progress``)."""
     from asdkit.metrics import auc as roc_auc
 
     s = (settings or FinetuneSettings()).validate()
-    audio = audio or AudioSettings()
+    reader = reader or ClipReader(audio, "skip" if skip_bad else "error", progress)
+    progress = reader.progress
+    n_skipped = len(reader.skipped)
     train = sorted(train, key=lambda c: c.path)
     labels = {int(c.label) for c in train}
     if labels != {0, 1}:
@@ -520,17 +451,17 @@ def finetune(
         "random_init": bool(backbone.weights.random_init),
     }
     dev = _device(backbone)
-    feats = _Features(backbone.frontend, audio, skip_bad, memo=s.epochs > 1)
+    inputs = _Inputs(backbone.frontend, reader, memo=s.epochs > 1)
     with torch.random.fork_rng(devices=[]):  # seeded here, the caller's random state left alone
         torch.manual_seed(s.seed)
         head = make_head(backbone.embedding_dim, s.head_hidden, s.dropout).to(dev)
         groups = build_param_groups(backbone, head, s)
         model = _Classifier(backbone.module, head)
-        history = _train(model, groups, train, feats, s, dev, progress, description)
+        history = _train(model, groups, train, inputs, s, dev, progress, description)
     model.eval()
     for p in model.parameters():  # back to torch's default, so gradient-based explanations still work
         p.requires_grad_(True)
-    used = [c for c in train if c.path not in feats.bad]
+    used = [c for c in train if not reader.is_bad(c)]
     if hasattr(backbone, "mark_trained"):  # new weights: new cache key, and saved as "fine-tuned from ..."
         backbone.mark_trained(f"fine-tuned by asdkit on {len(used)} clips ({s.epochs} epoch(s), seed {s.seed})")
     info = {
@@ -538,87 +469,24 @@ def finetune(
         "machine_types": sorted({c.machine_type for c in train}),
         "machine_ids": sorted({c.machine_id for c in train}),
     }
-    scorer = FinetunedScorer(backbone, head, s, audio, info)
+    scorer = FinetunedScorer(backbone, head, s, reader.audio, info)
+    group_sizes = [{"name": g["name"], "lr": g["lr"], "n_params": int(sum(p.numel() for p in g["params"]))} for g in groups]
     result = FinetuneResult(
         scorer,
         train_loss=history,
         n_train=len(used),
         n_train_anomalous=sum(c.label for c in used),
-        skipped=list(feats.skipped),
-        groups=[{"name": g["name"], "lr": g["lr"], "n_params": int(sum(p.numel() for p in g["params"]))} for g in groups],
+        groups=group_sizes,
+        trainable_params=sum(g["n_params"] for g in group_sizes),
+        total_params=int(sum(p.numel() for p in model.parameters())),
     )
     if val:
-        kept, prob, sk = scorer.score_clips(sorted(val, key=lambda c: c.path), skip_bad=skip_bad, progress=progress,
-                                            description=f"{description}: validation")
-        result.skipped += sk
+        kept, prob = scorer.score_clips(sorted(val, key=lambda c: c.path), reader, f"{description}: validation")
         y = np.array([c.label for c in kept], dtype=np.float64)
         p = np.clip(prob, 1e-7, 1 - 1e-7)
         loss = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if len(y) else float("nan")
         result.val = {"n": len(kept), "n_anomalous": int(y.sum()), "auc": roc_auc(y.astype(int), prob), "loss": loss}
+    result.skipped = reader.skipped[n_skipped:]
     result.seconds = time.time() - t0
     scorer.info["training"] = result.report()
     return result
-
-
-# ----------------------------------------------------------------------------------- pipeline
-
-
-def run_finetune(cfg: Any, groups: dict[str, list[Clip]], out: str | Path, progress: bool = True,
-                 save_models: bool | None = None):
-    """Method ``finetune`` of the pipeline: one fine-tuned backbone + head per training group.
-
-    ``cfg`` is a :class:`asdkit.pipeline.RunConfig` (or anything with its fields ``backbone``,
-    ``weights``, ``precision``, ``backbone_config``, ``seed``, ``audio``, ``skip_bad``, and
-    optionally ``finetune``: a dict of :class:`FinetuneSettings` fields). Each group trains on its
-    TRAIN clips (both labels), reports VAL, scores TEST. With ``save_models`` (default
-    ``cfg.save_models`` if present, else False) each model is saved to ``out/models/<group>/``.
-
-    Returns ``(scores {path: probability}, skipped [(path, reason)], info)`` like the pipeline's
-    other methods; ``info["finetune"]`` holds the settings and ``info["groups"]`` the per-group
-    training report (train loss, validation AUC and loss).
-    """
-    from asdkit.models import create_backbone
-    from asdkit.progress import console
-
-    s = settings_from_config(cfg)
-    audio = getattr(cfg, "audio", None) or AudioSettings()
-    skip_bad = bool(getattr(cfg, "skip_bad", False))
-    if save_models is None:
-        save_models = bool(getattr(cfg, "save_models", False))
-    out = Path(out)
-    scores: dict[str, float] = {}
-    skipped: list[tuple[str, str]] = []
-    reports: dict[str, dict] = {}
-    base = None
-    for name, group in groups.items():
-        backbone = create_backbone(cfg.backbone, weights=cfg.weights, precision=s.precision,
-                                   config=getattr(cfg, "backbone_config", None), seed=s.seed)
-        if base is None:
-            base = {
-                "weights": backbone.weights.describe(),
-                "weights_source": getattr(backbone.weights, "source", ""),
-                "random_init": bool(backbone.weights.random_init),
-                "embedding_dim": int(backbone.embedding_dim),
-            }
-            if backbone.weights.random_init:
-                console.print(f"[bold red]{cfg.backbone}: {backbone.weights.describe()}[/]")
-        train = [c for c in group if c.split == "train"]
-        val = [c for c in group if c.split == "val"]
-        test = sorted((c for c in group if c.split == "test"), key=lambda c: c.path)
-        res = finetune(backbone, train, s, val=val, audio=audio, skip_bad=skip_bad, progress=progress,
-                       description=f"{name}: finetune {cfg.backbone}")
-        kept, prob, sk = res.scorer.score_clips(test, skip_bad=skip_bad, progress=progress, description=f"{name}: test")
-        scores.update({c.path: float(p) for c, p in zip(kept, prob)})
-        skipped += res.skipped + sk
-        reports[name] = res.report()
-        if save_models:
-            save_finetuned(res.scorer, out / "models" / name)
-    if base is None:
-        raise DatasetError("finetune: no clips to train on")
-    info = {
-        **base,
-        "finetune": asdict(s),
-        "groups": reports,
-    }
-    return scores, skipped, info
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import tempfile
@@ -29,6 +30,53 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB pieces; OSError when it cannot be read."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+MANIFEST = "manifest.json"
+"""The file that lists the SHA-256 of every other file of a saved model folder."""
+
+
+def write_manifest(directory: str | os.PathLike) -> None:
+    """Seal a saved folder: ``manifest.json`` lists every file below it with its SHA-256 (written last)."""
+    d = Path(directory)
+    files = {p.relative_to(d).as_posix(): file_sha256(p) for p in sorted(d.rglob("*"))
+             if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+    write_json(d / MANIFEST, {"format": "asdkit.manifest/1", "files": files})
+
+
+def check_manifest(directory: str | os.PathLike) -> None:
+    """Refuse (ConfigError, one line) a sealed folder whose files are missing, changed or added."""
+    from asdkit.errors import ConfigError
+
+    d = Path(directory)
+    m = d / MANIFEST
+    try:
+        doc = json.loads(m.read_text(encoding="utf-8"))
+        files = doc["files"]
+        if doc.get("format") != "asdkit.manifest/1" or not isinstance(files, dict):
+            raise ValueError("not an asdkit manifest")
+    except FileNotFoundError:
+        raise ConfigError(f"{d}: {MANIFEST} is missing (not a complete saved folder)") from None
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{m}: damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    present = {p.relative_to(d).as_posix() for p in d.rglob("*")
+               if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+    for name in sorted(set(files) | present):
+        if name not in present:
+            raise ConfigError(f"{d / name}: missing (listed in {MANIFEST})")
+        if name not in files:
+            raise ConfigError(f"{d / name}: not listed in {MANIFEST} (added after saving)")
+        if file_sha256(d / name) != files[name]:
+            raise ConfigError(f"{d / name}: checksum does not match {MANIFEST} (file changed or damaged)")
 
 
 def _umask() -> int:

@@ -1,11 +1,13 @@
 """`asdkit run`: one method over one dataset, from files to the results table.
 
-    files -> clips (layout parser) -> the study's split -> frontend -> model/detector per machine
-    type (or per id) -> scores of the test clips -> AUC/pAUC per machine type and id
+    files -> clips (layout parser) -> the study's split -> per machine type (or per id): the method
+    fits on the training clips and scores the test clips -> AUC/pAUC per machine type and id
 
-Unsupervised methods learn from the normal clips of the training split only (the study drops the
-anomalies of train and validation). The run directory gets ``config.json``, ``split.csv``,
-``scores.csv``, ``results.json`` and ``results.md`` (see docs/architecture.md).
+A method is any entry of :mod:`asdkit.methods` (``autoencoder``, ``embed-detect``, ``finetune``, ...);
+unsupervised methods learn from the normal training clips only (the study drops the anomalies of
+train and validation), supervised ones from both labels. Every setting is checked before any audio
+is read. The run directory (:class:`~asdkit.rundir.RunDir`) gets ``config.json``, ``split.csv``,
+``scores.csv``, ``results.json`` and ``results.md``, and the embeddings and fitted models.
 """
 
 from __future__ import annotations
@@ -13,25 +15,25 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from asdkit.audio import AudioSettings, load_audio
-from asdkit.data.clips import Clip, read_clips_csv, write_clips_csv
-from asdkit.errors import AsdkitError, AudioError, ConfigError, DatasetError
-from asdkit.io import write_csv, write_json, write_text
-from asdkit.progress import track
-
-METHODS = ("autoencoder", "embed-detect", "finetune")
+from asdkit.audio import AudioSettings
+from asdkit.data.clips import Clip, read_clips_csv
+from asdkit.errors import ConfigError, DatasetError
+from asdkit.rundir import RunDir
 
 
 @dataclass
 class RunConfig:
-    """Everything that decides a run's numbers (saved as the run's config.json)."""
+    """Everything that decides a run's numbers (saved as the run's config.json): the data, the
+    split, how clips are read, and the method with its own ``settings`` (a mapping of the method's
+    Settings fields, e.g. ``{"backbone": "ast", "detector": "knn"}``; defaults for the rest)."""
 
     data: str
     method: str = "autoencoder"
+    settings: dict = field(default_factory=dict)
     layout: str = "auto"
     machines: list[str] | None = None
     ids: list[str] | None = None
@@ -43,46 +45,27 @@ class RunConfig:
     split_csv: str | None = None
     channel: int | None = None
     skip_bad: bool = False
-    # autoencoder baseline
-    epochs: int = 50
-    lr: float = 1e-3
-    batch_size: int = 512
-    # embeddings + detector
-    backbone: str = "ast"
-    weights: str = "default"
-    precision: str = "fp32"
-    backbone_config: dict | None = None
-    detector: str = "lof-vote"
-    detector_params: dict = field(default_factory=dict)
-    standardize: bool = False
-    embed_batch_size: int = 8
     cache_dir: str | None = None
-    # supervised fine-tuning (method "finetune"): asdkit.finetune.FinetuneSettings fields, e.g.
-    # {"epochs": 1, "trainable_blocks": 2}; seed and precision default to the run's own
-    finetune: dict = field(default_factory=dict)
     save_models: bool = False
+    """Save every group's fitted method under RUN/models/<group> (the autoencoder's always are: they are small)."""
+    device: str = "cpu"
 
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
-        if self.channel is not None and self.channel < 0:
+    def validate(self):
+        """Check everything that can be checked without reading audio or building a model; returns
+        the method's checked Settings (and stores their full form in ``settings``)."""
+        from asdkit.methods import method_settings
+
+        if self.channel is not None and (isinstance(self.channel, bool) or not isinstance(self.channel, int) or self.channel < 0):
             raise ConfigError(f"channel must be 0 or more, got {self.channel}")
-        if self.method == "finetune":
-            from asdkit.finetune import settings_from_config
-
-            self.finetune = asdict(settings_from_config(self))  # every setting, checked, saved in config.json
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a whole number 0 or more, got {self.seed!r}")
+        s = method_settings(self.method, self.settings)
+        self.settings = s.to_dict()  # every setting, checked, saved in config.json
+        return s
 
     @property
     def audio(self) -> AudioSettings:
         return AudioSettings(channel=self.channel)
-
-    @property
-    def label(self) -> str:
-        if self.method == "autoencoder":
-            return "autoencoder"
-        if self.method == "finetune":
-            return f"{self.backbone}+finetune"
-        return f"{self.backbone}+{self.detector}"
 
 
 @dataclass
@@ -94,7 +77,7 @@ class RunResult:
     info: dict
 
 
-def prepare_clips(cfg: RunConfig, progress: bool = True) -> list[Clip]:
+def prepare_clips(cfg: RunConfig) -> list[Clip]:
     """The dataset's clips with the study's split (or a saved split, to repeat a run exactly)."""
     from asdkit.data import load_dataset
     from asdkit.data.split import study_split
@@ -116,152 +99,93 @@ def training_groups(clips: Sequence[Clip], per_id: bool) -> dict[str, list[Clip]
     return dict(sorted(groups.items()))
 
 
-def load_clip_arrays(
-    clips: Sequence[Clip],
-    fn: Callable[[np.ndarray], np.ndarray],
-    audio: AudioSettings,
-    skip_bad: bool,
-    description: str,
-    progress: bool = True,
-) -> tuple[list[Clip], list[np.ndarray], list[tuple[str, str]]]:
-    """Read each clip and apply ``fn``; bad files raise, or are skipped and reported."""
-    kept, arrays, skipped = [], [], []
-    for c in track(clips, description, enabled=progress):
-        try:
-            arrays.append(fn(load_audio(c.path, audio)))
-        except AudioError as e:
-            if not skip_bad:
-                raise
-            skipped.append((c.path, str(e)))
-            continue
-        kept.append(c)
-    return kept, arrays, skipped
-
-
-def _unsupervised_parts(group: list[Clip]) -> tuple[list[Clip], list[Clip]]:
-    train = [c for c in group if c.split == "train" and not c.is_anomalous]
-    test = [c for c in group if c.split == "test"]
-    return train, test
-
-
-def _run_autoencoder(cfg: RunConfig, groups: dict[str, list[Clip]], out: Path, progress: bool):
-    from asdkit.features import get_frontend
-    from asdkit.models.autoencoder import AutoencoderDetector, detector_backbone
-
-    frontend = get_frontend("ae")
-    scores: dict[str, float] = {}
-    skipped: list[tuple[str, str]] = []
-    for name, group in groups.items():
-        train, test = _unsupervised_parts(group)
-        train, xtr, sk1 = load_clip_arrays(train, frontend, cfg.audio, cfg.skip_bad, f"{name}: train features", progress)
-        test, xte, sk2 = load_clip_arrays(test, frontend, cfg.audio, cfg.skip_bad, f"{name}: test features", progress)
-        skipped += sk1 + sk2
-        if not train:
-            raise DatasetError(f"{name}: no normal training clips to learn from")
-        det = AutoencoderDetector(cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed)
-        det.fit(xtr, progress=progress, description=f"{name}: autoencoder")
-        detector_backbone(det, f"MIMII autoencoder trained on {len(train)} normal {name} clips, {cfg.epochs} epochs").save(out / "models" / name)
-        for c, s in zip(test, det.score_clips(xte)):
-            scores[c.path] = float(s)
-    return scores, skipped, {"weights": "trained from scratch on normal training clips (models/<group>)", "random_init": False}
-
-
-def _run_embed_detect(cfg: RunConfig, groups: dict[str, list[Clip]], out: Path, progress: bool):
-    from asdkit.detectors import create_detector
-    from asdkit.embed import EmbeddingSet, embed_clips
-    from asdkit.models import create_backbone
-
-    backbone = create_backbone(cfg.backbone, weights=cfg.weights, precision=cfg.precision, config=cfg.backbone_config)
-    used = [c for g in groups.values() for c in g if c.split == "test" or (c.split == "train" and not c.is_anomalous)]
-    emb = embed_clips(
-        used,
-        backbone,
-        cache_dir=cfg.cache_dir,
-        batch_size=cfg.embed_batch_size,
-        audio=cfg.audio,
-        on_bad="skip" if cfg.skip_bad else "error",
-        progress=progress,
-    )
-    emb.save_npz(out / "embeddings" / f"{cfg.backbone}.npz")
-    index = {c.path: i for i, c in enumerate(emb.clips)}
-    scores: dict[str, float] = {}
-    for name, group in groups.items():
-        train, test = _unsupervised_parts(group)
-        train = [c for c in train if c.path in index]
-        test = [c for c in test if c.path in index]
-        if not train:
-            raise DatasetError(f"{name}: no normal training clips to learn from")
-        det = create_detector(cfg.detector, standardize=cfg.standardize, **cfg.detector_params)
-        det.fit(emb.X[[index[c.path] for c in train]])
-        if test:
-            s = det.score_samples(emb.X[[index[c.path] for c in test]])
-            scores.update({c.path: float(v) for c, v in zip(test, s)})
-    info = {
-        "weights": backbone.weights.describe(),
-        "weights_source": backbone.weights.source,
-        "random_init": backbone.weights.random_init,
-        "embedding_dim": backbone.embedding_dim,
-    }
-    return scores, list(emb.skipped), info
-
-
 def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> RunResult:
     """Run ``cfg`` and write the run directory ``out``."""
-    from asdkit.metrics import group_table
+    from asdkit.embed import EmbeddingSet
+    from asdkit.methods import Context, create_method
+    from asdkit.reader import ClipReader
     from asdkit.runinfo import environment
 
-    cfg.validate()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    settings = cfg.validate()
+    rd = RunDir(out)
+    if rd.path.exists() and not rd.path.is_dir():
+        raise ConfigError(f"{rd.path}: exists and is not a folder")
+    rd.path.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    clips = prepare_clips(cfg, progress)
-    write_clips_csv(clips, out / "split.csv")
-    groups = training_groups(clips, cfg.per_id)
-    if cfg.method == "autoencoder":
-        scores, skipped, info = _run_autoencoder(cfg, groups, out, progress)
-    elif cfg.method == "finetune":
-        from asdkit.finetune import run_finetune
-
-        scores, skipped, info = run_finetune(cfg, groups, out, progress)
-    else:
-        scores, skipped, info = _run_embed_detect(cfg, groups, out, progress)
+    clips = prepare_clips(cfg)
+    rd.write_split(clips)
+    reader = ClipReader(cfg.audio, "skip" if cfg.skip_bad else "error", progress)
+    ctx = Context(reader=reader, cache_dir=cfg.cache_dir, seed=cfg.seed, device=cfg.device)
+    readings: dict[str, dict[str, float]] = {}
+    embeddings: dict[str, list] = {}
+    info: dict = {}
+    groups: dict[str, dict] = {}
+    label = cfg.method
+    for name, group in training_groups(clips, cfg.per_id).items():
+        method = create_method(cfg.method, settings, ctx, title=name)
+        method.fit([c for c in group if c.split == "train"], val=[c for c in group if c.split == "val"])
+        test = [c for c in group if c.split == "test"]
+        for key, values in method.readings(test).items():
+            readings.setdefault(key, {}).update({c.path: float(v) for c, v in zip(test, values) if np.isfinite(v)})
+        for bname, emb in method.embeddings().items():
+            embeddings.setdefault(bname, []).append(emb)
+        if cfg.save_models or method.keeps_models:
+            method.save(rd.model_dir(name))
+        minfo = method.info()
+        groups[name] = {"n_train": method.n_train_, **({"training": minfo.pop("training")} if "training" in minfo else {})}
+        info = {**minfo, **info}
+        label = method.label
+    for bname, sets in embeddings.items():
+        rd.write_embeddings(bname, EmbeddingSet.concat(sets))
+    scores = readings.get("score", {})
     scored = [c for c in clips if c.path in scores]
     if not scored:
         raise DatasetError(f"{cfg.data}: no test clips could be scored")
-    # one model per id: its scores are not on a common scale, so the type's row is the mean of the ids'
-    rows = group_table(scored, np.array([scores[c.path] for c in scored]), type_summary="mean" if cfg.per_id else "pooled")
-    write_csv(
-        out / "scores.csv",
-        ["file", "machine_type", "machine_id", "label", "split", "score"],
-        ([c.path, c.machine_type, c.machine_id, c.label, c.split, f"{scores[c.path]:.8g}"] for c in scored),
-    )
+    rows = result_rows(scored, readings, cfg.per_id)
+    rd.write_scores(scored, readings)
     env = environment()
     info = {
         "method": cfg.method,
-        "label": cfg.label,
+        "label": label,
         **info,
+        "settings": cfg.settings,
+        "groups": groups,
         "n_clips": len(clips),
         "n_scored": len(scored),
-        "skipped": [{"file": p, "reason": r} for p, r in skipped],
+        "skipped": [{"file": p, "reason": r} for p, r in reader.skipped],
         "seconds": round(time.time() - t0, 2),
         **env,
     }
-    write_json(out / "config.json", {"config": asdict(cfg), **env})
-    write_json(out / "results.json", {**info, "rows": rows})
-    write_text(out / "results.md", results_markdown(info, rows))
-    return RunResult(rows, scores, clips, skipped, info)
+    rd.write_results(asdict(cfg), env, info, rows, results_markdown(info, rows))
+    return RunResult(rows, scores, clips, list(reader.skipped), info)
+
+
+def result_rows(scored: Sequence[Clip], readings: dict[str, dict[str, float]], per_id: bool) -> list[dict]:
+    """AUC/pAUC rows of the main score, with ``auc_<reading>`` / ``pauc_<reading>`` for every other reading."""
+    from asdkit.metrics import group_table
+
+    # one model per id: its scores are not on a common scale, so the type's row is the mean of the ids'
+    summary = "mean" if per_id else "pooled"
+    rows = group_table(scored, np.array([readings["score"][c.path] for c in scored]), type_summary=summary)
+    for key, values in readings.items():
+        if key == "score":
+            continue
+        other = group_table(scored, np.array([values[c.path] for c in scored]), type_summary=summary)
+        for r, o in zip(rows, other):
+            r[f"auc_{key}"], r[f"pauc_{key}"] = o["auc"], o["pauc"]
+    return rows
 
 
 def results_markdown(info: dict, rows: list[dict]) -> str:
-    from asdkit.metrics import markdown_table
+    from asdkit.metrics import TABLE_COLUMNS, markdown_table
+    from asdkit.models.weights import random_init_warning
 
     lines = [f"# asdkit run: {info['label']}", ""]
     if info.get("random_init"):
-        lines += ["**RANDOM INIT: the backbone has no pretrained weights; these numbers say nothing about the pretrained model.**", ""]
+        lines += [f"**{random_init_warning()}**", ""]
     lines += [f"- weights: {info.get('weights')}", f"- clips scored: {info['n_scored']} of {info['n_clips']}"]
     if info["skipped"]:
         lines.append(f"- skipped bad files: {len(info['skipped'])}")
-    lines += ["", markdown_table(rows, ["machine_type", "machine_id", "auc", "pauc", "n_normal", "n_anomalous"]), ""]
+    extra = [k for k in (rows[0] if rows else {}) if k.startswith(("auc_", "pauc_"))]
+    lines += ["", markdown_table(rows, [*TABLE_COLUMNS[:4], *extra, *TABLE_COLUMNS[4:]]), ""]
     return "\n".join(lines)

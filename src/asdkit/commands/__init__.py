@@ -1,12 +1,23 @@
-"""Command functions kept out of :mod:`asdkit.cli`; ``cli.py`` registers them on its app, e.g.
-``app.command("reproduce")(reproduce_cmd)``. Names are imported lazily, so loading one command
-module never imports another."""
+"""The command line's commands, one module per group; :mod:`asdkit.cli` registers them in order.
+
+Each module has a ``register(app)`` that adds its commands; every option is defined once in
+:mod:`asdkit.commands.options`. Names are imported lazily, so loading one command module never
+imports another.
+"""
 
 from __future__ import annotations
 
+MODULES = ("data", "run", "monitor", "reproduce", "explain")
+"""Command modules in the order their commands appear in ``asdkit --help``."""
+
 _LAZY = {
+    "run_cmd": "asdkit.commands.run",
+    "finetune_cmd": "asdkit.commands.run",
+    "fit_cmd": "asdkit.commands.monitor",
+    "score_cmd": "asdkit.commands.monitor",
     "reproduce_cmd": "asdkit.commands.reproduce",
-    "finetune_cmd": "asdkit.commands.reproduce",
+    "demo_cmd": "asdkit.commands.reproduce",
+    "explain_cmd": "asdkit.commands.explain",
 }
 
 __all__ = sorted(_LAZY)

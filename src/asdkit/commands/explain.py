@@ -60,7 +60,8 @@ def explain_cmd(
     """Draw what the models see and write report.html (opens from disk, no network)."""
     from rich.console import Console
 
-    from asdkit.explain.run import DEFAULT_BACKBONES, TINY_CONFIGS, explain_clips, explain_run
+    from asdkit.explain.run import DEFAULT_BACKBONES, explain_clips, explain_run
+    from asdkit.models import TINY_CONFIGS
 
     con = Console()
     paths = list(clips or []) + list(files or [])
@@ -94,3 +95,7 @@ def explain_cmd(
     for name, p in res.figures.items():
         con.print(f"{name}: {p}")
     con.print(f"report: {res.report}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("explain")(explain_cmd)

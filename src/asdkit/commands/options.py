@@ -1,13 +1,105 @@
-"""Parsing helpers shared by every command: comma lists, JSON options, the console."""
+"""The command line's shared options: every option is defined once here (name, type, choices, help)
+and used by every command that takes it, so their help texts agree; plus the parsing helpers."""
 
 from __future__ import annotations
 
 import json
-from typing import Optional
+import os
+from pathlib import Path
+from typing import Annotated, Any, List, Literal, Optional
+
+import typer
 
 from asdkit.errors import ConfigError
 
-BACKBONE_CONFIG_HELP = "Architecture overrides as JSON (e.g. a tiny model for a quick try: '{\"num_hidden_layers\": 2}')."
+# -------------------------------------------------------------------------------------- choices
+
+Layouts = Literal["auto", "mimii", "dcase", "folder", "csv"]
+Methods = Literal["autoencoder", "embed-detect", "finetune"]
+"""Every entry of :data:`asdkit.methods.METHODS` (tests/test_cli.py checks that they agree)."""
+BACKBONES_TEXT = "ast, resnext101_32x8d, autoencoder"
+DETECTORS_TEXT = "lof-vote, lof, knn, mahalanobis, gmm, iforest"
+"""The backbone and detector registries' names, written out so that the help does not import torch
+and scikit-learn to list them (tests/test_cli.py checks that they agree with the registries); a
+wrong name is refused by the method's settings check before any work."""
+
+# ------------------------------------------------------------------------------ data and splits
+
+Data = Annotated[Path, typer.Option("--data", help="Dataset root (MIMII, DCASE, a normal/abnormal folder) or a CSV manifest.")]
+Layout = Annotated[Layouts, typer.Option(help="Dataset layout (auto tells them apart by their names).")]
+Machines = Annotated[Optional[str], typer.Option(help="Only these machine types (comma separated, e.g. fan,pump).")]
+Ids = Annotated[Optional[str], typer.Option(help="Only these machine ids (comma separated, e.g. 00,02).")]
+Snr = Annotated[Optional[str], typer.Option(help="MIMII noise level when the tree holds several (6dB, 0dB, -6dB, or all).")]
+PerId = Annotated[bool, typer.Option("--per-id", help="Train one model per machine id (the MIMII baseline) instead of one per type.")]
+Seed = Annotated[int, typer.Option(help="Seed for the split and the models.", min=0)]
+Split = Annotated[Optional[Path], typer.Option(help="Reuse a saved split.csv instead of splitting.")]
+Channel = Annotated[Optional[int], typer.Option(help="Use one microphone (0, 1, ...) instead of the mean of all channels.", min=0)]
+SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable files (counted in the results) instead of stopping.")]
+Cache = Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default: $ASDKIT_CACHE or ~/.cache/asdkit).")]
+OutDir = Annotated[Path, typer.Option("--out", help="Run directory to write (config.json, split.csv, scores.csv, results.json, results.md).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+SaveModel = Annotated[bool, typer.Option("--save-model", help="Also save each fitted model to OUT/models/<group>/ (the autoencoder's always are).")]
+
+# ------------------------------------------------------------------------------------- methods
+
+Method = Annotated[Methods, typer.Option(help="The method: autoencoder (MIMII baseline), embed-detect (backbone embeddings + detector), finetune (the study's supervised head).")]
+Backbone = Annotated[Optional[str], typer.Option(help=f"Embedding backbone: {BACKBONES_TEXT} (default: ast).")]
+Weights = Annotated[Optional[str], typer.Option(help="Backbone weights: 'default' (the study's, from the hub), a hub id, a local folder/file, or 'none' (random init).")]
+Precision = Annotated[Optional[Literal["fp32", "bf16"]], typer.Option(help="fp32, or bf16 (autocast; fast on CPUs with native bf16).")]
+BackboneConfig = Annotated[Optional[str], typer.Option(help="Architecture overrides as JSON (e.g. a tiny model for a quick try: '{\"num_hidden_layers\": 2}').")]
+Detector = Annotated[Optional[str], typer.Option(help=f"Anomaly detector on the embeddings: {DETECTORS_TEXT} (default: lof-vote, the study's).")]
+DetectorParams = Annotated[Optional[str], typer.Option(help="Detector hyper-parameters as JSON (e.g. '{\"n_neighbors\": 8}').")]
+Standardize = Annotated[Optional[bool], typer.Option("--standardize/--no-standardize", help="Standardise embeddings before the detector.", show_default=False)]
+Epochs = Annotated[Optional[int], typer.Option(help="Training epochs (autoencoder: 50, finetune: 1 by default).", min=1)]
+Lr = Annotated[Optional[float], typer.Option(help="Learning rate (finetune: of the head; the top block gets lr/10, the next lr/100 ...).")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Clips (finetune, embed-detect) or context vectors (autoencoder) per step.", min=1)]
+TrainableBlocks = Annotated[Optional[int], typer.Option(help="finetune: backbone blocks trained from the top (the rest frozen; default 2).", min=0)]
+BlockUnit = Annotated[Optional[Literal["stage", "bottleneck"]], typer.Option(help="finetune: a block is a ResNeXt stage, or one bottleneck module (the study's 'bottleneck layer 3/2').")]
+Set = Annotated[Optional[List[str]], typer.Option("--set", help="Any other method setting as KEY=VALUE (VALUE read as JSON when it parses; repeatable).")]
+
+OPTION_OF_SETTING = {"backbone": "--backbone", "weights": "--weights", "precision": "--precision",
+                     "backbone_config": "--backbone-config", "detector": "--detector", "detector_params": "--detector-params",
+                     "standardize": "--standardize", "epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size",
+                     "trainable_blocks": "--trainable-blocks", "block_unit": "--block-unit"}
+
+
+def method_settings_from_options(method: str, given: dict[str, Any], sets: Optional[List[str]] = None,
+                                 defaults: dict | None = None) -> dict:
+    """The method's settings from the options the user gave (None = not given), ``--set`` pairs and
+    the command's own defaults; an option that does not apply to the method is a one-line error."""
+    from asdkit.methods import method_class
+
+    known = set(method_class(method).Settings.defaults())
+    out = {k: v for k, v in (defaults or {}).items() if k in known}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key in ("backbone_config", "detector_params"):
+            value = json_dict(value, OPTION_OF_SETTING[key])
+        if key not in known:
+            raise ConfigError(f"{OPTION_OF_SETTING.get(key, key)} does not apply to --method {method} "
+                              f"(its settings: {', '.join(sorted(known))})")
+        out[key] = value
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key = key.strip().replace("-", "_")
+        if key not in known:
+            raise ConfigError(f"--set {key}: {method} has no such setting (its settings: {', '.join(sorted(known))})")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def default_cache_dir() -> Path:
+    """Where the command line caches embeddings: $ASDKIT_CACHE, else ~/.cache/asdkit."""
+    return Path(os.environ.get("ASDKIT_CACHE") or Path.home() / ".cache" / "asdkit")
 
 
 def csv_list(value: Optional[str]) -> Optional[list[str]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from typing import Sequence
 
 from asdkit.errors import ConfigError
 from asdkit.io import write_text
+from asdkit.models.weights import random_init_warning
+from asdkit.rundir import RunDir
 
 REPORT_NAME = "report.html"
 
@@ -242,28 +243,19 @@ def results_table_html(results: dict) -> str:
 def run_table_section(run_dir: str | Path, title: str | None = None) -> Section | None:
     """The section for one run directory's table: ``results.md`` (or ``results.json``)."""
     run_dir = Path(run_dir)
-    md, js = run_dir / "results.md", run_dir / "results.json"
-    results = {}
-    if js.is_file():
-        try:
-            results = json.loads(js.read_text(encoding="utf-8"))
-        except ValueError:
-            raise ConfigError(f"{js}: not valid JSON") from None
+    md = run_dir / RunDir.RESULTS_MD
+    results = RunDir(run_dir).results()
     name = title or f"Results: {results.get('label') or run_dir.name}"
     if md.is_file():
         return Section(name, text=f"From {run_dir.name}/results.md.", markdown=md.read_text(encoding="utf-8"))
     if results:
         extra = []
         if results.get("random_init"):
-            extra.append("RANDOM INIT: the backbone has no pretrained weights; these numbers say nothing about the pretrained model.")
+            extra.append(random_init_warning())
         if results.get("weights"):
             extra.append(f"weights: {results['weights']}")
         return Section(name, text="\n\n".join([f"From {run_dir.name}/results.json.", *extra]), html=results_table_html(results))
     return None
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / "results.json").is_file() or (path / "results.md").is_file()
 
 
 def table_sections(run_dir: str | Path) -> list[Section]:
@@ -275,11 +267,10 @@ def table_sections(run_dir: str | Path) -> list[Section]:
     if t3.is_file():
         sections.append(Section("Table III", text="The study's comparison table as reproduced (table3.md); each cell's own "
                                 "results are in runs/<row>__<column>/results.md.", markdown=t3.read_text(encoding="utf-8")))
-        s = run_table_section(run_dir) if is_run_dir(run_dir) else None
+        s = run_table_section(run_dir) if RunDir.is_run(run_dir) else None
         return sections + ([s] if s else [])
-    dirs = [run_dir] + sorted(p for p in run_dir.iterdir() if p.is_dir() and is_run_dir(p))
-    for d in dirs:
-        s = run_table_section(d)
+    for rd in RunDir.find(run_dir, depth=1):
+        s = run_table_section(rd.path)
         if s is not None:
             sections.append(s)
     return sections

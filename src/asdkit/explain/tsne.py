@@ -8,7 +8,6 @@ drawn twice: coloured by normal/anomalous and by machine id.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +17,7 @@ import numpy as np
 from asdkit.errors import ConfigError
 
 NPZ_KEYS = ("X", "path", "label", "machine_type", "machine_id", "split")
+"""The arrays of an :class:`EmbeddingTable` (as in the run's ``.npz``)."""
 MIN_POINTS = 5
 SINGLE_THREAD_POINTS = 3000
 
@@ -47,72 +47,39 @@ class EmbeddingTable:
 
 
 def load_embeddings(path: str | Path, name: str | None = None) -> EmbeddingTable:
-    """Read an embeddings ``.npz`` written by a run (plain arrays, no pickle)."""
+    """Read an embeddings ``.npz`` written by a run (:meth:`asdkit.embed.EmbeddingSet.load_npz`)."""
+    from asdkit.embed import EmbeddingSet
+    from asdkit.rundir import RunDir
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such embeddings file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in NPZ_KEYS if k not in z.files]
-            if missing:
-                raise ConfigError(f"{path}: embeddings file lacks array(s) {', '.join(missing)}")
-            arrays = {k: z[k] for k in NPZ_KEYS}
-    except (ValueError, OSError) as e:  # not a zip, pickled object arrays, truncated
-        raise ConfigError(f"{path}: not a readable embeddings file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    X = np.asarray(arrays["X"], dtype=np.float32)
-    n = len(X)
-    if X.ndim != 2 or n == 0:
-        raise ConfigError(f"{path}: X must be a non-empty [clips, dims] array, got shape {X.shape}")
-    for k in NPZ_KEYS[1:]:
-        if len(arrays[k]) != n:
-            raise ConfigError(f"{path}: array {k} has {len(arrays[k])} rows, X has {n}")
-    if not np.isfinite(X).all():
+    emb = EmbeddingSet.load_npz(path)
+    if len(emb) == 0:
+        raise ConfigError(f"{path}: holds no embeddings")
+    if not np.isfinite(emb.X).all():
         raise ConfigError(f"{path}: embeddings contain NaN or infinite values")
+    run = RunDir(path.parent.parent)
+    c = emb.clips
     return EmbeddingTable(
         name=name or path.stem,
-        X=X,
-        path=arrays["path"].astype(str),
-        label=arrays["label"].astype(int),
-        machine_type=arrays["machine_type"].astype(str),
-        machine_id=arrays["machine_id"].astype(str),
-        split=arrays["split"].astype(str),
+        X=emb.X,
+        path=np.array([x.path for x in c]),
+        label=np.array([x.label for x in c], dtype=int),
+        machine_type=np.array([x.machine_type for x in c]),
+        machine_id=np.array([x.machine_id for x in c]),
+        split=np.array([x.split for x in c]),
         source=str(path),
-        random_init=_run_random_init(path.parent.parent),
+        random_init=run.random_init if RunDir.is_run(run.path) else None,
     )
 
 
-def _run_random_init(run_dir: Path) -> bool | None:
-    f = run_dir / "results.json"
-    try:
-        return bool(json.loads(f.read_text(encoding="utf-8")).get("random_init")) if f.is_file() else None
-    except (ValueError, OSError):
-        return None
-
-
-def run_dirs(root: str | Path) -> list[Path]:
-    """``root`` and the run directories up to two levels below it (a reproduce directory keeps one
-    run per cell in ``runs/<row>__<column>``), in that order."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [root]
-    level = [root]
-    for _ in range(2):
-        level = [c for d in level for c in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))]
-        found += [d for d in level if _looks_like_run(d)]
-    return found
-
-
-def _looks_like_run(d: Path) -> bool:
-    return any((d / f).is_file() for f in ("results.json", "results.md", "split.csv", "config.json")) or (d / "embeddings").is_dir()
-
-
 def find_embedding_files(run_dir: str | Path) -> dict[str, list[Path]]:
-    """{backbone: [npz, ...]} in ``run_dir/embeddings`` and in the run directories below it; AST first."""
+    """{backbone: [npz, ...]} of the runs at and below ``run_dir`` (:meth:`RunDir.find`); AST first."""
+    from asdkit.rundir import RunDir
+
     found: dict[str, list[Path]] = {}
-    for d in run_dirs(run_dir):
-        for f in sorted((d / "embeddings").glob("*.npz")):
-            found.setdefault(f.stem, []).append(f)
+    for rd in RunDir.find(run_dir):
+        for name, f in rd.embedding_files().items():
+            found.setdefault(name, []).append(f)
     return dict(sorted(found.items(), key=lambda kv: backbone_order(kv[0])))
 
 

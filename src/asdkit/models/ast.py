@@ -97,7 +97,7 @@ class ASTBackbone(Backbone):
                 f"ast: expected a batch of shape (B, {self.input_shape[0]}, {self.input_shape[1]}), got {tuple(x.shape)}"
             )
 
-    def _block_modules(self):
+    def _block_modules(self, unit: str = "stage"):
         m = self.model
         return (
             [("embeddings", [m.embeddings])]

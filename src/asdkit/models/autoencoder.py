@@ -16,14 +16,15 @@ Example::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from asdkit.errors import ConfigError
-from asdkit.progress import make_progress, progress_enabled
+from asdkit.progress import bar
+from asdkit.settings import Int, Real, Settings, setting
 
 HIDDEN = (64, 64, 8, 64, 64)
 """Layer widths of the MIMII baseline (encoder 64-64, bottleneck 8, decoder 64-64)."""
@@ -52,52 +53,41 @@ class Autoencoder(nn.Module):
 
 
 @dataclass
-class AutoencoderSettings:
-    epochs: int = 50
-    lr: float = 1e-3
-    batch_size: int = 512
-    seed: int = 0
+class AutoencoderSettings(Settings):
+    """The baseline's training settings (the study's: 50 epochs, Adam 1e-3, batch 512)."""
 
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
-        if not self.lr > 0:
-            raise ConfigError(f"learning rate must be positive, got {self.lr}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+    where: ClassVar[str] = "autoencoder"
+    epochs: int = setting(50, Int(1), "training epochs (the study: 50)")
+    lr: float = setting(1e-3, Real(0, open_low=True), "Adam learning rate")
+    batch_size: int = setting(512, Int(1), "context vectors per training step")
 
 
 class AutoencoderDetector:
     """Train the baseline on normal clips' context vectors, score clips by mean reconstruction error."""
 
     def __init__(self, epochs: int = 50, lr: float = 1e-3, batch_size: int = 512, seed: int = 0):
-        self.settings = AutoencoderSettings(epochs, lr, batch_size, seed)
-        self.settings.validate()
+        self.settings = AutoencoderSettings(epochs, lr, batch_size).validate()
+        self.seed = seed
         self.model_: Autoencoder | None = None
         self.loss_history_: list[float] = []
 
     def get_params(self) -> dict:
-        return asdict(self.settings)
+        return {**asdict(self.settings), "seed": self.seed}
 
     def fit(self, clips: Sequence[np.ndarray], progress: bool = True, description: str = "autoencoder") -> "AutoencoderDetector":
         if len(clips) == 0:
             raise ConfigError("the autoencoder needs at least one normal training clip")
         s = self.settings
         x = torch.from_numpy(np.concatenate([np.asarray(c, dtype=np.float32) for c in clips]))
-        torch.manual_seed(s.seed)
+        torch.manual_seed(self.seed)
         model = Autoencoder(input_dim=x.shape[1])
         opt = torch.optim.Adam(model.parameters(), lr=s.lr)
         loss_fn = nn.MSELoss()
-        gen = torch.Generator().manual_seed(s.seed)
+        gen = torch.Generator().manual_seed(self.seed)
         n = x.shape[0]
         model.train()
         self.loss_history_ = []
-        show = progress_enabled(progress)
-        bar = make_progress() if show else None
-        if bar:
-            bar.start()
-            task = bar.add_task(f"{description} ({n} vectors)", total=s.epochs)
-        try:
+        with bar(f"{description} ({n} vectors)", s.epochs, progress) as b:
             for _ in range(s.epochs):
                 perm = torch.randperm(n, generator=gen)
                 total = 0.0
@@ -109,11 +99,7 @@ class AutoencoderDetector:
                     opt.step()
                     total += loss.item() * xb.shape[0]
                 self.loss_history_.append(total / n)
-                if bar:
-                    bar.update(task, advance=1, description=f"{description} loss {total / n:.3f}")
-        finally:
-            if bar:
-                bar.stop()
+                b.advance(1, description=f"{description} loss {total / n:.3f}")
         model.eval()
         self.model_ = model
         return self
@@ -154,7 +140,7 @@ def _build_backbone():
     class AutoencoderBackbone(Backbone):
         """The baseline's encoder as a backbone: a clip's embedding is its mean 8-d code."""
 
-        def _block_modules(self):
+        def _block_modules(self, unit: str = "stage"):
             net = self.module.autoencoder.net
             return [("encoder", [net[:6]]), ("decoder", [net[6:]])]
 

@@ -250,15 +250,21 @@ class Backbone:
         return np.ascontiguousarray(out, dtype=np.float32)
 
     # -- fine-tuning -------------------------------------------------------------------------------
-    def _block_modules(self) -> list[tuple[str, list]]:
+    def _block_modules(self, unit: str = "stage") -> list[tuple[str, list]]:
         return [("all", [self.module])]
 
-    def blocks(self) -> list[tuple[str, list]]:
+    def blocks(self, unit: str = "stage") -> list[tuple[str, list]]:
         """``[(name, [parameters])]`` from the input (lowest) to the top; every parameter of
-        ``module`` is in exactly one block (frozen ones too, so they can be unfrozen)."""
+        ``module`` is in exactly one block (frozen ones too, so they can be unfrozen).
+
+        ``unit``: ``stage`` (the network's natural stages: ResNeXt's ``layer1``..``layer4``, AST's
+        transformer layers) or ``bottleneck`` (ResNeXt's single Bottleneck modules,
+        ``layer4.2`` and so on; backbones without a finer unit give their stages)."""
+        if unit not in ("stage", "bottleneck"):
+            raise ConfigError(f"block unit must be stage or bottleneck, got {unit!r}")
         out = []
         seen: set[int] = set()
-        for bname, mods in self._block_modules():
+        for bname, mods in self._block_modules(unit):
             params = []
             for m in mods:
                 for p in m.parameters():

@@ -67,9 +67,12 @@ class ResNeXtBackbone(Backbone):
         if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[2:]) < 32:
             raise ConfigError(f"{NAME}: expected a batch of shape (B, 3, mels >= 32, frames >= 32), got {tuple(x.shape)}")
 
-    def _block_modules(self):
+    def _block_modules(self, unit: str = "stage"):
         m = self.module
-        return [("stem", [m.conv1, m.bn1])] + [(f"layer{i}", [getattr(m, f"layer{i}")]) for i in range(1, 5)]
+        stages = [(f"layer{i}", getattr(m, f"layer{i}")) for i in range(1, 5)]
+        if unit == "bottleneck":  # every Bottleneck module of every stage its own block
+            return [("stem", [m.conv1, m.bn1])] + [(f"{name}.{k}", [b]) for name, st in stages for k, b in enumerate(st)]
+        return [("stem", [m.conv1, m.bn1])] + [(name, [st]) for name, st in stages]
 
     def _save_weights(self, directory: Path) -> None:
         from asdkit.io import write_json

@@ -43,6 +43,11 @@ log = logging.getLogger("asdkit")
 RANDOM_INIT_BANNER = "RANDOM INIT (no pretrained weights)"
 """What every output says about a randomly initialised backbone."""
 
+
+def random_init_warning(what: str = "the backbone") -> str:
+    """The one sentence every table, report and summary gives when ``what`` had random weights."""
+    return f"RANDOM INIT: {what} had no pretrained weights; these numbers say nothing about the pretrained models."
+
 HUB_PROBE_TIMEOUT = 3.0
 """Seconds allowed for the TCP connect that decides whether the hub is reachable."""
 

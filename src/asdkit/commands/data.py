@@ -1,0 +1,105 @@
+"""`asdkit synth` (the built-in data), `asdkit features` (a clip's model input) and `asdkit embed`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from asdkit.commands import options as o
+from asdkit.errors import ConfigError
+
+
+def synth_cmd(
+    out: Annotated[Path, typer.Argument(help="Folder to write the MIMII-layout tree into.")],
+    machines: Annotated[str, typer.Option(help="Machine types, comma separated.")] = "fan,pump,valve,slider",
+    ids: Annotated[str, typer.Option(help="Machine ids, comma separated.")] = "00,02,04,06",
+    normal: Annotated[int, typer.Option(help="Normal clips per machine id.", min=0)] = 40,
+    anomalous: Annotated[int, typer.Option(help="Anomalous clips per machine id.", min=0)] = 12,
+    snr: Annotated[float, typer.Option(help="Machine-to-background SNR in dB (MIMII: 6, 0, -6).")] = 6.0,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.", min=0)] = 0,
+    seconds: Annotated[float, typer.Option(help="Clip length in seconds.")] = 10.0,
+    quiet: o.Quiet = False,
+):
+    """Generate physically motivated machine sounds in the MIMII layout (the built-in data)."""
+    from asdkit.data.synth import synthesize
+
+    clips = synthesize(
+        out, machines=o.csv_list(machines), ids=o.csv_list(ids), n_normal=normal, n_anomalous=anomalous,
+        snr_db=snr, seed=seed, seconds=seconds, progress=not quiet,
+    )
+    n_anom = sum(c.label for c in clips)
+    o.console().print(f"wrote {len(clips)} clips ({len(clips) - n_anom} normal, {n_anom} anomalous) to {out}")
+
+
+def features_cmd(
+    file: Annotated[Path, typer.Argument(help="An audio file.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the .npy array.")],
+    frontend: Annotated[Literal["ae", "cnn", "ast"], typer.Option(help="ae (autoencoder), cnn (ResNeXt) or ast (AST).")] = "ae",
+    channel: o.Channel = None,
+):
+    """Export a clip's model input (log-mel features) as a .npy array."""
+    import numpy as np
+
+    from asdkit.audio import AudioSettings, load_audio
+    from asdkit.features import get_frontend
+    from asdkit.io import atomic_path
+
+    fe = get_frontend(frontend)
+    notes: list[str] = []
+    x = fe(load_audio(file, AudioSettings(channel=channel), notes=notes))
+    with atomic_path(out, suffix=".npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, x)
+    con = o.console()
+    for n in notes:
+        con.print(f"note: {n}")
+    con.print(f"{file}: {frontend} features {tuple(x.shape)} -> {out}")
+
+
+def embed_cmd(
+    data: o.Data,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the .npz (X, path, label, machine_type, machine_id, split).")],
+    backbone: o.Backbone = None,
+    weights: o.Weights = None,
+    precision: o.Precision = None,
+    backbone_config: o.BackboneConfig = None,
+    layout: o.Layout = "auto",
+    machines: o.Machines = None,
+    ids: o.Ids = None,
+    snr: o.Snr = None,
+    batch_size: o.BatchSize = None,
+    cache: o.Cache = None,
+    channel: o.Channel = None,
+    skip_bad: o.SkipBad = False,
+    quiet: o.Quiet = False,
+):
+    """Embed every clip of a dataset with a backbone (batched, cached on disk)."""
+    from asdkit.audio import AudioSettings
+    from asdkit.data import load_dataset
+    from asdkit.embed import embed_clips
+    from asdkit.methods import BackboneSettings, Context
+    from asdkit.reader import ClipReader
+
+    if not str(out).endswith(".npz"):
+        raise ConfigError(f"{out}: the output must be a .npz file")
+    given = dict(backbone=backbone, weights=weights, precision=precision, backbone_config=o.json_dict(backbone_config, "--backbone-config"))
+    spec = BackboneSettings.from_dict({k: v for k, v in given.items() if v is not None}, where="embed")
+    clips = load_dataset(data, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr)
+    reader = ClipReader(AudioSettings(channel=channel), "skip" if skip_bad else "error", not quiet)
+    bb = Context(reader=reader).backbone(spec)
+    con = o.console()
+    if bb.weights.random_init:
+        con.print(f"[bold red]{bb.name}: {bb.weights.describe()}[/]")
+    emb = embed_clips(clips, bb, cache_dir=cache or o.default_cache_dir(), batch_size=batch_size or 8, reader=reader)
+    emb.save_npz(out)
+    con.print(f"{len(emb.clips)} embeddings of {bb.embedding_dim} values ({bb.weights.describe()}) -> {out}")
+    if emb.skipped:
+        con.print(f"[yellow]skipped {len(emb.skipped)} bad file(s)[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("synth")(synth_cmd)
+    app.command("features")(features_cmd)
+    app.command("embed")(embed_cmd)

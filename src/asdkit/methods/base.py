@@ -1,0 +1,227 @@
+"""What every method is: settings checked before work, ``fit(clips)``, ``score(clips)``, ``save(dir)``
+and ``load(dir)``.
+
+A method turns clips into anomaly scores (higher = more anomalous). It is built from its settings
+(a :class:`~asdkit.settings.Settings` dataclass, checked before any audio is read or any model is
+built) and a :class:`Context` (what every method of a run shares: the clip reader with its bad-file
+policy and skip count, the embedding cache, the seed, the device).
+
+A subclass writes ``_fit``, ``_score`` and ``_save`` / ``_load``; this base class does the rest:
+
+* ``fit(clips, val=())`` keeps the clips the method learns from (the normal ones, unless the method
+  is ``supervised``) and refuses an empty set;
+* ``score(clips)`` returns one float64 score per clip, NaN where the reader skipped a bad clip
+  (:attr:`Context.reader` has the reasons); ``readings(clips)`` also returns other named scores a
+  method can give (``lof-vote``'s vote count);
+* ``save(dir)`` writes the method's files and then ``method.json`` (name, settings, asdkit version,
+  the method's state), last, so a half-written folder is never taken for a whole one;
+  :func:`load_method` reads it back, never through pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from asdkit.data.clips import Clip
+from asdkit.errors import ConfigError, DatasetError
+from asdkit.reader import ClipReader
+from asdkit.settings import Mapping, OneOf, Optional, Settings, Text, setting
+
+METHOD_FILE = "method.json"
+FORMAT = "asdkit.method/1"
+
+
+def _backbone_names() -> list[str]:
+    from asdkit.models import list_backbones
+
+    return list_backbones()
+
+
+@dataclass
+class BackboneSettings(Settings):
+    """The backbone part of a method's settings (shared by every method that embeds clips)."""
+
+    backbone: str = setting("ast", OneOf(_backbone_names), "embedding backbone")
+    weights: str = setting("default", Text(), "hub id, local folder/file, 'default' (the study's) or 'none' (random init)")
+    precision: str = setting("fp32", OneOf(("fp32", "bf16")), "fp32, or bf16 autocast")
+    backbone_config: dict | None = setting(None, Optional(Mapping()), "architecture overrides (tiny test models)")
+
+    def backbone_kwargs(self) -> dict:
+        return {"weights": self.weights, "precision": self.precision, "config": self.backbone_config}
+
+
+@dataclass
+class Context:
+    """What every method of one run (or monitor) shares."""
+
+    reader: ClipReader = field(default_factory=ClipReader)
+    cache_dir: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    _backbones: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def progress(self) -> bool:
+        return self.reader.progress
+
+    def backbone(self, s: BackboneSettings, shared: bool = True):
+        """The backbone of ``s`` (built once per run and shared, unless ``shared=False``: for
+        methods that change its weights)."""
+        from asdkit.models import create_backbone
+
+        key = json.dumps([s.backbone, s.backbone_kwargs()], sort_keys=True, default=str)
+        if not shared or key not in self._backbones:
+            bb = create_backbone(s.backbone, seed=self.seed, device=self.device, **s.backbone_kwargs())
+            if not shared:
+                return bb
+            self._backbones[key] = bb
+        return self._backbones[key]
+
+
+class Method:
+    """Base class of every method (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    Settings: ClassVar[type[Settings]] = Settings
+    supervised: ClassVar[bool] = False
+    """Learns from normal and anomalous clips (else from the normal ones only, as the study's unsupervised methods)."""
+    natural_threshold: ClassVar[float | None] = None
+    """A decision threshold the scores come with (a probability's 0.5), if any."""
+    keeps_models: ClassVar[bool] = False
+    """A run saves this method's fitted models even without ``save_models`` (they are small)."""
+
+    def __init__(self, settings: Settings, context: Context | None = None, title: str = ""):
+        if not isinstance(settings, self.Settings):
+            raise ConfigError(f"{self.name}: settings must be {self.Settings.__name__}, got {type(settings).__name__}")
+        self.settings = settings.validate()
+        self.context = context or Context()
+        self.title = title or self.name
+        self.fitted_ = False
+        self.n_train_ = 0
+
+    # -- for subclasses ----------------------------------------------------------------------------
+    def _fit(self, clips: list[Clip], val: list[Clip]) -> int:
+        """Learn from ``clips``; returns how many were used (bad ones skipped)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def _score(self, clips: list[Clip]) -> dict[str, np.ndarray]:
+        """``{"score": ..., other readings}``, one value per clip, NaN for skipped clips."""
+        raise NotImplementedError  # pragma: no cover
+
+    def _save(self, directory: Path) -> dict:
+        """Write the method's files into ``directory``; returns its JSON state."""
+        raise NotImplementedError  # pragma: no cover
+
+    @classmethod
+    def _load(cls, directory: Path, settings: Settings, context: "Context", state: dict, doc: dict, **overrides) -> "Method":
+        raise NotImplementedError  # pragma: no cover
+
+    def info(self) -> dict:
+        """What the results should say about this method (weights, RANDOM INIT, sizes)."""
+        return {}
+
+    def embeddings(self) -> dict:
+        """``{backbone name: EmbeddingSet}`` of the clips fitted and scored (kept for t-SNE)."""
+        return {}
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    # -- the contract ------------------------------------------------------------------------------
+    @property
+    def reader(self) -> ClipReader:
+        return self.context.reader
+
+    def fit(self, clips: Sequence[Clip], val: Sequence[Clip] = ()) -> "Method":
+        """Learn from ``clips`` (the normal ones, unless the method is supervised); ``val`` is for
+        methods that report on held-out clips while training."""
+        clips = list(clips) if self.supervised else [c for c in clips if not c.is_anomalous]
+        if not clips:
+            raise DatasetError(f"{self.title}: no normal training clips to learn from")
+        self.n_train_ = self._fit(clips, list(val))
+        self.fitted_ = True
+        return self
+
+    def readings(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
+        """``{"score": ..., other named scores}``; NaN where a clip was skipped as bad."""
+        if not self.fitted_:
+            raise ConfigError(f"{self.title}: the method is not fitted yet")
+        clips = list(clips)
+        if not clips:
+            return {"score": np.empty(0)}
+        out = self._score(clips)
+        return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+    def score(self, clips: Sequence[Clip]) -> np.ndarray:
+        """One anomaly score per clip (float64, higher = more anomalous; NaN where skipped)."""
+        return self.readings(clips)["score"]
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the fitted method into ``directory``: its files, ``method.json``, then
+        ``manifest.json`` (the SHA-256 of every file; :func:`load_method` refuses a changed folder)."""
+        from asdkit import __version__
+        from asdkit.io import write_json, write_manifest
+
+        if not self.fitted_:
+            raise ConfigError(f"{self.title}: fit the method before saving it")
+        d = Path(directory)
+        if d.exists() and not d.is_dir():
+            raise ConfigError(f"{d}: exists and is not a folder")
+        d.mkdir(parents=True, exist_ok=True)
+        state = self._save(d)
+        write_json(d / METHOD_FILE, {"format": FORMAT, "method": self.name, "settings": self.settings.to_dict(),
+                                     "asdkit_version": __version__, "audio": asdict(self.reader.audio),
+                                     "n_train": self.n_train_, "info": self.info(), "state": state})
+        write_manifest(d)
+        return d
+
+
+def scores_at(clips: Sequence[Clip], kept: Sequence[Clip], values) -> np.ndarray:
+    """``values`` (one per kept clip) placed at the positions of ``clips``; NaN for the others."""
+    pos = {c.path: i for i, c in enumerate(clips)}
+    out = np.full(len(clips), np.nan)
+    for c, v in zip(kept, np.asarray(values, dtype=np.float64)):
+        out[pos[c.path]] = v
+    return out
+
+
+def read_method_json(directory: str | Path) -> dict:
+    d = Path(directory)
+    f = d / METHOD_FILE
+    if not f.is_file():
+        raise ConfigError(f"{d}: not a saved method ({METHOD_FILE} is missing)")
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{f}: damaged ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ConfigError(f"{f}: not an asdkit method (format must be {FORMAT!r})")
+    for key, kind in (("method", str), ("settings", dict), ("state", dict)):
+        if not isinstance(doc.get(key), kind):
+            raise ConfigError(f"{f}: field {key!r} is missing or not a {kind.__name__}")
+    return doc
+
+
+def load_saved(cls: type[Method], directory: Path, doc: dict, context: Context | None, device: str = "cpu",
+               **overrides: Any) -> Method:
+    """Build a fitted ``cls`` from a folder whose manifest was checked and whose method.json is ``doc``;
+    without a ``context``, clips are read with the audio settings it was fitted with."""
+    from asdkit.audio import AudioSettings
+
+    settings = cls.Settings.from_dict(doc["settings"], where=f"{directory / METHOD_FILE}: settings")
+    if context is None:
+        try:
+            audio = AudioSettings(**(doc.get("audio") or {}))
+        except TypeError as e:
+            raise ConfigError(f"{directory / METHOD_FILE}: audio settings unusable ({e})") from None
+        context = Context(reader=ClipReader(audio), device=device)
+    m = cls._load(directory, settings, context, doc["state"], doc, **overrides)
+    m.n_train_ = int(doc.get("n_train") or 0)
+    m.fitted_ = True
+    return m

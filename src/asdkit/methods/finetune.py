@@ -1,0 +1,90 @@
+"""Method ``finetune``: the study's supervised rows (a backbone with the study's head, trained on
+normal and anomalous clips; :mod:`asdkit.finetune`).
+
+Fits on the training clips of both labels, reports on the validation clips, and scores a clip by
+the head's probability that it is anomalous (so the scores come with a natural threshold, 0.5).
+Every fit prints its trainable parameter count. Saved as ``backbone/``, ``head.safetensors`` and
+``finetune.json`` (a folder :func:`asdkit.finetune.load_finetuned` reads on its own) plus
+``method.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from asdkit.finetune import HeadTraining
+from asdkit.methods.base import BackboneSettings, Context, Method, scores_at
+
+
+@dataclass
+class FinetuneMethodSettings(BackboneSettings, HeadTraining):
+    """The backbone (name, weights, precision, architecture) and :class:`~asdkit.finetune.HeadTraining`;
+    the seed is the run's."""
+
+    where: ClassVar[str] = "finetune"
+
+
+class FinetuneMethod(Method):
+    name = "finetune"
+    Settings = FinetuneMethodSettings
+    supervised = True
+    natural_threshold = 0.5
+
+    def __init__(self, settings, context=None, title=""):
+        super().__init__(settings, context, title)
+        self.scorer_ = None
+        self.report_: dict = {}
+
+    @property
+    def label(self) -> str:
+        return f"{self.settings.backbone}+finetune"
+
+    def training_settings(self):
+        return self.settings.training(precision=self.settings.precision, seed=self.context.seed)
+
+    def _fit(self, clips, val):
+        from asdkit.finetune import finetune
+        from asdkit.models.weights import RANDOM_INIT_BANNER
+        from asdkit.progress import console
+
+        backbone = self.context.backbone(self.settings, shared=False)  # its weights are trained in place
+        if backbone.weights.random_init:
+            console.print(f"[bold red]{self.settings.backbone}: {RANDOM_INIT_BANNER}[/]")
+        res = finetune(backbone, clips, self.training_settings(), val=val, reader=self.reader,
+                       description=f"{self.title}: finetune {self.settings.backbone}")
+        console.print(f"{self.title}: {res.trainable_text()}")
+        self.scorer_ = res.scorer
+        self.report_ = res.report()
+        return res.n_train
+
+    def _score(self, clips):
+        kept, prob = self.scorer_.score_clips(sorted(clips, key=lambda c: c.path), self.reader, f"{self.title}: test")
+        return {"score": scores_at(clips, kept, prob)}
+
+    def info(self) -> dict:
+        if self.scorer_ is None:
+            return {}
+        i = self.scorer_.info
+        return {"weights": i.get("base_weights", ""), "weights_source": i.get("base_weights_source", ""),
+                "random_init": bool(i.get("random_init", False)), "embedding_dim": int(self.scorer_.backbone.embedding_dim),
+                "training": self.report_}
+
+    def _save(self, directory: Path) -> dict:
+        from asdkit.finetune import save_finetuned
+
+        save_finetuned(self.scorer_, directory)
+        return {}
+
+    @classmethod
+    def _load(cls, directory: Path, settings, context: Context, state: dict, doc: dict, **overrides):
+        from asdkit.errors import ConfigError
+        from asdkit.finetune import load_finetuned
+
+        if overrides.get("weights") is not None:
+            raise ConfigError("--weights does not apply to a fine-tuned model: its weights are in the folder")
+        m = cls(settings, context)
+        m.scorer_ = load_finetuned(directory, device=context.device)
+        m.report_ = dict(m.scorer_.info.get("training") or {})
+        return m
