@@ -426,7 +426,7 @@ def test_layout_name_case_and_forced_layout(mimii_root):
      ("-6dB", "-6dB"), (6.0, "6dB"), ("0dB", "0dB"), ("-0", "0dB"), ("2.5dB", "2.5dB")],
 )
 def test_snr_spellings(value, expected):
-    from asdkit.data.loading import normalize_snr
+    from asdkit.data.common import normalize_snr
 
     assert normalize_snr(value) == expected
 

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from asdkit.data.clips import ANOMALOUS, NORMAL, Clip
-from asdkit.data.loading import audio_files, check_root, pick_ids, pick_machines, sort_clips, subdirs
+from asdkit.data.common import audio_files, check_root, pick_ids, pick_machines, sort_clips, subdirs
 from asdkit.errors import DatasetError
 
 SPLIT_DIRS = {"train": "train", "test": "test", "source_test": "test", "target_test": "test"}

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from asdkit.data.clips import ANOMALOUS, NORMAL, Clip
-from asdkit.data.loading import audio_files, check_root, pick_ids, pick_machines, sort_clips, subdirs
+from asdkit.data.common import audio_files, check_root, pick_ids, pick_machines, sort_clips, subdirs
 from asdkit.errors import ConfigError, DatasetError
 
 LABEL_DIR_NAMES = {"normal": NORMAL, "abnormal": ANOMALOUS, "anomalous": ANOMALOUS, "anomaly": ANOMALOUS}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asdkit.data.clips import ANOMALOUS, NORMAL, Clip
-from asdkit.data.loading import (
+from asdkit.data.common import (
     audio_files,
     check_root,
     normalize_snr,

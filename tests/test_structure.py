@@ -1,0 +1,146 @@
+"""The shape of the source tree: no import cycles among asdkit's modules, no oversized modules.
+
+Both read the files under ``src/asdkit`` as text (``ast``); nothing is imported.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "asdkit"
+
+MAX_LINES = 500
+# being split by the methods restructuring (issue 8); remove each entry when its module is split
+OVERSIZED = {"reproduce.py", "explain/run.py", "finetune.py"}
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package (a package is its __init__)."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = ("asdkit",) + path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _module_level_imports(body: list[ast.stmt]):
+    """Import statements run when the module is imported: the module body and the blocks of its
+    module-level if / try / with statements, not function or class bodies, not ``if TYPE_CHECKING:``."""
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, ast.If):
+            if not _is_type_checking(node.test):
+                yield from _module_level_imports(node.body)
+            yield from _module_level_imports(node.orelse)
+        elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
+            yield from _module_level_imports(node.body)
+            for handler in node.handlers:
+                yield from _module_level_imports(handler.body)
+            yield from _module_level_imports(node.orelse)
+            yield from _module_level_imports(node.finalbody)
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            yield from _module_level_imports(node.body)
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the asdkit modules its module-level imports run.
+
+    ``from asdkit.pkg import name`` goes to ``asdkit.pkg.name`` when that is a module, else to
+    ``asdkit.pkg``. Importing ``asdkit.a.b`` also runs ``asdkit.a`` (and ``asdkit``), so those are
+    edges too, except the importer's own parent packages: Python has started those before the
+    importer runs, so importing a sibling does not run them again.
+    """
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        own_package = name if is_package else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in _module_level_imports(ast.parse(path.read_text(encoding="utf-8"), str(path)).body):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+                continue
+            if node.level:
+                base_parts = own_package.split(".")
+                base_parts = base_parts[: len(base_parts) - (node.level - 1)]
+                base = ".".join(base_parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                targets.add(sub if sub in modules else base)
+        edges: set[str] = set()
+        own_ancestors = set(_ancestors(name))
+        for target in targets:
+            if target not in modules:
+                continue  # not asdkit's (numpy, torch ...)
+            edges.add(target)
+            edges.update(a for a in _ancestors(target) if a not in own_ancestors)
+        edges.discard(name)
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    graph = import_graph()
+    assert graph["asdkit.data"] >= {"asdkit.data.clips", "asdkit.data.loading"}, "the import graph misses edges"
+    cycle = find_cycle(graph)
+    if cycle:
+        print("import cycle: " + " -> ".join(cycle))
+    assert cycle is None, "import cycle among module-level imports: " + " -> ".join(cycle)
+
+
+def test_no_oversized_modules():
+    sizes = {
+        path.relative_to(PACKAGE).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
+    stale = sorted(rel for rel in OVERSIZED if sizes.get(rel, 0) <= MAX_LINES)
+    assert not stale, f"OVERSIZED lists modules that are gone or no longer over {MAX_LINES} lines: {stale}"
+    too_big = {rel: n for rel, n in sizes.items() if n > MAX_LINES and rel not in OVERSIZED}
+    assert not too_big, f"modules over {MAX_LINES} lines (split them): " + ", ".join(
+        f"{rel} ({n})" for rel, n in sorted(too_big.items())
+    )
