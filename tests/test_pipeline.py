@@ -132,3 +132,11 @@ def test_embed_detect_run_records_weights_and_embeddings(tree, tmp_path):
     assert emb.X.shape == (16, 32)
     assert {r["machine_id"] for r in res.rows} == {"all", "id_00", "id_02"}
     assert all(0.0 <= r["auc"] <= 1.0 for r in res.rows)
+    # lof-vote gives two readings: the continuous score and the study's literal vote count, each with its AUC
+    with open(tmp_path / "r/scores.csv") as f:
+        scores = list(csv.DictReader(f))
+    votes = [float(s["score_votes"]) for s in scores]
+    assert set(votes) <= {0.0, 1.0, 2.0, 3.0, 4.0}
+    assert all(int(float(s["score"])) == float(s["score_votes"]) for s in scores)  # floor(score) is the vote count
+    assert all(0.0 <= r["auc_votes"] <= 1.0 and "pauc_votes" in r for r in res.rows)
+    assert "auc_votes" in (tmp_path / "r/results.md").read_text()

@@ -192,7 +192,8 @@ class FakeCells:
             raise DatasetError(f"{cell.column}: no clips")
         if cell.error:
             raise ConfigError(cell.error)
-        return {"auc": self.auc, "pauc": 0.8, "n_normal": 10, "n_anomalous": 5,
+        votes = {"auc_votes": self.auc - 0.1, "pauc_votes": 0.5} if cell.method == "lof" else {}
+        return {"auc": self.auc, "pauc": 0.8, "n_normal": 10, "n_anomalous": 5, **votes,
                 "weights": "RANDOM INIT (no pretrained weights): seed 0" if self.random_init else "hub:x@y",
                 "random_init": self.random_init}
 
@@ -254,7 +255,9 @@ def test_published_comparison_in_every_table(tmp_path, monkeypatch):
     assert lof["difference"] == pytest.approx(0.9 - 0.7696)
     assert (cell["n_normal"], cell["n_anomalous"], cell["seed"]) == (10, 5, 0)
     md = (out / "table3.md").read_text()
-    assert "0.9000 / 0.7770 (+0.1230)" in md and "0.9000 / 0.7696 (+0.1304)" in md
+    assert "0.9000 / 0.7770 (+0.1230)" in md and "0.9000 / 0.7696 (+0.1304); votes 0.8000" in md
+    assert lof["auc_votes"] == pytest.approx(0.8) and cell["auc_votes"] is None  # both LOF readings, each named
+    assert "the AUC of the vote count" in md
     assert "RANDOM INIT" in md  # said loudly for a real-data table
     assert "not comparable" not in md
     doc = json.loads((out / "table3.json").read_text())
@@ -324,6 +327,9 @@ def test_synthetic_run_is_repeatable(tmp_path):
     md = (run / "table3.md").read_text()
     assert "not comparable with the published numbers" in md
     assert "RANDOM INIT" in a.cell("ast-lof", "fan_all")["weights"]
+    assert 0.0 <= a.cell("ast-lof", "fan_all")["auc_votes"] <= 1.0  # the vote count's reading, beside the LOF score's
+    sup = a.cell("ast-supervised", "fan_all")
+    assert 0 < sup["trainable_params"] < sup["total_params"]  # every fine-tuning cell says what it trained
     cell_dir = run / "runs" / "ast-supervised__fan_all"
     for name in ("config.json", "split.csv", "scores.csv", "results.json", "results.md"):
         assert (cell_dir / name).is_file(), name

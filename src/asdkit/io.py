@@ -32,9 +32,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB pieces; OSError when it cannot be read."""
-    h = hashlib.sha256()
+def file_sha256(path: str | os.PathLike, h=None) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB pieces; OSError when it cannot be read.
+    With ``h`` (a hashlib object) the bytes are added to it instead, and its hex digest so far returned."""
+    h = h if h is not None else hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)

@@ -58,22 +58,19 @@ def features_cmd(
     con.print(f"{file}: {frontend} features {tuple(x.shape)} -> {out}")
 
 
+@o.with_method_options("backbone", "weights", "precision", "backbone_config", "batch_size")
 def embed_cmd(
     data: o.Data,
     out: Annotated[Path, typer.Option("--out", help="Where to write the .npz (X, path, label, machine_type, machine_id, split).")],
-    backbone: o.Backbone = None,
-    weights: o.Weights = None,
-    precision: o.Precision = None,
-    backbone_config: o.BackboneConfig = None,
     layout: o.Layout = "auto",
     machines: o.Machines = None,
     ids: o.Ids = None,
     snr: o.Snr = None,
-    batch_size: o.BatchSize = None,
     cache: o.Cache = None,
     channel: o.Channel = None,
     skip_bad: o.SkipBad = False,
     quiet: o.Quiet = False,
+    method_options: dict | None = None,
 ):
     """Embed every clip of a dataset with a backbone (batched, cached on disk)."""
     from asdkit.audio import AudioSettings
@@ -84,15 +81,17 @@ def embed_cmd(
 
     if not str(out).endswith(".npz"):
         raise ConfigError(f"{out}: the output must be a .npz file")
-    given = dict(backbone=backbone, weights=weights, precision=precision, backbone_config=o.json_dict(backbone_config, "--backbone-config"))
-    spec = BackboneSettings.from_dict({k: v for k, v in given.items() if v is not None}, where="embed")
+    opts = dict(method_options or {})
+    batch_size = opts.pop("batch_size") or 8
+    opts["backbone_config"] = o.json_dict(opts["backbone_config"], "--backbone-config")
+    spec = BackboneSettings.from_dict({k: v for k, v in opts.items() if v is not None}, where="embed")
     clips = load_dataset(data, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr)
     reader = ClipReader(AudioSettings(channel=channel), "skip" if skip_bad else "error", not quiet)
     bb = Context(reader=reader).backbone(spec)
     con = o.console()
     if bb.weights.random_init:
         con.print(f"[bold red]{bb.name}: {bb.weights.describe()}[/]")
-    emb = embed_clips(clips, bb, cache_dir=cache or o.default_cache_dir(), batch_size=batch_size or 8, reader=reader)
+    emb = embed_clips(clips, bb, cache_dir=cache or o.default_cache_dir(), batch_size=batch_size, reader=reader)
     emb.save_npz(out)
     con.print(f"{len(emb.clips)} embeddings of {bb.embedding_dim} values ({bb.weights.describe()}) -> {out}")
     if emb.skipped:

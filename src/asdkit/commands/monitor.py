@@ -15,23 +15,11 @@ FalseAlarmRate = Annotated[float, typer.Option(help="Share of normal validation 
 ThresholdMethod = Annotated[Literal["gamma", "percentile"], typer.Option(help="gamma (a gamma distribution fitted to the normal scores) or percentile (their empirical quantile).")]
 
 
+@o.with_method_options()
 def fit_cmd(
     data: Annotated[Path, typer.Option("--data", help="Recordings of one machine (or type): a dataset root, a folder or a manifest.")],
     out: MonitorOut,
     method: o.Method = "embed-detect",
-    backbone: o.Backbone = None,
-    weights: o.Weights = None,
-    precision: o.Precision = None,
-    backbone_config: o.BackboneConfig = None,
-    detector: o.Detector = None,
-    detector_params: o.DetectorParams = None,
-    standardize: o.Standardize = None,
-    epochs: o.Epochs = None,
-    lr: o.Lr = None,
-    batch_size: o.BatchSize = None,
-    trainable_blocks: o.TrainableBlocks = None,
-    block_unit: o.BlockUnit = None,
-    set_: o.Set = None,
     layout: o.Layout = "auto",
     machines: o.Machines = None,
     ids: o.Ids = None,
@@ -43,16 +31,14 @@ def fit_cmd(
     channel: o.Channel = None,
     skip_bad: o.SkipBad = False,
     quiet: o.Quiet = False,
+    method_options: dict | None = None,
 ):
     """Learn a monitor from healthy recordings with any method; the threshold comes from normal validation clips only."""
     from asdkit.audio import AudioSettings
     from asdkit.data import load_dataset
     from asdkit.monitor import fit_monitor
 
-    settings = o.method_settings_from_options(method, dict(
-        backbone=backbone, weights=weights, precision=precision, backbone_config=backbone_config, detector=detector,
-        detector_params=detector_params, standardize=standardize, epochs=epochs, lr=lr, batch_size=batch_size,
-        trainable_blocks=trainable_blocks, block_unit=block_unit), set_)
+    settings = o.method_settings_from_options(method, method_options)
     clips = load_dataset(data, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr)
     mon, summary = fit_monitor(
         clips, method, settings, false_alarm_rate=false_alarm_rate, threshold_method=threshold_method, seed=seed,

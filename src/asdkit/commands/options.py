@@ -3,6 +3,8 @@ and used by every command that takes it, so their help texts agree; plus the par
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 from pathlib import Path
@@ -57,20 +59,54 @@ TrainableBlocks = Annotated[Optional[int], typer.Option(help="finetune: backbone
 BlockUnit = Annotated[Optional[Literal["stage", "bottleneck"]], typer.Option(help="finetune: a block is a ResNeXt stage, or one bottleneck module (the study's 'bottleneck layer 3/2').")]
 Set = Annotated[Optional[List[str]], typer.Option("--set", help="Any other method setting as KEY=VALUE (VALUE read as JSON when it parses; repeatable).")]
 
+METHOD_OPTIONS = {"backbone": Backbone, "weights": Weights, "precision": Precision, "backbone_config": BackboneConfig,
+                  "detector": Detector, "detector_params": DetectorParams, "standardize": Standardize, "epochs": Epochs,
+                  "lr": Lr, "batch_size": BatchSize, "trainable_blocks": TrainableBlocks, "block_unit": BlockUnit,
+                  "set_": Set}
+"""The options that set a method's settings, in the order the help lists them."""
+
+
+def with_method_options(*names: str):
+    """Decorator: give a command the method-setting options ``names`` (all of :data:`METHOD_OPTIONS`
+    when none are named), after its own. They reach the command as one mapping, its parameter
+    ``method_options`` ({setting: value, or None when not given}), for
+    :func:`method_settings_from_options`."""
+    chosen = list(names) or list(METHOD_OPTIONS)
+
+    def deco(fn):
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != "method_options"]
+        extra = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=METHOD_OPTIONS[n])
+                 for n in chosen]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            return fn(method_options={n: kwargs.pop(n) for n in chosen}, **kwargs)
+
+        command.__signature__ = sig.replace(parameters=own + extra)
+        command.__annotations__ = {p.name: p.annotation for p in own + extra}
+        del command.__wrapped__  # typer reads the signature above, not the function's own
+        return command
+
+    return deco
+
+
 OPTION_OF_SETTING = {"backbone": "--backbone", "weights": "--weights", "precision": "--precision",
                      "backbone_config": "--backbone-config", "detector": "--detector", "detector_params": "--detector-params",
                      "standardize": "--standardize", "epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size",
                      "trainable_blocks": "--trainable-blocks", "block_unit": "--block-unit"}
 
 
-def method_settings_from_options(method: str, given: dict[str, Any], sets: Optional[List[str]] = None,
-                                 defaults: dict | None = None) -> dict:
-    """The method's settings from the options the user gave (None = not given), ``--set`` pairs and
-    the command's own defaults; an option that does not apply to the method is a one-line error."""
+def method_settings_from_options(method: str, given: dict[str, Any], defaults: dict | None = None) -> dict:
+    """The method's settings from the options the user gave (None = not given; ``set_``: the
+    ``--set KEY=VALUE`` pairs) over the command's own ``defaults``; an option that does not apply
+    to the method is a one-line error."""
     from asdkit.methods import method_class
 
     known = set(method_class(method).Settings.defaults())
     out = {k: v for k, v in (defaults or {}).items() if k in known}
+    given = dict(given)
+    sets = given.pop("set_", None)
     for key, value in given.items():
         if value is None:
             continue

@@ -28,13 +28,15 @@ def print_results(result) -> None:
         con.print(f"[yellow]skipped {len(result.skipped)} bad file(s); see results.json[/]")
 
 
-def _run(out: Path, method: str, quiet: bool, data: Path, settings: dict, **common):
+def _run(out: Path, method: str, method_options: dict, quiet: bool, data: Path, **common):
     from asdkit.pipeline import RunConfig, run
 
+    settings = o.method_settings_from_options(method, method_options)
     cfg = RunConfig(data=str(data), method=method, settings=settings, **common)
     return run(cfg, out, progress=not quiet)
 
 
+@o.with_method_options()
 def run_cmd(
     data: o.Data,
     out: o.OutDir,
@@ -48,67 +50,42 @@ def run_cmd(
     split: o.Split = None,
     channel: o.Channel = None,
     skip_bad: o.SkipBad = False,
-    backbone: o.Backbone = None,
-    weights: o.Weights = None,
-    precision: o.Precision = None,
-    backbone_config: o.BackboneConfig = None,
-    detector: o.Detector = None,
-    detector_params: o.DetectorParams = None,
-    standardize: o.Standardize = None,
-    epochs: o.Epochs = None,
-    lr: o.Lr = None,
-    batch_size: o.BatchSize = None,
-    trainable_blocks: o.TrainableBlocks = None,
-    block_unit: o.BlockUnit = None,
-    set_: o.Set = None,
     save_model: o.SaveModel = False,
     cache: o.Cache = None,
     quiet: o.Quiet = False,
+    method_options: dict | None = None,
 ):
     """Run one method over a dataset: results.json, results.md, scores.csv and split.csv in OUT."""
-    settings = o.method_settings_from_options(method, dict(
-        backbone=backbone, weights=weights, precision=precision, backbone_config=backbone_config, detector=detector,
-        detector_params=detector_params, standardize=standardize, epochs=epochs, lr=lr, batch_size=batch_size,
-        trainable_blocks=trainable_blocks, block_unit=block_unit), set_)
-    result = _run(out, method, quiet, data, settings, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids),
-                  snr=snr, per_id=per_id, seed=seed, split_csv=str(split) if split else None, channel=channel,
-                  skip_bad=skip_bad, save_models=save_model, cache_dir=str(cache or o.default_cache_dir()))
+    result = _run(out, method, method_options, quiet, data, layout=layout, machines=o.csv_list(machines),
+                  ids=o.csv_list(ids), snr=snr, per_id=per_id, seed=seed, split_csv=str(split) if split else None,
+                  channel=channel, skip_bad=skip_bad, save_models=save_model, cache_dir=str(cache or o.default_cache_dir()))
     print_results(result)
     o.console().print(f"results in {out}")
 
 
+@o.with_method_options("backbone", "weights", "precision", "backbone_config", "epochs", "lr", "batch_size",
+                       "trainable_blocks", "block_unit")
 def finetune_cmd(
     data: o.Data,
     out: o.OutDir,
-    backbone: o.Backbone = None,
-    weights: o.Weights = None,
-    precision: o.Precision = None,
-    backbone_config: o.BackboneConfig = None,
     layout: o.Layout = "auto",
     machines: o.Machines = None,
     ids: o.Ids = None,
     snr: o.Snr = None,
     per_id: o.PerId = False,
-    epochs: o.Epochs = None,
-    lr: o.Lr = None,
-    batch_size: o.BatchSize = None,
-    trainable_blocks: o.TrainableBlocks = None,
-    block_unit: o.BlockUnit = None,
     seed: o.Seed = 0,
     split: o.Split = None,
     channel: o.Channel = None,
     skip_bad: o.SkipBad = False,
     save_model: o.SaveModel = False,
     quiet: o.Quiet = False,
+    method_options: dict | None = None,
 ):
     """Fine-tune a backbone with the study's head on train clips of both labels; score the test clips
     (the same as `asdkit run --method finetune`)."""
-    settings = o.method_settings_from_options("finetune", dict(
-        backbone=backbone, weights=weights, precision=precision, backbone_config=backbone_config, epochs=epochs, lr=lr,
-        batch_size=batch_size, trainable_blocks=trainable_blocks, block_unit=block_unit))
-    res = _run(out, "finetune", quiet, data, settings, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids),
-               snr=snr, per_id=per_id, seed=seed, split_csv=str(split) if split else None, channel=channel,
-               skip_bad=skip_bad, save_models=save_model)
+    res = _run(out, "finetune", method_options, quiet, data, layout=layout, machines=o.csv_list(machines),
+               ids=o.csv_list(ids), snr=snr, per_id=per_id, seed=seed, split_csv=str(split) if split else None,
+               channel=channel, skip_bad=skip_bad, save_models=save_model)
     con = o.console()
     con.print((Path(out) / "results.md").read_text(encoding="utf-8"), markup=False, highlight=False)
     for name, rep in res.info.get("groups", {}).items():

@@ -37,6 +37,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from asdkit.errors import ConfigError
+from asdkit.io import file_sha256
 
 log = logging.getLogger("asdkit")
 
@@ -321,9 +322,7 @@ def content_fingerprint(path: Path | None) -> str:
     for p in files:
         rel = p.name if p == path else p.relative_to(path).as_posix()
         h.update(rel.encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        file_sha256(p, h)
         h.update(b"\0")
     digest = h.hexdigest()
     _FP_CACHE[stamp] = digest
