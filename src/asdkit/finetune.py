@@ -40,7 +40,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -288,16 +287,12 @@ def load_finetuned(directory: str | Path, precision: str | None = None, device: 
 
     from asdkit.models import create_backbone
 
+    from asdkit.io import read_json_doc
+
     d = Path(directory)
     meta_path = d / "finetune.json"
-    if not meta_path.is_file():
-        raise ConfigError(f"{d}: not a fine-tuned model (no finetune.json)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{meta_path}: not readable JSON ({str(e).splitlines()[0]})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ConfigError(f"{meta_path}: format must be {FORMAT!r}")
+    meta = read_json_doc(meta_path, FORMAT, {"settings": dict, "backbone": str},
+                         missing=f"{d}: not a fine-tuned model (no finetune.json)")
     try:
         settings = FinetuneSettings.from_dict(meta["settings"], where=str(meta_path))
         audio = AudioSettings(**meta.get("audio", {}))

@@ -99,6 +99,30 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def read_json_doc(path: str | os.PathLike, fmt: str | None = None, fields: dict | None = None,
+                  missing: str | None = None) -> dict:
+    """A JSON object saved by asdkit, checked: one ConfigError line when the file is missing
+    (``missing`` says what that means), unreadable, not a ``"format": fmt`` object, or when a field
+    of ``fields`` ({name: type or tuple of types}) is missing or of another type."""
+    from asdkit.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(missing or f"{path}: no such file")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{path}: damaged, not readable JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or (fmt is not None and doc.get("format") != fmt):
+        raise ConfigError(f"{path}: not an asdkit file of format {fmt!r}")
+    for key, kind in (fields or {}).items():
+        value = doc.get(key)
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))):
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise ConfigError(f"{path}: field {key!r} is missing or not a {names}")
+    return doc
+
+
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     with atomic_path(path, suffix=".csv") as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:

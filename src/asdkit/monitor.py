@@ -22,7 +22,6 @@ threshold (a fine-tuned model's probability, 0.5: ``RUN/models/<group>`` of ``as
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -32,7 +31,7 @@ import numpy as np
 from asdkit.audio import AudioSettings
 from asdkit.data.clips import Clip
 from asdkit.errors import AsdkitError, ConfigError, DatasetError
-from asdkit.io import check_manifest, write_json, write_manifest
+from asdkit.io import check_manifest, read_json_doc, write_json, write_manifest
 
 FORMAT = "asdkit-monitor"
 FORMAT_VERSION = 2
@@ -106,13 +105,9 @@ class Monitor:
             raise MonitorError(f"{d}: not a monitor (monitor.json is missing)")
         try:
             check_manifest(d)
-            doc = json.loads(mj.read_text(encoding="utf-8"))
+            doc = read_json_doc(mj, FORMAT)
         except ConfigError as e:
             raise MonitorError(str(e)) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MonitorError(f"{mj}: damaged ({e})") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise MonitorError(f"{mj}: not an asdkit monitor")
         if doc.get("format_version") != FORMAT_VERSION:
             raise MonitorError(f"{mj}: monitor format {doc.get('format_version')} is not supported "
                                f"(this asdkit reads {FORMAT_VERSION}; fit the monitor again)")

@@ -91,6 +91,21 @@ def with_method_options(*names: str):
     return deco
 
 
+def specialize(command, doc: str, **fixed):
+    """A command that is ``command`` with the options in ``fixed`` set (and left out of its help)."""
+    sig = inspect.signature(command)
+
+    @functools.wraps(command)
+    def special(**kwargs):
+        return command(**fixed, **kwargs)
+
+    special.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name not in fixed])
+    special.__annotations__ = {k: v for k, v in command.__annotations__.items() if k not in fixed}
+    special.__doc__ = doc
+    special.__dict__.pop("__wrapped__", None)
+    return special
+
+
 OPTION_OF_SETTING = {"backbone": "--backbone", "weights": "--weights", "precision": "--precision",
                      "backbone_config": "--backbone-config", "detector": "--detector", "detector_params": "--detector-params",
                      "standardize": "--standardize", "epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size",

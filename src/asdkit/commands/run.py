@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 import typer
 
 from asdkit.commands import options as o
@@ -28,14 +27,6 @@ def print_results(result) -> None:
         con.print(f"[yellow]skipped {len(result.skipped)} bad file(s); see results.json[/]")
 
 
-def _run(out: Path, method: str, method_options: dict, quiet: bool, data: Path, **common):
-    from asdkit.pipeline import RunConfig, run
-
-    settings = o.method_settings_from_options(method, method_options)
-    cfg = RunConfig(data=str(data), method=method, settings=settings, **common)
-    return run(cfg, out, progress=not quiet)
-
-
 @o.with_method_options()
 def run_cmd(
     data: o.Data,
@@ -56,45 +47,29 @@ def run_cmd(
     method_options: dict | None = None,
 ):
     """Run one method over a dataset: results.json, results.md, scores.csv and split.csv in OUT."""
-    result = _run(out, method, method_options, quiet, data, layout=layout, machines=o.csv_list(machines),
-                  ids=o.csv_list(ids), snr=snr, per_id=per_id, seed=seed, split_csv=str(split) if split else None,
-                  channel=channel, skip_bad=skip_bad, save_models=save_model, cache_dir=str(cache or o.default_cache_dir()))
+    from asdkit.pipeline import RunConfig, run
+
+    settings = o.method_settings_from_options(method, method_options)
+    cfg = RunConfig(data=str(data), method=method, settings=settings, layout=layout, machines=o.csv_list(machines),
+                    ids=o.csv_list(ids), snr=snr, per_id=per_id, seed=seed, split_csv=str(split) if split else None,
+                    channel=channel, skip_bad=skip_bad, save_models=save_model,
+                    cache_dir=str(cache or o.default_cache_dir()))
+    result = run(cfg, out, progress=not quiet)
     print_results(result)
-    o.console().print(f"results in {out}")
-
-
-@o.with_method_options("backbone", "weights", "precision", "backbone_config", "epochs", "lr", "batch_size",
-                       "trainable_blocks", "block_unit")
-def finetune_cmd(
-    data: o.Data,
-    out: o.OutDir,
-    layout: o.Layout = "auto",
-    machines: o.Machines = None,
-    ids: o.Ids = None,
-    snr: o.Snr = None,
-    per_id: o.PerId = False,
-    seed: o.Seed = 0,
-    split: o.Split = None,
-    channel: o.Channel = None,
-    skip_bad: o.SkipBad = False,
-    save_model: o.SaveModel = False,
-    quiet: o.Quiet = False,
-    method_options: dict | None = None,
-):
-    """Fine-tune a backbone with the study's head on train clips of both labels; score the test clips
-    (the same as `asdkit run --method finetune`)."""
-    res = _run(out, "finetune", method_options, quiet, data, layout=layout, machines=o.csv_list(machines),
-               ids=o.csv_list(ids), snr=snr, per_id=per_id, seed=seed, split_csv=str(split) if split else None,
-               channel=channel, skip_bad=skip_bad, save_models=save_model)
     con = o.console()
-    con.print((Path(out) / "results.md").read_text(encoding="utf-8"), markup=False, highlight=False)
-    for name, rep in res.info.get("groups", {}).items():
+    for name, rep in result.info.get("groups", {}).items():
         val = (rep.get("training") or {}).get("val") or {}
         if val:
             con.print(f"{name}: validation AUC {val['auc']:.4f}, loss {val['loss']:.4f} ({val['n']} clips)")
-    if res.info.get("random_init"):
-        con.print(f"[bold red]{res.info['weights']}[/]")
     con.print(f"results in {out}")
+
+
+finetune_cmd = o.specialize(
+    run_cmd,
+    """Fine-tune a backbone with the study's head on train clips of both labels; score the test clips
+    (the same as `asdkit run --method finetune`).""",
+    method="finetune", detector=None, detector_params=None, standardize=None, cache=None,
+)
 
 
 def register(app: typer.Typer) -> None:

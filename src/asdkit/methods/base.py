@@ -192,20 +192,11 @@ def scores_at(clips: Sequence[Clip], kept: Sequence[Clip], values) -> np.ndarray
 
 
 def read_method_json(directory: str | Path) -> dict:
+    from asdkit.io import read_json_doc
+
     d = Path(directory)
-    f = d / METHOD_FILE
-    if not f.is_file():
-        raise ConfigError(f"{d}: not a saved method ({METHOD_FILE} is missing)")
-    try:
-        doc = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{f}: damaged ({str(e).splitlines()[0]})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ConfigError(f"{f}: not an asdkit method (format must be {FORMAT!r})")
-    for key, kind in (("method", str), ("settings", dict), ("state", dict)):
-        if not isinstance(doc.get(key), kind):
-            raise ConfigError(f"{f}: field {key!r} is missing or not a {kind.__name__}")
-    return doc
+    return read_json_doc(d / METHOD_FILE, FORMAT, {"method": str, "settings": dict, "state": dict},
+                         missing=f"{d}: not a saved method ({METHOD_FILE} is missing)")
 
 
 def load_saved(cls: type[Method], directory: Path, doc: dict, context: Context | None, device: str = "cpu",
