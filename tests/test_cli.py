@@ -63,3 +63,27 @@ def test_method_options_that_do_not_apply_are_refused_before_any_work(tmp_path, 
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--trainable-blocks does not apply to --method autoencoder" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_device_option_on_every_command_that_runs_a_model(tmp_path, capsys):
+    import torch
+
+    from asdkit.models.registry import resolve_device
+
+    mps = torch.backends.mps.is_available()
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    for command in ("run", "finetune", "fit", "score", "embed", "reproduce", "demo", "explain"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--device" in capsys.readouterr().out, command
+    from asdkit.data.synth import synthesize
+
+    synthesize(tmp_path / "d", machines=["fan"], ids=["00"], n_normal=2, n_anomalous=1, progress=False, channels=1)
+    with pytest.raises(SystemExit) as e:
+        main(["embed", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "e.npz"), "--device", "tpu", "-q"])
+    assert e.value.code == 2 and "unknown device 'tpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            main(["embed", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "e.npz"), "--device", "cuda", "-q"])
+        assert e.value.code == 2 and "CUDA is not available" in capsys.readouterr().err

@@ -15,11 +15,11 @@ from asdkit.progress import console
 
 
 def run_demo(out: str | Path, n_normal: int = 30, n_anomalous: int = 10, epochs: int = 50, seed: int = 0,
-             progress: bool = True, on_cell: Callable[[dict], None] | None = None):
+             progress: bool = True, on_cell: Callable[[dict], None] | None = None, device: str = "cpu"):
     """Generate (or reuse) the data in ``out/data`` and run Table III into ``out``; returns the Table3."""
     from asdkit.reproduce import reproduce, reproduce_synthetic_defaults
 
     synth = reproduce_synthetic_defaults(n_normal=n_normal, n_anomalous=n_anomalous, seed=seed, autoencoder_epochs=epochs)
-    table = reproduce(None, out, synthetic=synth, progress=progress, on_cell=on_cell)
+    table = reproduce(None, out, synthetic=synth, progress=progress, on_cell=on_cell, device=device)
     console.print(f"demo results in {out}")
     return table

@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import typer
 
+from asdkit.commands import options as o
 from asdkit.errors import ConfigError
 
 
@@ -56,6 +57,7 @@ def explain_cmd(
     channel: Optional[int] = typer.Option(None, help="Use one microphone instead of the mean of all channels (--clips)."),
     link_images: bool = typer.Option(False, "--link-images", help="Link the PNGs beside report.html instead of embedding them."),
     seed: int = typer.Option(0, help="Seed for picking clips and for t-SNE."),
+    device: o.Device = "auto",
 ):
     """Draw what the models see and write report.html (opens from disk, no network)."""
     from rich.console import Console
@@ -80,7 +82,7 @@ def explain_cmd(
         w = "none"
         configs = {b: dict(TINY_CONFIGS[b]) for b in backbones if b in TINY_CONFIGS}
     common = dict(backbones=backbones, weights=w, configs=configs, use_models=not no_models, rollout=rollout,
-                  embed_images=not link_images, n_map_clips=map_clips)
+                  embed_images=not link_images, n_map_clips=map_clips, device=device)
     if run is not None:
         res = explain_run(run, out, n_distance_clips=distance_clips, seed=seed, **common)
     else:

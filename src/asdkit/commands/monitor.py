@@ -30,6 +30,7 @@ def fit_cmd(
     cache: o.Cache = None,
     channel: o.Channel = None,
     skip_bad: o.SkipBad = False,
+    device: o.Device = "auto",
     quiet: o.Quiet = False,
     method_options: dict | None = None,
 ):
@@ -43,6 +44,7 @@ def fit_cmd(
     mon, summary = fit_monitor(
         clips, method, settings, false_alarm_rate=false_alarm_rate, threshold_method=threshold_method, seed=seed,
         audio=AudioSettings(channel=channel), skip_bad=skip_bad, cache_dir=cache or o.default_cache_dir(), progress=not quiet,
+        device=device,
     )
     mon.save(out)
     con = o.console()
@@ -64,6 +66,7 @@ def score_cmd(
     weights: Annotated[Optional[str], typer.Option(help="Where the backbone weights are now, if not where they were at fit time (they must be the same weights).")] = None,
     skip_bad: o.SkipBad = False,
     cache: o.Cache = None,
+    device: o.Device = "auto",
     quiet: o.Quiet = False,
 ):
     """Score new recordings with a monitor: file, score, threshold, decision."""
@@ -74,7 +77,7 @@ def score_cmd(
     from asdkit.io import write_csv
     from asdkit.monitor import load_monitor
 
-    mon = load_monitor(monitor, weights=weights)
+    mon = load_monitor(monitor, weights=weights, device=device)
     files: list[Path] = []
     for p in inputs:
         if p.is_dir():

@@ -39,6 +39,7 @@ Channel = Annotated[Optional[int], typer.Option(help="Use one microphone (0, 1, 
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable files (counted in the results) instead of stopping.")]
 Cache = Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default: $ASDKIT_CACHE or ~/.cache/asdkit).")]
 OutDir = Annotated[Path, typer.Option("--out", help="Run directory to write (config.json, split.csv, scores.csv, results.json, results.md).")]
+Device = Annotated[str, typer.Option(help="Where models run: auto (a GPU when there is one), cpu, cuda (or cuda:N), mps.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 SaveModel = Annotated[bool, typer.Option("--save-model", help="Also save each fitted model to OUT/models/<group>/ (the autoencoder's always are).")]
 

@@ -57,6 +57,7 @@ def reproduce_cmd(
     precision: o.Precision = None,
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's choice, 1 with --synthetic; 1 is far faster on a busy shared machine)."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip the explanations and report.html."),
+    device: o.Device = "auto",
     quiet: o.Quiet = False,
 ):
     """Run every cell of the study's Table III (resumable) and compare with the published AUCs."""
@@ -77,7 +78,7 @@ def reproduce_cmd(
     table = reproduce(
         data, out, config, machines=csv_list(machines), rows=csv_list(rows), weights_dir=weights_dir,
         synthetic=synthetic, precision=precision, progress=not quiet, on_cell=show, threads=threads, snr=snr,
-        report=not no_report,
+        report=not no_report, device=device,
     )
     print_table3(table)
     con.print(f"table in {out / 'table3.md'} (also .csv, .json); {table.meta['seconds']:.0f} s")
@@ -92,12 +93,14 @@ def demo_cmd(
     anomalous: int = typer.Option(10, help="Anomalous clips per machine id.", min=1),
     epochs: int = typer.Option(50, help="Autoencoder epochs (the study's 50).", min=1),
     seed: o.Seed = 0,
+    device: o.Device = "auto",
     quiet: o.Quiet = False,
 ):
     """The study end to end on generated data (no downloads): Table III and report.html."""
     from asdkit.demo import run_demo
 
-    table = run_demo(out, n_normal=normal, n_anomalous=anomalous, epochs=epochs, seed=seed, progress=not quiet)
+    table = run_demo(out, n_normal=normal, n_anomalous=anomalous, epochs=epochs, seed=seed, progress=not quiet,
+                     device=device)
     print_table3(table)
     con = console()
     con.print(f"table in {Path(out) / 'table3.md'} (also .csv, .json); {table.meta['seconds']:.0f} s")

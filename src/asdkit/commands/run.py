@@ -43,6 +43,7 @@ def run_cmd(
     skip_bad: o.SkipBad = False,
     save_model: o.SaveModel = False,
     cache: o.Cache = None,
+    device: o.Device = "auto",
     quiet: o.Quiet = False,
     method_options: dict | None = None,
 ):
@@ -53,7 +54,7 @@ def run_cmd(
     cfg = RunConfig(data=str(data), method=method, settings=settings, layout=layout, machines=o.csv_list(machines),
                     ids=o.csv_list(ids), snr=snr, per_id=per_id, seed=seed, split_csv=str(split) if split else None,
                     channel=channel, skip_bad=skip_bad, save_models=save_model,
-                    cache_dir=str(cache or o.default_cache_dir()))
+                    cache_dir=str(cache or o.default_cache_dir()), device=device)
     result = run(cfg, out, progress=not quiet)
     print_results(result)
     con = o.console()

@@ -86,7 +86,8 @@ def as_explain_model(name: str, obj, random_init: bool | None = None) -> Explain
     return ExplainModel(name, obj, kind, frontend, random_init, desc)
 
 
-def build_model(name: str, weights: str = "default", config: dict | None = None, precision: str = "fp32") -> ExplainModel:
+def build_model(name: str, weights: str = "default", config: dict | None = None, precision: str = "fp32",
+                device: str = "cpu") -> ExplainModel:
     """Build backbone ``name`` with :func:`asdkit.models.create_backbone` (AST with eager attention)."""
     try:
         from asdkit.models import create_backbone
@@ -94,13 +95,13 @@ def build_model(name: str, weights: str = "default", config: dict | None = None,
         raise ConfigError(f"backbones are not available ({e})") from None
     if name.lower().startswith("ast"):
         try:  # eager attention returns the weights (the figures switch a model to eager anyway)
-            bb = create_backbone(name, weights=weights, precision=precision, config=config, attention="eager")
+            bb = create_backbone(name, weights=weights, precision=precision, config=config, attention="eager", device=device)
         except ConfigError as e:
             if "attention" not in str(e):
                 raise
-            bb = create_backbone(name, weights=weights, precision=precision, config=config)
+            bb = create_backbone(name, weights=weights, precision=precision, config=config, device=device)
     else:
-        bb = create_backbone(name, weights=weights, precision=precision, config=config)
+        bb = create_backbone(name, weights=weights, precision=precision, config=config, device=device)
     return as_explain_model(name, bb)
 
 
@@ -135,6 +136,7 @@ def _resolve_models(
     configs: Mapping[str, dict] | None,
     run_dir: Path | None,
     notes: list[str],
+    device: str = "cpu",
 ) -> list[ExplainModel]:
     if models is not None:
         return [as_explain_model(n, o) for n, o in models.items()]
@@ -151,7 +153,7 @@ def _resolve_models(
         if cfg is None:
             cfg = from_run.get(name, {}).get("config")
         try:
-            out.append(build_model(name, w, cfg))
+            out.append(build_model(name, w, cfg, device=device))
         except AsdkitError as e:
             notes.append(f"{name}: not loaded, its figures are skipped ({e})")
     return out
@@ -202,6 +204,7 @@ def explain_run(
     seed: int = 0,
     embed_images: bool = True,
     title: str | None = None,
+    device: str = "cpu",
 ) -> ExplainResult:
     """Figures and ``report.html`` for a run (or reproduce) directory; returns what was written.
 
@@ -234,7 +237,7 @@ def explain_run(
         data["tsne"] = tdata
     loaded: list[ExplainModel] = []
     if use_models and clips:
-        loaded = _resolve_models(models, backbones, weights, configs, run_dir, notes)
+        loaded = _resolve_models(models, backbones, weights, configs, run_dir, notes, device)
         if loaded:
             anomalous = [c for c in clips if c.label == 1]
             examples = pick_examples(anomalous or clips, seed)
@@ -260,6 +263,7 @@ def explain_clips(
     channel: int | None = None,
     embed_images: bool = True,
     title: str = "asdkit report: clips",
+    device: str = "cpu",
 ) -> ExplainResult:
     """Spectrograms, attention distances and attention/Grad-CAM maps of some audio files."""
     if not clip_paths:
@@ -280,7 +284,7 @@ def explain_clips(
     data: dict = {"clips": [str(p) for p in clip_paths]}
     loaded: list[ExplainModel] = []
     if use_models:
-        loaded = _resolve_models(models, backbones, weights, configs, None, notes)
+        loaded = _resolve_models(models, backbones, weights, configs, None, notes, device)
         if loaded:
             mfig, mdata = make_model_figures(loaded, clips, clips[:n_map_clips], out_dir, audio, notes, rollout)
             figures.update(mfig)

@@ -129,7 +129,7 @@ def create_backbone(
         raise ConfigError(f"backbone config must be a mapping of architecture settings, got {type(config).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
-    device = _check_device(device)
+    device = resolve_device(device)
     kwargs = dict(weights=weights, precision=precision, config=dict(config or {}), seed=seed, device=device)
     params = inspect.signature(factory).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -147,7 +147,13 @@ def create_backbone(
     return factory(**kwargs, **options)
 
 
-def _check_device(device: Any) -> str:
+DEVICES = ("auto", "cpu", "cuda", "mps")
+"""What ``--device`` takes (``cuda:1`` and the like too); ``auto`` is the GPU when there is one."""
+
+
+def resolve_device(device: Any) -> str:
+    """``auto`` -> ``cuda`` when a CUDA GPU is usable, else ``mps`` (Apple), else ``cpu``; any other
+    value is checked (one-line ConfigError for an unknown or unavailable device)."""
     if device is None:
         return "cpu"
     if not isinstance(device, str):
@@ -156,13 +162,22 @@ def _check_device(device: Any) -> str:
         return device
     import torch
 
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps is not None and mps.is_available())
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
     try:
         d = torch.device(device)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"unknown device {device!r} (use cpu or cuda)") from None
+        raise ConfigError(f"unknown device {device!r} (use {', '.join(DEVICES)})") from None
     if d.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+    if d.type == "mps" and not has_mps:
+        raise ConfigError(f"device {device!r}: Apple MPS is not available on this machine")
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {device!r} (use {', '.join(DEVICES)})")
     return device
+
 
 
 def check_config(name: str, config: dict, allowed: dict) -> dict:

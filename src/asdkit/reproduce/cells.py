@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -39,9 +40,9 @@ class CellSpec:
         return f"{self.row}__{self.column}"
 
     def fingerprint(self) -> str:
-        """A hash of the settings behind the numbers (not the cache folder, nor the batch size of
-        embedding, which does not change embeddings)."""
-        rc = {k: v for k, v in asdict(self.run_config).items() if k != "cache_dir"}
+        """A hash of the settings behind the numbers (not the cache folder or the device, nor the
+        batch size of embedding, which does not change embeddings)."""
+        rc = {k: v for k, v in asdict(self.run_config).items() if k not in ("cache_dir", "device")}
         if self.method == "lof":
             rc["settings"] = {k: v for k, v in rc["settings"].items() if k != "batch_size"}
         payload = {"method": self.method, "run": rc, "error": self.error}
@@ -59,7 +60,8 @@ def resolve_weights_dir(weights_dir: str | Path, backbone: str) -> str:
 
 
 def plan_cells(cfg: StudyConfig, data: str | Path, out: Path, *, rows: Sequence[str] | None = None,
-               machines: Sequence[str] | None = None, weights_dir: str | Path | None = None) -> list[CellSpec]:
+               machines: Sequence[str] | None = None, weights_dir: str | Path | None = None,
+               device: str = "cpu") -> list[CellSpec]:
     """The cells to run, in table order (row by row)."""
     from asdkit.pipeline import RunConfig
 
@@ -92,7 +94,7 @@ def plan_cells(cfg: StudyConfig, data: str | Path, out: Path, *, rows: Sequence[
                 data=str(data), method=ROW_METHOD_NAMES[method], settings=cell_settings(cfg, method, bb, weights),
                 machines=[colspec["machine"]], ids=list(colspec["ids"]) if colspec["ids"] else None, snr=cfg.snr,
                 seed=cfg.seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
-                cache_dir=str(out / "cache"),
+                cache_dir=str(out / "cache"), device=device,
             )
             rc.validate()  # every setting checked (and written out in full) before any cell runs
             cells.append(CellSpec(row, col, method, colspec["machine"], colspec["ids"], rc, error))
@@ -200,6 +202,7 @@ def reproduce(
     threads: int | None = None,
     snr: str | None = None,
     report: bool = True,
+    device: str = "cpu",
 ) -> Table3:
     """Run every cell of Table III (skipping finished ones) and write ``table3.{md,csv,json}`` in ``out``.
 
@@ -211,24 +214,36 @@ def reproduce(
     times faster than torch's default, whose threads spin-wait for each other. The numbers agree
     to float rounding across thread counts. ``report``: also write the explanations and
     ``explain/report.html`` (:func:`asdkit.explain.explain_run`) once the table is done.
+    ``device``: where the models run (``auto``, ``cpu``, ``cuda``, ...; not part of a cell's
+    fingerprint, so finished cells are kept when it changes).
     """
     if threads is None and synthetic:
         threads = 1  # tiny models gain nothing from more threads, and lose a lot on a busy machine
-    if threads is None:
-        return _reproduce(data, out, config, machines, rows, weights_dir, synthetic, precision, progress, on_cell, snr, report)
-    _int(threads, "--threads", 1)
+    if threads is not None:
+        _int(threads, "--threads", 1)
+    with torch_threads(threads):
+        return _reproduce(data, out, config, machines=machines, rows=rows, weights_dir=weights_dir, synthetic=synthetic,
+                          precision=precision, progress=progress, on_cell=on_cell, snr=snr, report=report, device=device)
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch's CPU threads set to ``n`` for the block (restored after); None leaves them alone."""
+    if n is None:
+        yield
+        return
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(n)
     try:
-        return _reproduce(data, out, config, machines, rows, weights_dir, synthetic, precision, progress, on_cell, snr, report)
+        yield
     finally:
         torch.set_num_threads(before)
 
 
-def _reproduce(data, out, config, machines, rows, weights_dir, synthetic, precision, progress, on_cell, snr,
-               report=True) -> Table3:
+def _reproduce(data, out, config, *, machines, rows, weights_dir, synthetic, precision, progress, on_cell, snr,
+               report, device) -> Table3:
     t0 = time.time()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -260,7 +275,7 @@ def _reproduce(data, out, config, machines, rows, weights_dir, synthetic, precis
     out.mkdir(parents=True, exist_ok=True)
     if synth is not None:
         data = synthetic_data(out, synth, progress=progress)
-    cells = plan_cells(cfg, data, out, rows=rows, machines=machines, weights_dir=weights_dir)
+    cells = plan_cells(cfg, data, out, rows=rows, machines=machines, weights_dir=weights_dir, device=device)
 
     meta = _meta(cfg, data, synth, weights_dir)
     _write_config(out, cfg, meta)
