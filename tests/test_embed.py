@@ -84,7 +84,7 @@ def test_streaming_reads_and_embeds_batch_by_batch(backbone, tmp_path, monkeypat
     import asdkit.reader as R
 
     real_load = R.load_audio
-    monkeypatch.setattr(R, "load_audio", lambda p, s=None: (events.append("load"), real_load(p, s))[1])
+    monkeypatch.setattr(R, "load_audio", lambda p, s=None, **kw: (events.append("load"), real_load(p, s, **kw))[1])
     inner = backbone.embed
     monkeypatch.setattr(backbone, "embed", lambda x: (events.append(f"embed{len(x)}"), inner(x))[1])
     emb = embed_clips(clips, backbone, batch_size=4, audio=AUDIO, progress=False)
@@ -101,11 +101,14 @@ def test_bad_arguments(backbone, clips):
     assert empty.X.shape == (0, 256) and empty.clips == []
 
 
-def test_progress_bar_and_random_init_are_reported(backbone, clips, capsys, caplog, monkeypatch):
+def test_progress_bar_and_random_init_are_reported(clips, capsys, caplog, monkeypatch):
     monkeypatch.setenv("ASDKIT_PROGRESS", "1")
+    backbone = create_backbone(RX, weights="none", config=TINY_RX)
     with caplog.at_level(logging.WARNING, logger="asdkit"):
         embed_clips(clips[:2], backbone, audio=AUDIO, progress=True)
-    assert any("RANDOM INIT" in r.getMessage() for r in caplog.records)
+        embed_clips(clips[2:4], backbone, audio=AUDIO, progress=False)
+    said = [r for r in caplog.records if "RANDOM INIT" in r.getMessage()]
+    assert len(said) == 1  # said loudly, once per backbone
     assert "embedding (resnext101_32x8d, RANDOM INIT)" in capsys.readouterr().err
 
 

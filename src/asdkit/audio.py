@@ -50,8 +50,10 @@ def load_audio(
     settings: AudioSettings | None = None,
     *,
     notes: list[str] | None = None,
+    start: float = 0.0,
 ) -> np.ndarray:
-    """Read ``path`` as a mono float32 signal at ``settings.sample_rate``.
+    """Read ``path`` as a mono float32 signal at ``settings.sample_rate``; with ``start`` (seconds),
+    the window of ``settings.seconds`` that begins there (a window of a long recording).
 
     Padding, cutting and resampling are reported as notes (appended to ``notes`` when given, and
     logged at INFO level). Raises :class:`AudioError` for an unusable file.
@@ -66,7 +68,11 @@ def load_audio(
         raise AudioError(f"{path}: empty file")
     try:
         info = sf.info(str(path))
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        first = int(round(start * info.samplerate)) if start else 0
+        if first and not 0 <= first < info.frames:
+            raise AudioError(f"{path}: no audio at {start:g} s (it is {info.frames / info.samplerate:.2f} s long)")
+        count = -1 if s.seconds is None or not first else min(info.frames - first, int(np.ceil(s.seconds * info.samplerate)))
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True, start=first, frames=count)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise AudioError(f"{path}: not readable audio ({reason})") from None
@@ -76,7 +82,7 @@ def load_audio(
             raise AudioError(f"{path}: truncated (header says {short[0]} bytes of audio, file holds {short[1]})")
     if data.shape[0] == 0:
         raise AudioError(f"{path}: holds no samples")
-    if info.frames > 0 and data.shape[0] < info.frames:
+    if info.frames > 0 and data.shape[0] < (info.frames - first if count < 0 else count):
         raise AudioError(
             f"{path}: truncated (header says {info.frames} frames, file holds {data.shape[0]})"
         )
@@ -122,6 +128,27 @@ def write_audio(path: str | os.PathLike, y: np.ndarray, sample_rate: int = SAMPL
 
     with atomic_path(path, suffix=".wav") as tmp:
         sf.write(str(tmp), np.asarray(y), sample_rate, subtype="PCM_16", format="WAV")
+
+
+def duration(path: str | os.PathLike) -> float | None:
+    """A file's length in seconds from its header (None when the header cannot be read)."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError):
+        return None
+    return info.frames / info.samplerate if info.samplerate else None
+
+
+def window_starts(total: float, seconds: float, hop: float) -> list[float]:
+    """Where the ``seconds``-long windows of a ``total``-second recording begin, ``hop`` apart; a
+    last window ends at the recording's end when at least a second would be left out. A recording
+    no longer than one window has one window, at 0."""
+    if total <= seconds + 1e-6:
+        return [0.0]
+    starts = [round(k * hop, 6) for k in range(int(np.floor((total - seconds) / hop + 1e-9)) + 1)]
+    if total - (starts[-1] + seconds) >= 1.0:
+        starts.append(round(total - seconds, 6))
+    return starts
 
 
 def find_audio(folder: str | os.PathLike) -> list[Path]:

@@ -78,8 +78,8 @@ class EmbeddingSet:
         X, clips, skipped, seen = [], [], [], set()
         for s in sets:
             for c, x in zip(s.clips, s.X):
-                if c.path not in seen:
-                    seen.add(c.path)
+                if c.key not in seen:
+                    seen.add(c.key)
                     clips.append(c)
                     X.append(x)
             skipped += [k for k in s.skipped if k not in skipped]
@@ -105,6 +105,7 @@ class EmbeddingSet:
             "split": strings(x.split for x in c),
             "snr": strings(x.snr for x in c),
             "domain": strings(x.domain for x in c),
+            "start": np.array([x.start for x in c], dtype=np.float64),
             "skipped_path": strings(p for p, _ in self.skipped),
             "skipped_reason": strings(r for _, r in self.skipped),
         }
@@ -133,9 +134,10 @@ class EmbeddingSet:
         empty = [""] * n
         snr = a.get("snr", empty)
         domain = a.get("domain", empty)
+        start = a.get("start", np.zeros(n))
         clips = [
             Clip(str(a["path"][i]), str(a["machine_type"][i]), str(a["machine_id"][i]), int(a["label"][i]),
-                 snr=str(snr[i]), split=str(a["split"][i]), domain=str(domain[i]))
+                 snr=str(snr[i]), split=str(a["split"][i]), domain=str(domain[i]), start=float(start[i]))
             for i in range(n)
         ]
         skipped = list(zip(map(str, a.get("skipped_path", [])), map(str, a.get("skipped_reason", []))))
@@ -192,8 +194,10 @@ class EmbeddingCache:
         except OSError as e:
             raise ConfigError(f"{self.root}: cache folder not writable ({e.strerror or type(e).__name__})") from None
 
-    def key(self, content_sha256: str) -> str:
-        return hashlib.sha256(f"{content_sha256}|{self.audio_key}".encode()).hexdigest()
+    def key(self, content_sha256: str, start: float = 0.0) -> str:
+        """The entry of a file's content (and, for a window of a long recording, where it starts)."""
+        where = f"|{start:g}" if start else ""
+        return hashlib.sha256(f"{content_sha256}|{self.audio_key}{where}".encode()).hexdigest()
 
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.emb"
@@ -292,8 +296,9 @@ def embed_clips(
     clips = list(clips)
     n, dim = len(clips), int(backbone.embedding_dim)
     cache = EmbeddingCache(cache_dir, backbone, reader.audio) if cache_dir is not None else None
-    if backbone.weights.random_init:
+    if backbone.weights.random_init and not getattr(backbone, "_said_random_init", False):
         log.warning("embedding with %s: %s", backbone.name, backbone.weights.describe())
+        backbone._said_random_init = True  # once per backbone, not once per call
 
     X = np.empty((n, dim), dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
@@ -310,7 +315,7 @@ def embed_clips(
             key = None
             if cache is not None:
                 try:
-                    key = cache.key(file_sha256(c.path))
+                    key = cache.key(file_sha256(c.path), c.start)
                 except AudioError as e:
                     reader.fail(c, e)
                     continue

@@ -329,13 +329,13 @@ class _Inputs:
     def batch(self, clips: Sequence[Clip]) -> tuple[list[Clip], np.ndarray] | None:
         kept, xs = [], []
         for c in clips:
-            x = self.store.get(c.path)
+            x = self.store.get(c.key)
             if x is None:
                 x = self.reader.read(c, self.frontend)
                 if x is None:
                     continue
                 if self.memo and self.bytes + x.nbytes <= FEATURE_MEMORY_BYTES:
-                    self.store[c.path] = x
+                    self.store[c.key] = x
                     self.bytes += x.nbytes
             kept.append(c)
             xs.append(x)
@@ -434,7 +434,7 @@ def finetune(
     reader = reader or ClipReader(audio, "skip" if skip_bad else "error", progress)
     progress = reader.progress
     n_skipped = len(reader.skipped)
-    train = sorted(train, key=lambda c: c.path)
+    train = sorted(train, key=lambda c: (c.path, c.start))
     labels = {int(c.label) for c in train}
     if labels != {0, 1}:
         have = "only anomalous" if labels == {1} else "only normal" if labels == {0} else "no"
@@ -476,7 +476,7 @@ def finetune(
         total_params=int(sum(p.numel() for p in model.parameters())),
     )
     if val:
-        kept, prob = scorer.score_clips(sorted(val, key=lambda c: c.path), reader, f"{description}: validation")
+        kept, prob = scorer.score_clips(sorted(val, key=lambda c: (c.path, c.start)), reader, f"{description}: validation")
         y = np.array([c.label for c in kept], dtype=np.float64)
         p = np.clip(prob, 1e-7, 1 - 1e-7)
         loss = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if len(y) else float("nan")

@@ -7,7 +7,8 @@ skipped:
 
 * ``on_bad="error"`` raises the :class:`~asdkit.errors.AudioError` of the first unusable file;
 * ``on_bad="skip"`` leaves the file out, records ``(path, reason)`` in :attr:`ClipReader.skipped`
-  once per file (however often it is asked for again) and logs it.
+  once per clip (however often it is asked for again; a window of a long recording is recorded as
+  ``path#start``) and logs it.
 
 :meth:`ClipReader.batches` reads clips a batch at a time under one progress bar, so memory holds one
 batch of signals (or model inputs) at a time::
@@ -55,23 +56,23 @@ class ClipReader:
         return r
 
     def is_bad(self, clip: Clip) -> bool:
-        return clip.path in self._bad
+        return clip.key in self._bad
 
     def fail(self, clip: Clip, err: AudioError) -> None:
-        """Apply the policy to ``err`` about ``clip``: raise it, or record the skip (once per file)."""
+        """Apply the policy to ``err`` about ``clip``: raise it, or record the skip (once per clip)."""
         if self.on_bad == "error":
             raise err
-        if clip.path not in self._bad:
-            self._bad.add(clip.path)
-            self.skipped.append((clip.path, str(err)))
+        if clip.key not in self._bad:
+            self._bad.add(clip.key)
+            self.skipped.append((clip.key, str(err)))
             log.warning("skipped %s", err)
 
     def read(self, clip: Clip, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray | None:
         """The clip's signal (or ``transform`` of it); None when it is skipped as bad."""
-        if clip.path in self._bad:
+        if clip.key in self._bad:
             return None
         try:
-            y = load_audio(clip.path, self.audio)
+            y = load_audio(clip.path, self.audio, start=clip.start)
             return transform(y) if transform is not None else y
         except AudioError as e:
             self.fail(clip, e)

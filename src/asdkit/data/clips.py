@@ -21,7 +21,8 @@ class Clip:
     ``machine_id`` is spelled as in the data's paths: ``id_00`` (MIMII, DCASE 2020) or
     ``section_00`` (DCASE 2021-2024). ``label`` is 0 for normal and 1 for anomalous. ``snr`` is
     e.g. ``6dB`` where the layout says it, ``split`` is ``train``/``val``/``test`` once split,
-    ``domain`` is DCASE's ``source``/``target`` where given.
+    ``domain`` is DCASE's ``source``/``target`` where given. ``start`` is where a window of a long
+    recording begins (seconds; 0 for a whole clip).
     """
 
     path: str
@@ -31,6 +32,12 @@ class Clip:
     snr: str = ""
     split: str = ""
     domain: str = ""
+    start: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """What tells clips apart: the path, and for a window of a long recording its start (``a.wav#20``)."""
+        return f"{self.path}#{self.start:g}" if self.start else self.path
 
     @property
     def group(self) -> str:
@@ -85,12 +92,36 @@ def read_clips_csv(path: str | os.PathLike) -> list[Clip]:
                 snr=r.get("snr", "") or "",
                 split=r.get("split", "") or "",
                 domain=r.get("domain", "") or "",
+                start=_parse_start(r.get("start"), path, i),
             )
         )
     bad = {c.split for c in clips} - set(SPLITS) - {""}
     if bad:
         raise DatasetError(f"{path}: unknown split(s) {', '.join(sorted(bad))} (use train, val, test)")
     return clips
+
+
+def _parse_start(value, path: Path, line: int) -> float:
+    try:
+        v = float(value or 0.0)
+    except ValueError:
+        raise DatasetError(f"{path}:{line}: start {value!r} is not a number of seconds") from None
+    if not v >= 0 or v == float("inf"):
+        raise DatasetError(f"{path}:{line}: start {value!r} must be 0 or more seconds")
+    return v
+
+
+def expand_windows(clips: list[Clip], seconds: float, hop: float) -> list[Clip]:
+    """Each recording as its ``seconds``-long windows ``hop`` apart (:func:`asdkit.audio.window_starts`);
+    a file whose header cannot be read stays one clip (reading it will say what is wrong)."""
+    from asdkit.audio import duration, window_starts
+
+    out = []
+    for c in clips:
+        total = duration(c.path)
+        starts = window_starts(total, seconds, hop) if total else [0.0]
+        out += [replace(c, start=s) for s in starts]
+    return out
 
 
 _LABELS = {"0": 0, "1": 1, "normal": 0, "abnormal": 1, "anomaly": 1, "anomalous": 1}

@@ -45,16 +45,14 @@ class LofVoteDetector(_RefitFromTraining):
     threshold); the votes are therefore nested, and the vote count never decreases as the LOF
     value grows.
 
-    Score (``score_samples``)::
+    Score (``score_samples``): the continuous LOF value, with no ceiling::
 
-        lof(x)   = mean over the LOFs of  -lof_c.score_samples(x)      (the LOF value, > 0)
-        score(x) = votes(x) + lof(x) / (1 + lof(x))
+        score(x) = mean over the LOFs of  -lof_c.score_samples(x)      (the LOF value, > 0; about 1 for inliers)
 
-    ``lof / (1 + lof)`` (= ``sigmoid(log lof)``) maps (0, inf) into (0, 1) strictly increasingly
-    and is 0.5 at LOF = 1 (a point as dense as its neighbours). So ``floor(score) == votes``,
-    ordering within equal vote counts follows the LOF value, and, since votes are nested, the
-    whole score is an increasing function of the LOF value: AUC/pAUC equal those of the LOF
-    value itself while the integer part stays readable as the vote count.
+    The vote count (0 .. number of LOFs) is :meth:`votes`: the study's literal reading, whose AUC
+    ``asdkit reproduce`` reports beside the score's. Since the votes are nested, the vote count is a
+    step function of the score. A threshold must be calibrated on the score, never on the votes
+    plus a bounded fraction: a score with a ceiling cannot cross a threshold calibrated above it.
     """
 
     name = "lof-vote"
@@ -119,8 +117,7 @@ class LofVoteDetector(_RefitFromTraining):
         return self._lof_and_votes(Z)[1].astype(np.int64)
 
     def _score(self, Z: np.ndarray) -> np.ndarray:
-        lof, votes = self._lof_and_votes(Z)
-        return votes + lof / (1.0 + lof)
+        return self._lof_and_votes(Z)[0]
 
     def _predict(self, Z: np.ndarray) -> np.ndarray:
         return (self._lof_and_votes(Z)[1] >= self.min_votes_).astype(np.int64)

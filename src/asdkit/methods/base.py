@@ -184,10 +184,10 @@ class Method:
 
 def scores_at(clips: Sequence[Clip], kept: Sequence[Clip], values) -> np.ndarray:
     """``values`` (one per kept clip) placed at the positions of ``clips``; NaN for the others."""
-    pos = {c.path: i for i, c in enumerate(clips)}
+    pos = {c.key: i for i, c in enumerate(clips)}
     out = np.full(len(clips), np.nan)
     for c, v in zip(kept, np.asarray(values, dtype=np.float64)):
-        out[pos[c.path]] = v
+        out[pos[c.key]] = v
     return out
 
 

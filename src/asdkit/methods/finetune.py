@@ -60,7 +60,7 @@ class FinetuneMethod(Method):
         return res.n_train
 
     def _score(self, clips):
-        kept, prob = self.scorer_.score_clips(sorted(clips, key=lambda c: c.path), self.reader, f"{self.title}: test")
+        kept, prob = self.scorer_.score_clips(sorted(clips, key=lambda c: (c.path, c.start)), self.reader, f"{self.title}: test")
         return {"score": scores_at(clips, kept, prob)}
 
     def info(self) -> dict:
