@@ -412,7 +412,7 @@ def test_forced_layout_that_does_not_fit(tmp_path, layout):
 def test_unknown_layout_name_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_dataset(tmp_path, layout="mimi")
-    one_line_error(e, "mimi", "auto, mimii, dcase, folder, csv")
+    one_line_error(e, "mimi", "auto, mimii, dcase, folder, recordings, csv")
 
 
 def test_layout_name_case_and_forced_layout(mimii_root):
@@ -437,3 +437,16 @@ def test_mimii_snr_folder_spellings(tmp_path):
     clips = load_dataset(tmp_path)
     assert [(c.machine_type, c.snr) for c in clips] == [("pump", "-6dB"), ("fan", "6dB")]
     assert [c.machine_type for c in load_dataset(tmp_path, snr="-6")] == ["pump"]
+
+
+def test_a_folder_of_recordings_is_normal_except_abnormal(tmp_path):
+    import soundfile as sf
+
+    root = tmp_path / "pump_07"
+    for rel in ("a.wav", "day2/b.flac", "abnormal/c.wav", "normal/d.wav"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(root / rel), np.zeros(160, np.float32) + 0.1, 16000)
+    clips = load_dataset(root)
+    assert {Path(c.path).name: c.label for c in clips} == {"a.wav": 0, "b.flac": 0, "c.wav": 1, "d.wav": 0}
+    assert {c.machine_type for c in clips} == {"pump_07"}
+    assert load_dataset(root, layout="recordings") == clips

@@ -30,12 +30,15 @@ def fitted(tree, tmp_path_factory):
     return mon, summary, clips, cache
 
 
-def test_fit_uses_normal_clips_and_sets_threshold_from_validation(fitted):
+def test_fit_calibrates_on_every_normal_clip_and_learns_from_all_of_them(fitted):
     mon, summary, clips, _ = fitted
-    assert summary["n_anomalous_ignored"] == 4
-    assert summary["n_train"] + summary["n_val"] == 30 and summary["n_val"] >= 1
+    # 30 normal 10 s clips: every one gets an out-of-fold score, and the final detector learns from all
+    assert summary["n_recordings"] == 30 and summary["n_calibration"] == 30 and summary["n_train"] == 30
+    assert summary["folds"] == 5 and summary["n_anomalous"] == 4
+    assert 0.0 <= summary["anomalous_auc"] <= 1.0  # the anomalous clips are only reported on
     assert summary["random_init"] and "RANDOM INIT" in summary["weights"]
-    assert np.isfinite(mon.threshold)
+    assert np.isfinite(mon.threshold) and summary["oof_alarm_share"] <= 0.25
+    assert mon.method.detector_.n_samples_fit_ == 30
 
 
 def test_save_load_round_trip_scores_identically(fitted, tmp_path):
@@ -98,11 +101,11 @@ def test_refuses_what_it_cannot_trust(fitted, tmp_path):
 @pytest.mark.parametrize("method,settings", [
     ("autoencoder", {"epochs": 3}),
     ("embed-detect", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "detector": "lof"}),
-    ("finetune", {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_CNN, "epochs": 1}),
+    ("finetune", {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_CNN, "epochs": 3}),
 ])
 def test_cli_fit_with_every_method_gives_a_monitor_score_loads(tree, tmp_path, method, settings, capsys):
     """`asdkit fit --method NAME` for each method; `asdkit score` loads the monitor and scores."""
-    argv = ["fit", "--data", str(tree), "--out", str(tmp_path / "mon"), "--method", method, "-q",
+    argv = ["fit", "--data", str(tree), "--out", str(tmp_path / "mon"), "--method", method, "-q", "--folds", "3",
             "--false-alarm-rate", "0.2", "--threshold-method", "percentile", "--cache", str(tmp_path / "cache")]
     for k, v in settings.items():
         argv += [f"--{k.replace('_', '-')}", json.dumps(v) if isinstance(v, dict) else str(v)]
@@ -114,8 +117,8 @@ def test_cli_fit_with_every_method_gives_a_monitor_score_loads(tree, tmp_path, m
     files = sorted((tree / "6dB_fan/fan/id_00").rglob("*.wav"))[:3]
     with pytest.raises(SystemExit) as e:
         main(["score", str(tmp_path / "mon"), *map(str, files), "--out", str(tmp_path / "s.csv"), "-q"])
-    assert e.value.code == 0, capsys.readouterr().err
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert e.value.code == (1 if any(r["decision"] == "anomalous" for r in rows) else 0), capsys.readouterr().err
     assert [r["file"] for r in rows] == [str(f) for f in files]
     assert all(np.isfinite(float(r["score"])) and float(r["threshold"]) == pytest.approx(doc["threshold"], rel=1e-5)
                for r in rows)
@@ -138,8 +141,8 @@ def test_cli_fit_and_score(tree, tmp_path, capsys):
     assert not (tmp_path / "s.csv").exists()
     with pytest.raises(SystemExit) as e:
         main(["score", str(tmp_path / "mon"), *map(str, files), str(bad), "--skip-bad", "--out", str(tmp_path / "s.csv"), "--cache", str(cfg), "-q"])
-    assert e.value.code == 0
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert e.value.code == (1 if any(r["decision"] == "anomalous" for r in rows) else 0)
     assert [r["file"] for r in rows] == [str(f) for f in files]
     assert set(rows[0]) == {"file", "score", "threshold", "decision"}
     assert {r["decision"] for r in rows} <= {"normal", "anomalous"}
@@ -151,9 +154,129 @@ def test_cli_fit_and_score(tree, tmp_path, capsys):
     assert e.value.code == 2 and "JSON object" in capsys.readouterr().err
 
 
-def test_fit_needs_enough_normal_clips(tree):
-    clips = load_dataset(tree)[:5]
+def test_fit_needs_normal_clips(tree):
+    anomalous = [c for c in load_dataset(tree) if c.label == 1]
     from asdkit.errors import DatasetError
 
-    with pytest.raises(DatasetError, match="at least 10"):
-        fit_monitor(clips, "embed-detect", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST}, progress=False)
+    with pytest.raises(DatasetError, match="needs normal .* found none"):
+        fit_monitor(anomalous, "embed-detect", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST}, progress=False)
+
+
+# ------------------------------------------------------------------ a monitor that can always alarm
+
+
+def _tone_folder(root, n, seconds, sr=16000, seed=0, f0=440.0):
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(n):
+        t = np.arange(int(seconds[k % len(seconds)] * sr[k % len(sr)] if isinstance(sr, tuple) else seconds[k % len(seconds)] * sr))
+        rate = sr[k % len(sr)] if isinstance(sr, tuple) else sr
+        y = 0.3 * np.sin(2 * np.pi * (f0 + rng.normal(0, 2)) * t / rate) + 0.01 * rng.standard_normal(t.size)
+        p = root / f"rec{k:02d}.wav"
+        sf.write(str(p), y.astype(np.float32), rate)
+        paths.append(p)
+    return paths
+
+
+def test_the_case_of_few_short_clips_alarms_on_a_clearly_anomalous_clip(tmp_path):
+    """The issue's case: 24 healthy 4-second clips with lof-vote. Its old score had a ceiling (votes +
+    lof/(1+lof) < 5) below the threshold, so nothing could alarm; now it alarms or is refused."""
+    import soundfile as sf
+
+    _tone_folder(tmp_path / "healthy", 24, seconds=[4.0])
+    clips = load_dataset(tmp_path / "healthy")
+    assert len(clips) == 24 and all(c.label == 0 for c in clips)
+    mon, summary = fit_monitor(clips, "embed-detect", {"backbone": "resnext101_32x8d", "weights": "none",
+                                                       "backbone_config": TINY_CNN, "detector": "lof-vote"},
+                               progress=False)
+    rng = np.random.default_rng(5)
+    loud = tmp_path / "broken.wav"
+    sf.write(str(loud), np.clip(rng.standard_normal(16000 * 4) * 0.5, -1, 1).astype(np.float32), 16000)
+    normal = tmp_path / "healthy" / "rec03.wav"
+    from asdkit.data.clips import Clip
+
+    kept, scores, _ = mon.score_clips([Clip(str(loud), "x", "x", 0), Clip(str(normal), "x", "x", 0)], progress=False)
+    assert mon.decide(scores).tolist() == [True, False]
+    assert np.max(mon.method.far_scores()) > mon.threshold
+
+
+def test_too_few_normal_clips_is_a_clear_error_before_any_embedding(tmp_path, monkeypatch):
+    import asdkit.embed
+
+    _tone_folder(tmp_path / "few", 6, seconds=[10.0])
+    monkeypatch.setattr(asdkit.embed, "embed_clips", lambda *a, **k: pytest.fail("embedded before checking"))
+    clips = load_dataset(tmp_path / "few")
+    with pytest.raises(Exception, match=r"needs at least 20 normal windows of 10 s, these 6 recording\(s\) give 6"):
+        fit_monitor(clips, "embed-detect", {"weights": "none", "backbone_config": TINY_AST}, false_alarm_rate=0.05,
+                    threshold_method="percentile", progress=False)
+    with pytest.raises(Exception, match="each of the 5 calibration folds trains on 4 normal windows, it needs at least 5"):
+        fit_monitor(clips, "embed-detect", {"weights": "none", "backbone_config": TINY_AST, "detector": "lof"},
+                    false_alarm_rate=0.2, progress=False)
+
+
+def test_a_monitor_that_cannot_alarm_is_refused(tmp_path, monkeypatch):
+    from asdkit.methods.embed_detect import EmbedDetectMethod
+
+    _tone_folder(tmp_path / "h", 12, seconds=[2.0])
+    monkeypatch.setattr(EmbedDetectMethod, "far_scores", lambda self: np.array([0.0]))  # a score with a ceiling
+    with pytest.raises(Exception, match="could never alarm"):
+        fit_monitor(load_dataset(tmp_path / "h"), "embed-detect", {"weights": "none", "backbone_config": TINY_CNN,
+                                                                    "backbone": "resnext101_32x8d", "detector": "knn"},
+                    progress=False)
+
+
+def test_mixed_lengths_and_rates_fit_and_score_window_by_window(tmp_path, capsys, caplog):
+    """A plain folder of WAVs of 3 s to 60 s at 16 and 44.1 kHz, no normal/ subfolder."""
+    import logging
+
+    import soundfile as sf
+
+    root = tmp_path / "pump_07"
+    _tone_folder(root, 10, seconds=[3.0, 12.0, 25.0, 60.0, 8.0], sr=(16000, 44100))
+    mon_dir = tmp_path / "mon"
+    argv = ["fit", "--data", str(root), "--out", str(mon_dir), "--backbone", "resnext101_32x8d", "--weights", "none",
+            "--backbone-config", json.dumps(TINY_CNN), "--detector", "knn", "--hop", "5", "-q",
+            "--cache", str(tmp_path / "c"), "--false-alarm-rate", "0.1"]
+    with caplog.at_level(logging.WARNING, logger="asdkit"):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+    assert e.value.code == 0, capsys.readouterr().err
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "shorter than the 10 s window are padded" in said and "at 44100 Hz are resampled to 16000 Hz" in said
+    out = capsys.readouterr().out
+    assert "out-of-fold normal windows" in out and "expected false alarms: 10.0%" in out
+    doc = json.loads((mon_dir / "monitor.json").read_text())
+    assert doc["hop"] == 5.0 and doc["audio"]["seconds"] == 10.0
+    # a 60 s recording with a 10 s burst in the middle: scored per window, the recording's score is the max
+    rng = np.random.default_rng(1)
+    t = np.arange(60 * 16000) / 16000
+    y = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(t.size)
+    y[30 * 16000:40 * 16000] += 0.6 * rng.standard_normal(10 * 16000)
+    sf.write(str(tmp_path / "long.wav"), np.clip(y, -1, 1).astype(np.float32), 16000)
+    with pytest.raises(SystemExit) as e:
+        main(["score", str(mon_dir), str(tmp_path / "long.wav"), "--windows", "--out", "-", "-q"])
+    assert e.value.code == 1  # an alarm
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert [float(r["start"]) for r in rows] == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+    worst = max(rows, key=lambda r: float(r["score"]))
+    assert 25 <= float(worst["start"]) <= 35 and worst["decision"] == "anomalous"
+    assert rows[0]["decision"] == "normal"
+
+
+def test_score_speaks_to_scripts(fitted, tmp_path, capsys):
+    mon, _, clips, cache = fitted
+    mon.save(tmp_path / "m")
+    normal = [c.path for c in clips if c.label == 0][:3]
+    with pytest.raises(SystemExit) as e:
+        main(["score", str(tmp_path / "m"), *normal, "--out", "-", "--json", "-q"])
+    captured = capsys.readouterr()
+    lines = [json.loads(x) for x in captured.out.splitlines()]
+    assert [x["file"] for x in lines] == normal and set(lines[0]) == {"file", "score", "threshold", "decision"}
+    assert e.value.code == (1 if any(x["decision"] == "anomalous" for x in lines) else 0)
+    assert "┏" not in captured.out and "┃" not in captured.err  # no box-drawn table when not on a terminal
+    with pytest.raises(SystemExit) as e:
+        main(["score", str(tmp_path / "m"), str(tmp_path / "missing.wav"), "--out", "-"])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error:")

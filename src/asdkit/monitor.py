@@ -1,27 +1,29 @@
 """A monitor: any fitted method plus a calibrated decision threshold, for one machine (or type).
 
-``fit_monitor`` learns from a machine's recordings: most clips fit the method (its normal ones, or
-both labels for a supervised method), a seeded validation share of NORMAL clips sets the decision
-threshold so that a chosen share of normal clips would raise an alarm (the false-alarm rate). Two
-threshold methods: ``percentile`` (the empirical (1 - rate) quantile of the validation scores) and
-``gamma`` (the (1 - rate) quantile of a gamma distribution fitted to them, as the DCASE 2021+
-baselines do; steadier with few validation clips).
+Recordings of any length are scored as windows of ``seconds`` (10 s) every ``hop`` seconds; a
+recording's score is the highest of its windows' (:meth:`Monitor.score_clips`;
+:meth:`Monitor.score_windows` gives them one by one). A shorter recording is padded with silence
+(with a warning), another sample rate is resampled (with a note).
+
+:func:`fit_monitor` (in :mod:`asdkit.calibrate`) fits a method on healthy recordings and sets the
+threshold from out-of-fold scores of all of them, then fits the final method on every normal window.
 
 A monitor is a folder, never a pickle::
 
-    MONITOR/monitor.json    format version, asdkit version, method name, threshold and its rule, audio settings
-    MONITOR/method/         the fitted method (asdkit.methods: method.json, its arrays and weights)
-    MONITOR/manifest.json   the SHA-256 of every file above, written last
+    MONITOR/monitor.json          format version, asdkit version, method, threshold and its rule, audio and window settings
+    MONITOR/method/               the fitted method (asdkit.methods: method.json, its arrays and weights)
+    MONITOR/reference.safetensors the normal reference the "why did it alarm" figure compares with
+    MONITOR/manifest.json         the SHA-256 of every file above, written last
 
 ``Monitor.load`` refuses, with one clear line, a monitor it cannot trust: a missing, changed or
-added file, a method whose backbone weights or embedding size differ from the ones it was fitted
-with. :func:`load_monitor` also takes a saved method folder whose scores come with their own
-threshold (a fine-tuned model's probability, 0.5: ``RUN/models/<group>`` of ``asdkit finetune --save-model``).
+added file, a bad field, a method whose backbone weights or embedding size differ from the ones it
+was fitted with. :func:`load_monitor` also takes a saved method folder whose scores come with
+their own threshold (a fine-tuned model's probability, 0.5: ``RUN/models/<group>`` of ``asdkit finetune --save-model``).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,14 +31,17 @@ from typing import Sequence
 import numpy as np
 
 from asdkit.audio import AudioSettings
-from asdkit.data.clips import Clip
-from asdkit.errors import AsdkitError, ConfigError, DatasetError
+from asdkit.calibrate import THRESHOLD_METHODS, fit_monitor  # noqa: F401  (fit_monitor: asdkit.monitor's public entry)
+from asdkit.data.clips import Clip, expand_windows
+from asdkit.errors import AsdkitError, ConfigError
 from asdkit.io import check_manifest, read_json_doc, write_json, write_manifest
+
+log = logging.getLogger("asdkit")
 
 FORMAT = "asdkit-monitor"
 FORMAT_VERSION = 2
-THRESHOLD_METHODS = ("percentile", "gamma")
 METHOD_DIR = "method"
+REFERENCE_FILE = "reference.safetensors"
 
 
 class MonitorError(AsdkitError):
@@ -45,32 +50,46 @@ class MonitorError(AsdkitError):
 
 @dataclass
 class Monitor:
-    """A fitted method + threshold. Build with :func:`fit_monitor` or :meth:`load`."""
+    """A fitted method + threshold (+ the normal reference). Build with :func:`fit_monitor` or :meth:`load`."""
 
     method: object
     threshold: float
     settings: dict = field(default_factory=dict)
+    reference: object = None  # asdkit.explain.alarm.NormalReference
 
     @property
     def audio(self) -> AudioSettings:
         return AudioSettings(**self.settings.get("audio", {}))
 
     @property
+    def hop(self) -> float:
+        return float(self.settings.get("hop") or self.audio.seconds or 10.0)
+
+    @property
     def random_init(self) -> bool:
         return bool(self.method.info().get("random_init", False))
 
     # -- scoring -------------------------------------------------------------------------------
-    def score_clips(self, clips: Sequence[Clip], skip_bad: bool = False, progress: bool = True, cache_dir=None):
-        """Scores of ``clips``; returns (kept clips, scores, skipped [(path, reason)])."""
+    def score_windows(self, clips: Sequence[Clip], skip_bad: bool = False, progress: bool = True, cache_dir=None):
+        """Every window of ``clips`` and its score: (windows, scores, skipped [(path, reason)])."""
         from asdkit.reader import ClipReader
 
         ctx = self.method.context
         ctx.reader = ClipReader(self.audio, "skip" if skip_bad else "error", progress)
         ctx.cache_dir = str(cache_dir) if cache_dir is not None else None
-        clips = list(clips)
-        s = self.method.score(clips)
+        windows = expand_windows(list(clips), self.audio.seconds or 10.0, self.hop)
+        recording_notes(clips, self.audio)
+        s = self.method.score(windows)
         ok = np.isfinite(s)
-        return [c for c, k in zip(clips, ok) if k], s[ok], list(ctx.reader.skipped)
+        return [w for w, k in zip(windows, ok) if k], s[ok], list(ctx.reader.skipped)
+
+    def score_clips(self, clips: Sequence[Clip], skip_bad: bool = False, progress: bool = True, cache_dir=None):
+        """One score per recording (the highest of its windows'): (kept clips, scores, skipped)."""
+        clips = list(clips)
+        windows, scores, skipped = self.score_windows(clips, skip_bad, progress, cache_dir)
+        per = max_per_recording(windows, scores)
+        kept = [c for c in clips if c.path in per]
+        return kept, np.array([per[c.path] for c in kept], dtype=np.float64), skipped
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         """True where a score is above the threshold (an alarm)."""
@@ -78,14 +97,21 @@ class Monitor:
 
     # -- saving --------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        """Write the monitor folder: the method, monitor.json, then manifest.json last (so a
-        half-written monitor is never taken for a whole one)."""
+        """Write the monitor folder: the method, the reference, monitor.json, then manifest.json
+        last (so a half-written monitor is never taken for a whole one)."""
+        from safetensors.numpy import save_file
+
+        from asdkit.io import atomic_path
+
         d = Path(directory)
         if d.exists() and not d.is_dir():
             raise ConfigError(f"{d}: exists and is not a folder")
         d.mkdir(parents=True, exist_ok=True)
         (d / "manifest.json").unlink(missing_ok=True)
         self.method.save(d / METHOD_DIR)
+        if self.reference is not None:
+            with atomic_path(d / REFERENCE_FILE, suffix=".safetensors") as tmp:
+                save_file({k: np.ascontiguousarray(v) for k, v in self.reference.arrays().items()}, str(tmp))
         write_json(d / "monitor.json", {"format": FORMAT, "format_version": FORMAT_VERSION, **self.settings,
                                         "threshold": float(self.threshold)})
         write_manifest(d)
@@ -123,7 +149,22 @@ class Monitor:
             method = load_method(d / METHOD_DIR, Context(reader=ClipReader(audio), device=device), checked=True, weights=weights)
         except ConfigError as e:
             raise MonitorError(str(e)) from None
-        return cls(method=method, threshold=float(threshold), settings=settings)
+        return cls(method=method, threshold=float(threshold), settings=settings, reference=_load_reference(d, settings))
+
+
+def _load_reference(d: Path, settings: dict):
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from asdkit.explain.alarm import NormalReference
+
+    f = d / REFERENCE_FILE
+    if not f.is_file():
+        return None
+    try:
+        return NormalReference.from_arrays(load_file(str(f)), int(settings.get("reference_windows") or 0))
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise MonitorError(f"{f}: unreadable ({e})") from None
 
 
 def load_monitor(directory: str | Path, weights: str | None = None, device: str = "cpu") -> Monitor:
@@ -144,70 +185,32 @@ def load_monitor(directory: str | Path, weights: str | None = None, device: str 
     return Monitor.load(d, weights=weights, device=device)
 
 
-def fit_monitor(
-    clips: Sequence[Clip],
-    method: str = "embed-detect",
-    settings: dict | None = None,
-    *,
-    false_alarm_rate: float = 0.05,
-    threshold_method: str = "gamma",
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    audio: AudioSettings | None = None,
-    skip_bad: bool = False,
-    cache_dir=None,
-    progress: bool = True,
-    device: str = "cpu",
-) -> tuple[Monitor, dict]:
-    """Fit a monitor with ``method`` (and its ``settings``) on ``clips``; returns (monitor, summary)."""
-    from asdkit import __version__
-    from asdkit.data.split import study_split
-    from asdkit.methods import Context, create_method, method_settings
-    from asdkit.metrics import threshold_from_scores
-    from asdkit.reader import ClipReader
+def max_per_recording(windows: Sequence[Clip], scores) -> dict[str, float]:
+    """``{path: the highest score of its windows}``."""
+    out: dict[str, float] = {}
+    for w, s in zip(windows, np.asarray(scores, dtype=np.float64)):
+        out[w.path] = max(out.get(w.path, -np.inf), float(s))
+    return out
 
-    if threshold_method not in THRESHOLD_METHODS:
-        raise ConfigError(f"unknown threshold method {threshold_method!r} (choose from {', '.join(THRESHOLD_METHODS)})")
-    if not 0 < false_alarm_rate < 1:
-        raise ConfigError(f"false-alarm rate must be between 0 and 1, got {false_alarm_rate}")
-    s = method_settings(method, settings)
-    audio = audio or AudioSettings()
-    ctx = Context(reader=ClipReader(audio, "skip" if skip_bad else "error", progress),
-                  cache_dir=str(cache_dir) if cache_dir is not None else None, seed=seed, device=device)
-    m = create_method(method, s, ctx, title="monitor")
-    normal = [c for c in clips if not c.is_anomalous]
-    if len(normal) < 10:
-        raise DatasetError(f"a monitor needs at least 10 normal clips to learn from, found {len(normal)}")
-    parts = study_split(list(clips) if m.supervised else normal, seed=seed, test=0.0, val=val_fraction)
-    train = [c for c in parts if c.split == "train"]
-    val = [c for c in parts if c.split == "val" and not c.is_anomalous]
-    m.fit(train, val=[c for c in parts if c.split == "val"])
-    val_scores = m.score(val)
-    val_scores = val_scores[np.isfinite(val_scores)]
-    threshold = threshold_from_scores(val_scores, false_alarm_rate=false_alarm_rate, method=threshold_method)
-    info = m.info()
-    mon_settings = {
-        "asdkit_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machines": sorted({f"{c.machine_type} {c.machine_id}" for c in normal}),
-        "method": method,
-        "label": m.label,
-        "weights": info.get("weights", ""),
-        "random_init": bool(info.get("random_init", False)),
-        "audio": {"sample_rate": audio.sample_rate, "seconds": audio.seconds, "channel": audio.channel},
-        "threshold_rule": {"method": threshold_method, "false_alarm_rate": false_alarm_rate,
-                           "n_val": int(len(val_scores)), "val_fraction": val_fraction, "seed": seed},
-        "n_train": m.n_train_,
-    }
-    summary = {
-        "n_train": m.n_train_,
-        "n_val": int(len(val_scores)),
-        "n_anomalous_ignored": 0 if m.supervised else len(clips) - len(normal),
-        "threshold": threshold,
-        "val_alarm_share": float(np.mean(val_scores > threshold)) if len(val_scores) else float("nan"),
-        "skipped": list(ctx.reader.skipped),
-        "weights": info.get("weights", ""),
-        "random_init": bool(info.get("random_init", False)),
-        "label": m.label,
-    }
-    return Monitor(method=m, threshold=threshold, settings=mon_settings), summary
+
+def recording_notes(clips: Sequence[Clip], audio: AudioSettings) -> None:
+    """Say (at the default verbosity) which recordings are padded because they are shorter than a
+    window, and which are resampled; one line each kind."""
+    import soundfile as sf
+
+    short, rates = [], {}
+    for c in clips:
+        try:
+            info = sf.info(c.path)
+        except Exception:  # noqa: BLE001 - an unreadable file is reported when it is read
+            continue
+        if audio.seconds and info.duration < audio.seconds - 1e-3:
+            short.append((Path(c.path).name, info.duration))
+        if info.samplerate != audio.sample_rate:
+            rates.setdefault(info.samplerate, []).append(c.path)
+    if short:
+        first = ", ".join(f"{n} ({d:.1f} s)" for n, d in short[:3])
+        log.warning("warning: %d recording(s) shorter than the %g s window are padded with silence: %s%s",
+                    len(short), audio.seconds, first, ", ..." if len(short) > 3 else "")
+    for sr, paths in sorted(rates.items()):
+        log.warning("note: %d recording(s) at %d Hz are resampled to %d Hz", len(paths), sr, audio.sample_rate)

@@ -16,7 +16,7 @@ from asdkit.errors import ConfigError
 
 # -------------------------------------------------------------------------------------- choices
 
-Layouts = Literal["auto", "mimii", "dcase", "folder", "csv"]
+Layouts = Literal["auto", "mimii", "dcase", "folder", "recordings", "csv"]
 Methods = Literal["autoencoder", "embed-detect", "finetune"]
 """Every entry of :data:`asdkit.methods.METHODS` (tests/test_cli.py checks that they agree)."""
 BACKBONES_TEXT = "ast, resnext101_32x8d, autoencoder"
@@ -177,7 +177,19 @@ def json_dict(value: Optional[str], option: str) -> Optional[dict]:
     return d
 
 
-def console():
+def console(stderr: bool = False):
+    """The console the commands print to (stderr when stdout carries the results)."""
     from rich.console import Console
 
-    return Console()
+    return Console(stderr=stderr)
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse, before any work, an output folder that cannot be one: an existing file, or a path under a file."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"{out}: {'exists and is not a folder' if p == out else f'{p} is a file, not a folder'}")
+            if not os.access(p, os.W_OK):
+                raise ConfigError(f"{out}: {p} is not writable")
+            return

@@ -1,9 +1,13 @@
-"""A plain folder of labelled recordings.
+"""A plain folder of labelled recordings, or of healthy recordings as people have them.
 
 ``<root>/normal/*.wav`` and ``<root>/abnormal/*.wav`` (``anomalous/`` and ``anomaly/`` are accepted
 too; names are case-insensitive and files in subfolders of them count). The machine type is the
 root folder's name unless given; the machine id is ``id_00``. With one subfolder per machine,
 ``<root>/<id>/normal/*.wav``, each subfolder's name is its machine id. Only names are read.
+
+The ``recordings`` layout (:func:`load_recordings`) is a folder of one machine's recordings as a
+plant engineer has them: every audio file in it or below it is normal, except those in an
+``abnormal/`` (``anomalous/``, ``anomaly/``) folder, which are anomalous.
 """
 
 from __future__ import annotations
@@ -66,4 +70,24 @@ def load_folder(
                 clips.append(Clip(str(f), machine, mid, label))
     if not clips:
         raise DatasetError(f"{root}: no audio files in its normal/ or abnormal/ folders")
+    return sort_clips(clips)
+
+
+def looks_like_recordings(root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds audio files directly (the ``recordings`` layout)."""
+    return bool(audio_files(Path(root)))
+
+
+def load_recordings(root: str | os.PathLike, machine_type: str | None = None) -> list[Clip]:
+    """Every audio file below ``root`` as a clip of one machine: anomalous inside an
+    ``abnormal/``-like folder, normal everywhere else; sorted by path."""
+    root = check_root(root)
+    machine = machine_type.strip() if isinstance(machine_type, str) and machine_type.strip() else root.name
+    clips = []
+    for f in audio_files(root, recursive=True):
+        parts = {p.lower() for p in f.relative_to(root).parts[:-1]}
+        label = ANOMALOUS if parts & {k for k, v in LABEL_DIR_NAMES.items() if v == ANOMALOUS} else NORMAL
+        clips.append(Clip(str(f), machine, DEFAULT_ID, label))
+    if not clips:
+        raise DatasetError(f"{root}: no audio files in this folder")
     return sort_clips(clips)

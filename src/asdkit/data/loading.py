@@ -8,6 +8,8 @@ Layouts (``layout=``):
   label in the file name, see :mod:`asdkit.data.dcase`;
 - ``folder``: ``<root>/normal/*.wav`` and ``<root>/abnormal/*.wav`` (or ``anomaly/``, ``anomalous/``),
   optionally one subfolder per machine id, see :mod:`asdkit.data.folder`;
+- ``recordings``: a folder of one machine's recordings, all normal except those in an ``abnormal/``
+  folder (any length, any sample rate; what ``asdkit fit`` takes), see :func:`asdkit.data.folder.load_recordings`;
 - ``csv``: a manifest read by :func:`asdkit.data.clips.read_clips_csv`;
 - ``auto`` (default): tells them apart by their folder and file names. No audio is read.
 
@@ -23,15 +25,15 @@ from typing import Iterable
 from asdkit.data.clips import Clip, read_clips_csv
 from asdkit.data.common import check_root, filter_clips, sort_clips
 from asdkit.data.dcase import load_dcase, looks_like_dcase
-from asdkit.data.folder import load_folder, looks_like_folder
+from asdkit.data.folder import load_folder, load_recordings, looks_like_folder, looks_like_recordings
 from asdkit.data.mimii import load_mimii, looks_like_mimii
 from asdkit.errors import ConfigError, DatasetError
 
-LAYOUTS = ("auto", "mimii", "dcase", "folder", "csv")
+LAYOUTS = ("auto", "mimii", "dcase", "folder", "recordings", "csv")
 KNOWN_LAYOUTS_TEXT = (
     "MIMII (<snr>_<machine>/<machine>/id_XX/{normal,abnormal}/*.wav), "
     "DCASE Task 2 (<machine>/{train,test}/ with labelled file names), "
-    "a folder with normal/ and abnormal/ subfolders, or a .csv manifest"
+    "a folder with normal/ and abnormal/ subfolders, a folder of recordings, or a .csv manifest"
 )
 
 
@@ -74,16 +76,21 @@ def load_dataset(
         return load_mimii(root, machines=machines, ids=ids, snr=snr)
     if layout == "dcase":
         return load_dcase(root, machines=machines, ids=ids, keep_split=keep_split)
+    if layout == "recordings":
+        return filter_clips(load_recordings(root, machine_type), root, machines=machines, ids=ids)
     return load_folder(root, machines=machines, ids=ids, machine_type=machine_type)
 
 
 def detect_layout(root: str | os.PathLike) -> str:
-    """``"csv"``, ``"mimii"``, ``"dcase"`` or ``"folder"`` for ``root``, judged by names only."""
+    """``"csv"``, ``"mimii"``, ``"dcase"``, ``"folder"`` or ``"recordings"`` for ``root``, judged by
+    names only: a folder with audio files directly inside is ``recordings``."""
     root = check_root(root, allow_file=True)
     if root.is_file():
         if root.suffix.lower() == ".csv":
             return "csv"
         raise DatasetError(f"{root}: is a file, not a data folder or a .csv manifest")
+    if looks_like_recordings(root):
+        return "recordings"
     if looks_like_mimii(root):
         return "mimii"
     if looks_like_dcase(root):

@@ -17,15 +17,23 @@ def pyplot():
 
 
 def save_figure(fig, path: str | Path, dpi: int = 100, palette: bool = True) -> Path:
-    """Write ``fig`` as PNG to ``path`` (whole or not at all) and close it.
+    """Write ``fig`` as PNG to ``path`` (whole or not at all) and close it (see :func:`figure_png`)."""
+    from asdkit.io import atomic_path
+
+    path = Path(path)
+    data = figure_png(fig, dpi, palette)
+    with atomic_path(path, suffix=".png") as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def figure_png(fig, dpi: int = 100, palette: bool = True) -> bytes:
+    """``fig`` as PNG bytes; the figure is closed.
 
     ``palette``: store it with a 256-colour palette (no dithering), which looks the same for these
     colour-mapped pictures and makes noisy spectrograms about three times smaller.
     """
-    from asdkit.io import atomic_path
-
     plt = pyplot()
-    path = Path(path)
     try:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
@@ -40,6 +48,4 @@ def save_figure(fig, path: str | Path, dpi: int = 100, palette: bool = True) -> 
         out = io.BytesIO()
         img.save(out, format="PNG", optimize=True)
         data = out.getvalue()
-    with atomic_path(path, suffix=".png") as tmp:
-        tmp.write_bytes(data)
-    return path
+    return data

@@ -46,7 +46,16 @@ class AutoencoderMethod(Method):
             raise DatasetError(f"{self.title}: no normal training clips could be read")
         self.detector_ = AutoencoderDetector(s.epochs, s.lr, s.batch_size, self.context.seed)
         self.detector_.fit(X, progress=self.context.progress, description=f"{self.title}: autoencoder")
+        V = np.concatenate(X).astype(np.float64)
+        self._spread = (V.mean(axis=0), V.std(axis=0) + 1e-6)
         return len(kept)
+
+    def far_scores(self) -> np.ndarray:
+        """Reconstruction errors of context vectors 1,000 spreads away from the training vectors' mean."""
+        mu, sd = self._spread
+        alt = np.where(np.arange(mu.size) % 2 == 0, 1.0, -1.0)
+        far = [np.repeat((mu + k * 1e3 * sd)[None].astype(np.float32), 8, axis=0) for k in (1.0, -1.0, alt)]
+        return self.detector_.score_clips(far)
 
     def _score(self, clips):
         kept, scores = [], []

@@ -125,6 +125,38 @@ class Method:
         """What the results should say about this method (weights, RANDOM INIT, sizes)."""
         return {}
 
+    def min_fit_clips(self) -> int:
+        """The fewest clips :meth:`fit` can learn from (a monitor checks it before any work)."""
+        return 1
+
+    def far_scores(self) -> np.ndarray:
+        """Scores of inputs far from anything a machine sounds like, to check that a threshold can
+        be crossed (a monitor refuses one that cannot alarm). By default four synthetic recordings
+        scored end to end: full-scale white noise, a full-scale 3 kHz square wave, a click train and
+        a loud chirp. Methods override this with inputs far from their own training data."""
+        import tempfile
+
+        from asdkit.audio import write_audio
+
+        sr = self.reader.audio.sample_rate
+        n = int(round((self.reader.audio.seconds or 10.0) * sr))
+        t = np.arange(n) / sr
+        rng = np.random.default_rng(0)
+        clicks = np.zeros(n)
+        clicks[:: max(1, sr // 25)] = 0.95
+        probes = [0.9 * np.clip(rng.standard_normal(n) / 3, -1, 1), 0.9 * np.sign(np.sin(2 * np.pi * 3000 * t)), clicks,
+                  0.9 * np.sin(2 * np.pi * (50 + (sr / 2 - 100) * t / t[-1] / 2) * t)]
+        cache, self.context.cache_dir = self.context.cache_dir, None  # probes are not worth caching
+        try:
+            with tempfile.TemporaryDirectory(prefix="asdkit-probe-") as tmp:
+                clips = []
+                for i, y in enumerate(probes):
+                    write_audio(Path(tmp) / f"probe{i}.wav", y.astype(np.float32), sr)
+                    clips.append(Clip(str(Path(tmp) / f"probe{i}.wav"), "probe", "probe", 1))
+                return self.score(clips)
+        finally:
+            self.context.cache_dir = cache
+
     def embeddings(self) -> dict:
         """``{backbone name: EmbeddingSet}`` of the clips fitted and scored (kept for t-SNE)."""
         return {}

@@ -87,6 +87,17 @@ class EmbedDetectMethod(Method):
             out["votes"] = scores_at(clips, emb.clips, self.detector_.votes(emb.X) if len(emb) else [])
         return out
 
+    def min_fit_clips(self) -> int:
+        return self.settings.make_detector()._min_samples()
+
+    def far_scores(self) -> np.ndarray:
+        """The detector's scores of embeddings 1,000 spreads away from the training embeddings'
+        mean, in three directions (all up, all down, alternating)."""
+        X = self._seen[0].X.astype(np.float64)
+        mu, sd = X.mean(axis=0), X.std(axis=0) + 1e-6
+        alt = np.where(np.arange(X.shape[1]) % 2 == 0, 1.0, -1.0)
+        return self.detector_.score_samples(np.stack([mu + 1e3 * sd, mu - 1e3 * sd, mu + 1e3 * sd * alt]))
+
     def embeddings(self) -> dict:
         from asdkit.embed import EmbeddingSet
 

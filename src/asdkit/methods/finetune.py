@@ -63,6 +63,23 @@ class FinetuneMethod(Method):
         kept, prob = self.scorer_.score_clips(sorted(clips, key=lambda c: (c.path, c.start)), self.reader, f"{self.title}: test")
         return {"score": scores_at(clips, kept, prob)}
 
+    def min_fit_clips(self) -> int:
+        return 2  # one of each label
+
+    def far_scores(self):
+        """The synthetic recordings of :meth:`Method.far_scores`, and the head's probability for
+        embeddings 1,000 units out along every axis direction (all up, all down, alternating)."""
+        import numpy as np
+        import torch
+
+        d = self.scorer_.backbone.embedding_dim
+        alt = np.where(np.arange(d) % 2 == 0, 1.0, -1.0)
+        far = torch.tensor(np.stack([np.ones(d), -np.ones(d), alt, -alt]) * 1e3, dtype=torch.float32)
+        with torch.no_grad():
+            head = torch.sigmoid(self.scorer_.head.to("cpu")(far).squeeze(-1)).double().numpy()
+        self.scorer_.head.to(self.scorer_.device)
+        return np.concatenate([super().far_scores(), head])
+
     def info(self) -> dict:
         if self.scorer_ is None:
             return {}
