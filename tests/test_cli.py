@@ -87,3 +87,17 @@ def test_device_option_on_every_command_that_runs_a_model(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(["embed", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "e.npz"), "--device", "cuda", "-q"])
         assert e.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+def test_version_short_help_and_shell_completion(capsys):
+    from asdkit import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"asdkit {__version__}"
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "-h"])
+    assert e.value.code == 0 and "--false-alarm-rate" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["--show-completion", "bash"])
+    assert e.value.code == 0 and "_asdkit_completion" in capsys.readouterr().out

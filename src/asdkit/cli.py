@@ -14,11 +14,29 @@ from asdkit.commands import MODULES
 from asdkit.errors import AsdkitError
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="asdkit: tell from a machine's sound whether it is healthy.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="asdkit: tell from a machine's sound whether it is healthy. Every error is one line `error: ...` "
+         "and exit status 2; `asdkit score` exits 1 when a recording raises an alarm.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from asdkit import __version__
+
+        typer.echo(f"asdkit {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """asdkit: tell from a machine's sound whether it is healthy."""
 
 for _name in MODULES:
     importlib.import_module(f"asdkit.commands.{_name}").register(app)
