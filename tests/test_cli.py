@@ -97,7 +97,7 @@ def test_version_short_help_and_shell_completion(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"asdkit {__version__}"
     with pytest.raises(SystemExit) as e:
         main(["fit", "-h"])
-    assert e.value.code == 0 and "--false-alarm-rate" in capsys.readouterr().out
+    assert e.value.code == 0 and "--folds" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         main(["--show-completion", "bash"])
     assert e.value.code == 0 and "_asdkit_completion" in capsys.readouterr().out
