@@ -14,6 +14,7 @@ from asdkit.errors import ConfigError
 from asdkit.metrics import (
     TABLE_COLUMNS,
     auc,
+    auc_interval,
     group_table,
     markdown_table,
     pauc,
@@ -43,11 +44,11 @@ def step_case():
 def test_pauc_hand_computed_steps(step_case):
     y, s = step_case
     # [0, 0.1]: tpr 0.5 all the way -> area 0.05 -> / 0.1
-    assert pauc(y, s, max_fpr=0.1) == pytest.approx(0.5, abs=1e-12)
+    assert pauc(y, s, max_fpr=0.1, kind="area") == pytest.approx(0.5, abs=1e-12)
     # [0, 0.15]: 0.05 + 0.05 * 0.75 = 0.0875 -> / 0.15
-    assert pauc(y, s, max_fpr=0.15) == pytest.approx(0.0875 / 0.15, abs=1e-12)
+    assert pauc(y, s, max_fpr=0.15, kind="area") == pytest.approx(0.0875 / 0.15, abs=1e-12)
     # max_fpr = 1 is the full AUC: 0.5*0.1 + 0.75*0.9 = 0.725
-    assert pauc(y, s, max_fpr=1.0) == pytest.approx(0.725, abs=1e-12)
+    assert pauc(y, s, max_fpr=1.0, kind="area") == pytest.approx(0.725, abs=1e-12)
     assert auc(y, s) == pytest.approx(0.725, abs=1e-12)
 
 
@@ -57,17 +58,17 @@ def test_pauc_hand_computed_tie_and_interpolation():
     y = [0, 0, 0, 0, 1, 1]
     s = [1.0, 2.0, 3.0, 4.0, 5.0, 3.0]
     # [0, .5]: .25*.5 + .25*(.5+1)/2 = .3125 -> / .5
-    assert pauc(y, s, max_fpr=0.5) == pytest.approx(0.625, abs=1e-12)
+    assert pauc(y, s, max_fpr=0.5, kind="area") == pytest.approx(0.625, abs=1e-12)
     # cut inside the diagonal at .375 where tpr = .75: .125 + .125*(.5+.75)/2 = .203125
-    assert pauc(y, s, max_fpr=0.375) == pytest.approx(0.203125 / 0.375, abs=1e-12)
+    assert pauc(y, s, max_fpr=0.375, kind="area") == pytest.approx(0.203125 / 0.375, abs=1e-12)
 
 
 def test_pauc_is_not_mcclish_unless_asked():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 400)
     s = np.round(rng.normal(size=400) + y, 1)  # with ties
-    raw = pauc(y, s, max_fpr=0.1)
-    mcclish = pauc(y, s, max_fpr=0.1, standardized=True)
+    raw = pauc(y, s, max_fpr=0.1, kind="area")
+    mcclish = pauc(y, s, max_fpr=0.1)  # the default: what the DCASE evaluator prints
     assert mcclish == pytest.approx(roc_auc_score(y, s, max_fpr=0.1), abs=1e-12)
     assert abs(raw - mcclish) > 0.05
     # the raw normalised area back from McClish: 0.5*(1+(A-m)/(M-m)) with m=.005, M=.1
@@ -78,7 +79,7 @@ def test_pauc_is_not_mcclish_unless_asked():
 def test_pauc_extremes():
     y = [0, 0, 0, 1, 1]
     assert pauc(y, [1, 2, 3, 4, 5]) == pytest.approx(1.0)
-    assert pauc(y, [5, 4, 3, 2, 1]) == pytest.approx(0.0)
+    assert pauc(y, [5, 4, 3, 2, 1], kind="area") == pytest.approx(0.0)
 
 
 def test_single_class_gives_nan():
@@ -211,14 +212,45 @@ def test_percentile_threshold_minimum_is_enough():
 
 def test_markdown_table_formatting():
     rows = [
-        {"machine_type": "fan", "machine_id": "all", "auc": 0.91234567, "pauc": float("nan"),
+        {"machine_type": "fan", "machine_id": "all", "auc": 0.91234567, "auc_ci": [0.8, 0.95], "pauc": float("nan"),
          "n_normal": np.int64(3), "n_anomalous": 0},
-        {"machine_type": "a|b", "machine_id": "id_00", "auc": 1.0, "pauc": None, "n_normal": 1},
+        {"machine_type": "a|b", "machine_id": "id_00", "auc": 1.0, "auc_ci": [float("nan")] * 2, "pauc": None, "n_normal": 1},
     ]
     assert markdown_table(rows) == (
-        "| machine_type | machine_id | auc | pauc | n_normal | n_anomalous |\n"
-        "| --- | --- | --- | --- | --- | --- |\n"
-        "| fan | all | 0.9123 | n/a | 3 | 0 |\n"
-        "| a\\|b | id_00 | 1.0000 | n/a | 1 | n/a |\n"
+        "| machine_type | machine_id | auc | auc_ci | pauc | n_normal | n_anomalous |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |\n"
+        "| fan | all | 0.9123 | [0.800, 0.950] | n/a | 3 | 0 |\n"
+        "| a\\|b | id_00 | 1.0000 | n/a | n/a | 1 | n/a |\n"
     )
     assert markdown_table([], ["x"]) == "| x |\n| --- |\n"
+
+
+def test_auc_interval_brackets_the_auc_and_narrows_with_more_clips():
+    rng = np.random.default_rng(0)
+
+    def case(n):
+        y = np.r_[np.zeros(n), np.ones(n)].astype(int)
+        return y, np.r_[rng.normal(0, 1, n), rng.normal(1, 1, n)]
+
+    y, s = case(20)
+    lo, hi = auc_interval(y, s)
+    assert lo < auc(y, s) < hi and 0 <= lo and hi <= 1
+    y2, s2 = case(500)
+    lo2, hi2 = auc_interval(y2, s2)
+    assert hi2 - lo2 < (hi - lo) / 2  # the interval narrows as the clips grow
+    # the vectorised rank AUC of one resample equals scikit-learn's, ties included
+    t = np.round(s, 0)
+    assert auc_interval(y, t, n_boot=2000)[0] <= roc_auc_score(y, t) <= auc_interval(y, t, n_boot=2000)[1]
+    assert all(math.isnan(v) for v in auc_interval([0, 0], [0.1, 0.2]))
+    assert auc_interval(y, s) == auc_interval(y, s)  # seeded
+
+
+def test_group_rows_carry_intervals_and_few_clip_warnings():
+    from asdkit.data.clips import Clip
+    from asdkit.metrics import few_clips_warnings
+
+    clips = [Clip(f"{i}.wav", "fan", "id_00", int(i >= 12)) for i in range(15)]
+    rows = group_table(clips, np.arange(15.0))
+    assert rows[0]["auc"] == 1.0 and rows[0]["auc_ci"] == [1.0, 1.0]
+    warn = few_clips_warnings(rows)
+    assert len(warn) == 2 and "only 12 normal and 3 anomalous" in warn[0]

@@ -36,7 +36,10 @@ def test_autoencoder_run_writes_every_output(tree, tmp_path):
     assert list(scores[0]) == ["file", "machine_type", "machine_id", "label", "split", "score"]
     split = read_clips_csv(out / "split.csv")
     assert len(split) == 48 and {c.split for c in split} == {"train", "val", "test"}
-    assert "| fan" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "| fan" in md and "auc_ci" in md and "Few clips" in md  # every AUC with its interval; 4+2 clips is few
+    lo, hi = rows[("fan", "all")]["auc_ci"]
+    assert lo <= rows[("fan", "all")]["auc"] <= hi
     assert doc["versions"]["asdkit"] and doc["machine"]["cores"]
 
 

@@ -193,7 +193,8 @@ class FakeCells:
         if cell.error:
             raise ConfigError(cell.error)
         votes = {"auc_votes": self.auc - 0.1, "pauc_votes": 0.5} if cell.method == "lof" else {}
-        return {"auc": self.auc, "pauc": 0.8, "n_normal": 10, "n_anomalous": 5, **votes,
+        return {"auc": self.auc, "pauc": 0.8, "auc_ci": [self.auc - 0.1, min(1.0, self.auc + 0.05)], "n_normal": 10,
+                "n_anomalous": 5, **votes,
                 "weights": "RANDOM INIT (no pretrained weights): seed 0" if self.random_init else "hub:x@y",
                 "random_init": self.random_init}
 
@@ -258,6 +259,7 @@ def test_published_comparison_in_every_table(tmp_path, monkeypatch):
     assert "0.9000 / 0.7770 (+0.1230)" in md and "0.9000 / 0.7696 (+0.1304); votes 0.8000" in md
     assert lof["auc_votes"] == pytest.approx(0.8) and cell["auc_votes"] is None  # both LOF readings, each named
     assert "the AUC of the vote count" in md
+    assert "0.800-0.950" in md and "**Few clips**" in md  # 5 anomalous test clips: said
     assert "RANDOM INIT" in md  # said loudly for a real-data table
     assert "not comparable" not in md
     doc = json.loads((out / "table3.json").read_text())

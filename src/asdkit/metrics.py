@@ -2,12 +2,14 @@
 
 * :func:`auc` - ROC AUC (:func:`sklearn.metrics.roc_auc_score`); NaN when a group has only one
   class, so a results table can still be written and its counts show why.
-* :func:`pauc` - DCASE's partial AUC: the area under the ROC curve for false-positive rates in
-  ``[0, max_fpr]`` divided by ``max_fpr`` (the definition in the DCASE Task 2 task
-  descriptions since 2020, so a perfect detector scores 1 and a random one ``max_fpr / 2``). This is *not*
-  the McClish-standardised value that ``roc_auc_score(..., max_fpr=...)`` returns; pass
-  ``standardized=True`` for that one (the DCASE evaluator scripts call ``roc_auc_score`` with
-  ``max_fpr``, so use it to compare with numbers those scripts produced).
+* :func:`pauc` - the partial AUC over false-positive rates ``[0, 0.1]``. By default (``kind="mcclish"``)
+  the value the DCASE Task 2 evaluator prints: its scripts call ``sklearn.metrics.roc_auc_score(...,
+  max_fpr=0.1)``, which applies McClish's standardisation (0.5 for a random detector, 1 for a
+  perfect one). ``kind="area"`` gives the definition written in the DCASE task descriptions: the
+  area under the ROC curve up to ``max_fpr`` divided by ``max_fpr`` (``max_fpr / 2`` for a random
+  detector).
+* :func:`auc_interval` - a 95 % bootstrap interval of the AUC (resampling normal and anomalous
+  clips separately).
 * :func:`group_table` - rows per machine type (``machine_id == "all"``) and per machine id.
 * :func:`threshold_from_scores` - a decision threshold from normal validation scores only.
 * :func:`markdown_table` - a GitHub markdown table of such rows.
@@ -35,12 +37,19 @@ __all__ = [
     "auc",
     "group_table",
     "markdown_table",
+    "auc_interval",
     "pauc",
     "threshold_from_scores",
 ]
 
+PAUC_KINDS = ("mcclish", "area")
+"""``mcclish``: what the DCASE evaluator prints (``roc_auc_score(max_fpr=0.1)``); ``area``: area / max_fpr."""
+
+FEW_CLIPS = 10
+"""Fewer clips than this in a class makes an AUC coarse: results say so."""
+
 #: Row keys of :func:`group_table`, in table order (the run directory's ``results.json`` rows).
-TABLE_COLUMNS = ("machine_type", "machine_id", "auc", "pauc", "n_normal", "n_anomalous")
+TABLE_COLUMNS = ("machine_type", "machine_id", "auc", "auc_ci", "pauc", "n_normal", "n_anomalous")
 
 #: Fewest normal scores :func:`threshold_from_scores` accepts for ``method="gamma"``.
 GAMMA_MIN_SCORES = 5
@@ -73,19 +82,21 @@ def auc(labels: Any, scores: Any) -> float:
     return float(roc_auc_score(y, s))
 
 
-def pauc(labels: Any, scores: Any, max_fpr: float = 0.1, standardized: bool = False) -> float:
-    """Partial ROC AUC over false-positive rates ``[0, max_fpr]``, divided by ``max_fpr``
-    (DCASE Task 2's pAUC, ``max_fpr=0.1`` as in DCASE). NaN when only one class is present.
+def pauc(labels: Any, scores: Any, max_fpr: float = 0.1, kind: str = "mcclish") -> float:
+    """Partial ROC AUC over false-positive rates ``[0, max_fpr]`` (DCASE Task 2's pAUC,
+    ``max_fpr=0.1``). NaN when only one class is present.
 
     The ROC curve comes from :func:`sklearn.metrics.roc_curve` (every threshold kept, so ties
-    give diagonal segments); it is cut at ``max_fpr`` with the TPR linearly interpolated there,
-    integrated with the trapezoidal rule and divided by ``max_fpr``: 1 for a perfect ranking,
-    ``max_fpr / 2`` for a random one. ``standardized=True`` applies McClish's correction
-    ``0.5 * (1 + (A - min) / (max - min))`` with ``min = max_fpr**2 / 2`` and ``max = max_fpr``
-    to the raw area ``A``, which is what ``sklearn.metrics.roc_auc_score(..., max_fpr=...)``
-    returns."""
+    give diagonal segments); it is cut at ``max_fpr`` with the TPR linearly interpolated there and
+    integrated with the trapezoidal rule, giving the raw area ``A``. ``kind="mcclish"`` (default)
+    returns McClish's ``0.5 * (1 + (A - min) / (max - min))`` with ``min = max_fpr**2 / 2`` and
+    ``max = max_fpr``: exactly ``sklearn.metrics.roc_auc_score(..., max_fpr=...)``, the number the
+    DCASE evaluator prints (0.5 random, 1 perfect). ``kind="area"`` returns ``A / max_fpr`` (the
+    task descriptions' definition: ``max_fpr / 2`` random, 1 perfect)."""
     if not (isinstance(max_fpr, numbers.Real) and not isinstance(max_fpr, bool) and 0.0 < max_fpr <= 1.0):
         raise ConfigError(f"pauc: max_fpr must be in (0, 1], got {max_fpr!r}")
+    if kind not in PAUC_KINDS:
+        raise ConfigError(f"pauc: kind must be one of {', '.join(PAUC_KINDS)}, got {kind!r}")
     y, s = _labels_scores(labels, scores, "pauc")
     if not _both_classes(y):
         return float("nan")
@@ -96,10 +107,30 @@ def pauc(labels: Any, scores: Any, max_fpr: float = 0.1, standardized: bool = Fa
         t_cut = np.interp(max_fpr, fpr[stop - 1:stop + 1], tpr[stop - 1:stop + 1])
         x, t = np.append(x, max_fpr), np.append(t, t_cut)
     area = float(np.sum(np.diff(x) * (t[1:] + t[:-1]) / 2.0))
-    if standardized:
+    if kind == "mcclish":
         lo, hi = max_fpr**2 / 2.0, max_fpr
         return 0.5 * (1.0 + (area - lo) / (hi - lo))
     return area / max_fpr
+
+
+def auc_interval(labels: Any, scores: Any, level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> list[float]:
+    """``[low, high]``: the percentile bootstrap interval of the AUC at ``level``, resampling the
+    normal and the anomalous clips separately (so every resample has both classes), ``n_boot``
+    times with a fixed seed. ``[nan, nan]`` when a class is missing.
+
+    Each resample's AUC is the Mann-Whitney statistic from average ranks (ties count one half, as
+    :func:`auc`), computed for all resamples at once."""
+    y, s = _labels_scores(labels, scores, "auc_interval")
+    if not _both_classes(y):
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    pos, neg = s[y == 1], s[y == 0]
+    n1, n0 = len(pos), len(neg)
+    sample = np.concatenate([pos[rng.integers(0, n1, (n_boot, n1))], neg[rng.integers(0, n0, (n_boot, n0))]], axis=1)
+    ranks = stats.rankdata(sample, axis=1)
+    aucs = (ranks[:, :n1].sum(axis=1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+    alpha = (1.0 - level) / 2.0
+    return [float(np.quantile(aucs, alpha)), float(np.quantile(aucs, 1.0 - alpha))]
 
 
 def group_table(records: Sequence[Any], scores: Any, max_fpr: float = 0.1,
@@ -134,7 +165,7 @@ def group_table(records: Sequence[Any], scores: Any, max_fpr: float = 0.1,
 
     def row(mtype: str, mid: str, mask: np.ndarray) -> dict:
         yy, ss = y[mask], s[mask]
-        return {"machine_type": mtype, "machine_id": mid, "auc": auc(yy, ss),
+        return {"machine_type": mtype, "machine_id": mid, "auc": auc(yy, ss), "auc_ci": auc_interval(yy, ss),
                 "pauc": pauc(yy, ss, max_fpr=max_fpr),
                 "n_normal": int((yy == 0).sum()), "n_anomalous": int((yy == 1).sum())}
 
@@ -150,6 +181,7 @@ def group_table(records: Sequence[Any], scores: Any, max_fpr: float = 0.1,
         if type_summary == "mean":
             summary["auc"] = nanmean([r["auc"] for r in id_rows])
             summary["pauc"] = nanmean([r["pauc"] for r in id_rows])
+            summary["auc_ci"] = [nanmean([r["auc_ci"][0] for r in id_rows]), nanmean([r["auc_ci"][1] for r in id_rows])]
         rows.append(summary)
         rows.extend(id_rows)
     return rows
@@ -221,9 +253,22 @@ def threshold_from_scores(normal_scores: Any, false_alarm_rate: float = 0.05,
     return float(stats.gamma.ppf(1.0 - rate, a, loc=loc, scale=scale))
 
 
+def few_clips_warnings(rows: Iterable[dict]) -> list[str]:
+    """One line per row whose AUC rests on fewer than :data:`FEW_CLIPS` clips of a class."""
+    out = []
+    for r in rows:
+        n0, n1 = r.get("n_normal", 0), r.get("n_anomalous", 0)
+        if min(n0, n1) < FEW_CLIPS:
+            out.append(f"{r['machine_type']} {r['machine_id']}: only {n0} normal and {n1} anomalous test clips; "
+                       f"its AUC moves in steps of {1 / max(n0 * n1, 1):.3g} (see its 95 % interval)")
+    return out
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "n/a"
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (float, int)) for v in value):
+        return "n/a" if any(math.isnan(v) for v in value) else f"[{value[0]:.3f}, {value[1]:.3f}]"
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
     if isinstance(value, (float, np.floating)):

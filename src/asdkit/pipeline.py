@@ -177,7 +177,7 @@ def result_rows(scored: Sequence[Clip], readings: dict[str, dict[str, float]], p
 
 
 def results_markdown(info: dict, rows: list[dict]) -> str:
-    from asdkit.metrics import TABLE_COLUMNS, markdown_table
+    from asdkit.metrics import TABLE_COLUMNS, few_clips_warnings, markdown_table
     from asdkit.models.weights import random_init_warning
 
     lines = [f"# asdkit run: {info['label']}", ""]
@@ -186,6 +186,12 @@ def results_markdown(info: dict, rows: list[dict]) -> str:
     lines += [f"- weights: {info.get('weights')}", f"- clips scored: {info['n_scored']} of {info['n_clips']}"]
     if info["skipped"]:
         lines.append(f"- skipped bad files: {len(info['skipped'])}")
-    extra = [k for k in (rows[0] if rows else {}) if k.startswith(("auc_", "pauc_"))]
-    lines += ["", markdown_table(rows, [*TABLE_COLUMNS[:4], *extra, *TABLE_COLUMNS[4:]]), ""]
+    extra = [k for k in (rows[0] if rows else {}) if k.startswith(("auc_", "pauc_")) and k != "auc_ci"]
+    lines += ["", "AUC: the chance that an anomalous test clip scores above a normal one (0.5 is chance; auc_ci its "
+              "95 % bootstrap interval); pAUC: the same over false-positive rates up to 0.1, as the DCASE evaluator "
+              "prints it (McClish-standardised, 0.5 is chance). Scores: higher = more anomalous.", ""]
+    lines += [markdown_table(rows, [*TABLE_COLUMNS[:5], *extra, *TABLE_COLUMNS[5:]]), ""]
+    warnings = few_clips_warnings(rows)
+    if warnings:
+        lines += ["Few clips:", "", *(f"- {w}" for w in warnings), ""]
     return "\n".join(lines)

@@ -130,7 +130,7 @@ def run_cell(cell: CellSpec, run_dir: Path, progress: bool = True) -> dict:
     r = picked[0]
     training = [g["training"] for g in res.info.get("groups", {}).values() if g.get("training")]
     return {
-        "auc": _num(r["auc"]), "pauc": _num(r.get("pauc")),
+        "auc": _num(r["auc"]), "pauc": _num(r.get("pauc")), "auc_ci": [_num(v) for v in r.get("auc_ci", [None, None])],
         "auc_votes": _num(r.get("auc_votes")), "pauc_votes": _num(r.get("pauc_votes")),
         "n_normal": int(r["n_normal"]), "n_anomalous": int(r["n_anomalous"]),
         "weights": res.info.get("weights", ""), "random_init": bool(res.info.get("random_init", False)),
@@ -163,6 +163,7 @@ def cell_record(cell: CellSpec, status: str, result: dict | None, seconds: float
         "published": pub,
         "difference": None if ours is None or pub is None else ours - pub,
         "pauc": result.get("pauc"),
+        "auc_ci": result.get("auc_ci"),
         "auc_votes": result.get("auc_votes"),
         "pauc_votes": result.get("pauc_votes"),
         "trainable_params": result.get("trainable_params"),

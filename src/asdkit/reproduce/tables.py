@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from asdkit.io import write_csv, write_json, write_text
+from asdkit.metrics import FEW_CLIPS
 from asdkit.models.weights import random_init_warning
 from asdkit.reproduce.config import PUBLISHED, SYNTHETIC_NOTE
 
@@ -86,18 +87,29 @@ def render_markdown(records: Sequence[dict], meta: dict) -> str:
                 cells.append(text)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", "## Cells", "",
-              "| row | column | status | AUC | AUC (votes) | published | difference | test normal | test anomalous "
-              "| trainable parameters | weights | seed | seconds | reason |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| row | column | status | AUC | AUC 95% CI | AUC (votes) | published | difference | test normal | "
+              "test anomalous | trainable parameters | weights | seed | seconds | reason |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
         weights = r.get("weights") or ""
         lines.append(
-            f"| {r['row']} | {r['column']} | {r['status']} | {_fmt(r['auc'])} | "
+            f"| {r['row']} | {r['column']} | {r['status']} | {_fmt(r['auc'])} | {_interval(r.get('auc_ci'))} | "
             f"{_fmt(r['auc_votes']) if r.get('auc_votes') is not None else ''} | {_fmt(r['published'])} | "
             f"{_fmt(r['difference'], True)} | {_blank(r.get('n_normal'))} | {_blank(r.get('n_anomalous'))} | "
             f"{_params(r)} | {_md(weights)} | {r['seed']} | {r['seconds']} | {_md(r.get('reason') or '')} |"
         )
+    few = [f"{r['row']}/{r['column']}" for r in records
+           if r["status"] == "ok" and min(r.get("n_normal") or 0, r.get("n_anomalous") or 0) < FEW_CLIPS]
+    if few:
+        lines += ["", f"**Few clips**: {', '.join(few)} rest on fewer than {FEW_CLIPS} test clips of a class; "
+                  "read their AUC with its 95 % interval."]
     return "\n".join(lines) + "\n"
+
+
+def _interval(ci) -> str:
+    if not ci or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in ci):
+        return ""
+    return f"{ci[0]:.3f}-{ci[1]:.3f}"
 
 
 def _blank(v: Any) -> str:
@@ -115,7 +127,7 @@ def _md(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-CSV_COLUMNS = ("row", "column", "status", "auc", "published", "difference", "pauc", "auc_votes", "pauc_votes",
+CSV_COLUMNS = ("row", "column", "status", "auc", "auc_low", "auc_high", "published", "difference", "pauc", "auc_votes", "pauc_votes",
                "n_normal", "n_anomalous", "trainable_params", "total_params", "weights", "random_init", "seed", "seconds",
                "reason")
 
@@ -129,7 +141,11 @@ def write_tables(out: Path, records: Sequence[dict], meta: dict) -> None:
             return f"{v:.6f}"
         return "" if v is None else v
 
-    write_csv(out / "table3.csv", CSV_COLUMNS, ([cell(r.get(k)) for k in CSV_COLUMNS] for r in records))
+    def flat(r: dict) -> dict:
+        ci = r.get("auc_ci") or [None, None]
+        return {**r, "auc_low": ci[0], "auc_high": ci[1]}
+
+    write_csv(out / "table3.csv", CSV_COLUMNS, ([cell(flat(r).get(k)) for k in CSV_COLUMNS] for r in records))
     clean = [{k: v for k, v in r.items() if k != "reused"} for r in records]
     write_json(out / "table3.json", {**meta, "published": PUBLISHED, "cells": clean})
     write_text(out / "table3.md", render_markdown(records, meta))
