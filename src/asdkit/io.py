@@ -127,7 +127,8 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
     with atomic_path(path, suffix=".csv") as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(header)
+            if header:  # no header row at all when there is none (the DCASE files have none)
+                w.writerow(header)
             for row in rows:
                 w.writerow(row)
 

@@ -48,6 +48,8 @@ class RunConfig:
     cache_dir: str | None = None
     save_models: bool = False
     """Save every group's fitted method under RUN/models/<group> (the autoencoder's always are: they are small)."""
+    dcase_output: bool = False
+    """Also write the DCASE Task 2 files (scores, decisions, result.csv) into RUN/dcase (:mod:`asdkit.dcase_format`)."""
     device: str = "cpu"
 
     def validate(self):
@@ -121,6 +123,7 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> RunResult:
     info: dict = {}
     groups: dict[str, dict] = {}
     label = cfg.method
+    train_scores: dict[tuple[str, str], list[float]] = {}
     for name, group in training_groups(clips, cfg.per_id).items():
         method = create_method(cfg.method, settings, ctx, title=name)
         method.fit([c for c in group if c.split == "train"], val=[c for c in group if c.split == "val"])
@@ -129,6 +132,10 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> RunResult:
             readings.setdefault(key, {}).update({c.path: float(v) for c, v in zip(test, values) if np.isfinite(v)})
         for bname, emb in method.embeddings().items():
             embeddings.setdefault(bname, []).append(emb)
+        if cfg.dcase_output:  # the DCASE baselines' decision threshold comes from normal training scores
+            normal = [c for c in group if c.split == "train" and not c.is_anomalous]
+            for c, v in zip(normal, method.score(normal)):
+                train_scores.setdefault((c.machine_type, c.machine_id), []).append(float(v))
         if cfg.save_models or method.keeps_models:
             method.save(rd.model_dir(name))
         minfo = method.info()
@@ -143,6 +150,10 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> RunResult:
         raise DatasetError(f"{cfg.data}: no test clips could be scored")
     rows = result_rows(scored, readings, cfg.per_id)
     rd.write_scores(scored, readings)
+    if cfg.dcase_output:
+        from asdkit.dcase_format import write_dcase
+
+        write_dcase(rd.path / "dcase", scored, {c.key: scores[c.path] for c in scored}, train_scores)
     env = environment()
     info = {
         "method": cfg.method,

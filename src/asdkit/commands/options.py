@@ -40,6 +40,7 @@ SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable files
 Cache = Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default: $ASDKIT_CACHE or ~/.cache/asdkit).")]
 OutDir = Annotated[Path, typer.Option("--out", help="Run directory to write (config.json, split.csv, scores.csv, results.json, results.md).")]
 Device = Annotated[str, typer.Option(help="Where models run: auto (a GPU when there is one), cpu, cuda (or cuda:N), mps.")]
+Format = Annotated[Literal["asdkit", "dcase"], typer.Option("--format", help="dcase: also write the DCASE Task 2 files (anomaly_score_*, decision_result_*, result.csv) into OUT/dcase.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 SaveModel = Annotated[bool, typer.Option("--save-model", help="Also save each fitted model to OUT/models/<group>/ (the autoencoder's always are).")]
 

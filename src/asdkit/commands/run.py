@@ -47,6 +47,7 @@ def run_cmd(
     channel: o.Channel = None,
     skip_bad: o.SkipBad = False,
     save_model: o.SaveModel = False,
+    format_: o.Format = "asdkit",
     cache: o.Cache = None,
     device: o.Device = "auto",
     quiet: o.Quiet = False,
@@ -58,7 +59,7 @@ def run_cmd(
     settings = o.method_settings_from_options(method, method_options)
     cfg = RunConfig(data=str(data), method=method, settings=settings, layout=layout, machines=o.csv_list(machines),
                     ids=o.csv_list(ids), snr=snr, per_id=per_id, seed=seed, split_csv=str(split) if split else None,
-                    channel=channel, skip_bad=skip_bad, save_models=save_model,
+                    channel=channel, skip_bad=skip_bad, save_models=save_model, dcase_output=format_ == "dcase",
                     cache_dir=str(cache or o.default_cache_dir()), device=device)
     result = run(cfg, out, progress=not quiet)
     print_results(result)
@@ -74,7 +75,7 @@ finetune_cmd = o.specialize(
     run_cmd,
     """Fine-tune a backbone with the study's head on train clips of both labels; score the test clips
     (the same as `asdkit run --method finetune`).""",
-    method="finetune", detector=None, detector_params=None, standardize=None, cache=None,
+    method="finetune", detector=None, detector_params=None, standardize=None, cache=None, format_="asdkit",
 )
 
 
