@@ -280,3 +280,40 @@ def test_score_speaks_to_scripts(fitted, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["score", str(tmp_path / "m"), str(tmp_path / "missing.wav"), "--out", "-"])
     assert e.value.code == 2 and capsys.readouterr().err.startswith("error:")
+
+
+def test_explain_says_why_a_monitor_alarmed(tmp_path, capsys):
+    """`asdkit explain MONITOR CLIP`: one figure and one summary line naming the time and the band."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    sr = 16000
+    t = np.arange(10 * sr) / sr
+    (tmp_path / "h").mkdir()
+    for k in range(12):
+        y = 0.3 * np.sin(2 * np.pi * (440 + rng.normal(0, 2)) * t) + 0.01 * rng.standard_normal(t.size)
+        sf.write(str(tmp_path / "h" / f"r{k:02d}.wav"), y.astype(np.float32), sr)
+    t30 = np.arange(30 * sr) / sr
+    y = 0.3 * np.sin(2 * np.pi * 440 * t30) + 0.01 * rng.standard_normal(t30.size)
+    y[(t30 > 21) & (t30 < 28)] += 0.2 * np.sin(2 * np.pi * 3100 * t30[(t30 > 21) & (t30 < 28)])
+    sf.write(str(tmp_path / "suspect.wav"), y.astype(np.float32), sr)
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--data", str(tmp_path / "h"), "--out", str(tmp_path / "m"), "--backbone", "resnext101_32x8d",
+              "--weights", "none", "--backbone-config", json.dumps(TINY_CNN), "--detector", "knn", "-q",
+              "--threshold-method", "percentile", "--false-alarm-rate", "0.1", "--cache", str(tmp_path / "c")])
+    assert e.value.code == 0, capsys.readouterr().err
+    assert (tmp_path / "m" / "reference.safetensors").is_file()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["explain", str(tmp_path / "m"), str(tmp_path / "suspect.wav"), "--out", str(tmp_path / "why")])
+    assert e.value.code == 0, capsys.readouterr().err
+    out = " ".join(capsys.readouterr().out.split())
+    assert "ALARM: score" in out and "in 20-30 s" in out
+    from asdkit.explain.alarm import explain_alarm
+    from asdkit.monitor import Monitor
+
+    res = explain_alarm(Monitor.load(tmp_path / "m"), tmp_path / "suspect.wav")
+    assert res.alarm and res.bands[0]["low_hz"] <= 3100 <= res.bands[0]["high_hz"] and res.bands[0]["delta_db"] > 3
+    assert [s for s, _ in res.windows] == [0.0, 10.0, 20.0]
+    png = (tmp_path / "why" / "suspect_why.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000

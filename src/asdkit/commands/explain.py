@@ -43,7 +43,7 @@ def parse_weights(values: Optional[List[str]], backbones: List[str]) -> "str | d
 def explain_cmd(
     run: Optional[Path] = typer.Option(None, "--run", help="A run directory (asdkit run) or a reproduce directory."),
     clips: Optional[List[Path]] = typer.Option(None, "--clips", help="An audio file to explain (repeat the option, or list files after the options)."),
-    files: Optional[List[Path]] = typer.Argument(None, help="More audio files (same as --clips).", show_default=False),
+    files: Optional[List[Path]] = typer.Argument(None, help="Audio files (same as --clips); or MONITOR CLIP...: why a monitor alarms on these clips.", show_default=False),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNGs and report.html (default: RUN/explain)."),
     backbone: Optional[List[str]] = typer.Option(None, "--backbone", help="Backbone(s) to explain (repeatable; default: ast and resnext101_32x8d)."),
     weights: Optional[List[str]] = typer.Option(
@@ -66,6 +66,8 @@ def explain_cmd(
     from asdkit.models import TINY_CONFIGS
 
     con = Console()
+    if files and files[0].is_dir() and (files[0] / "monitor.json").is_file():
+        return _explain_alarms(files[0], list(files[1:]) + list(clips or []), out, device, con)
     paths = list(clips or []) + list(files or [])
     if run is None and not paths:
         raise ConfigError("give --run RUN_DIR or audio files (--clips FILE ...)")
@@ -97,6 +99,21 @@ def explain_cmd(
     for name, p in res.figures.items():
         con.print(f"{name}: {p}")
     con.print(f"report: {res.report}")
+
+
+def _explain_alarms(monitor: Path, paths: List[Path], out: Optional[Path], device: str, con) -> None:
+    """`asdkit explain MONITOR CLIP...`: one "why did it alarm" figure and summary line per clip."""
+    from asdkit.explain.alarm import explain_alarm
+    from asdkit.monitor import load_monitor
+
+    if not paths:
+        raise ConfigError(f"give the clip(s) to explain after the monitor: asdkit explain {monitor} CLIP.wav")
+    mon = load_monitor(monitor, device=device)
+    folder = out or Path(".")
+    for p in paths:
+        res = explain_alarm(mon, p, folder / f"{p.stem}_why.png")
+        con.print(f"{p}: {res.summary}", markup=False, highlight=False)
+        con.print(f"  figure: {res.path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -179,8 +179,9 @@ def alarm_figure(m, ref: NormalReference, z, windows, threshold, seconds, total,
     axw.legend(loc="upper right", fontsize=8)
     axt = fig.add_subplot(grid[2, 2])
     axt.axis("off")
-    axt.text(0, 1, "\n".join(f"{b['low_hz']:.0f}-{b['high_hz']:.0f} Hz: {b['delta_db']:+.1f} dB" for b in bands),
-             va="top", fontsize=10, family="monospace")
+    axt.text(0, 1, "most different bands:\n" + "\n".join(f"{b['low_hz']:.0f}-{b['high_hz']:.0f} Hz {b['delta_db']:+.1f} dB"
+                                                          for b in bands),
+             va="top", fontsize=9, family="monospace", transform=axt.transAxes)
     fig.suptitle(summary, fontsize=11)
     return fig
 
