@@ -146,15 +146,13 @@ class EmbeddingSet:
 
 # -- hashing ---------------------------------------------------------------------------------------
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of an audio file's bytes; AudioError (one line) when it cannot be read."""
+    """SHA-256 of an audio file's bytes; AudioError (one line) when it is not a regular file of a sane
+    size (:func:`asdkit.audio.check_file`: nothing that could hang is opened) or cannot be read."""
+    from asdkit.audio import check_file
     from asdkit.io import file_sha256 as sha
 
     try:
-        return sha(path)
-    except FileNotFoundError:
-        raise AudioError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise AudioError(f"{path}: is a folder, not an audio file") from None
+        return sha(check_file(path))
     except OSError as e:
         raise AudioError(f"{path}: not readable ({e.strerror or type(e).__name__})") from None
 
@@ -325,16 +323,19 @@ def embed_clips(
                     ok[i] = True
                     continue
             todo.append((i, key))
-        signals, keep = [], []
+        inputs, keep = [], []
         for i, key in todo:
-            y = reader.read(clips[i])
-            if y is not None:
-                signals.append(y)
+            x = reader.read(clips[i], backbone.frontend)
+            if x is not None:
+                inputs.append(x)
                 keep.append((i, key))
-        if signals:
-            E = backbone.embed(backbone.frontend.batch(signals))
-            del signals
+        if inputs:
+            E = backbone.embed(np.stack(inputs))
+            del inputs
             for (i, key), vec in zip(keep, E):
+                if not np.isfinite(vec).all():  # finite input the model could not turn into finite numbers
+                    reader.fail(clips[i], AudioError(f"{clips[i].key}: the {backbone.name} embedding is not finite"))
+                    continue
                 X[i] = vec
                 ok[i] = True
                 if cache is not None and key is not None:

@@ -114,8 +114,10 @@ class Frontend:
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
         x = self.fn(y, **self.params)
-        if not np.isfinite(x).all():  # a guard: inputs are checked in audio.py, so this is a bug
-            raise FloatingPointError(f"frontend {self.name} produced non-finite values")
+        if not np.isfinite(x).all():  # finite samples far outside -1..1 overflow the spectrogram
+            from asdkit.errors import AudioError
+
+            raise AudioError(f"the {self.name} features are not finite (samples far outside -1..1?)")
         return x
 
     def batch(self, ys: list[np.ndarray]) -> np.ndarray:

@@ -198,11 +198,13 @@ def recording_notes(clips: Sequence[Clip], audio: AudioSettings) -> None:
     window, and which are resampled; one line each kind."""
     import soundfile as sf
 
+    from asdkit.audio import check_file
+
     short, rates = [], {}
     for c in clips:
         try:
-            info = sf.info(c.path)
-        except Exception:  # noqa: BLE001 - an unreadable file is reported when it is read
+            info = sf.info(str(check_file(c.path)))
+        except Exception:  # noqa: BLE001 - an unusable file is reported when it is read
             continue
         if audio.seconds and info.duration < audio.seconds - 1e-3:
             short.append((Path(c.path).name, info.duration))

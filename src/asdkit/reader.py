@@ -36,6 +36,20 @@ log = logging.getLogger("asdkit")
 ON_BAD = ("error", "skip")
 
 
+def checked(transform: Callable[[np.ndarray], np.ndarray], y: np.ndarray, clip: Clip) -> np.ndarray:
+    """``transform(y)`` (a frontend), or AudioError naming the clip when it cannot make finite numbers
+    of it (a valid-looking file with samples near 1e30 overflows the spectrogram)."""
+    name = getattr(transform, "name", "frontend")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = transform(y)
+    except (FloatingPointError, OverflowError, ValueError) as e:
+        raise AudioError(f"{clip.key}: the {name} features cannot be computed ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not np.isfinite(x).all():
+        raise AudioError(f"{clip.key}: the {name} features are not finite (samples far outside -1..1?)")
+    return x
+
+
 class ClipReader:
     """Reads clips as the models see them, with one bad-file policy and one skip count."""
 
@@ -73,7 +87,7 @@ class ClipReader:
             return None
         try:
             y = load_audio(clip.path, self.audio, start=clip.start)
-            return transform(y) if transform is not None else y
+            return checked(transform, y, clip) if transform is not None else y
         except AudioError as e:
             self.fail(clip, e)
             return None

@@ -8,7 +8,6 @@ from typing import Annotated, Literal
 import typer
 
 from asdkit.commands import options as o
-from asdkit.errors import ConfigError
 
 
 def synth_cmd(
@@ -46,9 +45,13 @@ def features_cmd(
     from asdkit.features import get_frontend
     from asdkit.io import atomic_path
 
+    from asdkit.data.clips import Clip
+    from asdkit.reader import checked
+
     fe = get_frontend(frontend)
+    o.check_out_file(out, ".npy")
     notes: list[str] = []
-    x = fe(load_audio(file, AudioSettings(channel=channel), notes=notes))
+    x = checked(fe, load_audio(file, AudioSettings(channel=channel), notes=notes), Clip(str(file), "clip", "", 0))
     with atomic_path(out, suffix=".npy") as tmp:
         with open(tmp, "wb") as f:
             np.save(f, x)
@@ -80,8 +83,7 @@ def embed_cmd(
     from asdkit.methods import BackboneSettings, Context
     from asdkit.reader import ClipReader
 
-    if not str(out).endswith(".npz"):
-        raise ConfigError(f"{out}: the output must be a .npz file")
+    o.check_out_file(out, ".npz")
     opts = dict(method_options or {})
     batch_size = opts.pop("batch_size") or 8
     opts["backbone_config"] = o.json_dict(opts["backbone_config"], "--backbone-config")

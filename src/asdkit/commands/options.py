@@ -185,6 +185,16 @@ def console(stderr: bool = False):
     return Console(stderr=stderr)
 
 
+def check_out_file(out: Path, suffix: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: the wrong suffix, a folder,
+    a path under a file, or a folder that is not writable."""
+    if not str(out).endswith(suffix):
+        raise ConfigError(f"{out}: the output must be a {suffix} file")
+    if out.is_dir():
+        raise ConfigError(f"{out}: is a folder; give a {suffix} file name")
+    check_out_folder(out.parent)
+
+
 def check_out_folder(out: Path) -> None:
     """Refuse, before any work, an output folder that cannot be one: an existing file, or a path under a file."""
     for p in (out, *out.parents):
