@@ -46,6 +46,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: run the app; every user error (a wrong option as much as a bad file) is one line
     ``error: ...`` on stderr and exit status 2, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 are printed as their own bytes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     try:
         code = app(args=argv, prog_name="asdkit", standalone_mode=False)
     except typer.Exit as e:  # --help, --version and typer.Exit(n)

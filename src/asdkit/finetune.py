@@ -256,7 +256,7 @@ def save_finetuned(scorer: FinetunedScorer, directory: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
-    from asdkit.io import atomic_path, write_json
+    from asdkit.io import atomic_path, write_json, write_manifest
 
     d = Path(directory)
     if d.exists() and not d.is_dir():
@@ -277,20 +277,25 @@ def save_finetuned(scorer: FinetunedScorer, directory: str | Path) -> Path:
             "info": scorer.info,
         },
     )
+    write_manifest(d)  # sealed: load_finetuned refuses a changed, missing or added file
     return d
 
 
-def load_finetuned(directory: str | Path, precision: str | None = None, device: str = "cpu") -> FinetunedScorer:
-    """Load a model written by :func:`save_finetuned` (``precision`` overrides the saved one)."""
+def load_finetuned(directory: str | Path, precision: str | None = None, device: str = "cpu",
+                   checked: bool = False) -> FinetunedScorer:
+    """Load a model written by :func:`save_finetuned` (``precision`` overrides the saved one), after
+    checking its manifest (unless the caller did: ``checked``)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from asdkit.models import create_backbone
 
-    from asdkit.io import read_json_doc
+    from asdkit.io import check_manifest, read_json_doc
 
     d = Path(directory)
     meta_path = d / "finetune.json"
+    if not checked and meta_path.is_file():
+        check_manifest(d)
     meta = read_json_doc(meta_path, FORMAT, {"settings": dict, "backbone": str},
                          missing=f"{d}: not a fine-tuned model (no finetune.json)")
     try:

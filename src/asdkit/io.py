@@ -23,9 +23,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; written files get the usual mode
     try:
         yield tmp_path
+        # mkstemp makes 0600, and some writers (safetensors) recreate the file: every file asdkit
+        # writes gets the usual mode, the same for JSON and weights
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -80,6 +82,49 @@ def check_manifest(directory: str | os.PathLike) -> None:
             raise ConfigError(f"{d / name}: checksum does not match {MANIFEST} (file changed or damaged)")
 
 
+@contextmanager
+def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty hidden folder beside ``target``; when the block ends without an error it takes
+    ``target``'s place in one rename (an older ``target`` is moved aside first, then removed), so a
+    folder is never half old and half new, and an error or a kill leaves ``target`` as it was (a
+    killed run leaves only a hidden ``.NAME.tmp-*`` folder beside it)."""
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / "x")
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_out_folder(out: str | os.PathLike, overwrite: bool = True) -> None:
+    """Refuse (one-line ConfigError) an output folder that cannot be one: an existing file, a path
+    under a file, or under a folder that is not writable; or, unless ``overwrite``, one that holds files."""
+    from asdkit.errors import ConfigError
+
+    out = Path(out)
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"{out}: exists and holds files; pass --overwrite to replace it, or choose another --out")
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"{out}: {'exists and is not a folder' if p == out else f'{p} is a file, not a folder'}")
+            if not os.access(p, os.W_OK):
+                raise ConfigError(f"{out}: {p} is not writable")
+            return
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -87,8 +132,10 @@ def _umask() -> int:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
+    """UTF-8 text, whole or not at all; file names that are not UTF-8 (kept by Python as surrogate
+    escapes) are written back as their original bytes."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -125,7 +172,7 @@ def read_json_doc(path: str | os.PathLike, fmt: str | None = None, fields: dict 
 
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     with atomic_path(path, suffix=".csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             w = csv.writer(f)
             if header:  # no header row at all when there is none (the DCASE files have none)
                 w.writerow(header)

@@ -97,24 +97,24 @@ class Monitor:
 
     # -- saving --------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        """Write the monitor folder: the method, the reference, monitor.json, then manifest.json
-        last (so a half-written monitor is never taken for a whole one)."""
+        """Write the monitor folder: the method, the reference, monitor.json, then manifest.json, in
+        a hidden folder that takes ``directory``'s place when complete (an older monitor there is
+        replaced in one step, never mixed with the new one)."""
         from safetensors.numpy import save_file
 
         from asdkit.io import atomic_path
 
-        d = Path(directory)
-        if d.exists() and not d.is_dir():
-            raise ConfigError(f"{d}: exists and is not a folder")
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "manifest.json").unlink(missing_ok=True)
-        self.method.save(d / METHOD_DIR)
-        if self.reference is not None:
-            with atomic_path(d / REFERENCE_FILE, suffix=".safetensors") as tmp:
-                save_file({k: np.ascontiguousarray(v) for k, v in self.reference.arrays().items()}, str(tmp))
-        write_json(d / "monitor.json", {"format": FORMAT, "format_version": FORMAT_VERSION, **self.settings,
-                                        "threshold": float(self.threshold)})
-        write_manifest(d)
+        from asdkit.io import check_out_folder, staged_folder
+
+        check_out_folder(directory)
+        with staged_folder(directory) as d:
+            self.method.save(d / METHOD_DIR)
+            if self.reference is not None:
+                with atomic_path(d / REFERENCE_FILE, suffix=".safetensors") as tmp:
+                    save_file({k: np.ascontiguousarray(v) for k, v in self.reference.arrays().items()}, str(tmp))
+            write_json(d / "monitor.json", {"format": FORMAT, "format_version": FORMAT_VERSION, **self.settings,
+                                            "threshold": float(self.threshold)})
+            write_manifest(d)
 
     @classmethod
     def load(cls, directory: str | Path, weights: str | None = None, device: str = "cpu") -> "Monitor":
@@ -141,15 +141,42 @@ class Monitor:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
             raise MonitorError(f"{mj}: threshold must be a finite number, got {threshold!r}")
         settings = {k: v for k, v in doc.items() if k not in ("format", "format_version", "threshold")}
-        try:
-            audio = AudioSettings(**settings.get("audio", {}))
-        except TypeError as e:
-            raise MonitorError(f"{mj}: audio settings unusable ({e})") from None
+        audio = check_monitor_fields(settings, mj)
         try:
             method = load_method(d / METHOD_DIR, Context(reader=ClipReader(audio), device=device), checked=True, weights=weights)
         except ConfigError as e:
             raise MonitorError(str(e)) from None
         return cls(method=method, threshold=float(threshold), settings=settings, reference=_load_reference(d, settings))
+
+
+def check_monitor_fields(doc: dict, where: Path) -> AudioSettings:
+    """Every field of a monitor.json that scoring reads, checked (a one-line MonitorError naming the
+    field, never a KeyError or TypeError later); returns the audio settings."""
+    from asdkit.methods import list_methods
+    from asdkit.settings import Int, OneOf, Optional, Real
+
+    def check(value, rule, name):
+        try:
+            return rule(value)
+        except ValueError as e:
+            raise MonitorError(f"{where}: {name} must be {e}, got {value!r}") from None
+
+    for key, kind in (("audio", dict), ("threshold_rule", dict), ("method", str)):
+        if not isinstance(doc.get(key), kind):
+            raise MonitorError(f"{where}: field {key!r} is missing or not a {kind.__name__}")
+    check(doc["method"], OneOf(tuple(list_methods())), "method")
+    a = doc["audio"]
+    unknown = set(a) - {"sample_rate", "seconds", "channel"}
+    if unknown:
+        raise MonitorError(f"{where}: audio has unknown field(s) {', '.join(sorted(unknown))}")
+    audio = AudioSettings(check(a.get("sample_rate"), Int(1000, 384000), "audio.sample_rate"),
+                          check(a.get("seconds"), Real(0.5, 600), "audio.seconds"),
+                          check(a.get("channel"), Optional(Int(0)), "audio.channel"))
+    check(doc.get("hop"), Real(0.0, audio.seconds, open_low=True), "hop")
+    rule = doc["threshold_rule"]
+    check(rule.get("method"), OneOf(THRESHOLD_METHODS), "threshold_rule.method")
+    check(rule.get("false_alarm_rate"), Real(0.0, 1.0, open_low=True, open_high=True), "threshold_rule.false_alarm_rate")
+    return audio
 
 
 def _load_reference(d: Path, settings: dict):

@@ -31,7 +31,7 @@ class RunConfig:
     split, how clips are read, and the method with its own ``settings`` (a mapping of the method's
     Settings fields, e.g. ``{"backbone": "ast", "detector": "knn"}``; defaults for the rest)."""
 
-    data: str
+    data: str | None
     method: str = "autoencoder"
     settings: dict = field(default_factory=dict)
     layout: str = "auto"
@@ -59,6 +59,8 @@ class RunConfig:
 
         if self.channel is not None and (isinstance(self.channel, bool) or not isinstance(self.channel, int) or self.channel < 0):
             raise ConfigError(f"channel must be 0 or more, got {self.channel}")
+        if not self.data and not self.split_csv:
+            raise ConfigError("give --data (a dataset) or --split (a saved split.csv)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a whole number 0 or more, got {self.seed!r}")
         s = method_settings(self.method, self.settings)
@@ -85,12 +87,29 @@ def prepare_clips(cfg: RunConfig) -> list[Clip]:
     from asdkit.data.split import study_split
 
     if cfg.split_csv:
-        clips = read_clips_csv(cfg.split_csv)
-        if not all(c.split for c in clips):
-            raise DatasetError(f"{cfg.split_csv}: some clips have no split")
-        return clips
+        return check_split(read_clips_csv(cfg.split_csv), cfg.split_csv, cfg.data)
     clips = load_dataset(cfg.data, layout=cfg.layout, machines=cfg.machines, ids=cfg.ids, snr=cfg.snr)
     return study_split(clips, seed=cfg.seed, test=cfg.test_fraction, val=cfg.val_fraction)
+
+
+def check_split(clips: list[Clip], where: str, data: str | None) -> list[Clip]:
+    """A saved split that cannot leak: every clip has a split and appears once (a clip in train and
+    test would be scored by a model that learnt it), and with ``data`` every clip lies under it."""
+    if not all(c.split for c in clips):
+        raise DatasetError(f"{where}: some clips have no split")
+    seen: dict[str, str] = {}
+    for c in clips:
+        if c.key in seen:
+            where_too = f"{seen[c.key]} and {c.split}" if seen[c.key] != c.split else f"{c.split} twice"
+            raise DatasetError(f"{where}: {c.key} is listed in {where_too}; a split must list every clip once")
+        seen[c.key] = c.split
+    if data:
+        root = Path(data).expanduser().resolve()
+        outside = [c.path for c in clips if not Path(c.path).resolve().is_relative_to(root)]
+        if outside:
+            raise DatasetError(f"{where}: {len(outside)} clip(s) lie outside --data {data} (e.g. {outside[0]}); "
+                               "give --split alone, or the --data it was made from")
+    return clips
 
 
 def training_groups(clips: Sequence[Clip], per_id: bool) -> dict[str, list[Clip]]:
@@ -101,20 +120,27 @@ def training_groups(clips: Sequence[Clip], per_id: bool) -> dict[str, list[Clip]
     return dict(sorted(groups.items()))
 
 
-def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> RunResult:
-    """Run ``cfg`` and write the run directory ``out``."""
+def run(cfg: RunConfig, out: str | Path, progress: bool = True, overwrite: bool = False) -> RunResult:
+    """Run ``cfg`` and write the run directory ``out``: into a hidden folder beside it that takes its
+    place when the run is complete (:func:`asdkit.io.staged_folder`), so ``out`` is never half
+    written nor half old and half new. An ``out`` that holds files is refused unless ``overwrite``."""
+    from asdkit.io import check_out_folder, staged_folder
+
+    settings = cfg.validate()
+    out = Path(out)
+    check_out_folder(out, overwrite)
+    t0 = time.time()
+    clips = prepare_clips(cfg)
+    with staged_folder(out) as staging:
+        return _run(cfg, settings, clips, RunDir(staging), progress, t0)
+
+
+def _run(cfg: RunConfig, settings, clips: list[Clip], rd: RunDir, progress: bool, t0: float) -> RunResult:
     from asdkit.embed import EmbeddingSet
     from asdkit.methods import Context, create_method
     from asdkit.reader import ClipReader
     from asdkit.runinfo import environment
 
-    settings = cfg.validate()
-    rd = RunDir(out)
-    if rd.path.exists() and not rd.path.is_dir():
-        raise ConfigError(f"{rd.path}: exists and is not a folder")
-    rd.path.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    clips = prepare_clips(cfg)
     rd.write_split(clips)
     reader = ClipReader(cfg.audio, "skip" if cfg.skip_bad else "error", progress)
     ctx = Context(reader=reader, cache_dir=cfg.cache_dir, seed=cfg.seed, device=cfg.device)

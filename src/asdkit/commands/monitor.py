@@ -42,6 +42,7 @@ def fit_cmd(
     cache: o.Cache = None,
     channel: o.Channel = None,
     skip_bad: o.SkipBad = False,
+    overwrite: o.Overwrite = False,
     device: o.Device = "auto",
     quiet: o.Quiet = False,
     method_options: dict | None = None,
@@ -52,7 +53,7 @@ def fit_cmd(
     from asdkit.monitor import fit_monitor
 
     settings = o.method_settings_from_options(method, method_options)
-    o.check_out_folder(out)
+    o.check_out_folder(out, overwrite)
     clips = load_dataset(data, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr)
     mon, summary = fit_monitor(
         clips, method, settings, false_alarm_rate=false_alarm_rate, threshold_method=threshold_method, folds=folds,

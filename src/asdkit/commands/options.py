@@ -13,6 +13,7 @@ from typing import Annotated, Any, List, Literal, Optional
 import typer
 
 from asdkit.errors import ConfigError
+from asdkit.io import check_out_folder
 
 # -------------------------------------------------------------------------------------- choices
 
@@ -28,6 +29,7 @@ wrong name is refused by the method's settings check before any work."""
 # ------------------------------------------------------------------------------ data and splits
 
 Data = Annotated[Path, typer.Option("--data", help="Dataset root (MIMII, DCASE, a normal/abnormal folder) or a CSV manifest.")]
+DataOrSplit = Annotated[Optional[Path], typer.Option("--data", help="Dataset root (MIMII, DCASE, a normal/abnormal folder) or a CSV manifest (not needed with --split).")]
 Layout = Annotated[Layouts, typer.Option(help="Dataset layout (auto tells them apart by their names).")]
 Machines = Annotated[Optional[str], typer.Option(help="Only these machine types (comma separated, e.g. fan,pump).")]
 Ids = Annotated[Optional[str], typer.Option(help="Only these machine ids (comma separated, e.g. 00,02).")]
@@ -41,6 +43,7 @@ Cache = Annotated[Optional[Path], typer.Option(help="Embedding cache folder (def
 OutDir = Annotated[Path, typer.Option("--out", help="Run directory to write (config.json, split.csv, scores.csv, results.json, results.md).")]
 Device = Annotated[str, typer.Option(help="Where models run: auto (a GPU when there is one), cpu, cuda (or cuda:N), mps.")]
 Format = Annotated[Literal["asdkit", "dcase"], typer.Option("--format", help="dcase: also write the DCASE Task 2 files (anomaly_score_*, decision_result_*, result.csv) into OUT/dcase.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it already holds files (it is replaced only once the new one is complete).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 SaveModel = Annotated[bool, typer.Option("--save-model", help="Also save each fitted model to OUT/models/<group>/ (the autoencoder's always are).")]
 
@@ -195,12 +198,3 @@ def check_out_file(out: Path, suffix: str) -> None:
     check_out_folder(out.parent)
 
 
-def check_out_folder(out: Path) -> None:
-    """Refuse, before any work, an output folder that cannot be one: an existing file, or a path under a file."""
-    for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise ConfigError(f"{out}: {'exists and is not a folder' if p == out else f'{p} is a file, not a folder'}")
-            if not os.access(p, os.W_OK):
-                raise ConfigError(f"{out}: {p} is not writable")
-            return

@@ -34,8 +34,8 @@ def print_results(result) -> None:
 
 @o.with_method_options()
 def run_cmd(
-    data: o.Data,
     out: o.OutDir,
+    data: o.DataOrSplit = None,
     method: o.Method = "autoencoder",
     layout: o.Layout = "auto",
     machines: o.Machines = None,
@@ -48,6 +48,7 @@ def run_cmd(
     skip_bad: o.SkipBad = False,
     save_model: o.SaveModel = False,
     format_: o.Format = "asdkit",
+    overwrite: o.Overwrite = False,
     cache: o.Cache = None,
     device: o.Device = "auto",
     quiet: o.Quiet = False,
@@ -57,11 +58,11 @@ def run_cmd(
     from asdkit.pipeline import RunConfig, run
 
     settings = o.method_settings_from_options(method, method_options)
-    cfg = RunConfig(data=str(data), method=method, settings=settings, layout=layout, machines=o.csv_list(machines),
+    cfg = RunConfig(data=str(data) if data else None, method=method, settings=settings, layout=layout, machines=o.csv_list(machines),
                     ids=o.csv_list(ids), snr=snr, per_id=per_id, seed=seed, split_csv=str(split) if split else None,
                     channel=channel, skip_bad=skip_bad, save_models=save_model, dcase_output=format_ == "dcase",
                     cache_dir=str(cache or o.default_cache_dir()), device=device)
-    result = run(cfg, out, progress=not quiet)
+    result = run(cfg, out, progress=not quiet, overwrite=overwrite)
     print_results(result)
     con = o.console()
     for name, rep in result.info.get("groups", {}).items():

@@ -67,16 +67,22 @@ def read_clips_csv(path: str | os.PathLike) -> list[Clip]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such manifest")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{path}: not a readable CSV ({e})") from None
+    try:  # utf-8-sig: spreadsheets save a byte-order mark; surrogateescape: file names need not be UTF-8
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except (OSError, csv.Error) as e:
+        raise DatasetError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
     if not rows:
         raise DatasetError(f"{path}: manifest holds no clips")
-    missing = {"path", "label"} - set(rows[0])
+    missing = {"path", "label"} - set(header)
     if missing:
-        raise DatasetError(f"{path}: manifest lacks column(s) {', '.join(sorted(missing))}")
+        raise DatasetError(f"{path}: manifest lacks column(s) {', '.join(sorted(missing))} (its columns: {', '.join(header)})")
+    for i, r in enumerate(rows, start=2):
+        if None in r or any(v is None for v in r.values()):
+            n = sum(v is not None for k, v in r.items() if k is not None) + len(r.get(None) or [])
+            raise DatasetError(f"{path}:{i}: {n} field(s), the header has {len(header)}")
     clips = []
     for i, r in enumerate(rows, start=2):
         label = _parse_label(r.get("label", ""), path, i)

@@ -129,6 +129,14 @@ class ExplainResult:
 # ----------------------------------------------------------------------------- entry points
 
 
+def _check_backbones(backbones: Sequence[str]) -> None:
+    from asdkit.models import list_backbones
+
+    unknown = [b for b in backbones if b not in list_backbones()]
+    if unknown:
+        raise ConfigError(f"unknown backbone {unknown[0]!r} (choose from {', '.join(list_backbones())})")
+
+
 def _resolve_models(
     models: Mapping[str, Any] | None,
     backbones: Sequence[str],
@@ -217,12 +225,14 @@ def explain_run(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
+    if use_models and models is None:
+        _check_backbones(backbones)
+    sections = table_sections(run_dir)
+    if not sections and not RunDir.find(run_dir):
+        raise ConfigError(f"{run_dir}: holds no run (results.json) and no reproduce table (table3.md)")
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "explain"
     out_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    sections = table_sections(run_dir)
-    if not sections:
-        notes.append(f"{run_dir}: no results.md / results.json / table3.md found")
     audio = _run_audio(run_dir)
     clips = clips_from_run(run_dir)
     if not clips:
@@ -268,6 +278,12 @@ def explain_clips(
     """Spectrograms, attention distances and attention/Grad-CAM maps of some audio files."""
     if not clip_paths:
         raise ConfigError("no clips given")
+    if use_models and models is None:
+        _check_backbones(backbones)
+    from asdkit.audio import load_audio
+
+    for p in clip_paths:  # an unusable clip is an error, not a note
+        load_audio(p, AudioSettings(seconds=None, channel=channel))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []

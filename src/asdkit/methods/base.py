@@ -239,8 +239,12 @@ def load_saved(cls: type[Method], directory: Path, doc: dict, context: Context |
 
     settings = cls.Settings.from_dict(doc["settings"], where=f"{directory / METHOD_FILE}: settings")
     if context is None:
+        a = doc.get("audio") or {}
         try:
-            audio = AudioSettings(**(doc.get("audio") or {}))
+            audio = AudioSettings(**a)
+            if not (isinstance(audio.sample_rate, int) and audio.sample_rate > 0 and
+                    (audio.seconds is None or isinstance(audio.seconds, (int, float)) and audio.seconds > 0)):
+                raise TypeError(f"sample_rate {audio.sample_rate!r}, seconds {audio.seconds!r}")
         except TypeError as e:
             raise ConfigError(f"{directory / METHOD_FILE}: audio settings unusable ({e})") from None
         context = Context(reader=ClipReader(audio), device=device)

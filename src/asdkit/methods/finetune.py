@@ -102,6 +102,6 @@ class FinetuneMethod(Method):
         if overrides.get("weights") is not None:
             raise ConfigError("--weights does not apply to a fine-tuned model: its weights are in the folder")
         m = cls(settings, context)
-        m.scorer_ = load_finetuned(directory, device=context.device)
+        m.scorer_ = load_finetuned(directory, device=context.device, checked=True)
         m.report_ = dict(m.scorer_.info.get("training") or {})
         return m

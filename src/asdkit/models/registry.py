@@ -317,7 +317,7 @@ class Backbone:
         """Write ``model.safetensors`` + ``asdkit_backbone.json`` (no pickle) to ``directory``;
         ``create_backbone(self.name, weights=directory)`` loads it back with identical embeddings."""
         from asdkit import __version__
-        from asdkit.io import write_json
+        from asdkit.io import write_json, write_manifest
 
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
@@ -338,6 +338,7 @@ class Backbone:
                 "asdkit_version": __version__,
             },
         )
+        write_manifest(directory)  # sealed: a changed file is refused when loaded
         return directory
 
     # -- identity ----------------------------------------------------------------------------------

@@ -334,10 +334,15 @@ def _hidden(p: Path, root: Path) -> bool:
 
 
 def read_meta(folder: Path) -> dict | None:
-    """The :data:`META_FILE` of a folder written by :meth:`Backbone.save`, or None."""
+    """The :data:`META_FILE` of a folder written by :meth:`Backbone.save`, or None; a folder that
+    asdkit sealed (``manifest.json``) is checked first: a changed, missing or added file is refused."""
+    from asdkit.io import MANIFEST, check_manifest
+
     f = Path(folder) / META_FILE
     if not f.is_file():
         return None
+    if (Path(folder) / MANIFEST).is_file():
+        check_manifest(folder)
     try:
         meta = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -123,7 +123,7 @@ def run_cell(cell: CellSpec, run_dir: Path, progress: bool = True) -> dict:
         raise ConfigError(cell.error)
     from asdkit.pipeline import run
 
-    res = run(cell.run_config, run_dir, progress=progress)
+    res = run(cell.run_config, run_dir, progress=progress, overwrite=True)  # a failed or stale cell is redone
     picked = [r for r in res.rows if r["machine_type"] == cell.machine and r["machine_id"] == "all"]
     if not picked:
         raise AsdkitError(f"{cell.key}: no results for machine type {cell.machine}")
@@ -256,6 +256,10 @@ def _reproduce(data, out, config, *, machines, rows, weights_dir, synthetic, pre
         cfg = copy.deepcopy(cfg)
         cfg.precision = precision
     if snr is not None:
+        from asdkit.data.common import normalize_snr
+
+        if str(snr).lower() != "all":
+            normalize_snr(snr)  # a wrong level is refused now, not by every cell
         cfg = copy.deepcopy(cfg)
         cfg.snr = str(snr)
     synth: SyntheticSettings | None = None

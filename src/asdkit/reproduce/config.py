@@ -126,6 +126,13 @@ def parse_study_config(data: Any, where: str = "study config") -> StudyConfig:
     if isinstance(snr, bool) or (snr is not None and not isinstance(snr, (str, int))):
         raise ConfigError(f"{where}: snr must be a noise level like 6dB, 0dB, -6dB (or null), got {snr!r}")
     c.snr = None if snr is None else str(snr)
+    if c.snr is not None and c.snr.lower() != "all":
+        from asdkit.data.common import normalize_snr
+
+        try:
+            normalize_snr(c.snr)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
 
     c.precision = data.get("precision", "fp32")
     if c.precision not in ("fp32", "bf16"):
