@@ -10,6 +10,14 @@
   shift, 128 mels, padded/cut to 1024 frames, AudioSet normalisation with mean -4.2677393 and
   std 4.5689974): 1024 x 128.
 
+Two more for asdkit's own models (not the study's):
+
+* ``logmel`` - the weight-free ``features`` backbone's input: log-mel power in dB
+  (``10 * log10(mel + 1e-10)``), n_fft 1024, hop 160 (100 frames per second, so amplitude
+  modulations up to 50 Hz are seen), 64 mels: 64 x 1001 for a 10 s clip.
+* ``wave`` - the signal itself (float32, 160,000 samples for 10 s): for networks that learn their
+  own front end (``idnet``: a log-mel branch and a learned waveform branch, computed in torch).
+
 Every frontend is a :class:`Frontend` whose ``key`` changes whenever its output could, so cached
 embeddings are keyed by it.
 """
@@ -31,6 +39,7 @@ from asdkit.errors import ConfigError
 AE_PARAMS = dict(n_fft=1024, hop_length=512, n_mels=64, power=2.0, frames=5)
 CNN_PARAMS = dict(n_fft=2048, hop_length=128, n_mels=128, top_db=80.0, channels=3)
 AST_PARAMS = dict(num_mel_bins=128, max_length=1024, mean=-4.2677393, std=4.5689974)
+LOGMEL_PARAMS = dict(n_fft=1024, hop_length=160, n_mels=64)
 
 
 def ae_logmel(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -73,6 +82,20 @@ def cnn_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     db = librosa.power_to_db(mel, ref=1.0, top_db=p["top_db"])
     x = (db - db.mean()) / (db.std() + 1e-6)
     return np.repeat(x[None].astype(np.float32), p["channels"], axis=0)
+
+
+def logmel_features(y: np.ndarray, sr: int = SAMPLE_RATE, n_fft: int = LOGMEL_PARAMS["n_fft"],
+                    hop_length: int = LOGMEL_PARAMS["hop_length"], n_mels: int = LOGMEL_PARAMS["n_mels"]) -> np.ndarray:
+    """n_mels x frames log-mel power in dB (the ``features`` backbone's input)."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, power=2.0)
+    return (10.0 * np.log10(mel + 1e-10)).astype(np.float32)
+
+
+def wave_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """The signal as float32 (models that compute their own spectrogram)."""
+    return np.ascontiguousarray(y, dtype=np.float32)
 
 
 @lru_cache(maxsize=4)
@@ -130,17 +153,19 @@ class Frontend:
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_FIXED = {"ae": AE_PARAMS, "cnn": CNN_PARAMS, "ast": AST_PARAMS}
+_FIXED = {"ae": AE_PARAMS, "cnn": CNN_PARAMS, "ast": AST_PARAMS, "logmel": LOGMEL_PARAMS, "wave": {"sample_rate": SAMPLE_RATE}}
 
 FRONTENDS = {
     "ae": Frontend("ae", ae_features, description="log-mel 64 x 5-frame context (MIMII baseline)"),
     "cnn": Frontend("cnn", cnn_features, description="log-mel 128, hop 128, normalised, 3 channels"),
     "ast": Frontend("ast", ast_features, description="HF AST feature extractor (Kaldi fbank 128 x 1024)"),
+    "logmel": Frontend("logmel", logmel_features, description="log-mel dB, 64 mels, hop 10 ms (features backbone)"),
+    "wave": Frontend("wave", wave_features, description="the signal itself (idnet computes its own spectrogram)"),
 }
 
 
 def get_frontend(name: str, **params) -> Frontend:
-    """A frontend by name (``ae``, ``cnn``, ``ast``); ``params`` override its keyword arguments."""
+    """A frontend by name (``ae``, ``cnn``, ``ast``, ``logmel``, ``wave``); ``params`` override its keyword arguments."""
     if name not in FRONTENDS:
         raise ConfigError(f"unknown frontend {name!r} (choose from {', '.join(FRONTENDS)})")
     base = FRONTENDS[name]

@@ -1,10 +1,12 @@
 """Method ``embed-detect``: a backbone's embeddings into an anomaly detector (the study's LOF rows).
 
-The backbone (``ast``, ``resnext101_32x8d``, ...; pretrained, local or random weights) embeds every
-clip (batched, cached on disk by content: :mod:`asdkit.embed`); the detector (``lof-vote`` as the
-study, ``lof``, ``knn``, ``mahalanobis``, ``gmm``, ``iforest``: :mod:`asdkit.detectors`) is fitted on
-the normal training embeddings and scores new ones. With ``lof-vote`` the scores come with a second
-reading, the vote count (``readings(...)["votes"]``, the study's literal majority vote).
+The backbone (``ast``, ``resnext101_32x8d``, ``features``, ...; pretrained, local or random
+weights) embeds every clip (batched, cached on disk by content: :mod:`asdkit.embed`); the
+detector (``lof-vote`` as the study, ``lof``, ``knn``, ``mahalanobis``, ``gmm``, ``iforest``:
+:mod:`asdkit.detectors`) is fitted on the normal training embeddings and scores new ones. With
+``lof-vote`` the scores come with a second reading, the vote count (``readings(...)["votes"]``,
+the study's literal majority vote). ``per_section``, ``source_centres`` and ``normalize`` fit one
+detector per machine id / section for domain shift (:mod:`asdkit.sections`).
 
 Saved as ``detector.safetensors`` (the detector's arrays) and ``method.json`` holding the
 detector's settings and the backbone's identity; loading rebuilds the backbone from the same
@@ -17,149 +19,84 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
-
 from asdkit.errors import ConfigError
-from asdkit.methods.base import BackboneSettings, Context, Method, scores_at
-from asdkit.settings import Bool, Int, Mapping, OneOf, setting
-
-
-def _detector_names() -> list[str]:
-    from asdkit.detectors import list_detectors
-
-    return list_detectors()
+from asdkit.methods.base import BackboneSettings, Context
+from asdkit.methods.embedding import DetectorSettings, EmbeddingMethod
+from asdkit.settings import Int, setting
 
 
 @dataclass
-class EmbedDetectSettings(BackboneSettings):
+class EmbedDetectSettings(BackboneSettings, DetectorSettings):
     where: ClassVar[str] = "embed-detect"
-    detector: str = setting("lof-vote", OneOf(_detector_names), "anomaly detector on the embeddings")
-    detector_params: dict = setting({}, Mapping(), "detector hyper-parameters (e.g. {\"n_neighbors\": 4})")
-    standardize: bool = setting(False, Bool(), "standardise embeddings before the detector")
     batch_size: int = setting(8, Int(1), "clips per forward pass")
 
-    def _check(self) -> None:
-        self.make_detector()  # unknown detector parameters or bad values fail now
 
-    def make_detector(self):
-        from asdkit.detectors import create_detector
-
-        return create_detector(self.detector, standardize=self.standardize, **self.detector_params)
+def backbone_record(bb) -> dict:
+    """What a saved method keeps of its backbone, to refuse other weights when it is loaded."""
+    return {"name": bb.name, "embedding_dim": bb.embedding_dim, "cache_key": bb.cache_key,
+            "weights_description": bb.weights.describe(), "random_init": bb.weights.random_init}
 
 
-class EmbedDetectMethod(Method):
+def check_backbone(directory: Path, bb, saved: dict) -> None:
+    """Refuse a rebuilt backbone whose size or weights differ from the saved record."""
+    try:
+        want_dim, want_key = int(saved["embedding_dim"]), str(saved["cache_key"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{directory}: saved backbone record unusable ({e})") from None
+    if bb.embedding_dim != want_dim:
+        raise ConfigError(f"{directory}: backbone {bb.name} gives {bb.embedding_dim}-d embeddings, "
+                          f"the detector was fitted on {want_dim}-d")
+    if bb.cache_key != want_key:
+        raise ConfigError(f"{directory}: the backbone weights ({bb.weights.describe()}) are not the ones "
+                          f"it was fitted with ({saved.get('weights_description', '?')})")
+
+
+def backbone_info(bb) -> dict:
+    return {"weights": bb.weights.describe(), "weights_source": bb.weights.source,
+            "random_init": bb.weights.random_init, "embedding_dim": bb.embedding_dim}
+
+
+class EmbedDetectMethod(EmbeddingMethod):
     name = "embed-detect"
     Settings = EmbedDetectSettings
 
     def __init__(self, settings, context=None, title=""):
         super().__init__(settings, context, title)
         self.backbone_ = None
-        self.detector_ = None
-        self._seen: list = []
 
     @property
     def label(self) -> str:
         return f"{self.settings.backbone}+{self.settings.detector}"
+
+    @property
+    def embedding_key(self) -> str:
+        return self.settings.backbone
 
     def _embed(self, clips):
         from asdkit.embed import embed_clips
 
         if self.backbone_ is None:
             self.backbone_ = self.context.backbone(self.settings)
-        emb = embed_clips(clips, self.backbone_, cache_dir=self.context.cache_dir, batch_size=self.settings.batch_size,
-                          reader=self.reader)
-        self._seen.append(emb)
-        return emb
-
-    def _fit(self, clips, val):
-        from asdkit.errors import DatasetError
-
-        emb = self._embed(clips)
-        if len(emb) == 0:
-            raise DatasetError(f"{self.title}: no normal training clips could be read")
-        self.detector_ = self.settings.make_detector().fit(emb.X)
-        return len(emb)
-
-    def _score(self, clips):
-        emb = self._embed(clips)
-        out = {"score": scores_at(clips, emb.clips, self.detector_.score_samples(emb.X) if len(emb) else [])}
-        if hasattr(self.detector_, "votes"):
-            out["votes"] = scores_at(clips, emb.clips, self.detector_.votes(emb.X) if len(emb) else [])
-        return out
-
-    def min_fit_clips(self) -> int:
-        return self.settings.make_detector()._min_samples()
-
-    def far_scores(self) -> np.ndarray:
-        """The detector's scores of embeddings 1,000 spreads away from the training embeddings'
-        mean, in three directions (all up, all down, alternating)."""
-        X = self._seen[0].X.astype(np.float64)
-        mu, sd = X.mean(axis=0), X.std(axis=0) + 1e-6
-        alt = np.where(np.arange(X.shape[1]) % 2 == 0, 1.0, -1.0)
-        return self.detector_.score_samples(np.stack([mu + 1e3 * sd, mu - 1e3 * sd, mu + 1e3 * sd * alt]))
-
-    def embeddings(self) -> dict:
-        from asdkit.embed import EmbeddingSet
-
-        if not self._seen:
-            return {}
-        return {self.settings.backbone: EmbeddingSet.concat(self._seen, self.backbone_.embedding_dim)}
+        return self._kept(embed_clips(clips, self.backbone_, cache_dir=self.context.cache_dir,
+                                      batch_size=self.settings.batch_size, reader=self.reader))
 
     def info(self) -> dict:
-        bb = self.backbone_
-        if bb is None:
-            return {}
-        return {"weights": bb.weights.describe(), "weights_source": bb.weights.source,
-                "random_init": bb.weights.random_init, "embedding_dim": bb.embedding_dim}
+        return {} if self.backbone_ is None else {**backbone_info(self.backbone_), **self.detector_info()}
 
     # -- saving --------------------------------------------------------------------------------------
     def _save(self, directory: Path) -> dict:
-        from safetensors.numpy import save_file
-
-        from asdkit.io import atomic_path
-
-        meta, arrays = self.detector_.state()
-        arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-        with atomic_path(directory / "detector.safetensors", suffix=".safetensors") as tmp:
-            save_file(arrays, str(tmp))
-        bb = self.backbone_
-        return {
-            "detector": meta,
-            "arrays": {k: list(v.shape) for k, v in arrays.items()},
-            "backbone": {"name": bb.name, "embedding_dim": bb.embedding_dim, "cache_key": bb.cache_key,
-                         "weights_description": bb.weights.describe(), "random_init": bb.weights.random_init},
-        }
+        return {**self._save_detector(directory), "backbone": backbone_record(self.backbone_)}
 
     @classmethod
     def _load(cls, directory: Path, settings, context: Context, state: dict, doc: dict, weights: str | None = None):
         from dataclasses import replace
 
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
-        from asdkit.detectors import detector_from_state
-
-        path = directory / "detector.safetensors"
-        try:
-            arrays = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ConfigError(f"{path}: unreadable ({e})") from None
-        shapes = {k: list(v.shape) for k, v in arrays.items()}
-        if shapes != state.get("arrays"):
-            raise ConfigError(f"{path}: array shapes {shapes} differ from method.json {state.get('arrays')}")
-        try:
-            detector = detector_from_state(state["detector"], arrays)
-            saved = state["backbone"]
-            want_dim, want_key = int(saved["embedding_dim"]), str(saved["cache_key"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"{directory}: saved detector or backbone unusable ({e})") from None
+        scorer = cls._load_detector(directory, state, settings, context.seed)
         m = cls(replace(settings, weights=weights) if weights else settings, context)
         m.backbone_ = context.backbone(m.settings)
-        if m.backbone_.embedding_dim != want_dim or detector.n_features_in_ != want_dim:
+        check_backbone(directory, m.backbone_, state.get("backbone") or {})
+        if scorer.n_features_in_ != m.backbone_.embedding_dim:
             raise ConfigError(f"{directory}: backbone {settings.backbone} gives {m.backbone_.embedding_dim}-d embeddings, "
-                              f"the detector was fitted on {want_dim}-d")
-        if m.backbone_.cache_key != want_key:
-            raise ConfigError(f"{directory}: the backbone weights ({m.backbone_.weights.describe()}) are not the ones "
-                              f"it was fitted with ({saved.get('weights_description', '?')})")
-        m.detector_ = detector
+                              f"the detector was fitted on {scorer.n_features_in_}-d")
+        m.scorer_ = scorer
         return m
