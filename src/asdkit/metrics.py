@@ -11,6 +11,8 @@
 * :func:`auc_interval` - a 95 % bootstrap interval of the AUC (resampling normal and anomalous
   clips separately).
 * :func:`group_table` - rows per machine type (``machine_id == "all"``) and per machine id.
+* :func:`add_domain_columns` - DCASE 2022-2024's source and target AUCs on those rows, and
+  :func:`official_score` - DCASE's harmonic mean over sections (and domains) of AUC and pAUC.
 * :func:`threshold_from_scores` - a decision threshold from normal validation scores only.
 * :func:`markdown_table` - a GitHub markdown table of such rows.
 
@@ -34,8 +36,10 @@ from asdkit.errors import ConfigError
 __all__ = [
     "GAMMA_MIN_SCORES",
     "TABLE_COLUMNS",
+    "add_domain_columns",
     "auc",
     "group_table",
+    "official_score",
     "markdown_table",
     "auc_interval",
     "pauc",
@@ -185,6 +189,54 @@ def group_table(records: Sequence[Any], scores: Any, max_fpr: float = 0.1,
         rows.append(summary)
         rows.extend(id_rows)
     return rows
+
+
+DOMAINS = ("source", "target")
+
+
+def add_domain_columns(rows: list[dict], records: Sequence[Any], scores: Any) -> list[dict]:
+    """Add ``auc_source`` and ``auc_target`` to :func:`group_table` rows, as DCASE 2022-2024 Task 2
+    define them: the AUC of the normal clips *of that domain* against *every* anomalous clip of the
+    row (both domains; the evaluation sets do not say which domain an anomaly is from), while the
+    row's ``pauc`` stays over all of its clips. Rows whose clips carry no domain are left alone;
+    a type's row (``"all"``) pools its clips. Returns ``rows``."""
+    recs = list(records)
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if len(recs) != s.size:
+        raise ConfigError(f"add_domain_columns: {len(recs)} records but {s.size} scores")
+    dom = np.array([str(getattr(r, "domain", "") or "") for r in recs], dtype=object)
+    if not np.isin(dom, DOMAINS).any():
+        return rows
+    types = np.array([str(r.machine_type) for r in recs], dtype=object)
+    ids = np.array([str(r.machine_id) for r in recs], dtype=object)
+    y = np.array([int(r.label) for r in recs], dtype=np.int64)
+    for row in rows:
+        sel = types == row["machine_type"]
+        if row["machine_id"] != "all":
+            sel &= ids == row["machine_id"]
+        for d in DOMAINS:
+            keep = sel & ((y == 1) | (dom == d))
+            row[f"auc_{d}"] = auc(y[keep], s[keep])
+    return rows
+
+
+def official_score(rows: Sequence[dict]) -> float:
+    """DCASE's official score: the harmonic mean (:func:`scipy.stats.hmean`) of every machine id's
+    (section's) AUC and pAUC, or with domains (:func:`add_domain_columns`) of every section's
+    source AUC, target AUC and pAUC, over all machine types (DCASE 2021-2024; DCASE 2020 took
+    the arithmetic mean). NaN values (a section without both classes) are left out; NaN when none
+    is left. The harmonic mean punishes one bad section more than the arithmetic mean does."""
+    values: list[float] = []
+    for r in rows:
+        if r.get("machine_id") == "all":
+            continue
+        keys = ("auc_source", "auc_target", "pauc") if "auc_source" in r else ("auc", "pauc")
+        values += [float(r[k]) for k in keys if r.get(k) is not None and not math.isnan(float(r[k]))]
+    if not values:
+        return float("nan")
+    if min(values) <= 0:
+        return 0.0
+    return float(stats.hmean(values))
 
 
 def _gamma_fit(s: np.ndarray) -> tuple[float, float, float]:

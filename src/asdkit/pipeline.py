@@ -43,6 +43,9 @@ class RunConfig:
     test_fraction: float = 0.25
     val_fraction: float = 0.1
     split_csv: str | None = None
+    dataset_split: bool = False
+    """Keep the dataset's own train/test split (DCASE's folders, a manifest's split column) instead
+    of the study's; ``val_fraction`` of the training clips become validation clips."""
     channel: int | None = None
     skip_bad: bool = False
     cache_dir: str | None = None
@@ -88,8 +91,16 @@ def prepare_clips(cfg: RunConfig) -> list[Clip]:
 
     if cfg.split_csv:
         return check_split(read_clips_csv(cfg.split_csv), cfg.split_csv, cfg.data)
-    clips = load_dataset(cfg.data, layout=cfg.layout, machines=cfg.machines, ids=cfg.ids, snr=cfg.snr)
-    return study_split(clips, seed=cfg.seed, test=cfg.test_fraction, val=cfg.val_fraction)
+    clips = load_dataset(cfg.data, layout=cfg.layout, machines=cfg.machines, ids=cfg.ids, snr=cfg.snr,
+                         keep_split=cfg.dataset_split)
+    if not cfg.dataset_split:
+        return study_split(clips, seed=cfg.seed, test=cfg.test_fraction, val=cfg.val_fraction)
+    test = [c for c in clips if c.split == "test"]
+    if not test or not any(c.split == "train" for c in clips):
+        raise DatasetError(f"{cfg.data}: has no train/test split of its own (a DCASE tree or a manifest with a "
+                           "split column has); leave out the dataset split to use the study's")
+    train = study_split([c for c in clips if c.split != "test"], seed=cfg.seed, test=0.0, val=cfg.val_fraction)
+    return sorted(train + test, key=lambda c: c.path)
 
 
 def check_split(clips: list[Clip], where: str, data: str | None) -> list[Clip]:
@@ -143,7 +154,8 @@ def _run(cfg: RunConfig, settings, clips: list[Clip], rd: RunDir, progress: bool
 
     rd.write_split(clips)
     reader = ClipReader(cfg.audio, "skip" if cfg.skip_bad else "error", progress)
-    ctx = Context(reader=reader, cache_dir=cfg.cache_dir, seed=cfg.seed, device=cfg.device)
+    ctx = Context(reader=reader, cache_dir=cfg.cache_dir, seed=cfg.seed, device=cfg.device,
+                  run_clips=[c for c in clips if c.split in ("train", "val")])
     readings: dict[str, dict[str, float]] = {}
     embeddings: dict[str, list] = {}
     info: dict = {}
@@ -199,11 +211,12 @@ def _run(cfg: RunConfig, settings, clips: list[Clip], rd: RunDir, progress: bool
 
 def result_rows(scored: Sequence[Clip], readings: dict[str, dict[str, float]], per_id: bool) -> list[dict]:
     """AUC/pAUC rows of the main score, with ``auc_<reading>`` / ``pauc_<reading>`` for every other reading."""
-    from asdkit.metrics import group_table
+    from asdkit.metrics import add_domain_columns, group_table
 
     # one model per id: its scores are not on a common scale, so the type's row is the mean of the ids'
     summary = "mean" if per_id else "pooled"
-    rows = group_table(scored, np.array([readings["score"][c.path] for c in scored]), type_summary=summary)
+    main = np.array([readings["score"][c.path] for c in scored])
+    rows = add_domain_columns(group_table(scored, main, type_summary=summary), scored, main)
     for key, values in readings.items():
         if key == "score":
             continue

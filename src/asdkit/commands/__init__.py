@@ -7,7 +7,7 @@ imports another.
 
 from __future__ import annotations
 
-MODULES = ("data", "run", "monitor", "reproduce", "explain")
+MODULES = ("data", "run", "monitor", "reproduce", "compare", "explain")
 """Command modules in the order their commands appear in ``asdkit --help``."""
 
 _LAZY = {
@@ -17,6 +17,7 @@ _LAZY = {
     "score_cmd": "asdkit.commands.monitor",
     "reproduce_cmd": "asdkit.commands.reproduce",
     "demo_cmd": "asdkit.commands.reproduce",
+    "compare_cmd": "asdkit.commands.compare",
     "explain_cmd": "asdkit.commands.explain",
 }
 

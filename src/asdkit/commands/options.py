@@ -18,9 +18,9 @@ from asdkit.io import check_out_folder
 # -------------------------------------------------------------------------------------- choices
 
 Layouts = Literal["auto", "mimii", "dcase", "folder", "recordings", "csv"]
-Methods = Literal["autoencoder", "embed-detect", "finetune"]
+Methods = Literal["autoencoder", "embed-detect", "finetune", "idnet", "aux-finetune", "embed-fusion", "score-fusion"]
 """Every entry of :data:`asdkit.methods.METHODS` (tests/test_cli.py checks that they agree)."""
-BACKBONES_TEXT = "ast, resnext101_32x8d, autoencoder, features"
+BACKBONES_TEXT = "ast, resnext101_32x8d, autoencoder, features, idnet"
 DETECTORS_TEXT = "lof-vote, lof, knn, mahalanobis, gmm, iforest"
 """The backbone and detector registries' names, written out so that the help does not import torch
 and scikit-learn to list them (tests/test_cli.py checks that they agree with the registries); a
@@ -37,6 +37,7 @@ Snr = Annotated[Optional[str], typer.Option(help="MIMII noise level when the tre
 PerId = Annotated[bool, typer.Option("--per-id", help="Train one model per machine id (the MIMII baseline) instead of one per type.")]
 Seed = Annotated[int, typer.Option(help="Seed for the split and the models.", min=0)]
 Split = Annotated[Optional[Path], typer.Option(help="Reuse a saved split.csv instead of splitting.")]
+DatasetSplit = Annotated[bool, typer.Option("--dataset-split", help="Keep the dataset's own train/test split (DCASE folders, a manifest's split column) instead of the study's.")]
 Channel = Annotated[Optional[int], typer.Option(help="Use one microphone (0, 1, ...) instead of the mean of all channels.", min=0)]
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable files (counted in the results) instead of stopping.")]
 Cache = Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default: $ASDKIT_CACHE or ~/.cache/asdkit).")]
@@ -45,11 +46,12 @@ Device = Annotated[str, typer.Option(help="Where models run: auto (a GPU when th
 Format = Annotated[Literal["asdkit", "dcase"], typer.Option("--format", help="dcase: also write the DCASE Task 2 files (anomaly_score_*, decision_result_*, result.csv) into OUT/dcase.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it already holds files (it is replaced only once the new one is complete).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy shared machine).", min=1)]
 SaveModel = Annotated[bool, typer.Option("--save-model", help="Also save each fitted model to OUT/models/<group>/ (the autoencoder's always are).")]
 
 # ------------------------------------------------------------------------------------- methods
 
-Method = Annotated[Methods, typer.Option(help="The method: autoencoder (MIMII baseline), embed-detect (backbone embeddings + detector), finetune (the study's supervised head).")]
+Method = Annotated[Methods, typer.Option(help="The method: autoencoder (MIMII baseline), embed-detect (backbone embeddings + detector), finetune (the study's supervised head), idnet (an ID network trained from scratch + kNN), aux-finetune (a backbone's top fine-tuned on the ID task + kNN), embed-fusion (several backbones' embeddings + detector), score-fusion (several methods' scores averaged).")]
 Backbone = Annotated[Optional[str], typer.Option(help=f"Embedding backbone: {BACKBONES_TEXT} (default: ast).")]
 Weights = Annotated[Optional[str], typer.Option(help="Backbone weights: 'default' (the study's, from the hub), a hub id, a local folder/file, or 'none' (random init).")]
 Precision = Annotated[Optional[Literal["fp32", "bf16"]], typer.Option(help="fp32, or bf16 (autocast; fast on CPUs with native bf16).")]
@@ -149,6 +151,11 @@ def method_settings_from_options(method: str, given: dict[str, Any], defaults: d
             out[key] = raw
     return out
 
+
+CompareMethods = Annotated[Optional[List[str]], typer.Option("--methods", help="Methods to compare, each NAME[:KEY=VALUE,...] (e.g. 'autoencoder,embed-detect:backbone=features,detector=knn,idnet:epochs=10'; NAME=SPEC names a method; repeatable).")]
+MethodsFile = Annotated[Optional[Path], typer.Option("--methods-file", help="YAML or JSON file of named method specs ({name: 'idnet:epochs=10'} or {name: {method: ..., settings: {...}}}).")]
+CompareOut = Annotated[Path, typer.Option("--out", help="Folder for the leaderboard (compare.md/.csv/.json/.png), one run directory per method and the split.")]
+InProcess = Annotated[bool, typer.Option("--in-process", help="Run the methods in this process (faster to start; no per-method peak memory).")]
 
 # ------------------------------------------------------------------------------------- helpers
 

@@ -44,6 +44,7 @@ def run_cmd(
     per_id: o.PerId = False,
     seed: o.Seed = 0,
     split: o.Split = None,
+    dataset_split: o.DatasetSplit = False,
     channel: o.Channel = None,
     skip_bad: o.SkipBad = False,
     save_model: o.SaveModel = False,
@@ -60,6 +61,7 @@ def run_cmd(
     settings = o.method_settings_from_options(method, method_options)
     cfg = RunConfig(data=str(data) if data else None, method=method, settings=settings, layout=layout, machines=o.csv_list(machines),
                     ids=o.csv_list(ids), snr=snr, per_id=per_id, seed=seed, split_csv=str(split) if split else None,
+                    dataset_split=dataset_split,
                     channel=channel, skip_bad=skip_bad, save_models=save_model, dcase_output=format_ == "dcase",
                     cache_dir=str(cache or o.default_cache_dir()), device=device)
     result = run(cfg, out, progress=not quiet, overwrite=overwrite)

@@ -28,7 +28,7 @@ _LABELS = {"normal": NORMAL, "anomaly": ANOMALOUS}
 
 NAME_2020 = re.compile(r"^(?P<label>normal|anomaly)_(?P<id>id_\d+)_\d+$")
 NAME_2021 = re.compile(
-    r"^(?P<id>section_\d+)_(?P<domain>source|target)_(?:train|test)_(?P<label>normal|anomaly)_\d+(?:_.*)?$"
+    r"^(?P<id>section_\d+)_(?P<domain>source|target)_(?:train|test)_(?P<label>normal|anomaly)_\d+(?:_(?P<attr>.*))?$"
 )
 NAME_UNLABELLED = re.compile(r"^(?P<id>(?:section|id)_\d+)_(?:(?:source|target)_(?:train|test)_)?\d+(?:_.*)?$")
 
@@ -47,6 +47,19 @@ def parse_name(stem: str) -> tuple[str, int | None, str]:
         dom = "source" if "_source_" in stem else "target" if "_target_" in stem else ""
         return m["id"], None, dom
     raise ValueError(stem)
+
+
+NO_ATTRIBUTE = "noAttribute"
+"""What DCASE 2024 writes in place of attributes for machines recorded without any."""
+
+
+def attributes_of(path: str | os.PathLike) -> str:
+    """The operating-condition attributes a DCASE 2021-2024 file name carries after its index
+    (``section_00_source_train_normal_0000_vel_4_loc_A.wav`` -> ``vel_4_loc_A``); ``""`` when it
+    carries none (or is not such a name). Used as extra classes by the ID-learning methods."""
+    m = NAME_2021.match(Path(path).stem)
+    attr = (m["attr"] or "") if m else ""
+    return "" if attr == NO_ATTRIBUTE else attr
 
 
 def _split_dirs(machine_dir: Path) -> list[Path]:

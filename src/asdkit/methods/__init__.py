@@ -26,6 +26,10 @@ METHODS: dict[str, str] = {
     "autoencoder": "asdkit.methods.autoencoder:AutoencoderMethod",
     "embed-detect": "asdkit.methods.embed_detect:EmbedDetectMethod",
     "finetune": "asdkit.methods.finetune:FinetuneMethod",
+    "idnet": "asdkit.methods.idnet:IdNetMethod",
+    "aux-finetune": "asdkit.methods.aux_finetune:AuxFinetuneMethod",
+    "embed-fusion": "asdkit.methods.fusion:EmbedFusionMethod",
+    "score-fusion": "asdkit.methods.fusion:ScoreFusionMethod",
 }
 """Method name -> ``module:class``, in the order the command line lists them."""
 

@@ -63,6 +63,11 @@ class Context:
     cache_dir: str | None = None
     seed: int = 0
     device: str = "cpu"
+    run_clips: list = field(default_factory=list, repr=False)
+    """Every training and validation clip of the run, of all its groups (never a test clip): for
+    methods that also learn from the other machines (``idnet``: outlier exposure, one network per run)."""
+    shared: dict = field(default_factory=dict, repr=False)
+    """What a method fitted once for the whole run keeps for the run's other groups (keyed by the method)."""
     _backbones: dict = field(default_factory=dict, repr=False)
 
     @property

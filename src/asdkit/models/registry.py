@@ -45,7 +45,8 @@ log = logging.getLogger("asdkit")
 PRECISIONS = ("fp32", "bf16")
 """fp32, or bf16 autocast (CPU or CUDA) in :meth:`Backbone.embed`; embeddings are float32 either way."""
 
-BUILTIN_MODULES = ("asdkit.models.ast", "asdkit.models.resnext", "asdkit.models.autoencoder", "asdkit.models.features")
+BUILTIN_MODULES = ("asdkit.models.ast", "asdkit.models.resnext", "asdkit.models.autoencoder", "asdkit.models.features",
+                   "asdkit.models.idnet")
 """Modules imported on first use of the registry; each registers its backbone(s)."""
 
 CACHE_FORMAT = 1

@@ -1,0 +1,93 @@
+"""`asdkit compare`: several methods on the same split, one leaderboard (compare.md/.csv/.json/.png)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from asdkit.commands import options as o
+
+
+def print_leaderboard(cmp) -> None:
+    """The ranking on the terminal."""
+    from rich.table import Table
+
+    from asdkit.compare_report import has_domains, machine_types, ranked
+
+    recs = ranked(cmp.records)
+    types = machine_types(recs)
+    dom = has_domains(recs)
+    t = Table(title=cmp.meta.get("title", "asdkit compare"))
+    for col in ("rank", "method", "score", "mean AUC", "mean pAUC", *(["source", "target"] if dom else []), *types, "s", "MB"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    fmt = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731
+    for i, r in enumerate(recs, start=1):
+        name = r["name"] + (" [red](RANDOM INIT)[/]" if r.get("random_init") else "")
+        if r["status"] != "ok":
+            t.add_row(str(i), name, f"[red]failed[/]", *[""] * (len(t.columns) - 3))
+            continue
+        by = r.get("by_type") or {}
+        t.add_row(str(i), name, fmt(r.get("official_score")), fmt(r.get("mean_auc")), fmt(r.get("mean_pauc")),
+                  *([fmt(r.get("auc_source")), fmt(r.get("auc_target"))] if dom else []),
+                  *[fmt((by.get(k) or {}).get("auc")) for k in types], f"{r.get('seconds', 0):.0f}",
+                  "n/a" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}")
+    con = o.console()
+    con.print(t)
+    for r in recs:
+        if r["status"] != "ok":
+            con.print(f"[red]{r['name']} failed: {r.get('reason')}[/]")
+
+
+def compare_cmd(
+    data: o.Data,
+    out: o.CompareOut,
+    methods: o.CompareMethods = None,
+    methods_file: o.MethodsFile = None,
+    layout: o.Layout = "auto",
+    machines: o.Machines = None,
+    ids: o.Ids = None,
+    snr: o.Snr = None,
+    per_id: o.PerId = False,
+    seed: o.Seed = 0,
+    dataset_split: o.DatasetSplit = False,
+    channel: o.Channel = None,
+    skip_bad: o.SkipBad = False,
+    cache: o.Cache = None,
+    device: o.Device = "auto",
+    threads: o.Threads = None,
+    in_process: o.InProcess = False,
+    quiet: o.Quiet = False,
+):
+    """Run several methods on the same split and rank them: AUC and pAUC per machine type, id and
+    domain, DCASE's harmonic mean, time and memory; compare.md/.csv/.json and compare.png in OUT."""
+    from asdkit.compare import DEFAULT_METHODS, compare, split_method_list
+    from asdkit.methods.spec import read_spec_file
+
+    specs: list = split_method_list(methods or [])
+    if methods_file is not None:
+        specs += read_spec_file(methods_file)
+    if not specs:
+        specs = list(DEFAULT_METHODS)
+    con = o.console()
+
+    def show(rec: dict) -> None:
+        if rec["status"] != "ok":
+            con.print(f"[red]{rec['name']}: failed: {rec['reason']}[/]")
+            return
+        how = "finished earlier" if rec.get("reused") else f"{rec['seconds']:.0f} s"
+        con.print(f"{rec['name']}: score {rec['official_score']:.4f}, mean AUC {rec['mean_auc']:.4f} ({how})")
+
+    cmp = compare(data, specs, out, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr,
+                  per_id=per_id, seed=seed, dataset_split=dataset_split, channel=channel, skip_bad=skip_bad,
+                  cache_dir=cache or o.default_cache_dir(), device=device, threads=threads, isolate=not in_process,
+                  progress=not quiet, on_method=show)
+    print_leaderboard(cmp)
+    con.print(f"leaderboard in {Path(out) / 'compare.md'} (also .csv, .json, .png); {cmp.meta['seconds']:.0f} s")
+    if cmp.failed:
+        con.print(f"[bold red]{len(cmp.failed)} method(s) failed; run the same command again to retry them[/]")
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare_cmd)

@@ -1,0 +1,164 @@
+"""The leaderboard of ``asdkit compare`` as files: ``compare.md``, ``compare.csv``, ``compare.json``
+and ``compare.png`` (AUC and pAUC, methods by machine type).
+
+The ranking is by DCASE's official score (:func:`asdkit.metrics.official_score`: the harmonic mean
+of every machine id's or section's AUC and pAUC, source and target AUC where the clips carry
+domains), then by mean AUC. Mean AUC and pAUC are arithmetic means over the machine ids
+(sections); a machine type's AUC pools its clips (one model per type, as the study) unless the
+runs were per id.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from asdkit.io import write_csv, write_json, write_text
+from asdkit.models.weights import random_init_warning
+
+
+def _f(v: Any, nd: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.{nd}f}"
+
+
+def ranked(records: Sequence[dict]) -> list[dict]:
+    """Finished methods best first (official score, then mean AUC), failed ones last."""
+    def key(r):
+        s, a = r.get("official_score"), r.get("mean_auc")
+        bad = lambda v: v is None or (isinstance(v, float) and math.isnan(v))  # noqa: E731
+        return (r["status"] != "ok", -(0 if bad(s) else s), -(0 if bad(a) else a))
+
+    return sorted(records, key=key)
+
+
+def machine_types(records: Sequence[dict]) -> list[str]:
+    return sorted({t for r in records for t in (r.get("by_type") or {})})
+
+
+def has_domains(records: Sequence[dict]) -> bool:
+    return any(r.get("auc_source") is not None for r in records)
+
+
+def _memory(r: dict) -> str:
+    return "n/a" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}"
+
+
+def render_markdown(records: Sequence[dict], meta: dict) -> str:
+    recs = ranked(records)
+    types = machine_types(recs)
+    dom = has_domains(recs)
+    lines = [f"# {meta.get('title', 'asdkit compare')}", ""]
+    rand = [r["name"] for r in recs if r.get("random_init")]
+    if rand:
+        lines += [f"**{random_init_warning(', '.join(rand))}**", ""]
+    failed = [r for r in recs if r["status"] != "ok"]
+    if failed:
+        lines += [f"**{len(failed)} method(s) failed** (run again to retry them; finished ones are kept).", ""]
+    machine = meta.get("machine", {})
+    lines += [f"- data: {meta.get('data')}" + (f" ({meta['snr']})" if meta.get("snr") else ""),
+              f"- seed {meta.get('seed')}; {'per machine id' if meta.get('per_id') else 'one model per machine type'}"
+              f"{'; the dataset own train/test split' if meta.get('dataset_split') else ''}",
+              f"- machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; {meta.get('date', '')}; "
+              f"{meta.get('seconds', 0):.0f} s in all", ""]
+    head = ["rank", "method", "score (hmean)", "mean AUC", "mean pAUC", *(["source AUC", "target AUC"] if dom else []),
+            *[f"{t} AUC" for t in types], "seconds", "peak MB"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+    for i, r in enumerate(recs, start=1):
+        name = f"{r['name']}{' (RANDOM INIT)' if r.get('random_init') else ''}"
+        if r["status"] != "ok":
+            lines.append("| " + " | ".join([str(i), name, f"failed: {r.get('reason', '')}".replace("|", "/")]
+                                            + [""] * (len(head) - 3)) + " |")
+            continue
+        by = r.get("by_type") or {}
+        cells = [str(i), name, _f(r.get("official_score")), _f(r.get("mean_auc")), _f(r.get("mean_pauc")),
+                 *([_f(r.get("auc_source")), _f(r.get("auc_target"))] if dom else []),
+                 *[_f((by.get(t) or {}).get("auc")) for t in types], f"{r.get('seconds', 0):.0f}", _memory(r)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Methods", ""]
+    for r in recs:
+        extra = "".join(f"; AUC of its {k} reading {_f(v)}" for k, v in (r.get("readings") or {}).items() if v is not None)
+        oe = f"; outlier exposure: {r['outlier_exposure']}" if r.get("outlier_exposure") not in (None, "none") else ""
+        lines.append(f"- **{r['name']}**: `{r.get('spec', r['method'])}`"
+                     + (f" ({r.get('label')}; weights: {r.get('weights') or 'n/a'}{extra}{oe})" if r["status"] == "ok" else ""))
+    lines += ["", "## Per machine id or section (AUC / pAUC)", ""]
+    ids = sorted({(row["machine_type"], row["machine_id"]) for r in recs for row in r.get("rows") or []
+                  if row["machine_id"] != "all"})
+    if ids:
+        head = ["method", *[f"{t} {i}" for t, i in ids]]
+        lines += ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+        for r in recs:
+            if r["status"] != "ok":
+                continue
+            got = {(row["machine_type"], row["machine_id"]): row for row in r.get("rows") or []}
+            lines.append("| " + " | ".join([r["name"], *[
+                f"{_f((got.get(k) or {}).get('auc'), 3)} / {_f((got.get(k) or {}).get('pauc'), 3)}" for k in ids]]) + " |")
+    lines += ["", "Score: DCASE's harmonic mean of every id's (section's) AUC and pAUC (with domains: source AUC, "
+              "target AUC and pAUC). Seconds: the method's whole run (fit and score every group); peak MB: the "
+              "largest resident memory of its process" + (" (n/a: run in-process)" if not meta.get("isolated") else "") + ".",
+              ""]
+    return "\n".join(lines)
+
+
+CSV_COLUMNS = ("rank", "name", "method", "status", "official_score", "mean_auc", "mean_pauc", "auc_source", "auc_target",
+               "seconds", "peak_rss_mb", "random_init", "label", "spec", "reason")
+
+
+def write_report(out: str | Path, records: Sequence[dict], meta: dict) -> None:
+    """``compare.md``, ``compare.csv`` (one row per method, a column per machine type's AUC and
+    pAUC), ``compare.json`` (everything, with every method's rows) and ``compare.png``."""
+    out = Path(out)
+    recs = ranked(records)
+    types = machine_types(recs)
+    cols = [*CSV_COLUMNS, *[f"{t}_{k}" for t in types for k in ("auc", "pauc")]]
+
+    def row(i, r):
+        by = r.get("by_type") or {}
+        base = {**r, "rank": i}
+        base.update({f"{t}_{k}": (by.get(t) or {}).get(k) for t in types for k in ("auc", "pauc")})
+        return ["" if base.get(c) is None else base.get(c) for c in cols]
+
+    write_csv(out / "compare.csv", cols, (row(i, r) for i, r in enumerate(recs, start=1)))
+    write_json(out / "compare.json", {**meta, "methods": [{**r, "rank": i} for i, r in enumerate(recs, start=1)]})
+    write_text(out / "compare.md", render_markdown(recs, meta))
+    if any(r["status"] == "ok" for r in recs):
+        draw_figure(recs, meta, out / "compare.png")
+
+
+def draw_figure(records: Sequence[dict], meta: dict, path: Path) -> Path:
+    """Two panels (AUC, pAUC): a group of bars per machine type and one for the mean, a bar per method."""
+    import numpy as np
+
+    from asdkit.explain._plot import pyplot, save_figure
+
+    plt = pyplot()
+    recs = [r for r in ranked(records) if r["status"] == "ok"]
+    types = machine_types(recs)
+    groups = [*types, "mean"]
+    n = len(recs)
+    width = 0.8 / max(n, 1)
+    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 1.2 + 0.28 * n * len(groups) + 0.6 * len(groups)), 7.5), sharex=True)
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    x = np.arange(len(groups))
+    for panel, (ax, key, mean_key, chance) in enumerate(zip(axes, ("auc", "pauc"), ("mean_auc", "mean_pauc"), (0.5, 0.05))):
+        for i, r in enumerate(recs):
+            by = r.get("by_type") or {}
+            vals = [(by.get(t) or {}).get(key) for t in types] + [r.get(mean_key)]
+            vals = [np.nan if v is None else float(v) for v in vals]
+            label = r["name"] + (" (RANDOM INIT)" if r.get("random_init") else "")
+            ax.bar(x - 0.4 + width * (i + 0.5), vals, width, label=label, color=cmap(i % cmap.N),
+                   hatch="//" if r.get("random_init") else None, edgecolor="white", linewidth=0.5)
+        ax.axhline(chance, color="0.4", linestyle="--", linewidth=1)
+        ax.set_ylabel("AUC" if key == "auc" else "pAUC (FPR <= 0.1)")
+        ax.set_ylim(0.0 if key == "pauc" else 0.3, 1.0)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    axes[1].set_xticks(x)
+    axes[1].set_xticklabels(groups, fontsize=11)
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    title = meta.get("title", "asdkit compare")
+    axes[0].set_title(title if len(title) < 90 else title[:87] + "...", fontsize=12)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110, palette=False)
