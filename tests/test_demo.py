@@ -21,3 +21,7 @@ def test_demo_fills_table3_and_writes_the_report(tmp_path, capsys):
     assert "RANDOM INIT" in (out / "table3.md").read_text() and "Table III" in printed
     assert (out / "explain" / "report.html").is_file()
     assert (out / "data" / "6dB_valve" / "valve" / "id_06" / "abnormal").is_dir()
+    ranked = json.loads((out / "compare" / "compare.json").read_text())["methods"]
+    assert len(ranked) == 3 and all(m["status"] == "ok" for m in ranked), [m.get("reason") for m in ranked]
+    assert all(m["peak_rss_mb"] > 100 for m in ranked)  # each method in its own process, its memory measured
+    assert (out / "compare" / "compare.png").is_file() and "features-mahalanobis" in printed

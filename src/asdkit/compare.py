@@ -32,7 +32,7 @@ from asdkit.progress import console
 
 DEFAULT_METHODS = (
     "autoencoder",
-    "features-knn=embed-detect:backbone=features,detector=knn,standardize=true",
+    "embed-detect:backbone=features,detector=mahalanobis,standardize=true",
     "idnet",
 )
 """What ``asdkit compare`` runs when no method is named: the baseline and the two weight-free methods."""
@@ -83,6 +83,7 @@ def plan(specs: Sequence[str | dict | MethodSpec]) -> list[MethodSpec]:
         raise ConfigError("compare: no methods given")
     for sp in out:
         try:
+            sp.given = sp.text()  # as the user wrote it; the settings become every setting, checked
             sp.settings = method_settings(sp.method, sp.settings).to_dict()
         except ConfigError as e:
             raise ConfigError(f"method {sp.name}: {e}") from None
@@ -195,7 +196,7 @@ def _run_or_reuse(sp: MethodSpec, rc, out: Path, split_hash: str, *, isolate: bo
 
 
 def _identity(sp: MethodSpec) -> dict:
-    return {"name": sp.name, "method": sp.method, "settings": sp.settings, "spec": sp.text()}
+    return {"name": sp.name, "method": sp.method, "settings": sp.settings, "spec": sp.given or sp.text()}
 
 
 def method_record(sp: MethodSpec, run_dir: Path, seconds: float, peak_rss_mb: float | None) -> dict:
@@ -212,7 +213,7 @@ def method_record(sp: MethodSpec, run_dir: Path, seconds: float, peak_rss_mb: fl
         vals = [float(r[key]) for r in rs if r.get(key) is not None and r[key] == r[key]]
         return sum(vals) / len(vals) if vals else None
 
-    readings = sorted({k[4:] for r in rows for k in r if k.startswith("auc_") and k not in ("auc_source", "auc_target")})
+    readings = sorted({k[4:] for r in rows for k in r if k.startswith("auc_") and k not in ("auc_source", "auc_target", "auc_ci")})
     return {
         **_identity(sp), "status": "ok", "label": res.get("label", sp.method),
         "weights": res.get("weights", ""), "random_init": bool(res.get("random_init")),

@@ -142,7 +142,7 @@ def draw_figure(records: Sequence[dict], meta: dict, path: Path) -> Path:
     fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 1.2 + 0.28 * n * len(groups) + 0.6 * len(groups)), 7.5), sharex=True)
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     x = np.arange(len(groups))
-    for panel, (ax, key, mean_key, chance) in enumerate(zip(axes, ("auc", "pauc"), ("mean_auc", "mean_pauc"), (0.5, 0.05))):
+    for panel, (ax, key, mean_key, chance) in enumerate(zip(axes, ("auc", "pauc"), ("mean_auc", "mean_pauc"), (0.5, 0.5))):
         for i, r in enumerate(recs):
             by = r.get("by_type") or {}
             vals = [(by.get(t) or {}).get(key) for t in types] + [r.get(mean_key)]
@@ -151,8 +151,8 @@ def draw_figure(records: Sequence[dict], meta: dict, path: Path) -> Path:
             ax.bar(x - 0.4 + width * (i + 0.5), vals, width, label=label, color=cmap(i % cmap.N),
                    hatch="//" if r.get("random_init") else None, edgecolor="white", linewidth=0.5)
         ax.axhline(chance, color="0.4", linestyle="--", linewidth=1)
-        ax.set_ylabel("AUC" if key == "auc" else "pAUC (FPR <= 0.1)")
-        ax.set_ylim(0.0 if key == "pauc" else 0.3, 1.0)
+        ax.set_ylabel("AUC" if key == "auc" else "pAUC (FPR <= 0.1, McClish)")
+        ax.set_ylim(0.3, 1.0)
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
     axes[1].set_xticks(x)

@@ -11,8 +11,9 @@ embedding. The pieces, used by both methods:
   ``s``; with ``sub_centers`` K > 1 each class has K centres and the nearest counts (sub-center
   ArcFace, Deng et al., ECCV 2020: a machine may sound different in different conditions).
   ``adacos`` (Zhang et al., CVPR 2019) has no margin and adapts the scale each step;
-* **mixup** (``mixup`` = Beta(a, a)'s a; 0 turns it off): two clips are mixed and the loss is the
-  mix of the two classes' margin losses, as Noisy-ArcMix (Choi et al., 2023) does;
+* **mixup** (``mixup`` = Beta(a, a)'s a, 1 by default; 0 turns it off; ``mixup_share`` of the steps,
+  all by default): two clips are mixed and the loss is the mix of the two classes' margin losses, as
+  Noisy-ArcMix (Choi et al., 2023) does;
 * **outlier exposure** (:func:`outlier_clips`): when the clips hold one class only there is
   nothing to tell apart, so the other machine types of the data, or clips of other machines from
   the built-in generator (:mod:`asdkit.data.synth`), become extra classes (never kNN memory);
@@ -61,7 +62,8 @@ class IdObjective(Settings):
     margin: float = setting(0.5, Real(0, 1.5), "ArcFace angular margin in radians")
     scale: float = setting(30.0, Real(0, open_low=True), "ArcFace logit scale (adacos sets its own)")
     sub_centers: int = setting(2, Int(1, 16), "centres per class (sub-center ArcFace)")
-    mixup: float = setting(0.5, Real(0), "mixup Beta(a, a) parameter; 0 turns mixup off")
+    mixup: float = setting(1.0, Real(0), "mixup Beta(a, a) parameter; 0 turns mixup off")
+    mixup_share: float = setting(1.0, Real(0, 1), "share of the training steps whose batch is mixed")
     attributes: bool = setting(True, Bool(), "DCASE attribute labels in file names as extra classes")
     outlier_exposure: str = setting("auto", OneOf(OUTLIER_MODES),
                                     "auto (only when there is one class), data (other machine types of the run), "
@@ -151,7 +153,8 @@ def classifier_scores(head: MarginHead, X: np.ndarray, sections: Sequence[str], 
     ``own`` sections (the group's)."""
     if len(X) == 0:
         return np.empty(0)
-    lp = head.log_probs(torch.from_numpy(np.asarray(X, dtype=np.float32))).double().numpy()
+    x = torch.from_numpy(np.asarray(X, dtype=np.float32)).to(head.weight.device)
+    lp = head.log_probs(x).double().cpu().numpy()
     sec_of = np.array([section_label(c) for c in classes], dtype=object)
     known = set(sec_of)
     per_section = {s: np.logaddexp.reduce(lp[:, sec_of == s], axis=1) for s in sorted(known)}
@@ -170,12 +173,12 @@ class IdData:
     held_out: list[Clip]
     classes: list[str]
     labels: dict[str, int]
-    """clip path -> class index."""
+    """clip key (path, and start for a window) -> class index."""
     outliers: str = "none"
     cleanup: Callable[[], None] | None = field(default=None, repr=False)
 
     def y(self, clips: Sequence[Clip]) -> torch.Tensor:
-        return torch.tensor([self.labels[c.path] for c in clips], dtype=torch.long)
+        return torch.tensor([self.labels[c.key] for c in clips], dtype=torch.long)
 
 
 def outlier_clips(own: Sequence[Clip], pool: Sequence[Clip], s: IdObjective, *, cache_dir: str | None, audio, seed: int,
@@ -240,22 +243,22 @@ def id_data(own: Sequence[Clip], val: Sequence[Clip], pool: Sequence[Clip], s: I
     clips early stopping watches (``val``'s normal clips of known classes, or a seeded share of the
     training clips per class when fewer than :data:`MIN_HELD_OUT`)."""
     extra, note, cleanup = outlier_clips(own, pool, s, cache_dir=cache_dir, audio=audio, seed=seed, progress=progress)
-    label = {c.path: id_label(c, s.attributes) for c in own}
-    label.update({c.path: OUTLIER_PREFIX + id_label(c, False) for c in extra})
-    train = sorted({c.path: c for c in [*own, *extra]}.values(), key=lambda c: c.path)
+    label = {c.key: id_label(c, s.attributes) for c in own}
+    label.update({c.key: OUTLIER_PREFIX + id_label(c, False) for c in extra})
+    train = sorted({c.key: c for c in [*own, *extra]}.values(), key=lambda c: (c.path, c.start))
     classes = sorted(set(label.values()))
-    held = [c for c in val if not c.is_anomalous and id_label(c, s.attributes) in classes and c.path not in label]
+    held = [c for c in val if not c.is_anomalous and id_label(c, s.attributes) in classes and c.key not in label]
     if len(held) < MIN_HELD_OUT:
         rng = np.random.default_rng(seed)
         held = []
         for cls in classes:
-            members = [c for c in train if label[c.path] == cls]
+            members = [c for c in train if label[c.key] == cls]
             n = int(round(HELD_OUT_SHARE * len(members))) if len(members) >= 5 else 0
             held += [members[i] for i in sorted(rng.choice(len(members), max(n, 1 if len(members) >= 5 else 0), replace=False))]
-        keep = {c.path for c in held}
-        train = [c for c in train if c.path not in keep]
+        keep = {c.key for c in held}
+        train = [c for c in train if c.key not in keep]
     else:
-        label.update({c.path: id_label(c, s.attributes) for c in held})
+        label.update({c.key: id_label(c, s.attributes) for c in held})
     index = {cls: i for i, cls in enumerate(classes)}
     return IdData(train, held, classes, {p: index[v] for p, v in label.items()}, note, cleanup)
 
@@ -307,7 +310,7 @@ def train_id(modules: nn.ModuleDict, embed: Callable[[torch.Tensor], torch.Tenso
             total, count = 0.0, 0
             for x, y in train_batches():
                 lam, y2 = 1.0, None
-                if s.mixup > 0 and len(y) > 1 and rng.random() < 0.5:
+                if s.mixup > 0 and len(y) > 1 and rng.random() < s.mixup_share:
                     lam = float(rng.beta(s.mixup, s.mixup))
                     perm = torch.from_numpy(rng.permutation(len(y)))
                     x, y2 = lam * x + (1.0 - lam) * x[perm], y[perm]

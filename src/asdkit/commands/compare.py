@@ -20,7 +20,10 @@ def print_leaderboard(cmp) -> None:
     dom = has_domains(recs)
     t = Table(title=cmp.meta.get("title", "asdkit compare"))
     for col in ("rank", "method", "score", "mean AUC", "mean pAUC", *(["source", "target"] if dom else []), *types, "s", "MB"):
-        t.add_column(col, justify="left" if col == "method" else "right")
+        if col == "method":
+            t.add_column(col, no_wrap=True, min_width=max(len(r["name"]) for r in recs))
+        else:
+            t.add_column(col, justify="right")
     fmt = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731
     for i, r in enumerate(recs, start=1):
         name = r["name"] + (" [red](RANDOM INIT)[/]" if r.get("random_init") else "")

@@ -28,7 +28,7 @@ Hop = Annotated[Optional[float], typer.Option(help="Seconds between window start
 def fit_cmd(
     data: Annotated[Path, typer.Option("--data", help="Healthy recordings of one machine: a folder (any length, any sample rate; an abnormal/ subfolder only reports an AUC), a dataset root or a manifest.")],
     out: MonitorOut,
-    method: o.Method = "embed-detect",
+    method: o.MonitorMethod = None,
     layout: o.Layout = "auto",
     machines: o.Machines = None,
     ids: o.Ids = None,
@@ -52,8 +52,16 @@ def fit_cmd(
     from asdkit.data import load_dataset
     from asdkit.monitor import fit_monitor
 
-    settings = o.method_settings_from_options(method, method_options)
+    defaults, note = {}, None
+    if method is None:  # no pretrained weights here: the weight-free features, never a random network
+        from asdkit.methods.embed_detect import monitor_defaults
+
+        method = "embed-detect"
+        defaults, note = monitor_defaults(method_options)
+    settings = o.method_settings_from_options(method, method_options, defaults)
     o.check_out_folder(out, overwrite)
+    if note:
+        o.console().print(note)
     clips = load_dataset(data, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr)
     mon, summary = fit_monitor(
         clips, method, settings, false_alarm_rate=false_alarm_rate, threshold_method=threshold_method, folds=folds,

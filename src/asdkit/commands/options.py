@@ -51,7 +51,9 @@ SaveModel = Annotated[bool, typer.Option("--save-model", help="Also save each fi
 
 # ------------------------------------------------------------------------------------- methods
 
-Method = Annotated[Methods, typer.Option(help="The method: autoencoder (MIMII baseline), embed-detect (backbone embeddings + detector), finetune (the study's supervised head), idnet (an ID network trained from scratch + kNN), aux-finetune (a backbone's top fine-tuned on the ID task + kNN), embed-fusion (several backbones' embeddings + detector), score-fusion (several methods' scores averaged).")]
+METHOD_HELP = "The method: autoencoder (MIMII baseline), embed-detect (backbone embeddings + detector), finetune (the study's supervised head), idnet (an ID network trained from scratch + kNN), aux-finetune (a backbone's top fine-tuned on the ID task + kNN), embed-fusion (several backbones' embeddings + detector), score-fusion (several methods' scores averaged)."
+Method = Annotated[Methods, typer.Option(help=METHOD_HELP)]
+MonitorMethod = Annotated[Optional[Methods], typer.Option("--method", help=METHOD_HELP + " Default: embed-detect with AST, or with the weight-free features backbone when AST's weights are not here.", show_default=False)]
 Backbone = Annotated[Optional[str], typer.Option(help=f"Embedding backbone: {BACKBONES_TEXT} (default: ast).")]
 Weights = Annotated[Optional[str], typer.Option(help="Backbone weights: 'default' (the study's, from the hub), a hub id, a local folder/file, or 'none' (random init).")]
 Precision = Annotated[Optional[Literal["fp32", "bf16"]], typer.Option(help="fp32, or bf16 (autocast; fast on CPUs with native bf16).")]

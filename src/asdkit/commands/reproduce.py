@@ -96,19 +96,26 @@ def demo_cmd(
     device: o.Device = "auto",
     quiet: o.Quiet = False,
 ):
-    """The study end to end on generated data (no downloads): Table III and report.html."""
+    """The study end to end on generated data (no downloads): Table III, report.html, and a short
+    comparison of the methods that need no downloaded weights."""
     from asdkit.demo import run_demo
 
-    table = run_demo(out, n_normal=normal, n_anomalous=anomalous, epochs=epochs, seed=seed, progress=not quiet,
-                     device=device)
+    from asdkit.commands.compare import print_leaderboard
+
+    table, cmp = run_demo(out, n_normal=normal, n_anomalous=anomalous, epochs=epochs, seed=seed, progress=not quiet,
+                          device=device)
     print_table3(table)
     con = console()
     con.print(f"table in {Path(out) / 'table3.md'} (also .csv, .json); {table.meta['seconds']:.0f} s")
     report = Path(out) / "explain" / "report.html"
     if report.is_file():
         con.print(f"report: {report}")
-    if table.failed:
-        con.print(f"[bold red]{len(table.failed)} cell(s) failed; run the same command again to retry them[/]")
+    if cmp is not None:
+        print_leaderboard(cmp)
+        con.print(f"comparison in {Path(out) / 'compare' / 'compare.md'} (also .png); {cmp.meta['seconds']:.0f} s")
+    failed = len(table.failed) + (len(cmp.failed) if cmp is not None else 0)
+    if failed:
+        con.print(f"[bold red]{failed} cell(s) or method(s) failed; run the same command again to retry them[/]")
         raise typer.Exit(1)
 
 

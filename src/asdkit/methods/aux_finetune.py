@@ -68,7 +68,7 @@ class AuxFinetuneMethod(IdNetMethod):
                 console.print(f"[bold red]{s.backbone}: {RANDOM_INIT_BANNER}[/]")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(ctx.seed)
-                head = MarginHead(bb.embedding_dim, len(data.classes), s.loss, s.margin, s.scale, s.sub_centers).to(ctx.device)
+                head = MarginHead(bb.embedding_dim, len(data.classes), s.loss, s.margin, s.scale, s.sub_centers).to(bb.device)
                 groups = build_param_groups(bb, head, HeadTraining(lr=s.lr, trainable_blocks=s.trainable_blocks,
                                                                    block_unit=s.block_unit))
                 modules = torch.nn.ModuleDict({"net": bb.module, "head": head})
@@ -86,7 +86,7 @@ class AuxFinetuneMethod(IdNetMethod):
                         for i in range(0, len(order), s.batch_size):
                             got = inputs.batch([clips[j] for j in order[i : i + s.batch_size]])
                             if got is not None:
-                                yield torch.from_numpy(got[1]).to(ctx.device), data.y(got[0]).to(ctx.device)
+                                yield torch.from_numpy(got[1]).to(bb.device), data.y(got[0]).to(bb.device)
                     return it
 
                 report = train_id(modules, embed, head, groups, batches(data.train, True),

@@ -56,6 +56,30 @@ def backbone_info(bb) -> dict:
             "random_init": bb.weights.random_init, "embedding_dim": bb.embedding_dim}
 
 
+WEIGHT_FREE = {"backbone": "features", "detector": "mahalanobis", "standardize": True}
+"""What a monitor uses when no pretrained weights are here (:func:`monitor_defaults`)."""
+
+
+def monitor_defaults(given: dict) -> tuple[dict, str | None]:
+    """``embed-detect``'s settings for a monitor whose user named no backbone and no weights: the
+    study's AST when its weights can be loaded here (a local copy, the Hugging Face cache, or the hub
+    when online), else the weight-free ``features`` backbone with ``mahalanobis`` on standardised
+    statistics (never a random network; on the built-in data it beat knn and LOF on these
+    statistics: docs/methods.md). Returns (default settings, the line that says so or None)."""
+    if given.get("backbone") is not None or given.get("weights") is not None:
+        return {}, None
+    from asdkit.models.ast import DEFAULT_WEIGHTS
+    from asdkit.models.weights import resolve_weights
+
+    try:
+        resolve_weights("default", DEFAULT_WEIGHTS)
+        return {}, None
+    except ConfigError:
+        return dict(WEIGHT_FREE), ("no pretrained AST weights here (offline and no local copy): using the weight-free "
+                                   "features backbone (per-band log-mel statistics) with mahalanobis instead of a random "
+                                   "network; --backbone ast --weights DIR uses AST")
+
+
 class EmbedDetectMethod(EmbeddingMethod):
     name = "embed-detect"
     Settings = EmbedDetectSettings

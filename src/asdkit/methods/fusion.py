@@ -78,7 +78,7 @@ def fuse_scores(scores: Sequence[Sequence[float]], references: Sequence[Sequence
 class ScoreFusionSettings(Settings):
     where: ClassVar[str] = "score-fusion"
     members: list = setting(
-        ["embed-detect:backbone=features,detector=knn,standardize=true", "idnet"], Seq(lambda v: v, min_len=2),
+        ["embed-detect:backbone=features,detector=mahalanobis,standardize=true", "idnet"], Seq(lambda v: v, min_len=2),
         "the member methods: specs like 'idnet:epochs=10' or {method: NAME, settings: {...}}")
     how: str = setting("rank", OneOf(HOWS), "rank (mean quantile among normal scores) or zscore")
     weights: list | None = setting(None, None, "one weight per member (default: equal)")
@@ -119,6 +119,11 @@ class ScoreFusionMethod(Method):
     @property
     def label(self) -> str:
         return f"{self.settings.how}({' + '.join(m.label for m in self.members_) or len(self.settings.members)})"
+
+    def min_fit_clips(self) -> int:
+        from asdkit.methods import create_method
+
+        return max(create_method(sp.method, sp.settings, self.context).min_fit_clips() for sp in self.settings.specs())
 
     def fit(self, clips, val=()):
         """Every member fits on ``clips`` (each keeps the clips it learns from); then the reference scores."""
@@ -208,7 +213,7 @@ class EmbedFusionSettings(DetectorSettings):
     backbones: list = setting(["features", {"backbone": "ast"}], Seq(_backbone_entry, min_len=2),
                               "the backbones: names, or mappings of backbone settings (backbone, weights, precision, "
                               "backbone_config)")
-    detector: str = setting("knn", OneOf(_detector_names), "anomaly detector on the fused embeddings")
+    detector: str = setting("mahalanobis", OneOf(_detector_names), "anomaly detector on the fused embeddings")
     batch_size: int = setting(8, Int(1), "clips per forward pass")
 
 
@@ -237,12 +242,12 @@ class EmbedFusionMethod(EmbeddingMethod):
             self.backbones_ = [self.context.backbone(self._settings_of(b)) for b in self.settings.backbones]
         sets = [embed_clips(clips, bb, cache_dir=self.context.cache_dir, batch_size=self.settings.batch_size,
                             reader=self.reader) for bb in self.backbones_]
-        keep = set.intersection(*({c.path for c in s.clips} for s in sets))
-        kept = [c for c in sets[0].clips if c.path in keep]
+        keep = set.intersection(*({c.key for c in s.clips} for s in sets))
+        kept = [c for c in sets[0].clips if c.key in keep]
         blocks = []
         for s in sets:
-            row = {c.path: i for i, c in enumerate(s.clips)}
-            blocks.append(s.X[[row[c.path] for c in kept]].astype(np.float64))
+            row = {c.key: i for i, c in enumerate(s.clips)}
+            blocks.append(s.X[[row[c.key] for c in kept]].astype(np.float64))
         return kept, blocks
 
     def _fused(self, kept, blocks):

@@ -98,7 +98,7 @@ class IdNetMethod(EmbeddingMethod):
             key = (self.name, s.training_key())
             if key not in ctx.shared:
                 own = [c for c in ctx.run_clips if c.split == "train" and not c.is_anomalous]
-                own = sorted({c.path: c for c in [*own, *clips]}.values(), key=lambda c: c.path)
+                own = sorted({c.key: c for c in [*own, *clips]}.values(), key=lambda c: (c.path, c.start))
                 ctx.shared[key] = self._train(own, [c for c in ctx.run_clips if c.split == "val"] + list(val), [],
                                               f"{self.name} (all {len({c.machine_type for c in own})} machine types)")
             self.model_ = ctx.shared[key]
@@ -122,11 +122,11 @@ class IdNetMethod(EmbeddingMethod):
         try:
             say_outliers(description, data.outliers)
             bb = create_backbone("idnet", weights="none", config=s.backbone_config, seed=ctx.seed, device=ctx.device)
-            net = bb.module
+            net, dev = bb.module, bb.device  # the device resolved ("auto" -> cpu or cuda)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(ctx.seed)
                 head = MarginHead(bb.embedding_dim, len(data.classes), s.loss, s.margin, s.scale, s.sub_centers)
-                head.to(ctx.device)
+                head.to(dev)
                 modules = torch.nn.ModuleDict({"net": net, "head": head})
                 inputs = _Inputs(bb.frontend, self.reader, memo=True)
                 rng = np.random.default_rng(ctx.seed)
@@ -141,13 +141,13 @@ class IdNetMethod(EmbeddingMethod):
                             kept, waves = got
                             starts = rng.integers(0, max(1, waves.shape[1] - crop + 1), size=len(kept))
                             x = np.stack([_crop(w, a, crop) for w, a in zip(waves, starts)])
-                            yield torch.from_numpy(x).to(ctx.device), data.y(kept).to(ctx.device)
+                            yield torch.from_numpy(x).to(dev), data.y(kept).to(dev)
 
                 def val_batches():
                     for i in range(0, len(data.held_out), s.batch_size):
                         got = inputs.batch(data.held_out[i : i + s.batch_size])
                         if got is not None:
-                            yield torch.from_numpy(got[1]).to(ctx.device), data.y(got[0]).to(ctx.device)
+                            yield torch.from_numpy(got[1]).to(dev), data.y(got[0]).to(dev)
 
                 report = train_id(modules, net.crop_embedding, head, [{"params": list(modules.parameters())}],
                                   train_batches, math.ceil(n_epoch / s.batch_size), s.epochs, s,
@@ -190,7 +190,8 @@ class IdNetMethod(EmbeddingMethod):
 
     # -- saving ----------------------------------------------------------------------------------
     def _save(self, directory: Path) -> dict:
-        return {**self._save_detector(directory), **save_id_model(self.model_, directory), "sections": self.sections_}
+        return {"scorer": self._save_detector(directory), **save_id_model(self.model_, directory),
+                "own_sections": self.sections_}
 
     @classmethod
     def _load_backbone(cls, directory: Path, settings, context):
@@ -205,8 +206,8 @@ class IdNetMethod(EmbeddingMethod):
         m = cls(settings, context)
         bb = cls._load_backbone(directory, settings, context)
         m.model_ = load_id_model(directory, state, bb)
-        m.scorer_ = cls._load_detector(directory, state, settings, context.seed)
-        m.sections_ = [str(x) for x in state.get("sections") or []]
+        m.scorer_ = cls._load_detector(directory, state.get("scorer") or {}, settings, context.seed)
+        m.sections_ = [str(x) for x in state.get("own_sections") or []]
         if m.scorer_.n_features_in_ != bb.embedding_dim:
             raise ConfigError(f"{directory}: the detector was fitted on {m.scorer_.n_features_in_}-d embeddings, "
                               f"the network gives {bb.embedding_dim}-d")

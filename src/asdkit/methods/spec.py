@@ -40,6 +40,8 @@ class MethodSpec:
     method: str
     settings: dict = field(default_factory=dict)
     name: str = ""
+    given: str = field(default="", repr=False)
+    """The spec as it was written (before its settings were completed with the defaults)."""
 
     def __post_init__(self) -> None:
         if not self.name:

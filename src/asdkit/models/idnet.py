@@ -36,7 +36,7 @@ from asdkit.models.registry import Backbone, check_config, random_init_context, 
 
 NAME = "idnet"
 SAMPLE_RATE = 16000
-ARCH_DEFAULTS = dict(n_mels=128, n_fft=1024, hop_length=512, crop_frames=64, width=1.0, embedding_dim=128,
+ARCH_DEFAULTS = dict(n_mels=64, n_fft=1024, hop_length=512, crop_frames=64, width=1.0, embedding_dim=128,
                      waveform_branch=True)
 BOTTLENECKS = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
 """MobileFaceNet's bottleneck settings: expansion, output channels, repeats, first stride."""
