@@ -19,10 +19,16 @@ def tree(tmp_path_factory):
 
 
 def test_method_lists_split_where_a_method_name_starts(monkeypatch):
-    from asdkit.compare import split_method_list
+    from asdkit.methods import method_settings
+    from asdkit.methods.spec import split_method_list
 
     got = split_method_list([f"autoencoder,{FEATURES},idnet:epochs=2", "k=embed-fusion:backbones=[features, ast]"])
     assert got == ["autoencoder", FEATURES, "idnet:epochs=2", "k=embed-fusion:backbones=[features, ast]"]
+    # a score fusion's inline member list is split by YAML at every comma and joined back the same way
+    from asdkit.methods.spec import parse_spec
+
+    sp = parse_spec(f"score-fusion:members=[{FEATURES}, idnet:epochs=2],how=zscore")
+    assert [m.method for m in method_settings("score-fusion", sp.settings).specs()] == ["embed-detect", "idnet"]
 
 
 def test_compare_writes_a_leaderboard_and_figure_and_reuses_finished_methods(tree, tmp_path):

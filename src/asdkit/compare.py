@@ -51,29 +51,6 @@ class Comparison:
         return [r for r in self.records if r["status"] != "ok"]
 
 
-def split_method_list(values: Sequence[str]) -> list[str]:
-    """Method specs from ``--methods`` values: each value is split on commas outside brackets,
-    and a piece starts a new method when it names one (``idnet``, ``idnet:epochs=5``,
-    ``fast=idnet:...``); any other piece (``detector=knn``) is one more setting of the method
-    before it. So ``autoencoder,embed-detect:backbone=features,detector=knn`` is two methods."""
-    from asdkit.methods import METHODS
-    from asdkit.methods.spec import _split_top
-
-    specs: list[str] = []
-    for value in values:
-        for piece in _split_top(value):
-            piece = piece.strip()
-            if not piece:
-                continue
-            head = piece.split(":", 1)[0]
-            method = head.split("=", 1)[1] if "=" in head else head
-            if method.strip() in METHODS or not specs:
-                specs.append(piece)
-            else:
-                specs[-1] += "," + piece
-    return specs
-
-
 def plan(specs: Sequence[str | dict | MethodSpec]) -> list[MethodSpec]:
     """Checked specs (every setting validated, names unique), before any work."""
     from asdkit.methods import method_settings

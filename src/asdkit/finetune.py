@@ -382,6 +382,16 @@ class FinetuneResult:
                 f"{self.trainable_params:,} of {self.total_params:,} parameters trainable ({names})")
 
 
+def optimizer_step(opt, loss: torch.Tensor, description: str) -> float:
+    """Back-propagate ``loss`` and step ``opt`` (its gradients cleared first by the caller); a loss that
+    is not finite stops training with one line. Returns the loss."""
+    if not torch.isfinite(loss):
+        raise AsdkitError(f"{description}: the training loss became {loss.item()} (try a lower lr)")
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def _train(model: nn.Module, groups: list[dict], train: list[Clip], inputs: _Inputs, s: FinetuneSettings,
            dev: str, progress: bool, description: str) -> list[float]:
     """The training loop: Adam over ``groups``, plain BCE on the logit; returns the mean loss per epoch."""
@@ -404,12 +414,7 @@ def _train(model: nn.Module, groups: list[dict], train: list[Clip], inputs: _Inp
                     opt.zero_grad(set_to_none=True)
                     with _autocast(s.precision, dev):
                         logits = model(torch.from_numpy(x).to(dev))
-                    loss = loss_fn(logits.float(), y)
-                    if not torch.isfinite(loss):
-                        raise AsdkitError(f"{description}: the training loss became {loss.item()} (try a lower lr)")
-                    loss.backward()
-                    opt.step()
-                    total += loss.item() * len(cl)
+                    total += optimizer_step(opt, loss_fn(logits.float(), y), description) * len(cl)
                     count += len(cl)
                 b.advance(1, description=f"{description} epoch {epoch + 1} loss {total / max(count, 1):.3f}")
             if count == 0:

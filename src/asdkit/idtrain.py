@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 from asdkit.data.clips import Clip
-from asdkit.errors import AsdkitError, ConfigError, DatasetError
+from asdkit.errors import ConfigError, DatasetError
+from asdkit.finetune import optimizer_step
 from asdkit.progress import bar, console
 from asdkit.settings import Bool, Int, OneOf, Real, Settings, setting
 
@@ -315,12 +316,7 @@ def train_id(modules: nn.ModuleDict, embed: Callable[[torch.Tensor], torch.Tenso
                     perm = torch.from_numpy(rng.permutation(len(y)))
                     x, y2 = lam * x + (1.0 - lam) * x[perm], y[perm]
                 opt.zero_grad(set_to_none=True)
-                loss = head.loss(embed(x), y, y2, lam)
-                if not torch.isfinite(loss):
-                    raise AsdkitError(f"{description}: the training loss became {loss.item()} (try a lower lr)")
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(y)
+                total += optimizer_step(opt, head.loss(embed(x), y, y2, lam), description) * len(y)
                 count += len(y)
                 b.advance(1, description=f"{description} epoch {epoch} loss {total / max(count, 1):.3f}")
             report.train_loss.append(total / max(count, 1))

@@ -64,8 +64,8 @@ def compare_cmd(
 ):
     """Run several methods on the same split and rank them: AUC and pAUC per machine type, id and
     domain, DCASE's harmonic mean, time and memory; compare.md/.csv/.json and compare.png in OUT."""
-    from asdkit.compare import DEFAULT_METHODS, compare, split_method_list
-    from asdkit.methods.spec import read_spec_file
+    from asdkit.compare import DEFAULT_METHODS, compare
+    from asdkit.methods.spec import read_spec_file, split_method_list
 
     specs: list = split_method_list(methods or [])
     if methods_file is not None:

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from asdkit.errors import ConfigError, DatasetError
-from asdkit.methods.base import BackboneSettings, Method, scores_at
+from asdkit.methods.base import BackboneSettings, Method
 from asdkit.methods.embed_detect import backbone_info, backbone_record, check_backbone
 from asdkit.methods.embedding import DetectorSettings, EmbeddingMethod, _detector_names
 from asdkit.settings import Int, OneOf, Seq, Settings, setting
@@ -78,20 +78,24 @@ def fuse_scores(scores: Sequence[Sequence[float]], references: Sequence[Sequence
 class ScoreFusionSettings(Settings):
     where: ClassVar[str] = "score-fusion"
     members: list = setting(
-        ["embed-detect:backbone=features,detector=mahalanobis,standardize=true", "idnet"], Seq(lambda v: v, min_len=2),
-        "the member methods: specs like 'idnet:epochs=10' or {method: NAME, settings: {...}}")
+        ["embed-detect:backbone=features,detector=mahalanobis,standardize=true", "idnet"], Seq(lambda v: v, min_len=1),
+        "the member methods (two or more): specs like 'idnet:epochs=10' or {method: NAME, settings: {...}}")
     how: str = setting("rank", OneOf(HOWS), "rank (mean quantile among normal scores) or zscore")
     weights: list | None = setting(None, None, "one weight per member (default: equal)")
 
     def specs(self):
-        from asdkit.methods.spec import spec_from_entry
+        """The members as specs (a list written inline, ``[embed-detect:backbone=features,detector=knn, idnet]``,
+        comes split at every comma; pieces that name no method are joined back, as on the command line)."""
+        from asdkit.methods.spec import join_pieces, spec_from_entry
 
-        return [spec_from_entry(m, where=f"score-fusion member {i + 1}") for i, m in enumerate(self.members)]
+        return [spec_from_entry(m, where=f"score-fusion member {i + 1}") for i, m in enumerate(join_pieces(self.members))]
 
     def _check(self) -> None:
         from asdkit.methods import method_settings
 
         specs = self.specs()
+        if len(specs) < 2:
+            raise ConfigError(f"score-fusion: members must name two methods or more, got {len(specs)}")
         for i, sp in enumerate(specs):
             if sp.method == "score-fusion":
                 raise ConfigError("score-fusion: a member cannot be a score-fusion itself")
@@ -184,7 +188,7 @@ class ScoreFusionMethod(Method):
         from asdkit.methods import load_method
 
         m = cls(settings, context)
-        n = len(settings.members)
+        n = len(settings.specs())
         m.members_ = [load_method(directory / "members" / str(i + 1), context, checked=True, **overrides) for i in range(n)]
         try:
             m.references_ = [np.asarray(r, dtype=np.float64) for r in state["references"]]

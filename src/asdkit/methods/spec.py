@@ -138,6 +138,34 @@ def parse_spec(text: str, name: str = "") -> MethodSpec:
     return MethodSpec(method, settings, name)
 
 
+def starts_method(piece: str) -> bool:
+    """Whether a piece of a method list names a method (``idnet``, ``idnet:...``, ``label=idnet:...``)."""
+    from asdkit.methods import METHODS
+
+    head = piece.strip().split(":", 1)[0]
+    return (head.split("=", 1)[1] if "=" in head else head).strip() in METHODS
+
+
+def join_pieces(pieces) -> list:
+    """Pieces of a comma-split method list back into specs: a piece that does not name a method
+    (``detector=knn``) is one more setting of the spec before it; anything not a string (a mapping
+    entry) stays itself."""
+    out: list = []
+    for p in pieces:
+        if isinstance(p, str) and p.strip() and out and isinstance(out[-1], str) and not starts_method(p):
+            out[-1] += "," + p.strip()
+        elif not (isinstance(p, str) and not p.strip()):
+            out.append(p.strip() if isinstance(p, str) else p)
+    return out
+
+
+def split_method_list(values) -> list[str]:
+    """Method specs from ``--methods`` values: each value is split on commas outside brackets and
+    the pieces joined again where a piece does not name a method (:func:`join_pieces`), so
+    ``autoencoder,embed-detect:backbone=features,detector=knn`` is two methods."""
+    return join_pieces([piece for v in values for piece in _split_top(v)])
+
+
 def spec_from_entry(entry: Any, name: str = "", where: str = "") -> MethodSpec:
     """A spec string, or ``{method: NAME, settings: {...}}`` (optionally ``name``)."""
     if isinstance(entry, MethodSpec):
