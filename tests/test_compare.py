@@ -109,3 +109,15 @@ def test_compare_command_line(tree, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "features-mahalanobis" in out and "leaderboard in" in out
     assert (tmp_path / "c" / "compare.md").is_file()
+
+
+def test_many_methods_are_drawn_as_a_table_of_cells(tmp_path):
+    from PIL import Image
+
+    from asdkit.compare_report import BARS_UP_TO, draw_figure
+
+    recs = [{"name": f"m{i}", "status": "ok", "random_init": i == 0, "mean_auc": 0.5 + i / 20, "mean_pauc": 0.6,
+             "official_score": 0.5 + i / 20, "by_type": {"fan": {"auc": 0.7, "pauc": None}, "pump": {"auc": 0.9, "pauc": 0.8}}}
+            for i in range(BARS_UP_TO + 3)]
+    w, h = Image.open(draw_figure(recs, {"title": "t"}, tmp_path / "f.png")).size
+    assert w > h > 300  # one row per method, readable at its own size

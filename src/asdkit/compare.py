@@ -60,7 +60,7 @@ def plan(specs: Sequence[str | dict | MethodSpec]) -> list[MethodSpec]:
         raise ConfigError("compare: no methods given")
     for sp in out:
         try:
-            sp.given = sp.text()  # as the user wrote it; the settings become every setting, checked
+            sp.given = sp.given or sp.text()  # as the user wrote it; the settings become every setting, checked
             sp.settings = method_settings(sp.method, sp.settings).to_dict()
         except ConfigError as e:
             raise ConfigError(f"method {sp.name}: {e}") from None

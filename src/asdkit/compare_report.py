@@ -128,37 +128,79 @@ def write_report(out: str | Path, records: Sequence[dict], meta: dict) -> None:
 
 
 def draw_figure(records: Sequence[dict], meta: dict, path: Path) -> Path:
-    """Two panels (AUC, pAUC): a group of bars per machine type and one for the mean, a bar per method."""
-    import numpy as np
-
+    """AUC and pAUC, methods by machine type (and their mean): grouped bars for a few methods, a
+    table of coloured, numbered cells (methods best first) for more, where bars would be too thin."""
     from asdkit.explain._plot import pyplot, save_figure
 
     plt = pyplot()
     recs = [r for r in ranked(records) if r["status"] == "ok"]
-    types = machine_types(recs)
-    groups = [*types, "mean"]
+    groups = [*machine_types(recs), "mean"]
+    values = {key: [[_value(r, g, key) for g in groups] for r in recs] for key in ("auc", "pauc")}
+    labels = [r["name"] + (" (RANDOM INIT)" if r.get("random_init") else "") for r in recs]
+    title = meta.get("title", "asdkit compare")
+    title = title if len(title) < 100 else title[:97] + "..."
+    if len(recs) <= BARS_UP_TO:
+        fig = _bars(plt, recs, groups, values, labels)
+    else:
+        fig = _cells(plt, groups, values, labels)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110, palette=False)
+
+
+BARS_UP_TO = 5
+"""Up to this many methods the figure is bars; more get a table of coloured cells."""
+YLABEL = {"auc": "AUC", "pauc": "pAUC (FPR <= 0.1, McClish)"}
+
+
+def _value(r: dict, group: str, key: str) -> float:
+    v = r.get(f"mean_{key}") if group == "mean" else ((r.get("by_type") or {}).get(group) or {}).get(key)
+    return float("nan") if v is None else float(v)
+
+
+def _bars(plt, recs, groups, values, labels):
+    import numpy as np
+
     n = len(recs)
-    width = 0.8 / max(n, 1)
-    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 1.2 + 0.28 * n * len(groups) + 0.6 * len(groups)), 7.5), sharex=True)
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    width = 0.8 / n
+    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 2.0 + 1.3 * len(groups)), 7.5), sharex=True)
+    cmap = plt.get_cmap("tab10")
     x = np.arange(len(groups))
-    for panel, (ax, key, mean_key, chance) in enumerate(zip(axes, ("auc", "pauc"), ("mean_auc", "mean_pauc"), (0.5, 0.5))):
+    for ax, key in zip(axes, ("auc", "pauc")):
         for i, r in enumerate(recs):
-            by = r.get("by_type") or {}
-            vals = [(by.get(t) or {}).get(key) for t in types] + [r.get(mean_key)]
-            vals = [np.nan if v is None else float(v) for v in vals]
-            label = r["name"] + (" (RANDOM INIT)" if r.get("random_init") else "")
-            ax.bar(x - 0.4 + width * (i + 0.5), vals, width, label=label, color=cmap(i % cmap.N),
+            ax.bar(x - 0.4 + width * (i + 0.5), values[key][i], width, label=labels[i], color=cmap(i % 10),
                    hatch="//" if r.get("random_init") else None, edgecolor="white", linewidth=0.5)
-        ax.axhline(chance, color="0.4", linestyle="--", linewidth=1)
-        ax.set_ylabel("AUC" if key == "auc" else "pAUC (FPR <= 0.1, McClish)")
+        ax.axhline(0.5, color="0.4", linestyle="--", linewidth=1)
+        ax.set_ylabel(YLABEL[key])
         ax.set_ylim(0.3, 1.0)
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
     axes[1].set_xticks(x)
     axes[1].set_xticklabels(groups, fontsize=11)
     axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
-    title = meta.get("title", "asdkit compare")
-    axes[0].set_title(title if len(title) < 90 else title[:87] + "...", fontsize=12)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=110, palette=False)
+    return fig
+
+
+def _cells(plt, groups, values, labels):
+    import numpy as np
+
+    n = len(labels)
+    label_in = 0.085 * max(len(s) for s in labels)
+    panel_in = 0.95 * len(groups)
+    fig, axes = plt.subplots(1, 3, figsize=(label_in + 2.6 + 2 * panel_in, 1.4 + 0.38 * n),
+                             gridspec_kw={"width_ratios": [panel_in, panel_in, 0.18]})
+    for k, (ax, key) in enumerate(zip(axes[:2], ("auc", "pauc"))):
+        V = np.array(values[key])
+        im = ax.imshow(V, cmap="RdYlGn", vmin=0.5, vmax=1.0, aspect="auto")
+        for (i, j), v in np.ndenumerate(V):
+            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=9,
+                    color="black" if np.isnan(v) or 0.6 < v < 0.95 else "white")
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups, fontsize=10)
+        ax.xaxis.tick_top()
+        ax.set_title(YLABEL[key], fontsize=11, pad=22)
+        ax.set_yticks(range(n))
+        ax.set_yticklabels([f"{i + 1}. {s}" for i, s in enumerate(labels)] if k == 0 else [], fontsize=10)
+        ax.tick_params(length=0)
+    fig.colorbar(im, cax=axes[2], label="0.5 = chance")
+    return fig

@@ -158,8 +158,8 @@ class IdNetMethod(EmbeddingMethod):
                 data.cleanup()
         report.n_train, report.n_held_out = len(data.train), len(data.held_out)
         report.n_classes, report.classes, report.outlier_exposure = len(data.classes), data.classes, data.outliers
-        bb.mark_trained(f"idnet trained from scratch on {len(data.train)} clips of {len(data.classes)} classes, "
-                        f"{report.best_epoch} epoch(s)")
+        trained_from_scratch(bb, f"idnet trained from scratch on {len(data.train)} clips of {len(data.classes)} classes, "
+                                 f"{report.best_epoch} epoch(s)")
         return IdModel(bb, head, data.classes, report.to_dict())
 
     # -- scoring ---------------------------------------------------------------------------------
@@ -212,6 +212,15 @@ class IdNetMethod(EmbeddingMethod):
             raise ConfigError(f"{directory}: the detector was fitted on {m.scorer_.n_features_in_}-d embeddings, "
                               f"the network gives {bb.embedding_dim}-d")
         return m
+
+
+def trained_from_scratch(backbone, note: str) -> None:
+    """Record a network trained from its random start: new weights identity (for caches and the
+    saved folder's check) and a description that does not call trained weights RANDOM INIT."""
+    from dataclasses import replace
+
+    backbone.mark_trained(note)
+    backbone.weights = replace(backbone.weights, source="trained", description=note)
 
 
 def _crop(wave: np.ndarray, start: int, n: int) -> np.ndarray:

@@ -135,7 +135,7 @@ def parse_spec(text: str, name: str = "") -> MethodSpec:
             if key in settings:
                 raise ConfigError(f"method spec {text!r}: {key} is given twice")
             settings[key] = parse_value(raw)
-    return MethodSpec(method, settings, name)
+    return MethodSpec(method, settings, name, given=f"{method}:{rest.strip()}" if colon and rest.strip() else method)
 
 
 def starts_method(piece: str) -> bool:
