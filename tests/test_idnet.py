@@ -14,7 +14,7 @@ from asdkit.reader import ClipReader
 
 SECONDS = 2.0
 TINY_NET = {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16}
-TINY_TRAINING = {"epochs": 8, "min_epoch_crops": 96, "batch_size": 16, "patience": 8, "backbone_config": TINY_NET}
+TINY_TRAINING = {"epochs": 8, "epoch_crops": 96, "batch_size": 16, "patience": 8, "backbone_config": TINY_NET}
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +132,22 @@ def test_features_backbone_statistics_by_hand_and_round_trip(tmp_path):
     torch.manual_seed(0)  # the statistics are deterministic: no weights, no randomness
     np.testing.assert_array_equal(create_backbone("features", config={"n_mels": 4, "percentiles": [50],
                                                                        "modulation_hz": [[1.0, 5.0]]}).embed(x), bb.embed(x))
+
+
+@pytest.mark.parametrize("method, settings", [
+    ("idnet", {**TINY_TRAINING, "epochs": 1, "outlier_clips": 1}),
+    ("embed-fusion", {"backbones": ["features", {"backbone": "features", "backbone_config": {"n_mels": 32}}]}),
+    ("score-fusion", {"members": ["embed-detect:backbone=features,detector=mahalanobis,standardize=true",
+                                  "autoencoder:epochs=1"]}),
+])
+def test_every_new_method_makes_a_monitor(two_fans, tmp_path, method, settings):
+    from asdkit.monitor import Monitor, fit_monitor
+
+    train, test = two_fans
+    one = [c for c in train if c.machine_id == "id_00"]
+    mon, summary = fit_monitor(one, method, settings, folds=2, seconds=SECONDS, false_alarm_rate=0.2,
+                               threshold_method="gamma", cache_dir=tmp_path / "cache", progress=False)
+    mon.save(tmp_path / "mon")
+    back = Monitor.load(tmp_path / "mon")
+    kept, scores, _ = back.score_clips(test, progress=False)
+    assert len(kept) == len(test) and np.isfinite(scores).all() and summary["threshold"] == back.threshold

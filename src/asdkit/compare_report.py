@@ -134,7 +134,7 @@ def draw_figure(records: Sequence[dict], meta: dict, path: Path) -> Path:
 
     plt = pyplot()
     recs = [r for r in ranked(records) if r["status"] == "ok"]
-    groups = [*machine_types(recs), "mean"]
+    groups = [*machine_types(recs), "mean of ids"]
     values = {key: [[_value(r, g, key) for g in groups] for r in recs] for key in ("auc", "pauc")}
     labels = [r["name"] + (" (RANDOM INIT)" if r.get("random_init") else "") for r in recs]
     title = meta.get("title", "asdkit compare")
@@ -154,7 +154,7 @@ YLABEL = {"auc": "AUC", "pauc": "pAUC (FPR <= 0.1, McClish)"}
 
 
 def _value(r: dict, group: str, key: str) -> float:
-    v = r.get(f"mean_{key}") if group == "mean" else ((r.get("by_type") or {}).get(group) or {}).get(key)
+    v = r.get(f"mean_{key}") if group == "mean of ids" else ((r.get("by_type") or {}).get(group) or {}).get(key)
     return float("nan") if v is None else float(v)
 
 

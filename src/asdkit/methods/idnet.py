@@ -63,7 +63,7 @@ class IdNetSettings(IdScoring, IdObjective):
     where: ClassVar[str] = "idnet"
     epochs: int = setting(30, Int(1), "most epochs (early stopping ends sooner)")
     batch_size: int = setting(32, Int(2), "crops per training step")
-    min_epoch_crops: int = setting(512, Int(1), "an epoch is at least this many crops (small sets are cycled)")
+    epoch_crops: int = setting(512, Int(1), "random 2-s crops per epoch (so training time does not grow with the data)")
     backbone_config: dict | None = setting(None, Optional(Mapping()), "network overrides (width, crop_frames, "
                                                                       "waveform_branch, embedding_dim, n_mels)")
 
@@ -130,7 +130,7 @@ class IdNetMethod(EmbeddingMethod):
                 modules = torch.nn.ModuleDict({"net": net, "head": head})
                 inputs = _Inputs(bb.frontend, self.reader, memo=True)
                 rng = np.random.default_rng(ctx.seed)
-                n_epoch = max(len(data.train), s.min_epoch_crops)
+                n_epoch = s.epoch_crops  # a fixed budget: small sets are cycled, large ones sampled
                 crop = net.crop_samples
 
                 def train_batches():
