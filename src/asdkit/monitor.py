@@ -24,6 +24,7 @@ their own threshold (a fine-tuned model's probability, 0.5: ``RUN/models/<group>
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -230,7 +231,7 @@ def recording_notes(clips: Sequence[Clip], audio: AudioSettings) -> None:
     short, rates = [], {}
     for c in clips:
         try:
-            info = sf.info(str(check_file(c.path)))
+            info = sf.info(os.fsencode(check_file(c.path)))
         except Exception:  # noqa: BLE001 - an unusable file is reported when it is read
             continue
         if audio.seconds and info.duration < audio.seconds - 1e-3:

@@ -191,10 +191,10 @@ def console(stderr: bool = False):
 def check_out_file(out: Path, suffix: str) -> None:
     """Refuse, before any work, an output file that cannot be written: the wrong suffix, a folder,
     a path under a file, or a folder that is not writable."""
-    if not str(out).endswith(suffix):
-        raise ConfigError(f"{out}: the output must be a {suffix} file")
     if out.is_dir():
         raise ConfigError(f"{out}: is a folder; give a {suffix} file name")
+    if not str(out).endswith(suffix):
+        raise ConfigError(f"{out}: the output must be a {suffix} file")
     check_out_folder(out.parent)
 
 
