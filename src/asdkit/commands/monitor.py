@@ -170,16 +170,10 @@ def _write(rows: list[dict], target: Path | None, json_lines: bool) -> None:
 
 
 def _table(con, rows: list[dict], monitor: Path) -> None:
-    from rich.table import Table
-
-    t = Table(title=f"asdkit score ({monitor})")
     cols = [c for c in rows[0] if c != "threshold"] if rows else ["file", "score", "decision"]
-    for c in cols:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*[("[bold red]ANOMALOUS[/]" if r[c] == "anomalous" else r[c]) if c == "decision"
-                    else (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for c in cols])
-    con.print(t)
+    o.print_table(con, f"asdkit score ({monitor})", cols,
+                  [[("[bold red]ANOMALOUS[/]" if r[c] == "anomalous" else r[c]) if c == "decision"
+                    else (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for c in cols] for r in rows])
 
 
 def register(app: typer.Typer) -> None:

@@ -188,6 +188,26 @@ def console(stderr: bool = False):
     return Console(stderr=stderr)
 
 
+def print_table(con, title: str, columns: list[str], rows: list[list[str]], **table_options) -> None:
+    """A table on the console: box-drawn on a terminal; for a pipe or a file, plain tab-separated
+    lines (a header, then one line per row) that scripts can read."""
+    if con.is_terminal:
+        from rich.table import Table
+
+        t = Table(title=title, **table_options)
+        for c in columns:
+            t.add_column(c)
+        for r in rows:
+            t.add_row(*r)
+        con.print(t)
+        return
+    import re
+
+    plain = lambda v: re.sub(r"\[/?[a-z ]*\]", "", str(v)).replace("\n", " ")  # noqa: E731  (no rich markup)
+    for line in ["\t".join(columns), *("\t".join(plain(v) for v in r) for r in rows)]:
+        print(line, file=con.file)  # rich would expand the tabs
+
+
 def check_out_file(out: Path, suffix: str) -> None:
     """Refuse, before any work, an output file that cannot be written: the wrong suffix, a folder,
     a path under a file, or a folder that is not writable."""

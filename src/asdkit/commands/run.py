@@ -8,22 +8,19 @@ from asdkit.commands import options as o
 
 
 def print_results(result) -> None:
-    """The run's table on the terminal."""
-    from rich.table import Table
-
+    """The run's table on the terminal (plain lines when the output is not a terminal)."""
     from asdkit.metrics import few_clips_warnings
 
     extra = [k for k in (result.rows[0] if result.rows else {}) if k.startswith("auc_") and k != "auc_ci"]
-    t = Table(title=f"asdkit run: {result.info['label']}")
-    for col in ("machine type", "id", "AUC", "95% CI", "pAUC", *(f"AUC ({k[4:]})" for k in extra), "normal", "anomalous"):
-        t.add_column(col, justify="right" if col not in ("machine type", "id") else "left")
     fmt = lambda v: "n/a" if v != v else f"{v:.4f}"  # noqa: E731  (NaN when a group lacks a class)
+    rows = []
     for r in result.rows:
         lo, hi = r["auc_ci"]
-        t.add_row(r["machine_type"], r["machine_id"], fmt(r["auc"]), "n/a" if lo != lo else f"{lo:.3f}-{hi:.3f}",
-                  fmt(r["pauc"]), *(fmt(r[k]) for k in extra), str(r["n_normal"]), str(r["n_anomalous"]))
+        rows.append([r["machine_type"], r["machine_id"], fmt(r["auc"]), "n/a" if lo != lo else f"{lo:.3f}-{hi:.3f}",
+                     fmt(r["pauc"]), *(fmt(r[k]) for k in extra), str(r["n_normal"]), str(r["n_anomalous"])])
     con = o.console()
-    con.print(t)
+    o.print_table(con, f"asdkit run: {result.info['label']}",
+                  ["machine type", "id", "AUC", "95% CI", "pAUC", *(f"AUC ({k[4:]})" for k in extra), "normal", "anomalous"], rows)
     for w in few_clips_warnings(result.rows):
         con.print(f"[yellow]warning: {w}[/]")
     if result.info.get("random_init"):
