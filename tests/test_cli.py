@@ -111,7 +111,7 @@ def test_tables_are_plain_lines_when_the_output_is_not_a_terminal(capsys):
     con = Console(file=__import__("io").StringIO(), force_terminal=False)
     opts.print_table(con, "t", ["a", "b"], [["[bold red]ANOMALOUS[/]", "1.0"], ["x\ny", "2"]])
     text = con.file.getvalue()
-    assert text.splitlines() == ["a\tb", "ANOMALOUS\t1.0", "x y\t2"] and "┃" not in text
+    assert text.splitlines() == ["# t", "a\tb", "ANOMALOUS\t1.0", "x y\t2"] and "┃" not in text
     con = Console(file=__import__("io").StringIO(), force_terminal=True, width=60)
     opts.print_table(con, "t", ["a", "b"], [["1", "2"]])
     assert "┃" in con.file.getvalue() or "│" in con.file.getvalue()

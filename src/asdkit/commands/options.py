@@ -190,7 +190,7 @@ def console(stderr: bool = False):
 
 def print_table(con, title: str, columns: list[str], rows: list[list[str]], **table_options) -> None:
     """A table on the console: box-drawn on a terminal; for a pipe or a file, plain tab-separated
-    lines (a header, then one line per row) that scripts can read."""
+    lines that scripts can read (``# title``, a header, then one line per row)."""
     if con.is_terminal:
         from rich.table import Table
 
@@ -204,7 +204,7 @@ def print_table(con, title: str, columns: list[str], rows: list[list[str]], **ta
     import re
 
     plain = lambda v: re.sub(r"\[/?[a-z ]*\]", "", str(v)).replace("\n", " ")  # noqa: E731  (no rich markup)
-    for line in ["\t".join(columns), *("\t".join(plain(v) for v in r) for r in rows)]:
+    for line in [f"# {title}", "\t".join(columns), *("\t".join(plain(v) for v in r) for r in rows)]:
         print(line, file=con.file)  # rich would expand the tabs
 
 

@@ -286,7 +286,7 @@ def explain_clips(
     from asdkit.reader import checked
 
     for p in clip_paths:  # an unusable clip is an error, not a note
-        checked(spectrogram, load_audio(p, AudioSettings(seconds=None, channel=channel)), Clip(str(p), "clip", "", 0))
+        checked(lambda y: spectrogram(y).db, load_audio(p, AudioSettings(seconds=None, channel=channel)), Clip(str(p), "clip", "", 0))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
