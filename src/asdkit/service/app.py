@@ -45,6 +45,7 @@ class Service:
         try:
             store.check_schema()
             pool = MonitorPool(settings.monitors, device=settings.device)
+            pool.warm_up()
             webhook = None
             if settings.webhook:
                 webhook = WebhookSender(settings.webhook, store, secret=settings.webhook_secret,

@@ -379,8 +379,8 @@ class MicSource:
 
         try:
             import sounddevice as sd
-        except OSError as e:  # sounddevice raises OSError when the PortAudio library is missing
-            raise ConfigError(f"--mic: {e} (install it: apt-get install libportaudio2)") from None
+        except (OSError, ImportError) as e:  # sounddevice raises OSError when the PortAudio library is missing
+            raise ConfigError(f"--mic: {e} (pip install sounddevice; apt-get install libportaudio2)") from None
         blocks: queue.Queue = queue.Queue()
 
         def callback(indata, frames, when, status):

@@ -82,6 +82,23 @@ class MonitorPool:
             log.info("monitor %s: %s, threshold %.4g%s", name, mon.settings.get("label", ""), mon.threshold,
                      " (RANDOM INIT)" if mon.random_init else "")
 
+    def warm_up(self) -> None:
+        """Score a generated clip with every monitor once, so that the first real clip does not
+        pay for the lazy imports and first-call compilation (librosa, numba, torch) behind it."""
+        import tempfile
+
+        import numpy as np
+
+        from asdkit.audio import write_audio
+
+        with tempfile.TemporaryDirectory(prefix="asdkit-warm-") as d:
+            for name, e in self.entries.items():
+                sr, seconds = e.monitor.audio.sample_rate, e.monitor.audio.seconds or 10.0
+                noise = 0.01 * np.random.default_rng(0).standard_normal(int(sr * seconds)).astype(np.float32)
+                path = Path(d) / f"{name}.wav"
+                write_audio(path, noise, sr)
+                self.score(name, path)
+
     def names(self) -> list[str]:
         return sorted(self.entries)
 

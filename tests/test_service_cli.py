@@ -1,0 +1,47 @@
+"""`asdkit token`: tokens made, listed and revoked from the command line (the service's store)."""
+
+from __future__ import annotations
+
+import pytest
+
+from asdkit.cli import main
+
+
+def run(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_token_create_list_revoke(tmp_path, capsys):
+    from asdkit.service.auth import authenticate
+    from asdkit.service.store import Store, default_db_url
+
+    where = ["--monitors", str(tmp_path)]
+    code, out, err = run(["token", "create", "plant-pi", "--scope", "ingest", *where], capsys)
+    token = out.strip()
+    assert code == 0 and token.startswith("asdk_") and "not shown again" in err
+    code, out, _ = run(["token", "create", "ops", "--scope", "read,admin", "--db", default_db_url(tmp_path)], capsys)
+    assert code == 0
+    store = Store(default_db_url(tmp_path))
+    assert authenticate(store, token).scopes == {"ingest"}
+    code, out, _ = run(["token", "list", *where], capsys)
+    lines = [line.split("\t") for line in out.strip().splitlines()]
+    assert [(x[0], x[1], x[3]) for x in lines] == [("plant-pi", "ingest", "active"), ("ops", "read,admin", "active")]
+    assert token not in out
+    assert run(["token", "revoke", "plant-pi", *where], capsys)[0] == 0
+    assert authenticate(store, token) is None
+    store.close()
+    assert "revoked" in run(["token", "list", *where], capsys)[1].splitlines()[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["token", "create", "x"], "--monitors MONITORS"),
+    (["token", "create", "x", "--scope", "root", "--monitors", "{M}"], "choose from ingest, read, admin"),
+    (["token", "revoke", "nobody", "--monitors", "{M}"], "no token named"),
+    (["token", "create", "x", "--db", "mysql+nodriver://h/db"], "--db"),
+])
+def test_token_errors_are_one_line(args, words, tmp_path, capsys):
+    code, _, err = run([a.replace("{M}", str(tmp_path)) for a in args], capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, err
