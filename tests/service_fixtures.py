@@ -190,7 +190,6 @@ def service_monitors(tmp_path_factory) -> Path:
     2 s clips, copied): MONITORS/<machine>/. Its threshold is set to 3 times the highest score of
     20 normal test clips, so that every test clip's decision is certain (normal clips score within
     a few tens of per cent of each other, the anomalous tone about 50 times higher)."""
-    from asdkit.audio import AudioSettings
     from asdkit.data import load_dataset
     from asdkit.data.clips import Clip
     from asdkit.monitor import fit_monitor
@@ -198,8 +197,8 @@ def service_monitors(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("service")
     data = make_mimii_tree(root / "data", machines=("fan",), ids=("00",), n_normal=25, n_anomalous=0,
                            seconds=CLIP_SECONDS)
-    mon, _ = fit_monitor(load_dataset(data), "autoencoder", {"epochs": 10, "lr": 0.01},
-                         audio=AudioSettings(seconds=CLIP_SECONDS), progress=False)
+    mon, _ = fit_monitor(load_dataset(data), "autoencoder", {"epochs": 10, "lr": 0.01}, seconds=CLIP_SECONDS, folds=2,
+                         progress=False)
     probes = [Clip(str(write_clip(root / "probe" / f"{s}.wav", "normal", s)), "fan", "id_00", 0) for s in range(20)]
     normal = mon.score_clips(probes, progress=False)[1]
     anomalous = mon.score_clips([Clip(str(write_clip(root / "probe" / "a.wav", "anomalous")), "fan", "id_00", 1)],

@@ -1,6 +1,7 @@
 """The dashboard in a real headless browser (Playwright driving Debian's chromium) against a live
 server: sign in with the read token, the fleet page, a machine's chart points, an alert appearing
-after anomalous clips, acknowledging it, a clip's spectrogram; signing out.
+after anomalous clips, acknowledging it, a clip's spectrogram and "why did it alarm" figure;
+signing out.
 
 With ``ASDKIT_SCREENSHOTS=DIR`` it also saves a screenshot of each page there."""
 
@@ -112,9 +113,12 @@ def test_dashboard_fleet_chart_alert_and_acknowledge(live_service, browser):
     page.goto(server.url + "/")
     assert page.locator(f'#fleet tr[data-machine="{MACHINE}"]').get_attribute("data-state") == "acknowledged"
 
-    # an anomalous clip's page: its spectrogram is drawn (and the player is there)
+    # an anomalous clip's page: its spectrogram and the "why did it alarm" figure are drawn
     page.goto(server.url + f"/clips/{bad[0]['clip_id']}")
-    page.wait_for_function("() => { const i = document.getElementById('spectrogram'); return i && i.complete && i.naturalWidth > 0; }")
+    for figure in ("spectrogram", "why"):
+        page.wait_for_function(f"() => {{ const i = document.getElementById('{figure}'); "
+                               "return i && i.complete && i.naturalWidth > 300; }")
+    assert page.inner_text("#why-summary").startswith("ALARM: score")
     assert page.locator("audio").count() == 1
     shot(page, "3-clip")
 

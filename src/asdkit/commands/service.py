@@ -113,8 +113,7 @@ def listen_cmd(
     import signal
     import threading
 
-    from asdkit.service.listen import (FolderSource, ListenSettings, MicSource, Sender, Spool, default_spool,
-                                       listen)
+    from asdkit.service.listen import FolderSource, ListenSettings, MicSource, Sender, Spool, default_spool, listen
 
     if (watch is None) == (not mic):
         raise ConfigError("choose one source: --watch DIR or --mic")

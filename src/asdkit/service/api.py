@@ -8,17 +8,21 @@ loop itself only moves bytes.
 
 from __future__ import annotations
 
+from pathlib import Path as FilePath
 from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse
+from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from asdkit.errors import ConfigError
 from asdkit.service import queries, schemas
-from asdkit.service.alerts import acknowledge, alert_document
+from asdkit.service.alerts import AlertRule, acknowledge, alert_document
 from asdkit.service.auth import Principal, list_tokens, require
-from asdkit.service.ingest import parse_time, receive_upload
+from asdkit.service.ingest import UploadError, clip_document, parse_time, receive_upload
 from asdkit.service.scoring import MACHINE_RE
+from asdkit.service.store import Machine
 
 router = APIRouter()
 v1 = "/api/v1"
@@ -47,8 +51,6 @@ def _machine(s, name: str):
 
 
 def _time(text: str | None, name: str):
-    from asdkit.service.ingest import UploadError
-
     try:
         return parse_time(text)
     except UploadError:
@@ -59,8 +61,6 @@ def _time(text: str | None, name: str):
 def health(request: Request):
     """Liveness for load balancers, systemd and container probes: no token, says nothing about
     machines. 503 when the database cannot be reached."""
-    from sqlalchemy import text
-
     with service(request).store.read() as s:
         s.execute(text("SELECT 1"))
     return {"status": "ok"}
@@ -118,9 +118,6 @@ def get_scores(request: Request, machine: MachineName, who: Reader,
 def put_alert_rule(request: Request, machine: MachineName, rule: schemas.AlertRuleIn,
                    who: Annotated[Principal, Depends(require("admin"))]):
     """Set the machine's own alert rule: K anomalous of the last N clips open an alert, M normal close it."""
-    from asdkit.errors import ConfigError
-    from asdkit.service.alerts import AlertRule
-
     svc = service(request)
     try:
         AlertRule(rule.k, rule.n, rule.m)
@@ -153,15 +150,11 @@ def ack(request: Request, alert_id: int, who: Principal) -> dict:
         alert = acknowledge(s, alert_id, who.name)
         if alert is None:
             raise HTTPException(404, f"no alert {alert_id}")
-        from asdkit.service.store import Machine
-
         return alert_document(alert, s.get(Machine, alert.machine_id).name)
 
 
 @router.get(f"{v1}/clips/{{clip_id}}", response_model=schemas.Clip, tags=["clips"], responses=ERRORS)
 def get_clip(request: Request, clip_id: int, who: Reader):
-    from asdkit.service.ingest import clip_document
-
     with service(request).store.read() as s:
         found = queries.clip_detail(s, clip_id)
         if found is None:
@@ -177,16 +170,14 @@ def get_clip_audio(request: Request, clip_id: int, who: Reader):
 
 def kept_audio(request: Request, clip_id: int):
     """(row, path, machine) of a clip whose audio is kept; 404 otherwise."""
-    from pathlib import Path as P
-
     with service(request).store.read() as s:
         found = queries.clip_detail(s, clip_id)
     if found is None:
         raise HTTPException(404, f"no clip {clip_id}")
     row, machine = found
-    if row.audio_path is None or not P(row.audio_path).is_file():
+    if row.audio_path is None or not FilePath(row.audio_path).is_file():
         raise HTTPException(404, f"clip {clip_id}: its audio was not kept (only anomalous clips' audio is, for a while)")
-    return row, P(row.audio_path), machine
+    return row, FilePath(row.audio_path), machine
 
 
 @router.get(f"{v1}/tokens", response_model=list[schemas.TokenInfo], tags=["service"], responses=ERRORS)

@@ -5,8 +5,8 @@ process as the API and read with the same ``read`` token.
 * ``/machines/<name>`` a score timeline (uPlot, served from ``static/vendor``: no CDN) with the
   threshold line and the alerts' spans shaded, and the latest clips;
 * ``/clips/<id>`` one clip: its numbers, and for an anomalous clip whose audio was kept, a player,
-  its spectrogram and the "why did it alarm" figure (:func:`asdkit.explain.alarm.explain_alarm`,
-  when this asdkit has it); figures are drawn once and kept beside the audio;
+  its spectrogram and the "why did it alarm" figure (:func:`asdkit.explain.alarm.explain_alarm`);
+  figures are drawn once and kept beside the audio;
 * ``/alerts`` open and closed alerts, with an acknowledge button;
 * ``/login`` takes a token and keeps it in an HttpOnly, SameSite=Strict cookie (so a form posted
   from another site carries no token); ``/docs`` the API's OpenAPI page (Swagger UI, also local).
@@ -127,23 +127,20 @@ def clip_page(request: Request, clip_id: int, who: Reader):
     kept = row.audio_path is not None and Path(row.audio_path).is_file()
     why = None
     if kept and row.anomalous and svc.pool.get(machine) is not None:
-        why = _why(svc, machine, Path(row.audio_path))
+        why = _why(svc, machine, Path(row.audio_path), row.filename)
     return _page(request, "clip.html", who, clip=clip_document(row, machine), kept=kept, why=why)
 
 
-def _why(svc, machine: str, audio: Path) -> dict | None:
-    """The "why did it alarm" figure and line, drawn once and kept beside the audio; None when
-    this asdkit cannot draw it."""
+def _why(svc, machine: str, audio: Path, name: str) -> dict:
+    """The "why did it alarm" figure and line, drawn once and kept beside the audio."""
     png, txt = audio.with_suffix(".why.png"), audio.with_suffix(".why.txt")
     if not (png.is_file() and txt.is_file()):
         from asdkit.io import write_text
 
         try:
-            result = svc.pool.explain(machine, audio)
-        except Exception as e:  # a figure must never take the page down with it
+            result = svc.pool.explain(machine, audio, name)
+        except Exception as e:  # a figure must never take the page down with it (an old monitor has no reference)
             return {"summary": f"could not explain this clip: {' '.join(str(e).split())[:200]}", "png": False}
-        if result is None:
-            return None
         png.write_bytes(result.png)
         write_text(txt, " ".join(str(result.summary).split()))
     return {"summary": txt.read_text(encoding="utf-8"), "png": True}

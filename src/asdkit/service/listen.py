@@ -39,7 +39,7 @@ from typing import ClassVar
 
 from asdkit.errors import ConfigError
 from asdkit.io import atomic_path, write_json
-from asdkit.settings import Bool, Int, Optional, Real, Settings, Text, setting
+from asdkit.settings import Int, Optional, Real, Settings, Text, setting
 
 log = logging.getLogger("asdkit.listen")
 REJECT_STATUSES = (413, 415, 422)
@@ -191,6 +191,10 @@ class Sender:
             return "retry"
         detail = _detail(r)
         if r.status_code == 200:
+            doc = r.json()
+            alert = " (alert opened)" if doc.get("alert_opened") else ""
+            log.info("%s: %s %.4g (threshold %.4g)%s%s", item.filename, doc.get("decision"), doc.get("score"),
+                     doc.get("threshold"), alert, ", sent before" if doc.get("duplicate") else "")
             return "sent"
         self.last_error = f"HTTP {r.status_code}: {detail}"
         if r.status_code in REJECT_STATUSES:

@@ -117,13 +117,18 @@ class MonitorPool:
         score = float(scores[0])
         return score, e.threshold, bool(e.monitor.decide([score])[0])
 
-    def explain(self, machine: str, path: str | Path):
-        """The "why did it alarm" figure of a clip (an object with ``.png`` and ``.summary``), or
-        None when this asdkit has no ``asdkit.explain.alarm``."""
-        try:
-            from asdkit.explain.alarm import explain_alarm
-        except ImportError:
-            return None
+    def explain(self, machine: str, path: str | Path, name: str | None = None):
+        """The "why did it alarm" figure of a clip (:func:`asdkit.explain.alarm.explain_alarm`: an
+        object with ``.png`` and ``.summary``); ``name`` is the file name the figure shows (the
+        clip's own, not the name it is kept under)."""
+        import os
+        import tempfile
+
+        from asdkit.explain.alarm import explain_alarm
+
         e = self.entries[machine]
-        with e.lock:
-            return explain_alarm(e.monitor, path)
+        with tempfile.TemporaryDirectory(prefix="asdkit-why-") as d:
+            shown = Path(d) / (Path(name).name if name else Path(path).name)
+            os.symlink(Path(path).resolve(), shown)
+            with e.lock:
+                return explain_alarm(e.monitor, shown)
