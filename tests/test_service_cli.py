@@ -45,3 +45,21 @@ def test_token_create_list_revoke(tmp_path, capsys):
 def test_token_errors_are_one_line(args, words, tmp_path, capsys):
     code, _, err = run([a.replace("{M}", str(tmp_path)) for a in args], capsys)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, err
+
+
+def test_every_file_the_service_needs_is_declared_to_ship():
+    """Templates, static files, the vendored libraries and the migrations' template are not Python
+    modules: each must match a package-data pattern of pyproject.toml, or an installed asdkit
+    would serve pages without them."""
+    import fnmatch
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with tomllib")
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["asdkit"]
+    pkg = root / "src" / "asdkit"
+    files = [p.relative_to(pkg).as_posix() for p in (pkg / "service").rglob("*")
+             if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert len(files) >= 15
+    missing = [f for f in files if not any(fnmatch.fnmatchcase(f, pat) and f.count("/") == pat.count("/") for pat in patterns)]
+    assert not missing, missing

@@ -227,3 +227,26 @@ def test_tokens_are_stored_as_hashes_with_scopes_and_can_be_revoked(store):
     assert [(t["name"], t["revoked"]) for t in list_tokens(store)] == [("lab-pi", True), ("root", False)]
     with pytest.raises(ConfigError, match="no token named"):
         revoke_token(store, "nobody")
+
+
+def test_client_file_names_are_reduced_to_a_safe_last_part():
+    from asdkit.service.ingest import safe_filename
+
+    assert safe_filename("../../etc/passwd") == "passwd"
+    assert safe_filename("C:\\rec\\pump 07.wav") == "pump_07.wav"
+    assert safe_filename("<script>.wav") == "_script_.wav"
+    assert safe_filename("..") == safe_filename("") == safe_filename("/") == "upload"
+    assert len(safe_filename("a" * 500 + ".wav")) == 200
+
+
+def test_half_received_uploads_left_by_a_killed_server_are_removed(store, pool, tmp_path):
+    import os
+    import time
+
+    ing = ingestor(store, pool, tmp_path)
+    old, new = ing.tmp_dir / ".upload-old", ing.tmp_dir / ".upload-new"
+    old.write_bytes(b"RIFF")
+    new.write_bytes(b"RIFF")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    ing.clean_incoming()
+    assert not old.exists() and new.exists()  # a recent one may be another worker's upload in flight

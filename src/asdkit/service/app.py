@@ -52,6 +52,7 @@ class Service:
                                         retries=settings.webhook_retries, backoff=settings.webhook_backoff)
             ingestor = Ingestor(store, pool, settings, webhook)
             ingestor.ensure_machines()
+            ingestor.clean_incoming()
             if webhook is not None:
                 webhook.start()
         except BaseException:

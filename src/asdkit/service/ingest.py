@@ -19,6 +19,7 @@ import datetime as _dt
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -67,6 +68,13 @@ def parse_time(text: str | None) -> _dt.datetime | None:
     return (t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)).astimezone(_dt.timezone.utc)
 
 
+def safe_filename(name: str) -> str:
+    """The client's file name as shown and stored: its last part, other characters than letters,
+    digits and ``._-@+`` replaced, at most 200 characters; ``upload`` when nothing is left."""
+    base = re.sub(r"[^A-Za-z0-9._@+-]", "_", Path(str(name).replace("\\", "/")).name)[:200].strip(".")
+    return base or "upload"
+
+
 def sniff_suffix(head: bytes) -> str | None:
     """``.wav`` or ``.flac`` from a file's first bytes; None for anything else."""
     if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
@@ -103,7 +111,7 @@ async def receive_upload(request, tmp_dir: Path, limit: int) -> Upload:
     else:  # the raw body, whatever type it says it is (curl says form-urlencoded): its bytes decide
         source = request.stream()
     recorded_at = parse_time(recorded)
-    filename = Path(str(filename)).name[:200] or "upload"
+    filename = safe_filename(filename)
     h, size = hashlib.sha256(), 0
     fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=tmp_dir)
     path = Path(tmp)
@@ -164,6 +172,19 @@ class Ingestor:
         d = self.audio_dir / ".incoming" if self.settings.keep_audio else Path(tempfile.gettempdir())
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def clean_incoming(self, older_than_s: float = 3600.0) -> None:
+        """Remove uploads a killed server left half-received (old ones only: another worker
+        process may be receiving into the same folder right now)."""
+        if not self.settings.keep_audio:
+            return
+        cutoff = time.time() - older_than_s
+        for p in self.tmp_dir.glob(".upload-*"):
+            try:
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+            except OSError:
+                pass
 
     def ensure_machines(self) -> None:
         """A row for every machine with a monitor (so ingest only ever locks an existing row)."""
