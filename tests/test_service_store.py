@@ -250,3 +250,25 @@ def test_half_received_uploads_left_by_a_killed_server_are_removed(store, pool, 
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     ing.clean_incoming()
     assert not old.exists() and new.exists()  # a recent one may be another worker's upload in flight
+
+
+def test_a_database_that_goes_away_is_a_503_never_a_500(pool):
+    """Every request needs the database (the token is looked up there): when it cannot be reached,
+    the answer is 503 with one line and Retry-After, and /health says so for the load balancer."""
+    from fastapi.testclient import TestClient
+
+    from asdkit.service.app import Service, create_app
+    from service_fixtures import free_port
+
+    settings = ServiceSettings(monitors=str(pool.folder), db=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none",
+                               keep_audio=False).validate()
+    store = Store(settings.db_url)  # connects lazily: nothing listens on that port
+    app = create_app(settings, service=Service(settings, store, pool, Ingestor(store, pool, settings), None))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        health = c.get("/health")
+        api = c.get("/api/v1/machines", headers={"authorization": "Bearer asdk_anything"})
+        page = c.get("/", headers={"accept": "text/html", "cookie": "asdkit_token=asdk_anything"})
+    for r in (health, api, page):
+        assert r.status_code == 503 and r.json() == {"detail": "the database is not available"}
+        assert r.headers["retry-after"] == "5"
+    store.close()

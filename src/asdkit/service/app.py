@@ -106,6 +106,7 @@ def _one_line(text) -> str:
 
 def _install_error_handlers(app) -> None:
     from fastapi.exceptions import RequestValidationError
+    from sqlalchemy.exc import SQLAlchemyError
     from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse
 
@@ -134,9 +135,10 @@ def _install_error_handlers(app) -> None:
         return JSONResponse({"detail": _one_line(exc)}, exc.status)
 
     @app.exception_handler(StoreError)
-    async def store_error(request, exc: StoreError):
-        log.error("store: %s", exc)
-        return JSONResponse({"detail": "the database is not available"}, 503)
+    @app.exception_handler(SQLAlchemyError)
+    async def store_error(request, exc: Exception):
+        log.error("store: %s", _one_line(getattr(exc, "orig", None) or exc))
+        return JSONResponse({"detail": "the database is not available"}, 503, headers={"retry-after": "5"})
 
     @app.exception_handler(AsdkitError)
     async def user_error(request, exc: AsdkitError):
