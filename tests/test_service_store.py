@@ -272,3 +272,18 @@ def test_a_database_that_goes_away_is_a_503_never_a_500(pool):
         assert r.status_code == 503 and r.json() == {"detail": "the database is not available"}
         assert r.headers["retry-after"] == "5"
     store.close()
+
+
+def test_the_monitors_of_a_folder_are_its_monitor_subfolders(service_monitors, tmp_path):
+    from asdkit.service.scoring import find_monitors
+
+    one = service_monitors / "store-1"
+    shutil.copytree(one, tmp_path / "pump-07")
+    shutil.copytree(one, tmp_path / ".pump-08.tmp-x1y2")  # being written by `asdkit fit`: not a machine yet
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "asdkit-service.db").write_bytes(b"")
+    assert find_monitors(tmp_path) == {"pump-07": tmp_path / "pump-07"}
+    assert find_monitors(tmp_path / "pump-07") == {"pump-07": tmp_path / "pump-07"}  # a monitor itself: one machine
+    shutil.copytree(one, tmp_path / "pump 09")
+    with pytest.raises(ConfigError, match="cannot name a machine"):
+        find_monitors(tmp_path)

@@ -3,7 +3,7 @@
 ``MONITORS/<machine>/`` is the monitor of the machine named ``<machine>`` (a folder written by
 ``asdkit fit``, or a fine-tuned model folder with a threshold of its own); a folder that is itself
 a monitor serves one machine named after it. Other files and folders (the default SQLite store,
-kept audio) are left alone.
+kept audio, hidden folders such as a monitor ``asdkit fit`` is still writing) are left alone.
 
 Scoring is blocking work (reading audio, a model's forward pass) and runs in the server's worker
 threads, never on the event loop. A monitor's scoring is not thread-safe (it sets its method's
@@ -55,8 +55,8 @@ def find_monitors(folder: str | Path) -> dict[str, Path]:
     root = Path(folder)
     if not root.is_dir():
         raise ConfigError(f"{root}: no such folder of monitors")
-    found = {root.name: root} if is_monitor_folder(root) else {
-        p.name: p for p in sorted(root.iterdir()) if is_monitor_folder(p)}
+    found = {root.name: root} if is_monitor_folder(root) else {  # hidden: a monitor being written (staged)
+        p.name: p for p in sorted(root.iterdir()) if not p.name.startswith(".") and is_monitor_folder(p)}
     if not found:
         raise ConfigError(f"{root}: no monitors in this folder (expected {root}/<machine>/monitor.json, "
                           "written by `asdkit fit --out`)")
