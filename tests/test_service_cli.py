@@ -1,4 +1,4 @@
-"""`asdkit token`: tokens made, listed and revoked from the command line (the service's store)."""
+"""`asdkit token` on the command line; the service's files declared to ship; the dashboard's redirects."""
 
 from __future__ import annotations
 
@@ -63,3 +63,11 @@ def test_every_file_the_service_needs_is_declared_to_ship():
     assert len(files) >= 15
     missing = [f for f in files if not any(fnmatch.fnmatchcase(f, pat) and f.count("/") == pat.count("/") for pat in patterns)]
     assert not missing, missing
+
+
+def test_dashboard_redirects_only_to_its_own_pages():
+    from asdkit.service.dashboard import _local_path
+
+    assert _local_path("/alerts?state=open") == "/alerts?state=open"
+    for target in ("//evil.example/x", "/\\evil.example", "https://evil.example", "", None, "alerts"):
+        assert _local_path(target, "/") == "/"

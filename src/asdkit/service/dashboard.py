@@ -73,8 +73,9 @@ def _same_origin(request: Request) -> None:
 
 
 def _local_path(target: str | None, default: str = "/") -> str:
-    """Only redirect to this server's own paths."""
-    return target if target and target.startswith("/") and not target.startswith("//") else default
+    """Only redirect to this server's own paths (``//host`` and ``/\\host`` lead elsewhere)."""
+    ok = target and target.startswith("/") and not target.startswith(("//", "/\\")) and "\\" not in target
+    return target if ok else default
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -135,13 +136,14 @@ def _why(svc, machine: str, audio: Path, name: str) -> dict:
     """The "why did it alarm" figure and line, drawn once and kept beside the audio."""
     png, txt = audio.with_suffix(".why.png"), audio.with_suffix(".why.txt")
     if not (png.is_file() and txt.is_file()):
-        from asdkit.io import write_text
+        from asdkit.io import atomic_path, write_text
 
         try:
             result = svc.pool.explain(machine, audio, name)
         except Exception as e:  # a figure must never take the page down with it (an old monitor has no reference)
             return {"summary": f"could not explain this clip: {' '.join(str(e).split())[:200]}", "png": False}
-        png.write_bytes(result.png)
+        with atomic_path(png, suffix=".png") as tmp:
+            tmp.write_bytes(result.png)
         write_text(txt, " ".join(str(result.summary).split()))
     return {"summary": txt.read_text(encoding="utf-8"), "png": True}
 
