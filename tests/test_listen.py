@@ -222,3 +222,13 @@ def test_the_microphone_source_spools_clips_of_the_set_length(tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # not importable: a one-line error
     with pytest.raises(ConfigError, match="--mic"):
         MicSource(spool, s).run(threading.Event())
+
+
+def test_a_spooled_clip_whose_audio_vanished_is_set_aside_not_fatal(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    item = spool.put_file(write_clip(tmp_path / "a.wav"), "m", dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
+    item.audio.unlink()
+    sender = Sender(ListenSettings(spool=str(spool.root)).validate(), "asdk_x", spool)
+    assert sender.send(None, item) == "rejected" and str(item.audio) in sender.last_error
+    spool.reject(item, sender.last_error)
+    assert spool.pending() == [] and list(spool.rejected_dir.glob("*.reason.txt"))

@@ -183,7 +183,12 @@ class Sender:
         url = f"{self.s.server}/api/v1/machines/{item.machine}/clips"
         ctype = "audio/flac" if item.audio.suffix == ".flac" else "audio/wav"
         try:
-            r = client.post(url, content=item.audio.read_bytes(), params={"recorded_at": item.recorded_at,
+            data = item.audio.read_bytes()
+        except OSError as e:  # removed or unreadable behind our back: it can never be sent
+            self.last_error = f"{item.audio}: {e.strerror or e}"
+            return "rejected"
+        try:
+            r = client.post(url, content=data, params={"recorded_at": item.recorded_at,
                             "filename": item.filename}, headers={"authorization": f"Bearer {self.token}",
                                                                  "content-type": ctype})
         except Exception as e:  # httpx's transport errors: refused, reset, timed out
@@ -362,7 +367,10 @@ class FolderSource:
                     self.offer(p)
             while not stop.wait(0.2):
                 for p in self._settled():
-                    self.take(p)
+                    try:
+                        self.take(p)
+                    except OSError as e:  # the spool's disk full or gone: this file is not sent, the watch goes on
+                        log.error("%s: could not spool it (%s)", p, e.strerror or e)
         finally:
             observer.stop()
             observer.join(5)
@@ -412,7 +420,10 @@ class MicSource:
                     y = np.concatenate(buf)
                     clip, rest = y[:size], y[size:]
                     start = t0 + _dt.timedelta(seconds=k * self.s.seconds)
-                    self.spool.put_audio(clip, sr, self.s.machine, start, f"mic-{start:%Y%m%dT%H%M%S}.wav")
+                    try:
+                        self.spool.put_audio(clip, sr, self.s.machine, start, f"mic-{start:%Y%m%dT%H%M%S}.wav")
+                    except OSError as e:  # the spool's disk full or gone: this clip is lost, recording goes on
+                        log.error("microphone clip at %s: could not spool it (%s)", start, e.strerror or e)
                     k += 1
                     buf, have = [rest], len(rest)
 
