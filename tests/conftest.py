@@ -26,3 +26,7 @@ def tone_clip():
     y = 0.3 * np.sin(2 * np.pi * 440 * t) * (1 + 0.3 * np.sin(2 * np.pi * 2 * t))
     y += 0.1 * np.sin(2 * np.pi * 3100 * t) + 0.01 * rng.standard_normal(t.size)
     return y.astype(np.float32)
+
+
+# the service's real parts (monitors, a live server, PostgreSQL): fixtures shared by its test files
+from service_fixtures import live_service, postgres, service_monitors  # noqa: E402,F401

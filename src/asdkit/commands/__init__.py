@@ -7,7 +7,7 @@ imports another.
 
 from __future__ import annotations
 
-MODULES = ("data", "run", "monitor", "reproduce", "explain")
+MODULES = ("data", "run", "monitor", "reproduce", "explain", "service")
 """Command modules in the order their commands appear in ``asdkit --help``."""
 
 _LAZY = {
@@ -18,6 +18,8 @@ _LAZY = {
     "reproduce_cmd": "asdkit.commands.reproduce",
     "demo_cmd": "asdkit.commands.reproduce",
     "explain_cmd": "asdkit.commands.explain",
+    "serve_cmd": "asdkit.commands.service",
+    "listen_cmd": "asdkit.commands.service",
 }
 
 __all__ = sorted(_LAZY)
