@@ -7,7 +7,7 @@ imports another.
 
 from __future__ import annotations
 
-MODULES = ("data", "run", "monitor", "reproduce", "explain", "service")
+MODULES = ("data", "run", "monitor", "export", "reproduce", "explain", "service")
 """Command modules in the order their commands appear in ``asdkit --help``."""
 
 _LAZY = {
@@ -15,6 +15,7 @@ _LAZY = {
     "finetune_cmd": "asdkit.commands.run",
     "fit_cmd": "asdkit.commands.monitor",
     "score_cmd": "asdkit.commands.monitor",
+    "export_cmd": "asdkit.commands.export",
     "reproduce_cmd": "asdkit.commands.reproduce",
     "demo_cmd": "asdkit.commands.reproduce",
     "explain_cmd": "asdkit.commands.explain",

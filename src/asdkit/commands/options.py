@@ -45,6 +45,9 @@ Device = Annotated[str, typer.Option(help="Where models run: auto (a GPU when th
 Format = Annotated[Literal["asdkit", "dcase"], typer.Option("--format", help="dcase: also write the DCASE Task 2 files (anomaly_score_*, decision_result_*, result.csv) into OUT/dcase.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it already holds files (it is replaced only once the new one is complete).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+EngineName = Annotated[Literal["local", "ray"], typer.Option("--engine", help="Where per-clip work runs: local (this process) or ray (a Ray cluster, or a Ray started here; docs/scale.md).")]
+Runtime = Annotated[Literal["auto", "torch", "onnx"], typer.Option(help="What runs the monitor's network: auto (ONNX Runtime for an exported monitor when PyTorch is not installed, else PyTorch), torch, or onnx (a monitor written by `asdkit export`).")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join with --engine ray (default: $RAY_ADDRESS, else a Ray started on this machine).")]
 SaveModel = Annotated[bool, typer.Option("--save-model", help="Also save each fitted model to OUT/models/<group>/ (the autoencoder's always are).")]
 
 # ------------------------------------------------------------------------------------- methods
@@ -52,7 +55,7 @@ SaveModel = Annotated[bool, typer.Option("--save-model", help="Also save each fi
 Method = Annotated[Methods, typer.Option(help="The method: autoencoder (MIMII baseline), embed-detect (backbone embeddings + detector), finetune (the study's supervised head).")]
 Backbone = Annotated[Optional[str], typer.Option(help=f"Embedding backbone: {BACKBONES_TEXT} (default: ast).")]
 Weights = Annotated[Optional[str], typer.Option(help="Backbone weights: 'default' (the study's, from the hub), a hub id, a local folder/file, or 'none' (random init).")]
-Precision = Annotated[Optional[Literal["fp32", "bf16"]], typer.Option(help="fp32, or bf16 (autocast; fast on CPUs with native bf16).")]
+Precision = Annotated[Optional[Literal["auto", "fp32", "bf16"]], typer.Option(help="auto (the default: bf16 where the CPU or GPU does bf16 natively, AMX-BF16 / AVX512-BF16 / CUDA bf16; fp32 elsewhere), fp32, or bf16 autocast.")]
 BackboneConfig = Annotated[Optional[str], typer.Option(help="Architecture overrides as JSON (e.g. a tiny model for a quick try: '{\"num_hidden_layers\": 2}').")]
 Detector = Annotated[Optional[str], typer.Option(help=f"Anomaly detector on the embeddings: {DETECTORS_TEXT} (default: lof-vote, the study's).")]
 DetectorParams = Annotated[Optional[str], typer.Option(help="Detector hyper-parameters as JSON (e.g. '{\"n_neighbors\": 8}').")]

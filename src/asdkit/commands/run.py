@@ -48,10 +48,13 @@ def run_cmd(
     overwrite: o.Overwrite = False,
     cache: o.Cache = None,
     device: o.Device = "auto",
+    engine: o.EngineName = "local",
+    ray_address: o.RayAddress = None,
     quiet: o.Quiet = False,
     method_options: dict | None = None,
 ):
     """Run one method over a dataset: results.json, results.md, scores.csv and split.csv in OUT."""
+    from asdkit.engine import get_engine
     from asdkit.pipeline import RunConfig, run
 
     settings = o.method_settings_from_options(method, method_options)
@@ -59,7 +62,9 @@ def run_cmd(
                     ids=o.csv_list(ids), snr=snr, per_id=per_id, seed=seed, split_csv=str(split) if split else None,
                     channel=channel, skip_bad=skip_bad, save_models=save_model, dcase_output=format_ == "dcase",
                     cache_dir=str(cache or o.default_cache_dir()), device=device)
-    result = run(cfg, out, progress=not quiet, overwrite=overwrite)
+    cfg.validate()  # every setting checked before an engine (a Ray cluster) is started
+    with get_engine(engine, ray_address) as eng:
+        result = run(cfg, out, progress=not quiet, overwrite=overwrite, engine=eng)
     print_results(result)
     con = o.console()
     for name, rep in result.info.get("groups", {}).items():
@@ -74,6 +79,7 @@ finetune_cmd = o.specialize(
     """Fine-tune a backbone with the study's head on train clips of both labels; score the test clips
     (the same as `asdkit run --method finetune`).""",
     method="finetune", detector=None, detector_params=None, standardize=None, cache=None, format_="asdkit",
+    engine="local", ray_address=None,
 )
 
 

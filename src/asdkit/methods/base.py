@@ -48,11 +48,18 @@ class BackboneSettings(Settings):
 
     backbone: str = setting("ast", OneOf(_backbone_names), "embedding backbone")
     weights: str = setting("default", Text(), "hub id, local folder/file, 'default' (the study's) or 'none' (random init)")
-    precision: str = setting("fp32", OneOf(("fp32", "bf16")), "fp32, or bf16 autocast")
+    precision: str = setting("auto", OneOf(("auto", "fp32", "bf16")),
+                             "auto (bf16 where the hardware does it natively, else fp32), fp32, or bf16 autocast")
     backbone_config: dict | None = setting(None, Optional(Mapping()), "architecture overrides (tiny test models)")
 
     def backbone_kwargs(self) -> dict:
         return {"weights": self.weights, "precision": self.precision, "config": self.backbone_config}
+
+
+def _local_engine():
+    from asdkit.engine import LocalEngine
+
+    return LocalEngine()
 
 
 @dataclass
@@ -63,6 +70,8 @@ class Context:
     cache_dir: str | None = None
     seed: int = 0
     device: str = "cpu"
+    engine: Any = field(default_factory=_local_engine)
+    """Where per-clip work (reading, frontend, network) runs: :mod:`asdkit.engine` (local or Ray)."""
     _backbones: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -70,16 +79,16 @@ class Context:
         return self.reader.progress
 
     def backbone(self, s: BackboneSettings, shared: bool = True):
-        """The backbone of ``s`` (built once per run and shared, unless ``shared=False``: for
-        methods that change its weights)."""
-        from asdkit.models import create_backbone
+        """The backbone of ``s``: shared by the run's methods and built only when first needed
+        (a :class:`~asdkit.models.LazyBackbone`: a run whose embeddings are all cached builds
+        none), or, with ``shared=False``, a new built one (for methods that change its weights)."""
+        from asdkit.models import create_backbone, plan_backbone
 
+        if not shared:
+            return create_backbone(s.backbone, seed=self.seed, device=self.device, **s.backbone_kwargs())
         key = json.dumps([s.backbone, s.backbone_kwargs()], sort_keys=True, default=str)
-        if not shared or key not in self._backbones:
-            bb = create_backbone(s.backbone, seed=self.seed, device=self.device, **s.backbone_kwargs())
-            if not shared:
-                return bb
-            self._backbones[key] = bb
+        if key not in self._backbones:
+            self._backbones[key] = plan_backbone(s.backbone, seed=self.seed, device=self.device, **s.backbone_kwargs())
         return self._backbones[key]
 
 
@@ -160,6 +169,15 @@ class Method:
     def embeddings(self) -> dict:
         """``{backbone name: EmbeddingSet}`` of the clips fitted and scored (kept for t-SNE)."""
         return {}
+
+    def export_network(self) -> dict:
+        """The fitted network :mod:`asdkit.export` writes as ONNX: ``{"module": a torch module
+        taking a batch of ``frontend`` outputs, "frontend": Frontend, "output": kind, "batch_size":
+        clips per run (optional, 8)}`` where kind is
+        ``embedding`` (the method's saved detector scores it), ``reconstruction`` (the module
+        reconstructs its input; the score is the mean squared error) or ``logit`` (the score is its
+        sigmoid)."""
+        raise ConfigError(f"method {self.name} cannot be exported to ONNX (yet)")
 
     @property
     def label(self) -> str:

@@ -62,12 +62,10 @@ class EmbedDetectMethod(Method):
         return f"{self.settings.backbone}+{self.settings.detector}"
 
     def _embed(self, clips):
-        from asdkit.embed import embed_clips
-
         if self.backbone_ is None:
             self.backbone_ = self.context.backbone(self.settings)
-        emb = embed_clips(clips, self.backbone_, cache_dir=self.context.cache_dir, batch_size=self.settings.batch_size,
-                          reader=self.reader)
+        emb = self.context.engine.embed(clips, self.backbone_, cache_dir=self.context.cache_dir,
+                                        batch_size=self.settings.batch_size, reader=self.reader)
         self._seen.append(emb)
         return emb
 
@@ -105,12 +103,16 @@ class EmbedDetectMethod(Method):
             return {}
         return {self.settings.backbone: EmbeddingSet.concat(self._seen, self.backbone_.embedding_dim)}
 
+    def export_network(self) -> dict:
+        bb = self.backbone_
+        return {"module": bb.module, "frontend": bb.frontend, "output": "embedding", "batch_size": self.settings.batch_size}
+
     def info(self) -> dict:
         bb = self.backbone_
         if bb is None:
             return {}
         return {"weights": bb.weights.describe(), "weights_source": bb.weights.source,
-                "random_init": bb.weights.random_init, "embedding_dim": bb.embedding_dim}
+                "random_init": bb.weights.random_init, "embedding_dim": bb.embedding_dim, "precision": bb.precision}
 
     # -- saving --------------------------------------------------------------------------------------
     def _save(self, directory: Path) -> dict:
@@ -127,32 +129,23 @@ class EmbedDetectMethod(Method):
             "detector": meta,
             "arrays": {k: list(v.shape) for k, v in arrays.items()},
             "backbone": {"name": bb.name, "embedding_dim": bb.embedding_dim, "cache_key": bb.cache_key,
-                         "weights_description": bb.weights.describe(), "random_init": bb.weights.random_init},
+                         "weights_description": bb.weights.describe(), "random_init": bb.weights.random_init,
+                         "precision": bb.precision},
         }
 
     @classmethod
     def _load(cls, directory: Path, settings, context: Context, state: dict, doc: dict, weights: str | None = None):
         from dataclasses import replace
 
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
-        from asdkit.detectors import detector_from_state
-
-        path = directory / "detector.safetensors"
+        detector = load_detector(directory, state)
         try:
-            arrays = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ConfigError(f"{path}: unreadable ({e})") from None
-        shapes = {k: list(v.shape) for k, v in arrays.items()}
-        if shapes != state.get("arrays"):
-            raise ConfigError(f"{path}: array shapes {shapes} differ from method.json {state.get('arrays')}")
-        try:
-            detector = detector_from_state(state["detector"], arrays)
             saved = state["backbone"]
             want_dim, want_key = int(saved["embedding_dim"]), str(saved["cache_key"])
         except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"{directory}: saved detector or backbone unusable ({e})") from None
+            raise ConfigError(f"{directory}: saved backbone unusable ({e})") from None
+        if settings.precision == "auto" and saved.get("precision") in ("fp32", "bf16"):
+            # the precision "auto" chose when fitting, wherever the monitor is loaded: the same embeddings
+            settings = replace(settings, precision=saved["precision"])
         m = cls(replace(settings, weights=weights) if weights else settings, context)
         m.backbone_ = context.backbone(m.settings)
         if m.backbone_.embedding_dim != want_dim or detector.n_features_in_ != want_dim:
@@ -163,3 +156,25 @@ class EmbedDetectMethod(Method):
                               f"it was fitted with ({saved.get('weights_description', '?')})")
         m.detector_ = detector
         return m
+
+
+def load_detector(directory: Path, state: dict):
+    """The fitted detector of a saved ``embed-detect`` folder (``detector.safetensors`` and the
+    method state's ``detector``/``arrays``); needs no backbone (exported monitors use it too)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from asdkit.detectors import detector_from_state
+
+    path = Path(directory) / "detector.safetensors"
+    try:
+        arrays = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({e})") from None
+    shapes = {k: list(v.shape) for k, v in arrays.items()}
+    if shapes != state.get("arrays"):
+        raise ConfigError(f"{path}: array shapes {shapes} differ from method.json {state.get('arrays')}")
+    try:
+        return detector_from_state(state["detector"], arrays)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{directory}: saved detector unusable ({e})") from None

@@ -8,10 +8,15 @@ A factory is called with keyword arguments only::
 
     factory(weights=..., precision=..., config=dict, seed=int, device=str, **options) -> Backbone
 
-``weights``/``precision``/``config``/``device`` are validated before the call (precision is
-``fp32`` or ``bf16``, config a dict); ``seed`` and ``device`` may be left out of a factory's
-signature (they are then only accepted at their defaults, 0 and ``"cpu"``); ``options`` are
-backbone-specific (e.g. AST's ``attention``) and must appear in the factory's signature.
+``weights``/``precision``/``config``/``device`` are validated before the call (``device`` and
+``precision`` resolved: a factory gets ``cpu``/``cuda``/... and ``fp32``/``bf16``, never ``auto``;
+config a dict); ``seed`` and ``device`` may be left out of a factory's signature (they are then only
+accepted at their defaults, 0 and ``"cpu"``); ``options`` are backbone-specific (e.g. AST's
+``attention``) and must appear in the factory's signature.
+
+A factory returns a :class:`Backbone`, or a :class:`~asdkit.models.lazy.LazyBackbone` (its identity
+now, the network on first need): then :func:`plan_backbone` gives a backbone whose cache key is
+known without building the network, so a fully cached run builds none.
 
 Example::
 
@@ -29,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-import json
 import logging
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -38,18 +42,14 @@ from typing import Any, Callable
 import numpy as np
 
 from asdkit.errors import ConfigError
+from asdkit.models.lazy import CACHE_FORMAT, LazyBackbone, cache_key_for  # noqa: F401 (CACHE_FORMAT: re-exported)
+from asdkit.models.precision import PRECISION_CHOICES, PRECISIONS, resolve_precision
 from asdkit.models.weights import META_FILE, WeightsInfo
 
 log = logging.getLogger("asdkit")
 
-PRECISIONS = ("fp32", "bf16")
-"""fp32, or bf16 autocast (CPU or CUDA) in :meth:`Backbone.embed`; embeddings are float32 either way."""
-
 BUILTIN_MODULES = ("asdkit.models.ast", "asdkit.models.resnext", "asdkit.models.autoencoder")
 """Modules imported on first use of the registry; each registers its backbone(s)."""
-
-CACHE_FORMAT = 1
-"""Bumped whenever the embedding a cache key stands for could change for the same inputs."""
 
 _FACTORIES: dict[str, Callable[..., "Backbone"]] = {}
 _builtins_loaded = False
@@ -103,7 +103,7 @@ def list_backbones() -> list[str]:
 def create_backbone(
     name: str,
     weights: str | Path | None = "default",
-    precision: str = "fp32",
+    precision: str = "auto",
     config: dict | None = None,
     *,
     seed: int = 0,
@@ -113,23 +113,58 @@ def create_backbone(
     """Build the backbone ``name`` (see :func:`list_backbones`).
 
     ``weights``: ``"default"``, a hub id, a local folder/file or ``"none"`` (see
-    :mod:`asdkit.models.weights`); ``config``: architecture overrides (tiny test models);
-    ``seed``: the random initialisation's seed (used with ``weights="none"``);
-    ``options``: backbone-specific, e.g. ``attention="eager"`` for ``ast``.
+    :mod:`asdkit.models.weights`); ``precision``: ``auto`` (bf16 where the hardware does it
+    natively: :mod:`asdkit.models.precision`), ``fp32`` or ``bf16``; ``config``: architecture
+    overrides (tiny test models); ``seed``: the random initialisation's seed (used with
+    ``weights="none"``); ``options``: backbone-specific, e.g. ``attention="eager"`` for ``ast``.
+
+    The backbone's ``recipe`` holds these arguments, resolved (``create_backbone(**recipe)``
+    builds the same backbone again, e.g. in another process).
     """
+    bb = plan_backbone(name, weights, precision, config, seed=seed, device=device, **options)
+    return bb.get()
+
+
+def plan_backbone(
+    name: str,
+    weights: str | Path | None = "default",
+    precision: str = "auto",
+    config: dict | None = None,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    **options: Any,
+) -> LazyBackbone:
+    """The backbone of :func:`create_backbone`'s arguments, its network not built until needed
+    (:mod:`asdkit.models.lazy`); its weights are resolved and its settings checked now."""
+    factory, kwargs = _checked_call(name, weights, precision, config, seed, device, options)
+    out = factory(**kwargs, **options)
+    lazy = out if isinstance(out, LazyBackbone) else LazyBackbone.of(out)
+    recipe = {"name": name, **kwargs, **options}
+    recipe.update(seed=seed, device=kwargs.get("device", "cpu"))
+    recipe["weights"] = "default" if weights is None else str(weights)
+    lazy.recipe = recipe
+    if lazy.built:
+        lazy.get().recipe = recipe
+    return lazy
+
+
+def _checked_call(name, weights, precision, config, seed, device, options) -> tuple[Callable, dict]:
+    """The factory of ``name`` and its keyword arguments, checked (one-line ConfigErrors) and resolved."""
     if not isinstance(name, str):
         raise ConfigError(f"backbone name must be a string, got {name!r}")
     _load_builtins()
     factory = _FACTORIES.get(name)
     if factory is None:
         raise ConfigError(f"unknown backbone {name!r} (choose from {', '.join(sorted(_FACTORIES))})")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    if precision not in PRECISION_CHOICES:
+        raise ConfigError(f"unknown precision {precision!r} (choose from {', '.join(PRECISION_CHOICES)})")
     if config is not None and not isinstance(config, dict):
         raise ConfigError(f"backbone config must be a mapping of architecture settings, got {type(config).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
     device = resolve_device(device)
+    precision = resolve_precision(precision, device)
     kwargs = dict(weights=weights, precision=precision, config=dict(config or {}), seed=seed, device=device)
     params = inspect.signature(factory).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -144,7 +179,7 @@ def create_backbone(
                 f"backbone {name!r} takes no option {unknown[0]!r}"
                 + (f" (options: {', '.join(takes)})" if takes else " (it has no options)")
             )
-    return factory(**kwargs, **options)
+    return factory, kwargs
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -346,16 +381,7 @@ class Backbone:
     def cache_key(self) -> str:
         """``<name>-<hash>`` of the name, weights identity, architecture, frontend key and precision."""
         if self._cache_key is None:
-            payload = {
-                "backbone": self.name,
-                "weights": self.weights.identity,
-                "config": self.config,
-                "frontend": self.frontend.key,
-                "precision": self.precision,
-                "format": CACHE_FORMAT,
-            }
-            digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-            self._cache_key = f"{self.name}-{digest[:24]}"
+            self._cache_key = cache_key_for(self.name, self.weights.identity, self.config, self.frontend.key, self.precision)
         return self._cache_key
 
     def describe(self) -> str:
