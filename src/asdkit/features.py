@@ -75,13 +75,31 @@ def cnn_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     return np.repeat(x[None].astype(np.float32), p["channels"], axis=0)
 
 
+def _hf_audio_utils():
+    """``transformers.audio_utils`` (numpy only). Imported without PyTorch (an exported monitor on a
+    small device), transformers advises that its models are unavailable: asdkit needs none of them."""
+    import os
+
+    key = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        from transformers import audio_utils
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
+    return audio_utils
+
+
 @lru_cache(maxsize=4)
 def _ast_fbank_parts(num_mel_bins: int = AST_PARAMS["num_mel_bins"]):
     """The AST extractor's Kaldi mel bank and window (transformers' ``audio_utils``, numpy only)."""
     import warnings
 
-    from transformers.audio_utils import mel_filter_bank, window_function
-
+    hf = _hf_audio_utils()
+    mel_filter_bank, window_function = hf.mel_filter_bank, hf.window_function
     with warnings.catch_warnings():  # its mel bank has an empty filter at 128 bins; that is AST's own setting
         warnings.filterwarnings("ignore", message="At least one mel filter has all zero values")
         mel = mel_filter_bank(num_frequency_bins=257, num_mel_filters=num_mel_bins, min_frequency=20,
@@ -102,8 +120,7 @@ def ast_features(y: np.ndarray, sr: int = SAMPLE_RATE, max_length: int = AST_PAR
     """
     if sr != SAMPLE_RATE:
         raise ConfigError(f"the AST frontend needs {SAMPLE_RATE} Hz audio, got {sr} Hz")
-    from transformers.audio_utils import spectrogram
-
+    spectrogram = _hf_audio_utils().spectrogram
     p = AST_PARAMS
     mel, window = _ast_fbank_parts(p["num_mel_bins"])
     fbank = spectrogram(np.squeeze(np.asarray(y, dtype=np.float32)), window, frame_length=400, hop_length=160,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from dataclasses import asdict
 
 import numpy as np
@@ -31,7 +32,7 @@ from asdkit.errors import AsdkitError, AudioError, ConfigError
 
 log = logging.getLogger("asdkit")
 
-RAY_REQUIREMENT = "ray[data]>=2.40"
+RAY_REQUIREMENT = "ray[data]>=2.50,<2.64"
 
 
 class RayEngine(Engine):
@@ -63,8 +64,11 @@ class RayEngine(Engine):
     # -- Ray itself ----------------------------------------------------------------------------
     def _ray(self):
         ray, data = _ray_modules()
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # "progress bars disabled" and the like
         if not ray.is_initialized():
-            kw = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            # a Ray of our own on this machine: its start-up notices (token authentication...) are noise
+            level = logging.WARNING if self.address else logging.ERROR
+            kw = dict(include_dashboard=False, logging_level=level, log_to_driver=False)
             try:
                 if self.address:
                     ray.init(address=self.address, **kw)
@@ -77,8 +81,6 @@ class RayEngine(Engine):
         ctx = data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.execution_options.preserve_order = True
-        for name in ("ray.data", "ray"):
-            logging.getLogger(name).setLevel(logging.WARNING)
         return ray, data
 
     def close(self) -> None:
@@ -97,7 +99,10 @@ class RayEngine(Engine):
             res = ray.cluster_resources()
             size = int(res.get("GPU", 0)) if gpu else int(res.get("CPU", 1) // self.cpus_per_worker)
         size = max(1, size)
-        return dict(compute=data.ActorPoolStrategy(size=size), num_cpus=self.cpus_per_worker, num_gpus=1 if gpu else 0)
+        # on a cluster a lost actor is restarted (a node may go away); on one machine its death is a crash
+        restarts = {} if self.address else {"max_restarts": 0}
+        return dict(compute=data.ActorPoolStrategy(size=size), num_cpus=self.cpus_per_worker, num_gpus=1 if gpu else 0,
+                    **restarts)
 
     def _run(self, ds, fn, *, description: str, total: int, progress: bool, **kwargs):
         """Rows of ``ds.map_batches(fn, ...)`` as numpy batches, under one progress bar; a worker's
@@ -105,7 +110,9 @@ class RayEngine(Engine):
         from asdkit.progress import bar
 
         _, data = self._ray()
-        out = ds.map_batches(fn, batch_format="numpy", **kwargs)
+        with warnings.catch_warnings():  # max_restarts goes as a plain remote argument, deprecated in 2.60
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            out = ds.map_batches(fn, batch_format="numpy", **kwargs)
         try:
             with bar(description, total, progress) as b:
                 for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
@@ -290,7 +297,7 @@ def _read_batch(batch: dict, audio: dict, transform) -> dict:
 
 def _unpack(b: dict, k: int) -> np.ndarray:
     shape = tuple(int(s) for s in str(b["shape"][k]).split(",") if s)
-    return np.asarray(b["x"][k], dtype=str(b["dtype"][k])).reshape(shape)
+    return np.array(b["x"][k], dtype=str(b["dtype"][k])).reshape(shape)  # a writable copy, as the local engine gives
 
 
 class _ScoreWorker:
