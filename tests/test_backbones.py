@@ -365,7 +365,7 @@ def test_resnext_save_round_trip_and_timm_checkpoint_files(tiny_rx, rx_x, tmp_pa
         create_backbone(RX, weights=str(bad))
     assert back.config == tiny_rx.config  # the architecture comes from the folder
     # a timm checkpoint with its ImageNet classifier, as safetensors and as a torch file
-    sd = {k: v.clone() for k, v in tiny_rx.module.state_dict().items()}
+    sd = {k: v.contiguous().clone() for k, v in tiny_rx.module.state_dict().items()}  # the module is channels-last
     sd["fc.weight"], sd["fc.bias"] = torch.randn(1000, 256), torch.zeros(1000)
     from safetensors.torch import save_file
 

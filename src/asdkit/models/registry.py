@@ -234,13 +234,17 @@ class Backbone:
     architecture, JSON-able), ``device``.
 
     Subclasses supply :meth:`_block_modules` (for :meth:`blocks`) and may override
-    :meth:`_save_weights` / :meth:`_check_input`.
+    :meth:`_save_weights` / :meth:`_check_input`; a CNN whose module is in channels-last memory
+    format sets :attr:`channels_last` so that :meth:`embed` gives it its input in that format.
 
     Example::
 
         >>> x = bb.frontend.batch([y1, y2])      # mono 16 kHz signals -> model input
         >>> bb.embed(x).shape                    # (2, bb.embedding_dim), float32
     """
+
+    channels_last = False
+    """The module is in channels-last memory format (oneDNN's fast layout for convolutions on CPU)."""
 
     def __init__(
         self,
@@ -287,6 +291,8 @@ class Backbone:
         x = np.asarray(x, dtype=np.float32)
         self._check_input(x)
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        if self.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
         was_training = self.module.training
         self.module.eval()
         try:

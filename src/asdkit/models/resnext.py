@@ -58,7 +58,11 @@ EXPANSION = 4
 
 
 class ResNeXtBackbone(Backbone):
-    """:class:`Backbone` around a timm ``ResNet`` (``.model``, the same object as ``.module``)."""
+    """:class:`Backbone` around a timm ``ResNet`` (``.model``, the same object as ``.module``), in
+    channels-last memory format: oneDNN's grouped convolutions ran 1.3x (bf16) to 1.8x (fp32)
+    faster that way on a 2-core EPYC (docs/benchmarks.md)."""
+
+    channels_last = True
 
     @property
     def model(self):
@@ -184,7 +188,9 @@ def build_resnext(*, weights="default", precision="fp32", config=None, seed=0, d
             model = timm.create_model(NAME, pretrained=False, num_classes=0, **arch)
         if weight_file is not None:
             _load_into(model, load_state_dict(weight_file), weight_file)
-        model.eval().to(device)
+        import torch
+
+        model.eval().to(device=device, memory_format=torch.channels_last)
         return ResNeXtBackbone(module=model, **{**ident, "embedding_dim": model.num_features})
 
     return LazyBackbone(build=build, **ident)
