@@ -126,6 +126,34 @@ def _quantize(src: Path, dst: Path) -> None:
         prepared.unlink(missing_ok=True)
 
 
+def write_onnx(net: dict, x: np.ndarray, path: str | Path, *, int8: bool = False) -> dict:
+    """Write ``net`` (what :meth:`Method.export_network` gives) as the ONNX model ``path``, checked on
+    the sample batch ``x``: ONNX Runtime's fp32 output must equal PyTorch's within
+    :data:`TOLERANCE`; with ``int8`` the file holds the quantised model and its deviation is
+    reported. Returns ``{"inputs", "fp32_relative_error", "tolerance"(, "int8_relative_error")}``."""
+    import torch
+
+    path = Path(path)
+    module = _wrap(net)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).float().numpy()
+    _to_onnx(module, x, path)
+    got = _run_onnx(path, x)
+    err = _relative_error(got, want)
+    if got.shape != want.shape or not err <= TOLERANCE:
+        raise ConfigError(f"export: ONNX Runtime's output differs from PyTorch's (relative error {err:.2g} > {TOLERANCE:g})")
+    check = {"inputs": int(x.shape[0]), "fp32_relative_error": err, "tolerance": TOLERANCE}
+    if int8:
+        fp32 = path.with_name(path.stem + ".fp32.onnx")
+        os.replace(path, fp32)
+        try:
+            _quantize(fp32, path)
+        finally:
+            fp32.unlink(missing_ok=True)
+        check["int8_relative_error"] = _relative_error(_run_onnx(path, x), want)
+    return check
+
+
 def export_monitor(monitor: str | Path, out: str | Path, *, fmt: str = "onnx", int8: bool = False,
                    weights: str | None = None) -> dict:
     """Write the exported monitor ``out`` (see the module docstring) from the monitor folder
@@ -148,30 +176,15 @@ def export_monitor(monitor: str | Path, out: str | Path, *, fmt: str = "onnx", i
         raise ConfigError(f"{out}: is the monitor itself; export into a new folder")
     mon = Monitor.load(src, weights=weights)
     net = mon.method.export_network()
-    module = _wrap(net)
     frontend = net["frontend"]
     x = _sample_inputs(frontend, mon.audio)
-    with torch.no_grad():
-        want = module(torch.from_numpy(x)).float().numpy()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         shutil.copy2(src / "monitor.json", tmp / "monitor.json")
         shutil.copytree(src / "method", tmp / "method")
-        model = tmp / MODEL_FILE
-        _to_onnx(module, x, model)
-        got = _run_onnx(model, x)
-        err = _relative_error(got, want)
-        if got.shape != want.shape or not err <= TOLERANCE:
-            raise ConfigError(f"export: ONNX Runtime's output differs from PyTorch's (relative error {err:.2g} > {TOLERANCE:g})")
-        check = {"inputs": int(x.shape[0]), "fp32_relative_error": err, "tolerance": TOLERANCE}
-        if int8:
-            fp32 = model.with_name("model.fp32.onnx")
-            os.replace(model, fp32)
-            _quantize(fp32, model)
-            fp32.unlink()
-            check["int8_relative_error"] = _relative_error(_run_onnx(model, x), want)
+        check = write_onnx(net, x, tmp / MODEL_FILE, int8=int8)
         doc = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
