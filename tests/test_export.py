@@ -136,7 +136,7 @@ def test_bad_requests_are_one_line_errors(exported, tmp_path):
         load_monitor(mon, runtime="onnx")
     with pytest.raises(ConfigError, match="--weights does not apply to the onnx runtime"):
         load_monitor(exp, weights="none", runtime="onnx")
-    with pytest.raises(ConfigError, match="not an empty folder"):
+    with pytest.raises(ConfigError, match="holds files; pass --overwrite"):
         export_monitor(mon, exp)
     with pytest.raises(ConfigError, match="not a monitor folder"):
         export_monitor(mon / "method", tmp_path / "x")

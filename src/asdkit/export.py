@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -155,14 +154,15 @@ def write_onnx(net: dict, x: np.ndarray, path: str | Path, *, int8: bool = False
 
 
 def export_monitor(monitor: str | Path, out: str | Path, *, fmt: str = "onnx", int8: bool = False,
-                   weights: str | None = None) -> dict:
+                   weights: str | None = None, overwrite: bool = False) -> dict:
     """Write the exported monitor ``out`` (see the module docstring) from the monitor folder
     ``monitor``; returns what ``export.json`` holds. ``weights``: where the backbone's weights are
-    now, as for ``asdkit score``."""
+    now, as for ``asdkit score``. ``out`` is built in a hidden folder that takes its place when
+    complete; one that holds files is replaced only with ``overwrite``."""
     import torch
 
     from asdkit import __version__
-    from asdkit.io import _umask, write_json, write_manifest
+    from asdkit.io import MANIFEST, check_out_folder, staged_folder, write_json, write_manifest
     from asdkit.monitor import Monitor
 
     if fmt not in FORMATS:
@@ -170,20 +170,16 @@ def export_monitor(monitor: str | Path, out: str | Path, *, fmt: str = "onnx", i
     src, out = Path(monitor), Path(out)
     if not (src / "monitor.json").is_file():
         raise ConfigError(f"{src}: not a monitor folder (export takes what `asdkit fit` writes)")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out}: exists and is not an empty folder; export into a new folder")
-    if out.resolve() == src.resolve():
-        raise ConfigError(f"{out}: is the monitor itself; export into a new folder")
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise ConfigError(f"{out}: is inside the monitor itself; export into another folder")
+    check_out_folder(out, overwrite)
     mon = Monitor.load(src, weights=weights)
     net = mon.method.export_network()
     frontend = net["frontend"]
     x = _sample_inputs(frontend, mon.audio)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        shutil.copy2(src / "monitor.json", tmp / "monitor.json")
-        shutil.copytree(src / "method", tmp / "method")
+    with staged_folder(out) as tmp:
+        # the monitor as it is (its method, reference, monitor.json), then the network beside it
+        shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=lambda d, names: [MANIFEST] if Path(d) == src else [])
         check = write_onnx(net, x, tmp / MODEL_FILE, int8=int8)
         doc = {
             "format": FORMAT,
@@ -205,11 +201,4 @@ def export_monitor(monitor: str | Path, out: str | Path, *, fmt: str = "onnx", i
         }
         write_json(tmp / EXPORT_FILE, doc)
         write_manifest(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the folder gets the usual mode
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return doc

@@ -16,11 +16,12 @@ def export_cmd(
     format: Annotated[Literal["onnx"], typer.Option("--format", help="Model format (onnx).")] = "onnx",
     int8: Annotated[bool, typer.Option("--int8", help="Quantise the network's weights to int8 (ONNX Runtime dynamic quantisation): smaller and often faster on CPUs, slightly different scores.")] = False,
     weights: Annotated[Optional[str], typer.Option(help="Where the backbone weights are now, if not where they were at fit time (they must be the same weights).")] = None,
+    overwrite: o.Overwrite = False,
 ):
     """Export a monitor's network as ONNX (plus the monitor's JSON), to score on devices without PyTorch: `asdkit score OUT ...` then runs on ONNX Runtime."""
     from asdkit.export import export_monitor
 
-    doc = export_monitor(monitor, out, fmt=format, int8=int8, weights=weights)
+    doc = export_monitor(monitor, out, fmt=format, int8=int8, weights=weights, overwrite=overwrite)
     size = (out / doc["model"]).stat().st_size / 2**20
     check = doc["check"]
     line = (f"exported {doc['method']} ({doc['precision']}, {size:.1f} MiB) -> {out}; ONNX Runtime vs PyTorch: "

@@ -10,7 +10,7 @@ The interface the callers use (:class:`Engine`)::
     with get_engine("ray", address="ray://head:10001") as engine:     # or "local"
         emb = engine.embed(clips, backbone, cache_dir=..., batch_size=8, reader=reader)   # EmbeddingSet
         for kept, arrays in engine.batches(reader, clips, 64, "features", transform=frontend): ...
-        kept, scores, skipped = engine.score_monitor(monitor, clips, load={...}, skip_bad=True, ...)
+        windows, scores, skipped = engine.score_windows(monitor, recordings, load={...}, skip_bad=True, ...)
 
 A method reaches the engine through its :class:`~asdkit.methods.Context` (``context.engine``); the
 command line chooses it with ``--engine local|ray`` and ``--ray-address`` (or ``RAY_ADDRESS``).

@@ -11,7 +11,7 @@ from asdkit.data.clips import Clip
 
 class Engine:
     """Runs per-clip work. Subclasses implement :meth:`embed`, :meth:`batches` and
-    :meth:`score_monitor`; :meth:`close` releases what the engine started."""
+    :meth:`score_windows`; :meth:`close` releases what the engine started."""
 
     name = ""
 
@@ -34,11 +34,12 @@ class Engine:
             arrays += a
         return kept, arrays
 
-    def score_monitor(self, monitor, clips: Sequence[Clip], *, load: dict, skip_bad: bool = False,
+    def score_windows(self, monitor, clips: Sequence[Clip], *, load: dict, skip_bad: bool = False,
                       progress: bool = True, cache_dir=None):
-        """``monitor.score_clips(clips, ...)``: (kept clips, scores, skipped [(path, reason)]).
-        ``load`` is what :func:`asdkit.monitor.load_monitor` was given (``directory``, ``weights``,
-        ``device``, ...), so that a worker can load the same monitor."""
+        """``monitor.score_windows(clips, ...)``: every window of the recordings ``clips`` and its
+        score, in the recordings' order: (windows, scores, skipped [(key, reason)]). ``load`` is what
+        :func:`asdkit.monitor.load_monitor` was given (``directory``, ``weights``, ``device``,
+        ``runtime``), so that a worker can load the same monitor."""
         raise NotImplementedError  # pragma: no cover
 
     def describe(self) -> str:

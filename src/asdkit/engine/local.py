@@ -18,5 +18,5 @@ class LocalEngine(Engine):
     def batches(self, reader, clips, size, description, transform=None):
         return reader.batches(clips, size, description, transform)
 
-    def score_monitor(self, monitor, clips, *, load, skip_bad=False, progress=True, cache_dir=None):
-        return monitor.score_clips(clips, skip_bad=skip_bad, progress=progress, cache_dir=cache_dir)
+    def score_windows(self, monitor, clips, *, load, skip_bad=False, progress=True, cache_dir=None):
+        return monitor.score_windows(clips, skip_bad=skip_bad, progress=progress, cache_dir=cache_dir)

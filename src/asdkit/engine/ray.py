@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -124,7 +124,7 @@ class RayEngine(Engine):
     def _paths(self, clips, reader) -> tuple[list[int], object]:
         _, data = self._ray()
         todo = [i for i, c in enumerate(clips) if not reader.is_bad(c)]
-        items = [{"i": i, "path": clips[i].path} for i in todo]
+        items = [{"i": i, "path": clips[i].path, "start": float(clips[i].start)} for i in todo]
         blocks = max(1, min(len(items), 200))
         return todo, data.from_items(items, override_num_blocks=blocks) if items else None
 
@@ -197,30 +197,33 @@ class RayEngine(Engine):
         if kept:
             yield kept, arrays
 
-    def score_monitor(self, monitor, clips, *, load, skip_bad=False, progress=True, cache_dir=None):
+    def score_windows(self, monitor, clips, *, load, skip_bad=False, progress=True, cache_dir=None):
         clips = list(clips)
         n = len(clips)
-        scores = np.full(n, np.nan)
-        reasons: dict[int, str] = {}
-        items = [{"i": i, "path": c.path} for i, c in enumerate(clips)]
-        if items:
+        found: dict[int, list[tuple[float, float]]] = {}
+        reasons: dict[int, list[tuple[str, str]]] = {}
+        if clips:
             _, data = self._ray()
+            items = [{"i": i, "path": c.path, "start": float(c.start)} for i, c in enumerate(clips)]
             ds = data.from_items(items, override_num_blocks=max(1, min(n, 200)))
             worker = dict(load=dict(load), cache_dir=str(cache_dir) if cache_dir is not None else None)
             for b in self._run(ds, _ScoreWorker, description="scoring (ray)", total=n, progress=progress,
-                               fn_constructor_kwargs=worker, batch_size=8, **self._pool(load.get("device") or "cpu")):
-                for k, i in enumerate(b["i"]):
+                               fn_constructor_kwargs=worker, batch_size=4, **self._pool(load.get("device") or "cpu")):
+                for k, i in enumerate(b["i"]):  # one row per window scored, or per bad window
                     if b["ok"][k]:
-                        scores[int(i)] = float(b["score"][k])
+                        found.setdefault(int(i), []).append((float(b["start"][k]), float(b["score"][k])))
                     else:
-                        reasons[int(i)] = str(b["reason"][k])
-        skipped = []
-        for i in sorted(reasons):
-            if not skip_bad:
-                raise AudioError(reasons[i])
-            skipped.append((clips[i].path, reasons[i]))
-        ok = np.isfinite(scores)
-        return [c for c, k in zip(clips, ok) if k], scores[ok], skipped
+                        reasons.setdefault(int(i), []).append((str(b["key"][k]), str(b["reason"][k])))
+        windows, scores, skipped = [], [], []
+        for i, c in enumerate(clips):  # in the order of the recordings, as the local engine gives them
+            for key, reason in reasons.get(i, []):
+                if not skip_bad:
+                    raise AudioError(reason)
+                skipped.append((key, reason))
+            for start, score in found.get(i, []):
+                windows.append(replace(c, start=start))
+                scores.append(score)
+        return windows, np.asarray(scores, dtype=np.float64), skipped
 
 
 # -- what runs in the workers ------------------------------------------------------------------
@@ -246,11 +249,10 @@ class _EmbedWorker:
         self.reported_build = False
 
     def __call__(self, batch: dict) -> dict:
-        from asdkit.data.clips import Clip
         from asdkit.embed import embed_clips
         from asdkit.reader import ClipReader
 
-        clips = [Clip(str(p), "", "", 0) for p in batch["path"]]
+        clips = _clips(batch)
         reader = ClipReader(self.audio, "skip", progress=False)
         emb = embed_clips(clips, self.backbone, cache_dir=self.cache_dir, batch_size=max(1, len(clips)), reader=reader)
         pos = {id(c): k for k, c in enumerate(clips)}
@@ -259,31 +261,37 @@ class _EmbedWorker:
         ok = np.zeros(m, dtype=bool)
         for c, v in zip(emb.clips, emb.X):
             x[pos[id(c)]], ok[pos[id(c)]] = v, True
-        why = {p: r for p, r in emb.skipped}
+        why = dict(emb.skipped)
         first = np.arange(m) == 0  # batch totals ride on the batch's first row
         st = emb.stats
         built_now = self.backbone.built and not self.reported_build
         self.reported_build = self.backbone.built
         return {
-            "i": batch["i"], "x": x, "ok": ok, "reason": np.array([why.get(c.path, "") for c in clips], dtype=str),
+            "i": batch["i"], "x": x, "ok": ok, "reason": np.array([why.get(c.key, "") for c in clips], dtype=str),
             "computed": first * st.get("computed", 0), "cache_hits": first * st.get("cache_hits", 0),
             "cache_damaged": first * st.get("cache_damaged", 0), "cache_written": first * st.get("cache_written", 0),
             "workers_built": first * int(built_now),
         }
 
 
+def _clips(batch: dict, machine: str = "") -> list:
+    """The batch's clips (a window of a long recording keeps its start)."""
+    from asdkit.data.clips import Clip
+
+    return [Clip(str(p), machine, machine, 0, start=float(s)) for p, s in zip(batch["path"], batch["start"])]
+
+
 def _read_batch(batch: dict, audio: dict, transform) -> dict:
     """A task: read clips (and apply ``transform``) with a skipping reader; arrays are returned
     flattened with their shapes (clips may differ in shape)."""
     from asdkit.audio import AudioSettings
-    from asdkit.data.clips import Clip
     from asdkit.reader import ClipReader
 
     _quiet_worker()
     reader = ClipReader(AudioSettings(**audio), "skip", progress=False)
     flat, shapes, ok, reasons = [], [], [], []
-    for p in batch["path"]:
-        x = reader.read(Clip(str(p), "", "", 0), transform)
+    for clip in _clips(batch):
+        x = reader.read(clip, transform)
         if x is None:
             flat.append(np.zeros(0, np.float32)), shapes.append(""), ok.append(False), reasons.append(reader.skipped[-1][1])
         else:
@@ -301,7 +309,7 @@ def _unpack(b: dict, k: int) -> np.ndarray:
 
 
 class _ScoreWorker:
-    """An actor: the whole monitor, loaded once, scoring batches of clips."""
+    """An actor: the whole monitor, loaded once, scoring the windows of batches of recordings."""
 
     def __init__(self, load: dict, cache_dir: str | None):
         from asdkit.monitor import load_monitor
@@ -311,15 +319,17 @@ class _ScoreWorker:
         self.cache_dir = cache_dir
 
     def __call__(self, batch: dict) -> dict:
-        from asdkit.data.clips import Clip
-
-        clips = [Clip(str(p), "unknown", "unknown", 0) for p in batch["path"]]
-        kept, scores, skipped = self.monitor.score_clips(clips, skip_bad=True, progress=False, cache_dir=self.cache_dir)
-        got = {id(c): s for c, s in zip(kept, scores)}
-        why = dict(skipped)
-        return {"i": batch["i"], "score": np.array([got.get(id(c), math.nan) for c in clips], dtype=np.float64),
-                "ok": np.array([id(c) in got for c in clips]),
-                "reason": np.array([why.get(c.path, "") for c in clips], dtype=str)}
+        clips = _clips(batch, "unknown")
+        index = {c.path: int(i) for c, i in zip(clips, batch["i"])}
+        wins, scores, skipped = self.monitor.score_windows(clips, skip_bad=True, progress=False, cache_dir=self.cache_dir)
+        rows = [(index[w.path], w.start, float(s), True, w.key, "") for w, s in zip(wins, scores)]
+        for key, reason in skipped:  # a bad recording (its key: its path) or window (path#start)
+            owner = next((c for c in clips if key == c.path or key.startswith(c.path + "#")), clips[0])
+            rows.append((index[owner.path], 0.0, math.nan, False, key, reason))
+        i, start, score, ok, key, reason = zip(*rows) if rows else ((),) * 6
+        return {"i": np.array(i, dtype=np.int64), "start": np.array(start, dtype=np.float64),
+                "score": np.array(score, dtype=np.float64), "ok": np.array(ok, dtype=bool),
+                "key": np.array(key, dtype=str), "reason": np.array(reason, dtype=str)}
 
 
 # -- helpers -----------------------------------------------------------------------------------
