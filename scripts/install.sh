@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs asdkit into ./.venv. `--dev` adds the test tools.
+# Installs asdkit into ./.venv. `--dev` adds the test tools, and the system packages that the
+# service's tests drive (Debian's chromium for the dashboard's browser test, postgresql for the
+# store's tests), each only when it is missing.
 # torch and torchvision go first, as the one pair that imports together here (CPU use, from local
 # files where the machine has them); everything else comes after and leaves that pair alone.
 set -euo pipefail
@@ -13,4 +15,20 @@ extra=""
 .venv/bin/python -c "import torch, torchvision" || { echo "install: torch/torchvision did not install" >&2; exit 1; }
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}" 2>&1 | grep -v "is ignored: it is neither" || true
 .venv/bin/python -c "import asdkit" || { echo "install: asdkit did not install" >&2; exit 1; }
+if [ -n "$extra" ]; then
+  need=""
+  command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need="$need chromium"
+  command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need="$need postgresql"
+  if [ -n "$need" ]; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+      echo "install: apt-get install$need (for the service's browser and database tests)"
+      $sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $need >/dev/null \
+        || echo "install: apt-get install$need failed; those tests will be skipped" >&2
+    else
+      echo "install: the service's browser and database tests need$need (apt-get install$need); they will be skipped" >&2
+    fi
+  fi
+fi
 echo "asdkit installed in .venv ($(.venv/bin/python -c 'import asdkit; print(asdkit.__version__)'))"

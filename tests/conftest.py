@@ -9,6 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # the command line caches embeddings under $ASDKIT_CACHE: keep the tests' out of the home folder
 os.environ.setdefault("ASDKIT_CACHE", tempfile.mkdtemp(prefix="asdkit-test-cache-"))
+# --precision auto (the default) is bf16 on CPUs with native bf16: pin it to fp32 so that the tests'
+# numbers are the same on every machine (tests/test_precision.py sets it both ways)
+os.environ.setdefault("ASDKIT_BF16", "0")
 
 # Tests use tiny models: one thread is faster than two fighting over the cores (and leaves the
 # second core to the other test process under xdist).
@@ -26,3 +29,7 @@ def tone_clip():
     y = 0.3 * np.sin(2 * np.pi * 440 * t) * (1 + 0.3 * np.sin(2 * np.pi * 2 * t))
     y += 0.1 * np.sin(2 * np.pi * 3100 * t) + 0.01 * rng.standard_normal(t.size)
     return y.astype(np.float32)
+
+
+# the service's real parts (monitors, a live server, PostgreSQL): fixtures shared by its test files
+from service_fixtures import live_service, postgres, service_monitors  # noqa: E402,F401

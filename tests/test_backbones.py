@@ -172,7 +172,7 @@ def test_random_init_is_loud_deterministic_and_seeded(ast_x):
 
 def test_ast_save_and_load_round_trip_is_identical(tiny_ast, ast_x, tmp_path):
     d = tiny_ast.save(tmp_path / "ast")
-    assert {p.name for p in d.iterdir()} == {"model.safetensors", "config.json", "asdkit_backbone.json"}
+    assert {p.name for p in d.iterdir()} == {"model.safetensors", "config.json", "asdkit_backbone.json", "manifest.json"}
     assert json.loads((d / "asdkit_backbone.json").read_text())["backbone"] == "ast"
     bb = create_backbone("ast", weights=str(d))
     np.testing.assert_array_equal(bb.embed(ast_x), tiny_ast.embed(ast_x))
@@ -312,6 +312,7 @@ def test_online_fetch_prefers_safetensors_falls_back_to_bin_and_reports_failures
     tiny_rx.save(snap)
     torch.save(dict(tiny_rx.module.state_dict()), snap / "pytorch_model.bin")
     (snap / "model.safetensors").unlink()  # only the .bin: the fallback must find it
+    (snap / "manifest.json").unlink()  # a hub snapshot is not sealed by asdkit
     asked = []
 
     def fake_download(repo_id, filename, *, revision=None, local_files_only=False, **kw):
@@ -349,12 +350,22 @@ def test_resnext_shapes_and_frontend(tiny_rx, rx_x):
 def test_resnext_save_round_trip_and_timm_checkpoint_files(tiny_rx, rx_x, tmp_path):
     ref = tiny_rx.embed(rx_x)
     d = tiny_rx.save(tmp_path / "rx")
-    assert {p.name for p in d.iterdir()} == {"model.safetensors", "config.json", "asdkit_backbone.json"}
+    assert {p.name for p in d.iterdir()} == {"model.safetensors", "config.json", "asdkit_backbone.json", "manifest.json"}
     back = create_backbone(RX, weights=str(d))
     np.testing.assert_array_equal(back.embed(rx_x), ref)
+    # the folder is sealed: a changed byte of the weights is refused, not silently used
+    import shutil
+
+    bad = tmp_path / "rx-changed"
+    shutil.copytree(d, bad)
+    raw = bytearray((bad / "model.safetensors").read_bytes())
+    raw[-1] ^= 1
+    (bad / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ConfigError, match="checksum"):
+        create_backbone(RX, weights=str(bad))
     assert back.config == tiny_rx.config  # the architecture comes from the folder
     # a timm checkpoint with its ImageNet classifier, as safetensors and as a torch file
-    sd = {k: v.clone() for k, v in tiny_rx.module.state_dict().items()}
+    sd = {k: v.contiguous().clone() for k, v in tiny_rx.module.state_dict().items()}  # the module is channels-last
     sd["fc.weight"], sd["fc.bias"] = torch.randn(1000, 256), torch.zeros(1000)
     from safetensors.torch import save_file
 

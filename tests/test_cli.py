@@ -101,3 +101,17 @@ def test_version_short_help_and_shell_completion(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--show-completion", "bash"])
     assert e.value.code == 0 and "_asdkit_completion" in capsys.readouterr().out
+
+
+def test_tables_are_plain_lines_when_the_output_is_not_a_terminal(capsys):
+    from rich.console import Console
+
+    import asdkit.commands.options as opts
+
+    con = Console(file=__import__("io").StringIO(), force_terminal=False)
+    opts.print_table(con, "t", ["a", "b"], [["[bold red]ANOMALOUS[/]", "1.0"], ["x\ny", "2"]])
+    text = con.file.getvalue()
+    assert text.splitlines() == ["# t", "a\tb", "ANOMALOUS\t1.0", "x y\t2"] and "┃" not in text
+    con = Console(file=__import__("io").StringIO(), force_terminal=True, width=60)
+    opts.print_table(con, "t", ["a", "b"], [["1", "2"]])
+    assert "┃" in con.file.getvalue() or "│" in con.file.getvalue()

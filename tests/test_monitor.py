@@ -38,7 +38,7 @@ def test_fit_calibrates_on_every_normal_clip_and_learns_from_all_of_them(fitted)
     assert 0.0 <= summary["anomalous_auc"] <= 1.0  # the anomalous clips are only reported on
     assert summary["random_init"] and "RANDOM INIT" in summary["weights"]
     assert np.isfinite(mon.threshold) and summary["oof_alarm_share"] <= 0.25
-    assert mon.method.detector_.n_samples_fit_ == 30
+    assert mon.method.scorer_.summary()["*"]["n_train"] == 30
 
 
 def test_save_load_round_trip_scores_identically(fitted, tmp_path):
@@ -317,3 +317,29 @@ def test_explain_says_why_a_monitor_alarmed(tmp_path, capsys):
     assert [s for s, _ in res.windows] == [0.0, 10.0, 20.0]
     png = (tmp_path / "why" / "suspect_why.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--detector", "knn", "--detector-params", '{"n_neighbours": 3}'], "n_neighbours"),
+    (["--detector", "magic"], "detector"),
+    (["--epochs", "3"], "--epochs does not apply to --method embed-detect"),
+    (["--method", "autoencoder", "--epochs", "0"], "epochs"),
+    (["--hop", "20"], "hop must be"),
+    (["--folds", "1"], "--folds"),
+    (["--false-alarm-rate", "1.5"], "--false-alarm-rate"),
+    (["--backbone", "vit"], "backbone"),
+])
+def test_fit_checks_every_option_before_reading_audio(tree, tmp_path, monkeypatch, capsys, extra, words):
+    import asdkit.audio
+    import asdkit.reader
+
+    def boom(*a, **k):
+        raise AssertionError("audio was read before the options were checked")
+
+    monkeypatch.setattr(asdkit.reader, "load_audio", boom)
+    monkeypatch.setattr(asdkit.audio, "load_audio", boom)
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--data", str(tree), "--out", str(tmp_path / "m"), "--weights", "none", *extra])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error:") and words in err and "\n" not in err.strip()
+    assert not (tmp_path / "m").exists()

@@ -75,7 +75,7 @@ def _study() -> dict:
         (lambda d: d["lof"].update(n_neighbors=0), r"lof.n_neighbors"),
         (lambda d: d["split"].update(test=1.5), r"split.test"),
         (lambda d: d["autoencoder"].update(epochs="many"), r"autoencoder.epochs"),
-        (lambda d: d.update(precision="fp16"), r"precision must be fp32 or bf16"),
+        (lambda d: d.update(precision="fp16"), r"precision must be auto, fp32 or bf16"),
         (lambda d: d["rows"].update(extra={"method": "svm"}), r"rows.extra.method must be one of"),
         (lambda d: d["rows"].update(extra={"method": "lof", "backbone": "vit"}), r"rows.extra.backbone must be one of"),
         (lambda d: d["columns"].update(odd={"machine": "fan", "ids": "00"}), r"columns.odd.ids must be a non-empty list"),

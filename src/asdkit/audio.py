@@ -63,12 +63,12 @@ def load_audio(
     s = settings or AudioSettings()
     path = check_file(path)
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))
         first = int(round(start * info.samplerate)) if start else 0
         if first and not 0 <= first < info.frames:
             raise AudioError(f"{path}: no audio at {start:g} s (it is {info.frames / info.samplerate:.2f} s long)")
         count = -1 if s.seconds is None or not first else min(info.frames - first, int(np.ceil(s.seconds * info.samplerate)))
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True, start=first, frames=count)
+        data, sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True, start=first, frames=count)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise AudioError(f"{path}: not readable audio ({reason})") from None
@@ -125,7 +125,7 @@ def write_audio(path: str | os.PathLike, y: np.ndarray, sample_rate: int = SAMPL
     from asdkit.io import atomic_path
 
     with atomic_path(path, suffix=".wav") as tmp:
-        sf.write(str(tmp), np.asarray(y), sample_rate, subtype="PCM_16", format="WAV")
+        sf.write(os.fsencode(tmp), np.asarray(y), sample_rate, subtype="PCM_16", format="WAV")
 
 
 def check_file(path: str | os.PathLike) -> Path:
@@ -156,7 +156,7 @@ def check_file(path: str | os.PathLike) -> Path:
 def duration(path: str | os.PathLike) -> float | None:
     """A file's length in seconds from its header (None when it is not a readable audio file)."""
     try:
-        info = sf.info(str(check_file(path)))
+        info = sf.info(os.fsencode(check_file(path)))
     except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError):
         return None
     return info.frames / info.samplerate if info.samplerate else None

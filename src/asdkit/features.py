@@ -6,9 +6,9 @@
 * ``cnn`` - ResNeXt input: hop 128, 128 mels (librosa's other defaults: n_fft 2048, Hann window,
   centred frames), converted to dB (``librosa.power_to_db``, ref 1.0, top_db 80), normalised per
   clip to zero mean and unit variance, copied to 3 channels: 3 x 128 x 1251.
-* ``ast`` - the Hugging Face ``ASTFeatureExtractor`` (Kaldi-compatible fbank, 25 ms window, 10 ms
-  shift, 128 mels, padded/cut to 1024 frames, AudioSet normalisation with mean -4.2677393 and
-  std 4.5689974): 1024 x 128.
+* ``ast`` - what the Hugging Face ``ASTFeatureExtractor`` computes (Kaldi-compatible fbank, 25 ms
+  window, 10 ms shift, 128 mels, padded/cut to 1024 frames, AudioSet normalisation with mean
+  -4.2677393 and std 4.5689974): 1024 x 128, without PyTorch (:func:`ast_features`).
 
 Two more for asdkit's own models (not the study's):
 
@@ -98,32 +98,62 @@ def wave_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
+def _hf_audio_utils():
+    """``transformers.audio_utils`` (numpy only). Imported without PyTorch (an exported monitor on a
+    small device), transformers advises that its models are unavailable: asdkit needs none of them."""
+    import os
+
+    key = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        from transformers import audio_utils
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
+    return audio_utils
+
+
 @lru_cache(maxsize=4)
-def ast_extractor(max_length: int = AST_PARAMS["max_length"], num_mel_bins: int = AST_PARAMS["num_mel_bins"]):
-    """The Hugging Face AST feature extractor with its AudioSet defaults (built locally, no download)."""
+def _ast_fbank_parts(num_mel_bins: int = AST_PARAMS["num_mel_bins"]):
+    """The AST extractor's Kaldi mel bank and window (transformers' ``audio_utils``, numpy only)."""
     import warnings
 
-    from transformers import ASTFeatureExtractor
-
+    hf = _hf_audio_utils()
+    mel_filter_bank, window_function = hf.mel_filter_bank, hf.window_function
     with warnings.catch_warnings():  # its mel bank has an empty filter at 128 bins; that is AST's own setting
         warnings.filterwarnings("ignore", message="At least one mel filter has all zero values")
-        return ASTFeatureExtractor(
-            sampling_rate=SAMPLE_RATE,
-            num_mel_bins=num_mel_bins,
-            max_length=max_length,
-            mean=AST_PARAMS["mean"],
-            std=AST_PARAMS["std"],
-            do_normalize=True,
-        )
+        mel = mel_filter_bank(num_frequency_bins=257, num_mel_filters=num_mel_bins, min_frequency=20,
+                              max_frequency=SAMPLE_RATE // 2, sampling_rate=SAMPLE_RATE, norm=None,
+                              mel_scale="kaldi", triangularize_in_mel_space=True)
+    return mel, window_function(400, "hann", periodic=False)
 
 
 def ast_features(y: np.ndarray, sr: int = SAMPLE_RATE, max_length: int = AST_PARAMS["max_length"]) -> np.ndarray:
-    """The AST's input: 1024 x 128 (frames x mel bins)."""
+    """The AST's input: 1024 x 128 (frames x mel bins).
+
+    The same numbers as Hugging Face's ``ASTFeatureExtractor`` (AudioSet defaults; a test checks
+    they are equal), computed with the numpy functions it calls itself (``transformers.audio_utils``:
+    Kaldi-style fbank, 25 ms Hann window, 10 ms shift, pre-emphasis 0.97, DC removal, log), then
+    padded with zeros or cut to ``max_length`` frames and normalised with the AudioSet mean and
+    twice its std. The extractor class itself is not called because transformers 5 refuses to
+    build it without PyTorch, and exported monitors (:mod:`asdkit.onnxrun`) run without PyTorch.
+    """
     if sr != SAMPLE_RATE:
         raise ConfigError(f"the AST frontend needs {SAMPLE_RATE} Hz audio, got {sr} Hz")
-    ext = ast_extractor(max_length=max_length)
-    out = ext(y, sampling_rate=sr, return_tensors="np")["input_values"][0]
-    return np.asarray(out, dtype=np.float32)
+    spectrogram = _hf_audio_utils().spectrogram
+    p = AST_PARAMS
+    mel, window = _ast_fbank_parts(p["num_mel_bins"])
+    fbank = spectrogram(np.squeeze(np.asarray(y, dtype=np.float32)), window, frame_length=400, hop_length=160,
+                        fft_length=512, power=2.0, center=False, preemphasis=0.97, mel_filters=mel, log_mel="log",
+                        mel_floor=1.192092955078125e-07, remove_dc_offset=True).T
+    n = fbank.shape[0]
+    if n < max_length:
+        fbank = np.concatenate([fbank, np.zeros((max_length - n, fbank.shape[1]), dtype=fbank.dtype)])
+    fbank = fbank[:max_length]
+    return np.asarray((fbank - p["mean"]) / (p["std"] * 2), dtype=np.float32)
 
 
 @dataclass(frozen=True)

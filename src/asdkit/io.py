@@ -52,7 +52,7 @@ def write_manifest(directory: str | os.PathLike) -> None:
     """Seal a saved folder: ``manifest.json`` lists every file below it with its SHA-256 (written last)."""
     d = Path(directory)
     files = {p.relative_to(d).as_posix(): file_sha256(p) for p in sorted(d.rglob("*"))
-             if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+             if p.is_file() and p != d / MANIFEST and not p.name.startswith(".")}
     write_json(d / MANIFEST, {"format": "asdkit.manifest/1", "files": files})
 
 
@@ -72,7 +72,7 @@ def check_manifest(directory: str | os.PathLike) -> None:
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{m}: damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     present = {p.relative_to(d).as_posix() for p in d.rglob("*")
-               if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+               if p.is_file() and p != d / MANIFEST and not p.name.startswith(".")}
     for name in sorted(set(files) | present):
         if name not in present:
             raise ConfigError(f"{d / name}: missing (listed in {MANIFEST})")

@@ -24,6 +24,7 @@ their own threshold (a fine-tuned model's probability, 0.5: ``RUN/models/<group>
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -117,9 +118,10 @@ class Monitor:
             write_manifest(d)
 
     @classmethod
-    def load(cls, directory: str | Path, weights: str | None = None, device: str = "cpu") -> "Monitor":
+    def load(cls, directory: str | Path, weights: str | None = None, device: str = "cpu", runtime: str = "torch") -> "Monitor":
         """Load and check a monitor; ``weights`` says where the backbone's weights are now (they
-        must be the ones the monitor was fitted with)."""
+        must be the ones the monitor was fitted with); ``runtime="onnx"``: an exported monitor's
+        network on ONNX Runtime (:mod:`asdkit.onnxrun`)."""
         from asdkit.methods import Context, load_method
         from asdkit.reader import ClipReader
 
@@ -143,7 +145,12 @@ class Monitor:
         settings = {k: v for k, v in doc.items() if k not in ("format", "format_version", "threshold")}
         audio = check_monitor_fields(settings, mj)
         try:
-            method = load_method(d / METHOD_DIR, Context(reader=ClipReader(audio), device=device), checked=True, weights=weights)
+            if runtime == "onnx":
+                from asdkit.onnxrun import load_onnx_method
+
+                method = load_onnx_method(d, ClipReader(audio))
+            else:
+                method = load_method(d / METHOD_DIR, Context(reader=ClipReader(audio), device=device), checked=True, weights=weights)
         except ConfigError as e:
             raise MonitorError(str(e)) from None
         return cls(method=method, threshold=float(threshold), settings=settings, reference=_load_reference(d, settings))
@@ -194,12 +201,19 @@ def _load_reference(d: Path, settings: dict):
         raise MonitorError(f"{f}: unreadable ({e})") from None
 
 
-def load_monitor(directory: str | Path, weights: str | None = None, device: str = "cpu") -> Monitor:
+def load_monitor(directory: str | Path, weights: str | None = None, device: str = "cpu", runtime: str = "auto") -> Monitor:
     """A monitor written by ``asdkit fit`` (monitor.json), or a saved method whose scores come with
-    their own threshold (a fine-tuned model, ``RUN/models/<group>``: probability, threshold 0.5)."""
+    their own threshold (a fine-tuned model, ``RUN/models/<group>``: probability, threshold 0.5);
+    ``runtime``: ``auto``, ``torch`` or ``onnx`` for a monitor written by ``asdkit export``
+    (:func:`asdkit.onnxrun.choose_runtime`)."""
     from asdkit.methods import load_method
+    from asdkit.onnxrun import choose_runtime
 
     d = Path(directory)
+    if choose_runtime(d, runtime) == "onnx":
+        if weights is not None:
+            raise ConfigError("--weights does not apply to the onnx runtime: the weights are in the exported model")
+        return Monitor.load(d, runtime="onnx")
     if d.is_dir() and not (d / "monitor.json").exists() and (d / "method.json").is_file():
         method = load_method(d, device=device, weights=weights)
         if method.natural_threshold is None:
@@ -230,7 +244,7 @@ def recording_notes(clips: Sequence[Clip], audio: AudioSettings) -> None:
     short, rates = [], {}
     for c in clips:
         try:
-            info = sf.info(str(check_file(c.path)))
+            info = sf.info(os.fsencode(check_file(c.path)))
         except Exception:  # noqa: BLE001 - an unusable file is reported when it is read
             continue
         if audio.seconds and info.duration < audio.seconds - 1e-3:

@@ -131,10 +131,12 @@ def training_groups(clips: Sequence[Clip], per_id: bool) -> dict[str, list[Clip]
     return dict(sorted(groups.items()))
 
 
-def run(cfg: RunConfig, out: str | Path, progress: bool = True, overwrite: bool = False) -> RunResult:
+def run(cfg: RunConfig, out: str | Path, progress: bool = True, overwrite: bool = False, engine=None) -> RunResult:
     """Run ``cfg`` and write the run directory ``out``: into a hidden folder beside it that takes its
     place when the run is complete (:func:`asdkit.io.staged_folder`), so ``out`` is never half
-    written nor half old and half new. An ``out`` that holds files is refused unless ``overwrite``."""
+    written nor half old and half new. An ``out`` that holds files is refused unless ``overwrite``.
+    ``engine`` (:mod:`asdkit.engine`, default local) is where the per-clip work runs: the results
+    are the same whichever it is."""
     from asdkit.io import check_out_folder, staged_folder
 
     settings = cfg.validate()
@@ -143,10 +145,10 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True, overwrite: bool 
     t0 = time.time()
     clips = prepare_clips(cfg)
     with staged_folder(out) as staging:
-        return _run(cfg, settings, clips, RunDir(staging), progress, t0)
+        return _run(cfg, settings, clips, RunDir(staging), progress, t0, engine)
 
 
-def _run(cfg: RunConfig, settings, clips: list[Clip], rd: RunDir, progress: bool, t0: float) -> RunResult:
+def _run(cfg: RunConfig, settings, clips: list[Clip], rd: RunDir, progress: bool, t0: float, engine=None) -> RunResult:
     from asdkit.embed import EmbeddingSet
     from asdkit.methods import Context, create_method
     from asdkit.reader import ClipReader
@@ -156,6 +158,8 @@ def _run(cfg: RunConfig, settings, clips: list[Clip], rd: RunDir, progress: bool
     reader = ClipReader(cfg.audio, "skip" if cfg.skip_bad else "error", progress)
     ctx = Context(reader=reader, cache_dir=cfg.cache_dir, seed=cfg.seed, device=cfg.device,
                   run_clips=[c for c in clips if c.split in ("train", "val")])
+    if engine is not None:
+        ctx.engine = engine
     readings: dict[str, dict[str, float]] = {}
     embeddings: dict[str, list] = {}
     info: dict = {}
@@ -203,6 +207,7 @@ def _run(cfg: RunConfig, settings, clips: list[Clip], rd: RunDir, progress: bool
         "n_scored": len(scored),
         "skipped": [{"file": p, "reason": r} for p, r in reader.skipped],
         "seconds": round(time.time() - t0, 2),
+        "engine": ctx.engine.describe(),
         **env,
     }
     rd.write_results(asdict(cfg), env, info, rows, results_markdown(info, rows))

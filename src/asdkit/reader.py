@@ -43,6 +43,8 @@ def checked(transform: Callable[[np.ndarray], np.ndarray], y: np.ndarray, clip: 
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             x = transform(y)
+    except AudioError as e:  # the frontend's own finiteness check: say which clip
+        raise AudioError(f"{clip.key}: {e}") from None
     except (FloatingPointError, OverflowError, ValueError) as e:
         raise AudioError(f"{clip.key}: the {name} features cannot be computed ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if not np.isfinite(x).all():

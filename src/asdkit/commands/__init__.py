@@ -7,7 +7,7 @@ imports another.
 
 from __future__ import annotations
 
-MODULES = ("data", "run", "monitor", "reproduce", "compare", "explain")
+MODULES = ("data", "run", "monitor", "export", "reproduce", "compare", "explain", "service")
 """Command modules in the order their commands appear in ``asdkit --help``."""
 
 _LAZY = {
@@ -15,10 +15,13 @@ _LAZY = {
     "finetune_cmd": "asdkit.commands.run",
     "fit_cmd": "asdkit.commands.monitor",
     "score_cmd": "asdkit.commands.monitor",
+    "export_cmd": "asdkit.commands.export",
     "reproduce_cmd": "asdkit.commands.reproduce",
     "demo_cmd": "asdkit.commands.reproduce",
     "compare_cmd": "asdkit.commands.compare",
     "explain_cmd": "asdkit.commands.explain",
+    "serve_cmd": "asdkit.commands.service",
+    "listen_cmd": "asdkit.commands.service",
 }
 
 __all__ = sorted(_LAZY)

@@ -73,13 +73,16 @@ def embed_cmd(
     channel: o.Channel = None,
     skip_bad: o.SkipBad = False,
     device: o.Device = "auto",
+    engine: o.EngineName = "local",
+    ray_address: o.RayAddress = None,
     quiet: o.Quiet = False,
     method_options: dict | None = None,
 ):
-    """Embed every clip of a dataset with a backbone (batched, cached on disk)."""
+    """Embed every clip of a dataset with a backbone (batched, cached on disk; the network is built
+    only when a clip is not in the cache)."""
     from asdkit.audio import AudioSettings
     from asdkit.data import load_dataset
-    from asdkit.embed import embed_clips
+    from asdkit.engine import get_engine
     from asdkit.methods import BackboneSettings, Context
     from asdkit.reader import ClipReader
 
@@ -94,9 +97,13 @@ def embed_cmd(
     con = o.console()
     if bb.weights.random_init:
         con.print(f"[bold red]{bb.name}: {bb.weights.describe()}[/]")
-    emb = embed_clips(clips, bb, cache_dir=cache or o.default_cache_dir(), batch_size=batch_size, reader=reader)
+    with get_engine(engine, ray_address) as eng:
+        emb = eng.embed(clips, bb, cache_dir=cache or o.default_cache_dir(), batch_size=batch_size, reader=reader)
     emb.save_npz(out)
-    con.print(f"{len(emb.clips)} embeddings of {bb.embedding_dim} values ({bb.weights.describe()}) -> {out}")
+    con.print(f"{len(emb.clips)} embeddings of {bb.embedding_dim} values ({bb.precision}, {bb.weights.describe()}) -> {out}")
+    hits = emb.stats.get("cache_hits", 0)
+    if hits:
+        con.print(f"{hits} from the cache, {emb.stats.get('computed', 0)} computed")
     if emb.skipped:
         con.print(f"[yellow]skipped {len(emb.skipped)} bad file(s)[/]")
 

@@ -101,14 +101,20 @@ def score_cmd(
     skip_bad: o.SkipBad = False,
     cache: o.Cache = None,
     device: o.Device = "auto",
+    runtime: o.Runtime = "auto",
+    engine: o.EngineName = "local",
+    ray_address: o.RayAddress = None,
     quiet: o.Quiet = False,
 ):
     """Score new recordings with a monitor: file, score, threshold, decision. Exit status 0: all normal, 1: an alarm, 2: an error."""
     from asdkit.audio import find_audio
     from asdkit.data.clips import Clip
+    from asdkit.engine import get_engine
     from asdkit.monitor import load_monitor
 
-    mon = load_monitor(monitor, weights=weights, device=device)
+    mon = load_monitor(monitor, weights=weights, device=device, runtime=runtime)
+    load = dict(directory=str(monitor), weights=weights, device=device,
+                runtime="onnx" if getattr(mon.method, "runtime", "torch") == "onnx" else "torch")
     files: list[Path] = []
     for p in inputs:
         if p.is_dir():
@@ -120,7 +126,8 @@ def score_cmd(
             files.append(p)
     clips = [Clip(str(f), "unknown", "unknown", 0) for f in files]
     progress = not quiet and out != "-"
-    rows, alarms, skipped = _rows(mon, clips, windows, skip_bad, progress, cache or o.default_cache_dir())
+    with get_engine(engine, ray_address) as eng:
+        rows, alarms, skipped = _rows(mon, clips, windows, skip_bad, progress, cache or o.default_cache_dir(), eng, load)
     to_stdout = out == "-"
     target = None if to_stdout else Path(out or "scores.csv")
     _write(rows, target, json_lines)
@@ -138,11 +145,12 @@ def score_cmd(
     raise typer.Exit(1 if alarms else 0)
 
 
-def _rows(mon, clips, per_window: bool, skip_bad: bool, progress: bool, cache) -> tuple[list[dict], int, list]:
-    """Result rows (per recording, or per window), the number of recordings that alarm, and the skipped files."""
+def _rows(mon, clips, per_window: bool, skip_bad: bool, progress: bool, cache, engine, load: dict) -> tuple[list[dict], int, list]:
+    """Result rows (per recording, or per window), the number of recordings that alarm, and the skipped
+    files; the windows are scored by ``engine`` (:mod:`asdkit.engine`; ``load``: how a worker loads the monitor)."""
     from asdkit.monitor import max_per_recording
 
-    wins, scores, skipped = mon.score_windows(clips, skip_bad=skip_bad, progress=progress, cache_dir=cache)
+    wins, scores, skipped = engine.score_windows(mon, clips, load=load, skip_bad=skip_bad, progress=progress, cache_dir=cache)
     thr = mon.threshold
     per = max_per_recording(wins, scores)
     alarms = sum(1 for v in per.values() if v > thr)
@@ -178,16 +186,10 @@ def _write(rows: list[dict], target: Path | None, json_lines: bool) -> None:
 
 
 def _table(con, rows: list[dict], monitor: Path) -> None:
-    from rich.table import Table
-
-    t = Table(title=f"asdkit score ({monitor})")
     cols = [c for c in rows[0] if c != "threshold"] if rows else ["file", "score", "decision"]
-    for c in cols:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*[("[bold red]ANOMALOUS[/]" if r[c] == "anomalous" else r[c]) if c == "decision"
-                    else (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for c in cols])
-    con.print(t)
+    o.print_table(con, f"asdkit score ({monitor})", cols,
+                  [[("[bold red]ANOMALOUS[/]" if r[c] == "anomalous" else r[c]) if c == "decision"
+                    else (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for c in cols] for r in rows])
 
 
 def register(app: typer.Typer) -> None:

@@ -47,6 +47,9 @@ Format = Annotated[Literal["asdkit", "dcase"], typer.Option("--format", help="dc
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it already holds files (it is replaced only once the new one is complete).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy shared machine).", min=1)]
+EngineName = Annotated[Literal["local", "ray"], typer.Option("--engine", help="Where per-clip work runs: local (this process) or ray (a Ray cluster, or a Ray started here; docs/scale.md).")]
+Runtime = Annotated[Literal["auto", "torch", "onnx"], typer.Option(help="What runs the monitor's network: auto (ONNX Runtime for an exported monitor when PyTorch is not installed, else PyTorch), torch, or onnx (a monitor written by `asdkit export`).")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join with --engine ray (default: $RAY_ADDRESS, else a Ray started on this machine).")]
 SaveModel = Annotated[bool, typer.Option("--save-model", help="Also save each fitted model to OUT/models/<group>/ (the autoencoder's always are).")]
 
 # ------------------------------------------------------------------------------------- methods
@@ -56,7 +59,7 @@ Method = Annotated[Methods, typer.Option(help=METHOD_HELP)]
 MonitorMethod = Annotated[Optional[Methods], typer.Option("--method", help=METHOD_HELP + " Default: embed-detect with AST, or with the weight-free features backbone when AST's weights are not here.", show_default=False)]
 Backbone = Annotated[Optional[str], typer.Option(help=f"Embedding backbone: {BACKBONES_TEXT} (default: ast).")]
 Weights = Annotated[Optional[str], typer.Option(help="Backbone weights: 'default' (the study's, from the hub), a hub id, a local folder/file, or 'none' (random init).")]
-Precision = Annotated[Optional[Literal["fp32", "bf16"]], typer.Option(help="fp32, or bf16 (autocast; fast on CPUs with native bf16).")]
+Precision = Annotated[Optional[Literal["auto", "fp32", "bf16"]], typer.Option(help="auto (the default: bf16 where the CPU or GPU does bf16 natively, AMX-BF16 / AVX512-BF16 / CUDA bf16; fp32 elsewhere), fp32, or bf16 autocast.")]
 BackboneConfig = Annotated[Optional[str], typer.Option(help="Architecture overrides as JSON (e.g. a tiny model for a quick try: '{\"num_hidden_layers\": 2}').")]
 Detector = Annotated[Optional[str], typer.Option(help=f"Anomaly detector on the embeddings: {DETECTORS_TEXT} (default: lof-vote, the study's).")]
 DetectorParams = Annotated[Optional[str], typer.Option(help="Detector hyper-parameters as JSON (e.g. '{\"n_neighbors\": 8}').")]
@@ -197,13 +200,66 @@ def console(stderr: bool = False):
     return Console(stderr=stderr)
 
 
+def print_table(con, title: str, columns: list[str], rows: list[list[str]], **table_options) -> None:
+    """A table on the console: box-drawn on a terminal; for a pipe or a file, plain tab-separated
+    lines that scripts can read (``# title``, a header, then one line per row)."""
+    if con.is_terminal:
+        from rich.table import Table
+
+        t = Table(title=title, **table_options)
+        for c in columns:
+            t.add_column(c)
+        for r in rows:
+            t.add_row(*r)
+        con.print(t)
+        return
+    import re
+
+    plain = lambda v: re.sub(r"\[/?[a-z ]*\]", "", str(v)).replace("\n", " ")  # noqa: E731  (no rich markup)
+    for line in [f"# {title}", "\t".join(columns), *("\t".join(plain(v) for v in r) for r in rows)]:
+        print(line, file=con.file)  # rich would expand the tabs
+
+
 def check_out_file(out: Path, suffix: str) -> None:
     """Refuse, before any work, an output file that cannot be written: the wrong suffix, a folder,
     a path under a file, or a folder that is not writable."""
-    if not str(out).endswith(suffix):
-        raise ConfigError(f"{out}: the output must be a {suffix} file")
     if out.is_dir():
         raise ConfigError(f"{out}: is a folder; give a {suffix} file name")
+    if not str(out).endswith(suffix):
+        raise ConfigError(f"{out}: the output must be a {suffix} file")
     check_out_folder(out.parent)
 
 
+# ------------------------------------------------------------------------------------- service
+
+Monitors = Annotated[Path, typer.Argument(help="Folder of monitors, one per machine: MONITORS/<machine>/ (written by `asdkit fit --out`).")]
+MonitorsOption = Annotated[Optional[Path], typer.Option("--monitors", help="The server's folder of monitors (its default database is there).")]
+Db = Annotated[Optional[str], typer.Option("--db", help="Database URL: sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB (default: SQLite file MONITORS/asdkit-service.db).")]
+Host = Annotated[str, typer.Option(help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 every network (put TLS in front).")]
+Port = Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)]
+Workers = Annotated[int, typer.Option(help="Server processes; each loads every monitor (use PostgreSQL with several).", min=1, max=64)]
+MaxUploadMb = Annotated[float, typer.Option(help="Largest upload accepted (MB).")]
+MaxSeconds = Annotated[float, typer.Option(help="Longest audio accepted (seconds).")]
+AlertRuleOption = Annotated[str, typer.Option("--alert-rule", help="K/N/M: K anomalous clips of a machine's last N open an alert, M normal ones in a row close it (per machine: PUT /api/v1/machines/NAME/alert-rule).")]
+KeepAudio = Annotated[bool, typer.Option("--keep-audio/--no-keep-audio", help="Keep anomalous clips' audio (to listen to and for the dashboard's figures).")]
+AudioDir = Annotated[Optional[Path], typer.Option(help="Where kept audio goes (default: MONITORS/asdkit-service-audio).")]
+AudioDays = Annotated[float, typer.Option(help="Kept audio older than this many days is deleted.")]
+AudioMaxMb = Annotated[float, typer.Option(help="Kept audio beyond this many MB in all is deleted, oldest first.")]
+Webhook = Annotated[Optional[str], typer.Option(help="URL POSTed a JSON document when an alert opens (retried; never holds up a clip).")]
+WebhookSecret = Annotated[Optional[str], typer.Option(envvar="ASDKIT_WEBHOOK_SECRET", help="Sign webhook bodies (X-Asdkit-Signature: sha256=HMAC); or $ASDKIT_WEBHOOK_SECRET.")]
+WebhookRetries = Annotated[int, typer.Option(help="Webhook retries after the first attempt.", min=0, max=20)]
+WebhookBackoff = Annotated[float, typer.Option(help="Seconds before the first webhook retry (doubling each time).")]
+AccessLog = Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request (uvicorn's access log).")]
+Server = Annotated[str, typer.Option(help="The service's URL.")]
+ApiToken = Annotated[Optional[str], typer.Option("--token", envvar="ASDKIT_TOKEN", help="A token with the ingest scope (better: $ASDKIT_TOKEN, which `ps` does not show).")]
+MachineName = Annotated[Optional[str], typer.Option("--machine", help="The machine's name (its monitor's folder name on the server). Watching a folder without it: DIR/<machine>/FILE.")]
+Watch = Annotated[Optional[Path], typer.Option("--watch", help="Send new audio files that appear below this folder.")]
+Existing = Annotated[bool, typer.Option("--existing", help="--watch: also send the files already there.")]
+Mic = Annotated[bool, typer.Option("--mic", help="Record from a microphone (sounddevice / PortAudio).")]
+MicDevice = Annotated[Optional[str], typer.Option(help="--mic: input device number or name (default: the system's).")]
+SampleRate = Annotated[int, typer.Option(help="--mic: sample rate (Hz).")]
+MicChannels = Annotated[int, typer.Option("--channels", help="--mic: channels to record.")]
+ClipSeconds = Annotated[float, typer.Option("--seconds", help="Clip length: the microphone's clips, and longer files are cut into clips this long.")]
+Spool = Annotated[Optional[Path], typer.Option(help="Where clips wait until the service has them (default: ~/.local/state/asdkit/spool).")]
+TokenName = Annotated[str, typer.Argument(help="A name for the token (who or what uses it).")]
+Scopes = Annotated[str, typer.Option("--scope", help="Comma-separated scopes: ingest (send clips), read (look, acknowledge alerts), admin (everything).")]

@@ -12,15 +12,11 @@ from asdkit.commands.options import console, csv_list
 
 
 def print_table3(table) -> None:
-    """Table III on the terminal: our AUC above the published one in each cell (failed cells in red)."""
-    from rich.table import Table
-
+    """Table III on the terminal: our AUC above the published one in each cell (failed cells in red);
+    plain tab-separated lines when the output is not a terminal."""
     rows = list(dict.fromkeys(c["row"] for c in table.cells))
     cols = list(dict.fromkeys(c["column"] for c in table.cells))
-    t = Table(title="Table III: AUC, ours (LOF rows: also the vote count's) / published", show_lines=True)
-    t.add_column("row")
-    for col in cols:
-        t.add_column(col, justify="right")
+    grid = []
     for row in rows:
         cells = []
         for col in cols:
@@ -34,9 +30,10 @@ def print_table3(table) -> None:
                 votes = "" if c.get("auc_votes") is None else f"\nvotes {c['auc_votes']:.4f}"
                 pub = "" if c.get("published") is None else f"\n[dim]{c['published']:.4f}[/]"
                 cells.append(ours + votes + pub)
-        t.add_row(row, *cells)
+        grid.append([row, *cells])
     con = console()
-    con.print(t)
+    o.print_table(con, "Table III: AUC, ours (LOF rows: also the vote count's) / published", ["row", *cols], grid,
+                  show_lines=True)
     if table.meta.get("note"):
         con.print(f"[bold red]{table.meta['note']}[/]")
     elif any(c.get("random_init") for c in table.cells):

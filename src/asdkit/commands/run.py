@@ -8,22 +8,19 @@ from asdkit.commands import options as o
 
 
 def print_results(result) -> None:
-    """The run's table on the terminal."""
-    from rich.table import Table
-
+    """The run's table on the terminal (plain lines when the output is not a terminal)."""
     from asdkit.metrics import few_clips_warnings
 
     extra = [k for k in (result.rows[0] if result.rows else {}) if k.startswith("auc_") and k != "auc_ci"]
-    t = Table(title=f"asdkit run: {result.info['label']}")
-    for col in ("machine type", "id", "AUC", "95% CI", "pAUC", *(f"AUC ({k[4:]})" for k in extra), "normal", "anomalous"):
-        t.add_column(col, justify="right" if col not in ("machine type", "id") else "left")
     fmt = lambda v: "n/a" if v != v else f"{v:.4f}"  # noqa: E731  (NaN when a group lacks a class)
+    rows = []
     for r in result.rows:
         lo, hi = r["auc_ci"]
-        t.add_row(r["machine_type"], r["machine_id"], fmt(r["auc"]), "n/a" if lo != lo else f"{lo:.3f}-{hi:.3f}",
-                  fmt(r["pauc"]), *(fmt(r[k]) for k in extra), str(r["n_normal"]), str(r["n_anomalous"]))
+        rows.append([r["machine_type"], r["machine_id"], fmt(r["auc"]), "n/a" if lo != lo else f"{lo:.3f}-{hi:.3f}",
+                     fmt(r["pauc"]), *(fmt(r[k]) for k in extra), str(r["n_normal"]), str(r["n_anomalous"])])
     con = o.console()
-    con.print(t)
+    o.print_table(con, f"asdkit run: {result.info['label']}",
+                  ["machine type", "id", "AUC", "95% CI", "pAUC", *(f"AUC ({k[4:]})" for k in extra), "normal", "anomalous"], rows)
     for w in few_clips_warnings(result.rows):
         con.print(f"[yellow]warning: {w}[/]")
     if result.info.get("random_init"):
@@ -52,10 +49,13 @@ def run_cmd(
     overwrite: o.Overwrite = False,
     cache: o.Cache = None,
     device: o.Device = "auto",
+    engine: o.EngineName = "local",
+    ray_address: o.RayAddress = None,
     quiet: o.Quiet = False,
     method_options: dict | None = None,
 ):
     """Run one method over a dataset: results.json, results.md, scores.csv and split.csv in OUT."""
+    from asdkit.engine import get_engine
     from asdkit.pipeline import RunConfig, run
 
     settings = o.method_settings_from_options(method, method_options)
@@ -64,7 +64,9 @@ def run_cmd(
                     dataset_split=dataset_split,
                     channel=channel, skip_bad=skip_bad, save_models=save_model, dcase_output=format_ == "dcase",
                     cache_dir=str(cache or o.default_cache_dir()), device=device)
-    result = run(cfg, out, progress=not quiet, overwrite=overwrite)
+    cfg.validate()  # every setting checked before an engine (a Ray cluster) is started
+    with get_engine(engine, ray_address) as eng:
+        result = run(cfg, out, progress=not quiet, overwrite=overwrite, engine=eng)
     print_results(result)
     con = o.console()
     for name, rep in result.info.get("groups", {}).items():
@@ -79,6 +81,7 @@ finetune_cmd = o.specialize(
     """Fine-tune a backbone with the study's head on train clips of both labels; score the test clips
     (the same as `asdkit run --method finetune`).""",
     method="finetune", detector=None, detector_params=None, standardize=None, cache=None, format_="asdkit",
+    engine="local", ray_address=None,
 )
 
 

@@ -281,9 +281,12 @@ def explain_clips(
     if use_models and models is None:
         _check_backbones(backbones)
     from asdkit.audio import load_audio
+    from asdkit.data.clips import Clip
+    from asdkit.explain.spectrograms import spectrogram
+    from asdkit.reader import checked
 
     for p in clip_paths:  # an unusable clip is an error, not a note
-        load_audio(p, AudioSettings(seconds=None, channel=channel))
+        checked(lambda y: spectrogram(y).db, load_audio(p, AudioSettings(seconds=None, channel=channel)), Clip(str(p), "clip", "", 0))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []

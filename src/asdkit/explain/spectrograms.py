@@ -41,14 +41,19 @@ def spectrogram(y: np.ndarray, sr: int = SAMPLE_RATE, kind: str = "linear", **pa
     y = np.asarray(y, dtype=np.float32)
     if y.ndim != 1 or len(y) == 0:
         raise ConfigError(f"a mono signal is needed, got shape {y.shape}")
-    if kind == "linear":
-        s = np.abs(librosa.stft(y, n_fft=p["n_fft"], hop_length=p["hop_length"]))
-        db = librosa.amplitude_to_db(s, ref=np.max, top_db=80.0)
-        freqs = librosa.fft_frequencies(sr=sr, n_fft=p["n_fft"])
-    else:
-        s = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=p["n_fft"], hop_length=p["hop_length"], n_mels=p["n_mels"])
-        db = librosa.power_to_db(s, ref=np.max, top_db=80.0)
-        freqs = librosa.mel_frequencies(n_mels=p["n_mels"], fmin=0.0, fmax=sr / 2.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if kind == "linear":
+            s = np.abs(librosa.stft(y, n_fft=p["n_fft"], hop_length=p["hop_length"]))
+            db = librosa.amplitude_to_db(s, ref=np.max, top_db=80.0)
+            freqs = librosa.fft_frequencies(sr=sr, n_fft=p["n_fft"])
+        else:
+            s = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=p["n_fft"], hop_length=p["hop_length"], n_mels=p["n_mels"])
+            db = librosa.power_to_db(s, ref=np.max, top_db=80.0)
+            freqs = librosa.mel_frequencies(n_mels=p["n_mels"], fmin=0.0, fmax=sr / 2.0)
+    if not np.isfinite(db).all():
+        from asdkit.errors import AudioError
+
+        raise AudioError(f"the {kind} spectrogram is not finite (samples far outside -1..1?)")
     times = librosa.frames_to_time(np.arange(db.shape[1]), sr=sr, hop_length=p["hop_length"])
     return Spectrogram(db.astype(np.float32), freqs, times, kind, sr, len(y) / sr, p["hop_length"])
 

@@ -39,7 +39,7 @@ class AutoencoderMethod(Method):
         from asdkit.models.autoencoder import AutoencoderDetector
 
         s = self.settings
-        kept, X = self.reader.read_all(clips, f"{self.title}: train features", self.frontend)
+        kept, X = self.context.engine.read_all(self.reader, clips, f"{self.title}: train features", self.frontend)
         if not kept:
             from asdkit.errors import DatasetError
 
@@ -59,13 +59,16 @@ class AutoencoderMethod(Method):
 
     def _score(self, clips):
         kept, scores = [], []
-        for k, X in self.reader.batches(clips, SCORE_BATCH, f"{self.title}: test features", self.frontend):
+        for k, X in self.context.engine.batches(self.reader, clips, SCORE_BATCH, f"{self.title}: test features", self.frontend):
             kept += k
             scores.append(self.detector_.score_clips(X))
         return {"score": scores_at(clips, kept, np.concatenate(scores) if scores else [])}
 
     def info(self) -> dict:
         return {"weights": "trained from scratch on normal training clips", "random_init": False}
+
+    def export_network(self) -> dict:
+        return {"module": self.detector_.model_, "frontend": self.frontend, "output": "reconstruction"}
 
     def backbone(self):
         """The trained network as a backbone (its embedding: the clip's mean 8-d code)."""

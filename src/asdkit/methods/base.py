@@ -42,17 +42,39 @@ def _backbone_names() -> list[str]:
     return list_backbones()
 
 
+def precision_setting():
+    """The ``precision`` setting of every method that runs a backbone (:mod:`asdkit.models.precision`)."""
+    return setting("auto", OneOf(("auto", "fp32", "bf16")),
+                   "auto (bf16 where the hardware does it natively, else fp32), fp32, or bf16 autocast")
+
+
+def saved_precision(settings, saved: dict | None):
+    """``settings`` with ``precision: auto`` replaced by the precision "auto" chose when the method
+    was fitted (its saved backbone record), so a monitor loaded on other hardware gives the same
+    embeddings, and its cache key (which includes the precision) matches."""
+    from dataclasses import replace
+
+    p = (saved or {}).get("precision")
+    return replace(settings, precision=p) if settings.precision == "auto" and p in ("fp32", "bf16") else settings
+
+
 @dataclass
 class BackboneSettings(Settings):
     """The backbone part of a method's settings (shared by every method that embeds clips)."""
 
     backbone: str = setting("ast", OneOf(_backbone_names), "embedding backbone")
     weights: str = setting("default", Text(), "hub id, local folder/file, 'default' (the study's) or 'none' (random init)")
-    precision: str = setting("fp32", OneOf(("fp32", "bf16")), "fp32, or bf16 autocast")
+    precision: str = precision_setting()
     backbone_config: dict | None = setting(None, Optional(Mapping()), "architecture overrides (tiny test models)")
 
     def backbone_kwargs(self) -> dict:
         return {"weights": self.weights, "precision": self.precision, "config": self.backbone_config}
+
+
+def _local_engine():
+    from asdkit.engine import LocalEngine
+
+    return LocalEngine()
 
 
 @dataclass
@@ -68,6 +90,8 @@ class Context:
     methods that also learn from the other machines (``idnet``: outlier exposure, one network per run)."""
     shared: dict = field(default_factory=dict, repr=False)
     """What a method fitted once for the whole run keeps for the run's other groups (keyed by the method)."""
+    engine: Any = field(default_factory=_local_engine)
+    """Where per-clip work (reading, frontend, network) runs: :mod:`asdkit.engine` (local or Ray)."""
     _backbones: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -75,16 +99,16 @@ class Context:
         return self.reader.progress
 
     def backbone(self, s: BackboneSettings, shared: bool = True):
-        """The backbone of ``s`` (built once per run and shared, unless ``shared=False``: for
-        methods that change its weights)."""
-        from asdkit.models import create_backbone
+        """The backbone of ``s``: shared by the run's methods and built only when first needed
+        (a :class:`~asdkit.models.LazyBackbone`: a run whose embeddings are all cached builds
+        none), or, with ``shared=False``, a new built one (for methods that change its weights)."""
+        from asdkit.models import create_backbone, plan_backbone
 
+        if not shared:
+            return create_backbone(s.backbone, seed=self.seed, device=self.device, **s.backbone_kwargs())
         key = json.dumps([s.backbone, s.backbone_kwargs()], sort_keys=True, default=str)
-        if not shared or key not in self._backbones:
-            bb = create_backbone(s.backbone, seed=self.seed, device=self.device, **s.backbone_kwargs())
-            if not shared:
-                return bb
-            self._backbones[key] = bb
+        if key not in self._backbones:
+            self._backbones[key] = plan_backbone(s.backbone, seed=self.seed, device=self.device, **s.backbone_kwargs())
         return self._backbones[key]
 
 
@@ -165,6 +189,15 @@ class Method:
     def embeddings(self) -> dict:
         """``{backbone name: EmbeddingSet}`` of the clips fitted and scored (kept for t-SNE)."""
         return {}
+
+    def export_network(self) -> dict:
+        """The fitted network :mod:`asdkit.export` writes as ONNX: ``{"module": a torch module
+        taking a batch of ``frontend`` outputs, "frontend": Frontend, "output": kind, "batch_size":
+        clips per run (optional, 8)}`` where kind is
+        ``embedding`` (the method's saved detector scores it), ``reconstruction`` (the module
+        reconstructs its input; the score is the mean squared error) or ``logit`` (the score is its
+        sigmoid)."""
+        raise ConfigError(f"method {self.name} cannot be exported to ONNX (yet)")
 
     @property
     def label(self) -> str:

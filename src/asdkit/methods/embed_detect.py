@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from asdkit.errors import ConfigError
-from asdkit.methods.base import BackboneSettings, Context
+from asdkit.methods.base import BackboneSettings, Context, saved_precision
 from asdkit.methods.embedding import DetectorSettings, EmbeddingMethod
 from asdkit.settings import Int, setting
 
@@ -34,7 +34,8 @@ class EmbedDetectSettings(BackboneSettings, DetectorSettings):
 def backbone_record(bb) -> dict:
     """What a saved method keeps of its backbone, to refuse other weights when it is loaded."""
     return {"name": bb.name, "embedding_dim": bb.embedding_dim, "cache_key": bb.cache_key,
-            "weights_description": bb.weights.describe(), "random_init": bb.weights.random_init}
+            "weights_description": bb.weights.describe(), "random_init": bb.weights.random_init,
+            "precision": bb.precision}
 
 
 def check_backbone(directory: Path, bb, saved: dict) -> None:
@@ -53,7 +54,8 @@ def check_backbone(directory: Path, bb, saved: dict) -> None:
 
 def backbone_info(bb) -> dict:
     return {"weights": bb.weights.describe(), "weights_source": bb.weights.source,
-            "random_init": bb.weights.random_init, "embedding_dim": bb.embedding_dim}
+            "random_init": bb.weights.random_init, "embedding_dim": bb.embedding_dim, "precision": bb.precision}
+
 
 
 WEIGHT_FREE = {"backbone": "features", "detector": "mahalanobis", "standardize": True}
@@ -97,12 +99,14 @@ class EmbedDetectMethod(EmbeddingMethod):
         return self.settings.backbone
 
     def _embed(self, clips):
-        from asdkit.embed import embed_clips
-
         if self.backbone_ is None:
             self.backbone_ = self.context.backbone(self.settings)
-        return self._kept(embed_clips(clips, self.backbone_, cache_dir=self.context.cache_dir,
-                                      batch_size=self.settings.batch_size, reader=self.reader))
+        return self._kept(self.context.engine.embed(clips, self.backbone_, cache_dir=self.context.cache_dir,
+                                                    batch_size=self.settings.batch_size, reader=self.reader))
+
+    def export_network(self) -> dict:
+        bb = self.backbone_
+        return {"module": bb.module, "frontend": bb.frontend, "output": "embedding", "batch_size": self.settings.batch_size}
 
     def info(self) -> dict:
         return {} if self.backbone_ is None else {**backbone_info(self.backbone_), **self.detector_info()}
@@ -116,6 +120,7 @@ class EmbedDetectMethod(EmbeddingMethod):
         from dataclasses import replace
 
         scorer = cls._load_detector(directory, state, settings, context.seed)
+        settings = saved_precision(settings, state.get("backbone"))
         m = cls(replace(settings, weights=weights) if weights else settings, context)
         m.backbone_ = context.backbone(m.settings)
         check_backbone(directory, m.backbone_, state.get("backbone") or {})
@@ -124,3 +129,4 @@ class EmbedDetectMethod(EmbeddingMethod):
                               f"the detector was fitted on {scorer.n_features_in_}-d")
         m.scorer_ = scorer
         return m
+

@@ -137,22 +137,29 @@ class EmbeddingMethod(Method):
 
     @staticmethod
     def _load_detector(directory: Path, state: dict, settings: DetectorSettings, seed: int = 0):
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
+        return load_detector(directory, state, per_section=settings.per_section, source_centres=settings.source_centres,
+                             normalize=settings.normalize, seed=seed)
 
-        from asdkit.sections import SectionDetector
 
-        path = directory / DETECTOR_FILE
-        try:
-            arrays = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ConfigError(f"{path}: unreadable ({e})") from None
-        shapes = {k: list(v.shape) for k, v in arrays.items()}
-        if shapes != state.get("arrays"):
-            raise ConfigError(f"{path}: array shapes {shapes} differ from method.json {state.get('arrays')}")
-        try:
-            return SectionDetector.from_state(state, arrays, per_section=settings.per_section,
-                                              source_centres=settings.source_centres, normalize=settings.normalize,
-                                              seed=seed)
-        except ConfigError as e:
-            raise ConfigError(f"{directory}: {e}") from None
+def load_detector(directory: str | Path, state: dict, **settings):
+    """The fitted :class:`~asdkit.sections.SectionDetector` of a saved method folder
+    (``detector.safetensors`` and the method state's detector and ``arrays``); needs no backbone
+    (exported monitors use it too: :mod:`asdkit.onnxrun`). ``settings``: SectionDetector's own."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from asdkit.sections import SectionDetector
+
+    directory = Path(directory)
+    path = directory / DETECTOR_FILE
+    try:
+        arrays = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({e})") from None
+    shapes = {k: list(v.shape) for k, v in arrays.items()}
+    if shapes != state.get("arrays"):
+        raise ConfigError(f"{path}: array shapes {shapes} differ from method.json {state.get('arrays')}")
+    try:
+        return SectionDetector.from_state(state, arrays, **settings)
+    except ConfigError as e:
+        raise ConfigError(f"{directory}: {e}") from None

@@ -41,8 +41,9 @@ class FinetuneMethod(Method):
     def label(self) -> str:
         return f"{self.settings.backbone}+finetune"
 
-    def training_settings(self):
-        return self.settings.training(precision=self.settings.precision, seed=self.context.seed)
+    def training_settings(self, precision: str):
+        """The training settings, in ``precision`` (the backbone's resolved one: ``auto`` is never saved)."""
+        return self.settings.training(precision=precision, seed=self.context.seed)
 
     def _fit(self, clips, val):
         from asdkit.finetune import finetune
@@ -52,7 +53,7 @@ class FinetuneMethod(Method):
         backbone = self.context.backbone(self.settings, shared=False)  # its weights are trained in place
         if backbone.weights.random_init:
             console.print(f"[bold red]{self.settings.backbone}: {RANDOM_INIT_BANNER}[/]")
-        res = finetune(backbone, clips, self.training_settings(), val=val, reader=self.reader,
+        res = finetune(backbone, clips, self.training_settings(backbone.precision), val=val, reader=self.reader,
                        description=f"{self.title}: finetune {self.settings.backbone}")
         console.print(f"{self.title}: {res.trainable_text()}")
         self.scorer_ = res.scorer
@@ -86,7 +87,10 @@ class FinetuneMethod(Method):
         i = self.scorer_.info
         return {"weights": i.get("base_weights", ""), "weights_source": i.get("base_weights_source", ""),
                 "random_init": bool(i.get("random_init", False)), "embedding_dim": int(self.scorer_.backbone.embedding_dim),
-                "training": self.report_}
+                "precision": self.scorer_.settings.precision, "training": self.report_}
+
+    def export_network(self) -> dict:
+        return {"module": self.scorer_.model, "frontend": self.scorer_.frontend, "output": "logit"}
 
     def _save(self, directory: Path) -> dict:
         from asdkit.finetune import save_finetuned

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from asdkit.errors import ConfigError, DatasetError
-from asdkit.methods.base import BackboneSettings, Method
+from asdkit.methods.base import BackboneSettings, Method, saved_precision
 from asdkit.methods.embed_detect import backbone_info, backbone_record, check_backbone
 from asdkit.methods.embedding import DetectorSettings, EmbeddingMethod, _detector_names
 from asdkit.settings import Int, OneOf, Seq, Settings, setting
@@ -240,12 +240,10 @@ class EmbedFusionMethod(EmbeddingMethod):
 
     def _raw(self, clips) -> tuple[list, list[np.ndarray]]:
         """Every backbone's embeddings of the clips every backbone could read."""
-        from asdkit.embed import embed_clips
-
         if not self.backbones_:
             self.backbones_ = [self.context.backbone(self._settings_of(b)) for b in self.settings.backbones]
-        sets = [embed_clips(clips, bb, cache_dir=self.context.cache_dir, batch_size=self.settings.batch_size,
-                            reader=self.reader) for bb in self.backbones_]
+        sets = [self.context.engine.embed(clips, bb, cache_dir=self.context.cache_dir, batch_size=self.settings.batch_size,
+                                          reader=self.reader) for bb in self.backbones_]
         keep = set.intersection(*({c.key for c in s.clips} for s in sets))
         kept = [c for c in sets[0].clips if c.key in keep]
         blocks = []
@@ -304,7 +302,8 @@ class EmbedFusionMethod(EmbeddingMethod):
         records = state.get("backbones") or []
         if len(records) != len(settings.backbones):
             raise ConfigError(f"{directory}: {len(records)} saved backbones for {len(settings.backbones)} in the settings")
-        m.backbones_ = [context.backbone(m._settings_of(b)) for b in settings.backbones]
+        m.backbones_ = [context.backbone(saved_precision(m._settings_of(b), rec))
+                        for b, rec in zip(settings.backbones, records)]
         for bb, rec in zip(m.backbones_, records):
             check_backbone(directory, bb, rec)
         try:

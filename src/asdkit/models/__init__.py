@@ -1,8 +1,9 @@
 """Backbones: networks that turn a clip's frontend output into one embedding.
 
-``create_backbone(name, weights="default", precision="fp32", config=None)`` builds one by name
+``create_backbone(name, weights="default", precision="auto", config=None)`` builds one by name
 (``list_backbones()``: ``ast``, ``resnext101_32x8d``, and whatever else registered itself with
-``@register_backbone``). Importing this package is cheap: torch, timm and transformers are
+``@register_backbone``); ``plan_backbone`` gives the same backbone with its network built only when
+first needed (its cache key is known before). Importing this package is cheap: torch, timm and transformers are
 imported only when a backbone is built.
 
 Example::
@@ -13,7 +14,9 @@ Example::
     RANDOM INIT (no pretrained weights): seed 0
 """
 
-from asdkit.models.registry import PRECISIONS, Backbone, create_backbone, list_backbones, register_backbone
+from asdkit.models.lazy import LazyBackbone
+from asdkit.models.precision import PRECISION_CHOICES, PRECISIONS, resolve_precision
+from asdkit.models.registry import Backbone, create_backbone, list_backbones, plan_backbone, register_backbone
 from asdkit.models.weights import RANDOM_INIT_BANNER, WeightsInfo
 
 TINY_CONFIGS: dict[str, dict] = {
@@ -30,6 +33,10 @@ structure (patch embedding + layers + final norm; stem + layer1-4), so the fine-
 
 __all__ = [
     "PRECISIONS",
+    "PRECISION_CHOICES",
+    "LazyBackbone",
+    "plan_backbone",
+    "resolve_precision",
     "TINY_CONFIGS",
     "RANDOM_INIT_BANNER",
     "Backbone",

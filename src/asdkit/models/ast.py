@@ -35,6 +35,7 @@ import numpy as np
 
 from asdkit.errors import ConfigError
 from asdkit.features import AST_PARAMS, get_frontend
+from asdkit.models.lazy import LazyBackbone
 from asdkit.models.registry import Backbone, check_config, quiet_hf_loading, random_init_context, register_backbone
 from asdkit.models.weights import WeightsInfo, check_meta_backbone, read_meta, resolve_weights
 
@@ -143,9 +144,30 @@ def _check_arch(cfg: dict) -> None:
         raise ConfigError(f"backbone 'ast': max_length must be at least one patch ({patch} frames)")
 
 
+def _folder_arch(folder: Path) -> dict:
+    """The architecture a save_pretrained folder's config.json describes (ASTConfig's defaults,
+    which are :data:`ARCH_DEFAULTS`, for what it leaves out); read without building the model."""
+    import json
+
+    cj = folder / "config.json"
+    if not cj.is_file():
+        raise ConfigError(f"weights {folder}: no config.json (not a save_pretrained / Backbone.save folder)")
+    try:
+        doc = json.loads(cj.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"weights {folder}: config.json unreadable ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"weights {folder}: config.json is not a JSON object")
+    model_type = doc.get("model_type", "audio-spectrogram-transformer")
+    if model_type != "audio-spectrogram-transformer":
+        raise ConfigError(f"weights {folder}: holds a {model_type!r} model, not an AST")
+    return {k: doc.get(k, v) for k, v in ARCH_DEFAULTS.items()}
+
+
 @register_backbone("ast")
-def build_ast(*, weights="default", precision="fp32", config=None, seed=0, device="cpu", attention="sdpa") -> ASTBackbone:
-    """Factory registered as ``ast`` (see the module docstring)."""
+def build_ast(*, weights="default", precision="fp32", config=None, seed=0, device="cpu", attention="sdpa") -> LazyBackbone:
+    """Factory registered as ``ast`` (see the module docstring). Returns the backbone's identity
+    (weights resolved, architecture known) at once; the network is built on first need."""
     if attention not in ATTENTIONS:
         raise ConfigError(f"ast: unknown attention {attention!r} (choose from {', '.join(ATTENTIONS)})")
     overrides = check_config("ast", config or {}, ARCH_DEFAULTS)
@@ -156,7 +178,40 @@ def build_ast(*, weights="default", precision="fp32", config=None, seed=0, devic
             f"weights {resolved.path}: AST weights must be a folder with config.json and model.safetensors "
             "(as written by save_pretrained or Backbone.save)"
         )
+    meta = None
+    if resolved.kind == "none":
+        full = {**ARCH_DEFAULTS, **overrides}
+        info = WeightsInfo("none", True, f"seed {seed}", identity=f"none:seed={seed}")
+    else:
+        folder = resolved.path
+        meta = read_meta(folder)
+        check_meta_backbone(meta, "ast", folder)
+        full = {**_folder_arch(folder), **overrides}
+        if resolved.kind == "hub":
+            desc = f"pretrained {resolved.repo_id}"
+        else:
+            desc = f"loaded from {folder}"
+            if meta and meta.get("origin", {}).get("source"):
+                desc += f", saved from {meta['origin']['source']}"
+        info = WeightsInfo(resolved.source, bool(meta and meta.get("random_init")), desc, identity=resolved.identity())
+    if full["num_mel_bins"] != NUM_MEL_BINS:
+        raise ConfigError(f"ast: the model expects {full['num_mel_bins']} mel bins, the frontend gives {NUM_MEL_BINS}")
+    max_length = full["max_length"]
+    frontend = get_frontend("ast") if max_length == AST_PARAMS["max_length"] else get_frontend("ast", max_length=max_length)
+    ident = dict(name="ast", frontend=frontend, embedding_dim=full["hidden_size"], precision=precision, weights=info,
+                 config=full, device=device, seed=seed)
 
+    def build() -> ASTBackbone:
+        model = _build_model(resolved, overrides, attention, seed)
+        model.eval().to(device)
+        built = {k: getattr(model.config, k) for k in ARCH_DEFAULTS}
+        return ASTBackbone(model=model, attention=attention, **{**ident, "config": built})
+
+    return LazyBackbone(build=build, **ident)
+
+
+def _build_model(resolved, overrides: dict, attention: str, seed: int):
+    """The transformers ``ASTModel``: random (seeded) or loaded from the resolved folder."""
     import torch
     from transformers import ASTConfig, ASTModel
 
@@ -165,64 +220,27 @@ def build_ast(*, weights="default", precision="fp32", config=None, seed=0, devic
         with random_init_context(seed), quiet_hf_loading():
             model = ASTModel(cfg)
         model.set_attn_implementation(attention)
-        info = WeightsInfo("none", True, f"seed {seed}", identity=f"none:seed={seed}")
-    else:
-        folder = resolved.path
-        meta = read_meta(folder)
-        check_meta_backbone(meta, "ast", folder)
-        cj = folder / "config.json"
-        if not cj.is_file():
-            raise ConfigError(f"weights {folder}: no config.json (not a save_pretrained / Backbone.save folder)")
-        try:
-            with quiet_hf_loading():
-                model, loading = ASTModel.from_pretrained(
-                    str(folder),
-                    attn_implementation=attention,
-                    dtype=torch.float32,
-                    local_files_only=True,
-                    output_loading_info=True,
-                    **overrides,
-                )
-        except ConfigError:
-            raise
-        except Exception as e:  # transformers raises OSError/ValueError/RuntimeError/KeyError for bad folders
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"weights {folder}: not loadable as an AST ({reason})") from None
-        if model.config.model_type != "audio-spectrogram-transformer":
-            raise ConfigError(f"weights {folder}: holds a {model.config.model_type!r} model, not an AST")
-        bad = sorted(loading.get("missing_keys", [])) + sorted(str(k) for k in loading.get("mismatched_keys", []))
-        if bad:
-            raise ConfigError(f"weights {folder}: do not fit the AST architecture ({len(bad)} tensors missing or mis-shaped, e.g. {bad[0]})")
-        extra = sorted(k for k in loading.get("unexpected_keys", []) if not k.startswith("classifier."))
-        if extra:
-            log.warning("weights %s: %d tensors not used by ASTModel (e.g. %s)", folder, len(extra), extra[0])
-        if resolved.kind == "hub":
-            desc = f"pretrained {resolved.repo_id}"
-        else:
-            desc = f"loaded from {folder}"
-            if meta and meta.get("origin", {}).get("source"):
-                desc += f", saved from {meta['origin']['source']}"
-        info = WeightsInfo(
-            resolved.source,
-            bool(meta and meta.get("random_init")),
-            desc,
-            identity=resolved.identity(),
-        )
-    if model.config.num_mel_bins != NUM_MEL_BINS:
-        raise ConfigError(f"ast: the model expects {model.config.num_mel_bins} mel bins, the frontend gives {NUM_MEL_BINS}")
-    model.eval().to(device)
-    full = {k: getattr(model.config, k) for k in ARCH_DEFAULTS}
-    max_length = full["max_length"]
-    frontend = get_frontend("ast") if max_length == AST_PARAMS["max_length"] else get_frontend("ast", max_length=max_length)
-    return ASTBackbone(
-        name="ast",
-        model=model,
-        attention=attention,
-        frontend=frontend,
-        embedding_dim=model.config.hidden_size,
-        precision=precision,
-        weights=info,
-        config=full,
-        device=device,
-        seed=seed,
-    )
+        return model
+    folder = resolved.path
+    try:
+        with quiet_hf_loading():
+            model, loading = ASTModel.from_pretrained(
+                str(folder),
+                attn_implementation=attention,
+                dtype=torch.float32,
+                local_files_only=True,
+                output_loading_info=True,
+                **overrides,
+            )
+    except Exception as e:  # transformers raises OSError/ValueError/RuntimeError/KeyError for bad folders
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"weights {folder}: not loadable as an AST ({reason})") from None
+    if model.config.model_type != "audio-spectrogram-transformer":
+        raise ConfigError(f"weights {folder}: holds a {model.config.model_type!r} model, not an AST")
+    bad = sorted(loading.get("missing_keys", [])) + sorted(str(k) for k in loading.get("mismatched_keys", []))
+    if bad:
+        raise ConfigError(f"weights {folder}: do not fit the AST architecture ({len(bad)} tensors missing or mis-shaped, e.g. {bad[0]})")
+    extra = sorted(k for k in loading.get("unexpected_keys", []) if not k.startswith("classifier."))
+    if extra:
+        log.warning("weights %s: %d tensors not used by ASTModel (e.g. %s)", folder, len(extra), extra[0])
+    return model

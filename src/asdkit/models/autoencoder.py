@@ -134,6 +134,7 @@ class _EncoderMean(nn.Module):
 
 def _build_backbone():
     from asdkit.features import get_frontend
+    from asdkit.models.lazy import LazyBackbone
     from asdkit.models.registry import Backbone, check_config, random_init_context, register_backbone
     from asdkit.models.weights import WeightsInfo, check_meta_backbone, find_weight_file, load_state_dict, read_meta, resolve_weights
 
@@ -163,26 +164,32 @@ def _build_backbone():
         if resolved.kind == "hub":
             raise ConfigError("autoencoder: weights come from a local folder, not the hub")
         if resolved.kind == "none":
-            with random_init_context(seed):
-                model = Autoencoder(int(arch["input_dim"]))
             info = WeightsInfo("none", True, f"seed {seed}", f"none:seed{seed}")
+            weight_file = None
         else:
             folder = resolved.path if resolved.kind == "dir" else resolved.path.parent
             meta = read_meta(folder) if resolved.kind == "dir" else None
             check_meta_backbone(meta, "autoencoder", folder)
             arch.update((meta or {}).get("config") or {})
-            model = Autoencoder(int(arch["input_dim"]))
-            sd = load_state_dict(find_weight_file(folder) if resolved.kind == "dir" else resolved.path)
-            sd = {k[len("autoencoder."):] if k.startswith("autoencoder.") else k: v for k, v in sd.items()}
-            try:
-                model.load_state_dict(sd)
-            except RuntimeError:
-                raise ConfigError(f"weights {resolved.path}: do not fit the autoencoder (input {arch['input_dim']})") from None
+            weight_file = find_weight_file(folder) if resolved.kind == "dir" else resolved.path
             origin = (meta or {}).get("origin", {}).get("description", "")
             info = WeightsInfo(resolved.source, False, origin or "trained autoencoder", resolved.identity())
-        module = _EncoderMean(model).to(device).eval()
-        return AutoencoderBackbone(name="autoencoder", frontend=get_frontend("ae"), module=module, embedding_dim=HIDDEN[2],
-                                   precision=precision, weights=info, config=arch, device=device, seed=seed)
+        ident = dict(name="autoencoder", frontend=get_frontend("ae"), embedding_dim=HIDDEN[2], precision=precision,
+                     weights=info, config=arch, device=device, seed=seed)
+
+        def build():
+            with random_init_context(seed):
+                model = Autoencoder(int(arch["input_dim"]))
+            if weight_file is not None:
+                sd = load_state_dict(weight_file)
+                sd = {k[len("autoencoder."):] if k.startswith("autoencoder.") else k: v for k, v in sd.items()}
+                try:
+                    model.load_state_dict(sd)
+                except RuntimeError:
+                    raise ConfigError(f"weights {resolved.path}: do not fit the autoencoder (input {arch['input_dim']})") from None
+            return AutoencoderBackbone(module=_EncoderMean(model).to(device).eval(), **ident)
+
+        return LazyBackbone(build=build, **ident)
 
     return AutoencoderBackbone
 

@@ -8,10 +8,15 @@ A factory is called with keyword arguments only::
 
     factory(weights=..., precision=..., config=dict, seed=int, device=str, **options) -> Backbone
 
-``weights``/``precision``/``config``/``device`` are validated before the call (precision is
-``fp32`` or ``bf16``, config a dict); ``seed`` and ``device`` may be left out of a factory's
-signature (they are then only accepted at their defaults, 0 and ``"cpu"``); ``options`` are
-backbone-specific (e.g. AST's ``attention``) and must appear in the factory's signature.
+``weights``/``precision``/``config``/``device`` are validated before the call (``device`` and
+``precision`` resolved: a factory gets ``cpu``/``cuda``/... and ``fp32``/``bf16``, never ``auto``;
+config a dict); ``seed`` and ``device`` may be left out of a factory's signature (they are then only
+accepted at their defaults, 0 and ``"cpu"``); ``options`` are backbone-specific (e.g. AST's
+``attention``) and must appear in the factory's signature.
+
+A factory returns a :class:`Backbone`, or a :class:`~asdkit.models.lazy.LazyBackbone` (its identity
+now, the network on first need): then :func:`plan_backbone` gives a backbone whose cache key is
+known without building the network, so a fully cached run builds none.
 
 Example::
 
@@ -29,28 +34,24 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-import json
 import logging
 from contextlib import contextmanager, nullcontext
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from asdkit.errors import ConfigError
+from asdkit.models.lazy import CACHE_FORMAT, LazyBackbone, cache_key_for  # noqa: F401 (CACHE_FORMAT: re-exported)
+from asdkit.models.precision import PRECISION_CHOICES, PRECISIONS, resolve_precision
 from asdkit.models.weights import META_FILE, WeightsInfo
 
 log = logging.getLogger("asdkit")
 
-PRECISIONS = ("fp32", "bf16")
-"""fp32, or bf16 autocast (CPU or CUDA) in :meth:`Backbone.embed`; embeddings are float32 either way."""
-
 BUILTIN_MODULES = ("asdkit.models.ast", "asdkit.models.resnext", "asdkit.models.autoencoder", "asdkit.models.features",
                    "asdkit.models.idnet")
 """Modules imported on first use of the registry; each registers its backbone(s)."""
-
-CACHE_FORMAT = 1
-"""Bumped whenever the embedding a cache key stands for could change for the same inputs."""
 
 _FACTORIES: dict[str, Callable[..., "Backbone"]] = {}
 _builtins_loaded = False
@@ -104,7 +105,7 @@ def list_backbones() -> list[str]:
 def create_backbone(
     name: str,
     weights: str | Path | None = "default",
-    precision: str = "fp32",
+    precision: str = "auto",
     config: dict | None = None,
     *,
     seed: int = 0,
@@ -114,23 +115,58 @@ def create_backbone(
     """Build the backbone ``name`` (see :func:`list_backbones`).
 
     ``weights``: ``"default"``, a hub id, a local folder/file or ``"none"`` (see
-    :mod:`asdkit.models.weights`); ``config``: architecture overrides (tiny test models);
-    ``seed``: the random initialisation's seed (used with ``weights="none"``);
-    ``options``: backbone-specific, e.g. ``attention="eager"`` for ``ast``.
+    :mod:`asdkit.models.weights`); ``precision``: ``auto`` (bf16 where the hardware does it
+    natively: :mod:`asdkit.models.precision`), ``fp32`` or ``bf16``; ``config``: architecture
+    overrides (tiny test models); ``seed``: the random initialisation's seed (used with
+    ``weights="none"``); ``options``: backbone-specific, e.g. ``attention="eager"`` for ``ast``.
+
+    The backbone's ``recipe`` holds these arguments, resolved (``create_backbone(**recipe)``
+    builds the same backbone again, e.g. in another process).
     """
+    bb = plan_backbone(name, weights, precision, config, seed=seed, device=device, **options)
+    return bb.get()
+
+
+def plan_backbone(
+    name: str,
+    weights: str | Path | None = "default",
+    precision: str = "auto",
+    config: dict | None = None,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    **options: Any,
+) -> LazyBackbone:
+    """The backbone of :func:`create_backbone`'s arguments, its network not built until needed
+    (:mod:`asdkit.models.lazy`); its weights are resolved and its settings checked now."""
+    factory, kwargs = _checked_call(name, weights, precision, config, seed, device, options)
+    out = factory(**kwargs, **options)
+    lazy = out if isinstance(out, LazyBackbone) else LazyBackbone.of(out)
+    recipe = {"name": name, **kwargs, **options}
+    recipe.update(seed=seed, device=kwargs.get("device", "cpu"))
+    recipe["weights"] = "default" if weights is None else str(weights)
+    lazy.recipe = recipe
+    if lazy.built:
+        lazy.get().recipe = recipe
+    return lazy
+
+
+def _checked_call(name, weights, precision, config, seed, device, options) -> tuple[Callable, dict]:
+    """The factory of ``name`` and its keyword arguments, checked (one-line ConfigErrors) and resolved."""
     if not isinstance(name, str):
         raise ConfigError(f"backbone name must be a string, got {name!r}")
     _load_builtins()
     factory = _FACTORIES.get(name)
     if factory is None:
         raise ConfigError(f"unknown backbone {name!r} (choose from {', '.join(sorted(_FACTORIES))})")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    if precision not in PRECISION_CHOICES:
+        raise ConfigError(f"unknown precision {precision!r} (choose from {', '.join(PRECISION_CHOICES)})")
     if config is not None and not isinstance(config, dict):
         raise ConfigError(f"backbone config must be a mapping of architecture settings, got {type(config).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
     device = resolve_device(device)
+    precision = resolve_precision(precision, device)
     kwargs = dict(weights=weights, precision=precision, config=dict(config or {}), seed=seed, device=device)
     params = inspect.signature(factory).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -145,7 +181,7 @@ def create_backbone(
                 f"backbone {name!r} takes no option {unknown[0]!r}"
                 + (f" (options: {', '.join(takes)})" if takes else " (it has no options)")
             )
-    return factory(**kwargs, **options)
+    return factory, kwargs
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -200,13 +236,17 @@ class Backbone:
     architecture, JSON-able), ``device``.
 
     Subclasses supply :meth:`_block_modules` (for :meth:`blocks`) and may override
-    :meth:`_save_weights` / :meth:`_check_input`.
+    :meth:`_save_weights` / :meth:`_check_input`; a CNN whose module is in channels-last memory
+    format sets :attr:`channels_last` so that :meth:`embed` gives it its input in that format.
 
     Example::
 
         >>> x = bb.frontend.batch([y1, y2])      # mono 16 kHz signals -> model input
         >>> bb.embed(x).shape                    # (2, bb.embedding_dim), float32
     """
+
+    channels_last = False
+    """The module is in channels-last memory format (oneDNN's fast layout for convolutions on CPU)."""
 
     def __init__(
         self,
@@ -253,6 +293,8 @@ class Backbone:
         x = np.asarray(x, dtype=np.float32)
         self._check_input(x)
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        if self.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
         was_training = self.module.training
         self.module.eval()
         try:
@@ -261,6 +303,7 @@ class Backbone:
         finally:
             self.module.train(was_training)
         out = out.detach().float().cpu().numpy()
+        release_freed_memory()
         if out.shape != (x.shape[0], self.embedding_dim):  # a bug, not a user error
             raise RuntimeError(f"{self.name}: module returned {out.shape}, expected ({x.shape[0]}, {self.embedding_dim})")
         return np.ascontiguousarray(out, dtype=np.float32)
@@ -347,16 +390,7 @@ class Backbone:
     def cache_key(self) -> str:
         """``<name>-<hash>`` of the name, weights identity, architecture, frontend key and precision."""
         if self._cache_key is None:
-            payload = {
-                "backbone": self.name,
-                "weights": self.weights.identity,
-                "config": self.config,
-                "frontend": self.frontend.key,
-                "precision": self.precision,
-                "format": CACHE_FORMAT,
-            }
-            digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-            self._cache_key = f"{self.name}-{digest[:24]}"
+            self._cache_key = cache_key_for(self.name, self.weights.identity, self.config, self.frontend.key, self.precision)
         return self._cache_key
 
     def describe(self) -> str:
@@ -364,6 +398,32 @@ class Backbone:
 
     def __repr__(self) -> str:
         return f"<Backbone {self.describe()}>"
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where there is no glibc."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give the memory a forward pass freed back to the system (glibc only; elsewhere nothing).
+
+    glibc keeps a batch's freed activation buffers (hundreds of MiB for AST) in its heap, where
+    they fragment, so a long embedding run's resident memory crept up from batch to batch (AST bf16
+    on 4 clips at a time: peak 1716 MiB after one batch, 2124 MiB after eight); trimming after each
+    batch kept it at the first batch's level, for a few percent of speed (docs/benchmarks.md)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _device_type(device: str) -> str:

@@ -251,8 +251,8 @@ def _reproduce(data, out, config, *, machines, rows, weights_dir, synthetic, pre
         raise ConfigError(f"{out}: exists and is not a folder")
     cfg = config if isinstance(config, StudyConfig) else load_study_config(config)
     if precision is not None:
-        if precision not in ("fp32", "bf16"):
-            raise ConfigError(f"--precision must be fp32 or bf16, got {precision!r}")
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
         cfg = copy.deepcopy(cfg)
         cfg.precision = precision
     if snr is not None:

@@ -56,7 +56,7 @@ class StudyConfig:
     test_fraction: float = 0.25
     val_fraction: float = 0.1
     snr: str | None = None
-    precision: str = "fp32"
+    precision: str = "auto"
     autoencoder: dict = field(default_factory=lambda: {"epochs": 50, "lr": 1e-3, "batch_size": 512})
     finetune: HeadTraining = field(default_factory=HeadTraining)
     lof: dict = field(default_factory=lambda: {"n_neighbors": 4, "contaminations": [0.1, 0.2, 0.3, 0.4]})
@@ -134,9 +134,9 @@ def parse_study_config(data: Any, where: str = "study config") -> StudyConfig:
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
 
-    c.precision = data.get("precision", "fp32")
-    if c.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"{where}: precision must be fp32 or bf16, got {c.precision!r}")
+    c.precision = data.get("precision", "auto")
+    if c.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"{where}: precision must be auto, fp32 or bf16, got {c.precision!r}")
 
     ae = data.get("autoencoder", {}) or {}
     _mapping(ae, f"{where}: autoencoder")

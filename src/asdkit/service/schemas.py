@@ -1,0 +1,109 @@
+"""The API's documents as pydantic models: they check the answers and write the OpenAPI page."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, Field
+
+
+class Clip(BaseModel):
+    clip_id: int
+    machine: str
+    at: str = Field(description="Timeline time: the recording time, else when the server received the clip (UTC, ISO 8601).")
+    recorded_at: Optional[str]
+    received_at: str
+    score: float
+    threshold: float
+    decision: Literal["normal", "anomalous"]
+    filename: str
+    seconds: float = Field(description="Length of the uploaded audio.")
+    audio_kept: bool = Field(description="The server kept this clip's audio (anomalous clips, within the retention limit).")
+
+
+class OpenAlertRef(BaseModel):
+    id: int
+    acknowledged: bool
+
+
+class Ingested(Clip):
+    duplicate: bool = Field(description="This clip (same machine, recording time and audio) was stored before; nothing new was stored.")
+    alert_opened: bool = Field(description="This clip opened an alert.")
+    alert: Optional[OpenAlertRef] = Field(description="The machine's open alert, if any.")
+
+
+class Alert(BaseModel):
+    id: int
+    machine: str
+    state: Literal["open", "closed"]
+    acknowledged: bool
+    acked_at: Optional[str]
+    acked_by: Optional[str]
+    start_at: str = Field(description="Timeline time of the first anomalous clip that opened it.")
+    end_at: Optional[str] = Field(description="Timeline time of the clip that closed it.")
+    opened_at: str
+    closed_at: Optional[str]
+    first_clip_id: int
+    last_clip_id: int
+    n_anomalous: int
+    max_score: float
+    rule: str = Field(description="K/N/M in force when it opened.")
+    webhook_status: Optional[Literal["pending", "sending", "sent", "failed"]]
+
+
+class MonitorInfo(BaseModel):
+    method: str
+    label: str
+    threshold: float
+    random_init: bool
+    seconds: Optional[float]
+    sample_rate: int
+
+
+class Machine(BaseModel):
+    machine: str
+    state: Literal["alarm", "acknowledged", "ok", "no data"]
+    has_monitor: bool
+    monitor: Optional[MonitorInfo]
+    last_clip: Optional[Clip]
+    n_clips: int
+    clips_24h: int
+    anomalous_24h: int
+    open_alert: Optional[Alert]
+    alert_rule: str
+
+
+class ScoresPage(BaseModel):
+    machine: str
+    items: list[Clip]
+    limit: int
+    offset: int
+    next_offset: Optional[int] = Field(description="Offset of the next page; null on the last page.")
+
+
+class AlertsPage(BaseModel):
+    items: list[Alert]
+    limit: int
+    offset: int
+    next_offset: Optional[int]
+
+
+class AlertRuleIn(BaseModel):
+    k: int = Field(ge=1, le=1000, description="Anomalous clips among the last N that open an alert.")
+    n: int = Field(ge=1, le=1000)
+    m: int = Field(ge=1, le=1000, description="Normal clips in a row that close it.")
+
+
+class TokenInfo(BaseModel):
+    name: str
+    scopes: list[str]
+    created_at: str
+    revoked: bool
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Problem(BaseModel):
+    detail: str = Field(description="One line saying what is wrong.")
