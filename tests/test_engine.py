@@ -167,3 +167,33 @@ def test_cli_score_on_ray_equals_local(ray_engine, data, tmp_path):
     assert [(r["file"], r["start"], r["decision"]) for r in remote] == key
     assert len(local) > 9 and sum(r["file"] == str(long) for r in local) > 1
     np.testing.assert_allclose([float(r["score"]) for r in remote], [float(r["score"]) for r in local], rtol=1e-5)
+
+
+def test_compare_on_ray_ranks_as_the_local_engine(ray_engine, data, tmp_path):
+    """`asdkit compare --engine ray`: in this process, and with each method in its own process joining
+    the same Ray (what compare does by default), the leaderboard's AUCs are the local engine's."""
+    from asdkit.cli import main
+    from asdkit.compare import compare
+
+    specs = ["embed-detect:backbone=features,detector=mahalanobis,standardize=true"]
+
+    def aucs(cmp):
+        [rec] = cmp.records
+        assert rec["status"] == "ok", rec.get("reason")
+        return [rec["mean_auc"], rec["mean_pauc"], *(t["auc"] for _, t in sorted(rec["by_type"].items()))]
+
+    common = dict(skip_bad=True, progress=False)
+    local = compare(data, specs, tmp_path / "local", cache_dir=tmp_path / "c1", isolate=False, **common)
+    isolated = compare(data, specs, tmp_path / "iso", cache_dir=tmp_path / "c2", isolate=True, engine=ray_engine, **common)
+    np.testing.assert_allclose(aucs(isolated), aucs(local), rtol=1e-6)
+    assert isolated.meta["engine"].startswith("ray")
+    run_doc = json.loads((tmp_path / "iso" / "runs" / "features-mahalanobis" / "results.json").read_text())
+    assert run_doc["engine"].startswith("ray (")  # the method's own process ran on the Ray
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--data", str(data), "--methods", specs[0], "--out", str(tmp_path / "cli"), "--skip-bad",
+              "--cache", str(tmp_path / "c3"), "--in-process", "--engine", "ray", "-q"])
+    assert e.value.code == 0
+    assert json.loads((tmp_path / "cli" / "compare.json").read_text())["engine"].startswith("ray")
+    cli_rec = json.loads((tmp_path / "cli" / "methods" / "features-mahalanobis.json").read_text())
+    np.testing.assert_allclose(cli_rec["mean_auc"], aucs(local)[0], rtol=1e-6)
+    assert json.loads((tmp_path / "cli" / "runs" / "features-mahalanobis" / "results.json").read_text())["engine"].startswith("ray")

@@ -32,7 +32,10 @@ MONITORS = {
                                          "detector": "lof-vote", "detector_params": {"n_neighbors": 4}}),
     "autoencoder": ("autoencoder", {"epochs": 20}),
     "finetune": ("finetune", {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_RX}),
+    "features-mahalanobis": ("embed-detect", {"backbone": "features", "detector": "mahalanobis", "standardize": True}),
 }
+TINY_IDNET = {"epochs": 1, "epoch_crops": 32, "batch_size": 16, "outlier_clips": 1,
+              "backbone_config": {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16}}
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +85,40 @@ def test_onnx_scores_equal_torch_scores(exported, data, name):
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=0, atol=SCORE_TOLERANCE * np.abs(want[key]).max())
     np.testing.assert_allclose(_scores(exp, test, "torch"), want["score"], rtol=1e-6)  # still a monitor PyTorch runs
+
+
+@pytest.mark.parametrize("method,settings", [
+    ("idnet", {**TINY_IDNET, "per_section": True}),
+    ("aux-finetune", {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_RX, "epochs": 1,
+                      "outlier_clips": 1}),
+])
+def test_trained_id_networks_export_and_score_as_with_torch(data, tmp_path, method, settings):
+    """The ID network trained from scratch (and a backbone fine-tuned on the ID task): ONNX embeddings
+    scored by the saved detector(s) (here one per section) give the torch monitor's scores."""
+    from dataclasses import replace
+
+    train, test, _ = data
+    mon, _ = fit_monitor(train[:14], method, settings, folds=2, progress=False, false_alarm_rate=0.2,
+                         threshold_method="percentile")
+    mon.save(tmp_path / "m")
+    doc = export_monitor(tmp_path / "m", tmp_path / "x")
+    assert doc["output"] == "embedding" and doc["detector_state"] == "scorer" and doc["method"] == method
+    want = load_monitor(tmp_path / "m").method.readings(test)["score"]
+    got = load_monitor(tmp_path / "x", runtime="onnx").method.readings(test)
+    assert sorted(got) == ["score"]
+    np.testing.assert_allclose(got["score"], want, rtol=0, atol=SCORE_TOLERANCE * np.abs(want).max())
+    m = load_monitor(tmp_path / "m").method
+    m.settings = replace(m.settings, score="classifier")
+    with pytest.raises(ConfigError, match="score=classifier cannot be exported"):
+        m.export_network()
+
+
+def test_fusions_are_refused_in_one_line():
+    from asdkit.methods import create_method
+
+    m = create_method("embed-fusion", {"backbones": ["features", {"backbone": "features", "backbone_config": {"n_mels": 32}}]})
+    with pytest.raises(ConfigError, match="method embed-fusion cannot be exported to ONNX"):
+        m.export_network()
 
 
 def test_int8_keeps_the_auc_within_0_01(exported, data, tmp_path):

@@ -99,6 +99,29 @@ def test_a_monitor_fitted_with_auto_keeps_the_precision_it_chose(monkeypatch, tm
     np.testing.assert_allclose(again.score_clips(clips, progress=False)[1], want, rtol=1e-6)
 
 
+@pytest.mark.parametrize("method,settings,precision_of", [
+    ("idnet", {"epochs": 1, "epoch_crops": 16, "batch_size": 8, "outlier_clips": 1,
+               "backbone_config": {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16}},
+     lambda m: [m.model_.backbone.precision]),
+    ("embed-fusion", {"backbones": ["features", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST}],
+                      "detector": "knn"}, lambda m: [bb.precision for bb in m.backbones_]),
+])
+def test_new_methods_keep_the_precision_auto_chose(monkeypatch, tmp_path, method, settings, precision_of):
+    from asdkit.monitor import fit_monitor, load_monitor
+
+    clips = _clips(tmp_path / "a", 12)
+    monkeypatch.setenv(P.ENV, "1")
+    mon, _ = fit_monitor(clips, method, settings, audio=AUDIO, folds=2, progress=False, false_alarm_rate=0.2,
+                         threshold_method="percentile")
+    assert precision_of(mon.method) == ["bf16"] * len(precision_of(mon.method))
+    mon.save(tmp_path / "mon")
+    want = mon.score_clips(clips, progress=False)[1]
+    monkeypatch.setenv(P.ENV, "0")
+    again = load_monitor(tmp_path / "mon")
+    assert set(precision_of(again.method)) == {"bf16"}
+    np.testing.assert_allclose(again.score_clips(clips, progress=False)[1], want, rtol=1e-5)
+
+
 def test_run_results_record_the_resolved_precision(monkeypatch, tmp_path):
     from asdkit.pipeline import RunConfig, run
 
@@ -112,7 +135,8 @@ def test_run_results_record_the_resolved_precision(monkeypatch, tmp_path):
 
 
 # -- lazy backbones ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,config", [("ast", TINY_AST), ("resnext101_32x8d", TINY_RX), ("autoencoder", {})])
+@pytest.mark.parametrize("name,config", [("ast", TINY_AST), ("resnext101_32x8d", TINY_RX), ("autoencoder", {}), ("features", {}),
+                                         ("idnet", {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16})])
 def test_the_plan_knows_the_cache_key_of_the_built_backbone(name, config, tmp_path):
     lazy = plan_backbone(name, weights="none", config=config, seed=3)
     assert isinstance(lazy, LazyBackbone) and not lazy.built

@@ -88,8 +88,11 @@ def compare(
     progress: bool = True,
     title: str = "",
     on_method: Callable[[dict], None] | None = None,
+    engine=None,
 ) -> Comparison:
-    """Run every method of ``specs`` on one split of ``data`` and write the leaderboard in ``out``."""
+    """Run every method of ``specs`` on one split of ``data`` and write the leaderboard in ``out``.
+    ``engine`` (:mod:`asdkit.engine`, default local) runs the per-clip work of every method, as in
+    ``asdkit run``; an isolated method's process joins the same engine (the same Ray)."""
     from asdkit.compare_report import write_report
     from asdkit.pipeline import RunConfig, prepare_clips
     from asdkit.rundir import RunDir
@@ -119,7 +122,7 @@ def compare(
     for sp in methods:
         rc = RunConfig(**{**asdict(base), "method": sp.method, "settings": dict(sp.settings), "split_csv": str(split_csv),
                           "dataset_split": False})
-        rec = _run_or_reuse(sp, rc, out, split_hash, isolate=isolate, threads=threads, progress=progress)
+        rec = _run_or_reuse(sp, rc, out, split_hash, isolate=isolate, threads=threads, progress=progress, engine=engine)
         records.append(rec)
         if on_method:
             on_method(rec)
@@ -127,7 +130,8 @@ def compare(
 
     meta = {"title": title or f"asdkit compare: {data}", "data": str(data), "snr": snr, "seed": seed,
             "machines": list(machines) if machines else None, "per_id": per_id, "dataset_split": dataset_split,
-            "isolated": isolate, "torch_threads": threads, "seconds": round(time.time() - t0, 2),
+            "isolated": isolate, "torch_threads": threads, "engine": engine.describe() if engine is not None else "local",
+            "seconds": round(time.time() - t0, 2),
             "date": time.strftime("%Y-%m-%d"), **environment()}
     write_report(out, records, meta)
     return Comparison(records, out, meta)
@@ -148,7 +152,7 @@ def fingerprint(sp: MethodSpec, rc, split_hash: str) -> str:
 
 
 def _run_or_reuse(sp: MethodSpec, rc, out: Path, split_hash: str, *, isolate: bool, threads: int | None,
-                  progress: bool) -> dict:
+                  progress: bool, engine=None) -> dict:
     rec_path = out / "methods" / f"{sp.name}.json"
     run_dir = out / "runs" / sp.name
     fp = fingerprint(sp, rc, split_hash)
@@ -158,7 +162,10 @@ def _run_or_reuse(sp: MethodSpec, rc, out: Path, split_hash: str, *, isolate: bo
     console.print(f"[bold]compare: {sp.name}[/] ({sp.method})")
     t = time.time()
     try:
-        got = _isolated(rc, run_dir, threads, progress) if isolate else _here(rc, run_dir, threads, progress)
+        if isolate:
+            got = _isolated(rc, run_dir, threads, progress, engine.spec() if engine is not None else None)
+        else:
+            got = _here(rc, run_dir, threads, progress, engine)
         rec = method_record(sp, run_dir, got.get("seconds", time.time() - t), got.get("peak_rss_mb"))
     except KeyboardInterrupt:
         raise
@@ -204,25 +211,27 @@ def method_record(sp: MethodSpec, run_dir: Path, seconds: float, peak_rss_mb: fl
     }
 
 
-def _here(rc, run_dir: Path, threads: int | None, progress: bool) -> dict:
+def _here(rc, run_dir: Path, threads: int | None, progress: bool, engine=None) -> dict:
     from asdkit.pipeline import run
     from asdkit.reproduce.cells import torch_threads
 
     t = time.time()
     with torch_threads(threads):
-        run(rc, run_dir, progress=progress)
+        run(rc, run_dir, progress=progress, engine=engine)
     return {"seconds": time.time() - t}
 
 
-def _child(cfg: dict, run_dir: str, threads: int | None, progress: bool, result: str) -> None:
-    """The body of an isolated method run (a fresh process)."""
+def _child(cfg: dict, run_dir: str, threads: int | None, progress: bool, result: str, engine: dict | None) -> None:
+    """The body of an isolated method run (a fresh process; ``engine``: the parent engine's spec)."""
     import resource
     import sys
 
+    from asdkit.engine import get_engine
     from asdkit.pipeline import RunConfig
 
     try:
-        got = _here(RunConfig(**cfg), Path(run_dir), threads, progress)
+        with get_engine(**(engine or {"name": "local"})) as eng:
+            got = _here(RunConfig(**cfg), Path(run_dir), threads, progress, eng)
         got["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 if sys.platform != "darwin" else 1024.0**2)
     except AsdkitError as e:
         got = {"error": str(e)}
@@ -231,13 +240,13 @@ def _child(cfg: dict, run_dir: str, threads: int | None, progress: bool, result:
     write_json(result, got)
 
 
-def _isolated(rc, run_dir: Path, threads: int | None, progress: bool) -> dict:
+def _isolated(rc, run_dir: Path, threads: int | None, progress: bool, engine: dict | None = None) -> dict:
     import multiprocessing as mp
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="asdkit-compare-") as tmp:
         result = Path(tmp) / "result.json"
-        p = mp.get_context("spawn").Process(target=_child, args=(asdict(rc), str(run_dir), threads, progress, str(result)))
+        p = mp.get_context("spawn").Process(target=_child, args=(asdict(rc), str(run_dir), threads, progress, str(result), engine))
         p.start()
         try:
             p.join()

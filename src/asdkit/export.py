@@ -13,8 +13,11 @@ it runs with ONNX Runtime (:mod:`asdkit.onnxrun`) when PyTorch is absent or ``--
 given. A changed, missing or added file is refused on load like any monitor's.
 
 What the network is, per method: ``embed-detect``: the backbone (AST, ResNeXt, the autoencoder's
-encoder...), its embeddings scored by the saved detector in numpy; ``autoencoder``: the network and
-its mean squared reconstruction error; ``finetune``: backbone, head and sigmoid. The frontend (log-mel
+encoder, the weight-free ``features`` statistics, which are a small torch module too), its
+embeddings scored by the saved detector(s) in numpy; ``idnet`` and ``aux-finetune`` (``score=knn``):
+the trained network, its embeddings scored by the saved detector(s); ``autoencoder``: the network and
+its mean squared reconstruction error; ``finetune``: backbone, head and sigmoid. ``embed-fusion``,
+``score-fusion`` and ``score=classifier`` are refused with a one-line error. The frontend (log-mel
 in numpy/librosa) is not in the graph: it runs before it, exactly as with PyTorch.
 
 ``int8=True`` quantises the weights of the matrix products and convolutions to int8 (ONNX Runtime's
@@ -193,6 +196,7 @@ def export_monitor(monitor: str | Path, out: str | Path, *, fmt: str = "onnx", i
             "input": {"name": "input", "shape": [None, *x.shape[1:]], "dtype": "float32"},
             "frontend": {"name": frontend.name, "params": frontend.params, "key": frontend.key},
             "batch_size": int(net.get("batch_size", 8)),
+            "detector_state": net.get("detector_state"),
             "check": check,
             "source": str(src),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -83,7 +83,9 @@ class OnnxMethod:
         if doc["output"] == "embedding":
             from asdkit.methods.embedding import load_detector
 
-            self.detector = load_detector(directory / "method", method_doc["state"])
+            state = method_doc["state"]
+            where = doc.get("detector_state")  # the key of the detector's state in the method's (idnet: "scorer")
+            self.detector = load_detector(directory / "method", state.get(where) or {} if where else state)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0])
@@ -126,6 +128,8 @@ def load_onnx_method(directory: str | Path, reader) -> OnnxMethod:
                         missing=f"{d}: not an exported monitor (no {EXPORT_FILE})")
     if doc["output"] not in ("embedding", "score") or doc["batch_size"] < 1:
         raise ConfigError(f"{d / EXPORT_FILE}: output must be embedding or score and batch_size positive")
+    if not isinstance(doc.get("detector_state") or "", str):
+        raise ConfigError(f"{d / EXPORT_FILE}: detector_state must be a key of the method's state or null")
     fe = doc["frontend"]
     if not (isinstance(fe.get("name"), str) and isinstance(fe.get("params"), dict) and isinstance(fe.get("key"), str)):
         raise ConfigError(f"{d / EXPORT_FILE}: frontend must have a name, params and key")

@@ -60,11 +60,14 @@ def compare_cmd(
     device: o.Device = "auto",
     threads: o.Threads = None,
     in_process: o.InProcess = False,
+    engine: o.EngineName = "local",
+    ray_address: o.RayAddress = None,
     quiet: o.Quiet = False,
 ):
     """Run several methods on the same split and rank them: AUC and pAUC per machine type, id and
     domain, DCASE's harmonic mean, time and memory; compare.md/.csv/.json and compare.png in OUT."""
-    from asdkit.compare import DEFAULT_METHODS, compare
+    from asdkit.compare import DEFAULT_METHODS, compare, plan
+    from asdkit.engine import get_engine
     from asdkit.methods.spec import read_spec_file, split_method_list
 
     specs: list = split_method_list(methods or [])
@@ -81,10 +84,12 @@ def compare_cmd(
         how = "finished earlier" if rec.get("reused") else f"{rec['seconds']:.0f} s"
         con.print(f"{rec['name']}: score {rec['official_score']:.4f}, mean AUC {rec['mean_auc']:.4f} ({how})")
 
-    cmp = compare(data, specs, out, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr,
-                  per_id=per_id, seed=seed, dataset_split=dataset_split, channel=channel, skip_bad=skip_bad,
-                  cache_dir=cache or o.default_cache_dir(), device=device, threads=threads, isolate=not in_process,
-                  progress=not quiet, on_method=show)
+    plan(specs)  # every method's settings checked before an engine (a Ray cluster) is started
+    with get_engine(engine, ray_address) as eng:
+        cmp = compare(data, specs, out, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr,
+                      per_id=per_id, seed=seed, dataset_split=dataset_split, channel=channel, skip_bad=skip_bad,
+                      cache_dir=cache or o.default_cache_dir(), device=device, threads=threads, isolate=not in_process,
+                      progress=not quiet, on_method=show, engine=eng)
     print_leaderboard(cmp)
     con.print(f"leaderboard in {Path(out) / 'compare.md'} (also .csv, .json, .png); {cmp.meta['seconds']:.0f} s")
     if cmp.failed:

@@ -45,6 +45,11 @@ class Engine:
     def describe(self) -> str:
         return self.name
 
+    def spec(self) -> dict:
+        """``get_engine(**spec)`` in another process gives an engine on the same resources (for
+        ``asdkit compare``'s one process per method)."""
+        return {"name": self.name}
+
     def close(self) -> None:
         """Release what the engine started (a local Ray); the engine may be used again after."""
 

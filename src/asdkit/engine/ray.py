@@ -61,6 +61,14 @@ class RayEngine(Engine):
     def describe(self) -> str:
         return f"ray ({self.address or 'local'})"
 
+    def spec(self) -> dict:
+        """The cluster this engine joined, or the address of the Ray it started here (started now if
+        not yet), so that another process joins the same Ray instead of starting its own."""
+        if self.address:
+            return {"name": self.name, "address": self.address}
+        ray, _ = self._ray()
+        return {"name": self.name, "address": ray.get_runtime_context().gcs_address}
+
     # -- Ray itself ----------------------------------------------------------------------------
     def _ray(self):
         ray, data = _ray_modules()

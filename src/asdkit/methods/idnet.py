@@ -34,6 +34,7 @@ import numpy as np
 
 from asdkit.errors import ConfigError
 from asdkit.idtrain import IdObjective, MarginHead
+from asdkit.methods.base import precision_setting, saved_precision
 from asdkit.methods.embedding import DetectorSettings, EmbeddingMethod, _detector_names
 from asdkit.settings import Bool, Int, Mapping, OneOf, Optional, setting
 
@@ -66,6 +67,7 @@ class IdNetSettings(IdScoring, IdObjective):
     epoch_crops: int = setting(512, Int(1), "random 2-s crops per epoch (so training time does not grow with the data)")
     backbone_config: dict | None = setting(None, Optional(Mapping()), "network overrides (width, crop_frames, "
                                                                       "waveform_branch, embedding_dim, n_mels)")
+    precision: str = precision_setting()  # of embedding; training is fp32
 
 
 @dataclass
@@ -121,7 +123,8 @@ class IdNetMethod(EmbeddingMethod):
                        progress=ctx.progress)
         try:
             say_outliers(description, data.outliers)
-            bb = create_backbone("idnet", weights="none", config=s.backbone_config, seed=ctx.seed, device=ctx.device)
+            bb = create_backbone("idnet", weights="none", precision=s.precision, config=s.backbone_config, seed=ctx.seed,
+                                 device=ctx.device)
             net, dev = bb.module, bb.device  # the device resolved ("auto" -> cpu or cuda)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(ctx.seed)
@@ -166,6 +169,8 @@ class IdNetMethod(EmbeddingMethod):
     def _embed(self, clips):
         from asdkit.embed import embed_clips
 
+        # in this process whatever the engine: the network was trained here (the Ray engine rebuilds a
+        # backbone from its recipe in each worker), and its embeddings are not cached (new each training)
         return self._kept(embed_clips(clips, self.model_.backbone, cache_dir=None, batch_size=8, reader=self.reader))
 
     def _score(self, clips):
@@ -185,24 +190,34 @@ class IdNetMethod(EmbeddingMethod):
             return {}
         rep = self.model_.report
         return {"weights": self.model_.backbone.weights.describe(), "random_init": False,
-                "embedding_dim": self.model_.backbone.embedding_dim, "outlier_exposure": rep.get("outlier_exposure"),
-                "training": rep, **self.detector_info()}
+                "embedding_dim": self.model_.backbone.embedding_dim, "precision": self.model_.backbone.precision,
+                "outlier_exposure": rep.get("outlier_exposure"), "training": rep, **self.detector_info()}
+
+    def export_network(self) -> dict:
+        if self.settings.score != "knn":
+            raise ConfigError(f"{self.name} with score={self.settings.score} cannot be exported to ONNX (the classifier's "
+                              "score is not in the graph); score=knn can")
+        bb = self.model_.backbone
+        return {"module": bb.module, "frontend": bb.frontend, "output": "embedding", "batch_size": 8,
+                "detector_state": "scorer"}
 
     # -- saving ----------------------------------------------------------------------------------
     def _save(self, directory: Path) -> dict:
         return {"scorer": self._save_detector(directory), **save_id_model(self.model_, directory),
-                "own_sections": self.sections_}
+                "own_sections": self.sections_, "precision": self.model_.backbone.precision}
 
     @classmethod
     def _load_backbone(cls, directory: Path, settings, context):
         from asdkit.models import create_backbone
 
-        return create_backbone("idnet", weights=str(directory / "backbone"), device=context.device)
+        return create_backbone("idnet", weights=str(directory / "backbone"), precision=settings.precision,
+                               device=context.device)
 
     @classmethod
     def _load(cls, directory: Path, settings, context, state: dict, doc: dict, **overrides):
         if overrides.get("weights") is not None:
             raise ConfigError(f"--weights does not apply to a trained {cls.name}: its weights are in the folder")
+        settings = saved_precision(settings, state)  # what "auto" chose when it was fitted
         m = cls(settings, context)
         bb = cls._load_backbone(directory, settings, context)
         m.model_ = load_id_model(directory, state, bb)

@@ -28,6 +28,7 @@ the percentiles and modulation ranges per band here are ten lines of torch.
 from __future__ import annotations
 
 from asdkit.errors import ConfigError
+from asdkit.models.lazy import LazyBackbone
 from asdkit.models.registry import Backbone, check_config, register_backbone
 
 NAME = "features"
@@ -61,9 +62,9 @@ def _module(arch: dict, sample_rate: int = 16000):
             n = x.shape[-1]
             power = torch.fft.rfft(x - mean[..., None], dim=-1).abs() ** 2 / n
             freqs = torch.arange(power.shape[-1], device=x.device) * self.fps / n
-            for lo, hi in self.bands:
-                sel = (freqs >= lo) & (freqs < hi)
-                band = power[..., sel].mean(dim=-1) if bool(sel.any()) else torch.zeros_like(mean)
+            for lo, hi in self.bands:  # a mask, not an index: the same graph for every input (ONNX export)
+                sel = ((freqs >= lo) & (freqs < hi)).to(power.dtype)
+                band = (power * sel).sum(dim=-1) / sel.sum().clamp(min=1.0)  # 0 when no bin falls in the range
                 stats.append(torch.log10(band + 1e-6))
             return torch.cat(stats, dim=-1)
 
@@ -94,8 +95,9 @@ def _check_arch(arch: dict) -> dict:
 
 
 @register_backbone(NAME)
-def build_features(*, weights="default", precision="fp32", config=None, seed=0, device="cpu") -> Backbone:
-    """Factory registered as ``features`` (see the module docstring)."""
+def build_features(*, weights="default", precision="fp32", config=None, seed=0, device="cpu") -> LazyBackbone:
+    """Factory registered as ``features`` (see the module docstring): its identity now, the (cheap,
+    weight-free) module only when a clip is not in the embedding cache."""
     from pathlib import Path
 
     from asdkit.features import get_frontend
@@ -114,7 +116,6 @@ def build_features(*, weights="default", precision="fp32", config=None, seed=0, 
     arch = _check_arch({**base, **overrides})
     frontend = get_frontend("logmel", n_fft=arch["n_fft"], hop_length=arch["hop_length"], n_mels=arch["n_mels"])
     info = WeightsInfo("builtin", False, "weight-free per-band log-mel statistics", identity=f"features:v{VERSION}")
-    dim = arch["n_mels"] * n_statistics(arch)
-    module = _module(arch).to(device).eval()
-    return Backbone(name=NAME, frontend=frontend, module=module, embedding_dim=dim, precision=precision, weights=info,
-                    config=arch, device=device, seed=seed)
+    ident = dict(name=NAME, frontend=frontend, embedding_dim=arch["n_mels"] * n_statistics(arch), precision=precision,
+                 weights=info, config=arch, device=device, seed=seed)
+    return LazyBackbone(build=lambda: Backbone(module=_module(arch).to(device).eval(), **ident), **ident)

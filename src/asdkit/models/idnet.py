@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from asdkit.errors import ConfigError
+from asdkit.models.lazy import LazyBackbone
 from asdkit.models.registry import Backbone, check_config, random_init_context, register_backbone, state_fingerprint
 
 NAME = "idnet"
@@ -181,8 +182,9 @@ def _check_arch(arch: dict) -> dict:
 
 
 @register_backbone(NAME)
-def build_idnet(*, weights="none", precision="fp32", config=None, seed=0, device="cpu") -> IdNetBackbone:
-    """Factory registered as ``idnet`` (see the module docstring)."""
+def build_idnet(*, weights="none", precision="fp32", config=None, seed=0, device="cpu") -> LazyBackbone:
+    """Factory registered as ``idnet`` (see the module docstring): its identity now (from the saved
+    folder's JSON), the network only when a clip is not in the embedding cache."""
     from asdkit.features import get_frontend
     from asdkit.models.weights import (WeightsInfo, check_meta_backbone, find_weight_file, load_state_dict, read_meta,
                                        resolve_weights)
@@ -201,22 +203,28 @@ def build_idnet(*, weights="none", precision="fp32", config=None, seed=0, device
             raise ConfigError(f"weights {resolved.path}: not a folder saved by asdkit (no asdkit_backbone.json)")
         check_meta_backbone(meta, NAME, resolved.path)
     arch = _check_arch({**ARCH_DEFAULTS, **((meta or {}).get("config") or {}), **overrides})
-    with random_init_context(seed):
-        net = IdNet(arch)
     if resolved.kind == "none":
         info = WeightsInfo("none", True, f"untrained, seed {seed}", f"none:seed{seed}")
+        weight_file = None
     else:
-        sd = load_state_dict(find_weight_file(resolved.path))
-        try:
-            net.load_state_dict(sd)
-        except RuntimeError as e:
-            raise ConfigError(f"weights {resolved.path}: do not fit {NAME} with this config ({str(e).splitlines()[0]})") from None
+        weight_file = find_weight_file(resolved.path)
         origin = meta.get("origin") or {}
         identity = str(origin.get("identity") or "")
-        if identity.startswith("trained:") and identity != f"trained:{state_fingerprint(net)}":
-            raise ConfigError(f"weights {resolved.path}: the weights changed since they were saved")
         info = WeightsInfo(resolved.source, False, str(origin.get("description") or "trained idnet"),
                            identity or resolved.identity())
-    net.to(device).eval()
-    return IdNetBackbone(name=NAME, frontend=get_frontend("wave"), module=net, embedding_dim=int(arch["embedding_dim"]),
-                         precision=precision, weights=info, config=arch, device=device, seed=seed)
+    ident = dict(name=NAME, frontend=get_frontend("wave"), embedding_dim=int(arch["embedding_dim"]), precision=precision,
+                 weights=info, config=arch, device=device, seed=seed)
+
+    def build() -> IdNetBackbone:
+        with random_init_context(seed):
+            net = IdNet(arch)
+        if weight_file is not None:
+            try:
+                net.load_state_dict(load_state_dict(weight_file))
+            except RuntimeError as e:
+                raise ConfigError(f"weights {resolved.path}: do not fit {NAME} with this config ({str(e).splitlines()[0]})") from None
+            if info.identity.startswith("trained:") and info.identity != f"trained:{state_fingerprint(net)}":
+                raise ConfigError(f"weights {resolved.path}: the weights changed since they were saved")
+        return IdNetBackbone(module=net.to(device).eval(), **ident)
+
+    return LazyBackbone(build=build, **ident)
