@@ -66,7 +66,7 @@ def test_fit_without_method_or_weights_uses_the_weight_free_features(tmp_path, c
 
     from asdkit.cli import main
 
-    tree = make_mimii_tree(tmp_path / "m", machines=("fan",), ids=("00",), n_normal=10, n_anomalous=0, seconds=2.0)
+    tree = make_mimii_tree(tmp_path / "m", machines=("fan",), ids=("00",), n_normal=10, n_anomalous=3, seconds=2.0)
     with pytest.raises(SystemExit) as e:
         main(["fit", "--data", str(tree), "--out", str(tmp_path / "mon"), "--window-seconds", "2", "-q"])
     assert e.value.code == 0
@@ -74,6 +74,13 @@ def test_fit_without_method_or_weights_uses_the_weight_free_features(tmp_path, c
     assert "weight-free features backbone" in out and "RANDOM INIT" not in out
     settings = json.loads((tmp_path / "mon/method/method.json").read_text())["settings"]
     assert settings["backbone"] == "features" and settings["detector"] == "mahalanobis"
+    # the default monitor alarms on the clearly anomalous clips (exit 1 like grep, every row an alarm)
+    abnormal = sorted((tree / "6dB_fan/fan/id_00/abnormal").glob("*.wav"))
+    with pytest.raises(SystemExit) as e:
+        main(["score", str(tmp_path / "mon"), *map(str, abnormal), "--out", "-", "--json", "-q"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert e.value.code == 1 and len(rows) == 3
+    assert all(r["score"] > r["threshold"] for r in rows), rows
     with pytest.raises(SystemExit):  # an explicit choice stays explicit
         main(["fit", "--data", str(tree), "--out", str(tmp_path / "mon2"), "--backbone", "ast", "-q"])
     assert "weight-free" not in capsys.readouterr().out
