@@ -109,6 +109,12 @@ def test_compare_command_line(tree, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "features-mahalanobis" in out and "leaderboard in" in out
     assert (tmp_path / "c" / "compare.md").is_file()
+    # not a terminal: plain tab-separated rows, one per method, numbers in full (no truncated box cells)
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("rank\tmethod\t"))
+    rows = [line.split("\t") for line in lines[header + 1:header + 3]]
+    assert sorted(r[1] for r in rows) == ["ae", "features-mahalanobis"]
+    assert all(0.0 <= float(r[3]) <= 1.0 for r in rows), rows  # mean AUC
 
 
 def test_many_methods_are_drawn_as_a_table_of_cells(tmp_path):
