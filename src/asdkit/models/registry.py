@@ -419,8 +419,8 @@ def release_freed_memory() -> None:
 
     glibc keeps a batch's freed activation buffers (hundreds of MiB for AST) in its heap, where
     they fragment, so a long embedding run's resident memory crept up from batch to batch (AST bf16
-    on 4 clips at a time: peak 1716 MiB after one batch, 2124 MiB after eight); trimming after each
-    batch kept it at the first batch's level, for a few percent of speed (docs/benchmarks.md)."""
+    on 4 clips at a time: peak 1716 MiB after one batch, 2124 MiB after eight). Trimming after each
+    batch keeps most of that back (1458 MiB after one batch, 1641 MiB after eleven: docs/benchmarks.md)."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
