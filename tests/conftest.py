@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -7,8 +9,11 @@ import pytest
 os.environ.setdefault("ASDKIT_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# the command line caches embeddings under $ASDKIT_CACHE: keep the tests' out of the home folder
-os.environ.setdefault("ASDKIT_CACHE", tempfile.mkdtemp(prefix="asdkit-test-cache-"))
+# the command line caches embeddings under $ASDKIT_CACHE: keep the tests' out of the home folder,
+# in a folder of their own that goes when the test run ends
+if "ASDKIT_CACHE" not in os.environ:
+    os.environ["ASDKIT_CACHE"] = tempfile.mkdtemp(prefix="asdkit-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["ASDKIT_CACHE"], ignore_errors=True)
 # --precision auto (the default) is bf16 on CPUs with native bf16: pin it to fp32 so that the tests'
 # numbers are the same on every machine (tests/test_precision.py sets it both ways)
 os.environ.setdefault("ASDKIT_BF16", "0")
