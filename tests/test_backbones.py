@@ -243,6 +243,12 @@ def test_bad_weights_values_are_one_line_config_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(ConfigError, match="no config.json"):
         create_backbone("ast", weights=str(empty))
+    for text, reason in (("{not json", "not readable JSON"), ("[1, 2]", "is not a JSON object")):
+        (empty / "config.json").write_text(text)
+        with pytest.raises(ConfigError, match=reason) as e:
+            create_backbone("ast", weights=str(empty))
+        assert _one_line(e) and "config.json" in str(e.value)
+    (empty / "config.json").unlink()
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"junk")
     with pytest.raises(ConfigError, match="must be a folder"):

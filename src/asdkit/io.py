@@ -148,9 +148,10 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def read_json_doc(path: str | os.PathLike, fmt: str | None = None, fields: dict | None = None,
                   missing: str | None = None) -> dict:
-    """A JSON object saved by asdkit, checked: one ConfigError line when the file is missing
-    (``missing`` says what that means), unreadable, not a ``"format": fmt`` object, or when a field
-    of ``fields`` ({name: type or tuple of types}) is missing or of another type."""
+    """A JSON object (saved by asdkit when ``fmt`` is given), checked: one ConfigError line when the
+    file is missing (``missing`` says what that means), unreadable, not a JSON object, not a
+    ``"format": fmt`` object, or when a field of ``fields`` ({name: type or tuple of types}) is
+    missing or of another type."""
     from asdkit.errors import ConfigError
 
     path = Path(path)
@@ -160,6 +161,8 @@ def read_json_doc(path: str | os.PathLike, fmt: str | None = None, fields: dict 
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ConfigError(f"{path}: damaged, not readable JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict) and fmt is None:
+        raise ConfigError(f"{path}: is not a JSON object")
     if not isinstance(doc, dict) or (fmt is not None and doc.get("format") != fmt):
         raise ConfigError(f"{path}: not an asdkit file of format {fmt!r}")
     for key, kind in (fields or {}).items():

@@ -147,17 +147,10 @@ def _check_arch(cfg: dict) -> None:
 def _folder_arch(folder: Path) -> dict:
     """The architecture a save_pretrained folder's config.json describes (ASTConfig's defaults,
     which are :data:`ARCH_DEFAULTS`, for what it leaves out); read without building the model."""
-    import json
+    from asdkit.io import read_json_doc
 
-    cj = folder / "config.json"
-    if not cj.is_file():
-        raise ConfigError(f"weights {folder}: no config.json (not a save_pretrained / Backbone.save folder)")
-    try:
-        doc = json.loads(cj.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"weights {folder}: config.json unreadable ({str(e).splitlines()[0][:200]})") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"weights {folder}: config.json is not a JSON object")
+    doc = read_json_doc(folder / "config.json",
+                        missing=f"weights {folder}: no config.json (not a save_pretrained / Backbone.save folder)")
     model_type = doc.get("model_type", "audio-spectrogram-transformer")
     if model_type != "audio-spectrogram-transformer":
         raise ConfigError(f"weights {folder}: holds a {model_type!r} model, not an AST")
