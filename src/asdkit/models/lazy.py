@@ -77,9 +77,7 @@ class LazyBackbone:
     @classmethod
     def of(cls, backbone) -> "LazyBackbone":
         """An already built backbone behind the same face (for factories that are not lazy)."""
-        lazy = cls(name=backbone.name, frontend=backbone.frontend, embedding_dim=backbone.embedding_dim,
-                   precision=backbone.precision, weights=backbone.weights, config=backbone.config,
-                   build=lambda: backbone, device=backbone.device, seed=backbone.seed)
+        lazy = cls(**{k: getattr(backbone, k) for k in IDENTITY}, build=lambda: backbone)
         lazy._backbone = backbone
         lazy.recipe = getattr(backbone, "recipe", None)
         return lazy
