@@ -62,8 +62,8 @@ def load_audio(
     """
     s = settings or AudioSettings()
     path = check_file(path)
+    info = _header(path)
     try:
-        info = sf.info(os.fsencode(path))
         first = int(round(start * info.samplerate)) if start else 0
         if first and not 0 <= first < info.frames:
             raise AudioError(f"{path}: no audio at {start:g} s (it is {info.frames / info.samplerate:.2f} s long)")
@@ -153,11 +153,25 @@ def check_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def header(path: str | os.PathLike):
+    """An audio file's header (soundfile's info: ``frames``, ``samplerate``, ``format``...; nothing
+    decoded); AudioError saying why when ``path`` is not a readable audio file."""
+    return _header(check_file(path))
+
+
+def _header(path: Path):
+    try:
+        return sf.info(os.fsencode(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AudioError(f"{path}: not readable audio ({reason})") from None
+
+
 def duration(path: str | os.PathLike) -> float | None:
     """A file's length in seconds from its header (None when it is not a readable audio file)."""
     try:
-        info = sf.info(os.fsencode(check_file(path)))
-    except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError):
+        info = header(path)
+    except (AudioError, OSError):
         return None
     return info.frames / info.samplerate if info.samplerate else None
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from asdkit.audio import header
 from asdkit.errors import AsdkitError, AudioError
 from asdkit.service.alerts import machine_rule, on_clip
 from asdkit.service.store import Alert, ClipRow, Machine, Store, utcnow
@@ -145,18 +146,6 @@ def clip_document(row: ClipRow, machine: str) -> dict:
             "audio_kept": row.audio_path is not None}
 
 
-def audio_seconds(path: Path, name: str) -> float:
-    """The length of an audio file from its header (nothing decoded); AudioError when unreadable."""
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(path))
-    except Exception as e:  # libsndfile's errors come in several types
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AudioError(f"{name}: not readable audio ({reason.replace(str(path), name)})") from None
-    return float(info.frames) / float(info.samplerate or 1)
-
-
 class Ingestor:
     """Scores and stores clips (blocking: called from the server's worker threads)."""
 
@@ -214,7 +203,8 @@ class Ingestor:
             if found is not None:
                 return found
             try:
-                seconds = audio_seconds(up.path, up.filename)
+                info = header(up.path)
+                seconds = float(info.frames) / float(info.samplerate or 1)
                 limit = self.settings.max_seconds
                 if seconds > limit:
                     raise UploadError(422, f"{up.filename}: {seconds:.1f} s of audio, longer than the {limit:g} s limit")
