@@ -98,9 +98,11 @@ def wave_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
+@lru_cache(maxsize=1)
 def _hf_audio_utils():
     """``transformers.audio_utils`` (numpy only). Imported without PyTorch (an exported monitor on a
-    small device), transformers advises that its models are unavailable: asdkit needs none of them."""
+    small device), transformers advises that its models are unavailable: asdkit needs none of them.
+    Imported once per process (the environment is touched once, not on every clip)."""
     import os
 
     key = "TRANSFORMERS_NO_ADVISORY_WARNINGS"

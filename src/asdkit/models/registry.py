@@ -159,8 +159,6 @@ def _checked_call(name, weights, precision, config, seed, device, options) -> tu
     factory = _FACTORIES.get(name)
     if factory is None:
         raise ConfigError(f"unknown backbone {name!r} (choose from {', '.join(sorted(_FACTORIES))})")
-    if precision not in PRECISION_CHOICES:
-        raise ConfigError(f"unknown precision {precision!r} (choose from {', '.join(PRECISION_CHOICES)})")
     if config is not None and not isinstance(config, dict):
         raise ConfigError(f"backbone config must be a mapping of architecture settings, got {type(config).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
