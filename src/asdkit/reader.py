@@ -52,6 +52,16 @@ def checked(transform: Callable[[np.ndarray], np.ndarray], y: np.ndarray, clip: 
     return x
 
 
+def collect(batches) -> tuple[list[Clip], list[np.ndarray]]:
+    """``(kept clips, arrays)`` of ``batches`` (an iterator of ``(clips, arrays)`` pairs) joined."""
+    kept: list[Clip] = []
+    arrays: list[np.ndarray] = []
+    for k, a in batches:
+        kept += k
+        arrays += a
+    return kept, arrays
+
+
 class ClipReader:
     """Reads clips as the models see them, with one bad-file policy and one skip count."""
 
@@ -119,9 +129,4 @@ class ClipReader:
     def read_all(self, clips: Sequence[Clip], description: str,
                  transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[list[Clip], list[np.ndarray]]:
         """Every readable clip and its array (memory holds them all: for small per-clip arrays)."""
-        kept: list[Clip] = []
-        arrays: list[np.ndarray] = []
-        for k, a in self.batches(clips, 64, description, transform):
-            kept += k
-            arrays += a
-        return kept, arrays
+        return collect(self.batches(clips, 64, description, transform))

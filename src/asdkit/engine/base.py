@@ -7,6 +7,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from asdkit.data.clips import Clip
+from asdkit.reader import collect
 
 
 class Engine:
@@ -27,12 +28,7 @@ class Engine:
     def read_all(self, reader, clips: Sequence[Clip], description: str,
                  transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[list[Clip], list[np.ndarray]]:
         """Every readable clip and its array (memory holds them all: for small per-clip arrays)."""
-        kept: list[Clip] = []
-        arrays: list[np.ndarray] = []
-        for k, a in self.batches(reader, clips, 64, description, transform):
-            kept += k
-            arrays += a
-        return kept, arrays
+        return collect(self.batches(reader, clips, 64, description, transform))
 
     def score_windows(self, monitor, clips: Sequence[Clip], *, load: dict, skip_bad: bool = False,
                       progress: bool = True, cache_dir=None):
