@@ -41,6 +41,7 @@ from asdkit.data.clips import Clip
 from asdkit.errors import ConfigError, DatasetError
 from asdkit.finetune import optimizer_step
 from asdkit.progress import bar, console
+from asdkit.sections import section_of
 from asdkit.settings import Bool, Int, OneOf, Real, Settings, setting
 
 LOSSES = ("arcface", "adacos")
@@ -79,7 +80,7 @@ def id_label(clip: Clip, attributes: bool = True) -> str:
     from asdkit.data.dcase import attributes_of
 
     attr = attributes_of(clip.path) if attributes else ""
-    return f"{clip.machine_type}/{clip.machine_id}" + (f"/{attr}" if attr else "")
+    return section_of(clip) + (f"/{attr}" if attr else "")
 
 
 def section_label(label: str) -> str:
@@ -193,8 +194,8 @@ def outlier_clips(own: Sequence[Clip], pool: Sequence[Clip], s: IdObjective, *, 
             raise DatasetError("the ID task needs two classes at least (machine ids, sections or attributes); the "
                                "clips hold one: use outlier_exposure auto, data or generated")
         return [], "none", None
-    mine = {section_label(id_label(c, False)) for c in own}
-    others = [c for c in pool if section_label(id_label(c, False)) not in mine and not c.is_anomalous]
+    mine = {section_of(c) for c in own}
+    others = [c for c in pool if section_of(c) not in mine and not c.is_anomalous]
     if others and mode in ("auto", "data"):
         rng = np.random.default_rng(seed)
         cap = max(3 * len(own), 256)

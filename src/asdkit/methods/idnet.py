@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,6 +36,7 @@ from asdkit.errors import ConfigError
 from asdkit.idtrain import IdObjective, MarginHead
 from asdkit.methods.base import precision_setting, saved_precision
 from asdkit.methods.embedding import DetectorSettings, EmbeddingMethod, _detector_names
+from asdkit.sections import section_of
 from asdkit.settings import Bool, Int, Mapping, OneOf, Optional, setting
 
 SCORES = ("knn", "classifier")
@@ -53,9 +54,10 @@ class IdScoring(DetectorSettings):
     scope: str = setting("run", OneOf(("run", "group")), "one network for every clip of the run, or one per group")
 
     def training_key(self) -> str:
-        """What decides the trained network (for sharing it between a run's groups)."""
-        keep = {k: v for k, v in self.to_dict().items() if k not in ("detector", "detector_params", "standardize",
-                                                                      "per_section", "source_centres", "normalize", "score")}
+        """What decides the trained network (for sharing it between a run's groups): every setting but
+        how its embeddings are scored (the fields of :class:`IdScoring` other than ``scope``)."""
+        scoring = {f.name for f in fields(IdScoring)} - {"scope"}
+        keep = {k: v for k, v in self.to_dict().items() if k not in scoring}
         return json.dumps(keep, sort_keys=True, default=str)
 
 
@@ -95,7 +97,7 @@ class IdNetMethod(EmbeddingMethod):
     # -- training --------------------------------------------------------------------------------
     def _train_embeddings(self, clips, val):
         s, ctx = self.settings, self.context
-        self.sections_ = sorted({f"{c.machine_type}/{c.machine_id}" for c in clips})
+        self.sections_ = sorted({section_of(c) for c in clips})
         if s.scope == "run" and ctx.run_clips:
             key = (self.name, s.training_key())
             if key not in ctx.shared:
@@ -179,7 +181,7 @@ class IdNetMethod(EmbeddingMethod):
 
         emb = self._embed(clips)
         knn = self.scorer_.readings(emb.X, emb.clips)["score"]
-        sections = [f"{c.machine_type}/{c.machine_id}" for c in emb.clips]
+        sections = [section_of(c) for c in emb.clips]
         cls = classifier_scores(self.model_.head, emb.X, sections, self.model_.classes, self.sections_)
         main, other = (knn, cls) if self.settings.score == "knn" else (cls, knn)
         other_name = "classifier" if self.settings.score == "knn" else "knn"
