@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from asdkit.io import write_csv, write_json, write_text
 from asdkit.models.weights import random_init_warning
@@ -46,10 +46,32 @@ def _memory(r: dict) -> str:
     return "n/a" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}"
 
 
-def render_markdown(records: Sequence[dict], meta: dict) -> str:
+def leaderboard(records: Sequence[dict], digits: int = 4,
+                mark: Callable[[str], str] = lambda text: text) -> tuple[list[str], list[list[str]]]:
+    """The ranking as ``(columns, rows)`` of text cells, one row per method, best first: what
+    compare.md and the console show. ``mark`` wraps the RANDOM INIT and failure notes (console
+    colour)."""
     recs = ranked(records)
     types = machine_types(recs)
     dom = has_domains(recs)
+    head = ["rank", "method", "score (hmean)", "mean AUC", "mean pAUC", *(["source AUC", "target AUC"] if dom else []),
+            *[f"{t} AUC" for t in types], "seconds", "peak MB"]
+    f = lambda v: _f(v, digits)  # noqa: E731
+    rows = []
+    for i, r in enumerate(recs, start=1):
+        name = r["name"] + (f" {mark('(RANDOM INIT)')}" if r.get("random_init") else "")
+        if r["status"] != "ok":
+            rows.append([str(i), name, mark(f"failed: {r.get('reason', '')}"), *[""] * (len(head) - 3)])
+            continue
+        by = r.get("by_type") or {}
+        rows.append([str(i), name, f(r.get("official_score")), f(r.get("mean_auc")), f(r.get("mean_pauc")),
+                     *([f(r.get("auc_source")), f(r.get("auc_target"))] if dom else []),
+                     *[f((by.get(t) or {}).get("auc")) for t in types], f"{r.get('seconds', 0):.0f}", _memory(r)])
+    return head, rows
+
+
+def render_markdown(records: Sequence[dict], meta: dict) -> str:
+    recs = ranked(records)
     lines = [f"# {meta.get('title', 'asdkit compare')}", ""]
     rand = [r["name"] for r in recs if r.get("random_init")]
     if rand:
@@ -63,20 +85,9 @@ def render_markdown(records: Sequence[dict], meta: dict) -> str:
               f"{'; the dataset own train/test split' if meta.get('dataset_split') else ''}",
               f"- machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; {meta.get('date', '')}; "
               f"{meta.get('seconds', 0):.0f} s in all", ""]
-    head = ["rank", "method", "score (hmean)", "mean AUC", "mean pAUC", *(["source AUC", "target AUC"] if dom else []),
-            *[f"{t} AUC" for t in types], "seconds", "peak MB"]
+    head, rows = leaderboard(recs)
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
-    for i, r in enumerate(recs, start=1):
-        name = f"{r['name']}{' (RANDOM INIT)' if r.get('random_init') else ''}"
-        if r["status"] != "ok":
-            lines.append("| " + " | ".join([str(i), name, f"failed: {r.get('reason', '')}".replace("|", "/")]
-                                            + [""] * (len(head) - 3)) + " |")
-            continue
-        by = r.get("by_type") or {}
-        cells = [str(i), name, _f(r.get("official_score")), _f(r.get("mean_auc")), _f(r.get("mean_pauc")),
-                 *([_f(r.get("auc_source")), _f(r.get("auc_target"))] if dom else []),
-                 *[_f((by.get(t) or {}).get("auc")) for t in types], f"{r.get('seconds', 0):.0f}", _memory(r)]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
     lines += ["", "## Methods", ""]
     for r in recs:
         extra = "".join(f"; AUC of its {k} reading {_f(v)}" for k, v in (r.get("readings") or {}).items() if v is not None)

@@ -11,29 +11,12 @@ from asdkit.commands import options as o
 
 def print_leaderboard(cmp) -> None:
     """The ranking on the console (box-drawn on a terminal, tab-separated lines for a pipe or a file)."""
-    from asdkit.compare_report import has_domains, machine_types, ranked
+    from rich.markup import escape
 
-    recs = ranked(cmp.records)
-    types = machine_types(recs)
-    dom = has_domains(recs)
-    columns = ["rank", "method", "score", "mean AUC", "mean pAUC", *(["source", "target"] if dom else []), *types, "s", "MB"]
-    fmt = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731
-    rows = []
-    for i, r in enumerate(recs, start=1):
-        name = r["name"] + (" [red](RANDOM INIT)[/]" if r.get("random_init") else "")
-        if r["status"] != "ok":
-            rows.append([str(i), name, "[red]failed[/]", *[""] * (len(columns) - 3)])
-            continue
-        by = r.get("by_type") or {}
-        rows.append([str(i), name, fmt(r.get("official_score")), fmt(r.get("mean_auc")), fmt(r.get("mean_pauc")),
-                     *([fmt(r.get("auc_source")), fmt(r.get("auc_target"))] if dom else []),
-                     *[fmt((by.get(k) or {}).get("auc")) for k in types], f"{r.get('seconds', 0):.0f}",
-                     "n/a" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}"])
-    con = o.console()
-    o.print_table(con, cmp.meta.get("title", "asdkit compare"), columns, rows)
-    for r in recs:
-        if r["status"] != "ok":
-            con.print(f"[red]{r['name']} failed: {r.get('reason')}[/]")
+    from asdkit.compare_report import leaderboard
+
+    columns, rows = leaderboard(cmp.records, digits=3, mark=lambda text: f"[red]{escape(text)}[/]")
+    o.print_table(o.console(), cmp.meta.get("title", "asdkit compare"), columns, rows)
 
 
 def compare_cmd(
