@@ -109,9 +109,12 @@ def test_tables_are_plain_lines_when_the_output_is_not_a_terminal(capsys):
     import asdkit.commands.options as opts
 
     con = Console(file=__import__("io").StringIO(), force_terminal=False)
-    opts.print_table(con, "t", ["a", "b"], [["[bold red]ANOMALOUS[/]", "1.0"], ["x\ny", "2"]])
+    from rich.markup import escape
+
+    opts.print_table(con, "t", ["a", "b"], [["[bold red]ANOMALOUS[/]", "1.0"], ["x\ny", "2"],
+                                            [escape("pump[a].wav"), "3"]])  # escaped text comes out as it was
     text = con.file.getvalue()
-    assert text.splitlines() == ["# t", "a\tb", "ANOMALOUS\t1.0", "x y\t2"] and "┃" not in text
+    assert text.splitlines() == ["# t", "a\tb", "ANOMALOUS\t1.0", "x y\t2", "pump[a].wav\t3"] and "┃" not in text
     con = Console(file=__import__("io").StringIO(), force_terminal=True, width=60)
     opts.print_table(con, "t", ["a", "b"], [["1", "2"]])
     assert "┃" in con.file.getvalue() or "│" in con.file.getvalue()

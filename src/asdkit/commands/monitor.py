@@ -186,10 +186,12 @@ def _write(rows: list[dict], target: Path | None, json_lines: bool) -> None:
 
 
 def _table(con, rows: list[dict], monitor: Path) -> None:
+    from rich.markup import escape  # a file name such as "pump[a].wav" is text, not markup
+
     cols = [c for c in rows[0] if c != "threshold"] if rows else ["file", "score", "decision"]
     o.print_table(con, f"asdkit score ({monitor})", cols,
                   [[("[bold red]ANOMALOUS[/]" if r[c] == "anomalous" else r[c]) if c == "decision"
-                    else (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for c in cols] for r in rows])
+                    else (f"{r[c]:.4g}" if isinstance(r[c], float) else escape(str(r[c]))) for c in cols] for r in rows])
 
 
 def register(app: typer.Typer) -> None:

@@ -213,9 +213,9 @@ def print_table(con, title: str, columns: list[str], rows: list[list[str]], **ta
             t.add_row(*r)
         con.print(t)
         return
-    import re
+    from rich.text import Text
 
-    plain = lambda v: re.sub(r"\[/?[a-z ]*\]", "", str(v)).replace("\n", " ")  # noqa: E731  (no rich markup)
+    plain = lambda v: Text.from_markup(str(v)).plain.replace("\n", " ")  # noqa: E731  (markup read, not shown)
     for line in [f"# {title}", "\t".join(columns), *("\t".join(plain(v) for v in r) for r in rows)]:
         print(line, file=con.file)  # rich would expand the tabs
 
