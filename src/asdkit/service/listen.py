@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from asdkit.errors import ConfigError
-from asdkit.io import atomic_path, write_json
+from asdkit.io import atomic_path, write_json, write_text
 from asdkit.settings import Int, Optional, Real, Settings, Text, setting
 
 log = logging.getLogger("asdkit.listen")
@@ -136,11 +136,14 @@ class Spool:
     def pending(self) -> list[Item]:
         """Spooled clips, oldest first."""
         items = []
+        audio_of = {p.stem: p for p in self.pending_dir.iterdir() if p.suffix != ".json"}  # one listing, not one per clip
         for meta in sorted(self.pending_dir.glob("*.json")):
+            audio = audio_of.get(meta.stem)
+            if audio is None:
+                continue
             try:
                 doc = json.loads(meta.read_text(encoding="utf-8"))
-                audio = next(p for p in meta.parent.glob(meta.stem + ".*") if p.suffix != ".json")
-            except (OSError, ValueError, StopIteration):
+            except (OSError, ValueError):
                 continue
             items.append(Item(audio, doc["machine"], doc["recorded_at"], doc.get("filename", audio.name)))
         return items
@@ -153,11 +156,10 @@ class Spool:
         for p in (item.audio, item.meta):
             if p.exists():
                 os.replace(p, self.rejected_dir / p.name)
-        (self.rejected_dir / (item.audio.stem + ".reason.txt")).write_text(reason + "\n", encoding="utf-8")
+        write_text(self.rejected_dir / (item.audio.stem + ".reason.txt"), reason + "\n")
 
     def _limit(self) -> None:
-        files = sorted(p for p in self.pending_dir.iterdir() if p.is_file())
-        total = sum(p.stat().st_size for p in files)
+        total = sum(p.stat().st_size for p in self.pending_dir.iterdir() if p.is_file())
         for item in self.pending() if total > self.max_bytes else []:
             if total <= self.max_bytes:
                 break
