@@ -51,17 +51,12 @@ IDENTITY = ("name", "frontend", "embedding_dim", "precision", "weights", "config
 """What a lazy backbone knows without its network (the attributes of a built one that it shares)."""
 
 
-class LazyBackbone:
-    """A backbone's identity (:data:`IDENTITY` attributes and ``cache_key``) plus how to build it.
-
-    ``build`` is a function of no arguments returning the :class:`~asdkit.models.registry.Backbone`;
-    it is called once, on first need. The built backbone must have the same ``cache_key`` (a
-    RuntimeError otherwise: the factory's identity and its network disagree, a bug). Anything not
-    in :data:`IDENTITY` is taken from the built backbone.
-    """
+class BackboneIdentity:
+    """The :data:`IDENTITY` attributes every backbone has, built (:class:`~asdkit.models.registry.Backbone`)
+    or not (:class:`LazyBackbone`), and the line that describes them."""
 
     def __init__(self, *, name: str, frontend, embedding_dim: int, precision: str, weights, config: dict,
-                 build: Callable[[], Any], device: str = "cpu", seed: int = 0):
+                 device: str = "cpu", seed: int = 0):
         self.name = name
         self.frontend = frontend
         self.embedding_dim = int(embedding_dim)
@@ -70,6 +65,22 @@ class LazyBackbone:
         self.config = dict(config)
         self.device = device
         self.seed = seed
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.embedding_dim}-d, {self.precision}, {self.weights.describe()})"
+
+
+class LazyBackbone(BackboneIdentity):
+    """A backbone's identity (:data:`IDENTITY` attributes and ``cache_key``) plus how to build it.
+
+    ``build`` is a function of no arguments returning the :class:`~asdkit.models.registry.Backbone`;
+    it is called once, on first need. The built backbone must have the same ``cache_key`` (a
+    RuntimeError otherwise: the factory's identity and its network disagree, a bug). Anything not
+    in :data:`IDENTITY` is taken from the built backbone.
+    """
+
+    def __init__(self, *, build: Callable[[], Any], **identity):
+        super().__init__(**identity)
         self.recipe: dict | None = None
         self._build = build
         self._backbone = None
@@ -107,9 +118,6 @@ class LazyBackbone:
 
     def embed(self, x):
         return self.get().embed(x)
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.embedding_dim}-d, {self.precision}, {self.weights.describe()})"
 
     def __getattr__(self, attr: str):
         if attr.startswith("_"):  # not found the usual way; never build for private names (copy, pickle probes)

@@ -43,7 +43,7 @@ from typing import Any, Callable
 import numpy as np
 
 from asdkit.errors import ConfigError
-from asdkit.models.lazy import CACHE_FORMAT, LazyBackbone, cache_key_for  # noqa: F401 (CACHE_FORMAT: re-exported)
+from asdkit.models.lazy import CACHE_FORMAT, BackboneIdentity, LazyBackbone, cache_key_for  # noqa: F401 (CACHE_FORMAT: re-exported)
 from asdkit.models.precision import PRECISION_CHOICES, PRECISIONS, resolve_precision
 from asdkit.models.weights import META_FILE, WeightsInfo
 
@@ -225,7 +225,7 @@ def check_config(name: str, config: dict, allowed: dict) -> dict:
     return dict(config)
 
 
-class Backbone:
+class Backbone(BackboneIdentity):
     """A network that turns a batch of frontend outputs into one embedding per clip.
 
     Attributes: ``name``, ``frontend`` (:class:`asdkit.features.Frontend`), ``embedding_dim``,
@@ -261,15 +261,9 @@ class Backbone:
     ):
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
-        self.name = name
-        self.frontend = frontend
+        super().__init__(name=name, frontend=frontend, embedding_dim=embedding_dim, precision=precision,
+                         weights=weights, config=config, device=device, seed=seed)
         self.module = module
-        self.embedding_dim = int(embedding_dim)
-        self.precision = precision
-        self.weights = weights
-        self.config = dict(config)
-        self.device = device
-        self.seed = seed
         self._cache_key: str | None = None
 
     # -- inference ---------------------------------------------------------------------------------
@@ -390,9 +384,6 @@ class Backbone:
         if self._cache_key is None:
             self._cache_key = cache_key_for(self.name, self.weights.identity, self.config, self.frontend.key, self.precision)
         return self._cache_key
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.embedding_dim}-d, {self.precision}, {self.weights.describe()})"
 
     def __repr__(self) -> str:
         return f"<Backbone {self.describe()}>"
