@@ -80,7 +80,7 @@ def _setup(name: str, batch: int, threads: int, precision: str = "fp32"):
     import torch
 
     torch.set_num_threads(threads)
-    from asdkit.models import create_backbone
+    from humwatch.models import create_backbone
 
     t = time.perf_counter()
     bb = create_backbone(name, weights="none", precision=precision)
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     import tempfile
 
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads),
-           "HF_HUB_OFFLINE": "1", "ASDKIT_PROGRESS": "0"}
+           "HF_HUB_OFFLINE": "1", "HUMWATCH_PROGRESS": "0"}
     common = ["--batch", str(a.batch), "--repeats", str(a.repeats), "--threads", str(a.threads)]
     load_start = os.getloadavg()[0]
     speed, memory, rows = [], [], []

@@ -1,17 +1,17 @@
-"""Is it fast? AST embeddings of the same clips by the plain Hugging Face pipeline and by asdkit.
+"""Is it fast? AST embeddings of the same clips by the plain Hugging Face pipeline and by humwatch.
 
 One run measures, on the same generated 10 s clips (read from WAV files, frontend included):
 
 * ``plain``: what a user would write: ``ASTFeatureExtractor`` + ``ASTModel`` in fp32, one clip at a time;
-* ``asdkit fp32`` / ``asdkit bf16``: :func:`asdkit.embed.embed_clips` (batched) with ``--precision fp32`` / ``bf16``;
-* ``onnx fp32`` / ``onnx int8``: the same network exported by :mod:`asdkit.export`, on ONNX Runtime
-  (int8: dynamic quantisation), frontend and reader as :mod:`asdkit.onnxrun` runs them;
+* ``humwatch fp32`` / ``humwatch bf16``: :func:`humwatch.embed.embed_clips` (batched) with ``--precision fp32`` / ``bf16``;
+* ``onnx fp32`` / ``onnx int8``: the same network exported by :mod:`humwatch.export`, on ONNX Runtime
+  (int8: dynamic quantisation), frontend and reader as :mod:`humwatch.onnxrun` runs them;
 
 and reports clips/s, the ratio to ``plain``, peak memory (one fresh process per row), the cosine of
-each row's embeddings to asdkit fp32's, and the fraction of the machine's matrix-multiply peak the
+each row's embeddings to humwatch fp32's, and the fraction of the machine's matrix-multiply peak the
 model reaches (the peak measured here: fp32 and bf16 square matmuls, best of 5; the model's FLOPs
 counted by torch's FlopCounterMode). Also: where the time goes in fp32 and bf16 (torch profiler),
-``asdkit embed`` from the command line, first run and fully cached rerun (start-up included), and
+``humwatch embed`` from the command line, first run and fully cached rerun (start-up included), and
 peak memory as the number of clips grows 10x.
 
 The rows take turns (round r starts with row r) in short rounds, so load from other processes on a
@@ -21,7 +21,7 @@ the same weights in every row): speed does not depend on the weights' values (th
 
     .venv/bin/python benchmarks/bench_embed.py --clips 4 --batch 4 --rounds 4 --json bench_embed.json
 
-Target (issue 13): asdkit AST embeddings at least 3x the plain pipeline's clips/s with cosine >= 0.999 to fp32.
+Target (issue 13): humwatch AST embeddings at least 3x the plain pipeline's clips/s with cosine >= 0.999 to fp32.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROWS = ("plain", "asdkit-fp32", "asdkit-bf16", "onnx-fp32", "onnx-int8")
-PEAK_OF = {"plain": "fp32", "asdkit-fp32": "fp32", "asdkit-bf16": "bf16", "onnx-fp32": "fp32", "onnx-int8": "fp32"}
+ROWS = ("plain", "humwatch-fp32", "humwatch-bf16", "onnx-fp32", "onnx-int8")
+PEAK_OF = {"plain": "fp32", "humwatch-fp32": "fp32", "humwatch-bf16": "bf16", "onnx-fp32": "fp32", "onnx-int8": "fp32"}
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni")
 TARGET_RATIO, TARGET_COSINE = 3.0, 0.999
 
@@ -71,11 +71,11 @@ def plain_runner():
     return run
 
 
-def asdkit_runner(precision: str, batch: int):
-    from asdkit.data.clips import Clip
-    from asdkit.embed import embed_clips
-    from asdkit.models import create_backbone
-    from asdkit.reader import ClipReader
+def humwatch_runner(precision: str, batch: int):
+    from humwatch.data.clips import Clip
+    from humwatch.embed import embed_clips
+    from humwatch.models import create_backbone
+    from humwatch.reader import ClipReader
 
     bb = create_backbone("ast", weights="none", precision=precision)
 
@@ -89,9 +89,9 @@ def asdkit_runner(precision: str, batch: int):
 def onnx_runner(model: str, batch: int, threads: int):
     import onnxruntime as ort
 
-    from asdkit.data.clips import Clip
-    from asdkit.features import get_frontend
-    from asdkit.reader import ClipReader
+    from humwatch.data.clips import Clip
+    from humwatch.features import get_frontend
+    from humwatch.reader import ClipReader
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -110,8 +110,8 @@ def onnx_runner(model: str, batch: int, threads: int):
 def runner(row: str, a, models: dict):
     if row == "plain":
         return plain_runner()
-    if row.startswith("asdkit-"):
-        return asdkit_runner(row.split("-")[1], a.batch)
+    if row.startswith("humwatch-"):
+        return humwatch_runner(row.split("-")[1], a.batch)
     return onnx_runner(models[row], a.batch, a.threads)
 
 
@@ -155,7 +155,7 @@ def flops_per_clip() -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from asdkit.models import create_backbone
+    from humwatch.models import create_backbone
 
     bb = create_backbone("ast", weights="none", precision="fp32", attention="eager")
     x = torch.zeros(1, *bb.input_shape)
@@ -169,10 +169,10 @@ def profile_split(precision: str, paths: list[str], batch: int) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from asdkit.models import create_backbone
+    from humwatch.models import create_backbone
 
     bb = create_backbone("ast", weights="none", precision=precision)
-    from asdkit.audio import load_audio
+    from humwatch.audio import load_audio
 
     x = bb.frontend.batch([load_audio(p) for p in paths[:batch]])
     bb.embed(x)
@@ -208,7 +208,7 @@ def speed_worker(a, paths: list[str], models: dict) -> dict:
     del runs
     for p in peaks:
         peaks[p].append(matmul_peak(p))
-    ref = emb["asdkit-fp32"].astype(np.float64)
+    ref = emb["humwatch-fp32"].astype(np.float64)
     spread = float(np.linalg.norm(ref - ref.mean(0), axis=1).mean())
     out = {"times": times, "cpu_times": cpu, "peaks": {p: max(max(m.values()) for m in v) for p, v in peaks.items()}, "peaks_all": peaks,
            "cosine": {}, "deviation": {}}
@@ -229,12 +229,12 @@ def memory_worker(a, row: str, paths: list[str], models: dict) -> dict:
 
 
 def grow_worker(a, paths: list[str]) -> dict:
-    """asdkit's default (precision auto), no cache: peak memory after the first batch of clips and
+    """humwatch's default (precision auto), no cache: peak memory after the first batch of clips and
     after all of them (10x as many), in one process, and the time the rest took."""
-    from asdkit.data.clips import Clip
-    from asdkit.embed import embed_clips
-    from asdkit.models import create_backbone
-    from asdkit.reader import ClipReader
+    from humwatch.data.clips import Clip
+    from humwatch.embed import embed_clips
+    from humwatch.models import create_backbone
+    from humwatch.reader import ClipReader
 
     bb = create_backbone("ast", weights="none")
     clips = [Clip(p, "fan", "id_00", 0) for p in paths]
@@ -251,10 +251,10 @@ def grow_worker(a, paths: list[str]) -> dict:
 
 
 def export_worker(a, paths: list[str], out: str) -> dict:
-    """The AST exported as ONNX fp32 and int8 (asdkit.export.write_onnx, checked against PyTorch)."""
-    from asdkit.audio import load_audio
-    from asdkit.export import write_onnx
-    from asdkit.models import create_backbone
+    """The AST exported as ONNX fp32 and int8 (humwatch.export.write_onnx, checked against PyTorch)."""
+    from humwatch.audio import load_audio
+    from humwatch.export import write_onnx
+    from humwatch.models import create_backbone
 
     bb = create_backbone("ast", weights="none", precision="fp32")
     x = bb.frontend.batch([load_audio(p) for p in paths[:2]])
@@ -280,8 +280,8 @@ def _load() -> str:
 
 
 def machine() -> dict:
-    from asdkit.models.precision import resolve_precision
-    from asdkit.runinfo import cpu_flags
+    from humwatch.models.precision import resolve_precision
+    from humwatch.runinfo import cpu_flags
 
     model = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True).stdout
                   .splitlines() if ln.startswith("Model name:")), platform.processor())
@@ -297,10 +297,10 @@ def machine() -> dict:
 
 
 def cli_runs(data: Path, cache: Path, env: dict) -> dict:
-    """`asdkit embed` twice with the same cache: start-up included; the second finds every clip cached."""
+    """`humwatch embed` twice with the same cache: start-up included; the second finds every clip cached."""
     out = {}
     for name in ("first", "cached"):
-        argv = [sys.executable, "-m", "asdkit.cli", "embed", "--data", str(data), "--out", str(cache.parent / f"{name}.npz"),
+        argv = [sys.executable, "-m", "humwatch.cli", "embed", "--data", str(data), "--out", str(cache.parent / f"{name}.npz"),
                 "--backbone", "ast", "--weights", "none", "--cache", str(cache), "-q"]
         t = time.perf_counter()
         p = subprocess.run(argv, capture_output=True, text=True, env=env)
@@ -313,7 +313,7 @@ def cli_runs(data: Path, cache: Path, env: dict) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=4, help="clips every row embeds in each round")
-    ap.add_argument("--batch", type=int, default=4, help="asdkit's and ONNX Runtime's batch (the plain pipeline: 1)")
+    ap.add_argument("--batch", type=int, default=4, help="humwatch's and ONNX Runtime's batch (the plain pipeline: 1)")
     ap.add_argument("--rounds", type=int, default=4, help="rounds; the rows take turns, the median round counts")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--grow-from", type=int, help="memory growth: this many clips, then 10x (default: one batch, so "
@@ -335,9 +335,9 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(fn()))
         return 0
 
-    from asdkit.data.synth import synthesize
+    from humwatch.data.synth import synthesize
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "HF_HUB_OFFLINE": "1", "ASDKIT_PROGRESS": "0"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "HF_HUB_OFFLINE": "1", "HUMWATCH_PROGRESS": "0"}
     common = ["--batch", str(a.batch), "--rounds", str(a.rounds), "--threads", str(a.threads)] + ([] if a.profile else ["--no-profile"])
     doc = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"), "machine": machine(),
            "settings": {"clips": a.clips, "batch": a.batch, "rounds": a.rounds, "threads": a.threads}, "load": {}}
@@ -361,7 +361,7 @@ def main(argv=None) -> int:
             print(f"peak memory: {row} ...", file=sys.stderr, flush=True)
             spec = {"row": row, "paths": some, "models": exp["models"]}
             doc["memory"][row] = _worker(["--worker", "memory", json.dumps(spec), *common], env)["peak_rss_mib"]
-        print("asdkit embed: first run and cached rerun ...", file=sys.stderr, flush=True)
+        print("humwatch embed: first run and cached rerun ...", file=sys.stderr, flush=True)
         cli_data = tmp / "cli"
         (cli_data / "normal").mkdir(parents=True)
         for p in some:
@@ -405,14 +405,14 @@ def print_report(doc: dict) -> None:
     print("| pipeline | clips/s | vs plain | CPU s/clip (vs plain) | peak RSS (MiB) | cosine to fp32 (min) "
           "| deviation / between-clip spread | share of matmul peak |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    names = {"plain": "plain HF pipeline (fp32, one clip at a time)", "asdkit-fp32": "asdkit fp32",
-             "asdkit-bf16": "asdkit bf16", "onnx-fp32": "ONNX Runtime fp32", "onnx-int8": "ONNX Runtime int8"}
+    names = {"plain": "plain HF pipeline (fp32, one clip at a time)", "humwatch-fp32": "humwatch fp32",
+             "humwatch-bf16": "humwatch bf16", "onnx-fp32": "ONNX Runtime fp32", "onnx-int8": "ONNX Runtime int8"}
     for r in doc["rows"]:
         print(f"| {names[r['row']]} | {r['clips_per_s']:.3f} | {r['ratio']:.2f}x | {r['cpu_s_per_clip']:.1f} "
               f"({r['cpu_ratio']:.2f}x) | {r['peak_rss_mib']:.0f} | "
               f"{r['cosine']:.5f} | {r['deviation']:.3f} | {100 * r['peak_fraction']:.0f} % of {r['peak_of']} |")
     c, n = doc["cli"], st["clips"]
-    print(f"\n`asdkit embed` ({n} clips, start-up included): first run {c['first']['seconds']:.1f} s "
+    print(f"\n`humwatch embed` ({n} clips, start-up included): first run {c['first']['seconds']:.1f} s "
           f"({n / c['first']['seconds']:.3f} clips/s), cached rerun {c['cached']['seconds']:.1f} s "
           f"({c['first']['seconds'] / c['cached']['seconds']:.1f}x faster; it said: {c['cached']['said']})")
     g = doc["grow"]

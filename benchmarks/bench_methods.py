@@ -8,10 +8,10 @@ The built-in generator writes ``--train`` normal training clips (mono, 10 s, 16 
 fan and pump, ids 00 and 02, as equal shares) and ``--test`` clips to score (half anomalous) into a
 temporary folder. Each method then runs in a fresh process (so that its peak memory, the process's
 maximum resident set, is its own): ``fit`` on the training clips and ``score`` on the test clips,
-each timed on the wall clock, through the method interface exactly as ``asdkit run`` calls it (one
+each timed on the wall clock, through the method interface exactly as ``humwatch run`` calls it (one
 model for the four machines, no embedding cache, so the features are computed, not read). Reported
 per method: seconds, clips per second and minutes per 1,000 clips for fitting and for scoring, and
-the peak memory. ``--methods`` takes method specs (``asdkit compare``'s syntax).
+the peak memory. ``--methods`` takes method specs (``humwatch compare``'s syntax).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ def _worker(spec: dict, data: str, threads: int, result: str) -> None:
 
     import torch
 
-    from asdkit.data import load_dataset
-    from asdkit.data.clips import Clip
-    from asdkit.io import write_json
-    from asdkit.methods import Context, create_method
-    from asdkit.reader import ClipReader
+    from humwatch.data import load_dataset
+    from humwatch.data.clips import Clip
+    from humwatch.io import write_json
+    from humwatch.methods import Context, create_method
+    from humwatch.reader import ClipReader
 
     torch.set_num_threads(threads)
     # one training group of four machines (as one machine type with four ids)
@@ -54,7 +54,7 @@ def _worker(spec: dict, data: str, threads: int, result: str) -> None:
     t = time.perf_counter()
     s = m.score(test)
     score = time.perf_counter() - t
-    from asdkit.metrics import auc
+    from humwatch.metrics import auc
 
     write_json(result, {"fit_s": fit, "score_s": score, "n_train": len(train), "n_test": len(test),
                         "auc": auc([c.label for c in test], s),
@@ -64,7 +64,7 @@ def _worker(spec: dict, data: str, threads: int, result: str) -> None:
 
 def make_data(root: Path, n_train: int, n_test: int) -> None:
     """``root/train/<snr>_<machine>/...`` and ``root/test/...`` in the MIMII layout (mono clips)."""
-    from asdkit.data.synth import synthesize
+    from humwatch.data.synth import synthesize
 
     per = max(1, n_train // 4)
     for part, n_normal, n_anom, seed in (("train", per, 0, 0), ("test", max(1, n_test // 8), max(1, n_test // 8), 1)):
@@ -75,8 +75,8 @@ def make_data(root: Path, n_train: int, n_test: int) -> None:
 def main() -> None:
     import multiprocessing as mp
 
-    from asdkit.methods.spec import spec_from_entry
-    from asdkit.runinfo import cpu_model
+    from humwatch.methods.spec import spec_from_entry
+    from humwatch.runinfo import cpu_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=1000, help="normal training clips (10 s each)")

@@ -1,7 +1,7 @@
-"""Load on `asdkit serve`: N concurrent clients on loopback, clips/s and p50/p99 latency.
+"""Load on `humwatch serve`: N concurrent clients on loopback, clips/s and p50/p99 latency.
 
 For each monitor kind it fits a monitor on built-in generated data (10 s fan clips, 16 kHz), copies
-it to ``--machines`` machines, starts ``asdkit serve`` on 127.0.0.1 (SQLite store, one worker unless
+it to ``--machines`` machines, starts ``humwatch serve`` on 127.0.0.1 (SQLite store, one worker unless
 ``--workers``), and for each number of ``--clients`` has that many threads upload ``--clips`` 10 s
 WAV clips (each a new row: its own recording time) round-robin over the machines, one request at a
 time per client.
@@ -47,8 +47,8 @@ DEFAULT_CLIPS = {"autoencoder": 200, "ast": 24}
 
 
 def fit(kind: str, data: Path, out: Path, precision: str) -> dict:
-    from asdkit.data import load_dataset
-    from asdkit.monitor import fit_monitor
+    from humwatch.data import load_dataset
+    from humwatch.monitor import fit_monitor
 
     settings = dict(SETTINGS[kind])
     if kind == "ast":
@@ -65,12 +65,12 @@ def fit(kind: str, data: Path, out: Path, precision: str) -> dict:
 def start_server(monitors: Path, port: int, workers: int, log: Path) -> subprocess.Popen:
     import httpx
 
-    cmd = [sys.executable, "-m", "asdkit.cli", "serve", str(monitors), "--port", str(port), "--workers", str(workers),
+    cmd = [sys.executable, "-m", "humwatch.cli", "serve", str(monitors), "--port", str(port), "--workers", str(workers),
            "--no-access-log", "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     for _ in range(600):
         if proc.poll() is not None:
-            raise SystemExit(f"asdkit serve exited:\n{log.read_text()[-2000:]}")
+            raise SystemExit(f"humwatch serve exited:\n{log.read_text()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return proc
@@ -78,7 +78,7 @@ def start_server(monitors: Path, port: int, workers: int, log: Path) -> subproce
             pass
         time.sleep(0.5)
     proc.kill()
-    raise SystemExit("asdkit serve did not start in 300 s")
+    raise SystemExit("humwatch serve did not start in 300 s")
 
 
 def load(url: str, token: str, machines: list[str], payloads: list[bytes], clients: int, offset: int = 0) -> dict:
@@ -132,10 +132,10 @@ def main() -> None:
 
     import httpx
 
-    from asdkit.data.synth import synthesize
-    from asdkit.runinfo import cpu_model
-    from asdkit.service.auth import create_token
-    from asdkit.service.store import Store, default_db_url
+    from humwatch.data.synth import synthesize
+    from humwatch.runinfo import cpu_model
+    from humwatch.service.auth import create_token
+    from humwatch.service.store import Store, default_db_url
 
     root = Path(tempfile.mkdtemp(prefix="bench-service-"))
     results = []

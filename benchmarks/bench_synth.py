@@ -1,4 +1,4 @@
-"""Speed of the built-in generator (`asdkit synth`): clips per second on one core.
+"""Speed of the built-in generator (`humwatch synth`): clips per second on one core.
 
 Target (issue #2): at least 20 ten-second, 8-channel, 16 kHz clips per second on one core.
 
@@ -25,8 +25,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips-per-id", type=int, default=6, help="normal clips per id (anomalous: a third of it)")
     args = ap.parse_args()
-    from asdkit.data.synth import synthesize
-    from asdkit.runinfo import cpu_model
+    from humwatch.data.synth import synthesize
+    from humwatch.runinfo import cpu_model
 
     out = tempfile.mkdtemp(prefix="bench-synth-")
     try:

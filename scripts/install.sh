@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs asdkit into ./.venv. `--dev` adds the test tools, and the system packages that the
+# Installs humwatch into ./.venv. `--dev` adds the test tools, and the system packages that the
 # service's tests drive (Debian's chromium for the dashboard's browser test, postgresql for the
 # store's tests), each only when it is missing.
 # torch and torchvision go first, as the one pair that imports together here (CPU use, from local
@@ -14,7 +14,7 @@ extra=""
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "is ignored: it is neither" || true
 .venv/bin/python -c "import torch, torchvision" || { echo "install: torch/torchvision did not install" >&2; exit 1; }
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}" 2>&1 | grep -v "is ignored: it is neither" || true
-.venv/bin/python -c "import asdkit" || { echo "install: asdkit did not install" >&2; exit 1; }
+.venv/bin/python -c "import humwatch" || { echo "install: humwatch did not install" >&2; exit 1; }
 if [ -n "$extra" ]; then
   need=""
   command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need="$need chromium"
@@ -31,4 +31,4 @@ if [ -n "$extra" ]; then
     fi
   fi
 fi
-echo "asdkit installed in .venv ($(.venv/bin/python -c 'import asdkit; print(asdkit.__version__)'))"
+echo "humwatch installed in .venv ($(.venv/bin/python -c 'import humwatch; print(humwatch.__version__)'))"

@@ -6,17 +6,17 @@ import tempfile
 import numpy as np
 import pytest
 
-os.environ.setdefault("ASDKIT_PROGRESS", "0")
+os.environ.setdefault("HUMWATCH_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# the command line caches embeddings under $ASDKIT_CACHE: keep the tests' out of the home folder,
+# the command line caches embeddings under $HUMWATCH_CACHE: keep the tests' out of the home folder,
 # in a folder of their own that goes when the test run ends
-if "ASDKIT_CACHE" not in os.environ:
-    os.environ["ASDKIT_CACHE"] = tempfile.mkdtemp(prefix="asdkit-test-cache-")
-    atexit.register(shutil.rmtree, os.environ["ASDKIT_CACHE"], ignore_errors=True)
+if "HUMWATCH_CACHE" not in os.environ:
+    os.environ["HUMWATCH_CACHE"] = tempfile.mkdtemp(prefix="humwatch-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["HUMWATCH_CACHE"], ignore_errors=True)
 # --precision auto (the default) is bf16 on CPUs with native bf16: pin it to fp32 so that the tests'
 # numbers are the same on every machine (tests/test_precision.py sets it both ways)
-os.environ.setdefault("ASDKIT_BF16", "0")
+os.environ.setdefault("HUMWATCH_BF16", "0")
 
 # Tests use tiny models: one thread is faster than two fighting over the cores (and leaves the
 # second core to the other test process under xdist).

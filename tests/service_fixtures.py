@@ -1,5 +1,5 @@
 """Real parts for the service's tests (a pytest plugin, loaded by conftest.py): fitted monitors, a
-live `asdkit serve` on 127.0.0.1 at a free port, a throwaway PostgreSQL cluster, test clips.
+live `humwatch serve` on 127.0.0.1 at a free port, a throwaway PostgreSQL cluster, test clips.
 
 Nothing here talks to anything but 127.0.0.1, and every wait is bounded.
 """
@@ -70,12 +70,12 @@ def free_port() -> int:
 def env_with_src() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.setdefault("ASDKIT_PROGRESS", "0")
+    env.setdefault("HUMWATCH_PROGRESS", "0")
     return env
 
 
 class LiveServer:
-    """`asdkit serve MONITORS` in a child process on 127.0.0.1 and a free port."""
+    """`humwatch serve MONITORS` in a child process on 127.0.0.1 and a free port."""
 
     def __init__(self, monitors: Path, log: Path, *args: str):
         self.monitors, self.log_path, self.args = Path(monitors), Path(log), list(args)
@@ -89,14 +89,14 @@ class LiveServer:
     def start(self, timeout: float = 120.0) -> "LiveServer":
         import httpx
 
-        cmd = [sys.executable, "-m", "asdkit.cli", "serve", str(self.monitors), "--port", str(self.port),
+        cmd = [sys.executable, "-m", "humwatch.cli", "serve", str(self.monitors), "--port", str(self.port),
                "--device", "cpu", *self.args]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env_with_src())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"asdkit serve exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"humwatch serve exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return self
@@ -104,7 +104,7 @@ class LiveServer:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"asdkit serve did not answer within {timeout:.0f} s:\n{self.log()}")
+        raise RuntimeError(f"humwatch serve did not answer within {timeout:.0f} s:\n{self.log()}")
 
     def log(self, tail: int | None = 4000) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -136,7 +136,7 @@ class PostgresCluster:
 
     def __init__(self):
         self.bin = self.find_bin()
-        self.dir = Path(tempfile.mkdtemp(prefix="asdkit-pg-"))
+        self.dir = Path(tempfile.mkdtemp(prefix="humwatch-pg-"))
         self.data, self.port = self.dir / "data", free_port()
         self.prefix: list[str] = []
         if os.geteuid() == 0:
@@ -156,18 +156,18 @@ class PostgresCluster:
 
     def start(self) -> "PostgresCluster":
         b = self.bin
-        self._run(str(b / "initdb"), "-D", str(self.data), "-U", "asdkit", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self._run(str(b / "initdb"), "-D", str(self.data), "-U", "humwatch", "--auth=trust", "-E", "UTF8", "--no-sync")
         self._run(str(b / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-t", "60", "-o",
                   f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
         return self
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg://asdkit@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg://humwatch@127.0.0.1:{self.port}/{database}"
 
     def new_database(self, name: str) -> str:
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=asdkit dbname=postgres", autocommit=True) as c:
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=humwatch dbname=postgres", autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}"')
             c.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
@@ -190,9 +190,9 @@ def service_monitors(tmp_path_factory) -> Path:
     2 s clips, copied): MONITORS/<machine>/. Its threshold is set to 3 times the highest score of
     20 normal test clips, so that every test clip's decision is certain (normal clips score within
     a few tens of per cent of each other, the anomalous tone about 50 times higher)."""
-    from asdkit.data import load_dataset
-    from asdkit.data.clips import Clip
-    from asdkit.monitor import fit_monitor
+    from humwatch.data import load_dataset
+    from humwatch.data.clips import Clip
+    from humwatch.monitor import fit_monitor
 
     root = tmp_path_factory.mktemp("service")
     data = make_mimii_tree(root / "data", machines=("fan",), ids=("00",), n_normal=25, n_anomalous=0,
@@ -220,8 +220,8 @@ def fresh_monitors(service_monitors: Path, dest: Path, names=MACHINES) -> Path:
 
 
 def make_token(db_url: str, name: str, scopes: str) -> str:
-    from asdkit.service.auth import create_token
-    from asdkit.service.store import Store
+    from humwatch.service.auth import create_token
+    from humwatch.service.store import Store
 
     store = Store(db_url)
     try:
@@ -239,7 +239,7 @@ LIVE_ARGS = ("--max-upload-mb", "2", "--max-seconds", "30")
 def live_service(service_monitors, tmp_path_factory):
     """One server shared by the API, browser and listener tests (each on machines of its own),
     with tokens: ``tokens[scope]`` for ingest, read, admin, and ``tokens["none"]`` revoked."""
-    from asdkit.service.store import default_db_url
+    from humwatch.service.store import default_db_url
 
     monitors = fresh_monitors(service_monitors, tmp_path_factory.mktemp("live") / "monitors")
     db = default_db_url(monitors)

@@ -1,4 +1,4 @@
-"""asdkit.audio.load_audio: channels, resampling, padding/cutting, and every kind of bad file.
+"""humwatch.audio.load_audio: channels, resampling, padding/cutting, and every kind of bad file.
 Files are tiny (0.05-0.2 s) WAVs written with soundfile."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asdkit.audio import AudioSettings, load_audio, write_audio
-from asdkit.errors import AudioError
+from humwatch.audio import AudioSettings, load_audio, write_audio
+from humwatch.errors import AudioError
 
 SR = 16_000
 SHORT = AudioSettings(seconds=0.1)  # 1600 samples at 16 kHz
@@ -85,7 +85,7 @@ def test_resampled_to_16k_with_a_note(tmp_path, sr, caplog):
     t = np.arange(int(round(0.1 * sr))) / sr
     path = write(tmp_path / f"tone_{sr}.wav", 0.5 * np.sin(2 * np.pi * 440.0 * t), sr)
     notes: list[str] = []
-    with caplog.at_level(logging.INFO, logger="asdkit"):
+    with caplog.at_level(logging.INFO, logger="humwatch"):
         y = load_audio(path, AudioSettings(seconds=None), notes=notes)
     assert y.dtype == np.float32 and len(y) == 1600
     assert notes == [f"{path}: resampled from {sr} Hz to 16000 Hz"]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from asdkit.errors import ConfigError
-from asdkit.models.autoencoder import Autoencoder, AutoencoderDetector
+from humwatch.errors import ConfigError
+from humwatch.models.autoencoder import Autoencoder, AutoencoderDetector
 
 
 def test_architecture_is_the_mimii_baseline():
@@ -70,8 +70,8 @@ def test_bad_settings_and_inputs():
 
 
 def test_autoencoder_backbone_registry_and_saved_run_models(tmp_path):
-    from asdkit.models import create_backbone, list_backbones
-    from asdkit.models.autoencoder import detector_backbone
+    from humwatch.models import create_backbone, list_backbones
+    from humwatch.models.autoencoder import detector_backbone
 
     assert "autoencoder" in list_backbones()
     rnd = create_backbone("autoencoder", weights="none")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from asdkit.errors import ConfigError
-from asdkit.models import RANDOM_INIT_BANNER, Backbone, WeightsInfo, create_backbone, list_backbones, register_backbone
-from asdkit.models import registry
+from humwatch.errors import ConfigError
+from humwatch.models import RANDOM_INIT_BANNER, Backbone, WeightsInfo, create_backbone, list_backbones, register_backbone
+from humwatch.models import registry
 
 TINY_AST = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_length=128)
 TINY_RX = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], cardinality=4, base_width=32, stem_width=8)
@@ -68,7 +68,7 @@ def tiny_rx():
 
 # -- registry ----------------------------------------------------------------------------------------
 def test_importing_models_is_cheap():
-    code = "import sys, asdkit.models; print(sorted(m for m in ('torch', 'transformers', 'timm') if m in sys.modules))"
+    code = "import sys, humwatch.models; print(sorted(m for m in ('torch', 'transformers', 'timm') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -105,7 +105,7 @@ def test_register_backbone_adds_a_factory():
     @register_backbone("test-dummy")
     def build(*, weights, precision, config, seed, device, width=3):
         mod = torch.nn.Flatten()
-        from asdkit.features import get_frontend
+        from humwatch.features import get_frontend
 
         return Dummy(name="test-dummy", frontend=get_frontend("ae"), module=mod, embedding_dim=width,
                      precision=precision, weights=WeightsInfo("none", True, "dummy"), config={"width": width})
@@ -150,7 +150,7 @@ def test_ast_shapes_frontend_and_pooled_is_mean_of_class_tokens(tiny_ast, ast_x)
 
 
 def test_full_size_default_frontend_key_is_the_plain_ast_frontend():
-    from asdkit.features import get_frontend
+    from humwatch.features import get_frontend
 
     bb = create_backbone("ast", weights="none", config={**TINY_AST, "max_length": 1024})
     assert bb.frontend.key == get_frontend("ast").key
@@ -172,8 +172,8 @@ def test_random_init_is_loud_deterministic_and_seeded(ast_x):
 
 def test_ast_save_and_load_round_trip_is_identical(tiny_ast, ast_x, tmp_path):
     d = tiny_ast.save(tmp_path / "ast")
-    assert {p.name for p in d.iterdir()} == {"model.safetensors", "config.json", "asdkit_backbone.json", "manifest.json"}
-    assert json.loads((d / "asdkit_backbone.json").read_text())["backbone"] == "ast"
+    assert {p.name for p in d.iterdir()} == {"model.safetensors", "config.json", "humwatch_backbone.json", "manifest.json"}
+    assert json.loads((d / "humwatch_backbone.json").read_text())["backbone"] == "ast"
     bb = create_backbone("ast", weights=str(d))
     np.testing.assert_array_equal(bb.embed(ast_x), tiny_ast.embed(ast_x))
     assert bb.weights.source == f"local:{d.resolve()}" and "saved from none" in bb.weights.describe()
@@ -266,7 +266,7 @@ def test_bad_weights_values_are_one_line_config_errors(tmp_path):
 def test_hub_id_offline_fails_fast_with_a_clear_message(name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t = time.monotonic()
-    for weights in ("default", "asdkit-test/no-such-model"):
+    for weights in ("default", "humwatch-test/no-such-model"):
         with pytest.raises(ConfigError) as e:
             create_backbone(name, weights=weights)
         msg = str(e.value)
@@ -275,7 +275,7 @@ def test_hub_id_offline_fails_fast_with_a_clear_message(name, monkeypatch):
 
 
 def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch):
-    from asdkit.models import weights as w
+    from humwatch.models import weights as w
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
@@ -285,7 +285,7 @@ def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
     t = time.monotonic()
     with pytest.raises(ConfigError, match="the hub is unreachable.*--weights none"):
-        create_backbone("ast", weights="asdkit-test/no-such-model")
+        create_backbone("ast", weights="humwatch-test/no-such-model")
     assert time.monotonic() - t < 5
 
 
@@ -294,15 +294,15 @@ def test_hub_cache_is_used_offline(tiny_rx, rx_x, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--asdkit-test--tiny-rx"
+    repo = tmp_path / "hub" / "models--humwatch-test--tiny-rx"
     snap = repo / "snapshots" / commit
     tiny_rx.save(snap)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    bb = create_backbone(RX, weights="asdkit-test/tiny-rx")
-    assert bb.weights.source == f"hub:asdkit-test/tiny-rx@{commit}"
+    bb = create_backbone(RX, weights="humwatch-test/tiny-rx")
+    assert bb.weights.source == f"hub:humwatch-test/tiny-rx@{commit}"
     np.testing.assert_array_equal(bb.embed(rx_x), tiny_rx.embed(rx_x))
 
 
@@ -311,14 +311,14 @@ def test_online_fetch_prefers_safetensors_falls_back_to_bin_and_reports_failures
     import huggingface_hub
     from huggingface_hub import errors as hf_errors
 
-    from asdkit.models import weights as w
+    from humwatch.models import weights as w
 
     commit = "89abcdef0123456789abcdef0123456789abcdef"
     snap = tmp_path / "snapshots" / commit
     tiny_rx.save(snap)
     torch.save(dict(tiny_rx.module.state_dict()), snap / "pytorch_model.bin")
     (snap / "model.safetensors").unlink()  # only the .bin: the fallback must find it
-    (snap / "manifest.json").unlink()  # a hub snapshot is not sealed by asdkit
+    (snap / "manifest.json").unlink()  # a hub snapshot is not sealed by humwatch
     asked = []
 
     def fake_download(repo_id, filename, *, revision=None, local_files_only=False, **kw):
@@ -330,7 +330,7 @@ def test_online_fetch_prefers_safetensors_falls_back_to_bin_and_reports_failures
     monkeypatch.setattr(w, "hub_offline", lambda: False)
     monkeypatch.setattr(w, "hub_reachable", lambda timeout=w.HUB_PROBE_TIMEOUT: True)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    bb = create_backbone(RX, weights="asdkit-test/tiny-rx")
+    bb = create_backbone(RX, weights="humwatch-test/tiny-rx")
     np.testing.assert_array_equal(bb.embed(rx_x), tiny_rx.embed(rx_x))
     assert [f for f, _ in asked] == ["config.json", "model.safetensors", "pytorch_model.bin"]
     assert not any(local for _, local in asked) and bb.weights.source.endswith("@" + commit)
@@ -340,7 +340,7 @@ def test_online_fetch_prefers_safetensors_falls_back_to_bin_and_reports_failures
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", broken)
     with pytest.raises(ConfigError, match=r"download failed \(connection reset by peer\).*--weights none") as e:
-        create_backbone(RX, weights="asdkit-test/tiny-rx")
+        create_backbone(RX, weights="humwatch-test/tiny-rx")
     assert _one_line(e)
 
 
@@ -356,7 +356,7 @@ def test_resnext_shapes_and_frontend(tiny_rx, rx_x):
 def test_resnext_save_round_trip_and_timm_checkpoint_files(tiny_rx, rx_x, tmp_path):
     ref = tiny_rx.embed(rx_x)
     d = tiny_rx.save(tmp_path / "rx")
-    assert {p.name for p in d.iterdir()} == {"model.safetensors", "config.json", "asdkit_backbone.json", "manifest.json"}
+    assert {p.name for p in d.iterdir()} == {"model.safetensors", "config.json", "humwatch_backbone.json", "manifest.json"}
     back = create_backbone(RX, weights=str(d))
     np.testing.assert_array_equal(back.embed(rx_x), ref)
     # the folder is sealed: a changed byte of the weights is refused, not silently used

@@ -5,14 +5,14 @@ import typing
 
 import pytest
 
-from asdkit.cli import app, main
-from asdkit.commands import options as o
+from humwatch.cli import app, main
+from humwatch.commands import options as o
 
 
 def test_choices_written_in_the_options_agree_with_the_registries():
-    from asdkit.detectors import list_detectors
-    from asdkit.methods import list_methods
-    from asdkit.models import list_backbones
+    from humwatch.detectors import list_detectors
+    from humwatch.methods import list_methods
+    from humwatch.models import list_backbones
 
     assert list(typing.get_args(o.Methods)) == list_methods()
     assert sorted(o.BACKBONES_TEXT.split(", ")) == sorted(list_backbones())
@@ -21,7 +21,7 @@ def test_choices_written_in_the_options_agree_with_the_registries():
 
 @pytest.mark.parametrize("command", ["run", "fit"])
 def test_method_option_lists_every_method(command, capsys):
-    from asdkit.methods import list_methods
+    from humwatch.methods import list_methods
 
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
@@ -68,7 +68,7 @@ def test_method_options_that_do_not_apply_are_refused_before_any_work(tmp_path, 
 def test_device_option_on_every_command_that_runs_a_model(tmp_path, capsys):
     import torch
 
-    from asdkit.models.registry import resolve_device
+    from humwatch.models.registry import resolve_device
 
     mps = torch.backends.mps.is_available()
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
@@ -77,7 +77,7 @@ def test_device_option_on_every_command_that_runs_a_model(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "--device" in capsys.readouterr().out, command
-    from asdkit.data.synth import synthesize
+    from humwatch.data.synth import synthesize
 
     synthesize(tmp_path / "d", machines=["fan"], ids=["00"], n_normal=2, n_anomalous=1, progress=False, channels=1)
     with pytest.raises(SystemExit) as e:
@@ -90,23 +90,23 @@ def test_device_option_on_every_command_that_runs_a_model(tmp_path, capsys):
 
 
 def test_version_short_help_and_shell_completion(capsys):
-    from asdkit import __version__
+    from humwatch import __version__
 
     with pytest.raises(SystemExit) as e:
         main(["--version"])
-    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"asdkit {__version__}"
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"humwatch {__version__}"
     with pytest.raises(SystemExit) as e:
         main(["fit", "-h"])
     assert e.value.code == 0 and "--folds" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         main(["--show-completion", "bash"])
-    assert e.value.code == 0 and "_asdkit_completion" in capsys.readouterr().out
+    assert e.value.code == 0 and "_humwatch_completion" in capsys.readouterr().out
 
 
 def test_tables_are_plain_lines_when_the_output_is_not_a_terminal(capsys):
     from rich.console import Console
 
-    import asdkit.commands.options as opts
+    import humwatch.commands.options as opts
 
     con = Console(file=__import__("io").StringIO(), force_terminal=False)
     from rich.markup import escape

@@ -1,4 +1,4 @@
-"""asdkit compare: one split, one run per method, a leaderboard and a figure; resumable; fusion
+"""humwatch compare: one split, one run per method, a leaderboard and a figure; resumable; fusion
 methods checked against the method they fuse."""
 
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from asdkit.errors import ConfigError
+from humwatch.errors import ConfigError
 from helpers import make_mimii_tree
 
 FEATURES = "embed-detect:backbone=features,detector=mahalanobis,standardize=true"
@@ -19,13 +19,13 @@ def tree(tmp_path_factory):
 
 
 def test_method_lists_split_where_a_method_name_starts(monkeypatch):
-    from asdkit.methods import method_settings
-    from asdkit.methods.spec import split_method_list
+    from humwatch.methods import method_settings
+    from humwatch.methods.spec import split_method_list
 
     got = split_method_list([f"autoencoder,{FEATURES},idnet:epochs=2", "k=embed-fusion:backbones=[features, ast]"])
     assert got == ["autoencoder", FEATURES, "idnet:epochs=2", "k=embed-fusion:backbones=[features, ast]"]
     # a score fusion's inline member list is split by YAML at every comma and joined back the same way
-    from asdkit.methods.spec import parse_spec
+    from humwatch.methods.spec import parse_spec
 
     sp = parse_spec(f"score-fusion:members=[{FEATURES}, idnet:epochs=2],how=zscore")
     assert [m.method for m in method_settings("score-fusion", sp.settings).specs()] == ["embed-detect", "idnet"]
@@ -34,7 +34,7 @@ def test_method_lists_split_where_a_method_name_starts(monkeypatch):
 def test_compare_writes_a_leaderboard_and_figure_and_reuses_finished_methods(tree, tmp_path):
     from PIL import Image
 
-    from asdkit.compare import compare
+    from humwatch.compare import compare
 
     out = tmp_path / "cmp"
     specs = [FEATURES, "ae=autoencoder:epochs=1", "broken=embed-detect:backbone=ast,weights=/no/such/weights"]
@@ -68,7 +68,7 @@ def _scores(run_dir):
 
 
 def test_settings_of_every_method_are_checked_before_any_work(tree, tmp_path):
-    from asdkit.compare import compare
+    from humwatch.compare import compare
 
     with pytest.raises(ConfigError, match="method idnet: idnet: unknown setting"):
         compare(tree, ["autoencoder", "idnet:epoch=3"], tmp_path / "x", isolate=False, progress=False)
@@ -78,9 +78,9 @@ def test_settings_of_every_method_are_checked_before_any_work(tree, tmp_path):
 
 
 def test_fusing_a_backbone_or_a_method_with_itself_gives_its_own_ranking(tree, tmp_path):
-    from asdkit.data import load_dataset
-    from asdkit.methods import Context, create_method
-    from asdkit.reader import ClipReader
+    from humwatch.data import load_dataset
+    from humwatch.methods import Context, create_method
+    from humwatch.reader import ClipReader
 
     clips = load_dataset(tree, machines=["fan"])
     train, test = [c for c in clips if not c.is_anomalous][:12], [c for c in clips if c.is_anomalous or c in clips[12:]]
@@ -94,13 +94,13 @@ def test_fusing_a_backbone_or_a_method_with_itself_gives_its_own_ranking(tree, t
     assert (np.argsort(s, kind="stable") == np.argsort(f, kind="stable")).all()
     assert "in-sample" not in fused.info()["reference"]
     fused.save(tmp_path / "sf")
-    from asdkit.methods import load_method
+    from humwatch.methods import load_method
 
     np.testing.assert_allclose(load_method(tmp_path / "sf", ctx).score(test), f)
 
 
 def test_compare_command_line(tree, tmp_path, capsys):
-    from asdkit.cli import main
+    from humwatch.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["compare", "--data", str(tree), "--out", str(tmp_path / "c"), "--machines", "fan", "--in-process",
@@ -120,7 +120,7 @@ def test_compare_command_line(tree, tmp_path, capsys):
 def test_many_methods_are_drawn_as_a_table_of_cells(tmp_path):
     from PIL import Image
 
-    from asdkit.compare_report import BARS_UP_TO, draw_figure
+    from humwatch.compare_report import BARS_UP_TO, draw_figure
 
     recs = [{"name": f"m{i}", "status": "ok", "random_init": i == 0, "mean_auc": 0.5 + i / 20, "mean_pauc": 0.6,
              "official_score": 0.5 + i / 20, "by_type": {"fan": {"auc": 0.7, "pauc": None}, "pump": {"auc": 0.9, "pauc": 0.8}}}

@@ -3,7 +3,7 @@ server: sign in with the read token, the fleet page, a machine's chart points, a
 after anomalous clips, acknowledging it, a clip's spectrogram and "why did it alarm" figure;
 signing out.
 
-With ``ASDKIT_SCREENSHOTS=DIR`` it also saves a screenshot of each page there."""
+With ``HUMWATCH_SCREENSHOTS=DIR`` it also saves a screenshot of each page there."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def browser():
 
 
 def shot(page, name: str) -> None:
-    folder = os.environ.get("ASDKIT_SCREENSHOTS")
+    folder = os.environ.get("HUMWATCH_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
@@ -78,11 +78,11 @@ def test_dashboard_fleet_chart_alert_and_acknowledge(live_service, browser):
 
     # the machine page: one chart point per clip, the threshold line
     page.click(f'#fleet a[href="/machines/{MACHINE}"]')
-    page.wait_for_function("window.asdkitChart !== undefined")
-    points = page.evaluate("() => window.asdkitChart.data[1].filter(v => v !== null).length")
+    page.wait_for_function("window.humwatchChart !== undefined")
+    points = page.evaluate("() => window.humwatchChart.data[1].filter(v => v !== null).length")
     assert points == 6
-    assert page.evaluate("() => window.asdkitChart.data[3][0]") == pytest.approx(threshold)
-    assert page.evaluate("() => window.asdkitChart.data[2].filter(v => v !== null).length") == 0
+    assert page.evaluate("() => window.humwatchChart.data[3][0]") == pytest.approx(threshold)
+    assert page.evaluate("() => window.humwatchChart.data[2].filter(v => v !== null).length") == 0
     assert page.locator("#chart canvas").count() >= 1 and page.locator("#open-alert").count() == 0
 
     # anomalous clips: an alert opens; the chart and the pages show it
@@ -90,8 +90,8 @@ def test_dashboard_fleet_chart_alert_and_acknowledge(live_service, browser):
     assert bad[1]["alert_opened"]
     alert_id = bad[1]["alert"]["id"]
     page.reload()
-    page.wait_for_function("window.asdkitChart !== undefined")
-    assert page.evaluate("() => window.asdkitChart.data[2].filter(v => v !== null).length") == 2
+    page.wait_for_function("window.humwatchChart !== undefined")
+    assert page.evaluate("() => window.humwatchChart.data[2].filter(v => v !== null).length") == 2
     assert page.evaluate("() => JSON.parse(document.getElementById('chart-data').textContent).spans.length") == 1
     assert f"Alert #{alert_id}" in page.inner_text("#open-alert")
     shot(page, "2-machine")

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asdkit.audio import AudioSettings, load_audio
-from asdkit.data import Clip, detect_layout, load_dataset, write_clips_csv
-from asdkit.data.dcase import load_dcase, parse_name
-from asdkit.data.folder import load_folder
-from asdkit.data.mimii import load_mimii
-from asdkit.errors import ConfigError, DatasetError
+from humwatch.audio import AudioSettings, load_audio
+from humwatch.data import Clip, detect_layout, load_dataset, write_clips_csv
+from humwatch.data.dcase import load_dcase, parse_name
+from humwatch.data.folder import load_folder
+from humwatch.data.mimii import load_mimii
+from humwatch.errors import ConfigError, DatasetError
 
 # Real MIMII 6 dB per-id counts (normal, abnormal); their sums are the study's Table II.
 MIMII_COUNTS = {
@@ -426,7 +426,7 @@ def test_layout_name_case_and_forced_layout(mimii_root):
      ("-6dB", "-6dB"), (6.0, "6dB"), ("0dB", "0dB"), ("-0", "0dB"), ("2.5dB", "2.5dB")],
 )
 def test_snr_spellings(value, expected):
-    from asdkit.data.common import normalize_snr
+    from humwatch.data.common import normalize_snr
 
     assert normalize_snr(value) == expected
 

@@ -1,4 +1,4 @@
-"""`asdkit run --format dcase`: the DCASE Task 2 files, on a small DCASE 2023-like tree with domains."""
+"""`humwatch run --format dcase`: the DCASE Task 2 files, on a small DCASE 2023-like tree with domains."""
 
 import csv
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asdkit.cli import main
-from asdkit.metrics import auc, pauc
+from humwatch.cli import main
+from humwatch.metrics import auc, pauc
 from helpers import make_clip
 
 

@@ -1,10 +1,10 @@
-"""`asdkit demo`: the whole study on generated data, at the smallest size that fills every cell."""
+"""`humwatch demo`: the whole study on generated data, at the smallest size that fills every cell."""
 
 import json
 
 import pytest
 
-from asdkit.cli import main
+from humwatch.cli import main
 
 
 def test_demo_fills_table3_and_writes_the_report(tmp_path, capsys):

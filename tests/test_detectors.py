@@ -12,7 +12,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 
-from asdkit.detectors import (
+from humwatch.detectors import (
     DETECTORS,
     Detector,
     DetectorNotFittedError,
@@ -21,7 +21,7 @@ from asdkit.detectors import (
     detector_from_state,
     list_detectors,
 )
-from asdkit.errors import ConfigError
+from humwatch.errors import ConfigError
 
 NAMES = ["lof-vote", "lof", "knn", "mahalanobis", "gmm", "iforest"]
 WITH_DECISION = {"lof-vote", "lof", "iforest"}

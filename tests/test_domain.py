@@ -1,6 +1,6 @@
 """Domain shift on a tiny hand-made DCASE 2022-like tree: the dataset's own split, per-section
 detectors with k-means source memory, per-section normalisation, source and target AUCs, attribute
-classes, and the offline default of `asdkit fit`."""
+classes, and the offline default of `humwatch fit`."""
 
 import json
 
@@ -31,7 +31,7 @@ def dcase_tree(tmp_path_factory):
 
 
 def test_per_section_domain_shift_run_reports_source_and_target(dcase_tree, tmp_path):
-    from asdkit.pipeline import RunConfig, run
+    from humwatch.pipeline import RunConfig, run
 
     s = {"backbone": "features", "detector": "knn", "detector_params": {"n_neighbors": 1},
          "per_section": True, "source_centres": 4, "normalize": True}
@@ -46,14 +46,14 @@ def test_per_section_domain_shift_run_reports_source_and_target(dcase_tree, tmp_
     targets = {f"fan/{m}": sum(c.domain == "target" for c in res.clips if c.split == "train" and c.machine_id == m)
                for m in ("section_00", "section_01")}
     assert mem == {k: 4 + n for k, n in targets.items()}  # 4 centres of the source clips + every target clip
-    from asdkit.metrics import official_score
+    from humwatch.metrics import official_score
 
     assert 0 < official_score(res.rows) <= 1
 
 
 def test_attributes_in_dcase_names_become_id_classes(dcase_tree):
-    from asdkit.data import load_dataset
-    from asdkit.idtrain import id_label
+    from humwatch.data import load_dataset
+    from humwatch.idtrain import id_label
 
     clips = load_dataset(dcase_tree)
     assert sorted({id_label(c) for c in clips}) == ["fan/section_00/speed_a", "fan/section_00/speed_b",
@@ -64,7 +64,7 @@ def test_attributes_in_dcase_names_become_id_classes(dcase_tree):
 def test_fit_without_method_or_weights_uses_the_weight_free_features(tmp_path, capsys):
     from helpers import make_mimii_tree
 
-    from asdkit.cli import main
+    from humwatch.cli import main
 
     tree = make_mimii_tree(tmp_path / "m", machines=("fan",), ids=("00",), n_normal=10, n_anomalous=3, seconds=2.0)
     with pytest.raises(SystemExit) as e:

@@ -14,12 +14,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import asdkit.embed as E
-from asdkit.audio import AudioSettings, load_audio, write_audio
-from asdkit.data.clips import Clip
-from asdkit.embed import EmbeddingSet, embed_clips
-from asdkit.errors import AudioError, ConfigError, DatasetError
-from asdkit.models import create_backbone
+import humwatch.embed as E
+from humwatch.audio import AudioSettings, load_audio, write_audio
+from humwatch.data.clips import Clip
+from humwatch.embed import EmbeddingSet, embed_clips
+from humwatch.errors import AudioError, ConfigError, DatasetError
+from humwatch.models import create_backbone
 
 TINY_RX = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], cardinality=4, base_width=32, stem_width=8)
 RX = "resnext101_32x8d"
@@ -81,7 +81,7 @@ def test_embeddings_match_direct_computation_and_keep_order(backbone, clips):
 def test_streaming_reads_and_embeds_batch_by_batch(backbone, tmp_path, monkeypatch):
     clips = _make_clips(tmp_path, 10)
     events = []
-    import asdkit.reader as R
+    import humwatch.reader as R
 
     real_load = R.load_audio
     monkeypatch.setattr(R, "load_audio", lambda p, s=None, **kw: (events.append("load"), real_load(p, s, **kw))[1])
@@ -102,9 +102,9 @@ def test_bad_arguments(backbone, clips):
 
 
 def test_progress_bar_and_random_init_are_reported(clips, capsys, caplog, monkeypatch):
-    monkeypatch.setenv("ASDKIT_PROGRESS", "1")
+    monkeypatch.setenv("HUMWATCH_PROGRESS", "1")
     backbone = create_backbone(RX, weights="none", config=TINY_RX)
-    with caplog.at_level(logging.WARNING, logger="asdkit"):
+    with caplog.at_level(logging.WARNING, logger="humwatch"):
         embed_clips(clips[:2], backbone, audio=AUDIO, progress=True)
         embed_clips(clips[2:4], backbone, audio=AUDIO, progress=False)
     said = [r for r in caplog.records if "RANDOM INIT" in r.getMessage()]
@@ -167,7 +167,7 @@ def test_damaged_entries_are_detected_and_recomputed(backbone, clips, tmp_path, 
     files[2].write_bytes(E.MAGIC + struct.pack("<I", len(h)) + h + payload)
     files[3].write_bytes(b"\x00" * 40)
     count = Counter(backbone, monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="asdkit"):
+    with caplog.at_level(logging.WARNING, logger="humwatch"):
         again = embed_clips(clips, backbone, cache_dir=cache, audio=AUDIO, progress=False)
     assert count.rows == 4 and again.stats["cache_damaged"] == 4 and again.stats["cache_hits"] == 2
     assert sum("damaged entry" in r.getMessage() for r in caplog.records) == 4
@@ -206,8 +206,8 @@ import os, sys, time
 from pathlib import Path
 from types import SimpleNamespace
 import numpy as np
-from asdkit.audio import AudioSettings
-from asdkit.embed import EmbeddingCache
+from humwatch.audio import AudioSettings
+from humwatch.embed import EmbeddingCache
 
 bb = SimpleNamespace(name="fake", cache_key="fake-0123", embedding_dim=512, precision="fp32", config={},
                      frontend=SimpleNamespace(name="cnn", key="k"),

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from helpers import make_mimii_tree
 
-from asdkit.audio import AudioSettings
-from asdkit.engine import ENGINES, LocalEngine, get_engine
-from asdkit.engine.ray import RayEngine, _unwrap
-from asdkit.errors import AudioError, ConfigError
-from asdkit.methods import BackboneSettings, Context
-from asdkit.pipeline import RunConfig, run
-from asdkit.reader import ClipReader
+from humwatch.audio import AudioSettings
+from humwatch.engine import ENGINES, LocalEngine, get_engine
+from humwatch.engine.ray import RayEngine, _unwrap
+from humwatch.errors import AudioError, ConfigError
+from humwatch.methods import BackboneSettings, Context
+from humwatch.pipeline import RunConfig, run
+from humwatch.reader import ClipReader
 
 TINY_AST = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 AUDIO = AudioSettings(seconds=2.0)
@@ -38,7 +38,7 @@ def data(tmp_path_factory):
 
 
 def _clips(data):
-    from asdkit.data import load_dataset
+    from humwatch.data import load_dataset
 
     return load_dataset(data)
 
@@ -80,7 +80,7 @@ def test_a_workers_error_comes_back_as_the_same_one_line_error():
 
     e = _unwrap(Wrapped(Wrapped(AudioError("x.wav: not an audio file"))))
     assert isinstance(e, AudioError) and str(e) == "x.wav: not an audio file"
-    e = _unwrap(RuntimeError("Traceback...\n  asdkit.errors.ConfigError: weights /w: no such file or folder\n"))
+    e = _unwrap(RuntimeError("Traceback...\n  humwatch.errors.ConfigError: weights /w: no such file or folder\n"))
     assert isinstance(e, ConfigError) and str(e) == "weights /w: no such file or folder"
     assert str(_unwrap(RuntimeError("node died\nmore"))) == "ray: node died"
 
@@ -142,7 +142,7 @@ def test_a_run_on_ray_writes_what_the_local_run_writes(ray_engine, data, tmp_pat
 
 
 def test_cli_score_on_ray_equals_local(ray_engine, data, tmp_path):
-    from asdkit.cli import main
+    from humwatch.cli import main
 
     def cli(*argv):
         with pytest.raises(SystemExit) as e:
@@ -153,7 +153,7 @@ def test_cli_score_on_ray_equals_local(ray_engine, data, tmp_path):
     cli("fit", "--data", str(fan), "--skip-bad", "--out", str(tmp_path / "mon"), "--backbone", "ast", "--weights", "none",
         "--backbone-config", json.dumps(TINY_AST), "--detector", "knn", "--detector-params", '{"n_neighbors": 2}',
         "--cache", str(tmp_path / "cache"), "-q", "--threshold-method", "percentile", "--false-alarm-rate", "0.5")
-    from asdkit.audio import write_audio
+    from humwatch.audio import write_audio
 
     long = tmp_path / "long.wav"  # a 25 s recording: scored as windows (0, 10, 15 s with the default hop)
     write_audio(long, (0.1 * np.sin(np.arange(25 * 16000) * 0.05)).astype(np.float32), 16000)
@@ -170,10 +170,10 @@ def test_cli_score_on_ray_equals_local(ray_engine, data, tmp_path):
 
 
 def test_compare_on_ray_ranks_as_the_local_engine(ray_engine, data, tmp_path):
-    """`asdkit compare --engine ray`: in this process, and with each method in its own process joining
+    """`humwatch compare --engine ray`: in this process, and with each method in its own process joining
     the same Ray (what compare does by default), the leaderboard's AUCs are the local engine's."""
-    from asdkit.cli import main
-    from asdkit.compare import compare
+    from humwatch.cli import main
+    from humwatch.compare import compare
 
     specs = ["embed-detect:backbone=features,detector=mahalanobis,standardize=true"]
 

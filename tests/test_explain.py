@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asdkit.errors import AsdkitError, ConfigError
-from asdkit.explain.attention import (
+from humwatch.errors import HumwatchError, ConfigError
+from humwatch.explain.attention import (
     PatchGrid,
     attention_rollout,
     class_token_map,
@@ -173,7 +173,7 @@ def test_patch_map_lands_on_the_input_pixels():
 def tiny_ast():
     import torch
 
-    from asdkit.models import create_backbone
+    from humwatch.models import create_backbone
 
     bb = create_backbone("ast", weights="none", config=TINY_AST)  # SDPA by default
     with torch.no_grad():  # random class tokens so their attention is not uniform at layer 1
@@ -185,13 +185,13 @@ def tiny_ast():
 
 @pytest.fixture(scope="module")
 def tiny_cnn():
-    from asdkit.models import create_backbone
+    from humwatch.models import create_backbone
 
     return create_backbone("resnext101_32x8d", weights="none", config=TINY_CNN)
 
 
 def test_ast_attention_maps_are_on_the_input_grid_in_unit_range(tiny_ast, tone_clip):
-    from asdkit.explain.attention import ast_attention_maps, ast_attentions, find_ast_model
+    from humwatch.explain.attention import ast_attention_maps, ast_attentions, find_ast_model
 
     x = tiny_ast.frontend(tone_clip)
     assert x.shape == (128, 128)
@@ -209,7 +209,7 @@ def test_ast_attention_maps_are_on_the_input_grid_in_unit_range(tiny_ast, tone_c
 
 
 def test_ast_attention_distances_per_layer_and_head(tiny_ast, tone_clip):
-    from asdkit.explain.attention import attention_distances
+    from humwatch.explain.attention import attention_distances
 
     x = tiny_ast.frontend(tone_clip)
     d = attention_distances(tiny_ast, [x, x[::-1].copy()])
@@ -221,7 +221,7 @@ def test_ast_attention_distances_per_layer_and_head(tiny_ast, tone_clip):
 
 
 def test_gradcam_maps_match_the_input_shape_in_unit_range(tiny_cnn):
-    from asdkit.explain.gradcam import EmbeddingDistanceTarget, gradcam_maps
+    from humwatch.explain.gradcam import EmbeddingDistanceTarget, gradcam_maps
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 128, 160)).astype(np.float32)
@@ -248,8 +248,8 @@ def test_gradcam_maps_match_the_input_shape_in_unit_range(tiny_cnn):
 def test_models_are_found_inside_backbones_and_wrong_ones_refused(tiny_ast, tiny_cnn):
     import torch
 
-    from asdkit.explain.attention import find_ast_model
-    from asdkit.explain.gradcam import find_resnet
+    from humwatch.explain.attention import find_ast_model
+    from humwatch.explain.gradcam import find_resnet
 
     assert find_ast_model(tiny_ast) is tiny_ast.model
     assert find_resnet(tiny_cnn) is tiny_cnn.module
@@ -262,7 +262,7 @@ def test_models_are_found_inside_backbones_and_wrong_ones_refused(tiny_ast, tiny
 
 
 def test_spectrogram_axes_are_hz_to_nyquist_and_seconds_to_clip_length():
-    from asdkit.explain.spectrograms import Panel, spectrogram, spectrogram_figure
+    from humwatch.explain.spectrograms import Panel, spectrogram, spectrogram_figure
 
     sr, seconds = 16000, 2.0
     t = np.arange(int(sr * seconds)) / sr
@@ -289,7 +289,7 @@ def test_spectrogram_axes_are_hz_to_nyquist_and_seconds_to_clip_length():
 
 
 def test_examples_pick_a_normal_and_an_anomalous_test_clip_per_machine():
-    from asdkit.explain.run import ClipRef, clip_from_path, pick_examples
+    from humwatch.explain.run import ClipRef, clip_from_path, pick_examples
 
     clips = [ClipRef(f"/d/{m}/{i}.wav", m, "id_00", lab, split) for m in ("fan", "pump")
              for i, (lab, split) in enumerate([(0, "train"), (0, "test"), (1, "test"), (1, "val")])]
@@ -333,14 +333,14 @@ def test_tsne_reads_the_saved_embeddings_and_builds_no_model(tmp_path, monkeypat
     import timm
     import transformers
 
-    import asdkit.models
-    from asdkit.explain.run import make_tsne_figures
-    from asdkit.explain.tsne import load_embeddings, tsne_2d
+    import humwatch.models
+    from humwatch.explain.run import make_tsne_figures
+    from humwatch.explain.tsne import load_embeddings, tsne_2d
 
     def refuse(*a, **k):
         raise AssertionError("a model was built")
 
-    monkeypatch.setattr(asdkit.models, "create_backbone", refuse)
+    monkeypatch.setattr(humwatch.models, "create_backbone", refuse)
     monkeypatch.setattr(transformers.ASTModel, "__init__", refuse)
     monkeypatch.setattr(timm, "create_model", refuse)
 
@@ -355,7 +355,7 @@ def test_tsne_reads_the_saved_embeddings_and_builds_no_model(tmp_path, monkeypat
     assert sorted((p["backbone"], p["machine_type"], p["n"]) for p in data["panels"]) == [
         ("ast", "fan", 8), ("ast", "pump", 8), ("resnext101_32x8d", "fan", 8), ("resnext101_32x8d", "pump", 8)]
     # the panel is the t-SNE of exactly that machine type's saved rows
-    from asdkit.explain.tsne import tsne_panels
+    from humwatch.explain.tsne import tsne_panels
 
     t = load_embeddings(run / "embeddings" / "ast.npz")
     panel = tsne_panels([t], seed=0).get("ast", "fan")
@@ -364,7 +364,7 @@ def test_tsne_reads_the_saved_embeddings_and_builds_no_model(tmp_path, monkeypat
 
 
 def test_tsne_merges_reproduce_cells_and_refuses_bad_files(tmp_path):
-    from asdkit.explain.tsne import concat_tables, find_embedding_files, load_embeddings
+    from humwatch.explain.tsne import concat_tables, find_embedding_files, load_embeddings
 
     rng = np.random.default_rng(1)
     root = tmp_path / "repro"
@@ -380,13 +380,13 @@ def test_tsne_merges_reproduce_cells_and_refuses_bad_files(tmp_path):
 
     bad = tmp_path / "bad.npz"
     np.savez(bad, X=np.zeros((3, 2)), path=np.array(["a", "b", "c"]))
-    with pytest.raises(AsdkitError, match="lacks"):
+    with pytest.raises(HumwatchError, match="lacks"):
         load_embeddings(bad)
     obj = tmp_path / "obj.npz"
     np.savez(obj, X=np.zeros((1, 2)), path=np.array([{"a": 1}], dtype=object), label=np.zeros(1), machine_type=np.array(["f"]),
              machine_id=np.array(["i"]), split=np.array(["test"]))
-    with pytest.raises(AsdkitError):
+    with pytest.raises(HumwatchError):
         load_embeddings(obj)  # pickled objects are never loaded
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(AsdkitError):
+    with pytest.raises(HumwatchError):
         load_embeddings(tmp_path / "junk.npz")

@@ -1,4 +1,4 @@
-"""asdkit export: a monitor's network as ONNX, scored by ONNX Runtime (without PyTorch too), sealed
+"""humwatch export: a monitor's network as ONNX, scored by ONNX Runtime (without PyTorch too), sealed
 like any monitor; int8 quantisation keeps the AUC."""
 
 import json
@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import asdkit
-from asdkit.data import load_dataset
-from asdkit.errors import ConfigError
-from asdkit.export import TOLERANCE, export_monitor
-from asdkit.metrics import auc
-from asdkit.monitor import MonitorError, fit_monitor, load_monitor
+import humwatch
+from humwatch.data import load_dataset
+from humwatch.errors import ConfigError
+from humwatch.export import TOLERANCE, export_monitor
+from humwatch.metrics import auc
+from humwatch.monitor import MonitorError, fit_monitor, load_monitor
 
 TINY_AST = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 TINY_RX = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "cardinality": 2, "base_width": 32, "stem_width": 8}
@@ -41,7 +41,7 @@ TINY_IDNET = {"epochs": 1, "epoch_crops": 32, "batch_size": 16, "outlier_clips":
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """The built-in generator's fan at 6 dB: anomalies the trained autoencoder finds, but not all of them."""
-    from asdkit.data.synth import synthesize
+    from humwatch.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("export")
     common = dict(machines=["fan"], ids=["00"], snr_db=6.0, seconds=10.0, channels=1, progress=False)
@@ -114,7 +114,7 @@ def test_trained_id_networks_export_and_score_as_with_torch(data, tmp_path, meth
 
 
 def test_fusions_are_refused_in_one_line():
-    from asdkit.methods import create_method
+    from humwatch.methods import create_method
 
     m = create_method("embed-fusion", {"backbones": ["features", {"backbone": "features", "backbone_config": {"n_mels": 32}}]})
     with pytest.raises(ConfigError, match="method embed-fusion cannot be exported to ONNX"):
@@ -156,7 +156,7 @@ def test_an_exported_monitor_is_sealed(exported, tmp_path):
             load_monitor(d, runtime="onnx")
         assert "\n" not in str(e.value) and ("checksum" in str(e.value) or "not listed" in str(e.value))
     # a consistent but wrong export.json (manifest rewritten) is refused by its schema check
-    from asdkit.io import write_manifest
+    from humwatch.io import write_manifest
 
     d = tmp_path / "schema"
     shutil.copytree(exp, d)
@@ -183,7 +183,7 @@ def test_bad_requests_are_one_line_errors(exported, tmp_path):
 
 
 def test_cli_export_and_score_with_onnx(exported, data, tmp_path, capsys):
-    from asdkit.cli import main
+    from humwatch.cli import main
 
     _, _, root = data
     mon, _ = exported["ast-knn"]
@@ -213,15 +213,15 @@ def _torchless_site(tmp_path) -> Path:
 def test_score_runs_without_pytorch(exported, data, tmp_path):
     _, test, root = data
     _, exp = exported["ast-knn"]
-    src = Path(asdkit.__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{_torchless_site(tmp_path)}", "ASDKIT_PROGRESS": "0"}
+    src = Path(humwatch.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{_torchless_site(tmp_path)}", "HUMWATCH_PROGRESS": "0"}
 
     def python(*args):
         return subprocess.run([sys.executable, "-S", *args], env=env, capture_output=True, text=True, timeout=300)
 
     assert python("-c", "import torch").returncode != 0  # really no PyTorch there
     folder = root / "test" / "6dB_fan" / "fan" / "id_00"
-    r = python("-m", "asdkit.cli", "score", str(exp), str(folder / "abnormal"), str(folder / "normal"), "-q",
+    r = python("-m", "humwatch.cli", "score", str(exp), str(folder / "abnormal"), str(folder / "normal"), "-q",
                "--out", str(tmp_path / "s.csv"))
     assert r.returncode in (0, 1), r.stderr
     assert "torch" not in r.stderr.lower()
@@ -229,5 +229,5 @@ def test_score_runs_without_pytorch(exported, data, tmp_path):
     want = dict(zip((c.path for c in test), _scores(exp, test, "onnx")))
     assert sorted(got) == sorted(want)
     np.testing.assert_allclose([got[k] for k in sorted(got)], [want[k] for k in sorted(got)], rtol=1e-5)
-    r = python("-m", "asdkit.cli", "score", str(exported["ast-knn"][0]), str(folder / "abnormal"), "-q")
+    r = python("-m", "humwatch.cli", "score", str(exported["ast-knn"][0]), str(folder / "abnormal"), "-q")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "PyTorch is not installed" in r.stderr

@@ -6,8 +6,8 @@ import librosa
 import numpy as np
 import pytest
 
-from asdkit.errors import ConfigError
-from asdkit.features import ae_features, ae_logmel, ast_features, cnn_features, context_frames, get_frontend
+from humwatch.errors import ConfigError
+from humwatch.features import ae_features, ae_logmel, ast_features, cnn_features, context_frames, get_frontend
 
 
 def test_ae_frontend_shape_and_values_match_librosa(tone_clip):

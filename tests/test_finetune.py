@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (asdkit.finetune): the study's head, frozen blocks, per-block learning
+"""Supervised fine-tuning (humwatch.finetune): the study's head, frozen blocks, per-block learning
 rates, a tiny end-to-end fine-tune, determinism and the save/load round trip."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from asdkit.audio import AudioSettings, write_audio
-from asdkit.data.clips import Clip
-from asdkit.errors import ConfigError, DatasetError
-from asdkit.finetune import (
+from humwatch.audio import AudioSettings, write_audio
+from humwatch.data.clips import Clip
+from humwatch.errors import ConfigError, DatasetError
+from humwatch.finetune import (
     FinetuneSettings,
     backbone_blocks,
     build_param_groups,
@@ -21,8 +21,8 @@ from asdkit.finetune import (
     make_head,
     save_finetuned,
 )
-from asdkit.metrics import auc
-from asdkit.models import create_backbone
+from humwatch.metrics import auc
+from humwatch.models import create_backbone
 
 SR = 16000
 
@@ -270,8 +270,8 @@ def test_bottleneck_reading_trains_the_top_two_bottlenecks_of_layer4():
 
 
 def test_finetune_method_fits_scores_saves_and_reports_trainable_parameters(clips, tmp_path, capsys):
-    from asdkit.methods import Context, create_method, load_method
-    from asdkit.reader import ClipReader
+    from humwatch.methods import Context, create_method, load_method
+    from humwatch.reader import ClipReader
 
     ctx = Context(reader=ClipReader(AUDIO, progress=False))
     m = create_method("finetune", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "epochs": 1}, ctx,
@@ -293,13 +293,13 @@ def test_finetune_method_fits_scores_saves_and_reports_trainable_parameters(clip
 
 
 def test_finetune_command_end_to_end(tmp_path):
-    """`asdkit finetune` on a normal/abnormal folder with a saved tiny AST as --weights."""
+    """`humwatch finetune` on a normal/abnormal folder with a saved tiny AST as --weights."""
     import json
 
     import typer
     from typer.testing import CliRunner
 
-    from asdkit.commands import finetune_cmd
+    from humwatch.commands import finetune_cmd
 
     root = tmp_path / "pump"
     rng = np.random.default_rng(1)
@@ -329,8 +329,8 @@ def test_finetune_command_end_to_end(tmp_path):
     paths = sorted(saved)
     np.testing.assert_allclose(model.score_files(paths), [saved[p] for p in paths], rtol=1e-6)
 
-    # the saved model is a monitor for `asdkit score`: probability of "anomalous", threshold 0.5
-    from asdkit.cli import main
+    # the saved model is a monitor for `humwatch score`: probability of "anomalous", threshold 0.5
+    from humwatch.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["score", str(out / "models" / "pump"), *paths, "--out", str(tmp_path / "s.csv"), "-q"])

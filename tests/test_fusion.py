@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from asdkit.errors import ConfigError
-from asdkit.methods.fusion import fuse_scores
-from asdkit.methods.spec import MethodSpec, parse_spec, read_spec_file
+from humwatch.errors import ConfigError
+from humwatch.methods.fusion import fuse_scores
+from humwatch.methods.spec import MethodSpec, parse_spec, read_spec_file
 
 
 def test_rank_fusion_averages_quantiles_among_normal_reference_scores():

@@ -23,9 +23,9 @@ FIT = ["--detector", "mahalanobis", "--folds", "2", "--false-alarm-rate", "0.25"
 TIMEOUT = 120
 
 
-def asdkit(*args, cwd=None, timeout=TIMEOUT) -> tuple[int, str, str]:
-    env = {**os.environ, "ASDKIT_PROGRESS": "0", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-m", "asdkit.cli", *map(str, args)], capture_output=True, timeout=timeout,
+def humwatch(*args, cwd=None, timeout=TIMEOUT) -> tuple[int, str, str]:
+    env = {**os.environ, "HUMWATCH_PROGRESS": "0", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-m", "humwatch.cli", *map(str, args)], capture_output=True, timeout=timeout,
                        cwd=cwd, env=env, text=True, errors="surrogateescape")
     return p.returncode, p.stdout, p.stderr
 
@@ -63,7 +63,7 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     good = _tree(root / "good")
     mon = root / "monitor"
-    code, out, err = asdkit("fit", "--data", good / "fan" / "id_00" / "normal", "--out", mon, *MODEL, *FIT, "-q",
+    code, out, err = humwatch("fit", "--data", good / "fan" / "id_00" / "normal", "--out", mon, *MODEL, *FIT, "-q",
                             "--cache", root / "cache")
     assert code == 0, err
     return root, good, mon
@@ -85,10 +85,10 @@ def _not_files(folder: Path) -> list[Path]:
 def test_fifo_and_dev_zero_are_refused_at_once(base, tmp_path, which):
     root, good, mon = base
     bad = _not_files(tmp_path / "odd")[which]
-    refused(asdkit("features", bad, "--out", tmp_path / "x.npy"), bad.name, "not an audio file")
-    refused(asdkit("score", mon, bad, "--out", tmp_path / "s.csv", "--cache", tmp_path / "c"), bad.name)
+    refused(humwatch("features", bad, "--out", tmp_path / "x.npy"), bad.name, "not an audio file")
+    refused(humwatch("score", mon, bad, "--out", tmp_path / "s.csv", "--cache", tmp_path / "c"), bad.name)
     assert not (tmp_path / "s.csv").exists()
-    code, out, err = asdkit("score", mon, bad, good / "fan/id_00/normal/00000000.wav", "--skip-bad", "--out", tmp_path / "s.csv")
+    code, out, err = humwatch("score", mon, bad, good / "fan/id_00/normal/00000000.wav", "--skip-bad", "--out", tmp_path / "s.csv")
     assert code in (0, 1) and "skipped 1 bad file" in out + err
     data = _tree(tmp_path / "d")
     target = data / "fan/id_00/normal" / bad.name
@@ -96,12 +96,12 @@ def test_fifo_and_dev_zero_are_refused_at_once(base, tmp_path, which):
         os.mkfifo(target)
     else:
         target.symlink_to("/dev/zero")
-    refused(asdkit("embed", "--data", data, "--out", tmp_path / "e.npz", *MODEL, "--cache", tmp_path / "c"), bad.name)
-    code, out, err = asdkit("embed", "--data", data, "--out", tmp_path / "e.npz", *MODEL, "--skip-bad", "--cache", tmp_path / "c")
+    refused(humwatch("embed", "--data", data, "--out", tmp_path / "e.npz", *MODEL, "--cache", tmp_path / "c"), bad.name)
+    code, out, err = humwatch("embed", "--data", data, "--out", tmp_path / "e.npz", *MODEL, "--skip-bad", "--cache", tmp_path / "c")
     assert code == 0 and "skipped 1 bad file" in out + err, err
-    refused(asdkit("fit", "--data", data / "fan/id_00/normal", "--out", tmp_path / "m", *MODEL, *FIT), bad.name)
+    refused(humwatch("fit", "--data", data / "fan/id_00/normal", "--out", tmp_path / "m", *MODEL, *FIT), bad.name)
     assert not (tmp_path / "m").exists()
-    refused(asdkit("run", "--data", data, "--out", tmp_path / "r", "--epochs", "1", "--cache", tmp_path / "c"), bad.name)
+    refused(humwatch("run", "--data", data, "--out", tmp_path / "r", "--epochs", "1", "--cache", tmp_path / "c"), bad.name)
     assert not (tmp_path / "r").exists()
 
 
@@ -120,27 +120,27 @@ def test_float_wav_near_1e30_is_an_audio_error_and_can_be_skipped(base, tmp_path
     root, good, mon = base
     huge = _huge(tmp_path / "huge.wav")
     for fe in ("ae", "cnn"):  # (AST's Kaldi fbank floors its energies, so it makes finite numbers of it)
-        refused(asdkit("features", huge, "--frontend", fe, "--out", tmp_path / f"{fe}.npy"), "huge.wav", "not finite")
+        refused(humwatch("features", huge, "--frontend", fe, "--out", tmp_path / f"{fe}.npy"), "huge.wav", "not finite")
         assert not (tmp_path / f"{fe}.npy").exists()
-    refused(asdkit("score", mon, huge, "--out", tmp_path / "s.csv"), "huge.wav")
-    code, out, err = asdkit("score", mon, huge, good / "fan/id_00/normal/00000001.wav", "--skip-bad", "--out", tmp_path / "s.csv")
+    refused(humwatch("score", mon, huge, "--out", tmp_path / "s.csv"), "huge.wav")
+    code, out, err = humwatch("score", mon, huge, good / "fan/id_00/normal/00000001.wav", "--skip-bad", "--out", tmp_path / "s.csv")
     assert code in (0, 1) and "skipped 1 bad file" in out + err, err
     data = _tree(tmp_path / "d")
     _huge(data / "fan/id_00/normal/huge.wav")
-    refused(asdkit("run", "--data", data, "--out", tmp_path / "r", "--epochs", "1"), "huge.wav")
-    code, out, err = asdkit("run", "--data", data, "--out", tmp_path / "r", "--epochs", "1", "--skip-bad", "-q")
+    refused(humwatch("run", "--data", data, "--out", tmp_path / "r", "--epochs", "1"), "huge.wav")
+    code, out, err = humwatch("run", "--data", data, "--out", tmp_path / "r", "--epochs", "1", "--skip-bad", "-q")
     assert code == 0, err
     assert json.loads((tmp_path / "r/results.json").read_text())["skipped"][0]["file"].endswith("huge.wav")
-    refused(asdkit("finetune", "--data", data, "--out", tmp_path / "f", *MODEL), "huge.wav")
-    refused(asdkit("fit", "--data", data / "fan/id_00/normal", "--out", tmp_path / "m", *MODEL, *FIT), "huge.wav")
-    refused(asdkit("explain", "--clips", huge, "--out", tmp_path / "x", "--no-models"), "huge.wav")
+    refused(humwatch("finetune", "--data", data, "--out", tmp_path / "f", *MODEL), "huge.wav")
+    refused(humwatch("fit", "--data", data / "fan/id_00/normal", "--out", tmp_path / "m", *MODEL, *FIT), "huge.wav")
+    refused(humwatch("explain", "--clips", huge, "--out", tmp_path / "x", "--no-models"), "huge.wav")
 
 
 # ----------------------------------------------------------------- class 3: tampered model folders
 
 
 def _load(path):
-    from asdkit.monitor import load_monitor
+    from humwatch.monitor import load_monitor
 
     return load_monitor(path)
 
@@ -148,7 +148,7 @@ def _load(path):
 def test_every_byte_of_every_monitor_file_is_checked(base, tmp_path):
     import shutil
 
-    from asdkit.errors import AsdkitError
+    from humwatch.errors import HumwatchError
 
     root, good, mon = base
     files = sorted(p.relative_to(mon) for p in mon.rglob("*") if p.is_file())
@@ -159,13 +159,13 @@ def test_every_byte_of_every_monitor_file_is_checked(base, tmp_path):
         data = bytearray((copy / rel).read_bytes())
         data[len(data) // 2] ^= 0x01  # one bit of one byte
         (copy / rel).write_bytes(bytes(data))
-        with pytest.raises(AsdkitError) as e:
+        with pytest.raises(HumwatchError) as e:
             _load(copy)
         assert "\n" not in str(e.value), rel
 
 
 def _reseal(folder: Path) -> None:
-    from asdkit.io import write_manifest
+    from humwatch.io import write_manifest
 
     for d in sorted({p.parent for p in folder.rglob("manifest.json")}, key=lambda p: -len(p.parts)):
         write_manifest(d)
@@ -183,7 +183,7 @@ def _reseal(folder: Path) -> None:
 def test_every_field_of_monitor_json_is_checked_even_when_the_manifest_is_rewritten(base, tmp_path, edit, words):
     import shutil
 
-    from asdkit.monitor import MonitorError
+    from humwatch.monitor import MonitorError
 
     _, _, mon = base
     copy = tmp_path / "m"
@@ -201,7 +201,7 @@ def test_every_field_of_monitor_json_is_checked_even_when_the_manifest_is_rewrit
 def test_method_state_fields_and_other_weights_are_refused(base, tmp_path, capsys):
     import shutil
 
-    from asdkit.monitor import MonitorError
+    from humwatch.monitor import MonitorError
 
     _, good, mon = base
     copy = tmp_path / "m"
@@ -213,19 +213,19 @@ def test_method_state_fields_and_other_weights_are_refused(base, tmp_path, capsy
     with pytest.raises(MonitorError, match="cache_key"):
         _load(copy)
     # other weights than the ones the monitor was fitted with: refused, never silently used
-    from asdkit.models import create_backbone
+    from humwatch.models import create_backbone
 
     other = create_backbone("resnext101_32x8d", weights="none", config=TINY_CNN, seed=7).save(tmp_path / "other")
-    refused(asdkit("score", mon, good / "fan/id_00/normal/00000000.wav", "--weights", other, "--out", tmp_path / "s.csv"),
+    refused(humwatch("score", mon, good / "fan/id_00/normal/00000000.wav", "--weights", other, "--out", tmp_path / "s.csv"),
             "not the ones")
 
 
 def test_a_fine_tuned_folder_is_sealed(base, tmp_path):
-    from asdkit.errors import ConfigError
-    from asdkit.finetune import load_finetuned
+    from humwatch.errors import ConfigError
+    from humwatch.finetune import load_finetuned
 
     _, good, _ = base
-    code, out, err = asdkit("finetune", "--data", good, "--out", tmp_path / "r", *MODEL, "--save-model", "-q")
+    code, out, err = humwatch("finetune", "--data", good, "--out", tmp_path / "r", *MODEL, "--save-model", "-q")
     assert code == 0, err
     model = tmp_path / "r/models/fan"
     assert (model / "manifest.json").is_file() and (model / "backbone/manifest.json").is_file()
@@ -233,7 +233,7 @@ def test_a_fine_tuned_folder_is_sealed(base, tmp_path):
     head.write_bytes(head.read_bytes()[:-1] + bytes([head.read_bytes()[-1] ^ 1]))
     with pytest.raises(ConfigError, match="checksum"):
         load_finetuned(model)
-    refused(asdkit("score", model, good / "fan/id_00/normal/00000000.wav", "--out", tmp_path / "s.csv"), "checksum")
+    refused(humwatch("score", model, good / "fan/id_00/normal/00000000.wav", "--out", tmp_path / "s.csv"), "checksum")
 
 
 # --------------------------------------------------------------- class 4: half-written run folders
@@ -243,16 +243,16 @@ def test_a_failing_run_leaves_no_folder_and_an_old_one_untouched(base, tmp_path)
     _, good, _ = base
     data = _tree(tmp_path / "d")
     (data / "fan/id_00/normal/00000003.wav").write_bytes(b"RIFF....WAVEnot audio")
-    refused(asdkit("run", "--data", data, "--out", tmp_path / "new", "--epochs", "1"), "00000003.wav")
+    refused(humwatch("run", "--data", data, "--out", tmp_path / "new", "--epochs", "1"), "00000003.wav")
     assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".new.*"))  # not even a split.csv
-    code, _, err = asdkit("run", "--data", good, "--out", tmp_path / "old", "--epochs", "1", "-q")
+    code, _, err = humwatch("run", "--data", good, "--out", tmp_path / "old", "--epochs", "1", "-q")
     assert code == 0, err
     before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir() if p.is_file()}
-    refused(asdkit("run", "--data", good, "--out", tmp_path / "old", "--epochs", "1"), "--overwrite")
-    refused(asdkit("run", "--data", data, "--out", tmp_path / "old", "--epochs", "1", "--overwrite"), "00000003.wav")
+    refused(humwatch("run", "--data", good, "--out", tmp_path / "old", "--epochs", "1"), "--overwrite")
+    refused(humwatch("run", "--data", data, "--out", tmp_path / "old", "--epochs", "1", "--overwrite"), "00000003.wav")
     after = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir() if p.is_file()}
     assert after == before  # the old run, whole
-    code, _, err = asdkit("run", "--data", good, "--out", tmp_path / "old", "--epochs", "2", "--overwrite", "-q")
+    code, _, err = humwatch("run", "--data", good, "--out", tmp_path / "old", "--epochs", "2", "--overwrite", "-q")
     assert code == 0 and json.loads((tmp_path / "old/config.json").read_text())["config"]["settings"]["epochs"] == 2
 
 
@@ -261,7 +261,7 @@ def test_a_failing_run_leaves_no_folder_and_an_old_one_untouched(base, tmp_path)
 
 def test_a_split_that_would_leak_is_refused(base, tmp_path):
     _, good, _ = base
-    code, _, err = asdkit("run", "--data", good, "--out", tmp_path / "r", "--epochs", "1", "-q")
+    code, _, err = humwatch("run", "--data", good, "--out", tmp_path / "r", "--epochs", "1", "-q")
     assert code == 0, err
     rows = list(csv.DictReader(open(tmp_path / "r/split.csv")))
     train = next(r for r in rows if r["split"] == "train")
@@ -270,10 +270,10 @@ def test_a_split_that_would_leak_is_refused(base, tmp_path):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows + [{**train, "split": "test"}])
-    refused(asdkit("run", "--split", dup, "--out", tmp_path / "x", "--epochs", "1"), "listed in train and test")
+    refused(humwatch("run", "--split", dup, "--out", tmp_path / "x", "--epochs", "1"), "listed in train and test")
     other = _tree(tmp_path / "elsewhere")
-    refused(asdkit("run", "--data", other, "--split", tmp_path / "r/split.csv", "--out", tmp_path / "y"), "outside --data")
-    code, _, err = asdkit("run", "--split", tmp_path / "r/split.csv", "--out", tmp_path / "z", "--epochs", "1", "-q")
+    refused(humwatch("run", "--data", other, "--split", tmp_path / "r/split.csv", "--out", tmp_path / "y"), "outside --data")
+    code, _, err = humwatch("run", "--split", tmp_path / "r/split.csv", "--out", tmp_path / "z", "--epochs", "1", "-q")
     assert code == 0, err
 
 
@@ -285,26 +285,26 @@ def test_names_that_are_not_utf8_and_outputs_that_cannot_be_written(base, tmp_pa
     raw = os.fsencode(tmp_path) + b"/caf\xe9.wav"
     _tone(Path(os.fsdecode(raw)))
     name = os.fsdecode(raw)
-    code, out, err = asdkit("features", name, "--out", tmp_path / "f.npy")
+    code, out, err = humwatch("features", name, "--out", tmp_path / "f.npy")
     assert code == 0 and (tmp_path / "f.npy").is_file(), err
-    code, out, err = asdkit("score", mon, name, "--out", tmp_path / "s.csv")
+    code, out, err = humwatch("score", mon, name, "--out", tmp_path / "s.csv")
     assert code in (0, 1), err
     assert open(tmp_path / "s.csv", "rb").read().count(b"caf\xe9.wav") == 1  # the name's own bytes
     data = _tree(tmp_path / "d")
     _tone(Path(os.fsdecode(os.fsencode(data) + b"/fan/id_00/normal/\xff\xfe.wav")), seed=9)
-    code, out, err = asdkit("run", "--data", data, "--out", tmp_path / "r", "--epochs", "1", "-q")
+    code, out, err = humwatch("run", "--data", data, "--out", tmp_path / "r", "--epochs", "1", "-q")
     assert code == 0, err
     (tmp_path / "afile").write_text("x")
-    refused(asdkit("features", name, "--out", tmp_path), "is a folder")
-    refused(asdkit("features", name, "--out", tmp_path / "afile" / "x.npy"), "not a folder")
-    refused(asdkit("run", "--data", good, "--out", tmp_path / "afile" / "run"), "not a folder")
-    refused(asdkit("fit", "--data", good, "--out", tmp_path / "afile", *MODEL), "not a folder")
-    refused(asdkit("embed", "--data", good, "--out", tmp_path / "afile" / "e.npz"), "not a folder")
+    refused(humwatch("features", name, "--out", tmp_path), "is a folder")
+    refused(humwatch("features", name, "--out", tmp_path / "afile" / "x.npy"), "not a folder")
+    refused(humwatch("run", "--data", good, "--out", tmp_path / "afile" / "run"), "not a folder")
+    refused(humwatch("fit", "--data", good, "--out", tmp_path / "afile", *MODEL), "not a folder")
+    refused(humwatch("embed", "--data", good, "--out", tmp_path / "afile" / "e.npz"), "not a folder")
     if os.geteuid() != 0:  # root may write anywhere
         ro = tmp_path / "ro"
         ro.mkdir()
         ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
-        refused(asdkit("run", "--data", good, "--out", ro / "run"), "not writable")
+        refused(humwatch("run", "--data", good, "--out", ro / "run"), "not writable")
 
 
 def test_manifests_as_spreadsheets_save_them(base, tmp_path):
@@ -312,29 +312,29 @@ def test_manifests_as_spreadsheets_save_them(base, tmp_path):
     files = sorted((good / "fan/id_00").rglob("*.wav"))
     bom = tmp_path / "bom.csv"
     bom.write_bytes(b"\xef\xbb\xbfpath,label\n" + b"".join(f"{p},{int('abnormal' in str(p))}\n".encode() for p in files))
-    code, _, err = asdkit("run", "--data", bom, "--out", tmp_path / "r", "--epochs", "1", "-q")
+    code, _, err = humwatch("run", "--data", bom, "--out", tmp_path / "r", "--epochs", "1", "-q")
     assert code == 0, err
     short = tmp_path / "short.csv"
     short.write_text("path,machine_type,machine_id,label\n" + f"{files[0]},fan,id_00,0\n" + f"{files[1]},fan\n")
-    refused(asdkit("run", "--data", short, "--out", tmp_path / "x"), "short.csv:3", "2 field(s), the header has 4")
+    refused(humwatch("run", "--data", short, "--out", tmp_path / "x"), "short.csv:3", "2 field(s), the header has 4")
 
 
 # ----------------------------------------------------------------- class 7: late or silent errors
 
 
 def test_errors_come_at_once_and_say_what_is_wrong(base, tmp_path):
-    from asdkit.audio import load_audio
-    from asdkit.errors import AudioError
+    from humwatch.audio import load_audio
+    from humwatch.errors import AudioError
 
     _, good, _ = base
-    refused(asdkit("reproduce", "--data", good, "--out", tmp_path / "t", "--snr", "loud"), "loud")
+    refused(humwatch("reproduce", "--data", good, "--out", tmp_path / "t", "--snr", "loud"), "loud")
     assert not (tmp_path / "t" / "cells").exists()
     (tmp_path / "empty").mkdir()
-    refused(asdkit("explain", "--run", tmp_path / "empty"), "holds no run")
+    refused(humwatch("explain", "--run", tmp_path / "empty"), "holds no run")
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF0000WAVEjunk")
-    refused(asdkit("explain", "--clips", bad, "--out", tmp_path / "x", "--no-models"), "bad.wav")
-    refused(asdkit("explain", "--clips", good / "fan/id_00/normal/00000000.wav", "--out", tmp_path / "x",
+    refused(humwatch("explain", "--clips", bad, "--out", tmp_path / "x", "--no-models"), "bad.wav")
+    refused(humwatch("explain", "--clips", good / "fan/id_00/normal/00000000.wav", "--out", tmp_path / "x",
                    "--backbone", "vit"), "unknown backbone 'vit'")
     quiet = _tone(tmp_path / "quiet.wav", amp=0.0)
     sf.write(str(quiet), np.full(16000, 1e-7, np.float32), 16000, subtype="FLOAT")
@@ -344,7 +344,7 @@ def test_errors_come_at_once_and_say_what_is_wrong(base, tmp_path):
     mp3 = tmp_path / "mp3s" / "normal" / "a.mp3"
     mp3.parent.mkdir(parents=True)
     sf.write(str(mp3), (0.3 * np.sin(np.arange(16000) / 5)).astype(np.float32), 16000, format="MP3")
-    from asdkit.data import load_dataset
+    from humwatch.data import load_dataset
 
     assert [Path(c.path).name for c in load_dataset(tmp_path / "mp3s")] == ["a.mp3"]
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from asdkit.audio import AudioSettings
-from asdkit.errors import ConfigError, DatasetError
-from asdkit.methods import Context, create_method, load_method
-from asdkit.reader import ClipReader
+from humwatch.audio import AudioSettings
+from humwatch.errors import ConfigError, DatasetError
+from humwatch.methods import Context, create_method, load_method
+from humwatch.reader import ClipReader
 
 SECONDS = 2.0
 TINY_NET = {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16}
@@ -20,7 +20,7 @@ TINY_TRAINING = {"epochs": 8, "epoch_crops": 96, "batch_size": 16, "patience": 8
 @pytest.fixture(scope="module")
 def two_fans(tmp_path_factory):
     """Two generated fans (two products: different speeds, blades, resonances), 2 s clips."""
-    from asdkit.data.synth import synthesize
+    from humwatch.data.synth import synthesize
 
     clips = synthesize(tmp_path_factory.mktemp("fans"), machines=["fan"], ids=["00", "02"], n_normal=20, n_anomalous=0,
                        snr_db=6.0, seed=3, seconds=SECONDS, channels=1, progress=False)
@@ -42,7 +42,7 @@ def test_idnet_learns_to_tell_two_machines_apart_and_scores_by_section(two_fans,
     assert rep["n_classes"] == 2 and rep["outlier_exposure"] == "none"
     assert rep["train_loss"][-1] < rep["train_loss"][0]  # it learnt something
     # the classifier names the machine of clips it never saw (an untrained head is at chance)
-    from asdkit.idtrain import classifier_scores
+    from humwatch.idtrain import classifier_scores
 
     emb = m._embed(test)
     own = classifier_scores(m.model_.head, emb.X, [f"fan/{c.machine_id}" for c in emb.clips], m.model_.classes, [])
@@ -53,7 +53,7 @@ def test_idnet_learns_to_tell_two_machines_apart_and_scores_by_section(two_fans,
     # per-section kNN: a clip of fan 02 presented as fan 00 lies far from fan 00's training embeddings
     swapped = [replace(c, machine_id="id_00" if c.machine_id == "id_02" else "id_02") for c in test]
     r, r2 = m.readings(test), m.readings(swapped)
-    from asdkit.metrics import auc
+    from humwatch.metrics import auc
 
     y = [0] * len(test) + [1] * len(swapped)
     for key in ("score", "classifier"):
@@ -89,7 +89,7 @@ def test_one_network_per_run_uses_the_other_machines_of_the_run(two_fans):
 
 
 def test_idnet_settings_are_checked_before_any_work():
-    from asdkit.methods import method_settings
+    from humwatch.methods import method_settings
 
     with pytest.raises(ConfigError, match="idnet: score must be one of knn, classifier"):
         method_settings("idnet", {"score": "vote"})
@@ -98,7 +98,7 @@ def test_idnet_settings_are_checked_before_any_work():
 
 
 def test_aux_finetune_trains_a_random_tiny_backbone_on_the_id_task(two_fans, tmp_path):
-    from asdkit.models import TINY_CONFIGS
+    from humwatch.models import TINY_CONFIGS
 
     train, test = two_fans
     s = {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_CONFIGS["resnext101_32x8d"],
@@ -112,7 +112,7 @@ def test_aux_finetune_trains_a_random_tiny_backbone_on_the_id_task(two_fans, tmp
 
 
 def test_features_backbone_statistics_by_hand_and_round_trip(tmp_path):
-    from asdkit.models import create_backbone
+    from humwatch.models import create_backbone
 
     bb = create_backbone("features", config={"n_mels": 4, "percentiles": [50], "modulation_hz": [[1.0, 5.0]]})
     assert not bb.weights.random_init and bb.embedding_dim == 4 * 5
@@ -141,7 +141,7 @@ def test_features_backbone_statistics_by_hand_and_round_trip(tmp_path):
                                   "autoencoder:epochs=1"]}),
 ])
 def test_every_new_method_makes_a_monitor(two_fans, tmp_path, method, settings):
-    from asdkit.monitor import Monitor, fit_monitor
+    from humwatch.monitor import Monitor, fit_monitor
 
     train, test = two_fans
     one = [c for c in train if c.machine_id == "id_00"]

@@ -1,4 +1,4 @@
-"""`asdkit listen`: the spool, cutting long files, a watched folder sending to a live server, an
+"""`humwatch listen`: the spool, cutting long files, a watched folder sending to a live server, an
 outage the spool rides out (then drains), the command line, and the microphone source (with a
 stand-in for sounddevice: the test machine has no sound card)."""
 
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asdkit.errors import ConfigError
-from asdkit.service.listen import (FolderSource, ListenSettings, MicSource, Sender, Spool, clip_pieces, listen,
+from humwatch.errors import ConfigError
+from humwatch.service.listen import (FolderSource, ListenSettings, MicSource, Sender, Spool, clip_pieces, listen,
                                    spool_file)
 from service_fixtures import LiveServer, env_with_src, fresh_monitors, make_token, write_clip
 
@@ -107,7 +107,7 @@ def test_files_dropped_in_a_watched_folder_become_scored_rows(live_service, tmp_
 
 
 def test_the_spool_rides_out_an_outage_and_drains_when_the_server_is_back(service_monitors, tmp_path):
-    from asdkit.service.store import default_db_url
+    from humwatch.service.store import default_db_url
 
     monitors = fresh_monitors(service_monitors, tmp_path / "monitors", names=("listen-2",))
     token = make_token(default_db_url(monitors), "pi", "ingest,read")
@@ -137,11 +137,11 @@ def test_the_spool_rides_out_an_outage_and_drains_when_the_server_is_back(servic
         server.stop()
 
 
-def test_asdkit_listen_on_the_command_line(live_service, tmp_path):
+def test_humwatch_listen_on_the_command_line(live_service, tmp_path):
     watch, spool = tmp_path / "drop", tmp_path / "spool"
     watch.mkdir()
-    env = {**env_with_src(), "ASDKIT_TOKEN": live_service.tokens["ingest"]}
-    cmd = [sys.executable, "-m", "asdkit.cli", "listen", "--server", live_service.url, "--watch", str(watch),
+    env = {**env_with_src(), "HUMWATCH_TOKEN": live_service.tokens["ingest"]}
+    cmd = [sys.executable, "-m", "humwatch.cli", "listen", "--server", live_service.url, "--watch", str(watch),
            "--machine", "listen-2", "--spool", str(spool), "--existing"]
     write_clip(watch / "before.wav", "normal", 80)  # there before it starts: --existing sends it
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -158,9 +158,9 @@ def test_asdkit_listen_on_the_command_line(live_service, tmp_path):
 
 
 def test_listen_usage_errors_are_one_line(tmp_path, capsys, monkeypatch):
-    from asdkit.cli import main
+    from humwatch.cli import main
 
-    monkeypatch.delenv("ASDKIT_TOKEN", raising=False)
+    monkeypatch.delenv("HUMWATCH_TOKEN", raising=False)
     cases = ((["listen"], "choose one source"),
              (["listen", "--watch", str(tmp_path), "--mic"], "choose one source"),
              (["listen", "--watch", str(tmp_path)], "ingest scope is needed"),

@@ -8,11 +8,11 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from asdkit.errors import AudioError, ConfigError
-from asdkit.methods import METHODS, Context, create_method, load_method
-from asdkit.methods.base import Method, scores_at
-from asdkit.reader import ClipReader
-from asdkit.settings import OneOf, Settings, setting
+from humwatch.errors import AudioError, ConfigError
+from humwatch.methods import METHODS, Context, create_method, load_method
+from humwatch.methods.base import Method, scores_at
+from humwatch.reader import ClipReader
+from humwatch.settings import OneOf, Settings, setting
 from helpers import make_mimii_tree
 
 
@@ -63,9 +63,9 @@ def tree(tmp_path_factory):
 
 
 def test_a_new_method_runs_everywhere_with_one_registry_line(loudness, tree, tmp_path):
-    from asdkit.monitor import Monitor, fit_monitor
-    from asdkit.pipeline import RunConfig, run
-    from asdkit.data import load_dataset
+    from humwatch.monitor import Monitor, fit_monitor
+    from humwatch.pipeline import RunConfig, run
+    from humwatch.data import load_dataset
 
     res = run(RunConfig(data=str(tree), method="loudness", settings={"statistic": "peak"}, save_models=True),
               tmp_path / "run", progress=False)
@@ -82,12 +82,12 @@ def test_a_new_method_runs_everywhere_with_one_registry_line(loudness, tree, tmp
 
 
 def test_score_gives_nan_for_skipped_clips_and_counts_them_once(loudness, tree, tmp_path):
-    from asdkit.data import load_dataset
+    from humwatch.data import load_dataset
 
     clips = load_dataset(tree)
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF0000WAVEnot really")
-    from asdkit.data.clips import Clip
+    from humwatch.data.clips import Clip
 
     odd = Clip(str(bad), "fan", "id_00", 0)
     m = create_method("loudness", {}, Context(reader=ClipReader(on_bad="skip", progress=False))).fit(clips[:8])
@@ -101,7 +101,7 @@ def test_score_gives_nan_for_skipped_clips_and_counts_them_once(loudness, tree, 
 
 
 def test_fit_refuses_no_normal_clips_and_unfitted_use(loudness, tree):
-    from asdkit.data import load_dataset
+    from humwatch.data import load_dataset
 
     anomalous = [c for c in load_dataset(tree) if c.is_anomalous]
     m = create_method("loudness", {}, Context(reader=ClipReader(progress=False)), title="fan")
@@ -112,7 +112,7 @@ def test_fit_refuses_no_normal_clips_and_unfitted_use(loudness, tree):
 
 
 def test_saved_methods_are_sealed(loudness, tree, tmp_path):
-    from asdkit.data import load_dataset
+    from humwatch.data import load_dataset
 
     m = create_method("loudness", {}, Context(reader=ClipReader(progress=False))).fit(load_dataset(tree))
     m.save(tmp_path / "m")

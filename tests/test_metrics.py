@@ -9,9 +9,9 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from asdkit.data.clips import Clip
-from asdkit.errors import ConfigError
-from asdkit.metrics import (
+from humwatch.data.clips import Clip
+from humwatch.errors import ConfigError
+from humwatch.metrics import (
     TABLE_COLUMNS,
     auc,
     auc_interval,
@@ -246,8 +246,8 @@ def test_auc_interval_brackets_the_auc_and_narrows_with_more_clips():
 
 
 def test_group_rows_carry_intervals_and_few_clip_warnings():
-    from asdkit.data.clips import Clip
-    from asdkit.metrics import few_clips_warnings
+    from humwatch.data.clips import Clip
+    from humwatch.metrics import few_clips_warnings
 
     clips = [Clip(f"{i}.wav", "fan", "id_00", int(i >= 12)) for i in range(15)]
     rows = group_table(clips, np.arange(15.0))

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from asdkit.cli import main
-from asdkit.data import load_dataset
-from asdkit.monitor import Monitor, MonitorError, fit_monitor
+from humwatch.cli import main
+from humwatch.data import load_dataset
+from humwatch.monitor import Monitor, MonitorError, fit_monitor
 from helpers import make_mimii_tree
 
 TINY_AST = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_length=128)
@@ -45,7 +45,7 @@ def test_save_load_round_trip_scores_identically(fitted, tmp_path):
     mon, _, clips, cache = fitted
     mon.save(tmp_path / "m")
     doc = json.loads((tmp_path / "m/monitor.json").read_text())
-    assert doc["asdkit_version"] and doc["random_init"] is True and doc["method"] == "embed-detect"
+    assert doc["humwatch_version"] and doc["random_init"] is True and doc["method"] == "embed-detect"
     assert doc["threshold_rule"]["method"] == "percentile" and doc["threshold_rule"]["false_alarm_rate"] == 0.2
     assert not list((tmp_path / "m").glob("*.pkl"))
     back = Monitor.load(tmp_path / "m")
@@ -76,7 +76,7 @@ def test_refuses_what_it_cannot_trust(fitted, tmp_path):
     with pytest.raises(MonitorError, match="checksum"):
         Monitor.load(tmp_path / "m3")
     # ... and, were the manifest rewritten to match, by the method's own checks
-    from asdkit.io import write_manifest
+    from humwatch.io import write_manifest
 
     write_manifest(tmp_path / "m3/method")
     write_manifest(tmp_path / "m3")
@@ -104,7 +104,7 @@ def test_refuses_what_it_cannot_trust(fitted, tmp_path):
     ("finetune", {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_CNN, "epochs": 3}),
 ])
 def test_cli_fit_with_every_method_gives_a_monitor_score_loads(tree, tmp_path, method, settings, capsys):
-    """`asdkit fit --method NAME` for each method; `asdkit score` loads the monitor and scores."""
+    """`humwatch fit --method NAME` for each method; `humwatch score` loads the monitor and scores."""
     argv = ["fit", "--data", str(tree), "--out", str(tmp_path / "mon"), "--method", method, "-q", "--folds", "3",
             "--false-alarm-rate", "0.2", "--threshold-method", "percentile", "--cache", str(tmp_path / "cache")]
     for k, v in settings.items():
@@ -156,7 +156,7 @@ def test_cli_fit_and_score(tree, tmp_path, capsys):
 
 def test_fit_needs_normal_clips(tree):
     anomalous = [c for c in load_dataset(tree) if c.label == 1]
-    from asdkit.errors import DatasetError
+    from humwatch.errors import DatasetError
 
     with pytest.raises(DatasetError, match="needs normal .* found none"):
         fit_monitor(anomalous, "embed-detect", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST}, progress=False)
@@ -196,7 +196,7 @@ def test_the_case_of_few_short_clips_alarms_on_a_clearly_anomalous_clip(tmp_path
     loud = tmp_path / "broken.wav"
     sf.write(str(loud), np.clip(rng.standard_normal(16000 * 4) * 0.5, -1, 1).astype(np.float32), 16000)
     normal = tmp_path / "healthy" / "rec03.wav"
-    from asdkit.data.clips import Clip
+    from humwatch.data.clips import Clip
 
     kept, scores, _ = mon.score_clips([Clip(str(loud), "x", "x", 0), Clip(str(normal), "x", "x", 0)], progress=False)
     assert mon.decide(scores).tolist() == [True, False]
@@ -204,10 +204,10 @@ def test_the_case_of_few_short_clips_alarms_on_a_clearly_anomalous_clip(tmp_path
 
 
 def test_too_few_normal_clips_is_a_clear_error_before_any_embedding(tmp_path, monkeypatch):
-    import asdkit.embed
+    import humwatch.embed
 
     _tone_folder(tmp_path / "few", 6, seconds=[10.0])
-    monkeypatch.setattr(asdkit.embed, "embed_clips", lambda *a, **k: pytest.fail("embedded before checking"))
+    monkeypatch.setattr(humwatch.embed, "embed_clips", lambda *a, **k: pytest.fail("embedded before checking"))
     clips = load_dataset(tmp_path / "few")
     with pytest.raises(Exception, match=r"needs at least 20 normal windows of 10 s, these 6 recording\(s\) give 6"):
         fit_monitor(clips, "embed-detect", {"weights": "none", "backbone_config": TINY_AST}, false_alarm_rate=0.05,
@@ -218,7 +218,7 @@ def test_too_few_normal_clips_is_a_clear_error_before_any_embedding(tmp_path, mo
 
 
 def test_a_monitor_that_cannot_alarm_is_refused(tmp_path, monkeypatch):
-    from asdkit.methods.embed_detect import EmbedDetectMethod
+    from humwatch.methods.embed_detect import EmbedDetectMethod
 
     _tone_folder(tmp_path / "h", 12, seconds=[2.0])
     monkeypatch.setattr(EmbedDetectMethod, "far_scores", lambda self: np.array([0.0]))  # a score with a ceiling
@@ -240,7 +240,7 @@ def test_mixed_lengths_and_rates_fit_and_score_window_by_window(tmp_path, capsys
     argv = ["fit", "--data", str(root), "--out", str(mon_dir), "--backbone", "resnext101_32x8d", "--weights", "none",
             "--backbone-config", json.dumps(TINY_CNN), "--detector", "knn", "--hop", "5", "-q",
             "--cache", str(tmp_path / "c"), "--false-alarm-rate", "0.1"]
-    with caplog.at_level(logging.WARNING, logger="asdkit"):
+    with caplog.at_level(logging.WARNING, logger="humwatch"):
         with pytest.raises(SystemExit) as e:
             main(argv)
     assert e.value.code == 0, capsys.readouterr().err
@@ -283,7 +283,7 @@ def test_score_speaks_to_scripts(fitted, tmp_path, capsys):
 
 
 def test_explain_says_why_a_monitor_alarmed(tmp_path, capsys):
-    """`asdkit explain MONITOR CLIP`: one figure and one summary line naming the time and the band."""
+    """`humwatch explain MONITOR CLIP`: one figure and one summary line naming the time and the band."""
     import soundfile as sf
 
     rng = np.random.default_rng(0)
@@ -309,8 +309,8 @@ def test_explain_says_why_a_monitor_alarmed(tmp_path, capsys):
     assert e.value.code == 0, capsys.readouterr().err
     out = " ".join(capsys.readouterr().out.split())
     assert "ALARM: score" in out and "in 20-30 s" in out
-    from asdkit.explain.alarm import explain_alarm
-    from asdkit.monitor import Monitor
+    from humwatch.explain.alarm import explain_alarm
+    from humwatch.monitor import Monitor
 
     res = explain_alarm(Monitor.load(tmp_path / "m"), tmp_path / "suspect.wav")
     assert res.alarm and res.bands[0]["low_hz"] <= 3100 <= res.bands[0]["high_hz"] and res.bands[0]["delta_db"] > 3
@@ -330,14 +330,14 @@ def test_explain_says_why_a_monitor_alarmed(tmp_path, capsys):
     (["--backbone", "vit"], "backbone"),
 ])
 def test_fit_checks_every_option_before_reading_audio(tree, tmp_path, monkeypatch, capsys, extra, words):
-    import asdkit.audio
-    import asdkit.reader
+    import humwatch.audio
+    import humwatch.reader
 
     def boom(*a, **k):
         raise AssertionError("audio was read before the options were checked")
 
-    monkeypatch.setattr(asdkit.reader, "load_audio", boom)
-    monkeypatch.setattr(asdkit.audio, "load_audio", boom)
+    monkeypatch.setattr(humwatch.reader, "load_audio", boom)
+    monkeypatch.setattr(humwatch.audio, "load_audio", boom)
     with pytest.raises(SystemExit) as e:
         main(["fit", "--data", str(tree), "--out", str(tmp_path / "m"), "--weights", "none", *extra])
     err = capsys.readouterr().err

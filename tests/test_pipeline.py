@@ -1,4 +1,4 @@
-"""`asdkit run` with the autoencoder baseline, end to end on a generated MIMII-layout tree."""
+"""`humwatch run` with the autoencoder baseline, end to end on a generated MIMII-layout tree."""
 
 import csv
 import json
@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from asdkit.cli import main
-from asdkit.data.clips import read_clips_csv
-from asdkit.errors import AudioError, ConfigError
-from asdkit.pipeline import RunConfig, run
+from humwatch.cli import main
+from humwatch.data.clips import read_clips_csv
+from humwatch.errors import AudioError, ConfigError
+from humwatch.pipeline import RunConfig, run
 from helpers import make_mimii_tree
 
 
@@ -21,7 +21,7 @@ def tree(tmp_path_factory):
 def test_autoencoder_run_writes_every_output(tree, tmp_path):
     out = tmp_path / "run"
     res = run(RunConfig(data=str(tree), method="autoencoder", settings={"epochs": 8, "batch_size": 256}), out, progress=False)
-    for name in ("results.json", "results.md", "scores.csv", "split.csv", "config.json", "models/fan/model.safetensors", "models/pump/asdkit_backbone.json"):
+    for name in ("results.json", "results.md", "scores.csv", "split.csv", "config.json", "models/fan/model.safetensors", "models/pump/humwatch_backbone.json"):
         assert (out / name).is_file(), name
     doc = json.loads((out / "results.json").read_text())
     rows = {(r["machine_type"], r["machine_id"]): r for r in doc["rows"]}
@@ -40,7 +40,7 @@ def test_autoencoder_run_writes_every_output(tree, tmp_path):
     assert "| fan" in md and "auc_ci" in md and "Few clips" in md  # every AUC with its interval; 4+2 clips is few
     lo, hi = rows[("fan", "all")]["auc_ci"]
     assert lo <= rows[("fan", "all")]["auc"] <= hi
-    assert doc["versions"]["asdkit"] and doc["machine"]["cores"]
+    assert doc["versions"]["humwatch"] and doc["machine"]["cores"]
 
 
 def test_saved_split_repeats_the_run(tree, tmp_path):
@@ -120,7 +120,7 @@ def test_config_validation():
 
 
 def test_embed_detect_run_records_weights_and_embeddings(tree, tmp_path):
-    from asdkit.embed import EmbeddingSet
+    from humwatch.embed import EmbeddingSet
 
     tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_length=128)
     cfg = RunConfig(data=str(tree), method="embed-detect", machines=["fan"], cache_dir=str(tmp_path / "cache"),

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from helpers import make_mimii_tree
 
-from asdkit.audio import AudioSettings, write_audio
-from asdkit.data.clips import Clip
-from asdkit.embed import embed_clips
-from asdkit.errors import ConfigError
-from asdkit.methods import BackboneSettings, Context
-from asdkit.models import LazyBackbone, create_backbone, plan_backbone, resolve_precision
-from asdkit.models import lazy as lazy_mod
-from asdkit.models import precision as P
-from asdkit.reader import ClipReader
+from humwatch.audio import AudioSettings, write_audio
+from humwatch.data.clips import Clip
+from humwatch.embed import embed_clips
+from humwatch.errors import ConfigError
+from humwatch.methods import BackboneSettings, Context
+from humwatch.models import LazyBackbone, create_backbone, plan_backbone, resolve_precision
+from humwatch.models import lazy as lazy_mod
+from humwatch.models import precision as P
+from humwatch.reader import ClipReader
 
 TINY_AST = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_length=128)
 TINY_RX = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], cardinality=4, base_width=32, stem_width=8)
@@ -37,23 +37,23 @@ def _clips(folder, n, start=0):
 # -- precision auto ----------------------------------------------------------------------------------------
 def test_auto_is_bf16_only_with_native_bf16(monkeypatch):
     monkeypatch.delenv(P.ENV, raising=False)
-    monkeypatch.setattr("asdkit.runinfo.cpu_bf16_flags", lambda: [])
+    monkeypatch.setattr("humwatch.runinfo.cpu_bf16_flags", lambda: [])
     assert resolve_precision("auto", "cpu") == "fp32"  # an AVX2-only CPU: bf16 would be emulated
-    monkeypatch.setattr("asdkit.runinfo.cpu_bf16_flags", lambda: ["avx512_bf16"])
+    monkeypatch.setattr("humwatch.runinfo.cpu_bf16_flags", lambda: ["avx512_bf16"])
     assert resolve_precision("auto", "cpu") == "bf16"
     assert resolve_precision("auto", "mps") == "fp32"
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
     monkeypatch.setenv(P.ENV, "0")  # the override wins over the flags
     assert resolve_precision("auto", "cpu") == "fp32"
     monkeypatch.setenv(P.ENV, "1")
-    monkeypatch.setattr("asdkit.runinfo.cpu_bf16_flags", lambda: [])
+    monkeypatch.setattr("humwatch.runinfo.cpu_bf16_flags", lambda: [])
     assert resolve_precision("auto", "cpu") == "bf16"
     with pytest.raises(ConfigError, match="unknown precision 'fp16'.*auto, fp32, bf16"):
         resolve_precision("fp16")
 
 
 def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
-    import asdkit.runinfo as R
+    import humwatch.runinfo as R
 
     fake = tmp_path / "cpuinfo"
     fake.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
@@ -82,7 +82,7 @@ def test_auto_is_resolved_in_create_backbone_and_keyed_by_what_it_became(monkeyp
 def test_a_monitor_fitted_with_auto_keeps_the_precision_it_chose(monkeypatch, tmp_path):
     """Fitted where auto meant bf16, loaded where it means fp32: the monitor still runs in bf16
     (the embeddings its detector and threshold were made for), and records it."""
-    from asdkit.monitor import fit_monitor, load_monitor
+    from humwatch.monitor import fit_monitor, load_monitor
 
     clips = _clips(tmp_path / "a", 25)
     settings = {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "detector": "knn"}
@@ -107,7 +107,7 @@ def test_a_monitor_fitted_with_auto_keeps_the_precision_it_chose(monkeypatch, tm
                       "detector": "knn"}, lambda m: [bb.precision for bb in m.backbones_]),
 ])
 def test_new_methods_keep_the_precision_auto_chose(monkeypatch, tmp_path, method, settings, precision_of):
-    from asdkit.monitor import fit_monitor, load_monitor
+    from humwatch.monitor import fit_monitor, load_monitor
 
     clips = _clips(tmp_path / "a", 12)
     monkeypatch.setenv(P.ENV, "1")
@@ -123,7 +123,7 @@ def test_new_methods_keep_the_precision_auto_chose(monkeypatch, tmp_path, method
 
 
 def test_run_results_record_the_resolved_precision(monkeypatch, tmp_path):
-    from asdkit.pipeline import RunConfig, run
+    from humwatch.pipeline import RunConfig, run
 
     data = make_mimii_tree(tmp_path / "d", machines=("fan",), ids=("00",), n_normal=10, n_anomalous=2, seconds=2.0)
     monkeypatch.setenv(P.ENV, "1")
@@ -185,7 +185,7 @@ def test_a_fully_cached_rerun_builds_no_network(tmp_path, monkeypatch):
 
 
 def test_cli_embed_rerun_builds_no_network(tmp_path, monkeypatch):
-    from asdkit.cli import main
+    from humwatch.cli import main
 
     builds = []
     real = lazy_mod.LazyBackbone.get

@@ -1,5 +1,5 @@
 """The report page: self-contained HTML (no network), every figure it names exists, the run's
-tables are in it; `explain_run` and `asdkit explain` on a tiny fake run with tiny random-init models."""
+tables are in it; `explain_run` and `humwatch explain` on a tiny fake run with tiny random-init models."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asdkit.data.clips import Clip, write_clips_csv
-from asdkit.errors import ConfigError
-from asdkit.explain.report import Figure, Section, markdown_to_html, write_report
+from humwatch.data.clips import Clip, write_clips_csv
+from humwatch.errors import ConfigError
+from humwatch.explain.report import Figure, Section, markdown_to_html, write_report
 
 TINY_AST = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_length=128)
 TINY_CNN = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], cardinality=4, base_width=32, stem_width=8)
@@ -23,7 +23,7 @@ SECONDS = 1.5
 
 
 def make_run(root: Path, types=("fan", "pump"), ids=("00", "02"), n_normal=3, n_anomalous=2) -> tuple[Path, list[Clip]]:
-    """A run directory as `asdkit run` writes it, over a few short generated WAV clips."""
+    """A run directory as `humwatch run` writes it, over a few short generated WAV clips."""
     rng = np.random.default_rng(0)
     sr = 16000
     t = np.arange(int(SECONDS * sr)) / sr
@@ -46,7 +46,7 @@ def make_run(root: Path, types=("fan", "pump"), ids=("00", "02"), n_normal=3, n_
     rows = [{"machine_type": m, "machine_id": "all", "auc": 0.8125, "pauc": 0.5625, "n_normal": 4, "n_anomalous": 4} for m in types]
     (run / "results.json").write_text(json.dumps({"method": "embed-detect", "label": "ast+lof-vote", "random_init": True,
                                                   "weights": "RANDOM INIT (no pretrained weights): seed 0", "rows": rows}))
-    (run / "results.md").write_text("# asdkit run: ast+lof-vote\n\n**RANDOM INIT: no pretrained weights.**\n\n"
+    (run / "results.md").write_text("# humwatch run: ast+lof-vote\n\n**RANDOM INIT: no pretrained weights.**\n\n"
                                     "| machine_type | machine_id | auc | pauc |\n|---|---|---|---|\n"
                                     + "\n".join(f"| {r['machine_type']} | all | 0.8125 | 0.5625 |" for r in rows) + "\n")
     (run / "config.json").write_text(json.dumps({"config": {"method": "embed-detect", "backbone": "ast", "weights": "none",
@@ -75,7 +75,7 @@ def assert_offline(html: str) -> None:
 
 
 def _png(path: Path) -> Path:
-    from asdkit.explain._plot import pyplot, save_figure
+    from humwatch.explain._plot import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(2, 1))
@@ -130,7 +130,7 @@ EXPECTED = {"spectrograms_linear", "spectrograms_mel", "tsne_label", "tsne_machi
 
 
 def test_explain_run_writes_every_figure_and_a_self_contained_report(tmp_path):
-    from asdkit.explain import explain_run
+    from humwatch.explain import explain_run
 
     run, clips = make_run(tmp_path)
     res = explain_run(run, tmp_path / "out", weights="none", configs=TINY, n_distance_clips=2, n_map_clips=2)
@@ -166,7 +166,7 @@ def test_explain_run_writes_every_figure_and_a_self_contained_report(tmp_path):
 def test_missing_audio_and_weights_become_notes_not_failures(tmp_path):
     import shutil
 
-    from asdkit.explain import explain_run
+    from humwatch.explain import explain_run
 
     run, _ = make_run(tmp_path, types=("fan",), ids=("00",))
     shutil.rmtree(tmp_path / "data")
@@ -180,7 +180,7 @@ def test_missing_audio_and_weights_become_notes_not_failures(tmp_path):
 
 
 def test_reproduce_directory_report_holds_table3(tmp_path):
-    from asdkit.explain import explain_run
+    from humwatch.explain import explain_run
 
     root = tmp_path / "repro"
     (root / "runs").mkdir(parents=True)
@@ -203,11 +203,11 @@ def cli():
     import typer
     from typer.testing import CliRunner
 
-    from asdkit.commands.explain import explain_cmd
+    from humwatch.commands.explain import explain_cmd
 
     app = typer.Typer()
     app.command("explain")(explain_cmd)
-    app.command("other")(lambda: None)  # two commands, so "explain" is a subcommand as in asdkit
+    app.command("other")(lambda: None)  # two commands, so "explain" is a subcommand as in humwatch
     return app, CliRunner()
 
 
@@ -235,7 +235,7 @@ def test_explain_command_run_and_clips(tmp_path, cli):
 
 
 def test_weights_option_parsing():
-    from asdkit.commands.explain import parse_weights
+    from humwatch.commands.explain import parse_weights
 
     bbs = ["ast", "resnext101_32x8d"]
     assert parse_weights(None, bbs) is None

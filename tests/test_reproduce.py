@@ -1,4 +1,4 @@
-"""`asdkit reproduce` (asdkit.reproduce): the study config and its checks, the published numbers,
+"""`humwatch reproduce` (humwatch.reproduce): the study config and its checks, the published numbers,
 the table writer with failed and resumed cells, --weights-dir, and a tiny synthetic run twice."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import asdkit.reproduce as rp
-import asdkit.reproduce.cells as rp_cells
-from asdkit.errors import ConfigError, DatasetError
-from asdkit.reproduce import (
+import humwatch.reproduce as rp
+import humwatch.reproduce.cells as rp_cells
+from humwatch.errors import ConfigError, DatasetError
+from humwatch.reproduce import (
     COLUMNS,
     PUBLISHED,
     ROWS,
@@ -290,11 +290,11 @@ def test_command_exit_status(tmp_path, monkeypatch):
     import typer
     from typer.testing import CliRunner
 
-    from asdkit.commands import reproduce_cmd
+    from humwatch.commands import reproduce_cmd
 
     app = typer.Typer()
     app.command("reproduce")(reproduce_cmd)
-    app.command("other")(lambda: None)  # two commands: the name is an argument, as in asdkit's app
+    app.command("other")(lambda: None)  # two commands: the name is an argument, as in humwatch's app
     data = tmp_path / "mimii"
     data.mkdir()
     monkeypatch.setattr(rp_cells, "run_cell", FakeCells(fail={"autoencoder__fan_00"}))
@@ -348,7 +348,7 @@ def test_synthetic_run_is_repeatable(tmp_path):
 
 
 def test_synthetic_data_is_reused_or_refused(tmp_path, monkeypatch):
-    import asdkit.data.synth as synth
+    import humwatch.data.synth as synth
 
     calls = []
 
@@ -376,8 +376,8 @@ def test_synthetic_data_is_reused_or_refused(tmp_path, monkeypatch):
 def test_weights_dir_cells_for_real(tmp_path):
     """--weights-dir with saved tiny backbones on a small MIMII tree: the cells load them, and a
     random-init origin is still said loudly in the table."""
-    from asdkit.data.synth import synthesize
-    from asdkit.models import create_backbone
+    from humwatch.data.synth import synthesize
+    from humwatch.models import create_backbone
 
     data = tmp_path / "mimii"
     synthesize(data, machines=["fan"], ids=["00"], n_normal=8, n_anomalous=3, progress=False)

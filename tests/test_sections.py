@@ -5,9 +5,9 @@ from types import SimpleNamespace as NS
 import numpy as np
 import pytest
 
-from asdkit.detectors import create_detector
-from asdkit.metrics import add_domain_columns, group_table, official_score
-from asdkit.sections import SectionDetector
+from humwatch.detectors import create_detector
+from humwatch.metrics import add_domain_columns, group_table, official_score
+from humwatch.sections import SectionDetector
 
 
 def clip(mid, domain="", label=0, mtype="m"):

@@ -1,4 +1,4 @@
-"""The JSON API against a live `asdkit serve` on 127.0.0.1: every endpoint's token and scope
+"""The JSON API against a live `humwatch serve` on 127.0.0.1: every endpoint's token and scope
 checks, ingest (raw, multipart, FLAC, idempotent), bad uploads (always a 4xx with one line, never a
 500), scores paging, alerts and acknowledging, the OpenAPI page, and the loopback-only bind."""
 
@@ -33,7 +33,7 @@ def post_clip(c: httpx.Client, machine: str, data: bytes, **params) -> httpx.Res
 def _routes():
     """(method, path, scope) of every route of the API and the dashboard, from the routers
     themselves: a route added later is checked without touching this test."""
-    from asdkit.service import api, dashboard
+    from humwatch.service import api, dashboard
 
     out = []
     for r in list(api.router.routes) + list(dashboard.router.routes):
@@ -64,7 +64,7 @@ def test_every_endpoint_refuses_no_token_401_and_a_token_without_its_scope_403(l
             continue
         url = _fill(path)
         for headers in ({}, {"authorization": "Bearer asdk_not-a-token"}, {"authorization": "Basic dXNlcjpwYXNz"},
-                        {"cookie": "asdkit_token=asdk_wrong"}):
+                        {"cookie": "humwatch_token=asdk_wrong"}):
             r = httpx.request(method, live_service.url + url, headers=headers, timeout=30)
             assert r.status_code == 401, (method, url, headers, r.status_code, r.text[:200])
         with client(live_service, other[scope]) as c:
@@ -86,8 +86,8 @@ def test_html_pages_answer_401_with_the_login_form(live_service):
 def test_a_revoked_token_stops_working_at_once(live_service):
     from service_fixtures import make_token
 
-    from asdkit.service.auth import revoke_token
-    from asdkit.service.store import Store, default_db_url
+    from humwatch.service.auth import revoke_token
+    from humwatch.service.store import Store, default_db_url
 
     db = default_db_url(live_service.monitors)
     tok = make_token(db, "short-lived", "read")
@@ -276,7 +276,7 @@ def test_the_server_listens_on_the_loopback_address_only(live_service):
 
 
 def test_serve_refuses_bad_settings_with_one_line(tmp_path, service_monitors, capsys):
-    from asdkit.cli import main
+    from humwatch.cli import main
 
     for args, words in ((["serve", str(tmp_path / "none")], "no such folder of monitors"),
                         (["serve", str(tmp_path)], "no monitors in this folder"),

@@ -1,10 +1,10 @@
-"""`asdkit token` on the command line; the service's files declared to ship; the dashboard's redirects."""
+"""`humwatch token` on the command line; the service's files declared to ship; the dashboard's redirects."""
 
 from __future__ import annotations
 
 import pytest
 
-from asdkit.cli import main
+from humwatch.cli import main
 
 
 def run(args, capsys):
@@ -15,8 +15,8 @@ def run(args, capsys):
 
 
 def test_token_create_list_revoke(tmp_path, capsys):
-    from asdkit.service.auth import authenticate
-    from asdkit.service.store import Store, default_db_url
+    from humwatch.service.auth import authenticate
+    from humwatch.service.store import Store, default_db_url
 
     where = ["--monitors", str(tmp_path)]
     code, out, err = run(["token", "create", "plant-pi", "--scope", "ingest", *where], capsys)
@@ -49,15 +49,15 @@ def test_token_errors_are_one_line(args, words, tmp_path, capsys):
 
 def test_every_file_the_service_needs_is_declared_to_ship():
     """Templates, static files, the vendored libraries and the migrations' template are not Python
-    modules: each must match a package-data pattern of pyproject.toml, or an installed asdkit
+    modules: each must match a package-data pattern of pyproject.toml, or an installed humwatch
     would serve pages without them."""
     import fnmatch
     from pathlib import Path
 
     tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with tomllib")
     root = Path(__file__).resolve().parents[1]
-    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["asdkit"]
-    pkg = root / "src" / "asdkit"
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["humwatch"]
+    pkg = root / "src" / "humwatch"
     files = [p.relative_to(pkg).as_posix() for p in (pkg / "service").rglob("*")
              if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
     assert len(files) >= 15
@@ -66,7 +66,7 @@ def test_every_file_the_service_needs_is_declared_to_ship():
 
 
 def test_dashboard_redirects_only_to_its_own_pages():
-    from asdkit.service.dashboard import _local_path
+    from humwatch.service.dashboard import _local_path
 
     assert _local_path("/alerts?state=open") == "/alerts?state=open"
     for target in ("//evil.example/x", "/\\evil.example", "https://evil.example", "", None, "alerts"):

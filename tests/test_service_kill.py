@@ -15,7 +15,7 @@ from service_fixtures import LiveServer, clip_bytes, fresh_monitors, iso, make_t
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_every_clip_answered_200_survives_a_sigkill(backend, service_monitors, tmp_path, request):
-    from asdkit.service.store import ClipRow, Store, default_db_url
+    from humwatch.service.store import ClipRow, Store, default_db_url
 
     monitors = fresh_monitors(service_monitors, tmp_path / "monitors", names=("api-1", "api-2"))
     db = default_db_url(monitors) if backend == "sqlite" else request.getfixturevalue("postgres").new_database("kill")

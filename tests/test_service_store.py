@@ -12,13 +12,13 @@ import uuid
 import pytest
 from sqlalchemy import func, select, text
 
-from asdkit.errors import ConfigError
-from asdkit.service.alerts import AlertRule, acknowledge, on_clip
-from asdkit.service.auth import authenticate, create_token, list_tokens, revoke_token
-from asdkit.service.config import ServiceSettings
-from asdkit.service.ingest import Ingestor, Upload, clip_key
-from asdkit.service.scoring import MonitorPool
-from asdkit.service.store import Alert, ClipRow, Machine, Store, StoreError, Token
+from humwatch.errors import ConfigError
+from humwatch.service.alerts import AlertRule, acknowledge, on_clip
+from humwatch.service.auth import authenticate, create_token, list_tokens, revoke_token
+from humwatch.service.config import ServiceSettings
+from humwatch.service.ingest import Ingestor, Upload, clip_key
+from humwatch.service.scoring import MonitorPool
+from humwatch.service.store import Alert, ClipRow, Machine, Store, StoreError, Token
 from service_fixtures import write_clip
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
@@ -66,7 +66,7 @@ def test_migrations_build_exactly_the_models_schema(store):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from asdkit.service.store import Base
+    from humwatch.service.store import Base
 
     assert store.current_revision() == store.head_revision()
     store.migrate()  # again: nothing to do
@@ -82,7 +82,7 @@ def test_migrations_build_exactly_the_models_schema(store):
 
 def test_an_unmigrated_database_is_refused_with_one_line(tmp_path):
     s = Store(f"sqlite:///{tmp_path / 'empty.db'}")
-    with pytest.raises(StoreError, match="schema is at nothing.*asdkit serve"):
+    with pytest.raises(StoreError, match="schema is at nothing.*humwatch serve"):
         s.check_schema()
     s.close()
     with pytest.raises(StoreError, match="not a database URL"):
@@ -230,7 +230,7 @@ def test_tokens_are_stored_as_hashes_with_scopes_and_can_be_revoked(store):
 
 
 def test_client_file_names_are_reduced_to_a_safe_last_part():
-    from asdkit.service.ingest import safe_filename
+    from humwatch.service.ingest import safe_filename
 
     assert safe_filename("../../etc/passwd") == "passwd"
     assert safe_filename("C:\\rec\\pump 07.wav") == "pump_07.wav"
@@ -257,7 +257,7 @@ def test_a_database_that_goes_away_is_a_503_never_a_500(pool):
     the answer is 503 with one line and Retry-After, and /health says so for the load balancer."""
     from fastapi.testclient import TestClient
 
-    from asdkit.service.app import Service, create_app
+    from humwatch.service.app import Service, create_app
     from service_fixtures import free_port
 
     settings = ServiceSettings(monitors=str(pool.folder), db=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none",
@@ -267,7 +267,7 @@ def test_a_database_that_goes_away_is_a_503_never_a_500(pool):
     with TestClient(app, raise_server_exceptions=False) as c:
         health = c.get("/health")
         api = c.get("/api/v1/machines", headers={"authorization": "Bearer asdk_anything"})
-        page = c.get("/", headers={"accept": "text/html", "cookie": "asdkit_token=asdk_anything"})
+        page = c.get("/", headers={"accept": "text/html", "cookie": "humwatch_token=asdk_anything"})
     for r in (health, api, page):
         assert r.status_code == 503 and r.json() == {"detail": "the database is not available"}
         assert r.headers["retry-after"] == "5"
@@ -275,13 +275,13 @@ def test_a_database_that_goes_away_is_a_503_never_a_500(pool):
 
 
 def test_the_monitors_of_a_folder_are_its_monitor_subfolders(service_monitors, tmp_path):
-    from asdkit.service.scoring import find_monitors
+    from humwatch.service.scoring import find_monitors
 
     one = service_monitors / "store-1"
     shutil.copytree(one, tmp_path / "pump-07")
-    shutil.copytree(one, tmp_path / ".pump-08.tmp-x1y2")  # being written by `asdkit fit`: not a machine yet
+    shutil.copytree(one, tmp_path / ".pump-08.tmp-x1y2")  # being written by `humwatch fit`: not a machine yet
     (tmp_path / "notes").mkdir()
-    (tmp_path / "asdkit-service.db").write_bytes(b"")
+    (tmp_path / "humwatch-service.db").write_bytes(b"")
     assert find_monitors(tmp_path) == {"pump-07": tmp_path / "pump-07"}
     assert find_monitors(tmp_path / "pump-07") == {"pump-07": tmp_path / "pump-07"}  # a monitor itself: one machine
     shutil.copytree(one, tmp_path / "pump 09")

@@ -30,7 +30,7 @@ class Receiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["content-length"]))
                 doc = json.loads(body)
-                receiver.calls.append({"doc": doc, "body": body, "signature": self.headers.get("x-asdkit-signature")})
+                receiver.calls.append({"doc": doc, "body": body, "signature": self.headers.get("x-humwatch-signature")})
                 if doc["alert"]["id"] == 1:
                     time.sleep(1.5)
                     self.send_response(500)
@@ -61,7 +61,7 @@ def wait_for(predicate, timeout=60.0, step=0.2):
 
 
 def test_a_failing_webhook_is_retried_off_the_ingest_path_and_signed(service_monitors, tmp_path):
-    from asdkit.service.store import default_db_url
+    from humwatch.service.store import default_db_url
 
     monitors = fresh_monitors(service_monitors, tmp_path / "monitors", names=("api-1",))
     db = default_db_url(monitors)

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from asdkit.data import Clip, drop_anomalies, read_clips_csv, split_counts, study_split, write_clips_csv
-from asdkit.data.split import format_split_counts, load_split, save_split
-from asdkit.errors import ConfigError, DatasetError
+from humwatch.data import Clip, drop_anomalies, read_clips_csv, split_counts, study_split, write_clips_csv
+from humwatch.data.split import format_split_counts, load_split, save_split
+from humwatch.errors import ConfigError, DatasetError
 
 
 def clips_for(machine: str, mid: str, n_normal: int, n_anomalous: int) -> list[Clip]:

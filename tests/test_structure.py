@@ -1,6 +1,6 @@
-"""The shape of the source tree: no import cycles among asdkit's modules, no oversized modules.
+"""The shape of the source tree: no import cycles among humwatch's modules, no oversized modules.
 
-Both read the files under ``src/asdkit`` as text (``ast``); nothing is imported.
+Both read the files under ``src/humwatch`` as text (``ast``); nothing is imported.
 """
 
 from __future__ import annotations
@@ -8,18 +8,18 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "asdkit"
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "humwatch"
 
 MAX_LINES = 500
 OVERSIZED: set[str] = set()
-"""Modules allowed over MAX_LINES for a while (paths relative to src/asdkit); empty since every module was split."""
+"""Modules allowed over MAX_LINES for a while (paths relative to src/humwatch); empty since every module was split."""
 
 
 def _modules() -> dict[str, Path]:
     """Dotted module name -> file, for every module of the package (a package is its __init__)."""
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):
-        parts = ("asdkit",) + path.relative_to(PACKAGE).with_suffix("").parts
+        parts = ("humwatch",) + path.relative_to(PACKAGE).with_suffix("").parts
         if parts[-1] == "__init__":
             parts = parts[:-1]
         out[".".join(parts)] = path
@@ -58,10 +58,10 @@ def _ancestors(name: str) -> list[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the asdkit modules its module-level imports run.
+    """Module -> the humwatch modules its module-level imports run.
 
-    ``from asdkit.pkg import name`` goes to ``asdkit.pkg.name`` when that is a module, else to
-    ``asdkit.pkg``. Importing ``asdkit.a.b`` also runs ``asdkit.a`` (and ``asdkit``), so those are
+    ``from humwatch.pkg import name`` goes to ``humwatch.pkg.name`` when that is a module, else to
+    ``humwatch.pkg``. Importing ``humwatch.a.b`` also runs ``humwatch.a`` (and ``humwatch``), so those are
     edges too, except the importer's own parent packages: Python has started those before the
     importer runs, so importing a sibling does not run them again.
     """
@@ -88,7 +88,7 @@ def import_graph() -> dict[str, set[str]]:
         own_ancestors = set(_ancestors(name))
         for target in targets:
             if target not in modules:
-                continue  # not asdkit's (numpy, torch ...)
+                continue  # not humwatch's (numpy, torch ...)
             edges.add(target)
             edges.update(a for a in _ancestors(target) if a not in own_ancestors)
         edges.discard(name)
@@ -126,7 +126,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_import_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     graph = import_graph()
-    assert graph["asdkit.data"] >= {"asdkit.data.clips", "asdkit.data.loading"}, "the import graph misses edges"
+    assert graph["humwatch.data"] >= {"humwatch.data.clips", "humwatch.data.loading"}, "the import graph misses edges"
     cycle = find_cycle(graph)
     if cycle:
         print("import cycle: " + " -> ".join(cycle))

@@ -1,4 +1,4 @@
-"""The built-in MIMII-like generator (asdkit.data.synth): layout, format, determinism, mixing, physics.
+"""The built-in MIMII-like generator (humwatch.data.synth): layout, format, determinism, mixing, physics.
 
 Clips here are 1-2 s long so the whole file runs in a few seconds.
 """
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asdkit.data.clips import read_clips_csv
-from asdkit.data.synth import (
+from humwatch.data.clips import read_clips_csv
+from humwatch.data.synth import (
     ANOMALY_KINDS,
     MACHINES,
     render_clip,
@@ -23,8 +23,8 @@ from asdkit.data.synth import (
     snr_folder_name,
     synthesize,
 )
-from asdkit.errors import ConfigError
-from asdkit.features import ae_logmel
+from humwatch.errors import ConfigError
+from humwatch.features import ae_logmel
 
 SR = 16000
 

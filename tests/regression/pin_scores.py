@@ -32,7 +32,7 @@ RUNS = {
 
 
 def make_data(root: Path) -> Path:
-    from asdkit.data.synth import synthesize
+    from humwatch.data.synth import synthesize
 
     synthesize(root, progress=False, channels=2, **DATA)
     return root
@@ -40,7 +40,7 @@ def make_data(root: Path) -> Path:
 
 def run_all(data: Path, work: Path, cache: Path) -> dict[str, dict[str, float]]:
     """{run name: {clip path relative to data: score}} for every run of :data:`RUNS`."""
-    from asdkit.cli import main
+    from humwatch.cli import main
 
     out: dict[str, dict[str, float]] = {}
     for name, args in RUNS.items():

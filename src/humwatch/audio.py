@@ -1,0 +1,216 @@
+"""Reading machine recordings.
+
+MIMII clips are 8-channel, 16 kHz, 10 s WAV files. :func:`load_audio` turns any readable file into
+the mono 16 kHz float32 signal the frontends expect: the channels are averaged (as the study does)
+or one is picked, other sample rates are resampled, and the clip is padded or cut to the expected
+length with a note. Anything unusable raises :class:`~humwatch.errors.AudioError` with one line that
+names the file; features never see NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from humwatch.errors import AudioError
+
+log = logging.getLogger("humwatch")
+
+SAMPLE_RATE = 16_000
+"""MIMII's sample rate; every frontend works at this rate."""
+CLIP_SECONDS = 10.0
+"""MIMII's clip length."""
+SILENCE_PEAK = 1e-6
+"""A clip whose peak amplitude is below this (full scale = 1.0) is treated as silent."""
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
+MAX_FILE_BYTES = 4 << 30
+"""The largest audio file humwatch opens (4 GiB: 37 hours of 16 kHz 16-bit mono, 9 hours of MIMII's 8 channels)."""
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    """How a file becomes the signal a model sees."""
+
+    sample_rate: int = SAMPLE_RATE
+    seconds: float | None = CLIP_SECONDS  # None keeps the file's own length
+    channel: int | None = None  # None averages all channels (the study's choice)
+
+    @property
+    def n_samples(self) -> int | None:
+        return None if self.seconds is None else int(round(self.seconds * self.sample_rate))
+
+
+def load_audio(
+    path: str | os.PathLike,
+    settings: AudioSettings | None = None,
+    *,
+    notes: list[str] | None = None,
+    start: float = 0.0,
+) -> np.ndarray:
+    """Read ``path`` as a mono float32 signal at ``settings.sample_rate``; with ``start`` (seconds),
+    the window of ``settings.seconds`` that begins there (a window of a long recording).
+
+    Padding, cutting and resampling are reported as notes (appended to ``notes`` when given, and
+    logged at INFO level). Raises :class:`AudioError` for an unusable file.
+    """
+    s = settings or AudioSettings()
+    path = check_file(path)
+    info = _header(path)
+    try:
+        first = int(round(start * info.samplerate)) if start else 0
+        if first and not 0 <= first < info.frames:
+            raise AudioError(f"{path}: no audio at {start:g} s (it is {info.frames / info.samplerate:.2f} s long)")
+        count = -1 if s.seconds is None or not first else min(info.frames - first, int(np.ceil(s.seconds * info.samplerate)))
+        data, sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True, start=first, frames=count)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AudioError(f"{path}: not readable audio ({reason})") from None
+    if info.format in ("WAV", "WAVEX"):
+        short = _wav_data_shortfall(path)
+        if short:
+            raise AudioError(f"{path}: truncated (header says {short[0]} bytes of audio, file holds {short[1]})")
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: holds no samples")
+    if info.frames > 0 and data.shape[0] < (info.frames - first if count < 0 else count):
+        raise AudioError(
+            f"{path}: truncated (header says {info.frames} frames, file holds {data.shape[0]})"
+        )
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: contains NaN or infinite samples")
+
+    n_ch = data.shape[1]
+    if s.channel is not None:
+        if not 0 <= s.channel < n_ch:
+            raise AudioError(f"{path}: has {n_ch} channel(s), channel {s.channel} asked for")
+        y = data[:, s.channel]
+    else:
+        y = data.mean(axis=1)
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    peak = float(np.max(np.abs(y)))
+    if peak < SILENCE_PEAK:
+        raise AudioError(f"{path}: silent (all samples are zero)" if peak == 0 else
+                         f"{path}: silent (peak amplitude {peak:.2g}, below {SILENCE_PEAK:g} of full scale)")
+
+    def note(msg: str) -> None:
+        log.info("%s: %s", path, msg)
+        if notes is not None:
+            notes.append(f"{path}: {msg}")
+
+    if sr != s.sample_rate:
+        import librosa
+
+        y = librosa.resample(y, orig_sr=sr, target_sr=s.sample_rate, res_type="soxr_hq")
+        y = np.ascontiguousarray(y, dtype=np.float32)
+        note(f"resampled from {sr} Hz to {s.sample_rate} Hz")
+    n = s.n_samples
+    if n is not None and len(y) != n:
+        if len(y) < n:
+            note(f"padded with silence from {len(y) / s.sample_rate:.2f} s to {n / s.sample_rate:.2f} s")
+            y = np.pad(y, (0, n - len(y)))
+        else:
+            note(f"cut from {len(y) / s.sample_rate:.2f} s to {n / s.sample_rate:.2f} s")
+            y = y[:n]
+    return y
+
+
+def write_audio(path: str | os.PathLike, y: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write ``y`` (samples, or samples x channels) as 16-bit PCM WAV, whole or not at all."""
+    from humwatch.io import atomic_path
+
+    with atomic_path(path, suffix=".wav") as tmp:
+        sf.write(os.fsencode(tmp), np.asarray(y), sample_rate, subtype="PCM_16", format="WAV")
+
+
+def check_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is a regular file (through symlinks) of 1 byte to :data:`MAX_FILE_BYTES`;
+    otherwise AudioError at once. Nothing else is ever opened: a FIFO, a device such as /dev/zero
+    or a socket would make a read hang or never end."""
+    import stat
+
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise AudioError(f"{path}: no such file") from None
+    except OSError as e:  # a symlink loop, a name too long, no permission to look
+        raise AudioError(f"{path}: not accessible ({e.strerror or type(e).__name__})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioError(f"{path}: is a folder, not an audio file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file"
+        raise AudioError(f"{path}: {kind}, not an audio file")
+    if st.st_size == 0:
+        raise AudioError(f"{path}: empty file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise AudioError(f"{path}: {st.st_size / 2**30:.1f} GiB, larger than the {MAX_FILE_BYTES / 2**30:.0f} GiB humwatch reads")
+    return path
+
+
+def header(path: str | os.PathLike):
+    """An audio file's header (soundfile's info: ``frames``, ``samplerate``, ``format``...; nothing
+    decoded); AudioError saying why when ``path`` is not a readable audio file."""
+    return _header(check_file(path))
+
+
+def _header(path: Path):
+    try:
+        return sf.info(os.fsencode(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AudioError(f"{path}: not readable audio ({reason})") from None
+
+
+def duration(path: str | os.PathLike) -> float | None:
+    """A file's length in seconds from its header (None when it is not a readable audio file)."""
+    try:
+        info = header(path)
+    except (AudioError, OSError):
+        return None
+    return info.frames / info.samplerate if info.samplerate else None
+
+
+def window_starts(total: float, seconds: float, hop: float) -> list[float]:
+    """Where the ``seconds``-long windows of a ``total``-second recording begin, ``hop`` apart; a
+    last window ends at the recording's end when at least a second would be left out. A recording
+    no longer than one window has one window, at 0."""
+    if total <= seconds + 1e-6:
+        return [0.0]
+    starts = [round(k * hop, 6) for k in range(int(np.floor((total - seconds) / hop + 1e-9)) + 1)]
+    if total - (starts[-1] + seconds) >= 1.0:
+        starts.append(round(total - seconds, 6))
+    return starts
+
+
+def find_audio(folder: str | os.PathLike) -> list[Path]:
+    """All audio files below ``folder``, sorted."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:
+    """``(declared, present)`` byte counts of a RIFF WAV's data chunk when the file ends before it
+    does (libsndfile then quietly shortens its frame count), else None."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return None
+        endian = "<" if head[:4] == b"RIFF" else ">"
+        size = os.fstat(f.fileno()).st_size
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk, length = struct.unpack(endian + "4sI", f.read(8))
+            if chunk == b"data":
+                if length in (0, 0xFFFFFFFF):  # streamed: length not written
+                    return None
+                present = size - (pos + 8)
+                return (length, present) if length > present else None
+            pos += 8 + length + (length & 1)
+    return None

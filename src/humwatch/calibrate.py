@@ -1,0 +1,210 @@
+"""Fitting a monitor: a method learns a machine's healthy sound, and a threshold is calibrated so that
+a chosen share of normal windows would raise an alarm.
+
+**Calibration by cross-validation.** The normal recordings (each cut into ``seconds``-long windows
+``hop`` apart) are split into ``folds`` groups (by recording; a few long recordings are cut into
+contiguous time blocks instead, so windows of the same stretch of sound never sit on both sides).
+Each group is scored by the method fitted on the others, which gives every normal window an
+out-of-fold score: what an unseen normal window scores. The threshold is the ``1 - rate`` quantile
+of those scores: ``percentile`` (empirical) or ``gamma`` (a gamma distribution fitted to them, as
+the DCASE 2021+ baselines do; steadier with few windows). The false-alarm rate is **per window**
+(one window = ``seconds`` of sound): a recording alarms when any of its windows does. Then the final
+method is fitted on every normal window. A supervised method (``finetune``) folds its anomalous
+recordings the same way and trains on them; an unsupervised one never sees them, and when the data
+has some they are only used to report an AUC against the out-of-fold normal scores.
+
+**Checks before any work**: the method's settings, the false-alarm rate and threshold method, and
+whether there are enough normal windows for the rate (``percentile`` needs ``ceil(1 / rate)``;
+``gamma`` needs :data:`humwatch.metrics.GAMMA_MIN_SCORES`) and enough per fold for the method.
+**Check after fitting**: inputs far from the training data (:meth:`Method.far_scores`) must score
+above the threshold; a monitor that cannot alarm is refused, not saved.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import Sequence
+
+import numpy as np
+
+from humwatch.audio import AudioSettings
+from humwatch.data.clips import Clip, expand_windows
+from humwatch.errors import ConfigError, DatasetError
+
+THRESHOLD_METHODS = ("percentile", "gamma")
+
+
+def windows_needed(false_alarm_rate: float, threshold_method: str) -> int:
+    """How many out-of-fold normal scores the threshold rule needs."""
+    from humwatch.metrics import GAMMA_MIN_SCORES
+
+    if threshold_method == "percentile":
+        return max(1, math.ceil(1.0 / false_alarm_rate - 1e-9))
+    return GAMMA_MIN_SCORES
+
+
+def fold_groups(windows: Sequence[Clip], folds: int) -> np.ndarray:
+    """Fold index of every window: whole recordings per fold when there are at least ``folds`` of
+    them (dealt round-robin in path order), else contiguous blocks of the windows in time order."""
+    paths = sorted({w.path for w in windows})
+    if len(paths) >= folds:
+        of = {p: i % folds for i, p in enumerate(paths)}
+        return np.array([of[w.path] for w in windows])
+    order = sorted(range(len(windows)), key=lambda i: (windows[i].path, windows[i].start))
+    groups = np.empty(len(windows), dtype=int)
+    for rank, i in enumerate(order):
+        groups[i] = rank * folds // len(windows)
+    return groups
+
+
+def fit_monitor(
+    clips: Sequence[Clip],
+    method: str = "embed-detect",
+    settings: dict | None = None,
+    *,
+    false_alarm_rate: float = 0.05,
+    threshold_method: str = "gamma",
+    folds: int = 5,
+    seconds: float = 10.0,
+    hop: float | None = None,
+    seed: int = 0,
+    audio: AudioSettings | None = None,
+    skip_bad: bool = False,
+    cache_dir=None,
+    progress: bool = True,
+    device: str = "cpu",
+) -> tuple["Monitor", dict]:  # noqa: F821
+    """Fit a monitor with ``method`` (and its ``settings``) on ``clips``; returns (monitor, summary)."""
+    from humwatch import __version__
+    from humwatch.methods import Context, create_method, method_settings
+    from humwatch.metrics import auc, threshold_from_scores
+    from humwatch.monitor import Monitor, max_per_recording, recording_notes
+    from humwatch.reader import ClipReader
+
+    # -- everything that can be checked before reading audio or building a model
+    if threshold_method not in THRESHOLD_METHODS:
+        raise ConfigError(f"unknown threshold method {threshold_method!r} (choose from {', '.join(THRESHOLD_METHODS)})")
+    if isinstance(false_alarm_rate, bool) or not isinstance(false_alarm_rate, (int, float)) or not 0 < false_alarm_rate < 1:
+        raise ConfigError(f"false-alarm rate must be between 0 and 1, got {false_alarm_rate}")
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"folds must be a whole number 2 or more, got {folds!r}")
+    if not (isinstance(seconds, (int, float)) and 0.5 <= seconds <= 600):
+        raise ConfigError(f"window length must be from 0.5 to 600 seconds, got {seconds!r}")
+    hop = float(hop if hop is not None else seconds)
+    if not 0 < hop <= seconds:
+        raise ConfigError(f"hop must be above 0 and at most the window length ({seconds:g} s), got {hop:g}")
+    s = method_settings(method, settings)
+    base = audio or AudioSettings()
+    audio = AudioSettings(base.sample_rate, float(seconds), base.channel)
+    ctx = Context(reader=ClipReader(audio, "skip" if skip_bad else "error", progress),
+                  cache_dir=str(cache_dir) if cache_dir is not None else None, seed=seed, device=device)
+    m = create_method(method, s, ctx, title="monitor")
+    normal = [c for c in clips if not c.is_anomalous]
+    anomalous = [c for c in clips if c.is_anomalous]
+    if not normal:
+        raise DatasetError("a monitor needs normal (healthy) recordings to learn from; found none")
+    windows = expand_windows(normal, seconds, hop)
+    need = windows_needed(false_alarm_rate, threshold_method)
+    if len(windows) < need:
+        raise DatasetError(
+            f"a false-alarm rate of {false_alarm_rate:g} with the {threshold_method} threshold needs at least {need} "
+            f"normal windows of {seconds:g} s, these {len(normal)} recording(s) give {len(windows)}: record more, or "
+            + ("raise --false-alarm-rate" if threshold_method == "gamma" else
+               f"raise --false-alarm-rate to {1 / len(windows):.2g}, or use --threshold-method gamma"))
+    k = min(folds, len(windows))
+    per_fold = len(windows) - math.ceil(len(windows) / k)
+    if per_fold < m.min_fit_clips():
+        raise DatasetError(f"{method}: each of the {k} calibration folds trains on {per_fold} normal windows, "
+                           f"it needs at least {m.min_fit_clips()}: record more")
+    if m.supervised and not anomalous:
+        raise DatasetError(f"{method} learns from normal and anomalous recordings; found no anomalous ones")
+    recording_notes(clips, audio)
+
+    # -- out-of-fold scores of every normal window
+    bad = expand_windows(anomalous, seconds, hop) if anomalous else []
+    groups = fold_groups(windows, k)
+    bad_groups = fold_groups(bad, k) if bad else np.zeros(0, int)
+    oof = np.full(len(windows), np.nan)
+    oof_bad = np.full(len(bad), np.nan)
+    for f in range(k):
+        fm = create_method(method, s, ctx, title=f"monitor: fold {f + 1}/{k}")
+        train = [w for w, g in zip(windows, groups) if g != f]
+        if m.supervised:
+            train += [w for w, g in zip(bad, bad_groups) if g != f]
+        fm.fit(train)
+        held = [i for i in range(len(windows)) if groups[i] == f]
+        oof[held] = fm.score([windows[i] for i in held])
+        if m.supervised and len(bad):
+            held_bad = [i for i in range(len(bad)) if bad_groups[i] == f]
+            oof_bad[held_bad] = fm.score([bad[i] for i in held_bad])
+    ok = np.isfinite(oof)
+    if ok.sum() < need:
+        raise DatasetError(f"only {int(ok.sum())} normal windows could be scored (bad files skipped); {need} are needed")
+    threshold = threshold_from_scores(oof[ok], false_alarm_rate=false_alarm_rate, method=threshold_method)
+
+    # -- the final method on every normal window (and the anomalous ones, if it learns from them)
+    m.title = "monitor"
+    m.fit(windows + (bad if m.supervised else []))
+    far = m.far_scores()
+    if not np.any(np.asarray(far) > threshold):
+        raise ConfigError(
+            f"this monitor could never alarm: inputs far from the training data score at most {np.nanmax(far):.4g}, "
+            f"not above the calibrated threshold {threshold:.4g} ({m.label}); choose another detector or method")
+    reference = _reference(ctx.reader, [w for w, g in zip(windows, ok) if g], audio)
+    info = m.info()
+
+    # -- what the anomalous recordings say (never used for the threshold)
+    report_auc = None
+    if anomalous:
+        if not m.supervised:
+            oof_bad = m.score(bad)
+        normal_rec = max_per_recording([w for w, g in zip(windows, ok) if g], oof[ok])
+        fine = np.isfinite(oof_bad)
+        bad_rec = max_per_recording([w for w, g in zip(bad, fine) if g], oof_bad[fine])
+        if normal_rec and bad_rec:
+            y = [0] * len(normal_rec) + [1] * len(bad_rec)
+            report_auc = auc(y, list(normal_rec.values()) + list(bad_rec.values()))
+
+    mon_settings = {
+        "humwatch_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machines": sorted({f"{c.machine_type} {c.machine_id}" for c in normal}),
+        "method": method,
+        "label": m.label,
+        "weights": info.get("weights", ""),
+        "random_init": bool(info.get("random_init", False)),
+        "audio": {"sample_rate": audio.sample_rate, "seconds": audio.seconds, "channel": audio.channel},
+        "hop": hop,
+        "threshold_rule": {"method": threshold_method, "false_alarm_rate": false_alarm_rate, "per": "window",
+                           "folds": k, "n_windows": int(ok.sum()), "n_recordings": len(normal), "seed": seed},
+        "n_train": m.n_train_,
+        "reference_windows": reference.n_windows if reference is not None else 0,
+    }
+    summary = {
+        "n_recordings": len(normal),
+        "n_windows": len(windows),
+        "n_train": m.n_train_,
+        "n_calibration": int(ok.sum()),
+        "folds": k,
+        "n_anomalous": len(anomalous),
+        "threshold": threshold,
+        "oof_alarm_share": float(np.mean(oof[ok] > threshold)),
+        "anomalous_auc": report_auc,
+        "skipped": list(ctx.reader.skipped),
+        "weights": info.get("weights", ""),
+        "random_init": bool(info.get("random_init", False)),
+        "label": m.label,
+    }
+    return Monitor(method=m, threshold=threshold, settings=mon_settings, reference=reference), summary
+
+
+def _reference(reader, windows: Sequence[Clip], audio: AudioSettings):
+    """The normal reference of the "why did it alarm" figure, from the normal windows (bad ones skipped)."""
+    from humwatch.explain.alarm import NormalReference
+
+    signals = (y for _, ys in reader.batches(windows, 16, "monitor: normal reference") for y in ys)
+    try:
+        return NormalReference.from_signals(signals, audio.sample_rate)
+    except ValueError:
+        return None

@@ -1,0 +1,262 @@
+"""``humwatch compare``: several methods on the same split, one leaderboard.
+
+    OUT/split.csv                 the one split every method uses (made once, reused on a rerun)
+    OUT/compare-data.json         what the split was made from (a rerun on other data is refused)
+    OUT/runs/<name>/              one run directory per method (:mod:`humwatch.pipeline`)
+    OUT/methods/<name>.json       each method's record: status, seconds, peak memory, AUCs
+    OUT/compare.{md,csv,json}     the leaderboard (:mod:`humwatch.compare_report`)
+    OUT/compare.png               AUC and pAUC, methods by machine type
+
+Every method's settings are checked before any work. Methods run one after the other, each
+through :func:`humwatch.pipeline.run`, sharing the embedding cache (a backbone's embeddings are
+computed once for every method that uses it). By default each runs in a fresh process
+(``isolate``), so that its peak memory (the process's maximum resident set) is its own and a crash
+cannot take the others down; ``isolate=False`` runs them here (faster to start; no memory column).
+Like ``reproduce``, it is resumable: a method whose record says it finished with the same settings
+and split is not run again, and a failed one is reported with its reason and retried next time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from humwatch.errors import HumwatchError, ConfigError
+from humwatch.io import file_sha256, read_json, write_json
+from humwatch.methods.spec import MethodSpec, check_unique, spec_from_entry
+from humwatch.progress import console
+
+DEFAULT_METHODS = (
+    "autoencoder",
+    "embed-detect:backbone=features,detector=mahalanobis,standardize=true",
+    "idnet",
+)
+"""What ``humwatch compare`` runs when no method is named: the baseline and the two weight-free methods."""
+
+
+@dataclass
+class Comparison:
+    """The outcome of :func:`compare`: one record per method, and where the files are."""
+
+    records: list[dict]
+    out: Path
+    meta: dict
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.records if r["status"] != "ok"]
+
+
+def plan(specs: Sequence[str | dict | MethodSpec]) -> list[MethodSpec]:
+    """Checked specs (every setting validated, names unique), before any work."""
+    from humwatch.methods import method_settings
+
+    out = [spec_from_entry(s, where=f"method {i + 1}") for i, s in enumerate(specs)]
+    if not out:
+        raise ConfigError("compare: no methods given")
+    for sp in out:
+        try:
+            sp.given = sp.given or sp.text()  # as the user wrote it; the settings become every setting, checked
+            sp.settings = method_settings(sp.method, sp.settings).to_dict()
+        except ConfigError as e:
+            raise ConfigError(f"method {sp.name}: {e}") from None
+    return check_unique(out)
+
+
+def compare(
+    data: str | Path,
+    specs: Sequence[str | dict | MethodSpec],
+    out: str | Path,
+    *,
+    layout: str = "auto",
+    machines: Sequence[str] | None = None,
+    ids: Sequence[str] | None = None,
+    snr: str | None = None,
+    per_id: bool = False,
+    seed: int = 0,
+    dataset_split: bool = False,
+    channel: int | None = None,
+    skip_bad: bool = False,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    isolate: bool = True,
+    progress: bool = True,
+    title: str = "",
+    on_method: Callable[[dict], None] | None = None,
+    engine=None,
+) -> Comparison:
+    """Run every method of ``specs`` on one split of ``data`` and write the leaderboard in ``out``.
+    ``engine`` (:mod:`humwatch.engine`, default local) runs the per-clip work of every method, as in
+    ``humwatch run``; an isolated method's process joins the same engine (the same Ray)."""
+    from humwatch.compare_report import write_report
+    from humwatch.pipeline import RunConfig, prepare_clips
+    from humwatch.rundir import RunDir
+
+    t0 = time.time()
+    methods = plan(specs)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    base = RunConfig(data=str(data), layout=layout, machines=list(machines) if machines else None,
+                     ids=list(ids) if ids else None, snr=snr, per_id=per_id, seed=seed, dataset_split=dataset_split,
+                     channel=channel, skip_bad=skip_bad, cache_dir=str(cache_dir) if cache_dir else None, device=device)
+    base.validate()
+    source = {k: v for k, v in asdict(base).items() if k in ("data", "layout", "machines", "ids", "snr", "seed",
+                                                               "test_fraction", "val_fraction", "dataset_split")}
+    split_csv = out / "split.csv"
+    stamp = out / "compare-data.json"
+    if split_csv.is_file() and stamp.is_file():
+        if _read(stamp) != source:
+            raise ConfigError(f"{out}: holds a comparison of other data or another split; use another --out")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        RunDir(out).write_split(prepare_clips(base))
+        write_json(stamp, source)
+    split_hash = file_sha256(split_csv)
+    records = []
+    for sp in methods:
+        rc = RunConfig(**{**asdict(base), "method": sp.method, "settings": dict(sp.settings), "split_csv": str(split_csv),
+                          "dataset_split": False})
+        rec = _run_or_reuse(sp, rc, out, split_hash, isolate=isolate, threads=threads, progress=progress, engine=engine)
+        records.append(rec)
+        if on_method:
+            on_method(rec)
+    from humwatch.runinfo import environment
+
+    meta = {"title": title or f"humwatch compare: {data}", "data": str(data), "snr": snr, "seed": seed,
+            "machines": list(machines) if machines else None, "per_id": per_id, "dataset_split": dataset_split,
+            "isolated": isolate, "torch_threads": threads, "engine": engine.describe() if engine is not None else "local",
+            "seconds": round(time.time() - t0, 2),
+            "date": time.strftime("%Y-%m-%d"), **environment()}
+    write_report(out, records, meta)
+    return Comparison(records, out, meta)
+
+
+def _read(path: Path):
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def fingerprint(sp: MethodSpec, rc, split_hash: str) -> str:
+    """A hash of what decides a method's numbers (not the cache, the device or the thread count)."""
+    payload = {"method": sp.method, "settings": sp.settings, "split": split_hash, "seed": rc.seed,
+               "per_id": rc.per_id, "channel": rc.channel, "skip_bad": rc.skip_bad}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _run_or_reuse(sp: MethodSpec, rc, out: Path, split_hash: str, *, isolate: bool, threads: int | None,
+                  progress: bool, engine=None) -> dict:
+    rec_path = out / "methods" / f"{sp.name}.json"
+    run_dir = out / "runs" / sp.name
+    fp = fingerprint(sp, rc, split_hash)
+    old = _read(rec_path) if rec_path.is_file() else None
+    if isinstance(old, dict) and old.get("status") == "ok" and old.get("fingerprint") == fp and (run_dir / "results.json").is_file():
+        return {**old, "reused": True}
+    console.print(f"[bold]compare: {sp.name}[/] ({sp.method})")
+    t = time.time()
+    try:
+        if isolate:
+            got = _isolated(rc, run_dir, threads, progress, engine.spec() if engine is not None else None)
+        else:
+            got = _here(rc, run_dir, threads, progress, engine)
+        rec = method_record(sp, run_dir, got.get("seconds", time.time() - t), got.get("peak_rss_mb"))
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - a failed method is reported and the others still run
+        from humwatch.reproduce.cells import _one_line
+
+        rec = {**_identity(sp), "status": "failed", "reason": _one_line(e), "seconds": round(time.time() - t, 2)}
+        console.print(f"[red]{sp.name} failed: {rec['reason']}[/]")
+    rec["fingerprint"] = fp
+    write_json(rec_path, rec)
+    return {**rec, "reused": False}
+
+
+def _identity(sp: MethodSpec) -> dict:
+    return {"name": sp.name, "method": sp.method, "settings": sp.settings, "spec": sp.given or sp.text()}
+
+
+def method_record(sp: MethodSpec, run_dir: Path, seconds: float, peak_rss_mb: float | None) -> dict:
+    """One method's leaderboard entry, from its finished run directory."""
+    from humwatch.metrics import official_score
+    from humwatch.rundir import RunDir
+
+    res = RunDir(run_dir).results()
+    rows = res.get("rows") or []
+    types = [r for r in rows if r["machine_id"] == "all"]
+    per_id = [r for r in rows if r["machine_id"] != "all"]
+
+    def mean(key, rs):
+        vals = [float(r[key]) for r in rs if r.get(key) is not None and r[key] == r[key]]
+        return sum(vals) / len(vals) if vals else None
+
+    readings = sorted({k[4:] for r in rows for k in r if k.startswith("auc_") and k not in ("auc_source", "auc_target", "auc_ci")})
+    return {
+        **_identity(sp), "status": "ok", "label": res.get("label", sp.method),
+        "weights": res.get("weights", ""), "random_init": bool(res.get("random_init")),
+        "official_score": official_score(rows), "mean_auc": mean("auc", per_id), "mean_pauc": mean("pauc", per_id),
+        "auc_source": mean("auc_source", per_id), "auc_target": mean("auc_target", per_id),
+        "by_type": {r["machine_type"]: {k: r.get(k) for k in ("auc", "pauc", "auc_source", "auc_target")} for r in types},
+        "rows": rows, "readings": {k: mean(f"auc_{k}", per_id) for k in readings},
+        "outlier_exposure": res.get("outlier_exposure"), "n_scored": res.get("n_scored"),
+        "skipped": len(res.get("skipped") or []), "seconds": round(float(seconds), 2),
+        "peak_rss_mb": None if peak_rss_mb is None else round(float(peak_rss_mb), 1), "run_dir": f"runs/{sp.name}",
+    }
+
+
+def _here(rc, run_dir: Path, threads: int | None, progress: bool, engine=None) -> dict:
+    from humwatch.pipeline import run
+    from humwatch.reproduce.cells import torch_threads
+
+    t = time.time()
+    with torch_threads(threads):
+        run(rc, run_dir, progress=progress, engine=engine)
+    return {"seconds": time.time() - t}
+
+
+def _child(cfg: dict, run_dir: str, threads: int | None, progress: bool, result: str, engine: dict | None) -> None:
+    """The body of an isolated method run (a fresh process; ``engine``: the parent engine's spec)."""
+    import resource
+    import sys
+
+    from humwatch.engine import get_engine
+    from humwatch.pipeline import RunConfig
+
+    try:
+        with get_engine(**(engine or {"name": "local"})) as eng:
+            got = _here(RunConfig(**cfg), Path(run_dir), threads, progress, eng)
+        got["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 if sys.platform != "darwin" else 1024.0**2)
+    except HumwatchError as e:
+        got = {"error": str(e)}
+    except Exception as e:  # noqa: BLE001 - reported to the parent as the method's failure
+        got = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    write_json(result, got)
+
+
+def _isolated(rc, run_dir: Path, threads: int | None, progress: bool, engine: dict | None = None) -> dict:
+    import multiprocessing as mp
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="humwatch-compare-") as tmp:
+        result = Path(tmp) / "result.json"
+        p = mp.get_context("spawn").Process(target=_child, args=(asdict(rc), str(run_dir), threads, progress, str(result), engine))
+        p.start()
+        try:
+            p.join()
+        except KeyboardInterrupt:
+            p.terminate()
+            p.join()
+            raise
+        got = _read(result) if result.is_file() else None
+    if not isinstance(got, dict):
+        raise HumwatchError(f"the method's process ended without a result (exit code {p.exitcode}; out of memory?)")
+    if "error" in got:
+        raise HumwatchError(got["error"])
+    return got

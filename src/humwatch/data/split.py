@@ -1,0 +1,125 @@
+"""The study's train/validation/test split.
+
+Each stratum -- one (machine type, machine id, label) -- is split on its own: its clips are sorted
+by path, shuffled with a random generator seeded by ``(seed, stratum)``, then ``round(test * n)``
+go to test, ``round(val * rest)`` of the rest to validation, and the remainder to training
+(rounding half up). The split therefore depends only on the seed and on each stratum's own paths:
+not on input order, and not on which other machines are loaded alongside.
+
+In the study's unsupervised setting the detectors never see an anomalous clip in training:
+:func:`drop_anomalies` removes them from the train and validation parts.
+Save a split with :func:`save_split` (a :func:`~humwatch.data.clips.write_clips_csv` file) and read it
+back with :func:`load_split` to repeat a run exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections import Counter
+from numbers import Real
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from humwatch.data.clips import SPLITS, Clip, read_clips_csv, write_clips_csv
+from humwatch.errors import ConfigError, DatasetError
+
+
+def study_split(clips: Iterable[Clip], seed: int = 0, test: float = 0.25, val: float = 0.1) -> list[Clip]:
+    """Every clip with ``split`` set to ``train``/``val``/``test``, sorted by path (see module doc)."""
+    test = _fraction(test, "test")
+    val = _fraction(val, "val")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be a whole number 0 or more, got {seed!r}")
+    clips = sorted(clips, key=lambda c: c.path)
+    for a, b in zip(clips, clips[1:]):
+        if a.path == b.path:
+            raise DatasetError(f"{a.path}: listed twice in the dataset")
+
+    strata: dict[tuple[str, str, int], list[Clip]] = {}
+    for c in clips:
+        strata.setdefault(stratum_key(c), []).append(c)
+
+    out: list[Clip] = []
+    for key, members in strata.items():
+        n = len(members)
+        order = _rng(seed, key).permutation(n)
+        n_test = _round(test * n)
+        n_val = _round(val * (n - n_test))
+        for rank, i in enumerate(order):
+            split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+            out.append(members[i].with_split(split))
+    return sorted(out, key=lambda c: c.path)
+
+
+def stratum_key(clip: Clip) -> tuple[str, str, int]:
+    return (clip.machine_type, clip.machine_id, int(clip.label))
+
+
+def drop_anomalies(clips: Iterable[Clip], splits: str | Sequence[str] = ("train", "val")) -> list[Clip]:
+    """The clips without the anomalous ones in ``splits`` (the study's unsupervised setting)."""
+    if isinstance(splits, str):
+        splits = (splits,)
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise ConfigError(f"drop_anomalies: unknown split(s) {', '.join(map(repr, bad))} (use {', '.join(SPLITS)})")
+    drop = set(splits)
+    return [c for c in clips if not (c.is_anomalous and c.split in drop)]
+
+
+def split_counts(clips: Iterable[Clip]) -> dict[tuple[str, str, str, int], int]:
+    """Clip counts per ``(machine_type, machine_id, split, label)``, sorted by key."""
+    counts = Counter((c.machine_type, c.machine_id, c.split, int(c.label)) for c in clips)
+    return dict(sorted(counts.items()))
+
+
+def format_split_counts(clips: Iterable[Clip]) -> str:
+    """A plain-text table: one row per machine, normal/anomalous counts per split."""
+    counts = split_counts(clips)
+    groups = sorted({(m, i) for m, i, _, _ in counts})
+    splits = [s for s in SPLITS if any(k[2] == s for k in counts)]
+    splits += sorted({k[2] for k in counts} - set(splits))
+    header = ["machine", "id"] + [f"{s or '(none)'} n/a" for s in splits]
+    rows = [header]
+    for m, i in groups:
+        rows.append([m, i] + [f"{counts.get((m, i, s, 0), 0)}/{counts.get((m, i, s, 1), 0)}" for s in splits])
+    widths = [max(len(r[j]) for r in rows) for j in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def save_split(clips: Sequence[Clip], path: str | os.PathLike) -> None:
+    """Write the clips with their split (every clip must have one)."""
+    missing = [c.path for c in clips if c.split not in SPLITS]
+    if missing:
+        raise DatasetError(f"{missing[0]}: has no train/val/test split; split the clips before saving")
+    write_clips_csv(list(clips), path)
+
+
+def load_split(path: str | os.PathLike) -> list[Clip]:
+    """Read a split saved by :func:`save_split`; every clip must have a split."""
+    clips = read_clips_csv(path)
+    if any(not c.split for c in clips):
+        raise DatasetError(f"{path}: some clips have no split")
+    return clips
+
+
+def _fraction(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
+        raise ConfigError(f"{name} fraction must be a number from 0 to below 1, got {value!r}")
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} fraction must be from 0 to below 1, got {value}")
+    return value
+
+
+def _round(x: float) -> int:
+    """Round half up (``round`` in Python rounds half to even)."""
+    return int(math.floor(x + 0.5 + 1e-9))
+
+
+def _rng(seed: int, key: tuple[str, str, int]) -> np.random.Generator:
+    digest = hashlib.sha256("\x1f".join(map(str, key)).encode("utf-8")).digest()
+    words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
+    return np.random.default_rng([int(seed), *words])

@@ -1,0 +1,379 @@
+"""The cells of Table III: planned from the study config, each run into its own run directory,
+kept when finished, retried when failed; :func:`reproduce` runs them all and writes the tables."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from humwatch.errors import HumwatchError, ConfigError
+from humwatch.io import read_json, write_json, write_text
+from humwatch.progress import console
+from humwatch.reproduce.config import PUBLISHED, SYNTHETIC_NOTE, WEIGHTS_DIR_NAMES, StudyConfig, _int, load_study_config
+from humwatch.reproduce.synthetic import SyntheticSettings, apply_synthetic, reproduce_synthetic_defaults, synthetic_data
+from humwatch.reproduce.tables import Table3, write_tables
+
+# ----------------------------------------------------------------------------------------- cells
+
+
+@dataclass
+class CellSpec:
+    """Everything that decides one cell's numbers."""
+
+    row: str
+    column: str
+    method: str  # autoencoder | finetune | lof
+    machine: str
+    ids: list[str] | None
+    run_config: Any  # humwatch.pipeline.RunConfig, the method's settings in run_config.settings
+    error: str | None = None  # a reason known before running (e.g. no local weights)
+
+    @property
+    def key(self) -> str:
+        return f"{self.row}__{self.column}"
+
+    def fingerprint(self) -> str:
+        """A hash of the settings behind the numbers (not the cache folder or the device, nor the
+        batch size of embedding, which does not change embeddings)."""
+        rc = {k: v for k, v in asdict(self.run_config).items() if k not in ("cache_dir", "device")}
+        if self.method == "lof":
+            rc["settings"] = {k: v for k, v in rc["settings"].items() if k != "batch_size"}
+        payload = {"method": self.method, "run": rc, "error": self.error}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resolve_weights_dir(weights_dir: str | Path, backbone: str) -> str:
+    """The local weights of ``backbone`` inside ``weights_dir`` (see :data:`WEIGHTS_DIR_NAMES`)."""
+    d = Path(weights_dir)
+    names = WEIGHTS_DIR_NAMES.get(backbone) or (backbone,) + tuple(f"{backbone}{s}" for s in (".safetensors", ".pth", ".pt", ".bin"))
+    for n in names:
+        if (d / n).exists():
+            return str((d / n).resolve())
+    raise ConfigError(f"--weights-dir {d}: no weights for {backbone} (looked for {', '.join(names)})")
+
+
+def plan_cells(cfg: StudyConfig, data: str | Path, out: Path, *, rows: Sequence[str] | None = None,
+               machines: Sequence[str] | None = None, weights_dir: str | Path | None = None,
+               device: str = "cpu") -> list[CellSpec]:
+    """The cells to run, in table order (row by row)."""
+    from humwatch.pipeline import RunConfig
+
+    rows = list(rows) if rows else list(cfg.rows)
+    bad = [r for r in rows if r not in cfg.rows]
+    if bad:
+        raise ConfigError(f"unknown row(s) {', '.join(bad)} (the config has {', '.join(cfg.rows)})")
+    known_machines = sorted({c["machine"] for c in cfg.columns.values()})
+    if machines:
+        bad = [m for m in machines if m not in known_machines]
+        if bad:
+            raise ConfigError(f"unknown machine type(s) {', '.join(bad)} (the table has {', '.join(known_machines)})")
+    columns = [k for k, c in cfg.columns.items() if not machines or c["machine"] in machines]
+    data = Path(data)
+    cells = []
+    for row in rows:
+        spec = cfg.rows[row]
+        method = spec["method"]
+        bb = cfg.backbones.get(spec["backbone"]) if spec["backbone"] else None
+        for col in columns:
+            colspec = cfg.columns[col]
+            error = None
+            weights = bb["weights"] if bb else "default"
+            if bb and weights_dir is not None and weights == "default":
+                try:
+                    weights = resolve_weights_dir(weights_dir, bb["name"])
+                except ConfigError as e:
+                    error = str(e)
+            rc = RunConfig(
+                data=str(data), method=ROW_METHOD_NAMES[method], settings=cell_settings(cfg, method, bb, weights),
+                machines=[colspec["machine"]], ids=list(colspec["ids"]) if colspec["ids"] else None, snr=cfg.snr,
+                seed=cfg.seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
+                cache_dir=str(out / "cache"), device=device,
+            )
+            rc.validate()  # every setting checked (and written out in full) before any cell runs
+            cells.append(CellSpec(row, col, method, colspec["machine"], colspec["ids"], rc, error))
+    return cells
+
+
+ROW_METHOD_NAMES = {"autoencoder": "autoencoder", "finetune": "finetune", "lof": "embed-detect"}
+"""The pipeline method of each kind of Table III row."""
+
+
+def cell_settings(cfg: StudyConfig, method: str, bb: dict | None, weights: str) -> dict:
+    """The method settings of a cell of kind ``method`` (a row's ``method`` in study.yaml)."""
+    if method == "autoencoder":
+        return dict(cfg.autoencoder)
+    backbone = {"backbone": bb["name"], "weights": weights, "precision": cfg.precision,
+                "backbone_config": copy.deepcopy(bb["config"])}
+    if method == "finetune":
+        return {**backbone, **cfg.finetune.to_dict()}
+    return {**backbone, "detector": "lof-vote", "batch_size": cfg.embed_batch_size,
+            "detector_params": {"n_neighbors": cfg.lof["n_neighbors"], "contaminations": list(cfg.lof["contaminations"])}}
+
+
+def run_cell(cell: CellSpec, run_dir: Path, progress: bool = True) -> dict:
+    """Run one cell into ``run_dir``; returns its AUC, pAUC, counts and weights (raises on failure)."""
+    if cell.error:
+        raise ConfigError(cell.error)
+    from humwatch.pipeline import run
+
+    res = run(cell.run_config, run_dir, progress=progress, overwrite=True)  # a failed or stale cell is redone
+    picked = [r for r in res.rows if r["machine_type"] == cell.machine and r["machine_id"] == "all"]
+    if not picked:
+        raise HumwatchError(f"{cell.key}: no results for machine type {cell.machine}")
+    r = picked[0]
+    training = [g["training"] for g in res.info.get("groups", {}).values() if g.get("training")]
+    return {
+        "auc": _num(r["auc"]), "pauc": _num(r.get("pauc")), "auc_ci": [_num(v) for v in r.get("auc_ci", [None, None])],
+        "auc_votes": _num(r.get("auc_votes")), "pauc_votes": _num(r.get("pauc_votes")),
+        "n_normal": int(r["n_normal"]), "n_anomalous": int(r["n_anomalous"]),
+        "weights": res.info.get("weights", ""), "random_init": bool(res.info.get("random_init", False)),
+        "trainable_params": training[0].get("trainable_params") if training else None,
+        "total_params": training[0].get("total_params") if training else None,
+    }
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def published(row: str, column: str) -> float | None:
+    return PUBLISHED.get(row, {}).get(column)
+
+
+def cell_record(cell: CellSpec, status: str, result: dict | None, seconds: float, reason: str = "") -> dict:
+    """One cell's entry of the table (what ``cells/<row>__<column>.json`` holds)."""
+    result = result or {}
+    ours = result.get("auc")
+    pub = published(cell.row, cell.column)
+    return {
+        "row": cell.row,
+        "column": cell.column,
+        "status": status,
+        "auc": ours,
+        "published": pub,
+        "difference": None if ours is None or pub is None else ours - pub,
+        "pauc": result.get("pauc"),
+        "auc_ci": result.get("auc_ci"),
+        "auc_votes": result.get("auc_votes"),
+        "pauc_votes": result.get("pauc_votes"),
+        "trainable_params": result.get("trainable_params"),
+        "total_params": result.get("total_params"),
+        "n_normal": result.get("n_normal"),
+        "n_anomalous": result.get("n_anomalous"),
+        "weights": result.get("weights", ""),
+        "random_init": bool(result.get("random_init", False)),
+        "seed": cell.run_config.seed,
+        "seconds": round(seconds, 2),
+        "reason": reason,
+        "method": cell.method,
+        "backbone": cell.run_config.settings.get("backbone") if cell.method != "autoencoder" else None,
+        "fingerprint": cell.fingerprint(),
+        "run_dir": f"runs/{cell.key}",
+    }
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else ""
+    return msg if isinstance(e, HumwatchError) else f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def reproduce(
+    data: str | Path | None,
+    out: str | Path,
+    config: str | Path | StudyConfig | None = None,
+    *,
+    machines: Sequence[str] | None = None,
+    rows: Sequence[str] | None = None,
+    weights_dir: str | Path | None = None,
+    synthetic: bool | SyntheticSettings = False,
+    precision: str | None = None,
+    progress: bool = True,
+    on_cell: Callable[[dict], None] | None = None,
+    threads: int | None = None,
+    snr: str | None = None,
+    report: bool = True,
+    device: str = "cpu",
+) -> Table3:
+    """Run every cell of Table III (skipping finished ones) and write ``table3.{md,csv,json}`` in ``out``.
+
+    ``synthetic``: True (or a :class:`SyntheticSettings`) generates data into ``out/data`` and uses
+    tiny random-init backbones; ``data`` must then be None. ``snr`` (e.g. ``6dB``) overrides the
+    config's MIMII noise level (needed when ``data`` holds several levels). ``on_cell`` is called with each cell's
+    record as it finishes (or is reused). ``threads``: torch's CPU threads for this call (restored
+    after; default: torch's own, or 1 with ``synthetic``); on a busy shared machine 1 thread is many
+    times faster than torch's default, whose threads spin-wait for each other. The numbers agree
+    to float rounding across thread counts. ``report``: also write the explanations and
+    ``explain/report.html`` (:func:`humwatch.explain.explain_run`) once the table is done.
+    ``device``: where the models run (``auto``, ``cpu``, ``cuda``, ...; not part of a cell's
+    fingerprint, so finished cells are kept when it changes).
+    """
+    if threads is None and synthetic:
+        threads = 1  # tiny models gain nothing from more threads, and lose a lot on a busy machine
+    if threads is not None:
+        _int(threads, "--threads", 1)
+    with torch_threads(threads):
+        return _reproduce(data, out, config, machines=machines, rows=rows, weights_dir=weights_dir, synthetic=synthetic,
+                          precision=precision, progress=progress, on_cell=on_cell, snr=snr, report=report, device=device)
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch's CPU threads set to ``n`` for the block (restored after); None leaves them alone."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _reproduce(data, out, config, *, machines, rows, weights_dir, synthetic, precision, progress, on_cell, snr,
+               report, device) -> Table3:
+    t0 = time.time()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    cfg = config if isinstance(config, StudyConfig) else load_study_config(config)
+    if precision is not None:
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+        cfg = copy.deepcopy(cfg)
+        cfg.precision = precision
+    if snr is not None:
+        from humwatch.data.common import normalize_snr
+
+        if str(snr).lower() != "all":
+            normalize_snr(snr)  # a wrong level is refused now, not by every cell
+        cfg = copy.deepcopy(cfg)
+        cfg.snr = str(snr)
+    synth: SyntheticSettings | None = None
+    if synthetic:
+        synth = synthetic if isinstance(synthetic, SyntheticSettings) else reproduce_synthetic_defaults()
+        synth.validate()
+        if data is not None:
+            raise ConfigError("use --data or --synthetic, not both")
+        if weights_dir is not None:
+            raise ConfigError("--weights-dir does not apply to --synthetic (its backbones are random-init tiny ones)")
+        cfg = apply_synthetic(cfg, synth)
+    elif data is None:
+        raise ConfigError("--data is required (the MIMII root), or use --synthetic")
+    elif not Path(data).exists():
+        raise ConfigError(f"--data {data}: no such file or folder")
+    if weights_dir is not None and not Path(weights_dir).is_dir():
+        raise ConfigError(f"--weights-dir {weights_dir}: no such folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if synth is not None:
+        data = synthetic_data(out, synth, progress=progress)
+    cells = plan_cells(cfg, data, out, rows=rows, machines=machines, weights_dir=weights_dir, device=device)
+
+    meta = _meta(cfg, data, synth, weights_dir)
+    _write_config(out, cfg, meta)
+    records: list[dict] = []
+    for cell in cells:
+        rec = _run_or_reuse(cell, out, progress)
+        records.append(rec)
+        if on_cell:
+            on_cell(rec)
+        write_tables(out, records, {**meta, "seconds": round(time.time() - t0, 2)})
+    meta["seconds"] = round(time.time() - t0, 2)
+    write_tables(out, records, meta)
+    if report:
+        write_report_for(out)
+    return Table3(records, out, meta)
+
+
+def write_report_for(out: Path) -> Path | None:
+    """The explanations and report.html of a reproduce directory; a figure that cannot be drawn is
+    noted in the report, and a report that cannot be written at all is said, not raised (the
+    table is the result; the report explains it)."""
+    from humwatch.explain import explain_run
+
+    console.print("[bold]drawing the explanations (report.html)[/]")
+    try:
+        res = explain_run(out)
+    except HumwatchError as e:
+        console.print(f"[yellow]report not written: {e}[/]")
+        return None
+    console.print(f"report: {res.report}")
+    return res.report
+
+
+def _run_or_reuse(cell: CellSpec, out: Path, progress: bool) -> dict:
+    path = out / "cells" / f"{cell.key}.json"
+    fp = cell.fingerprint()
+    if path.is_file():
+        try:
+            old = read_json(path)
+        except (OSError, ValueError):
+            old = None
+        if isinstance(old, dict) and old.get("status") == "ok" and old.get("fingerprint") == fp:
+            old["reused"] = True
+            return old
+    console.print(f"[bold]Table III cell {cell.row} / {cell.column}[/]")
+    t = time.time()
+    try:
+        result = run_cell(cell, out / "runs" / cell.key, progress)
+        rec = cell_record(cell, "ok", result, time.time() - t)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - a failed cell is reported and the others still run
+        reason = _one_line(e)
+        if cell.method != "autoencoder" and "--weights " in reason:
+            reason += f"; here: --weights-dir DIR holding {cell.run_config.settings.get('backbone')} (see humwatch.reproduce.WEIGHTS_DIR_NAMES)"
+        rec = cell_record(cell, "failed", None, time.time() - t, reason)
+        console.print(f"[red]{cell.key} failed: {rec['reason']}[/]")
+    write_json(path, rec)
+    rec["reused"] = False
+    return rec
+
+
+def _meta(cfg: StudyConfig, data: Any, synth: SyntheticSettings | None, weights_dir: Any) -> dict:
+    from humwatch.runinfo import environment
+
+    return {
+        "title": "Table III: AUC per method and machine (ours vs published)",
+        "synthetic": synth is not None,
+        "note": SYNTHETIC_NOTE if synth is not None else "",
+        "data": str(data),
+        "config_source": cfg.source or "packaged study.yaml",
+        "weights_dir": str(weights_dir) if weights_dir is not None else None,
+        "seed": cfg.seed,
+        "precision": cfg.precision,
+        "synthetic_settings": asdict(synth) if synth is not None else None,
+        "torch_threads": _torch_threads(),
+        **environment(),
+    }
+
+
+def _torch_threads() -> int | None:
+    try:
+        import torch
+
+        return int(torch.get_num_threads())
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def _write_config(out: Path, cfg: StudyConfig, meta: dict) -> None:
+    """``OUT/study.yaml`` (the settings used, after --synthetic / --precision) and ``OUT/config.json``."""
+    import yaml
+
+    write_text(out / "study.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_json(out / "config.json", {"study": cfg.to_dict(), **meta})
+

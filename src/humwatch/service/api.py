@@ -1,0 +1,186 @@
+"""The JSON API, ``/api/v1`` (and ``/health``). Scopes: ``ingest`` to send clips, ``read`` to look
+and to acknowledge alerts, ``admin`` for everything plus alert rules and the token list.
+
+Handlers that touch the store or a model are plain functions (FastAPI runs them in its worker
+threads) or hand their blocking part to :func:`starlette.concurrency.run_in_threadpool`: the event
+loop itself only moves bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path as FilePath
+from typing import Annotated, Literal, Optional
+
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import FileResponse
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from humwatch.errors import ConfigError
+from humwatch.service import queries, schemas
+from humwatch.service.alerts import AlertRule, acknowledge, alert_document
+from humwatch.service.auth import Principal, list_tokens, require
+from humwatch.service.ingest import UploadError, clip_document, parse_time, receive_upload
+from humwatch.service.scoring import MACHINE_RE
+from humwatch.service.store import Machine
+
+router = APIRouter()
+v1 = "/api/v1"
+ERRORS = {401: {"model": schemas.Problem, "description": "No valid token"},
+          403: {"model": schemas.Problem, "description": "The token lacks the scope"},
+          404: {"model": schemas.Problem, "description": "No such machine, alert or clip"}}
+MachineName = Annotated[str, Path(description="The machine's name (its monitor's folder name).", pattern=MACHINE_RE.pattern)]
+Reader = Annotated[Principal, Depends(require("read"))]
+UPLOAD_BODY = {"requestBody": {"required": True, "description": "WAV or FLAC audio: the raw body, or the `file` part of a "
+                               "multipart form (with an optional `recorded_at` field).", "content": {
+    "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+    "audio/flac": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "recorded_at": {"type": "string", "format": "date-time"}}}}}}}
+
+
+def service(request: Request):
+    return request.app.state.service
+
+
+def _machine(s, name: str):
+    m = queries.machine_row(s, name)
+    if m is None:
+        raise HTTPException(404, f"no machine named {name!r}")
+    return m
+
+
+def _time(text: str | None, name: str):
+    try:
+        return parse_time(text)
+    except UploadError:
+        raise HTTPException(422, f"{name} {text!r}: not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)") from None
+
+
+@router.get("/health", response_model=schemas.Health, tags=["service"])
+def health(request: Request):
+    """Liveness for load balancers, systemd and container probes: no token, says nothing about
+    machines. 503 when the database cannot be reached."""
+    with service(request).store.read() as s:
+        s.execute(text("SELECT 1"))
+    return {"status": "ok"}
+
+
+@router.post(f"{v1}/machines/{{machine}}/clips", response_model=schemas.Ingested, tags=["clips"], openapi_extra=UPLOAD_BODY,
+             responses={**ERRORS, 413: {"model": schemas.Problem, "description": "Upload too large"},
+                        415: {"model": schemas.Problem, "description": "Not WAV or FLAC"},
+                        422: {"model": schemas.Problem, "description": "Unusable audio, too long, or a bad recording time"}})
+async def post_clip(request: Request, machine: MachineName, background: BackgroundTasks,
+                    who: Annotated[Principal, Depends(require("ingest"))],
+                    recorded_at: Annotated[Optional[str], Query(description="When the clip was recorded (ISO 8601; no zone = UTC).")] = None,
+                    filename: Annotated[Optional[str], Query(description="The clip's file name, for people reading the scores.")] = None):
+    """Score one clip with the machine's monitor and store it: clip id, score, threshold, decision.
+    The same audio for the same machine and recording time is stored once (sent again, the stored
+    row comes back with `duplicate: true`)."""
+    svc = service(request)
+    if svc.pool.get(machine) is None:
+        raise HTTPException(404, f"no monitor for machine {machine!r} (this server has: {', '.join(svc.pool.names())})")
+    up = await receive_upload(request, await run_in_threadpool(lambda: svc.ingestor.tmp_dir),
+                              int(svc.settings.max_upload_mb * 1e6))
+    doc = await run_in_threadpool(svc.ingestor.ingest, machine, up)
+    background.add_task(run_in_threadpool, svc.ingestor.maybe_prune)
+    return doc
+
+
+@router.get(f"{v1}/machines", response_model=list[schemas.Machine], tags=["machines"], responses=ERRORS)
+def get_machines(request: Request, who: Reader):
+    """Every machine: its state (alarm, acknowledged, ok, no data), last score, open alert."""
+    svc = service(request)
+    with svc.store.read() as s:
+        return queries.fleet(s, svc.pool, svc.ingestor.rule)
+
+
+@router.get(f"{v1}/machines/{{machine}}", response_model=schemas.Machine, tags=["machines"], responses=ERRORS)
+def get_machine(request: Request, machine: MachineName, who: Reader):
+    svc = service(request)
+    with svc.store.read() as s:
+        return queries.machine_state(s, _machine(s, machine), svc.pool, svc.ingestor.rule)
+
+
+@router.get(f"{v1}/machines/{{machine}}/scores", response_model=schemas.ScoresPage, tags=["machines"], responses=ERRORS)
+def get_scores(request: Request, machine: MachineName, who: Reader,
+               since: Annotated[Optional[str], Query(description="From this time on (ISO 8601).")] = None,
+               until: Annotated[Optional[str], Query(description="Up to this time (ISO 8601).")] = None,
+               limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 100,
+               offset: Annotated[int, Query(ge=0)] = 0,
+               order: Literal["desc", "asc"] = "desc"):
+    """A machine's scored clips in a time range, a page at a time (newest first by default)."""
+    with service(request).store.read() as s:
+        return queries.scores_page(s, _machine(s, machine), _time(since, "since"), _time(until, "until"), limit, offset, order)
+
+
+@router.put(f"{v1}/machines/{{machine}}/alert-rule", response_model=schemas.Machine, tags=["machines"], responses=ERRORS)
+def put_alert_rule(request: Request, machine: MachineName, rule: schemas.AlertRuleIn,
+                   who: Annotated[Principal, Depends(require("admin"))]):
+    """Set the machine's own alert rule: K anomalous of the last N clips open an alert, M normal close it."""
+    svc = service(request)
+    try:
+        AlertRule(rule.k, rule.n, rule.m)
+    except ConfigError as e:
+        raise HTTPException(422, str(e)) from None
+    with svc.store.write() as s:
+        m = _machine(s, machine)
+        m.alert_k, m.alert_n, m.alert_m = rule.k, rule.n, rule.m
+    with svc.store.read() as s:
+        return queries.machine_state(s, _machine(s, machine), svc.pool, svc.ingestor.rule)
+
+
+@router.get(f"{v1}/alerts", response_model=schemas.AlertsPage, tags=["alerts"], responses=ERRORS)
+def get_alerts(request: Request, who: Reader, state: Literal["open", "closed", "all"] = "all",
+               machine: Annotated[Optional[str], Query(pattern=MACHINE_RE.pattern)] = None,
+               limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 100, offset: Annotated[int, Query(ge=0)] = 0):
+    """Alerts, open ones first, newest first."""
+    with service(request).store.read() as s:
+        return queries.alerts_page(s, state, _machine(s, machine) if machine else None, limit, offset)
+
+
+@router.post(f"{v1}/alerts/{{alert_id}}/ack", response_model=schemas.Alert, tags=["alerts"], responses=ERRORS)
+def ack_alert(request: Request, alert_id: int, who: Reader):
+    """Acknowledge an alert (someone has seen it; it stays open until the machine sounds normal)."""
+    return ack(request, alert_id, who)
+
+
+def ack(request: Request, alert_id: int, who: Principal) -> dict:
+    with service(request).store.write() as s:
+        alert = acknowledge(s, alert_id, who.name)
+        if alert is None:
+            raise HTTPException(404, f"no alert {alert_id}")
+        return alert_document(alert, s.get(Machine, alert.machine_id).name)
+
+
+@router.get(f"{v1}/clips/{{clip_id}}", response_model=schemas.Clip, tags=["clips"], responses=ERRORS)
+def get_clip(request: Request, clip_id: int, who: Reader):
+    with service(request).store.read() as s:
+        found = queries.clip_detail(s, clip_id)
+        if found is None:
+            raise HTTPException(404, f"no clip {clip_id}")
+        return clip_document(*found)
+
+
+@router.get(f"{v1}/clips/{{clip_id}}/audio", tags=["clips"], responses=ERRORS, response_class=FileResponse)
+def get_clip_audio(request: Request, clip_id: int, who: Reader):
+    """The clip's audio, when the server kept it (anomalous clips, within the retention limit)."""
+    return FileResponse(kept_audio(request, clip_id)[1])
+
+
+def kept_audio(request: Request, clip_id: int):
+    """(row, path, machine) of a clip whose audio is kept; 404 otherwise."""
+    with service(request).store.read() as s:
+        found = queries.clip_detail(s, clip_id)
+    if found is None:
+        raise HTTPException(404, f"no clip {clip_id}")
+    row, machine = found
+    if row.audio_path is None or not FilePath(row.audio_path).is_file():
+        raise HTTPException(404, f"clip {clip_id}: its audio was not kept (only anomalous clips' audio is, for a while)")
+    return row, FilePath(row.audio_path), machine
+
+
+@router.get(f"{v1}/tokens", response_model=list[schemas.TokenInfo], tags=["service"], responses=ERRORS)
+def get_tokens(request: Request, who: Annotated[Principal, Depends(require("admin"))]):
+    """Token names and scopes (never the tokens: the store holds only their hashes)."""
+    return list_tokens(service(request).store)

@@ -1,0 +1,185 @@
+"""The service's FastAPI application: :func:`create_app` builds it from :class:`ServiceSettings`.
+
+One process holds: the store (:mod:`.store`), every monitor of the folder loaded once
+(:mod:`.scoring`), the ingest path (:mod:`.ingest`, run in worker threads), the webhook thread
+(:mod:`.alerts`), the JSON API under ``/api/v1`` (:mod:`.api`), the dashboard (:mod:`.dashboard`)
+and ``/docs`` (the OpenAPI page, with Swagger UI served from the package). Every user error is
+answered with a status and ``{"detail": "<one line>"}``; nothing a client sends can cause a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from humwatch.errors import HumwatchError
+from humwatch.service.config import ServiceSettings
+
+log = logging.getLogger("humwatch.service")
+HERE = Path(__file__).resolve().parent
+MULTIPART_SLACK = 1 << 20
+"""Bytes a multipart request may hold beyond the upload limit (its headers and form fields)."""
+
+
+@dataclass
+class Service:
+    """Everything one server process holds."""
+
+    settings: ServiceSettings
+    store: object
+    pool: object
+    ingestor: object
+    webhook: object | None
+
+    @classmethod
+    def open(cls, settings: ServiceSettings) -> "Service":
+        """Check the store's schema, load the monitors, start the webhook thread."""
+        from humwatch.service.alerts import WebhookSender
+        from humwatch.service.ingest import Ingestor
+        from humwatch.service.scoring import MonitorPool
+        from humwatch.service.store import Store
+
+        store = Store(settings.db_url)
+        try:
+            store.check_schema()
+            pool = MonitorPool(settings.monitors, device=settings.device)
+            pool.warm_up()
+            webhook = None
+            if settings.webhook:
+                webhook = WebhookSender(settings.webhook, store, secret=settings.webhook_secret,
+                                        retries=settings.webhook_retries, backoff=settings.webhook_backoff)
+            ingestor = Ingestor(store, pool, settings, webhook)
+            ingestor.ensure_machines()
+            ingestor.clean_incoming()
+            if webhook is not None:
+                webhook.start()
+        except BaseException:
+            store.close()
+            raise
+        return cls(settings, store, pool, ingestor, webhook)
+
+    def close(self) -> None:
+        if self.webhook is not None:
+            self.webhook.stop()
+        self.store.close()
+
+
+class BodyLimit:
+    """ASGI middleware: refuses (413) a request body over ``limit`` bytes, by its Content-Length
+    up front or while it streams in (chunked uploads), before anything buffers it whole."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.responses import JSONResponse
+
+        from humwatch.service.ingest import UploadError
+
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"").decode() or "0"
+        too_big = f"request body over the {self.limit / 1e6:g} MB limit"
+        if not declared.isdigit() or int(declared) > self.limit:
+            return await JSONResponse({"detail": too_big if declared.isdigit() else "bad Content-Length"},
+                                      413 if declared.isdigit() else 400)(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise UploadError(413, too_big)
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())[:500]
+
+
+def _install_error_handlers(app) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from sqlalchemy.exc import SQLAlchemyError
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse
+
+    from humwatch.service.dashboard import html_error
+    from humwatch.service.ingest import UploadError
+    from humwatch.service.store import StoreError
+
+    def wants_html(request) -> bool:
+        return not request.url.path.startswith(("/api/", "/openapi")) and "text/html" in request.headers.get("accept", "")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):
+        if wants_html(request):
+            return html_error(request, exc.status_code, _one_line(exc.detail))
+        return JSONResponse({"detail": _one_line(exc.detail)}, exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        return JSONResponse({"detail": _one_line(f"{where}: {first.get('msg', 'invalid')}")}, 422)
+
+    @app.exception_handler(UploadError)
+    async def upload_error(request, exc: UploadError):
+        return JSONResponse({"detail": _one_line(exc)}, exc.status)
+
+    @app.exception_handler(StoreError)
+    @app.exception_handler(SQLAlchemyError)
+    async def store_error(request, exc: Exception):
+        log.error("store: %s", _one_line(getattr(exc, "orig", None) or exc))
+        return JSONResponse({"detail": "the database is not available"}, 503, headers={"retry-after": "5"})
+
+    @app.exception_handler(HumwatchError)
+    async def user_error(request, exc: HumwatchError):
+        return JSONResponse({"detail": _one_line(exc)}, 422)
+
+
+def create_app(settings: ServiceSettings, service: Service | None = None):
+    """The application; ``service`` (already open) is used as it is, else one is opened from
+    ``settings`` now (loading every monitor) and closed on shutdown."""
+    from fastapi import FastAPI
+
+    from humwatch import __version__
+    from humwatch.service import api, dashboard
+
+    settings.validate()
+    svc = service or Service.open(settings)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        if service is None:
+            svc.close()
+
+    app = FastAPI(title="humwatch service", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None,
+                  description="Scores machine sound clips with fitted monitors, keeps scores and alerts. "
+                              "Every endpoint but /health needs a token (`humwatch token create`): "
+                              "`Authorization: Bearer <token>`.")
+    app.state.service = svc
+    app.add_middleware(BodyLimit, limit=int(settings.max_upload_mb * 1e6) + MULTIPART_SLACK)
+    _install_error_handlers(app)
+    app.include_router(api.router)
+    dashboard.install(app)
+    return app
+
+
+def app_from_env():
+    """The application of one uvicorn worker process (``humwatch serve --workers N``): settings from
+    ``$HUMWATCH_SERVICE_SETTINGS``."""
+    try:
+        return create_app(ServiceSettings.from_env())
+    except HumwatchError as e:
+        log.error("error: %s", e)
+        raise SystemExit(2) from None

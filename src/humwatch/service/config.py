@@ -1,0 +1,72 @@
+"""The service's settings, checked before anything is loaded (``humwatch serve``'s options).
+
+They travel to uvicorn's worker processes as JSON in ``$HUMWATCH_SERVICE_SETTINGS`` (each worker
+builds its app from them: :func:`humwatch.service.app.app_from_env`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from humwatch.errors import ConfigError
+from humwatch.settings import Bool, Int, Optional, Real, Settings, Text, setting
+
+ENV = "HUMWATCH_SERVICE_SETTINGS"
+
+
+@dataclass
+class ServiceSettings(Settings):
+    where: ClassVar[str] = "serve"
+
+    monitors: str = setting(".", Text(), "folder of monitors, one per machine (MONITORS/<machine>/)")
+    db: str | None = setting(None, Optional(Text()), "database URL (default: SQLite file MONITORS/humwatch-service.db)")
+    device: str = setting("cpu", Text(), "where the monitors' models run")
+    max_upload_mb: float = setting(16.0, Real(0, 1024, open_low=True), "largest upload accepted (MB)")
+    max_seconds: float = setting(60.0, Real(0, 3600, open_low=True), "longest audio accepted (seconds)")
+    alert_rule: str = setting("3/5/3", Text(), "K/N/M: K anomalous of the last N clips open an alert, M normal ones close it")
+    keep_audio: bool = setting(True, Bool(), "keep the audio of anomalous clips (for listening and figures)")
+    audio_dir: str | None = setting(None, Optional(Text()), "where kept audio goes (default: MONITORS/humwatch-service-audio)")
+    audio_days: float = setting(30.0, Real(0, open_low=True), "kept audio older than this is deleted (days)")
+    audio_max_mb: float = setting(1024.0, Real(0, open_low=True), "kept audio beyond this total is deleted, oldest first (MB)")
+    webhook: str | None = setting(None, Optional(Text()), "URL POSTed a JSON document when an alert opens")
+    webhook_secret: str | None = setting(None, Optional(Text()), "sign webhook bodies with HMAC-SHA256 of this secret")
+    webhook_retries: int = setting(5, Int(0, 20), "webhook retries after the first attempt")
+    webhook_backoff: float = setting(1.0, Real(0, 600, open_low=True), "seconds before the first retry (doubling)")
+
+    def _check(self) -> None:
+        from humwatch.service.alerts import AlertRule
+
+        AlertRule.parse(self.alert_rule)
+        if self.webhook is not None and not self.webhook.startswith(("http://", "https://")):
+            raise ConfigError(f"--webhook {self.webhook!r}: must be an http:// or https:// URL")
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def db_url(self) -> str:
+        from humwatch.service.store import default_db_url
+
+        return self.db or default_db_url(self.monitors)
+
+    @property
+    def audio_path(self) -> Path:
+        return Path(self.audio_dir) if self.audio_dir else Path(self.monitors).resolve() / "humwatch-service-audio"
+
+    @property
+    def rule(self):
+        from humwatch.service.alerts import AlertRule
+
+        return AlertRule.parse(self.alert_rule)
+
+    def to_env(self) -> dict[str, str]:
+        return {ENV: json.dumps(self.to_dict())}
+
+    @classmethod
+    def from_env(cls) -> "ServiceSettings":
+        raw = os.environ.get(ENV)
+        if not raw:
+            raise ConfigError(f"${ENV} is not set (start the service with `humwatch serve`)")
+        return cls.from_dict(json.loads(raw))

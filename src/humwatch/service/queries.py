@@ -1,0 +1,97 @@
+"""What the API and the dashboard read from the store (one place, so both show the same)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from humwatch.service.alerts import AlertRule, alert_document, machine_rule
+from humwatch.service.ingest import clip_document
+from humwatch.service.store import Alert, ClipRow, Machine, utcnow
+
+MAX_PAGE = 5000
+"""The most rows one page of scores or alerts holds."""
+
+
+def machine_row(s: Session, name: str) -> Machine | None:
+    return s.scalar(select(Machine).where(Machine.name == name))
+
+
+def machine_state(s: Session, m: Machine, pool, default_rule: AlertRule) -> dict:
+    """One machine as the fleet overview shows it."""
+    last = s.scalar(select(ClipRow).where(ClipRow.machine_id == m.id).order_by(ClipRow.id.desc()).limit(1))
+    alert = s.scalar(select(Alert).where(Alert.machine_id == m.id, Alert.state == "open"))
+    day_ago = utcnow() - _dt.timedelta(days=1)
+    n_clips = s.scalar(select(func.count(ClipRow.id)).where(ClipRow.machine_id == m.id)) or 0
+    n_day, n_day_bad = s.execute(
+        select(func.count(ClipRow.id), func.coalesce(func.sum(case((ClipRow.anomalous, 1), else_=0)), 0))
+        .where(ClipRow.machine_id == m.id, ClipRow.received_at >= day_ago)).one()
+    entry = pool.get(m.name) if pool is not None else None
+    if alert is not None:
+        state = "acknowledged" if alert.acked_at is not None else "alarm"
+    else:
+        state = "no data" if last is None else "ok"
+    return {
+        "machine": m.name, "state": state, "has_monitor": entry is not None,
+        "monitor": entry.describe() if entry is not None else None,
+        "last_clip": clip_document(last, m.name) if last is not None else None,
+        "n_clips": int(n_clips), "clips_24h": int(n_day), "anomalous_24h": int(n_day_bad),
+        "open_alert": alert_document(alert, m.name) if alert is not None else None,
+        "alert_rule": str(machine_rule(m, default_rule)),
+    }
+
+
+def fleet(s: Session, pool, default_rule: AlertRule) -> list[dict]:
+    """Every machine (with a monitor, or with clips stored), alarms first, then by name."""
+    machines = s.scalars(select(Machine).order_by(Machine.name)).all()
+    rows = [machine_state(s, m, pool, default_rule) for m in machines]
+    order = {"alarm": 0, "acknowledged": 1, "ok": 2, "no data": 3}
+    return sorted(rows, key=lambda r: (order[r["state"]], r["machine"]))
+
+
+def scores_page(s: Session, m: Machine, since=None, until=None, limit: int = 100, offset: int = 0,
+                order: str = "desc") -> dict:
+    """A page of a machine's clips in a time range (timeline time), newest first unless ``order="asc"``."""
+    q = select(ClipRow).where(ClipRow.machine_id == m.id)
+    if since is not None:
+        q = q.where(ClipRow.at >= since)
+    if until is not None:
+        q = q.where(ClipRow.at <= until)
+    q = q.order_by(*((ClipRow.at.asc(), ClipRow.id.asc()) if order == "asc" else (ClipRow.at.desc(), ClipRow.id.desc())))
+    rows = s.scalars(q.offset(offset).limit(limit + 1)).all()
+    more = len(rows) > limit
+    return {"machine": m.name, "items": [clip_document(r, m.name) for r in rows[:limit]], "limit": limit,
+            "offset": offset, "next_offset": offset + limit if more else None}
+
+
+def alert_spans(s: Session, m: Machine, since=None, until=None) -> list[dict]:
+    """The machine's alerts that overlap a time range (for the chart's shaded spans)."""
+    q = select(Alert).where(Alert.machine_id == m.id)
+    if until is not None:
+        q = q.where(Alert.start_at <= until)
+    if since is not None:
+        q = q.where((Alert.end_at.is_(None)) | (Alert.end_at >= since))
+    return [alert_document(a, m.name) for a in s.scalars(q.order_by(Alert.id)).all()]
+
+
+def alerts_page(s: Session, state: str = "all", machine: Machine | None = None, limit: int = 100,
+                offset: int = 0) -> dict:
+    """Alerts, open ones first, newest first."""
+    q = select(Alert, Machine.name).join(Machine, Machine.id == Alert.machine_id)
+    if state in ("open", "closed"):
+        q = q.where(Alert.state == state)
+    if machine is not None:
+        q = q.where(Alert.machine_id == machine.id)
+    q = q.order_by((Alert.state == "open").desc(), Alert.id.desc()).offset(offset).limit(limit + 1)
+    rows = s.execute(q).all()
+    more = len(rows) > limit
+    return {"items": [alert_document(a, name) for a, name in rows[:limit]], "limit": limit, "offset": offset,
+            "next_offset": offset + limit if more else None}
+
+
+def clip_detail(s: Session, clip_id: int) -> tuple[ClipRow, str] | None:
+    row = s.execute(select(ClipRow, Machine.name).join(Machine, Machine.id == ClipRow.machine_id)
+                    .where(ClipRow.id == clip_id)).first()
+    return None if row is None else (row[0], row[1])

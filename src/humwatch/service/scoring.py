@@ -1,0 +1,134 @@
+"""The monitors a server holds: every monitor under one folder, loaded once, one per machine.
+
+``MONITORS/<machine>/`` is the monitor of the machine named ``<machine>`` (a folder written by
+``humwatch fit``, or a fine-tuned model folder with a threshold of its own); a folder that is itself
+a monitor serves one machine named after it. Other files and folders (the default SQLite store,
+kept audio, hidden folders such as a monitor ``humwatch fit`` is still writing) are left alone.
+
+Scoring is blocking work (reading audio, a model's forward pass) and runs in the server's worker
+threads, never on the event loop. A monitor's scoring is not thread-safe (it sets its method's
+clip reader for each call), so each monitor has a lock: clips of one machine are scored one at a
+time, clips of different machines at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from humwatch.errors import AudioError, ConfigError
+
+log = logging.getLogger("humwatch.service")
+MACHINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""What a machine name may be (it is a folder name and a URL path segment)."""
+
+
+@dataclass
+class Entry:
+    """One machine's monitor and its lock."""
+
+    name: str
+    path: Path
+    monitor: object
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.monitor.threshold)
+
+    def describe(self) -> dict:
+        m = self.monitor
+        return {"method": m.settings.get("method", ""), "label": m.settings.get("label", m.settings.get("method", "")),
+                "threshold": self.threshold, "random_init": bool(m.random_init),
+                "seconds": m.audio.seconds, "sample_rate": m.audio.sample_rate}
+
+
+def is_monitor_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / "monitor.json").is_file() or (path / "method.json").is_file())
+
+
+def find_monitors(folder: str | Path) -> dict[str, Path]:
+    """Machine name -> monitor folder under ``folder`` (or ``folder`` itself when it is one)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such folder of monitors")
+    found = {root.name: root} if is_monitor_folder(root) else {  # hidden: a monitor being written (staged)
+        p.name: p for p in sorted(root.iterdir()) if not p.name.startswith(".") and is_monitor_folder(p)}
+    if not found:
+        raise ConfigError(f"{root}: no monitors in this folder (expected {root}/<machine>/monitor.json, "
+                          "written by `humwatch fit --out`)")
+    bad = [n for n in found if not MACHINE_RE.match(n)]
+    if bad:
+        raise ConfigError(f"{found[bad[0]]}: {bad[0]!r} cannot name a machine (use letters, digits, '.', '_' or '-')")
+    return found
+
+
+class MonitorPool:
+    """The loaded monitors of a folder, by machine name."""
+
+    def __init__(self, folder: str | Path, device: str = "cpu"):
+        from humwatch.models.registry import resolve_device
+        from humwatch.monitor import load_monitor
+
+        self.folder = Path(folder)
+        self.device = resolve_device(device)
+        self.entries: dict[str, Entry] = {}
+        for name, path in find_monitors(folder).items():
+            mon = load_monitor(path, device=self.device)
+            self.entries[name] = Entry(name, path, mon)
+            log.info("monitor %s: %s, threshold %.4g%s", name, mon.settings.get("label", ""), mon.threshold,
+                     " (RANDOM INIT)" if mon.random_init else "")
+
+    def warm_up(self) -> None:
+        """Score a generated clip with every monitor once, so that the first real clip does not
+        pay for the lazy imports and first-call compilation (librosa, numba, torch) behind it."""
+        import tempfile
+
+        import numpy as np
+
+        from humwatch.audio import write_audio
+
+        with tempfile.TemporaryDirectory(prefix="humwatch-warm-") as d:
+            for name, e in self.entries.items():
+                sr, seconds = e.monitor.audio.sample_rate, e.monitor.audio.seconds or 10.0
+                noise = 0.01 * np.random.default_rng(0).standard_normal(int(sr * seconds)).astype(np.float32)
+                path = Path(d) / f"{name}.wav"
+                write_audio(path, noise, sr)
+                self.score(name, path)
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def get(self, machine: str) -> Entry | None:
+        return self.entries.get(machine)
+
+    def score(self, machine: str, path: str | Path) -> tuple[float, float, bool]:
+        """(score, threshold, anomalous) of the audio file at ``path``; AudioError when unusable."""
+        from humwatch.data.clips import Clip
+
+        e = self.entries[machine]
+        with e.lock:
+            kept, scores, skipped = e.monitor.score_clips([Clip(str(path), "service", machine, 0)], progress=False)
+        if not len(scores):  # pragma: no cover - score_clips raises first (on_bad="error")
+            raise AudioError(skipped[0][1] if skipped else f"{path}: could not be scored")
+        score = float(scores[0])
+        return score, e.threshold, bool(e.monitor.decide([score])[0])
+
+    def explain(self, machine: str, path: str | Path, name: str | None = None):
+        """The "why did it alarm" figure of a clip (:func:`humwatch.explain.alarm.explain_alarm`: an
+        object with ``.png`` and ``.summary``); ``name`` is the file name the figure shows (the
+        clip's own, not the name it is kept under)."""
+        import os
+        import tempfile
+
+        from humwatch.explain.alarm import explain_alarm
+
+        e = self.entries[machine]
+        with tempfile.TemporaryDirectory(prefix="humwatch-why-") as d:
+            shown = Path(d) / (Path(name).name if name else Path(path).name)
+            os.symlink(Path(path).resolve(), shown)
+            with e.lock:
+                return explain_alarm(e.monitor, shown)

@@ -1,0 +1,263 @@
+"""The service's store: SQLAlchemy 2 models, the engine and its sessions, and Alembic migrations.
+
+One schema for SQLite (the default: a file beside the monitors) and PostgreSQL (``--db
+postgresql+psycopg://user@host/db``)::
+
+    machines   one row per machine that has sent a clip (its name, and alert-rule overrides)
+    clips      every scored clip: its content key (unique: same machine + recording time + audio
+               bytes = one row), times, score, threshold, decision, and the stored audio if kept
+    alerts     K of the last N clips anomalous opens one, M normal clips in a row close it; ack
+    tokens     API tokens: a name, the SHA-256 of the token (never the token), scopes
+
+SQLite runs in WAL mode with ``synchronous=FULL``: a clip is on disk when its transaction commits,
+so a 200 answer survives the server being killed (or the machine losing power) right after.
+Writing transactions start with ``BEGIN IMMEDIATE`` (SQLite's writer lock taken up front, waited
+for up to ``busy_timeout``): a deferred transaction that later wants to write can fail with
+"database is locked" however long it waits. Reads use plain deferred transactions, so the
+dashboard never waits for an ingest.
+
+The schema is created and upgraded by Alembic (``migrations/`` in this package, shipped with it);
+:meth:`Store.migrate` runs ``upgrade head``, :meth:`Store.check_schema` refuses a database at
+another revision with one line.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, TypeDecorator, event
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from humwatch.errors import HumwatchError
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_MS = 30_000
+"""How long a writer waits for SQLite's write lock before giving up."""
+
+
+class StoreError(HumwatchError):
+    """A database that cannot be reached, opened or used (one line)."""
+
+
+def utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A point in time, stored as UTC and read back timezone-aware (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        value = value.astimezone(_dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=_dt.timezone.utc) if value.tzinfo is None else value.astimezone(_dt.timezone.utc)
+
+
+NAMING = {"ix": "ix_%(column_0_label)s", "uq": "uq_%(table_name)s_%(column_0_name)s",
+          "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s", "pk": "pk_%(table_name)s"}
+"""Constraint names fixed by rule, so that migrations name them the same on every database."""
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Machine(Base):
+    __tablename__ = "machines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    alert_k: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    alert_n: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    alert_m: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ClipRow(Base):
+    __tablename__ = "clips"
+    __table_args__ = (Index("ix_clips_machine_at", "machine_id", "at"), Index("ix_clips_machine_id_id", "machine_id", "id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"))
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    """SHA-256 of machine name, recording time and the audio's SHA-256: the idempotency key."""
+    audio_sha256: Mapped[str] = mapped_column(String(64))
+    at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    """The clip's time on the timeline: its recording time, else when it was received."""
+    recorded_at: Mapped[Optional[_dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)
+    received_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    anomalous: Mapped[bool] = mapped_column(Boolean)
+    filename: Mapped[str] = mapped_column(String(255), default="")
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    audio_path: Mapped[Optional[str]] = mapped_column(String(1024), nullable=True)
+    audio_bytes: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_machine_state", "machine_id", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"))
+    state: Mapped[str] = mapped_column(String(8), default="open")
+    """``open`` or ``closed``; acknowledging does not close an alert, normal clips do."""
+    start_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    """Timeline time of the first anomalous clip that counted towards opening it."""
+    end_at: Mapped[Optional[_dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)
+    """Timeline time of the clip that closed it."""
+    opened_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    closed_at: Mapped[Optional[_dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)
+    first_clip_id: Mapped[int] = mapped_column(Integer)
+    last_clip_id: Mapped[int] = mapped_column(Integer)
+    n_anomalous: Mapped[int] = mapped_column(Integer, default=0)
+    normal_streak: Mapped[int] = mapped_column(Integer, default=0)
+    max_score: Mapped[float] = mapped_column(Float)
+    rule: Mapped[str] = mapped_column(String(32), default="")
+    acked_at: Mapped[Optional[_dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)
+    acked_by: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    webhook_status: Mapped[Optional[str]] = mapped_column(String(16), nullable=True)
+    """None (no webhook), ``pending``, ``sending``, ``sent`` or ``failed``."""
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_error: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[Optional[_dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)
+
+
+# ------------------------------------------------------------------------------------- engine
+
+
+def default_db_url(monitors: str | Path) -> str:
+    """The default store: ``humwatch-service.db`` (SQLite) in the monitors' folder."""
+    return f"sqlite:///{(Path(monitors).resolve() / 'humwatch-service.db').as_posix()}"
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None  # pysqlite: we send BEGIN ourselves (see _begin)
+    cur = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", f"busy_timeout={SQLITE_BUSY_MS}"):
+        cur.execute(f"PRAGMA {pragma}")
+    cur.close()
+
+
+def make_engine(url: str, *, writer: bool = False) -> Engine:
+    """An engine for ``url``; for SQLite, WAL mode and (``writer``) BEGIN IMMEDIATE transactions."""
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"--db {url!r}: not a database URL (sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)") from None
+    if u.get_backend_name() == "sqlite":
+        if u.database and u.database != ":memory:":
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_MS / 1000})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
+        return engine
+    try:
+        return create_engine(u, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    except (ImportError, ArgumentError) as e:
+        raise StoreError(f"--db {u.render_as_string(hide_password=True)}: {str(e).splitlines()[0]}") from None
+
+
+def _one_line(e: Exception) -> str:
+    text = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+class Store:
+    """The database behind the service: ``read()`` and ``write()`` give sessions in a transaction
+    (committed on leaving the block, rolled back on an error)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url, writer=True)
+        self.dialect = self.engine.dialect.name
+        self.read_engine = make_engine(url) if self.dialect == "sqlite" else self.engine
+        self._write = sessionmaker(self.engine, expire_on_commit=False)
+        self._read = sessionmaker(self.read_engine, expire_on_commit=False)
+
+    @property
+    def display_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        with self._write.begin() as s:
+            yield s
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._read.begin() as s:
+            yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
+
+    # -- migrations -------------------------------------------------------------------------------
+    def _alembic_config(self):
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["engine"] = self.engine
+        return cfg
+
+    def migrate(self) -> str:
+        """Create or upgrade the schema to the newest revision; returns it."""
+        from alembic import command
+
+        try:
+            command.upgrade(self._alembic_config(), "head")
+        except (OperationalError, SQLAlchemyError) as e:
+            raise StoreError(f"{self.display_url}: cannot migrate the database ({_one_line(e)})") from None
+        return self.head_revision()
+
+    def head_revision(self) -> str:
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        try:
+            with self.engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision()
+        except SQLAlchemyError as e:
+            raise StoreError(f"{self.display_url}: cannot open the database ({_one_line(e)})") from None
+
+    def check_schema(self) -> None:
+        """Refuse a database whose schema is not this humwatch's (one line, says what to do)."""
+        current, head = self.current_revision(), self.head_revision()
+        if current != head:
+            raise StoreError(f"{self.display_url}: database schema is at {current or 'nothing'}, this humwatch needs {head} "
+                             "(`humwatch serve` upgrades it on start)")

@@ -1,0 +1,210 @@
+"""Settings dataclasses checked from one declarative table, as scikit-learn checks its estimators.
+
+A settings class is a dataclass deriving from :class:`Settings`; each field that needs checking says
+how in its metadata with :func:`setting`::
+
+    @dataclass
+    class AutoencoderSettings(Settings):
+        epochs: int = setting(50, Int(1), "training epochs")
+        lr: float = setting(1e-3, Real(0, open_low=True), "Adam learning rate")
+
+:meth:`Settings.validate` checks every field against its rule and raises one
+:class:`~humwatch.errors.ConfigError` line naming the setting; :meth:`Settings.from_dict` builds
+settings from a mapping (a YAML section, command-line options, a saved JSON file) and refuses unknown
+keys. Nothing here reads audio or builds a model, so every method's settings are checked before any
+work starts.
+
+Why not pydantic: it would be one more large dependency for ~100 lines, and its messages are
+several lines long where humwatch promises one.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Callable, ClassVar, Sequence
+
+from humwatch.errors import ConfigError
+
+__all__ = ["Settings", "setting", "Int", "Real", "OneOf", "Bool", "Text", "Mapping", "Optional", "Seq"]
+
+
+# ---------------------------------------------------------------------------------------- rules
+
+
+class Rule:
+    """One check: ``__call__(value) -> value`` (possibly normalised) or raises ValueError(what it wants)."""
+
+    def __call__(self, value: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class Int(Rule):
+    low: int | None = None
+    high: int | None = None
+
+    def __call__(self, v: Any) -> int:
+        if not _is_int(v) or (self.low is not None and v < self.low) or (self.high is not None and v > self.high):
+            rng = (f" from {self.low} to {self.high}" if self.high is not None else f" {self.low} or more") if self.low is not None else ""
+            raise ValueError(f"a whole number{rng}")
+        return int(v)
+
+
+@dataclass(frozen=True)
+class Real(Rule):
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __call__(self, v: Any) -> float:
+        if isinstance(v, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        ok = _is_real(v) and math.isfinite(float(v))
+        if ok and self.low is not None:
+            ok = v > self.low if self.open_low else v >= self.low
+        if ok and self.high is not None:
+            ok = v < self.high if self.open_high else v <= self.high
+        if not ok:
+            lo = "" if self.low is None else f"{'above' if self.open_low else 'at least'} {self.low:g}"
+            hi = "" if self.high is None else f"{'below' if self.open_high else 'at most'} {self.high:g}"
+            raise ValueError("a number" + (" " + " and ".join(x for x in (lo, hi) if x) if lo or hi else ""))
+        return float(v)
+
+
+@dataclass(frozen=True)
+class OneOf(Rule):
+    choices: tuple | Callable[[], Sequence[str]]
+
+    def options(self) -> list:
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+    def __call__(self, v: Any) -> Any:
+        opts = self.options()
+        if v not in opts:
+            raise ValueError("one of " + ", ".join(map(str, opts)))
+        return v
+
+
+@dataclass(frozen=True)
+class Bool(Rule):
+    def __call__(self, v: Any) -> bool:
+        if not isinstance(v, bool):
+            raise ValueError("true or false")
+        return v
+
+
+@dataclass(frozen=True)
+class Text(Rule):
+    def __call__(self, v: Any) -> str:
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError("a non-empty text")
+        return v
+
+
+@dataclass(frozen=True)
+class Mapping(Rule):
+    def __call__(self, v: Any) -> dict:
+        if not isinstance(v, dict):
+            raise ValueError("a mapping (JSON object)")
+        return dict(v)
+
+
+@dataclass(frozen=True)
+class Seq(Rule):
+    item: Rule
+    min_len: int = 1
+
+    def __call__(self, v: Any) -> list:
+        if isinstance(v, (str, bytes, dict)) or not hasattr(v, "__iter__"):
+            raise ValueError("a list")
+        items = list(v)
+        if len(items) < self.min_len:
+            raise ValueError(f"a list of at least {self.min_len}")
+        return [self.item(x) for x in items]
+
+
+@dataclass(frozen=True)
+class Optional(Rule):
+    rule: Rule
+
+    def __call__(self, v: Any) -> Any:
+        return None if v is None else self.rule(v)
+
+
+def setting(default: Any, rule: Rule | None = None, help: str = "") -> Any:
+    """A dataclass field with its check and a one-line help text (used by the command line)."""
+    meta = {"rule": rule, "help": help}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ------------------------------------------------------------------------------------- settings
+
+
+@dataclass
+class Settings:
+    """Base of every settings dataclass: check, build from a mapping, and save as plain JSON."""
+
+    where: ClassVar[str] = "settings"
+    """How messages name these settings (e.g. ``autoencoder`` -> ``autoencoder: epochs must be ...``)."""
+
+    def validate(self) -> "Settings":
+        for f in fields(self):
+            rule = f.metadata.get("rule")
+            if rule is None:
+                continue
+            try:
+                setattr(self, f.name, rule(getattr(self, f.name)))
+            except ValueError as e:
+                raise ConfigError(f"{self.where}: {f.name} must be {e}, got {getattr(self, f.name)!r}") from None
+        self._check()
+        return self
+
+    def _check(self) -> None:
+        """Checks across fields (after each field's own); subclasses override."""
+
+    @classmethod
+    def from_dict(cls, values: dict | None, where: str | None = None) -> "Settings":
+        """Settings from a mapping; unknown keys and bad values are one-line errors naming ``where``."""
+        where = where or cls.where
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"{where}: settings must be a mapping, got {type(values).__name__}")
+        values = dict(values or {})
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(known)})")
+        s = cls(**values)
+        try:
+            return s.validate()
+        except ConfigError as e:
+            msg = str(e)
+            if where != cls.where and msg.startswith(cls.where + ":"):
+                msg = where + msg[len(cls.where):]
+            raise ConfigError(msg) from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def defaults(cls) -> dict:
+        return {f.name: (f.default if f.default is not MISSING else f.default_factory()) for f in fields(cls)}
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
