@@ -98,6 +98,32 @@ def test_refuses_what_it_cannot_trust(fitted, tmp_path):
         Monitor.load(tmp_path / "m5")
 
 
+def test_a_monitor_written_by_another_program_is_refused_in_one_line(fitted, tmp_path, capsys):
+    """A folder whose manifest (or monitor.json) names another program's format, e.g. one written
+    under the project's former name, is refused with a line that says what it is."""
+    mon, *_ = fitted
+    mon.save(tmp_path / "m")
+    man = tmp_path / "m/manifest.json"
+    doc = json.loads(man.read_text())
+    man.write_text(json.dumps({**doc, "format": "otherkit.manifest/1"}))
+    with pytest.raises(MonitorError, match=r"written by another program \('otherkit'.*not by humwatch"):
+        Monitor.load(tmp_path / "m")
+    with pytest.raises(SystemExit) as e:
+        main(["score", str(tmp_path / "m"), str(tmp_path / "nothing.wav")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "otherkit" in err and len(err.splitlines()) == 1
+    # a monitor.json of another program's format, the manifest sealed over it
+    mon.save(tmp_path / "m2")
+    mj = tmp_path / "m2/monitor.json"
+    mj.write_text(json.dumps({**json.loads(mj.read_text()), "format": "otherkit.monitor"}))
+    from humwatch.io import write_manifest
+
+    write_manifest(tmp_path / "m2")
+    with pytest.raises(MonitorError, match="written by another program"):
+        Monitor.load(tmp_path / "m2")
+
+
 @pytest.mark.parametrize("method,settings", [
     ("autoencoder", {"epochs": 3}),
     ("embed-detect", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "detector": "lof"}),

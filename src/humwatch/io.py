@@ -56,6 +56,16 @@ def write_manifest(directory: str | os.PathLike) -> None:
     write_json(d / MANIFEST, {"format": "humwatch.manifest/1", "files": files})
 
 
+def _refuse_foreign(where: Path, fmt: object) -> None:
+    """A ``"format"`` of another program (``"other.monitor/1"``): one ConfigError line that names it."""
+    from humwatch.errors import ConfigError
+
+    if isinstance(fmt, str) and "." in fmt and not fmt.startswith("humwatch."):
+        program = fmt.split(".", 1)[0][:40]
+        raise ConfigError(f"{where}: written by another program ({program!r}, format {fmt[:60]!r}), "
+                          "not by humwatch; fit it again with humwatch")
+
+
 def check_manifest(directory: str | os.PathLike) -> None:
     """Refuse (ConfigError, one line) a sealed folder whose files are missing, changed or added."""
     from humwatch.errors import ConfigError
@@ -66,7 +76,8 @@ def check_manifest(directory: str | os.PathLike) -> None:
         doc = json.loads(m.read_text(encoding="utf-8"))
         files = doc["files"]
         if doc.get("format") != "humwatch.manifest/1" or not isinstance(files, dict):
-            raise ValueError("not an humwatch manifest")
+            _refuse_foreign(d, doc.get("format"))
+            raise ValueError("not a humwatch manifest")
     except FileNotFoundError:
         raise ConfigError(f"{d}: {MANIFEST} is missing (not a complete saved folder)") from None
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
@@ -164,7 +175,9 @@ def read_json_doc(path: str | os.PathLike, fmt: str | None = None, fields: dict 
     if not isinstance(doc, dict) and fmt is None:
         raise ConfigError(f"{path}: is not a JSON object")
     if not isinstance(doc, dict) or (fmt is not None and doc.get("format") != fmt):
-        raise ConfigError(f"{path}: not an humwatch file of format {fmt!r}")
+        if isinstance(doc, dict):
+            _refuse_foreign(path, doc.get("format"))
+        raise ConfigError(f"{path}: not a humwatch file of format {fmt!r}")
     for key, kind in (fields or {}).items():
         value = doc.get(key)
         if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))):

@@ -348,7 +348,7 @@ def read_meta(folder: Path) -> dict | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{f}: damaged ({str(e).splitlines()[0]})") from None
     if not isinstance(meta, dict) or meta.get("format") != "humwatch-backbone":
-        raise ConfigError(f"{f}: not an humwatch backbone description")
+        raise ConfigError(f"{f}: not a humwatch backbone description")
     return meta
 
 
