@@ -110,7 +110,10 @@ def _to_onnx(module, x: np.ndarray, path: Path) -> None:
 
 def _quantize(src: Path, dst: Path) -> None:
     """int8 weights (per output channel), activations quantised at run time; after ONNX Runtime's
-    recommended pre-processing (shape inference and graph optimisation)."""
+    recommended pre-processing (shape inference and graph optimisation). Weights use 7 bits
+    (``reduce_range``): on x86 CPUs without VNNI (AVX2 only) ONNX Runtime's uint8 x int8 kernels
+    saturate with full-range weights; here that made the autoencoder's outputs 6.7 % off against
+    under 5 % with the reduced range, and an exported monitor may run on any such CPU."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -122,7 +125,7 @@ def _quantize(src: Path, dst: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # the quantiser logs advice through the root logger
     try:
-        quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
     finally:
         root.setLevel(level)
         prepared.unlink(missing_ok=True)
