@@ -93,7 +93,7 @@ def plan_cells(cfg: StudyConfig, data: str | Path, out: Path, *, rows: Sequence[
             rc = RunConfig(
                 data=str(data), method=ROW_METHOD_NAMES[method], settings=cell_settings(cfg, method, bb, weights),
                 machines=[colspec["machine"]], ids=list(colspec["ids"]) if colspec["ids"] else None, snr=cfg.snr,
-                seed=cfg.seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
+                seed=cfg.seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction, dataset_split=False,
                 cache_dir=str(out / "cache"), device=device,
             )
             rc.validate()  # every setting checked (and written out in full) before any cell runs
