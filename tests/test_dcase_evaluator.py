@@ -262,3 +262,46 @@ def test_compare_labels_every_mean():
                          "target AUC (amean of ids)", "fan AUC (pooled)", "seconds"]
     head, _ = leaderboard([_record("a")], per_id=True)
     assert "fan AUC (amean of ids)" in head
+
+
+# ------------------------------------------------------------------------------- a run on a DCASE tree
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory):
+    import soundfile as sf
+    from helpers import make_clip
+
+    root = tmp_path_factory.mktemp("dcase_run")
+    rng = np.random.default_rng(1)
+    for sub in ("train", "test"):
+        (root / "fan" / sub).mkdir(parents=True)
+    for k in range(6):
+        sf.write(str(root / "fan" / "train" / f"section_00_source_train_normal_{k:04d}_a.wav"),
+                 make_clip(rng, False, seconds=1.0, channels=1), 16000)
+    for dom in ("source", "target"):
+        for label in ("normal", "anomaly"):
+            for k in range(3):
+                sf.write(str(root / "fan" / "test" / f"section_00_{dom}_test_{label}_{k:04d}_a.wav"),
+                         make_clip(rng, label == "anomaly", seconds=1.0, channels=1), 16000)
+    return root
+
+
+@pytest.mark.parametrize("dataset_split", [None, False])
+def test_a_run_says_when_its_dcase_files_are_not_the_official_test_set(small_tree, tmp_path, dataset_split):
+    import json
+
+    from humwatch.pipeline import run
+
+    cfg = RunConfig(data=str(small_tree), settings={"epochs": 1}, dataset_split=dataset_split, dcase_output=True)
+    run(cfg, tmp_path / "run", progress=False)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    written = list(csv.reader(open(tmp_path / "run" / "dcase" / "anomaly_score_fan_section_00_test.csv")))
+    if dataset_split is None:  # the default on a DCASE tree: its own split, all 12 test clips in the files
+        assert saved["dataset_split"] is True and len(written) == 12 and "notes" not in res
+        assert res["split"].startswith("the dataset's own: 6 training clips, none held out")
+    else:
+        assert saved["dataset_split"] is False and len(written) < 12
+        assert "not the dataset's own test set" in res["notes"][0]
+    assert f"- split: {res['split']}" in (tmp_path / "run" / "results.md").read_text()
