@@ -303,5 +303,21 @@ def test_a_run_says_when_its_dcase_files_are_not_the_official_test_set(small_tre
         assert res["split"].startswith("the dataset's own: 6 training clips, none held out")
     else:
         assert saved["dataset_split"] is False and len(written) < 12
-        assert "not the dataset's own test set" in res["notes"][0]
+        n = sum("_test_" in r[0] for r in written)  # the study's test set takes clips of both folders
+        extra = f" and {len(written) - n} training clip(s)" if len(written) > n else ""
+        assert res["notes"][0].startswith(f"the DCASE files hold {n} of the 12 clips of the dataset's test folders{extra};")
     assert f"- split: {res['split']}" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_the_official_test_note_judges_by_the_dcase_folders():
+    from humwatch.dcase_format import official_test_note
+
+    def clip(folder, k, split):
+        return Clip(f"/d/fan/{folder}/section_00_source_{folder}_normal_{k:04d}.wav", "fan", "section_00", 0,
+                    split=split, domain="source")
+
+    clips = [clip("train", 0, "train"), clip("train", 1, "test"), clip("test", 0, "test"), clip("test", 1, "train")]
+    assert official_test_note(clips, [c for c in clips if c.split == "test"]).startswith(
+        "the DCASE files hold 1 of the 2 clips of the dataset's test folders and 1 training clip(s)")
+    assert official_test_note(clips, [clips[2], clips[3]]) == ""  # e.g. a saved official split: no warning
+    assert official_test_note([Clip("/d/pump/normal/a.wav", "pump", "id_00", 0, split="test")], []) == ""

@@ -48,6 +48,26 @@ def decision_threshold(train_scores: Sequence[float]) -> float:
     return float(np.quantile(s, DECISION_QUANTILE)) if s.size else float("inf")
 
 
+def official_test_note(clips: Sequence[Clip], scored: Sequence[Clip]) -> str:
+    """A warning when the scored clips are not the DCASE folders' test set (``""`` when they are):
+    the evaluator expects every clip of a section's ``test`` folder and no other. Judged by each
+    clip's folder (``train``, ``test``, ``source_test``, ``target_test``), so it holds whichever split
+    the run used (the study's, a saved one)."""
+    from humwatch.data.dcase import SPLIT_DIRS
+
+    official = {c.key for c in clips if SPLIT_DIRS.get(Path(c.path).parent.name) == "test"}
+    if not official:
+        return ""
+    got = {c.key for c in scored}
+    missing, extra = len(official - got), len(got - official)
+    if not missing and not extra:
+        return ""
+    return (f"the DCASE files hold {len(official & got)} of the {len(official)} clips of the dataset's test folders"
+            + (f" and {extra} training clip(s)" if extra else "")
+            + "; the DCASE evaluator expects every test clip of a section and no other"
+            + " (a DCASE tree keeps its own split unless --study-split; unreadable clips are left out)")
+
+
 def write_dcase(folder: str | Path, test: Sequence[Clip], scores: dict[str, float],
                 train_scores: dict[tuple[str, str], list[float]]) -> Path:
     """Write the DCASE files for the scored ``test`` clips into ``folder`` (``train_scores``:

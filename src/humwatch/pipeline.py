@@ -237,15 +237,12 @@ def _run(cfg: RunConfig, settings, clips: list[Clip], rd: RunDir, progress: bool
     rd.write_scores(scored, readings)
     notes = []
     if cfg.dcase_output:
-        from humwatch.dcase_format import write_dcase
+        from humwatch.dcase_format import official_test_note, write_dcase
 
         write_dcase(rd.path / "dcase", scored, {c.key: scores[c.path] for c in scored}, train_scores)
-        if not cfg.dataset_split:
-            notes.append("the DCASE files hold the test clips of the study's split, not the dataset's own test set; "
-                         "the DCASE evaluator expects every test clip of a section (run without --study-split)")
-        elif len(scored) < sum(c.split == "test" for c in clips):
-            notes.append(f"the DCASE files hold {len(scored)} of the {sum(c.split == 'test' for c in clips)} test "
-                         "clips (the others could not be scored); the DCASE evaluator expects every one")
+        note = official_test_note(clips, scored)
+        if note:
+            notes.append(note)
     env = environment()
     info = {
         "method": cfg.method,
