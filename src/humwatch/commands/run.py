@@ -80,6 +80,10 @@ def run_cmd(
         val = (rep.get("training") or {}).get("val") or {}
         if val:
             con.print(f"{name}: validation AUC {val['auc']:.4f}, loss {val['loss']:.4f} ({val['n']} clips)")
+        held = (rep.get("training") or {}).get("n_held_out")
+        if held and not any(c.split == "val" for c in result.clips):  # taken from the training clips: say so
+            con.print(f"{name}: early stopping held out {held} of the training clips (no validation clips; "
+                      "--dataset-val gives it some)")
     con.print(f"results in {out}")
 
 
