@@ -321,3 +321,17 @@ def test_the_official_test_note_judges_by_the_dcase_folders():
         "the DCASE files hold 1 of the 2 clips of the dataset's test folders and 1 training clip(s)")
     assert official_test_note(clips, [clips[2], clips[3]]) == ""  # e.g. a saved official split: no warning
     assert official_test_note([Clip("/d/pump/normal/a.wav", "pump", "id_00", 0, split="test")], []) == ""
+
+
+def test_the_dataset_split_without_training_clips_is_one_error(dcase_names, tmp_path):
+    from humwatch.errors import DatasetError
+
+    for f in (dcase_names / "fan" / "train").iterdir():
+        f.unlink()
+    with pytest.raises(DatasetError, match="its own train/test split has no training clips.*--study-split"):
+        prepare_clips(RunConfig(data=str(dcase_names)))
+    mimii = tmp_path / "m" / "6dB_fan" / "fan" / "id_00"
+    for label in ("normal", "abnormal"):
+        _touch(mimii / label / "00000000.wav")
+    with pytest.raises(DatasetError, match="no test clips"):
+        prepare_clips(RunConfig(data=str(tmp_path / "m"), dataset_split=True))

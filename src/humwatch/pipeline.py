@@ -124,8 +124,9 @@ def prepare_clips(cfg: RunConfig) -> list[Clip]:
         return study_split(clips, seed=cfg.seed, test=cfg.test_fraction, val=cfg.val_fraction)
     test = [c for c in clips if c.split == "test"]
     if not test or not any(c.split == "train" for c in clips):
-        raise DatasetError(f"{cfg.data}: has no train/test split of its own (a DCASE tree or a manifest with a "
-                           "split column has); use the study's split (--study-split)")
+        what = "test" if not test else "training"
+        raise DatasetError(f"{cfg.data}: its own train/test split has no {what} clips (a DCASE tree's train/ and test/ "
+                           "folders or a manifest's split column give them); use the study's split (--study-split)")
     train = [c for c in clips if c.split != "test"]
     if cfg.dataset_val_fraction:
         train = study_split(train, seed=cfg.seed, test=0.0, val=cfg.dataset_val_fraction)
