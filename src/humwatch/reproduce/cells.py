@@ -43,6 +43,8 @@ class CellSpec:
         """A hash of the settings behind the numbers (not the cache folder or the device, nor the
         batch size of embedding, which does not change embeddings)."""
         rc = {k: v for k, v in asdict(self.run_config).items() if k not in ("cache_dir", "device")}
+        if not rc.get("dataset_val_fraction"):  # unused by the study's split: cells finished before it existed are kept
+            rc.pop("dataset_val_fraction", None)
         if self.method == "lof":
             rc["settings"] = {k: v for k, v in rc["settings"].items() if k != "batch_size"}
         payload = {"method": self.method, "run": rc, "error": self.error}
