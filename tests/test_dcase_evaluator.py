@@ -335,3 +335,22 @@ def test_the_dataset_split_without_training_clips_is_one_error(dcase_names, tmp_
         _touch(mimii / label / "00000000.wav")
     with pytest.raises(DatasetError, match="no test clips"):
         prepare_clips(RunConfig(data=str(tmp_path / "m"), dataset_split=True))
+
+
+def test_run_says_when_early_stopping_took_training_clips(monkeypatch, tmp_path, capsys, dcase_names):
+    import humwatch.pipeline as pipeline
+    from humwatch.cli import main
+
+    def fake_run(cfg, out, **kw):
+        clips = prepare_clips(cfg)
+        info = {"label": "idnet", "split": split_description(cfg, clips),
+                "groups": {"fan": {"n_train": 9, "training": {"n_held_out": 1}}}}
+        return pipeline.RunResult([], {}, clips, [], info)
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--data", str(dcase_names), "--out", str(tmp_path / "r"), "--method", "idnet", "-q"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "split: the dataset's own: 10 training clips, none held out; 40 test clips" in out
+    assert "fan: early stopping held out 1 of the training clips" in out
