@@ -78,7 +78,8 @@ def compare(
     snr: str | None = None,
     per_id: bool = False,
     seed: int = 0,
-    dataset_split: bool = False,
+    dataset_split: bool | None = None,
+    dataset_val_fraction: float = 0.0,
     channel: int | None = None,
     skip_bad: bool = False,
     cache_dir: str | Path | None = None,
@@ -94,7 +95,7 @@ def compare(
     ``engine`` (:mod:`humwatch.engine`, default local) runs the per-clip work of every method, as in
     ``humwatch run``; an isolated method's process joins the same engine (the same Ray)."""
     from humwatch.compare_report import write_report
-    from humwatch.pipeline import RunConfig, prepare_clips
+    from humwatch.pipeline import RunConfig, prepare_clips, uses_dataset_split
     from humwatch.rundir import RunDir
 
     t0 = time.time()
@@ -104,10 +105,13 @@ def compare(
         raise ConfigError(f"{out}: exists and is not a folder")
     base = RunConfig(data=str(data), layout=layout, machines=list(machines) if machines else None,
                      ids=list(ids) if ids else None, snr=snr, per_id=per_id, seed=seed, dataset_split=dataset_split,
-                     channel=channel, skip_bad=skip_bad, cache_dir=str(cache_dir) if cache_dir else None, device=device)
+                     dataset_val_fraction=dataset_val_fraction, channel=channel, skip_bad=skip_bad, cache_dir=str(cache_dir) if cache_dir else None, device=device)
     base.validate()
+    base.dataset_split = uses_dataset_split(base)  # resolved before the stamp: a DCASE tree's own split by default
     source = {k: v for k, v in asdict(base).items() if k in ("data", "layout", "machines", "ids", "snr", "seed",
                                                                "test_fraction", "val_fraction", "dataset_split")}
+    if base.dataset_val_fraction:
+        source["dataset_val_fraction"] = base.dataset_val_fraction
     split_csv = out / "split.csv"
     stamp = out / "compare-data.json"
     if split_csv.is_file() and stamp.is_file():
@@ -129,7 +133,7 @@ def compare(
     from humwatch.runinfo import environment
 
     meta = {"title": title or f"humwatch compare: {data}", "data": str(data), "snr": snr, "seed": seed,
-            "machines": list(machines) if machines else None, "per_id": per_id, "dataset_split": dataset_split,
+            "machines": list(machines) if machines else None, "per_id": per_id, "dataset_split": base.dataset_split,
             "isolated": isolate, "torch_threads": threads, "engine": engine.describe() if engine is not None else "local",
             "seconds": round(time.time() - t0, 2),
             "date": time.strftime("%Y-%m-%d"), **environment()}

@@ -3,9 +3,10 @@ and ``compare.png`` (AUC and pAUC, methods by machine type).
 
 The ranking is by DCASE's official score (:func:`humwatch.metrics.official_score`: the harmonic mean
 of every machine id's or section's AUC and pAUC, source and target AUC where the clips carry
-domains), then by mean AUC. Mean AUC and pAUC are arithmetic means over the machine ids
-(sections); a machine type's AUC pools its clips (one model per type, as the study) unless the
-runs were per id.
+domains), then by mean AUC. Every mean shown says which it is: ``AUC (amean of ids)``, ``pAUC
+(amean of ids)``, ``source AUC (amean of ids)`` and ``target AUC (amean of ids)`` are arithmetic
+means over the machine ids (sections); a machine type's AUC is ``(pooled)``, over all its clips
+(one model per type, as the study), or ``(amean of ids)`` when the runs were per id.
 """
 
 from __future__ import annotations
@@ -46,16 +47,23 @@ def _memory(r: dict) -> str:
     return "n/a" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}"
 
 
+AMEAN = "amean of ids"
+"""How the leaderboard labels an arithmetic mean over the machine ids (sections)."""
+
+
 def leaderboard(records: Sequence[dict], digits: int = 4,
-                mark: Callable[[str], str] = lambda text: text) -> tuple[list[str], list[list[str]]]:
+                mark: Callable[[str], str] = lambda text: text, per_id: bool = False) -> tuple[list[str], list[list[str]]]:
     """The ranking as ``(columns, rows)`` of text cells, one row per method, best first: what
-    compare.md and the console show. ``mark`` wraps the RANDOM INIT and failure notes (console
-    colour)."""
+    compare.md and the console show; every mean is labelled (module doc; ``per_id``: the runs
+    were per id, so a type's AUC is the mean of its ids'). ``mark`` wraps the RANDOM INIT and
+    failure notes (console colour)."""
     recs = ranked(records)
     types = machine_types(recs)
     dom = has_domains(recs)
-    head = ["rank", "method", "score (hmean)", "mean AUC", "mean pAUC", *(["source AUC", "target AUC"] if dom else []),
-            *[f"{t} AUC" for t in types], "seconds", "peak MB"]
+    by_type = AMEAN if per_id else "pooled"
+    head = ["rank", "method", "score (hmean)", f"AUC ({AMEAN})", f"pAUC ({AMEAN})",
+            *([f"source AUC ({AMEAN})", f"target AUC ({AMEAN})"] if dom else []),
+            *[f"{t} AUC ({by_type})" for t in types], "seconds", "peak MB"]
     f = lambda v: _f(v, digits)  # noqa: E731
     rows = []
     for i, r in enumerate(recs, start=1):
@@ -85,7 +93,7 @@ def render_markdown(records: Sequence[dict], meta: dict) -> str:
               f"{'; the dataset own train/test split' if meta.get('dataset_split') else ''}",
               f"- machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; {meta.get('date', '')}; "
               f"{meta.get('seconds', 0):.0f} s in all", ""]
-    head, rows = leaderboard(recs)
+    head, rows = leaderboard(recs, per_id=bool(meta.get("per_id")))
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
     lines += ["", "## Methods", ""]
@@ -107,13 +115,16 @@ def render_markdown(records: Sequence[dict], meta: dict) -> str:
             lines.append("| " + " | ".join([r["name"], *[
                 f"{_f((got.get(k) or {}).get('auc'), 3)} / {_f((got.get(k) or {}).get('pauc'), 3)}" for k in ids]]) + " |")
     lines += ["", "Score: DCASE's harmonic mean of every id's (section's) AUC and pAUC (with domains: source AUC, "
-              "target AUC and pAUC). Seconds: the method's whole run (fit and score every group); peak MB: the "
+              "target AUC and pAUC, a domain's AUC being its normal clips against all the section's anomalous ones). "
+              f"{AMEAN}: the arithmetic mean over the machine ids (sections); pooled: over all the machine type's "
+              "clips together. pAUC: false-positive rates up to 0.1, McClish-standardised as the DCASE evaluator "
+              "prints it. Seconds: the method's whole run (fit and score every group); peak MB: the "
               "largest resident memory of its process" + (" (n/a: run in-process)" if not meta.get("isolated") else "") + ".",
               ""]
     return "\n".join(lines)
 
 
-CSV_COLUMNS = ("rank", "name", "method", "status", "official_score", "mean_auc", "mean_pauc", "auc_source", "auc_target",
+CSV_COLUMNS = ("rank", "name", "method", "status", "official_score", "mean_auc", "mean_pauc", "mean_auc_source", "mean_auc_target",
                "seconds", "peak_rss_mb", "random_init", "label", "spec", "reason")
 
 
@@ -127,7 +138,7 @@ def write_report(out: str | Path, records: Sequence[dict], meta: dict) -> None:
 
     def row(i, r):
         by = r.get("by_type") or {}
-        base = {**r, "rank": i}
+        base = {**r, "rank": i, "mean_auc_source": r.get("auc_source"), "mean_auc_target": r.get("auc_target")}
         base.update({f"{t}_{k}": (by.get(t) or {}).get(k) for t in types for k in ("auc", "pauc")})
         return ["" if base.get(c) is None else base.get(c) for c in cols]
 
@@ -145,7 +156,7 @@ def draw_figure(records: Sequence[dict], meta: dict, path: Path) -> Path:
 
     plt = pyplot()
     recs = [r for r in ranked(records) if r["status"] == "ok"]
-    groups = [*machine_types(recs), "mean of ids"]
+    groups = [*machine_types(recs), AMEAN]
     values = {key: [[_value(r, g, key) for g in groups] for r in recs] for key in ("auc", "pauc")}
     labels = [r["name"] + (" (RANDOM INIT)" if r.get("random_init") else "") for r in recs]
     title = meta.get("title", "humwatch compare")
@@ -165,7 +176,7 @@ YLABEL = {"auc": "AUC", "pauc": "pAUC (FPR <= 0.1, McClish)"}
 
 
 def _value(r: dict, group: str, key: str) -> float:
-    v = r.get(f"mean_{key}") if group == "mean of ids" else ((r.get("by_type") or {}).get(group) or {}).get(key)
+    v = r.get(f"mean_{key}") if group == AMEAN else ((r.get("by_type") or {}).get(group) or {}).get(key)
     return float("nan") if v is None else float(v)
 
 

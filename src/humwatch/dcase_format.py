@@ -5,11 +5,15 @@
 * ``decision_result_<machine>_section_<XX>_test.csv``: ``file name,0|1`` (1 = anomalous). The
   decision threshold is the DCASE 2021-2024 baselines': the 0.9 quantile of a gamma distribution
   fitted to the scores of the section's normal training clips;
-* ``result.csv``: per machine type a block with one row per section: AUC (and AUC (source) /
-  AUC (target) where the data has domains), pAUC (over all the section's clips, as the challenge
-  computes it, McClish-standardised as its evaluator prints it), precision, recall and F1 of the
-  decisions; then the section's arithmetic and harmonic means; and at the end the ``official
-  score``, the harmonic mean over every machine type and section of all the AUC and pAUC values.
+* ``result.csv``: what the DCASE 2022-2024 evaluator (nttcslab/dcase2023_task2_evaluator) writes
+  for these files, with its columns, rows and definitions (:mod:`humwatch.dcase_eval`): per
+  machine type a row per section with AUC (all), AUC (source) and AUC (target) (a domain's normal
+  clips against all the section's anomalous clips), pAUC over the section, precision, recall
+  and F1 score per domain; the arithmetic and harmonic mean rows; and at the end the same over
+  every machine type, the ``official score`` and its jackknife ``official score ci95``.
+
+The files are only what the evaluator expects when the test clips are the dataset's own test set:
+a DCASE tree runs on its own train/test split unless ``--study-split`` is given.
 
 Sections: ``section_00`` (DCASE 2021+) and ``id_00`` (MIMII, DCASE 2020) both become ``00``.
 """
@@ -22,11 +26,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
 
 from humwatch.data.clips import Clip
+from humwatch.dcase_eval import Section, result_rows
 from humwatch.io import write_csv, write_text
-from humwatch.metrics import auc, pauc, threshold_from_scores
+from humwatch.metrics import threshold_from_scores
 
 DECISION_QUANTILE = 0.9
 """The baselines' decision threshold: this quantile of a gamma fitted to normal training scores."""
@@ -44,11 +48,24 @@ def decision_threshold(train_scores: Sequence[float]) -> float:
     return float(np.quantile(s, DECISION_QUANTILE)) if s.size else float("inf")
 
 
-def _prf(y: np.ndarray, d: np.ndarray) -> tuple[float, float, float]:
-    tp = float(np.sum((d == 1) & (y == 1)))
-    p = tp / max(float(d.sum()), 1e-12) if d.sum() else 0.0
-    r = tp / max(float(y.sum()), 1e-12) if y.sum() else 0.0
-    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+def official_test_note(clips: Sequence[Clip], scored: Sequence[Clip]) -> str:
+    """A warning when the scored clips are not the DCASE folders' test set (``""`` when they are):
+    the evaluator expects every clip of a section's ``test`` folder and no other. Judged by each
+    clip's folder (``train``, ``test``, ``source_test``, ``target_test``), so it holds whichever split
+    the run used (the study's, a saved one)."""
+    from humwatch.data.dcase import SPLIT_DIRS
+
+    official = {c.key for c in clips if SPLIT_DIRS.get(Path(c.path).parent.name) == "test"}
+    if not official:
+        return ""
+    got = {c.key for c in scored}
+    missing, extra = len(official - got), len(got - official)
+    if not missing and not extra:
+        return ""
+    return (f"the DCASE files hold {len(official & got)} of the {len(official)} clips of the dataset's test folders"
+            + (f" and {extra} training clip(s)" if extra else "")
+            + "; the DCASE evaluator expects every test clip of a section and no other"
+            + " (a DCASE tree keeps its own split unless --study-split; unreadable clips are left out)")
 
 
 def write_dcase(folder: str | Path, test: Sequence[Clip], scores: dict[str, float],
@@ -60,47 +77,19 @@ def write_dcase(folder: str | Path, test: Sequence[Clip], scores: dict[str, floa
     for c in test:
         if c.key in scores:
             groups.setdefault((c.machine_type, c.machine_id), []).append(c)
-    has_domains = any(c.domain for c in test)
+    sections = []
+    for (mt, mid), clips in sorted(groups.items()):
+        clips = sorted(clips, key=lambda c: Path(c.path).name)  # the evaluator reads the files sorted by name
+        sec = section(mid)
+        s = np.array([scores[c.key] for c in clips], dtype=np.float64)
+        d = (s > decision_threshold(train_scores.get((mt, mid), []))).astype(int)
+        names = [Path(c.path).name for c in clips]
+        write_csv(folder / f"anomaly_score_{mt}_section_{sec}_test.csv", (), ([n, f"{v:.8g}"] for n, v in zip(names, s)))
+        write_csv(folder / f"decision_result_{mt}_section_{sec}_test.csv", (), ([n, int(v)] for n, v in zip(names, d)))
+        # the values as written (8 digits), so that result.csv is what the evaluator makes of the files
+        written = np.array([float(f"{v:.8g}") for v in s])
+        sections.append(Section(mt, sec, [c.label for c in clips], written, d, [c.domain for c in clips]))
     out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
-    official: list[float] = []
-    for mtype in sorted({k[0] for k in groups}):
-        head = ["section", "AUC (source)", "AUC (target)"] if has_domains else ["section", "AUC"]
-        head += ["pAUC", "precision", "recall", "F1 score"]
-        w.writerow([mtype])
-        w.writerow(head)
-        rows = []
-        for (mt, mid) in sorted(k for k in groups if k[0] == mtype):
-            clips = sorted(groups[(mt, mid)], key=lambda c: Path(c.path).name)
-            sec = section(mid)
-            y = np.array([c.label for c in clips])
-            s = np.array([scores[c.key] for c in clips])
-            thr = decision_threshold(train_scores.get((mt, mid), []))
-            d = (s > thr).astype(int)
-            names = [Path(c.path).name for c in clips]
-            write_csv(folder / f"anomaly_score_{mt}_section_{sec}_test.csv", (), ([n, f"{v:.8g}"] for n, v in zip(names, s)))
-            write_csv(folder / f"decision_result_{mt}_section_{sec}_test.csv", (), ([n, int(v)] for n, v in zip(names, d)))
-            if has_domains:
-                aucs = []
-                for dom in ("source", "target"):
-                    keep = np.array([c.domain == dom for c in clips])
-                    aucs.append(auc(y[keep], s[keep]) if keep.any() else float("nan"))
-            else:
-                aucs = [auc(y, s)]
-            row = [*aucs, pauc(y, s), *_prf(y, d)]
-            rows.append(row)
-            official += [v for v in (*aucs, row[len(aucs)]) if np.isfinite(v)]
-            w.writerow([sec, *(f"{v:.6f}" for v in row)])
-        arr = np.array(rows, dtype=np.float64)
-        w.writerow(["arithmetic mean", *(f"{v:.6f}" for v in np.nanmean(arr, axis=0))])
-        w.writerow(["harmonic mean", *(f"{_hmean(arr[:, j]):.6f}" for j in range(arr.shape[1]))])
-        w.writerow([])
-    w.writerow(["", "AUC and pAUC, harmonic mean over every machine type and section"])
-    w.writerow(["official score", f"{_hmean(np.array(official)):.6f}"])
+    csv.writer(out, lineterminator="\n").writerows(result_rows(sections))
     write_text(folder / "result.csv", out.getvalue())
     return folder / "result.csv"
-
-
-def _hmean(values: np.ndarray) -> float:
-    v = values[np.isfinite(values)]
-    return float(stats.hmean(np.maximum(v, np.finfo(float).eps))) if v.size else float("nan")

@@ -225,7 +225,8 @@ def official_score(rows: Sequence[dict]) -> float:
     (section's) AUC and pAUC, or with domains (:func:`add_domain_columns`) of every section's
     source AUC, target AUC and pAUC, over all machine types (DCASE 2021-2024; DCASE 2020 took
     the arithmetic mean). NaN values (a section without both classes) are left out; NaN when none
-    is left. The harmonic mean punishes one bad section more than the arithmetic mean does."""
+    is left (``RUN/dcase/result.csv``, :mod:`humwatch.dcase_eval`, writes NaN instead, as the DCASE
+    evaluator cannot score such a section either). The harmonic mean punishes one bad section more than the arithmetic mean does."""
     values: list[float] = []
     for r in rows:
         if r.get("machine_id") == "all":

@@ -43,9 +43,15 @@ class RunConfig:
     test_fraction: float = 0.25
     val_fraction: float = 0.1
     split_csv: str | None = None
-    dataset_split: bool = False
+    dataset_split: bool | None = None
     """Keep the dataset's own train/test split (DCASE's folders, a manifest's split column) instead
-    of the study's; ``val_fraction`` of the training clips become validation clips."""
+    of the study's (``test_fraction`` / ``val_fraction`` of every stratum). ``None``: the dataset's
+    own on a DCASE tree (its test set is what the challenge scores), the study's otherwise;
+    :func:`prepare_clips` writes down which."""
+    dataset_val_fraction: float = 0.0
+    """With the dataset's own split: this share of each training stratum becomes validation clips
+    (default none: every training clip trains; a method that needs held-out clips says so in its
+    training report)."""
     channel: int | None = None
     skip_bad: bool = False
     cache_dir: str | None = None
@@ -58,6 +64,7 @@ class RunConfig:
     def validate(self):
         """Check everything that can be checked without reading audio or building a model; returns
         the method's checked Settings (and stores their full form in ``settings``)."""
+        from humwatch.data.split import fraction
         from humwatch.methods import method_settings
 
         if self.channel is not None and (isinstance(self.channel, bool) or not isinstance(self.channel, int) or self.channel < 0):
@@ -66,6 +73,9 @@ class RunConfig:
             raise ConfigError("give --data (a dataset) or --split (a saved split.csv)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a whole number 0 or more, got {self.seed!r}")
+        if self.dataset_split is not None and not isinstance(self.dataset_split, bool):
+            raise ConfigError(f"dataset_split must be true, false or null, got {self.dataset_split!r}")
+        fraction(self.dataset_val_fraction, "dataset-val")
         s = method_settings(self.method, self.settings)
         self.settings = s.to_dict()  # every setting, checked, saved in config.json
         return s
@@ -84,23 +94,57 @@ class RunResult:
     info: dict
 
 
+def uses_dataset_split(cfg: RunConfig) -> bool:
+    """Whether ``cfg`` runs on the dataset's own train/test split: as asked, else (``None``) when
+    its data is a DCASE tree (by names only, :func:`humwatch.data.loading.detect_layout`)."""
+    if cfg.dataset_split is not None:
+        return bool(cfg.dataset_split)
+    if cfg.split_csv or not cfg.data:
+        return False
+    from humwatch.data.loading import detect_layout
+
+    layout = cfg.layout.lower() if isinstance(cfg.layout, str) else "auto"
+    return (detect_layout(cfg.data) if layout == "auto" else layout) == "dcase"
+
+
 def prepare_clips(cfg: RunConfig) -> list[Clip]:
-    """The dataset's clips with the study's split (or a saved split, to repeat a run exactly)."""
+    """The dataset's clips with their split: the study's (``test_fraction``/``val_fraction`` per
+    stratum), the dataset's own (:func:`uses_dataset_split`; the default on a DCASE tree, every
+    training clip trains unless ``dataset_val_fraction``), or a saved one, to repeat a run exactly.
+    Sets ``cfg.dataset_split`` to the split used (config.json records it)."""
     from humwatch.data import load_dataset
     from humwatch.data.split import study_split
 
     if cfg.split_csv:
         return check_split(read_clips_csv(cfg.split_csv), cfg.split_csv, cfg.data)
+    cfg.dataset_split = uses_dataset_split(cfg)
     clips = load_dataset(cfg.data, layout=cfg.layout, machines=cfg.machines, ids=cfg.ids, snr=cfg.snr,
                          keep_split=cfg.dataset_split)
     if not cfg.dataset_split:
         return study_split(clips, seed=cfg.seed, test=cfg.test_fraction, val=cfg.val_fraction)
     test = [c for c in clips if c.split == "test"]
     if not test or not any(c.split == "train" for c in clips):
-        raise DatasetError(f"{cfg.data}: has no train/test split of its own (a DCASE tree or a manifest with a "
-                           "split column has); leave out the dataset split to use the study's")
-    train = study_split([c for c in clips if c.split != "test"], seed=cfg.seed, test=0.0, val=cfg.val_fraction)
+        what = "test" if not test else "training"
+        raise DatasetError(f"{cfg.data}: its own train/test split has no {what} clips (a DCASE tree's train/ and test/ "
+                           "folders or a manifest's split column give them); use the study's split (--study-split)")
+    train = [c for c in clips if c.split != "test"]
+    if cfg.dataset_val_fraction:
+        train = study_split(train, seed=cfg.seed, test=0.0, val=cfg.dataset_val_fraction)
+    else:
+        train = [c if c.split in ("train", "val") else c.with_split("train") for c in train]  # a manifest's val stays
     return sorted(train + test, key=lambda c: c.path)
+
+
+def split_description(cfg: RunConfig, clips: Sequence[Clip]) -> str:
+    """One line on the split a run used (results.md and the run command show it)."""
+    if cfg.split_csv:
+        return f"the saved split {cfg.split_csv}"
+    if cfg.dataset_split:
+        n = {s: sum(c.split == s for c in clips) for s in ("train", "val", "test")}
+        held = f", {n['val']} of them held out for validation" if n["val"] else ", none held out"
+        return f"the dataset's own: {n['train'] + n['val']} training clips{held}; {n['test']} test clips"
+    return (f"the study's: {cfg.test_fraction:g} of each machine, id and label to test, {cfg.val_fraction:g} of the "
+            f"rest to validation (seed {cfg.seed})")
 
 
 def check_split(clips: list[Clip], where: str, data: str | None) -> list[Clip]:
@@ -192,15 +236,21 @@ def _run(cfg: RunConfig, settings, clips: list[Clip], rd: RunDir, progress: bool
         raise DatasetError(f"{cfg.data}: no test clips could be scored")
     rows = result_rows(scored, readings, cfg.per_id)
     rd.write_scores(scored, readings)
+    notes = []
     if cfg.dcase_output:
-        from humwatch.dcase_format import write_dcase
+        from humwatch.dcase_format import official_test_note, write_dcase
 
         write_dcase(rd.path / "dcase", scored, {c.key: scores[c.path] for c in scored}, train_scores)
+        note = official_test_note(clips, scored)
+        if note:
+            notes.append(note)
     env = environment()
     info = {
         "method": cfg.method,
         "label": label,
         **info,
+        "split": split_description(cfg, clips),
+        **({"notes": notes} if notes else {}),
         "settings": cfg.settings,
         "groups": groups,
         "n_clips": len(clips),
@@ -239,6 +289,9 @@ def results_markdown(info: dict, rows: list[dict]) -> str:
     if info.get("random_init"):
         lines += [f"**{random_init_warning()}**", ""]
     lines += [f"- weights: {info.get('weights')}", f"- clips scored: {info['n_scored']} of {info['n_clips']}"]
+    if info.get("split"):
+        lines.append(f"- split: {info['split']}")
+    lines += [f"- note: {n}" for n in info.get("notes", ())]
     if info["skipped"]:
         lines.append(f"- skipped bad files: {len(info['skipped'])}")
     extra = [k for k in (rows[0] if rows else {}) if k.startswith(("auc_", "pauc_")) and k != "auc_ci"]

@@ -15,7 +15,8 @@ def print_leaderboard(cmp) -> None:
 
     from humwatch.compare_report import leaderboard
 
-    columns, rows = leaderboard(cmp.records, digits=3, mark=lambda text: f"[red]{escape(text)}[/]")
+    columns, rows = leaderboard(cmp.records, digits=3, mark=lambda text: f"[red]{escape(text)}[/]",
+                                per_id=bool(cmp.meta.get("per_id")))
     o.print_table(o.console(), cmp.meta.get("title", "humwatch compare"), columns, rows)
 
 
@@ -30,7 +31,8 @@ def compare_cmd(
     snr: o.Snr = None,
     per_id: o.PerId = False,
     seed: o.Seed = 0,
-    dataset_split: o.DatasetSplit = False,
+    dataset_split: o.DatasetSplit = None,
+    dataset_val: o.DatasetVal = 0.0,
     channel: o.Channel = None,
     skip_bad: o.SkipBad = False,
     cache: o.Cache = None,
@@ -59,12 +61,12 @@ def compare_cmd(
             con.print(f"[red]{rec['name']}: failed: {rec['reason']}[/]")
             return
         how = "finished earlier" if rec.get("reused") else f"{rec['seconds']:.0f} s"
-        con.print(f"{rec['name']}: score {rec['official_score']:.4f}, mean AUC {rec['mean_auc']:.4f} ({how})")
+        con.print(f"{rec['name']}: score (hmean) {rec['official_score']:.4f}, AUC (amean of ids) {rec['mean_auc']:.4f} ({how})")
 
     plan(specs)  # every method's settings checked before an engine (a Ray cluster) is started
     with get_engine(engine, ray_address) as eng:
         cmp = compare(data, specs, out, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr,
-                      per_id=per_id, seed=seed, dataset_split=dataset_split, channel=channel, skip_bad=skip_bad,
+                      per_id=per_id, seed=seed, dataset_split=dataset_split, dataset_val_fraction=dataset_val, channel=channel, skip_bad=skip_bad,
                       cache_dir=cache or o.default_cache_dir(), device=device, threads=threads, isolate=not in_process,
                       progress=not quiet, on_method=show, engine=eng)
     print_leaderboard(cmp)

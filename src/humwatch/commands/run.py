@@ -41,7 +41,8 @@ def run_cmd(
     per_id: o.PerId = False,
     seed: o.Seed = 0,
     split: o.Split = None,
-    dataset_split: o.DatasetSplit = False,
+    dataset_split: o.DatasetSplit = None,
+    dataset_val: o.DatasetVal = 0.0,
     channel: o.Channel = None,
     skip_bad: o.SkipBad = False,
     save_model: o.SaveModel = False,
@@ -55,13 +56,15 @@ def run_cmd(
     method_options: dict | None = None,
 ):
     """Run one method over a dataset: results.json, results.md, scores.csv and split.csv in OUT."""
+    from rich.markup import escape
+
     from humwatch.engine import get_engine
     from humwatch.pipeline import RunConfig, run
 
     settings = o.method_settings_from_options(method, method_options)
     cfg = RunConfig(data=str(data) if data else None, method=method, settings=settings, layout=layout, machines=o.csv_list(machines),
                     ids=o.csv_list(ids), snr=snr, per_id=per_id, seed=seed, split_csv=str(split) if split else None,
-                    dataset_split=dataset_split,
+                    dataset_split=dataset_split, dataset_val_fraction=dataset_val,
                     channel=channel, skip_bad=skip_bad, save_models=save_model, dcase_output=format_ == "dcase",
                     cache_dir=str(cache or o.default_cache_dir()), device=device)
     cfg.validate()  # every setting checked before an engine (a Ray cluster) is started
@@ -69,10 +72,18 @@ def run_cmd(
         result = run(cfg, out, progress=not quiet, overwrite=overwrite, engine=eng)
     print_results(result)
     con = o.console()
+    if result.info.get("split"):
+        con.print(f"split: {escape(result.info['split'])}")
+    for note in result.info.get("notes", ()):
+        con.print(f"[yellow]warning: {escape(note)}[/]")
     for name, rep in result.info.get("groups", {}).items():
         val = (rep.get("training") or {}).get("val") or {}
         if val:
             con.print(f"{name}: validation AUC {val['auc']:.4f}, loss {val['loss']:.4f} ({val['n']} clips)")
+        held = (rep.get("training") or {}).get("n_held_out")
+        if held and not any(c.split == "val" for c in result.clips):  # taken from the training clips: say so
+            con.print(f"{name}: early stopping held out {held} of the training clips (no validation clips; "
+                      "--dataset-val gives it some)")
     con.print(f"results in {out}")
 
 

@@ -29,8 +29,8 @@ from humwatch.errors import ConfigError, DatasetError
 
 def study_split(clips: Iterable[Clip], seed: int = 0, test: float = 0.25, val: float = 0.1) -> list[Clip]:
     """Every clip with ``split`` set to ``train``/``val``/``test``, sorted by path (see module doc)."""
-    test = _fraction(test, "test")
-    val = _fraction(val, "val")
+    test = fraction(test, "test")
+    val = fraction(val, "val")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a whole number 0 or more, got {seed!r}")
     clips = sorted(clips, key=lambda c: c.path)
@@ -105,7 +105,8 @@ def load_split(path: str | os.PathLike) -> list[Clip]:
     return clips
 
 
-def _fraction(value, name: str) -> float:
+def fraction(value, name: str) -> float:
+    """``value`` as a float from 0 to below 1, or a :class:`ConfigError` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
         raise ConfigError(f"{name} fraction must be a number from 0 to below 1, got {value!r}")
     value = float(value)

@@ -43,6 +43,8 @@ class CellSpec:
         """A hash of the settings behind the numbers (not the cache folder or the device, nor the
         batch size of embedding, which does not change embeddings)."""
         rc = {k: v for k, v in asdict(self.run_config).items() if k not in ("cache_dir", "device")}
+        if not rc.get("dataset_val_fraction"):  # unused by the study's split: cells finished before it existed are kept
+            rc.pop("dataset_val_fraction", None)
         if self.method == "lof":
             rc["settings"] = {k: v for k, v in rc["settings"].items() if k != "batch_size"}
         payload = {"method": self.method, "run": rc, "error": self.error}
@@ -93,7 +95,7 @@ def plan_cells(cfg: StudyConfig, data: str | Path, out: Path, *, rows: Sequence[
             rc = RunConfig(
                 data=str(data), method=ROW_METHOD_NAMES[method], settings=cell_settings(cfg, method, bb, weights),
                 machines=[colspec["machine"]], ids=list(colspec["ids"]) if colspec["ids"] else None, snr=cfg.snr,
-                seed=cfg.seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
+                seed=cfg.seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction, dataset_split=False,
                 cache_dir=str(out / "cache"), device=device,
             )
             rc.validate()  # every setting checked (and written out in full) before any cell runs
