@@ -361,16 +361,24 @@ def _to_pcm16(y: np.ndarray) -> np.ndarray:
 
 def _write_manifest(out: Path, rows: dict[str, list]) -> None:
     """Write ``manifest.csv``: the new rows plus earlier rows whose files are still there."""
-    path = out / MANIFEST_NAME
+    _merge_csv(out / MANIFEST_NAME, MANIFEST_FIELDS, rows, out)
+
+
+def _merge_csv(path: Path, fields, rows: dict[str, list], base: Path, key: str = "path") -> None:
+    """Write the CSV ``path`` (atomically): ``rows`` (keyed by their ``key`` column, a path relative
+    to ``base``) plus the earlier rows of the file whose files are still there, sorted by key."""
     merged: dict[str, list] = {}
     if path.is_file():
         try:
             with open(path, newline="", encoding="utf-8") as f:
                 for r in csv.DictReader(f):
-                    p = r.get("path", "")
-                    if p and (out / p).is_file() and all(k in r for k in MANIFEST_FIELDS):
-                        merged[p] = [r[k] for k in MANIFEST_FIELDS]
+                    p = r.get(key, "")
+                    if p and (base / p).is_file() and all(r.get(k) is not None for k in fields):
+                        merged[p] = [r[k] for k in fields]
         except (OSError, UnicodeDecodeError, csv.Error):
-            merged = {}  # an unreadable old manifest is replaced
+            merged = {}  # an unreadable old file is replaced
     merged.update(rows)
-    write_csv(path, MANIFEST_FIELDS, (merged[k] for k in sorted(merged)))
+    write_csv(path, fields, (merged[k] for k in sorted(merged)))
+
+
+from humwatch.data.synth.dcase import DCASE_ANOMALY_KINDS, synthesize_dcase  # noqa: E402  (uses the above)
