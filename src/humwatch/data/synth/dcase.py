@@ -36,14 +36,14 @@ import numpy as np
 
 from humwatch.audio import write_audio
 from humwatch.data.clips import Clip
-from humwatch.data.synth import (
-    ANOMALY_KINDS, MACHINES, NOMINAL_DBFS, PEAK_LIMIT, _check_args, _machine_key, _merge_csv, _to_pcm16,
+from humwatch.data.synth.common import (
+    ANOMALY_KINDS, MACHINES, NOMINAL_DBFS, PEAK_LIMIT, _check_args, _merge_csv, _to_pcm16,
 )
 from humwatch.data.synth.domains import (
     ANOMALY_FAMILY, GENERIC_KINDS, NO_ATTRIBUTE_2024, add_generic, attributes, condition, condition_effect,
     domain_product,
 )
-from humwatch.data.synth.products import _SOURCES, _nominal_power
+from humwatch.data.synth.products import _SOURCES, _machine_key, _nominal_power
 from humwatch.data.synth.room import _background, _pad, _to_array
 from humwatch.data.synth.signals import _power
 from humwatch.errors import ConfigError
