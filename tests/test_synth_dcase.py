@@ -255,3 +255,20 @@ def test_cli_writes_a_dcase_tree_and_refuses_options_of_the_other_layout(tmp_pat
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and "not an option of --layout" in err and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_second_run_into_the_folder_keeps_the_first_runs_rows(tmp_path):
+    """A 2023 run (two attributes) and then a 2024 run (noAttribute, one column pair) into one folder:
+    the attribute CSV lists the files of both, none cut short or lost."""
+    kw = dict(machines=("pump",), sections=("00",), n_source_train=1, n_target_train=1, n_test=1, seconds=0.5)
+    _make(tmp_path, year=2023, **kw)
+    _make(tmp_path, year=2024, **kw)
+    rows = _csv(tmp_path / "pump" / "attributes_00.csv")
+    files = sorted(f"pump/{s}/{p.name}" for s in ("train", "test") for p in (tmp_path / "pump" / s).iterdir())
+    assert len(files) == 12 and [r["file_name"] for r in rows] == files
+    for r in rows:
+        if r["file_name"].endswith("_noAttribute.wav"):
+            assert (r["d1p"], r["d1v"], r["d2p"], r["d2v"]) == ("noAttribute", "", "", "")
+        else:
+            assert (r["d1p"], r["d2p"]) == ("vfd", "mic") and r["d1v"] and r["d2v"]
+    assert len(_csv(tmp_path / "ground_truth.csv")) == 12

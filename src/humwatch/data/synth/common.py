@@ -122,17 +122,18 @@ def _to_pcm16(y: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(q.astype(np.int16))
 
 
-def _merge_csv(path: Path, fields, rows: dict[str, list], base: Path, key: str = "path") -> None:
+def _merge_csv(path: Path, fields, rows: dict[str, list], base: Path, key: str = "path", pad: bool = False) -> None:
     """Write the CSV ``path`` (atomically): ``rows`` (keyed by their ``key`` column, a path relative
-    to ``base``) plus the earlier rows of the file whose files are still there, sorted by key."""
+    to ``base``) plus the earlier rows of the file whose files are still there, sorted by key. An earlier
+    row that lacks a column is dropped, or with ``pad`` written with the column empty."""
     merged: dict[str, list] = {}
     if path.is_file():
         try:
             with open(path, newline="", encoding="utf-8") as f:
                 for r in csv.DictReader(f):
                     p = r.get(key, "")
-                    if p and (base / p).is_file() and all(r.get(k) is not None for k in fields):
-                        merged[p] = [r[k] for k in fields]
+                    if p and (base / p).is_file() and (pad or all(r.get(k) is not None for k in fields)):
+                        merged[p] = [r.get(k) or "" for k in fields]
         except (OSError, UnicodeDecodeError, csv.Error):
             merged = {}  # an unreadable old file is replaced
     merged.update(rows)

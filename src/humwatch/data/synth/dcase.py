@@ -25,6 +25,7 @@ same bytes. The DCASE clips are other recordings than the MIMII layout's (the MI
 
 from __future__ import annotations
 
+import csv
 import math
 import numbers
 import re
@@ -130,9 +131,12 @@ def synthesize_dcase(
         if bar:
             bar.stop()
     for (m, s), rows in attr_rows.items():
-        width = max(len(r) for r in rows.values())
+        path = out / m / f"attributes_{s:02d}.csv"
+        # as wide as the widest row, an earlier run's included (a 2023 and a 2024 run into one folder)
+        width = max(max(len(r) for r in rows.values()), _csv_width(path))
         fields = ["file_name"] + [f"d{i}{c}" for i in range(1, (width - 1) // 2 + 1) for c in "pv"]
-        _merge_csv(out / m / f"attributes_{s:02d}.csv", fields, rows, out, key="file_name")
+        rows = {k: r + [""] * (len(fields) - len(r)) for k, r in rows.items()}
+        _merge_csv(path, fields, rows, out, key="file_name", pad=True)
     _merge_csv(out / GROUND_TRUTH_NAME, GROUND_TRUTH_FIELDS, truth, out)
     return clips
 
@@ -174,6 +178,15 @@ def render_dcase_clip(
     if peak > PEAK_LIMIT:
         y *= np.float32(PEAK_LIMIT / peak)
     return y, DcaseClipInfo(kind, sev, attributes(machine, section, sr, cond))
+
+
+def _csv_width(path: Path) -> int:
+    """The number of columns of an existing attribute CSV (0 when there is none or it is unreadable)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return len(next(csv.reader(f), []))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return 0
 
 
 _SECTION_RE = re.compile(r"^(?:section_)?(\d{1,2})$")
