@@ -28,15 +28,16 @@ only, so a clip's bytes do not depend on which other machines/ids/counts are gen
 or on ``snr_db`` (as in MIMII, the 6 dB, 0 dB and -6 dB sets hold the same recordings mixed at other
 levels). The same arguments give byte-identical files.
 
-The signal helpers all parts share are in :mod:`humwatch.data.synth.signals`.
+The signal helpers all parts share are in :mod:`humwatch.data.synth.signals`; what both layouts share
+(machine types, levels, argument checks) in :mod:`humwatch.data.synth.common`.
+
+:func:`synthesize_dcase` writes the DCASE 2023/2024 Task 2 development-set layout instead, with
+source and target domains (:mod:`humwatch.data.synth.dcase`, :mod:`humwatch.data.synth.domains`).
 """
 
 from __future__ import annotations
 
-import csv
 import math
-import numbers
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -45,38 +46,18 @@ import numpy as np
 
 from humwatch.audio import write_audio
 from humwatch.data.clips import Clip
+from humwatch.data.synth.common import (
+    ANOMALY_KINDS, MACHINES, MAX_CLIPS_PER_FOLDER, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, NOMINAL_DBFS, PEAK_LIMIT,
+    _check_args, _merge_csv, _to_pcm16,
+)
+from humwatch.data.synth.dcase import DCASE_ANOMALY_KINDS, synthesize_dcase
 from humwatch.data.synth.products import _SOURCES, _machine_key, _nominal_power, _product
 from humwatch.data.synth.room import _background, _pad, _to_array
 from humwatch.data.synth.signals import _power
 from humwatch.errors import ConfigError
-from humwatch.io import write_csv
-
-MACHINES = ("fan", "pump", "valve", "slider")
-"""The four MIMII machine types."""
-
-ANOMALY_KINDS: dict[str, tuple[str, ...]] = {
-    "fan": ("unbalance", "voltage_change", "clogging"),
-    "pump": ("leakage", "contamination", "clogging"),
-    "valve": ("timing_jitter", "missing_clicks", "click_spectrum"),
-    "slider": ("rail_damage", "loose_belt", "no_grease"),
-}
-"""Anomaly kinds per machine type. Fan, pump and slider follow MIMII's Table I (fan: unbalance,
-voltage change, clogging; pump: leakage, contamination, clogging; slider: rail damage, loose belt,
-no grease). MIMII lists valve anomalies as contamination; here contamination shows as a sticking
-plunger (late, irregular, chattering strokes), a jammed plunger with a leaking seat (missing strokes,
-hiss and whistle while closed), or debris on the seat (a changed closing click, bounce, rattle)."""
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_FIELDS = ("path", "machine_type", "machine_id", "label", "snr", "anomaly_kind", "severity")
-
-NOMINAL_DBFS = {"fan": -26.0, "pump": -32.0, "slider": -31.0, "valve": -44.0}
-"""RMS level (dBFS, over all channels) of a nominal normal clip's machine + background mix. Our choice:
-normal clips peak below -8 dBFS and even strong impacts (pump contamination, rail damage, valve chatter)
-rarely reach the limiter; valves sit lowest because their clicks have a 35-40 dB crest factor."""
-PEAK_LIMIT = 0.98
-"""A clip whose peak would exceed this (full scale 1.0) is scaled down to it (rare; never clips)."""
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 96000
-MAX_CLIPS_PER_FOLDER = 10**8  # file names have 8 digits, as MIMII's
 
 _SALT_CLIP = 0x5EED_0002
 
@@ -260,82 +241,6 @@ def render_source(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _check_args(machines, ids, n_normal, n_anomalous, snr_db, seed, seconds, sample_rate, channels):
-    if isinstance(machines, str):
-        machines = (machines,)
-    try:
-        machines = tuple(machines)
-    except TypeError:
-        raise ConfigError(f"machines: expected a list of machine types, got {machines!r}") from None
-    if not machines:
-        raise ConfigError(f"machines: empty (choose from {', '.join(MACHINES)})")
-    for m in machines:
-        if m not in MACHINES:
-            raise ConfigError(f"unknown machine type {m!r} (choose from {', '.join(MACHINES)})")
-    if len(set(machines)) != len(machines):
-        raise ConfigError(f"machines: listed twice in {', '.join(machines)}")
-
-    if isinstance(ids, (str, int)):
-        ids = (ids,)
-    try:
-        ids = tuple(ids)
-    except TypeError:
-        raise ConfigError(f"ids: expected a list of machine ids like '00', got {ids!r}") from None
-    if not ids:
-        raise ConfigError("ids: empty (give machine ids like 00, 02, 04, 06)")
-    id_nums = []
-    for i in ids:
-        id_nums.append(_parse_id(i))
-    if len(set(id_nums)) != len(id_nums):
-        raise ConfigError(f"ids: an id is listed twice in {', '.join(map(str, ids))}")
-
-    for name, v in (("n_normal", n_normal), ("n_anomalous", n_anomalous)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise ConfigError(f"{name} must be a whole number, got {v!r}")
-        if v < 0:
-            raise ConfigError(f"{name} must be 0 or more, got {v}")
-        if v > MAX_CLIPS_PER_FOLDER:
-            raise ConfigError(f"{name} must be at most {MAX_CLIPS_PER_FOLDER}, got {v}")
-    if n_normal == 0 and n_anomalous == 0:
-        raise ConfigError("n_normal and n_anomalous are both 0: nothing to generate")
-
-    if isinstance(snr_db, bool) or not isinstance(snr_db, numbers.Real) or not math.isfinite(snr_db):
-        raise ConfigError(f"snr_db must be a finite number of dB, got {snr_db!r}")
-    if not -40.0 <= snr_db <= 60.0:
-        raise ConfigError(f"snr_db must be between -40 and 60 dB, got {snr_db}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ConfigError(f"seed must be a whole number 0 or more, got {seed!r}")
-    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not math.isfinite(seconds):
-        raise ConfigError(f"seconds must be a number, got {seconds!r}")
-    if not 0.5 <= seconds <= 600.0:
-        raise ConfigError(f"seconds must be between 0.5 and 600, got {seconds}")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral):
-        raise ConfigError(f"sample_rate must be a whole number of Hz, got {sample_rate!r}")
-    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise ConfigError(f"sample_rate must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz, got {sample_rate}")
-    if isinstance(channels, bool) or not isinstance(channels, numbers.Integral):
-        raise ConfigError(f"channels must be a whole number, got {channels!r}")
-    if not 1 <= channels <= 32:
-        raise ConfigError(f"channels must be between 1 and 32, got {channels}")
-    return machines, id_nums
-
-
-_ID_RE = re.compile(r"^(?:id_)?(\d{1,2})$")
-
-
-def _parse_id(value) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"bad machine id {value!r} (use e.g. '00' or 'id_00', 0-99)")
-    if isinstance(value, numbers.Integral):
-        if 0 <= value <= 99:
-            return int(value)
-        raise ConfigError(f"bad machine id {value!r} (use 0-99, e.g. '00' or 'id_00')")
-    m = _ID_RE.match(str(value).strip()) if isinstance(value, str) else None
-    if not m:
-        raise ConfigError(f"bad machine id {value!r} (use e.g. '00' or 'id_00', 0-99)")
-    return int(m.group(1))
-
-
 def _clip_rngs(seed: int, machine: str, machine_id: int, label: int, index: int):
     """Three independent generators (source, background, anomaly plan) for one clip."""
     ss = np.random.SeedSequence([_SALT_CLIP, int(seed), _machine_key(machine), machine_id, label, index])
@@ -352,25 +257,6 @@ def _anomaly_plan(machine: str, label: int, index: int, rng: np.random.Generator
     return kind, severity
 
 
-def _to_pcm16(y: np.ndarray) -> np.ndarray:
-    """Float (full scale 1.0) to int16 by rounding, so reading back gives y to within half an LSB."""
-    q = np.rint(y * np.float32(32768.0))
-    np.clip(q, -32768, 32767, out=q)
-    return np.ascontiguousarray(q.astype(np.int16))
-
-
 def _write_manifest(out: Path, rows: dict[str, list]) -> None:
     """Write ``manifest.csv``: the new rows plus earlier rows whose files are still there."""
-    path = out / MANIFEST_NAME
-    merged: dict[str, list] = {}
-    if path.is_file():
-        try:
-            with open(path, newline="", encoding="utf-8") as f:
-                for r in csv.DictReader(f):
-                    p = r.get("path", "")
-                    if p and (out / p).is_file() and all(k in r for k in MANIFEST_FIELDS):
-                        merged[p] = [r[k] for k in MANIFEST_FIELDS]
-        except (OSError, UnicodeDecodeError, csv.Error):
-            merged = {}  # an unreadable old manifest is replaced
-    merged.update(rows)
-    write_csv(path, MANIFEST_FIELDS, (merged[k] for k in sorted(merged)))
+    _merge_csv(out / MANIFEST_NAME, MANIFEST_FIELDS, rows, out)
