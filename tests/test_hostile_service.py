@@ -389,3 +389,72 @@ def test_the_default_limits_leave_a_plant_alone(app):
     """The defaults: 100 failed sign-ins a minute per address, 1200 clips a minute per token (a
     plant of 100 machines sending a 10 s clip each, all with one token, is 600 a minute)."""
     assert app.settings.max_failed_logins == 100 and app.settings.max_uploads_per_minute == 1200
+
+
+# ------------------------------------------------------------------ the policy in a browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install -e .[dev])")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("chromium is not installed (apt-get install chromium; scripts/install.sh --dev does)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def test_a_browser_runs_every_page_under_the_policy_without_a_violation(service_monitors, tmp_path, browser):
+    """Chromium reports each thing the Content-Security-Policy blocks (a securitypolicyviolation
+    event): signing in, the fleet, a machine's chart, the alerts, a clip's figures and /docs (Swagger
+    UI) all work with none."""
+    import httpx
+
+    from service_fixtures import LiveServer
+
+    monitors = fresh_monitors(service_monitors, tmp_path / "monitors", names=("web-1",))
+    from humwatch.service.store import default_db_url
+
+    tokens = {s: make_token(default_db_url(monitors), f"b-{s}", s) for s in ("ingest", "read")}
+    server = LiveServer(monitors, tmp_path / "serve.log").start()
+    try:
+        with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {tokens['ingest']}"}, timeout=60) as c:
+            docs = [c.post("/api/v1/machines/web-1/clips", content=clip_bytes(kind, k), params={"recorded_at": iso(-k)}).json()
+                    for k, kind in enumerate(["normal", "anomalous", "anomalous", "anomalous"])]
+        page = browser.new_page()
+        page.set_default_timeout(20_000)
+        page.add_init_script("window.__csp = []; document.addEventListener('securitypolicyviolation', "
+                             "e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url + "/login")
+        assert page.evaluate("window.__csp") == []
+        page.fill("#token", tokens["read"])
+        page.click("button[type=submit]")
+        page.wait_for_url(server.url + "/")
+        assert page.evaluate("window.__csp") == []
+        page.goto(server.url + "/machines/web-1?range=all")
+        page.wait_for_function("window.humwatchChart !== undefined")
+        assert page.locator("#chart canvas").count() >= 1 and page.evaluate("window.__csp") == []
+        page.goto(server.url + "/alerts")
+        assert page.evaluate("window.__csp") == []
+        page.goto(server.url + f"/clips/{docs[1]['clip_id']}")
+        page.wait_for_function("() => { const i = document.getElementById('spectrogram'); return i && i.complete && i.naturalWidth > 300; }",
+                               timeout=60_000)
+        assert page.evaluate("window.__csp") == []
+        page.goto(server.url + "/docs")
+        page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+        assert page.locator(".swagger-ui .opblock").count() >= 10
+        assert page.evaluate("window.__csp") == [] and errors == [], errors
+        # and the policy is in force: an inline script (what an injected one would be) does not run
+        page.evaluate("() => { const s = document.createElement('script'); s.textContent = 'window.__ran = 1'; "
+                      "document.body.appendChild(s); }")
+        page.wait_for_function("window.__csp.length > 0")
+        assert page.evaluate("window.__ran") is None and "script-src" in page.evaluate("window.__csp")[0]
+        page.close()
+    finally:
+        server.stop()
