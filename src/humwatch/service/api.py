@@ -160,7 +160,7 @@ def ack_alert(request: Request, alert_id: AlertId, who: Reader):
     return ack(request, alert_id, who)
 
 
-def ack(request: Request, alert_id: AlertId, who: Principal) -> dict:
+def ack(request: Request, alert_id: int, who: Principal) -> dict:
     with service(request).store.write() as s:
         alert = acknowledge(s, alert_id, who.name)
         if alert is None:
