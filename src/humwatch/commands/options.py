@@ -250,6 +250,8 @@ Webhook = Annotated[Optional[str], typer.Option(help="URL POSTed a JSON document
 WebhookSecret = Annotated[Optional[str], typer.Option(envvar="HUMWATCH_WEBHOOK_SECRET", help="Sign webhook bodies (X-Humwatch-Signature: sha256=HMAC); or $HUMWATCH_WEBHOOK_SECRET.")]
 WebhookRetries = Annotated[int, typer.Option(help="Webhook retries after the first attempt.", min=0, max=20)]
 WebhookBackoff = Annotated[float, typer.Option(help="Seconds before the first webhook retry (doubling each time).")]
+MaxFailedLogins = Annotated[int, typer.Option(help="Unknown or revoked tokens one client address may show per minute; then its requests get 429 until the minute is over (0: no limit).")]
+MaxUploadsPerMinute = Annotated[int, typer.Option(help="Clips one token may send per minute; more get 429 (a listener keeps them and retries; 0: no limit).")]
 AccessLog = Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request (uvicorn's access log).")]
 Server = Annotated[str, typer.Option(help="The service's URL.")]
 ApiToken = Annotated[Optional[str], typer.Option("--token", envvar="HUMWATCH_TOKEN", help="A token with the ingest scope (better: $HUMWATCH_TOKEN, which `ps` does not show).")]

@@ -43,6 +43,8 @@ def serve_cmd(
     webhook_secret: o.WebhookSecret = None,
     webhook_retries: o.WebhookRetries = 5,
     webhook_backoff: o.WebhookBackoff = 1.0,
+    max_failed_logins: o.MaxFailedLogins = 100,
+    max_uploads_per_minute: o.MaxUploadsPerMinute = 1200,
     access_log: o.AccessLog = True,
 ):
     """Serve the monitors of a folder: a JSON API (/api/v1, /docs), a dashboard (/) and a store of scores and alerts."""
@@ -58,7 +60,8 @@ def serve_cmd(
         monitors=str(monitors), db=db, device=device, max_upload_mb=max_upload_mb, max_seconds=max_seconds,
         alert_rule=alert_rule, keep_audio=keep_audio, audio_dir=str(audio_dir) if audio_dir else None,
         audio_days=audio_days, audio_max_mb=audio_max_mb, webhook=webhook, webhook_secret=webhook_secret,
-        webhook_retries=webhook_retries, webhook_backoff=webhook_backoff,
+        webhook_retries=webhook_retries, webhook_backoff=webhook_backoff, max_failed_logins=max_failed_logins,
+        max_uploads_per_minute=max_uploads_per_minute,
     ).validate()
     found = find_monitors(monitors)
     store = _store(None, settings.db_url)

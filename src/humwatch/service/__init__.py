@@ -7,6 +7,7 @@
 ``ingest``         an upload: checks, scoring, the stored row (idempotent), kept audio, retention
 ``alerts``         the K-of-N / M rule, acknowledging, the webhook thread
 ``auth``           tokens with scopes, stored as hashes; the FastAPI dependency that checks them
+``guard``          security headers, rate limits (failed sign-ins, uploads), the write probe of /health
 ``queries``        what the API and the dashboard read
 ``api``            ``/api/v1`` and ``/health``
 ``dashboard``      server-rendered pages (``templates/``, ``static/``), login, ``/docs``

@@ -20,6 +20,7 @@ from humwatch.errors import ConfigError
 from humwatch.service import queries, schemas
 from humwatch.service.alerts import AlertRule, acknowledge, alert_document
 from humwatch.service.auth import Principal, list_tokens, require
+from humwatch.service.guard import too_many
 from humwatch.service.ingest import UploadError, clip_document, parse_time, receive_upload
 from humwatch.service.scoring import MACHINE_RE
 from humwatch.service.store import Machine
@@ -28,9 +29,14 @@ router = APIRouter()
 v1 = "/api/v1"
 ERRORS = {401: {"model": schemas.Problem, "description": "No valid token"},
           403: {"model": schemas.Problem, "description": "The token lacks the scope"},
-          404: {"model": schemas.Problem, "description": "No such machine, alert or clip"}}
+          404: {"model": schemas.Problem, "description": "No such machine, alert or clip"},
+          429: {"model": schemas.Problem, "description": "Too many unknown tokens from this address, or uploads from this token"},
+          503: {"model": schemas.Problem, "description": "The database is not available, or the store cannot write"}}
 MachineName = Annotated[str, Path(description="The machine's name (its monitor's folder name).", pattern=MACHINE_RE.pattern)]
 Reader = Annotated[Principal, Depends(require("read"))]
+ClipId = Annotated[int, Path(ge=1, le=queries.MAX_ID, description="The clip's id.")]
+AlertId = Annotated[int, Path(ge=1, le=queries.MAX_ID, description="The alert's id.")]
+Offset = Annotated[int, Query(ge=0, le=queries.MAX_OFFSET)]
 UPLOAD_BODY = {"requestBody": {"required": True, "description": "WAV or FLAC audio: the raw body, or the `file` part of a "
                                "multipart form (with an optional `recorded_at` field).", "content": {
     "audio/wav": {"schema": {"type": "string", "format": "binary"}},
@@ -57,12 +63,18 @@ def _time(text: str | None, name: str):
         raise HTTPException(422, f"{name} {text!r}: not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)") from None
 
 
-@router.get("/health", response_model=schemas.Health, tags=["service"])
+@router.get("/health", response_model=schemas.Health, tags=["service"],
+            responses={503: {"model": schemas.Problem, "description": "The database cannot be reached, or the store cannot write"}})
 def health(request: Request):
     """Liveness for load balancers, systemd and container probes: no token, says nothing about
-    machines. 503 when the database cannot be reached."""
-    with service(request).store.read() as s:
+    machines. 503 when the database cannot be reached, or when the store cannot write (a full or
+    read-only disk: a real write, done at most every few seconds)."""
+    svc = service(request)
+    with svc.store.read() as s:
         s.execute(text("SELECT 1"))
+    problem = svc.probe.problem()
+    if problem is not None:
+        raise HTTPException(503, f"the store cannot write: {problem}", headers={"retry-after": "5"})
     return {"status": "ok"}
 
 
@@ -78,6 +90,9 @@ async def post_clip(request: Request, machine: MachineName, background: Backgrou
     The same audio for the same machine and recording time is stored once (sent again, the stored
     row comes back with `duplicate: true`)."""
     svc = service(request)
+    wait = svc.uploads.hit(who.name)
+    if wait is not None:
+        raise too_many(f"token {who.name!r} sent more than {svc.uploads.limit} clips in a minute", wait)
     if svc.pool.get(machine) is None:
         raise HTTPException(404, f"no monitor for machine {machine!r} (this server has: {', '.join(svc.pool.names())})")
     up = await receive_upload(request, await run_in_threadpool(lambda: svc.ingestor.tmp_dir),
@@ -107,7 +122,7 @@ def get_scores(request: Request, machine: MachineName, who: Reader,
                since: Annotated[Optional[str], Query(description="From this time on (ISO 8601).")] = None,
                until: Annotated[Optional[str], Query(description="Up to this time (ISO 8601).")] = None,
                limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 100,
-               offset: Annotated[int, Query(ge=0)] = 0,
+               offset: Offset = 0,
                order: Literal["desc", "asc"] = "desc"):
     """A machine's scored clips in a time range, a page at a time (newest first by default)."""
     with service(request).store.read() as s:
@@ -133,14 +148,14 @@ def put_alert_rule(request: Request, machine: MachineName, rule: schemas.AlertRu
 @router.get(f"{v1}/alerts", response_model=schemas.AlertsPage, tags=["alerts"], responses=ERRORS)
 def get_alerts(request: Request, who: Reader, state: Literal["open", "closed", "all"] = "all",
                machine: Annotated[Optional[str], Query(pattern=MACHINE_RE.pattern)] = None,
-               limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 100, offset: Annotated[int, Query(ge=0)] = 0):
+               limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 100, offset: Offset = 0):
     """Alerts, open ones first, newest first."""
     with service(request).store.read() as s:
         return queries.alerts_page(s, state, _machine(s, machine) if machine else None, limit, offset)
 
 
 @router.post(f"{v1}/alerts/{{alert_id}}/ack", response_model=schemas.Alert, tags=["alerts"], responses=ERRORS)
-def ack_alert(request: Request, alert_id: int, who: Reader):
+def ack_alert(request: Request, alert_id: AlertId, who: Reader):
     """Acknowledge an alert (someone has seen it; it stays open until the machine sounds normal)."""
     return ack(request, alert_id, who)
 
@@ -154,7 +169,7 @@ def ack(request: Request, alert_id: int, who: Principal) -> dict:
 
 
 @router.get(f"{v1}/clips/{{clip_id}}", response_model=schemas.Clip, tags=["clips"], responses=ERRORS)
-def get_clip(request: Request, clip_id: int, who: Reader):
+def get_clip(request: Request, clip_id: ClipId, who: Reader):
     with service(request).store.read() as s:
         found = queries.clip_detail(s, clip_id)
         if found is None:
@@ -163,7 +178,7 @@ def get_clip(request: Request, clip_id: int, who: Reader):
 
 
 @router.get(f"{v1}/clips/{{clip_id}}/audio", tags=["clips"], responses=ERRORS, response_class=FileResponse)
-def get_clip_audio(request: Request, clip_id: int, who: Reader):
+def get_clip_audio(request: Request, clip_id: ClipId, who: Reader):
     """The clip's audio, when the server kept it (anomalous clips, within the retention limit)."""
     return FileResponse(kept_audio(request, clip_id)[1])
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from humwatch.errors import HumwatchError
 from humwatch.service.config import ServiceSettings
+from humwatch.service.guard import SecurityHeaders
 
 log = logging.getLogger("humwatch.service")
 HERE = Path(__file__).resolve().parent
@@ -32,6 +33,26 @@ class Service:
     pool: object
     ingestor: object
     webhook: object | None
+    probe: object = field(init=False)
+    failed_logins: object = field(init=False)
+    uploads: object = field(init=False)
+
+    def __post_init__(self):
+        from humwatch.service.guard import SlidingWindow, WriteProbe
+
+        self.probe = WriteProbe(self.store, self.write_folders)
+        self.failed_logins = SlidingWindow(self.settings.max_failed_logins)
+        self.uploads = SlidingWindow(self.settings.max_uploads_per_minute)
+
+    def write_folders(self) -> list[tuple[str, Path]]:
+        """(what, folder) of every folder the service writes to (the write probe's list)."""
+        from sqlalchemy.engine import make_url
+
+        folders = [("the upload folder", self.ingestor.tmp_dir)]
+        url = make_url(self.store.url)
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            folders.append(("the database's folder", Path(url.database).parent))
+        return folders
 
     @classmethod
     def open(cls, settings: ServiceSettings) -> "Service":
@@ -111,6 +132,7 @@ def _install_error_handlers(app) -> None:
     from starlette.responses import JSONResponse
 
     from humwatch.service.dashboard import html_error
+    from humwatch.service.guard import os_reason, store_reason
     from humwatch.service.ingest import UploadError
     from humwatch.service.store import StoreError
 
@@ -120,7 +142,7 @@ def _install_error_handlers(app) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
         if wants_html(request):
-            return html_error(request, exc.status_code, _one_line(exc.detail))
+            return html_error(request, exc.status_code, _one_line(exc.detail), getattr(exc, "headers", None))
         return JSONResponse({"detail": _one_line(exc.detail)}, exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -128,17 +150,36 @@ def _install_error_handlers(app) -> None:
         errors = exc.errors()
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
-        return JSONResponse({"detail": _one_line(f"{where}: {first.get('msg', 'invalid')}")}, 422)
+        detail = _one_line(f"{where}: {first.get('msg', 'invalid')}")
+        if wants_html(request):
+            return html_error(request, 422, detail)
+        return JSONResponse({"detail": detail}, 422)
 
     @app.exception_handler(UploadError)
     async def upload_error(request, exc: UploadError):
         return JSONResponse({"detail": _one_line(exc)}, exc.status)
 
+    def unavailable(request, detail: str):
+        return JSONResponse({"detail": detail}, 503, headers={"retry-after": "5"})
+
     @app.exception_handler(StoreError)
     @app.exception_handler(SQLAlchemyError)
     async def store_error(request, exc: Exception):
         log.error("store: %s", _one_line(getattr(exc, "orig", None) or exc))
-        return JSONResponse({"detail": "the database is not available"}, 503, headers={"retry-after": "5"})
+        why = store_reason(exc)
+        if why is None:
+            return unavailable(request, "the database is not available")
+        request.app.state.service.probe.failed(why)
+        return unavailable(request, f"the store cannot write: {why}")
+
+    @app.exception_handler(OSError)
+    async def disk_error(request, exc: OSError):
+        """A full or read-only disk under the uploads or the kept audio: the clip was not stored,
+        and the client (a listener keeps its spool) is told to come back later."""
+        log.error("disk: %s", _one_line(exc))
+        why = os_reason(exc)
+        request.app.state.service.probe.failed(f"the server's files: {why}")
+        return unavailable(request, f"the server cannot write its files: {why}")
 
     @app.exception_handler(HumwatchError)
     async def user_error(request, exc: HumwatchError):
@@ -169,6 +210,7 @@ def create_app(settings: ServiceSettings, service: Service | None = None):
                               "`Authorization: Bearer <token>`.")
     app.state.service = svc
     app.add_middleware(BodyLimit, limit=int(settings.max_upload_mb * 1e6) + MULTIPART_SLACK)
+    app.add_middleware(SecurityHeaders)
     _install_error_handlers(app)
     app.include_router(api.router)
     dashboard.install(app)

@@ -108,13 +108,32 @@ def token_from_headers(authorization: str | None, cookie: str | None) -> str | N
     return cookie or None
 
 
+def checked_sign_in(request: Request, token: str | None) -> Principal | None:
+    """:func:`authenticate`, rate-limited: a client address that showed more than
+    ``max_failed_logins`` unknown or revoked tokens in the last minute is answered 429 (with
+    Retry-After) without its token being looked at, until the minute is over."""
+    from humwatch.service.guard import client_address, too_many
+
+    svc = request.app.state.service
+    if not token:
+        return None
+    where = client_address(request)
+    wait = svc.failed_logins.retry_after(where)
+    if wait is not None:
+        raise too_many("too many unknown or revoked tokens from this address", wait)
+    who = authenticate(svc.store, token)
+    if who is None:
+        svc.failed_logins.hit(where)
+    return who
+
+
 def require(scope: str):
     """A FastAPI dependency: the request's :class:`Principal` when its token has ``scope``; 401
     without a valid token, 403 with one that lacks the scope. (A plain function: FastAPI runs it in
     a worker thread, off the event loop, as it queries the store.)"""
     def dependency(request: Request) -> Principal:
         token = token_from_headers(request.headers.get("authorization"), request.cookies.get(COOKIE))
-        who = authenticate(request.app.state.service.store, token)
+        who = checked_sign_in(request, token)
         if who is None:
             raise HTTPException(401, "a valid token is needed (Authorization: Bearer <token>; `humwatch token create`)",
                                 headers={"WWW-Authenticate": "Bearer"})

@@ -36,6 +36,10 @@ class ServiceSettings(Settings):
     webhook_secret: str | None = setting(None, Optional(Text()), "sign webhook bodies with HMAC-SHA256 of this secret")
     webhook_retries: int = setting(5, Int(0, 20), "webhook retries after the first attempt")
     webhook_backoff: float = setting(1.0, Real(0, 600, open_low=True), "seconds before the first retry (doubling)")
+    max_failed_logins: int = setting(100, Int(0, 1_000_000), "unknown or revoked tokens one client address may show "
+                                     "per minute before its requests are answered 429 (0: no limit)")
+    max_uploads_per_minute: int = setting(1200, Int(0, 10_000_000), "clips one token may send per minute before "
+                                          "more are answered 429 (0: no limit)")
 
     def _check(self) -> None:
         from humwatch.service.alerts import AlertRule

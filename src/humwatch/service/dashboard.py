@@ -26,7 +26,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from humwatch.service import queries
-from humwatch.service.auth import COOKIE, Principal, authenticate, require
+from humwatch.service.api import AlertId, ClipId
+from humwatch.service.auth import COOKIE, Principal, checked_sign_in, require
+from humwatch.service.scoring import MACHINE_RE
 from humwatch.service.store import utcnow
 
 HERE = Path(__file__).resolve().parent
@@ -53,12 +55,16 @@ def _page(request: Request, name: str, who: Principal | None, status: int = 200,
     return templates.TemplateResponse(request, name, {"who": who, **ctx}, status_code=status)
 
 
-def html_error(request: Request, status: int, detail: str) -> HTMLResponse:
+def html_error(request: Request, status: int, detail: str, headers: dict | None = None) -> HTMLResponse:
     """An error as a page: 401 shows the login form."""
     if status == 401:
-        return _page(request, "login.html", None, 401, detail="This page needs a token with the read scope.",
+        page = _page(request, "login.html", None, 401, detail="This page needs a token with the read scope.",
                      problem=False, next=request.url.path)
-    return _page(request, "error.html", None, status, status=status, detail=detail)
+    else:
+        page = _page(request, "error.html", None, status, code=status, detail=detail)
+    for k, v in (headers or {}).items():
+        page.headers[k] = v
+    return page
 
 
 def _svc(request: Request):
@@ -92,7 +98,7 @@ def machine_page(request: Request, machine: str, who: Reader, range: Literal["1h
     hours = RANGES[range]
     since = None if hours is None else utcnow() - _dt.timedelta(hours=hours)
     with svc.store.read() as s:
-        m = queries.machine_row(s, machine)
+        m = queries.machine_row(s, machine) if MACHINE_RE.match(machine) else None
         if m is None:
             raise HTTPException(404, f"no machine named {machine!r}")
         state = queries.machine_state(s, m, svc.pool, svc.ingestor.rule)
@@ -116,7 +122,7 @@ def chart_data(points: list[dict], spans: list[dict], state: dict) -> dict:
 
 
 @router.get("/clips/{clip_id}", response_class=HTMLResponse)
-def clip_page(request: Request, clip_id: int, who: Reader):
+def clip_page(request: Request, clip_id: ClipId, who: Reader):
     from humwatch.service.ingest import clip_document
 
     svc = _svc(request)
@@ -155,7 +161,7 @@ def _kept(request: Request, clip_id: int) -> tuple:
 
 
 @router.get("/clips/{clip_id}/spectrogram.png")
-def clip_spectrogram(request: Request, clip_id: int, who: Reader):
+def clip_spectrogram(request: Request, clip_id: ClipId, who: Reader):
     row, audio, machine = _kept(request, clip_id)
     png = audio.with_suffix(".spectrogram.png")
     if not png.is_file():
@@ -177,7 +183,7 @@ def draw_spectrogram_png(audio: Path, out: Path, title: str) -> None:
 
 
 @router.get("/clips/{clip_id}/why.png")
-def clip_why(request: Request, clip_id: int, who: Reader):
+def clip_why(request: Request, clip_id: ClipId, who: Reader):
     row, audio, machine = _kept(request, clip_id)
     png = audio.with_suffix(".why.png")
     if not png.is_file():
@@ -186,7 +192,7 @@ def clip_why(request: Request, clip_id: int, who: Reader):
 
 
 @router.get("/clips/{clip_id}/audio")
-def clip_audio(request: Request, clip_id: int, who: Reader):
+def clip_audio(request: Request, clip_id: ClipId, who: Reader):
     from fastapi.responses import FileResponse
 
     return FileResponse(_kept(request, clip_id)[1])
@@ -200,7 +206,7 @@ def alerts_page(request: Request, who: Reader, state: Literal["open", "closed", 
 
 
 @router.post("/alerts/{alert_id}/ack")
-async def ack_form(request: Request, alert_id: int, who: Reader):
+async def ack_form(request: Request, alert_id: AlertId, who: Reader):
     from starlette.concurrency import run_in_threadpool
 
     from humwatch.service.api import ack
@@ -223,7 +229,7 @@ async def login(request: Request):
     _same_origin(request)
     form = await request.form(max_fields=4, max_files=0)
     token, target = str(form.get("token", "")).strip(), _local_path(form.get("next"))
-    who = await run_in_threadpool(authenticate, _svc(request).store, token)
+    who = await run_in_threadpool(checked_sign_in, request, token)
     if who is None or not who.allows("read"):
         why = "Unknown or revoked token." if who is None else f"Token {who.name!r} lacks the read scope."
         return _page(request, "login.html", None, 401 if who is None else 403, detail=why, problem=True, next=target)
@@ -243,12 +249,9 @@ def logout(request: Request):
 
 @router.get("/docs", response_class=HTMLResponse)
 def docs(request: Request, who: Reader):
-    from fastapi.openapi.docs import get_swagger_ui_html
-
-    return get_swagger_ui_html(openapi_url="/openapi.json", title="humwatch service API",
-                               swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
-                               swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
-                               swagger_favicon_url="/static/favicon.svg")
+    """Swagger UI, started by ``static/docs.js`` (FastAPI's get_swagger_ui_html starts it with an
+    inline script, which the Content-Security-Policy refuses)."""
+    return templates.TemplateResponse(request, "docs.html", {})
 
 
 def install(app) -> None:

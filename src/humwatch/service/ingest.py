@@ -64,9 +64,11 @@ def parse_time(text: str | None) -> _dt.datetime | None:
     raw = str(text).strip()
     try:
         t = _dt.datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith(("Z", "z")) else raw)
+        return (t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)).astimezone(_dt.timezone.utc)
     except ValueError:
         raise UploadError(422, f"recorded_at {raw[:40]!r}: not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)") from None
-    return (t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)).astimezone(_dt.timezone.utc)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is after the last time Python (and the databases) can hold, in UTC
+        raise UploadError(422, f"recorded_at {raw[:40]!r}: outside the years 1 to 9999 in UTC") from None
 
 
 def safe_filename(name: str) -> str:
@@ -250,13 +252,18 @@ class Ingestor:
 
     # -- kept audio ------------------------------------------------------------------------------
     def maybe_prune(self) -> None:
-        """Apply the retention limits, at most every PRUNE_EVERY_S seconds (after a response)."""
+        """Apply the retention limits, at most every PRUNE_EVERY_S seconds (after a response; a
+        store or disk that fails here is logged in one line, and tried again next time)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
         if not self.settings.keep_audio or time.monotonic() - self._last_prune < PRUNE_EVERY_S:
             return
         if self._prune_lock.acquire(blocking=False):
             try:
                 self._last_prune = time.monotonic()
                 self.prune()
+            except (OSError, SQLAlchemyError) as e:
+                log.error("retention: could not delete old kept audio: %s", " ".join(str(getattr(e, "orig", None) or e).split())[:300])
             finally:
                 self._prune_lock.release()
 

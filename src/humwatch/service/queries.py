@@ -13,6 +13,11 @@ from humwatch.service.store import Alert, ClipRow, Machine, utcnow
 
 MAX_PAGE = 5000
 """The most rows one page of scores or alerts holds."""
+MAX_ID = 2**63 - 1
+"""The largest row id (a signed 64-bit integer, the databases' own limit): a larger one is a 422,
+not a query that overflows."""
+MAX_OFFSET = MAX_ID - 2 * MAX_PAGE
+"""The largest page offset (offset + limit + 1 stays a signed 64-bit integer)."""
 
 
 def machine_row(s: Session, name: str) -> Machine | None:

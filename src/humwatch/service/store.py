@@ -8,6 +8,7 @@ postgresql+psycopg://user@host/db``)::
                bytes = one row), times, score, threshold, decision, and the stored audio if kept
     alerts     K of the last N clips anomalous opens one, M normal clips in a row close it; ack
     tokens     API tokens: a name, the SHA-256 of the token (never the token), scopes
+    store_info which humwatch last upgraded the schema (``written_by``)
 
 SQLite runs in WAL mode with ``synchronous=FULL``: a clip is on disk when its transaction commits,
 so a 200 answer survives the server being killed (or the machine losing power) right after.
@@ -18,7 +19,8 @@ dashboard never waits for an ingest.
 
 The schema is created and upgraded by Alembic (``migrations/`` in this package, shipped with it);
 :meth:`Store.migrate` runs ``upgrade head``, :meth:`Store.check_schema` refuses a database at
-another revision with one line.
+another revision with one line; a revision this humwatch does not know (a newer humwatch wrote the
+database) is refused by both, naming the version that wrote it.
 """
 
 from __future__ import annotations
@@ -150,6 +152,15 @@ class Token(Base):
     revoked_at: Mapped[Optional[_dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class StoreInfo(Base):
+    """Facts about the store itself: ``written_by``, the humwatch version that last upgraded it."""
+
+    __tablename__ = "store_info"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+
 # ------------------------------------------------------------------------------------- engine
 
 
@@ -235,11 +246,47 @@ class Store:
         """Create or upgrade the schema to the newest revision; returns it."""
         from alembic import command
 
+        from humwatch import __version__
+
+        self._refuse_newer(self.current_revision())
         try:
             command.upgrade(self._alembic_config(), "head")
+            with self.write() as s:
+                s.merge(StoreInfo(key="written_by", value=__version__))
         except (OperationalError, SQLAlchemyError) as e:
             raise StoreError(f"{self.display_url}: cannot migrate the database ({_one_line(e)})") from None
         return self.head_revision()
+
+    def _refuse_newer(self, current: str | None) -> None:
+        """A schema revision this humwatch does not know comes from a newer one: say which, in one
+        line (Alembic would say "Can't locate revision" with a traceback)."""
+        from alembic.script import ScriptDirectory
+        from alembic.util import CommandError
+
+        from humwatch import __version__
+
+        if current is None:
+            return
+        script = ScriptDirectory.from_config(self._alembic_config())
+        try:
+            script.get_revision(current)
+            return
+        except CommandError:
+            pass
+        by = self._written_by()
+        raise StoreError(f"{self.display_url}: written by {f'humwatch {by}' if by else 'a newer humwatch'} (schema "
+                         f"revision {current}); this humwatch {__version__} knows revisions up to "
+                         f"{script.get_current_head()}: upgrade humwatch, or use another --db")
+
+    def _written_by(self) -> str | None:
+        from sqlalchemy import text
+
+        try:
+            with self.read() as s:
+                value = s.execute(text("SELECT value FROM store_info WHERE key = 'written_by'")).scalar()
+        except SQLAlchemyError:  # a schema from before store_info, or one that changed it
+            return None
+        return " ".join(str(value).split())[:40] or None if value is not None else None
 
     def head_revision(self) -> str:
         from alembic.script import ScriptDirectory
@@ -258,6 +305,7 @@ class Store:
     def check_schema(self) -> None:
         """Refuse a database whose schema is not this humwatch's (one line, says what to do)."""
         current, head = self.current_revision(), self.head_revision()
+        self._refuse_newer(current)
         if current != head:
             raise StoreError(f"{self.display_url}: database schema is at {current or 'nothing'}, this humwatch needs {head} "
                              "(`humwatch serve` upgrades it on start)")
