@@ -132,10 +132,13 @@ def listen_cmd(
     what = f"watching {watch}" if watch is not None else f"recording {seconds:g} s clips from the microphone"
     con.print(f"humwatch listen: {what} -> {s.server} (spool {q.root}; Ctrl-C to stop)")
     try:
-        listen(source, sender, stop)
+        listen(source, sender, stop)  # a sender that died: ListenError, one error line, exit status 2
     except KeyboardInterrupt:
         stop.set()
-    con.print(f"sent {sender.sent} clip(s), {sender.rejected} refused; {len(q.pending())} left in the spool {q.root}")
+    finally:
+        left = len(q.pending()) if q.pending_dir.is_dir() else 0
+        con.print(f"sent {sender.sent} clip(s), {sender.rejected} refused; {left} left in the spool {q.root}"
+                  + (f" (refused ones in {q.rejected_dir}, each with its reason)" if sender.rejected else ""))
 
 
 def token_create_cmd(name: o.TokenName, scope: o.Scopes = "read", monitors: o.MonitorsOption = None, db: o.Db = None):
