@@ -235,8 +235,8 @@ class Sender:
                 self.last_error = f"HTTP 200 without the service's answer ({' '.join(r.text.split())[:80]!r}): is --server right?"
                 return "retry"
             alert = " (alert opened)" if doc.get("alert_opened") else ""
-            log.info("%s: %s, score %s (threshold %s)%s%s", item.filename, doc.get("decision"), doc.get("score"),
-                     doc.get("threshold"), alert, ", sent before" if doc.get("duplicate") else "")
+            log.info("%s: %s, score %s (threshold %s)%s%s", item.filename, doc.get("decision"), _num(doc.get("score")),
+                     _num(doc.get("threshold")), alert, ", sent before" if doc.get("duplicate") else "")
             return "sent"
         self.last_error = f"HTTP {code}: {_detail(r)}"
         if code >= 500 or code in RETRY_STATUSES:
@@ -285,6 +285,10 @@ class Sender:
                 else:
                     self.spool.arrived.wait(0.5)
                     self.spool.arrived.clear()
+
+
+def _num(x) -> str:
+    return f"{x:.4g}" if isinstance(x, (int, float)) else str(x)
 
 
 def _detail(r) -> str:
@@ -417,58 +421,6 @@ class FolderSource:
             observer.join(5)
 
 
-class MicSource:
-    """Records ``seconds``-long clips from a sound input device into the spool."""
-
-    def __init__(self, spool: Spool, settings: ListenSettings, device: str | int | None = None):
-        if not settings.machine:
-            raise ConfigError("--mic needs --machine NAME (the machine the microphone listens to)")
-        self.spool, self.s, self.device = spool, settings, device
-
-    def run(self, stop: threading.Event) -> None:
-        import queue
-
-        import numpy as np
-
-        try:
-            import sounddevice as sd
-        except (OSError, ImportError) as e:  # sounddevice raises OSError when the PortAudio library is missing
-            raise ConfigError(f"--mic: {e} (pip install sounddevice; apt-get install libportaudio2)") from None
-        blocks: queue.Queue = queue.Queue()
-
-        def callback(indata, frames, when, status):
-            if status:
-                log.warning("microphone: %s", status)
-            blocks.put(indata.copy())
-
-        size, sr = int(round(self.s.seconds * self.s.sample_rate)), self.s.sample_rate
-        buf, have, k = [], 0, 0
-        try:
-            stream = sd.InputStream(samplerate=sr, channels=self.s.channels, dtype="float32", device=self.device,
-                                    callback=callback)
-        except Exception as e:  # PortAudio's errors: no such device, unsupported rate ...
-            raise ConfigError(f"--mic: cannot open the input device ({' '.join(str(e).split())[:160]})") from None
-        with stream:
-            t0 = _dt.datetime.now(_dt.timezone.utc)
-            while not stop.is_set():
-                try:
-                    block = blocks.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                buf.append(block)
-                have += len(block)
-                while have >= size:
-                    y = np.concatenate(buf)
-                    clip, rest = y[:size], y[size:]
-                    start = t0 + _dt.timedelta(seconds=k * self.s.seconds)
-                    try:
-                        self.spool.put_audio(clip, sr, self.s.machine, start, f"mic-{start:%Y%m%dT%H%M%S}.wav")
-                    except OSError as e:  # the spool's disk full or gone: this clip is lost, recording goes on
-                        log.error("microphone clip at %s: could not spool it (%s)", start, e.strerror or e)
-                    k += 1
-                    buf, have = [rest], len(rest)
-
-
 def listen(source, sender: Sender, stop: threading.Event) -> None:
     """Run a source and the sender until ``stop`` is set (or the source fails). A sender that dies
     stops the source too and raises :class:`ListenError`: a listener that records but never sends
@@ -494,3 +446,6 @@ def listen(source, sender: Sender, stop: threading.Event) -> None:
         e = died[0]
         raise ListenError(f"the sender stopped ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
                           f"the clips not sent are in {sender.spool.pending_dir}") from None
+
+
+from humwatch.service.listen_mic import MicSource  # noqa: E402,F401  (the microphone source: listen_mic.py)
