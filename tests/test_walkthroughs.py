@@ -190,3 +190,50 @@ def test_the_readme_service_walkthrough_opens_an_alert_from_the_anomalous_clips(
         r = httpx.get(f"http://127.0.0.1:{shell.port}/api/v1/machines", headers={"authorization": f"Bearer {viewer}"})
         assert r.status_code == 401  # revoked by the walkthrough's last line
         assert "viewer\tread" in shell.log.read_text()  # token list showed it
+
+
+def test_token_create_out_writes_a_file_only_its_owner_reads_and_never_a_token_nobody_has(tmp_path, capsys):
+    from humwatch.cli import main
+    from humwatch.service.auth import list_tokens
+    from humwatch.service.store import Store, default_db_url
+
+    monitors = tmp_path / "monitors"
+    monitors.mkdir()
+    old_umask = os.umask(0o022)  # the usual one: without care the file would be 0644
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(["token", "create", "plant", "--scope", "ingest,read", "--monitors", str(monitors),
+                  "--out", str(tmp_path / "token.txt")])
+    finally:
+        os.umask(old_umask)
+    out, err = capsys.readouterr()
+    token_file = tmp_path / "token.txt"
+    assert e.value.code == 0 and out == "" and "written to" in err  # not on the terminal
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text()
+    assert token.endswith("\n") and len(token.strip()) > 40
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".token.txt")]  # no temporary left
+    refused = [(["--out", str(token_file)], "exists already"),  # another token's file is never replaced
+               (["--out", str(token_file / "under-a-file.txt")], "cannot write it"),
+               (["--out", str(monitors)], "exists already")]
+    for args, words in refused:
+        with pytest.raises(SystemExit) as e:
+            main(["token", "create", "second", "--monitors", str(monitors), *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and words in err and "Traceback" not in err, err
+    assert token_file.read_text() == token
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if not os.access(ro, os.W_OK):  # (root can write anywhere)
+            with pytest.raises(SystemExit) as e:
+                main(["token", "create", "third", "--monitors", str(monitors), "--out", str(ro / "t.txt")])
+            assert e.value.code == 2 and "cannot write it" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)
+    store = Store(default_db_url(monitors))
+    try:
+        assert [t["name"] for t in list_tokens(store)] == ["plant"]  # the refused ones made no token
+    finally:
+        store.close()
