@@ -90,7 +90,7 @@ def test_files_dropped_in_a_watched_folder_become_scored_rows(live_service, tmp_
     runner.start()
     try:
         time.sleep(1.0)  # the watch is set up
-        write_clip(watch / "no-monitor" / "x.wav", "normal", 40)  # 404: waits in the spool, holds up no one
+        write_clip(watch / "no-monitor" / "x.wav", "normal", 40)  # 404: set aside with its reason, holds up no one
         for k in range(3):
             write_clip(watch / "listen-1" / f"clip{k}.wav", "anomalous" if k == 2 else "normal", 41 + k)
         write_clip(watch / "listen-1" / "long.wav", "normal", 45, seconds=4.2)  # cut into two 2 s clips
@@ -100,7 +100,9 @@ def test_files_dropped_in_a_watched_folder_become_scored_rows(live_service, tmp_
         names = sorted(r["filename"] for r in rows)
         assert names == ["clip0.wav", "clip1.wav", "clip2.wav", "long@0s.wav", "long@2s.wav"]
         assert [r["decision"] for r in rows if r["filename"] == "clip2.wav"] == ["anomalous"]
-        assert [i.machine for i in spool.pending()] == ["no-monitor"] and sender.sent == 5
+        assert wait_for(lambda: sender.rejected == 1, 30)
+        assert spool.pending() == [] and sender.sent == 5
+        assert [p.read_text()[:8] for p in spool.rejected_dir.glob("*.reason.txt")] == ["HTTP 404"]
     finally:
         stop.set()
         runner.join(20)

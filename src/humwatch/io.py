@@ -13,8 +13,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
+def atomic_path(path: str | os.PathLike, suffix: str = "", mode: int = 0o666) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step, with
+    ``mode`` (less the umask; 0o600 for a secret: the temporary file is 0600 from the start).
 
     On any error the temporary file is removed and ``path`` is left as it was.
     """
@@ -27,7 +28,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         # mkstemp makes 0600, and some writers (safetensors) recreate the file: every file humwatch
         # writes gets the usual mode, the same for JSON and weights
-        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.chmod(tmp_path, mode & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

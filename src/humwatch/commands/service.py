@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -48,7 +49,6 @@ def serve_cmd(
     access_log: o.AccessLog = True,
 ):
     """Serve the monitors of a folder: a JSON API (/api/v1, /docs), a dashboard (/) and a store of scores and alerts."""
-    import os
 
     import uvicorn
 
@@ -135,23 +135,52 @@ def listen_cmd(
     what = f"watching {watch}" if watch is not None else f"recording {seconds:g} s clips from the microphone"
     con.print(f"humwatch listen: {what} -> {s.server} (spool {q.root}; Ctrl-C to stop)")
     try:
-        listen(source, sender, stop)
+        listen(source, sender, stop)  # a sender that died: ListenError, one error line, exit status 2
     except KeyboardInterrupt:
         stop.set()
-    con.print(f"sent {sender.sent} clip(s), {sender.rejected} refused; {len(q.pending())} left in the spool {q.root}")
+    finally:
+        left = len(q.pending()) if q.pending_dir.is_dir() else 0
+        con.print(f"sent {sender.sent} clip(s), {sender.rejected} refused; {left} left in the spool {q.root}"
+                  + (f" (refused ones in {q.rejected_dir}, each with its reason)" if sender.rejected else ""))
 
 
-def token_create_cmd(name: o.TokenName, scope: o.Scopes = "read", monitors: o.MonitorsOption = None, db: o.Db = None):
-    """Make a token; it is printed once (the service keeps only its hash)."""
+def token_create_cmd(name: o.TokenName, scope: o.Scopes = "read", monitors: o.MonitorsOption = None, db: o.Db = None,
+                     out: o.TokenOut = None):
+    """Make a token; it is printed once, or written to --out readable by you only (the service keeps only its hash)."""
     from humwatch.service.auth import create_token
 
+    if out is not None and (out.exists() or out.is_symlink()):
+        raise ConfigError(f"--out {out}: exists already (it may hold a token in use); remove it or choose another file")
     store = _store(monitors, db)
     try:
-        token = create_token(store, name, scope)
+        if out is None:
+            token = create_token(store, name, scope)
+        else:
+            _create_token_file(store, name, scope, out)
     finally:
         store.close()
-    typer.echo(token)
-    typer.echo(f"token {name!r} ({scope}) made: keep it now, it is not shown again", err=True)
+    if out is None:
+        typer.echo(token)
+        typer.echo(f"token {name!r} ({scope}) made: keep it now, it is not shown again", err=True)
+    else:
+        typer.echo(f"token {name!r} ({scope}) made and written to {out} (readable by you only)", err=True)
+
+
+def _create_token_file(store, name: str, scope: str, out: Path) -> None:
+    """The file is opened (0600) before the token is made and takes its place after: a file that
+    cannot be written leaves no token in the database that nobody has, and no half-written file."""
+    from humwatch.io import atomic_path
+    from humwatch.service.auth import create_token
+
+    try:
+        with atomic_path(out, mode=0o600) as tmp:
+            token = create_token(store, name, scope)
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(token + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write it ({e.strerror or e})") from None
 
 
 def token_list_cmd(monitors: o.MonitorsOption = None, db: o.Db = None):

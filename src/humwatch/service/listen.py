@@ -4,12 +4,15 @@ while the service is down.
 Every clip goes to a local **spool** first (``SPOOL/pending/``: the audio and a JSON sidecar with
 its machine and recording time, each written whole), and a sender thread sends the spool oldest
 first. A clip leaves the spool when the service has stored it (200, also for a clip it already
-had: sending twice is harmless, the service is idempotent); one the service refuses as bad audio
-(413, 415, 422) moves to ``SPOOL/rejected/`` with the reason. The service down (no connection, a
-5xx, 429) keeps every clip and retries with exponential backoff up to ``retry_max`` seconds, so
-after an outage the spool drains by itself. A refused token or a machine the service has no
-monitor for (401, 403, 404) keeps that clip and goes on with the others (one misnamed folder does
-not hold up every machine), trying it again in the next round.
+had: sending twice is harmless, the service is idempotent). One the service refuses (any other 4xx:
+bad audio, a machine without a monitor, a name no monitor can have) moves to ``SPOOL/rejected/``
+with the reason beside it, kept, never deleted (one misnamed folder does not hold up every
+machine); so does an entry whose sidecar cannot be read. Only the service being down (no
+connection, a 5xx, 408, 429) keeps every clip and retries with exponential backoff up to
+``retry_max`` seconds, so after an outage the spool drains by itself. A refused token (401, 403)
+or a redirect (the wrong ``--server``: the clip is not at fault) keeps that clip and goes on with
+the others, trying it again in the next round. Should the sender thread ever die, the process
+ends with one ``error:`` line instead of running on without sending.
 The spool is bounded (``spool_max_mb``; the oldest clips go first when it is full).
 
 Sources:
@@ -33,19 +36,21 @@ import os
 import shutil
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from humwatch.errors import ConfigError
+from humwatch.errors import ConfigError, HumwatchError
 from humwatch.io import atomic_path, write_json, write_text
 from humwatch.settings import Int, Optional, Real, Settings, Text, setting
 
 log = logging.getLogger("humwatch.listen")
-REJECT_STATUSES = (413, 415, 422)
-"""The service's answers that mean "this clip will never be accepted": it leaves the spool."""
-HOLD_STATUSES = (401, 403, 404)
-"""Answers about this clip's machine or the token (fixed by a person): the clip waits, the others go on."""
+RETRY_STATUSES = (408, 429)
+"""The 4xx answers that mean "not now" (as every 5xx does): everything waits and is tried again."""
+HOLD_STATUSES = (401, 403)
+"""Answers about the token (fixed by a person, not the clip's fault): the clip waits, the others go on.
+Every other 4xx refuses the clip itself: it is set aside in ``SPOOL/rejected/`` with the reason."""
 SEEN_MAX = 100_000
 """Files a folder watch remembers as sent (so that touching one does not send it again)."""
 
@@ -53,6 +58,10 @@ SEEN_MAX = 100_000
 def default_spool() -> Path:
     state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(state) / "humwatch" / "spool"
+
+
+class ListenError(HumwatchError):
+    """The listener cannot go on (its sender stopped); the clips stay in the spool."""
 
 
 @dataclass
@@ -143,19 +152,35 @@ class Spool:
                 continue
             try:
                 doc = json.loads(meta.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+            except OSError:  # sent and removed meanwhile
                 continue
-            items.append(Item(audio, doc["machine"], doc["recorded_at"], doc.get("filename", audio.name)))
+            except ValueError as e:  # sidecars are written whole: this one was damaged later
+                self._set_aside(audio, f"{meta.name}: not JSON ({e})")
+                continue
+            fields = doc if isinstance(doc, dict) else {}
+            machine, recorded_at = fields.get("machine"), fields.get("recorded_at")
+            if not (isinstance(machine, str) and machine and isinstance(recorded_at, str)):
+                self._set_aside(audio, f"{meta.name}: no machine and recording time in it")
+                continue
+            items.append(Item(audio, machine, recorded_at, str(fields.get("filename") or audio.name)))
         return items
+
+    def _set_aside(self, audio: Path, reason: str) -> None:
+        log.error("%s: cannot be sent (%s); moved to %s", audio.name, reason, self.rejected_dir)
+        self.reject(Item(audio, "", "", audio.name), reason)
 
     def done(self, item: Item) -> None:
         item.meta.unlink(missing_ok=True)
         item.audio.unlink(missing_ok=True)
 
     def reject(self, item: Item, reason: str) -> None:
+        """Move the clip and its sidecar to ``rejected/`` (kept: ``mv`` them back to send again)
+        with ``<name>.reason.txt`` beside them."""
         for p in (item.audio, item.meta):
-            if p.exists():
+            try:
                 os.replace(p, self.rejected_dir / p.name)
+            except FileNotFoundError:  # never written, or moved by another thread just now
+                pass
         write_text(self.rejected_dir / (item.audio.stem + ".reason.txt"), reason + "\n")
 
     def _limit(self) -> None:
@@ -182,7 +207,10 @@ class Sender:
     def send(self, client, item: Item) -> str:
         """``sent``, ``rejected``, ``hold`` (this clip waits) or ``retry`` (the service is not
         there: everything waits), with :attr:`last_error` saying why."""
-        url = f"{self.s.server}/api/v1/machines/{item.machine}/clips"
+        # quoted: a folder named "bad?x" must reach the service as that name, not as "bad" and a query
+        # (and "." or "..", which URL clients fold away, as %2E)
+        name = urllib.parse.quote(item.machine, safe="")
+        url = f"{self.s.server}/api/v1/machines/{name if name.strip('.') else name.replace('.', '%2E')}/clips"
         ctype = "audio/flac" if item.audio.suffix == ".flac" else "audio/wav"
         try:
             data = item.audio.read_bytes()
@@ -196,17 +224,28 @@ class Sender:
         except Exception as e:  # httpx's transport errors: refused, reset, timed out
             self.last_error = f"{self.s.server}: {type(e).__name__} {' '.join(str(e).split())[:120]}".strip()
             return "retry"
-        detail = _detail(r)
-        if r.status_code == 200:
-            doc = r.json()
+        code = r.status_code
+        if code == 200:
+            try:
+                doc = r.json()
+                stored = isinstance(doc, dict) and "clip_id" in doc
+            except ValueError:
+                stored = False
+            if not stored:  # a proxy's or another program's page: the clip is not stored
+                self.last_error = f"HTTP 200 without the service's answer ({' '.join(r.text.split())[:80]!r}): is --server right?"
+                return "retry"
             alert = " (alert opened)" if doc.get("alert_opened") else ""
-            log.info("%s: %s %.4g (threshold %.4g)%s%s", item.filename, doc.get("decision"), doc.get("score"),
-                     doc.get("threshold"), alert, ", sent before" if doc.get("duplicate") else "")
+            log.info("%s: %s, score %s (threshold %s)%s%s", item.filename, doc.get("decision"), _num(doc.get("score")),
+                     _num(doc.get("threshold")), alert, ", sent before" if doc.get("duplicate") else "")
             return "sent"
-        self.last_error = f"HTTP {r.status_code}: {detail}"
-        if r.status_code in REJECT_STATUSES:
-            return "rejected"
-        return "hold" if r.status_code in HOLD_STATUSES else "retry"
+        self.last_error = f"HTTP {code}: {_detail(r)}"
+        if code >= 500 or code in RETRY_STATUSES:
+            return "retry"
+        if code in HOLD_STATUSES or 300 <= code < 400:
+            if 300 <= code < 400:
+                self.last_error += f" (redirected to {r.headers.get('location', '?')}: give that as --server)"
+            return "hold"
+        return "rejected"
 
     def run(self, stop: threading.Event) -> None:
         import httpx
@@ -246,6 +285,10 @@ class Sender:
                 else:
                     self.spool.arrived.wait(0.5)
                     self.spool.arrived.clear()
+
+
+def _num(x) -> str:
+    return f"{x:.4g}" if isinstance(x, (int, float)) else str(x)
 
 
 def _detail(r) -> str:
@@ -378,64 +421,31 @@ class FolderSource:
             observer.join(5)
 
 
-class MicSource:
-    """Records ``seconds``-long clips from a sound input device into the spool."""
-
-    def __init__(self, spool: Spool, settings: ListenSettings, device: str | int | None = None):
-        if not settings.machine:
-            raise ConfigError("--mic needs --machine NAME (the machine the microphone listens to)")
-        self.spool, self.s, self.device = spool, settings, device
-
-    def run(self, stop: threading.Event) -> None:
-        import queue
-
-        import numpy as np
-
-        try:
-            import sounddevice as sd
-        except (OSError, ImportError) as e:  # sounddevice raises OSError when the PortAudio library is missing
-            raise ConfigError(f"--mic: {e} (pip install sounddevice; apt-get install libportaudio2)") from None
-        blocks: queue.Queue = queue.Queue()
-
-        def callback(indata, frames, when, status):
-            if status:
-                log.warning("microphone: %s", status)
-            blocks.put(indata.copy())
-
-        size, sr = int(round(self.s.seconds * self.s.sample_rate)), self.s.sample_rate
-        buf, have, k = [], 0, 0
-        try:
-            stream = sd.InputStream(samplerate=sr, channels=self.s.channels, dtype="float32", device=self.device,
-                                    callback=callback)
-        except Exception as e:  # PortAudio's errors: no such device, unsupported rate ...
-            raise ConfigError(f"--mic: cannot open the input device ({' '.join(str(e).split())[:160]})") from None
-        with stream:
-            t0 = _dt.datetime.now(_dt.timezone.utc)
-            while not stop.is_set():
-                try:
-                    block = blocks.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                buf.append(block)
-                have += len(block)
-                while have >= size:
-                    y = np.concatenate(buf)
-                    clip, rest = y[:size], y[size:]
-                    start = t0 + _dt.timedelta(seconds=k * self.s.seconds)
-                    try:
-                        self.spool.put_audio(clip, sr, self.s.machine, start, f"mic-{start:%Y%m%dT%H%M%S}.wav")
-                    except OSError as e:  # the spool's disk full or gone: this clip is lost, recording goes on
-                        log.error("microphone clip at %s: could not spool it (%s)", start, e.strerror or e)
-                    k += 1
-                    buf, have = [rest], len(rest)
-
-
 def listen(source, sender: Sender, stop: threading.Event) -> None:
-    """Run a source and the sender until ``stop`` is set (or the source fails)."""
-    thread = threading.Thread(target=sender.run, args=(stop,), name="humwatch-sender", daemon=True)
+    """Run a source and the sender until ``stop`` is set (or the source fails). A sender that dies
+    stops the source too and raises :class:`ListenError`: a listener that records but never sends
+    would fill its spool, dropping clips, while looking alive."""
+    died: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            sender.run(stop)
+        except BaseException as e:  # anything at all: said once below, the source stops
+            log.debug("the sender stopped", exc_info=True)
+            died.append(e)
+            stop.set()
+
+    thread = threading.Thread(target=send, name="humwatch-sender", daemon=True)
     thread.start()
     try:
         source.run(stop)
     finally:
         stop.set()
         thread.join(10)
+    if died:
+        e = died[0]
+        raise ListenError(f"the sender stopped ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                          f"the clips not sent are in {sender.spool.pending_dir}") from None
+
+
+from humwatch.service.listen_mic import MicSource  # noqa: E402,F401  (the microphone source: listen_mic.py)
