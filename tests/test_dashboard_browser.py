@@ -60,7 +60,7 @@ def test_dashboard_fleet_chart_alert_and_acknowledge(live_service, browser):
     # signing in: a wrong token is refused, the read token lets one in
     page.goto(server.url + "/")
     assert page.locator("#token").is_visible()
-    page.fill("#token", "asdk_wrong")
+    page.fill("#token", "hw_wrong")
     page.click("button[type=submit]")
     assert "Unknown or revoked token" in page.inner_text("#login-problem")
     page.fill("#token", server.tokens["ingest"])

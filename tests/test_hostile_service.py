@@ -341,9 +341,9 @@ def test_failed_sign_ins_are_limited_per_client_address(service_monitors, tmp_pa
         for _ in range(20):  # no token at all is no guess: never counted
             assert c.get("/api/v1/machines").status_code == 401
         for k in range(5):
-            r = c.get("/api/v1/machines", headers={"authorization": f"Bearer asdk_guess{k}"})
+            r = c.get("/api/v1/machines", headers={"authorization": f"Bearer hw_guess{k}"})
             assert r.status_code == 401
-        r = c.get("/api/v1/machines", headers={"authorization": "Bearer asdk_guess5"})
+        r = c.get("/api/v1/machines", headers={"authorization": "Bearer hw_guess5"})
         one_line_problem(r, 429, "too many unknown or revoked tokens")
         assert 1 <= int(r.headers["retry-after"]) <= 60
         # while blocked, the address is refused whatever token it shows, also on the sign-in form
@@ -358,8 +358,8 @@ def test_failed_sign_ins_are_limited_per_client_address(service_monitors, tmp_pa
         clock[0] += 61  # the window slides on
         assert c.get("/api/v1/machines", headers=a.auth("read")).status_code == 200
         for k in range(5):
-            assert c.post("/login", data={"token": f"asdk_wrong{k}"}, headers={"accept": "text/html"}).status_code == 401
-        assert c.post("/login", data={"token": "asdk_wrong"}, headers={"accept": "text/html"}).status_code == 429
+            assert c.post("/login", data={"token": f"hw_wrong{k}"}, headers={"accept": "text/html"}).status_code == 401
+        assert c.post("/login", data={"token": "hw_wrong"}, headers={"accept": "text/html"}).status_code == 429
     finally:
         a.close()
 

@@ -230,7 +230,7 @@ def test_a_spooled_clip_whose_audio_vanished_is_set_aside_not_fatal(tmp_path):
     spool = Spool(tmp_path / "spool")
     item = spool.put_file(write_clip(tmp_path / "a.wav"), "m", dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
     item.audio.unlink()
-    sender = Sender(ListenSettings(spool=str(spool.root)).validate(), "asdk_x", spool)
+    sender = Sender(ListenSettings(spool=str(spool.root)).validate(), "hw_x", spool)
     assert sender.send(None, item) == "rejected" and str(item.audio) in sender.last_error
     spool.reject(item, sender.last_error)
     assert spool.pending() == [] and list(spool.rejected_dir.glob("*.reason.txt"))

@@ -63,8 +63,8 @@ def test_every_endpoint_refuses_no_token_401_and_a_token_without_its_scope_403(l
         if scope is None:
             continue
         url = _fill(path)
-        for headers in ({}, {"authorization": "Bearer asdk_not-a-token"}, {"authorization": "Basic dXNlcjpwYXNz"},
-                        {"cookie": "humwatch_token=asdk_wrong"}):
+        for headers in ({}, {"authorization": "Bearer hw_not-a-token"}, {"authorization": "Basic dXNlcjpwYXNz"},
+                        {"cookie": "humwatch_token=hw_wrong"}):
             r = httpx.request(method, live_service.url + url, headers=headers, timeout=30)
             assert r.status_code == 401, (method, url, headers, r.status_code, r.text[:200])
         with client(live_service, other[scope]) as c:

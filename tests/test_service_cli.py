@@ -21,7 +21,7 @@ def test_token_create_list_revoke(tmp_path, capsys):
     where = ["--monitors", str(tmp_path)]
     code, out, err = run(["token", "create", "plant-pi", "--scope", "ingest", *where], capsys)
     token = out.strip()
-    assert code == 0 and token.startswith("asdk_") and "not shown again" in err
+    assert code == 0 and token.startswith("hw_") and "not shown again" in err
     code, out, _ = run(["token", "create", "ops", "--scope", "read,admin", "--db", default_db_url(tmp_path)], capsys)
     assert code == 0
     store = Store(default_db_url(tmp_path))

@@ -78,7 +78,7 @@ def headers_for(which: str, tokens: dict, junk: str) -> dict:
     if which == "cookie":
         return {"cookie": f"humwatch_token={tokens['read']}"}
     if which == "wrong":
-        return {"authorization": f"Bearer asdk_{junk}"}
+        return {"authorization": f"Bearer hw_{junk}"}
     if which == "garbage":
         return {"authorization": junk}
     if which == "basic":

@@ -207,7 +207,7 @@ def test_anomalous_audio_is_kept_within_the_retention_limits(store, pool, tmp_pa
 
 def test_tokens_are_stored_as_hashes_with_scopes_and_can_be_revoked(store):
     tok = create_token(store, "lab-pi", "ingest,read")
-    assert tok.startswith("asdk_") and len(tok) > 40
+    assert tok.startswith("hw_") and len(tok) > 40
     with store.read() as s:
         row = s.scalar(select(Token).where(Token.name == "lab-pi"))
         assert tok not in (row.token_hash, row.scopes) and row.token_hash == hashlib.sha256(tok.encode()).hexdigest()
@@ -266,8 +266,8 @@ def test_a_database_that_goes_away_is_a_503_never_a_500(pool):
     app = create_app(settings, service=Service(settings, store, pool, Ingestor(store, pool, settings), None))
     with TestClient(app, raise_server_exceptions=False) as c:
         health = c.get("/health")
-        api = c.get("/api/v1/machines", headers={"authorization": "Bearer asdk_anything"})
-        page = c.get("/", headers={"accept": "text/html", "cookie": "humwatch_token=asdk_anything"})
+        api = c.get("/api/v1/machines", headers={"authorization": "Bearer hw_anything"})
+        page = c.get("/", headers={"accept": "text/html", "cookie": "humwatch_token=hw_anything"})
     for r in (health, api, page):
         assert r.status_code == 503 and r.json() == {"detail": "the database is not available"}
         assert r.headers["retry-after"] == "5"

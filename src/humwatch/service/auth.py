@@ -2,7 +2,7 @@
 
 Scopes: ``ingest`` (send clips: the listeners' token), ``read`` (the API's GET endpoints, the
 dashboard, and acknowledging alerts: the operators' token), ``admin`` (everything, plus per-machine
-alert rules and the token list). A token is ``asdk_`` + 32 random bytes (URL-safe base64) from
+alert rules and the token list). A token is ``hw_`` + 32 random bytes (URL-safe base64) from
 :mod:`secrets`; the store keeps its SHA-256 only. A plain hash is enough for a secret of 256
 random bits (a password hash such as bcrypt or scrypt slows down guessing low-entropy passwords,
 and would cost every request tens of milliseconds here), and is looked up by equality.
@@ -27,7 +27,7 @@ from humwatch.errors import ConfigError
 from humwatch.service.store import Store, Token, utcnow
 
 SCOPES = ("ingest", "read", "admin")
-PREFIX = "asdk_"
+PREFIX = "hw_"
 COOKIE = "humwatch_token"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
