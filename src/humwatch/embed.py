@@ -48,7 +48,7 @@ from humwatch.reader import ClipReader
 
 log = logging.getLogger("humwatch")
 
-MAGIC = b"ASDKEMB\x01"
+MAGIC = b"HUMWEMB\x01"
 """First bytes of every cache entry (format version in the last byte)."""
 NPZ_FIELDS = ("X", "path", "label", "machine_type", "machine_id", "split")
 """Arrays every embeddings .npz holds (``snr``, ``domain``, ``skipped_path``, ``skipped_reason`` too)."""
