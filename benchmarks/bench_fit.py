@@ -104,7 +104,7 @@ def main() -> None:
     from humwatch.runinfo import cpu_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clips", type=int, default=100, help="normal 10 s clips for the default method's rows")
+    ap.add_argument("--clips", type=int, default=100, help="normal 10 s clips for the default method's rows (0: none)")
     ap.add_argument("--ae-clips", type=int, default=30, help="clips for the autoencoder rows (0: none)")
     ap.add_argument("--epochs", type=int, default=50, help="autoencoder epochs (the study: 50)")
     ap.add_argument("--jobs", type=int, default=None, help="the parallel autoencoder row's --jobs (default: the cores here)")
@@ -114,8 +114,9 @@ def main() -> None:
     jobs = args.jobs or min(available_cores(), 6)
     ae = {"epochs": args.epochs}
     rows = [{"name": "embed once", "kind": "embed", "clips": args.clips, "settings": WEIGHT_FREE},
-            {"name": "fit (default)", "kind": "fit", "clips": args.clips, "method": "embed-detect", "settings": WEIGHT_FREE}]
-    if args.generic:
+            {"name": "fit (default)", "kind": "fit", "clips": args.clips, "method": "embed-detect",
+             "settings": WEIGHT_FREE}] if args.clips else []
+    if args.clips and args.generic:
         rows.append({"name": "fit (default, generic folds)", "kind": "fit", "clips": args.clips, "method": "embed-detect",
                      "settings": WEIGHT_FREE, "shortcuts": False})
     if args.ae_clips:

@@ -134,7 +134,10 @@ def fit_monitor(
     bad = expand_windows(anomalous, seconds, hop) if anomalous else []
     groups = fold_groups(windows, k)
     bad_groups = fold_groups(bad, k) if bad else np.zeros(0, int)
-    make_fold = lambda f: create_method(method, s, ctx, title=f"monitor: fold {f + 1}/{k}")  # noqa: E731
+
+    def make_fold(f: int):
+        return create_method(method, s, ctx, title=f"monitor: fold {f + 1}/{k}")
+
     worker = {"method": method, "settings": s, "audio": audio, "on_bad": ctx.reader.on_bad, "cache_dir": ctx.cache_dir,
               "seed": seed, "device": device}
     oof, oof_bad = cross_fit(m, make_fold, windows, groups, bad, bad_groups, k, jobs=jobs, worker=worker)
