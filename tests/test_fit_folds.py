@@ -137,15 +137,21 @@ def test_jobs_default_to_the_cores_and_are_checked(tree, tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
-def test_parallel_folds_give_the_serial_threshold(tmp_path):
+def test_parallel_folds_give_the_serial_threshold(tmp_path, caplog):
     """A tiny autoencoder: one worker process and this one share the five folds and the final fit."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="humwatch")
     root = make_mimii_tree(tmp_path, machines=("fan",), ids=("00",), n_normal=6, n_anomalous=0, seconds=2.0)
     bad = next((root / "6dB_fan/fan/id_00/normal").glob("*.wav"))
     bad.write_bytes(b"RIFF not really audio")
     clips = load_dataset(root)
     kw = dict(seconds=1.0, false_alarm_rate=0.2, threshold_method="percentile", progress=False, skip_bad=True)
     mon1, serial = fit_monitor(clips, "autoencoder", {"epochs": 2, "batch_size": 64}, jobs=1, **kw)
+    assert "worker processes" not in caplog.text
     mon2, parallel = fit_monitor(clips, "autoencoder", {"epochs": 2, "batch_size": 64}, jobs=2, **kw)
+    done = [r.getMessage() for r in caplog.records if "worker processes" in r.getMessage()]
+    assert len(done) == 1 and not done[0].startswith("monitor: 0 ")  # a worker trained at least one fold
     assert parallel["threshold"] == pytest.approx(serial["threshold"], rel=1e-6)
     assert parallel["n_calibration"] == serial["n_calibration"] == 10 and parallel["n_train"] == 10
     assert parallel["skipped"] == serial["skipped"] and len(serial["skipped"]) == 1  # skipped once, wherever it was read

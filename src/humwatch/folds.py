@@ -182,6 +182,7 @@ def _parallel(plan: _Plan, make_fold, worker: dict, jobs: int) -> None:
     todo = list(range(plan.k))
     lock = threading.Lock()
     failures: list[BaseException] = []
+    in_workers: list[int] = []
 
     def take() -> int | None:
         with lock:
@@ -202,6 +203,7 @@ def _parallel(plan: _Plan, make_fold, worker: dict, jobs: int) -> None:
                 with lock:
                     reader.absorb(out["skipped"])
                     plan.put(f, out["scores"])
+                    in_workers.append(f)
         except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
             with lock:
                 failures.append(e)
@@ -220,6 +222,7 @@ def _parallel(plan: _Plan, make_fold, worker: dict, jobs: int) -> None:
         if failures:
             raise failures[0]
         ok = True
+        log.info("monitor: %d of the %d folds were trained in worker processes", len(in_workers), plan.k)
     finally:
         with lock:
             todo.clear()
