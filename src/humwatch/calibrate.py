@@ -11,7 +11,10 @@ the DCASE 2021+ baselines do; steadier with few windows). The false-alarm rate i
 (one window = ``seconds`` of sound): a recording alarms when any of its windows does. Then the final
 method is fitted on every normal window. A supervised method (``finetune``) folds its anomalous
 recordings the same way and trains on them; an unsupervised one never sees them, and when the data
-has some they are only used to report an AUC against the out-of-fold normal scores.
+has some they are only used to report an AUC against the out-of-fold normal scores. That is
+``folds + 1`` fits done literally; :mod:`humwatch.folds` embeds every window once for a method
+whose network is fixed (refitting only the detector per fold) and trains the folds of a method
+that trains a network in parallel processes (``jobs``), with the same numbers either way.
 
 **Checks before any work**: the method's settings, the false-alarm rate and threshold method, and
 whether there are enough normal windows for the rate (``percentile`` needs ``ceil(1 / rate)``;
@@ -31,6 +34,7 @@ import numpy as np
 from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip, expand_windows
 from humwatch.errors import ConfigError, DatasetError
+from humwatch.folds import cross_fit, fold_jobs
 
 THRESHOLD_METHODS = ("percentile", "gamma")
 
@@ -74,8 +78,11 @@ def fit_monitor(
     cache_dir=None,
     progress: bool = True,
     device: str = "cpu",
+    jobs: int | None = None,
 ) -> tuple["Monitor", dict]:  # noqa: F821
-    """Fit a monitor with ``method`` (and its ``settings``) on ``clips``; returns (monitor, summary)."""
+    """Fit a monitor with ``method`` (and its ``settings``) on ``clips``; returns (monitor, summary).
+    ``jobs``: trainings at once for a method that trains a network (default: the cores here;
+    :mod:`humwatch.folds`)."""
     from humwatch import __version__
     from humwatch.methods import Context, create_method, method_settings
     from humwatch.metrics import auc, threshold_from_scores
@@ -119,33 +126,25 @@ def fit_monitor(
                            f"it needs at least {m.min_fit_clips()}: record more")
     if m.supervised and not anomalous:
         raise DatasetError(f"{method} learns from normal and anomalous recordings; found no anomalous ones")
+    jobs = fold_jobs(jobs, k, device)
     recording_notes(clips, audio)
 
-    # -- out-of-fold scores of every normal window
+    # -- out-of-fold scores of every normal window, and the final method on every normal window (and the
+    # anomalous ones, if it learns from them): humwatch.folds does it with as few trainings as it can
     bad = expand_windows(anomalous, seconds, hop) if anomalous else []
     groups = fold_groups(windows, k)
     bad_groups = fold_groups(bad, k) if bad else np.zeros(0, int)
-    oof = np.full(len(windows), np.nan)
-    oof_bad = np.full(len(bad), np.nan)
-    for f in range(k):
-        fm = create_method(method, s, ctx, title=f"monitor: fold {f + 1}/{k}")
-        train = [w for w, g in zip(windows, groups) if g != f]
-        if m.supervised:
-            train += [w for w, g in zip(bad, bad_groups) if g != f]
-        fm.fit(train)
-        held = [i for i in range(len(windows)) if groups[i] == f]
-        oof[held] = fm.score([windows[i] for i in held])
-        if m.supervised and len(bad):
-            held_bad = [i for i in range(len(bad)) if bad_groups[i] == f]
-            oof_bad[held_bad] = fm.score([bad[i] for i in held_bad])
+
+    def make_fold(f: int):
+        return create_method(method, s, ctx, title=f"monitor: fold {f + 1}/{k}")
+
+    worker = {"method": method, "settings": s, "audio": audio, "on_bad": ctx.reader.on_bad, "cache_dir": ctx.cache_dir,
+              "seed": seed, "device": device}
+    oof, oof_bad = cross_fit(m, make_fold, windows, groups, bad, bad_groups, k, jobs=jobs, worker=worker)
     ok = np.isfinite(oof)
     if ok.sum() < need:
         raise DatasetError(f"only {int(ok.sum())} normal windows could be scored (bad files skipped); {need} are needed")
     threshold = threshold_from_scores(oof[ok], false_alarm_rate=false_alarm_rate, method=threshold_method)
-
-    # -- the final method on every normal window (and the anomalous ones, if it learns from them)
-    m.title = "monitor"
-    m.fit(windows + (bad if m.supervised else []))
     far = m.far_scores()
     if not np.any(np.asarray(far) > threshold):
         raise ConfigError(

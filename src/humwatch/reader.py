@@ -93,6 +93,15 @@ class ClipReader:
             self.skipped.append((clip.key, str(err)))
             log.warning("skipped %s", err)
 
+    def absorb(self, skipped) -> None:
+        """Record the skips of another reader of the same clips (a worker process's ``skipped``),
+        once per clip, as :meth:`fail` would have."""
+        for key, reason in skipped:
+            if key not in self._bad:
+                self._bad.add(key)
+                self.skipped.append((key, reason))
+                log.warning("skipped %s", reason)
+
     def read(self, clip: Clip, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray | None:
         """The clip's signal (or ``transform`` of it); None when it is skipped as bad."""
         if clip.key in self._bad:

@@ -133,6 +133,18 @@ class SectionDetector:
         self.n_features_in_ = int(X.shape[1])
         return self
 
+    def heldout_scores(self, X: np.ndarray, clips: Sequence[Any], X_held: np.ndarray, held: Sequence[Any]) -> np.ndarray:
+        """``fit(X, clips).score_samples(X_held, held)`` (cross-fitting: a monitor's folds); one
+        detector without normalisation goes through the detector's own
+        :meth:`~humwatch.detectors.Detector.heldout_scores` (the same numbers, sometimes cheaper)."""
+        X = np.asarray(X, dtype=np.float32)
+        keys = {self._key(c) for c in clips}
+        if self.normalize or len(keys) != 1 or len(X) != len(clips):
+            return self.fit(X, clips).score_samples(X_held, held)
+        domains = [getattr(c, "domain", "") or "" for c in clips]
+        det = self.make_detector()
+        return det.heldout_scores(self.memory(X, domains), np.asarray(X_held, dtype=np.float32))
+
     # -- scoring ---------------------------------------------------------------------------------
     def readings(self, X: np.ndarray, clips: Sequence[Any]) -> dict[str, np.ndarray]:
         """``{"score": ...}`` (+ ``"votes"`` when the detector counts votes), one value per row."""

@@ -22,6 +22,7 @@ ThresholdMethod = Annotated[Literal["gamma", "percentile"], typer.Option(help="g
 Folds = Annotated[int, typer.Option(help="Cross-validation folds for calibrating the threshold on every normal recording.", min=2)]
 WindowSeconds = Annotated[float, typer.Option("--window-seconds", help="Window length in seconds: longer recordings are scored window by window, shorter ones padded.", min=0.5, max=600)]
 Hop = Annotated[Optional[float], typer.Option(help="Seconds between window starts (default: the window length, no overlap).", min=0.01)]
+Jobs = Annotated[Optional[int], typer.Option(help="Trainings at once for a method that trains a network (the calibration folds and the final fit; default: the CPU cores here, 1 on a GPU).", min=1)]
 
 
 @o.with_method_options()
@@ -44,6 +45,7 @@ def fit_cmd(
     skip_bad: o.SkipBad = False,
     overwrite: o.Overwrite = False,
     device: o.Device = "auto",
+    jobs: Jobs = None,
     quiet: o.Quiet = False,
     method_options: dict | None = None,
 ):
@@ -66,7 +68,7 @@ def fit_cmd(
     mon, summary = fit_monitor(
         clips, method, settings, false_alarm_rate=false_alarm_rate, threshold_method=threshold_method, folds=folds,
         seconds=window_seconds, hop=hop, seed=seed, audio=AudioSettings(channel=channel), skip_bad=skip_bad,
-        cache_dir=cache or o.default_cache_dir(), progress=not quiet, device=device,
+        cache_dir=cache or o.default_cache_dir(), progress=not quiet, device=device, jobs=jobs,
     )
     mon.save(out)
     con = o.console()

@@ -165,6 +165,12 @@ class Detector(BaseEstimator):
         self.n_features_in_ = int(X.shape[1])  # set last: its presence means "fitted"
         return self
 
+    def heldout_scores(self, X: Any, X_held: Any) -> np.ndarray:
+        """``fit(X).score_samples(X_held)``: the scores of held-out rows by this detector fitted on
+        ``X``, for cross-fitting (a monitor's calibration folds). A detector with a cheaper way to
+        the same numbers (``mahalanobis``) overrides it; use the detector for nothing else after."""
+        return self.fit(X).score_samples(X_held)
+
     def _min_samples_reason(self) -> str:
         return "to estimate a spread"
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.linalg import solve_triangular
 from sklearn.covariance import LedoitWolf
 from sklearn.ensemble import IsolationForest
 from sklearn.mixture import GaussianMixture
+from sklearn.preprocessing import StandardScaler
 
 from humwatch.detectors.base import (
     Detector,
+    _as_matrix,
     _check_bool,
     _check_contamination,
     _check_int,
@@ -53,6 +56,40 @@ class MahalanobisDetector(Detector):
     def _score(self, Z: np.ndarray) -> np.ndarray:
         D = Z - self.location_
         return np.maximum(np.einsum("ij,jk,ik->i", D, self.precision_, D), 0.0)
+
+    def heldout_scores(self, X, X_held) -> np.ndarray:
+        """With fewer training rows ``n`` than features ``d`` (embeddings from a few recordings), the
+        held-out distances without the ``d x d`` precision matrix (whose eigendecomposition is most
+        of a fold's time): the shrunk covariance is ``a I + U^T U`` (``a`` = shrinkage x mean
+        variance, ``U`` the scaled centred rows), so by the Woodbury identity
+        ``D P D^T = (|D|^2 - |L^-1 U D^T|^2) / a`` with ``L`` the Cholesky factor of the
+        ``n x n`` matrix ``a I + U U^T``. The same numbers as :meth:`fit` then
+        :meth:`score_samples` to float tolerance (a test compares them)."""
+        from sklearn.covariance import ledoit_wolf_shrinkage
+
+        Z = _as_matrix(X, f"detector '{self.name}' fit")
+        n, d = Z.shape
+        if n >= d or n < self._min_samples():
+            return super().heldout_scores(X, X_held)
+        self._check_params()
+        H = _as_matrix(X_held, f"detector '{self.name}' score_samples")
+        if H.shape[1] != d:
+            raise ConfigError(f"detector '{self.name}' score_samples: X has {H.shape[1]} features but the detector "
+                              f"was fitted on {d}")
+        if self.standardize:
+            scaler = StandardScaler().fit(Z)
+            Z, H = scaler.transform(Z), scaler.transform(H)
+        location = Z.mean(0)
+        Zc = Z - location
+        shrinkage = float(ledoit_wolf_shrinkage(Zc, assume_centered=True))
+        a = shrinkage * float(np.sum(Zc**2)) / (n * d)
+        if not a > 0:  # nothing to shrink towards: the generic way (a pseudo-inverse)
+            return super().heldout_scores(X, X_held)
+        U = np.sqrt((1.0 - shrinkage) / n) * Zc
+        L = np.linalg.cholesky(a * np.eye(n) + U @ U.T)
+        D = H - location
+        W = solve_triangular(L, U @ D.T, lower=True)
+        return np.maximum((np.sum(D**2, axis=1) - np.sum(W**2, axis=0)) / a, 0.0)
 
     def _state(self) -> tuple[dict, dict[str, np.ndarray]]:
         return {"shrinkage_": self.shrinkage_}, {"location": self.location_, "precision": self.precision_}

@@ -24,6 +24,7 @@ class AutoencoderMethod(Method):
     name = "autoencoder"
     Settings = AutoencoderSettings
     keeps_models = True
+    trains_network = True
 
     def __init__(self, settings, context=None, title=""):
         super().__init__(settings, context, title)

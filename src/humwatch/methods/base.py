@@ -123,6 +123,9 @@ class Method:
     """A decision threshold the scores come with (a probability's 0.5), if any."""
     keeps_models: ClassVar[bool] = False
     """A run saves this method's fitted models even without ``save_models`` (they are small)."""
+    trains_network: ClassVar[bool] = False
+    """Fitting trains a network (minutes, not seconds): a monitor's calibration trains its folds in
+    parallel processes (:mod:`humwatch.folds`)."""
 
     def __init__(self, settings: Settings, context: Context | None = None, title: str = ""):
         if not isinstance(settings, self.Settings):

@@ -89,8 +89,40 @@ class EmbeddingMethod(Method):
         emb = self._train_embeddings(clips, val)
         if len(emb) == 0:
             raise DatasetError(f"{self.title}: no normal training clips could be read")
-        self.scorer_ = self.settings.section_detector(self.context.seed).fit(emb.X, emb.clips)
+        self.scorer_ = self.new_detector(emb.X, emb.clips)
         return len(emb)
+
+    # -- embed once, fit the detector many times (a monitor's calibration folds: humwatch.folds) -------
+    @property
+    def fixed_embedder(self) -> bool:
+        """The embeddings do not depend on the training clips (no ``_train_embeddings`` of its own,
+        unsupervised): a clip embeds the same whatever the method is fitted on, so cross-fitting
+        may embed every clip once and refit only the detector."""
+        return type(self)._train_embeddings is EmbeddingMethod._train_embeddings and not self.supervised
+
+    def embed(self, clips):
+        """The :class:`~humwatch.embed.EmbeddingSet` of ``clips`` as fitting and scoring compute it."""
+        return self._embed(list(clips))
+
+    def new_detector(self, X, clips):
+        """A new section detector of these settings fitted on embeddings ``X`` of ``clips``."""
+        return self.settings.section_detector(self.context.seed).fit(X, clips)
+
+    def heldout_scores(self, X, clips, X_held, held) -> np.ndarray:
+        """The scores of embeddings ``X_held`` (of clips ``held``) by a detector of these settings
+        fitted on ``X`` (of ``clips``): :meth:`~humwatch.sections.SectionDetector.heldout_scores`."""
+        return self.settings.section_detector(self.context.seed).heldout_scores(X, clips, X_held, held)
+
+    def fit_embedded(self, emb) -> "EmbeddingMethod":
+        """``fit(clips)`` when ``emb = self.embed(clips)`` is already computed (``fixed_embedder`` only)."""
+        if not self.fixed_embedder:
+            raise ConfigError(f"{self.title}: its embeddings depend on the training clips; use fit()")
+        if len(emb) == 0:
+            raise DatasetError(f"{self.title}: no normal training clips could be read")
+        self.scorer_ = self.new_detector(emb.X, emb.clips)
+        self.n_train_ = len(emb)
+        self.fitted_ = True
+        return self
 
     def _score(self, clips):
         emb = self._embed(clips)

@@ -31,6 +31,7 @@ class FinetuneMethod(Method):
     Settings = FinetuneMethodSettings
     supervised = True
     natural_threshold = 0.5
+    trains_network = True
 
     def __init__(self, settings, context=None, title=""):
         super().__init__(settings, context, title)

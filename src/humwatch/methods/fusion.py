@@ -121,6 +121,12 @@ class ScoreFusionMethod(Method):
         self.reference_note_ = ""
 
     @property
+    def trains_network(self) -> bool:  # as its members do
+        from humwatch.methods import method_class
+
+        return any(method_class(sp.method).trains_network for sp in self.settings.specs())
+
+    @property
     def label(self) -> str:
         return f"{self.settings.how}({' + '.join(m.label for m in self.members_) or len(self.settings.members)})"
 

@@ -84,6 +84,7 @@ class IdNetMethod(EmbeddingMethod):
     name = "idnet"
     Settings = IdNetSettings
     embedding_name = "idnet"
+    trains_network = True
 
     def __init__(self, settings, context=None, title=""):
         super().__init__(settings, context, title)
