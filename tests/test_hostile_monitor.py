@@ -184,6 +184,8 @@ METHOD_EDITS = {
     "detector unknown": ("settings.detector", "nope", "detector"),
     "detector parameter unknown": ("settings.detector_params", {"nonsense": 1}, "nonsense"),
     "state arrays shapes": ("state.arrays", {"location": [1]}, "shapes"),
+    "state detector not the settings'": ("state.detector.params", {"standardize": False}, "settings give"),
+    "state detector another kind": ("state.detector.name", "knn", "knn"),
 }
 
 

@@ -10,14 +10,20 @@ threshold from out-of-fold scores of all of them, then fits the final method on 
 
 A monitor is a folder, never a pickle::
 
-    MONITOR/monitor.json          format version, humwatch version, method, threshold and its rule, audio and window settings
+    MONITOR/monitor.json          format version, humwatch version, method, threshold and its rule (with the
+                                  calibration scores' range), audio and window settings, its weights' SHA-256
     MONITOR/method/               the fitted method (humwatch.methods: method.json, its arrays and weights)
     MONITOR/reference.safetensors the normal reference the "why did it alarm" figure compares with
     MONITOR/manifest.json         the SHA-256 of every file above, written last
 
 ``Monitor.load`` refuses, with one clear line, a monitor it cannot trust: a missing, changed or
-added file, a bad field, a method whose backbone weights or embedding size differ from the ones it
-was fitted with. :func:`load_monitor` also takes a saved method folder whose scores come with
+added file, a field that is not what it must be (every field is checked, an unknown one refused),
+weights that differ from the SHA-256 monitor.json and method.json record of them (checked apart
+from the manifest: a manifest recomputed over edited weights does not help), audio settings that
+are not the method's, a threshold its calibration could not give (:func:`check_threshold`), a
+method whose backbone weights or embedding size differ from the ones it was fitted with. One
+written by a newer humwatch loads with a warning line. A window whose score is not finite is an
+error for its recording (a counted skip with ``skip_bad``), never left out in silence. :func:`load_monitor` also takes a saved method folder whose scores come with
 their own threshold (a fine-tuned model's probability, 0.5: ``RUN/models/<group>`` of ``humwatch finetune --save-model``).
 """
 

@@ -81,7 +81,7 @@ class Real(Rule):
         if not ok:
             lo = "" if self.low is None else f"{'above' if self.open_low else 'at least'} {self.low:g}"
             hi = "" if self.high is None else f"{'below' if self.open_high else 'at most'} {self.high:g}"
-            raise ValueError("a number" + (" " + " and ".join(x for x in (lo, hi) if x) if lo or hi else ""))
+            raise ValueError("a number " + " and ".join(x for x in (lo, hi) if x) if lo or hi else "a finite number")
         return float(v)
 
 
@@ -174,14 +174,17 @@ def check_value(value: Any, rule: Rule, name: str, where: Any) -> Any:
 
 
 def check_fields(doc: dict, rules: dict[str, Rule], where: Any, prefix: str = "") -> dict:
-    """Every field of the saved JSON object ``doc`` checked against ``rules`` ({name: rule}; a field
-    that is missing is None to its rule): a field without a rule is refused as unknown. Returns
-    ``{name: checked value}``; one ConfigError line naming the first bad field."""
+    """Every field of the saved JSON object ``doc`` checked against ``rules`` ({name: rule}): a field
+    without a rule is refused as unknown, a missing one unless its rule is :class:`Optional`.
+    Returns ``{name: checked value}``; one ConfigError line naming the first bad field."""
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the document'} must be a JSON object, got {type(doc).__name__}")
     unknown = sorted(set(doc) - set(rules))
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(prefix + str(k) for k in unknown[:5])}")
+    missing = [k for k, rule in rules.items() if k not in doc and not isinstance(rule, Optional)]
+    if missing:
+        raise ConfigError(f"{where}: field {prefix + missing[0]!r} is missing")
     return {k: check_value(doc.get(k), rule, prefix + k, where) for k, rule in rules.items()}
 
 
