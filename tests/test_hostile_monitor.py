@@ -372,3 +372,38 @@ def test_a_monitor_from_a_newer_humwatch_loads_with_a_warning(fitted, tmp_path, 
     code, out, err = humwatch("score", mon, wavs[0], "--out", tmp_path / "s.csv")
     assert code in (0, 1) and "Traceback" not in err, err
     assert [line for line in err.splitlines() if line.startswith("warning:") and "newer" in line], err
+
+
+# ------------------------------------------------------------------------ an exported monitor
+
+
+def test_an_exported_monitor_checks_its_network_and_weights_and_refuses_a_one_hz_wav(fitted, tmp_path, capsys):
+    from humwatch.export import export_monitor
+    from humwatch.monitor import load_monitor
+
+    root, src, wavs, scores = fitted
+    exp = tmp_path / "exp"
+    export_monitor(src, exp)
+    from humwatch.data.clips import Clip
+
+    _, onnx_scores, _ = load_monitor(exp, runtime="onnx").score_clips([Clip(w, "x", "x", 0) for w in wavs], progress=False)
+    np.testing.assert_allclose(onnx_scores, scores, rtol=1e-3)
+    bad = _one_hz(tmp_path / "onehz.wav")
+    with pytest.raises(SystemExit) as e:
+        main(["score", str(exp), str(bad), "--runtime", "onnx", "--out", str(tmp_path / "s.csv"), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error:") and "1 Hz" in err and len(err.splitlines()) == 1, err
+    # another network put in its place, the manifest recomputed: refused by export.json's SHA-256
+    swapped = _copy(exp, tmp_path / "swapped")
+    b = bytearray((swapped / "onnx/model.onnx").read_bytes())
+    b[len(b) // 2] ^= 1
+    (swapped / "onnx/model.onnx").write_bytes(bytes(b))
+    write_manifest(swapped)
+    with pytest.raises(MonitorError, match="model.onnx: the network differs from the SHA-256 export.json records"):
+        load_monitor(swapped, runtime="onnx")
+    # the detector's weights zeroed, the manifests recomputed: refused by the fingerprints
+    zeroed = _copy(exp, tmp_path / "zeroed")
+    _edit_arrays(zeroed / "method/detector.safetensors", lambda a: a.update({k: np.zeros_like(v) for k, v in a.items()}))
+    _reseal(zeroed)
+    with pytest.raises(MonitorError, match="differ from the fingerprint"):
+        load_monitor(zeroed, runtime="onnx")
