@@ -32,6 +32,10 @@ SILENCE_PEAK = 1e-6
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 MAX_FILE_BYTES = 4 << 30
 """The largest audio file humwatch opens (4 GiB: 37 hours of 16 kHz 16-bit mono, 9 hours of MIMII's 8 channels)."""
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
+"""The sample rates humwatch reads (1 to 384 kHz). A header outside them is refused before anything is
+decoded: a WAV whose header says 1 Hz crashed the resampler (a segfault: 16,000 output samples per
+input sample), and in training data one such file multiplied the threshold by about 2,100."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,18 @@ class AudioSettings:
     @property
     def n_samples(self) -> int | None:
         return None if self.seconds is None else int(round(self.seconds * self.sample_rate))
+
+
+def saved_audio_settings(doc, where, seconds_required: bool = False) -> AudioSettings:
+    """The audio settings a saved monitor or method records (``{"sample_rate", "seconds",
+    "channel"}``), every field checked (one ConfigError line naming it; an unknown field refused)."""
+    from humwatch.settings import Int, Optional, Real, check_fields
+
+    seconds = Real(0.5, 600)
+    v = check_fields(doc, {"sample_rate": Int(MIN_SAMPLE_RATE, MAX_SAMPLE_RATE),
+                           "seconds": seconds if seconds_required else Optional(seconds),
+                           "channel": Optional(Int(0, 1023))}, where, "audio.")
+    return AudioSettings(v["sample_rate"], v["seconds"], v["channel"])
 
 
 def load_audio(
@@ -161,10 +177,14 @@ def header(path: str | os.PathLike):
 
 def _header(path: Path):
     try:
-        return sf.info(os.fsencode(path))
+        info = sf.info(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise AudioError(f"{path}: not readable audio ({reason})") from None
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{path}: sample rate {info.samplerate} Hz in its header is outside the "
+                         f"{MIN_SAMPLE_RATE // 1000}-{MAX_SAMPLE_RATE // 1000} kHz humwatch reads (a damaged header?)")
+    return info
 
 
 def duration(path: str | os.PathLike) -> float | None:

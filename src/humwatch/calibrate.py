@@ -176,7 +176,8 @@ def fit_monitor(
         "audio": {"sample_rate": audio.sample_rate, "seconds": audio.seconds, "channel": audio.channel},
         "hop": hop,
         "threshold_rule": {"method": threshold_method, "false_alarm_rate": false_alarm_rate, "per": "window",
-                           "folds": k, "n_windows": int(ok.sum()), "n_recordings": len(normal), "seed": seed},
+                           "folds": k, "n_windows": int(ok.sum()), "n_recordings": len(normal), "seed": seed,
+                           "score_range": [float(oof[ok].min()), float(oof[ok].max())]},
         "n_train": m.n_train_,
         "reference_windows": reference.n_windows if reference is not None else 0,
     }

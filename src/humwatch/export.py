@@ -168,7 +168,7 @@ def export_monitor(monitor: str | Path, out: str | Path, *, fmt: str = "onnx", i
     import torch
 
     from humwatch import __version__
-    from humwatch.io import MANIFEST, check_out_folder, staged_folder, write_json, write_manifest
+    from humwatch.io import MANIFEST, check_out_folder, file_sha256, staged_folder, write_json, write_manifest
     from humwatch.monitor import Monitor
 
     if fmt not in FORMATS:
@@ -192,6 +192,7 @@ def export_monitor(monitor: str | Path, out: str | Path, *, fmt: str = "onnx", i
             "format_version": FORMAT_VERSION,
             "runtime": "onnx",
             "model": MODEL_FILE,
+            "model_sha256": file_sha256(tmp / MODEL_FILE),  # checked apart from the manifest (onnxrun)
             "precision": "int8" if int8 else "fp32",
             "source_precision": mon.method.info().get("precision", "fp32"),
             "method": mon.method.name,

@@ -94,6 +94,36 @@ def check_manifest(directory: str | os.PathLike) -> None:
             raise ConfigError(f"{d / name}: checksum does not match {MANIFEST} (file changed or damaged)")
 
 
+def weight_fingerprints(directory: str | os.PathLike) -> dict[str, str]:
+    """``{path below directory: SHA-256}`` of every weights file (``*.safetensors``) below ``directory``:
+    what a saved method or monitor records of its weights in its own JSON, beside the manifest."""
+    d = Path(directory)
+    return {p.relative_to(d).as_posix(): file_sha256(p) for p in sorted(d.rglob("*.safetensors"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(d).parts)}
+
+
+def check_weight_fingerprints(directory: str | os.PathLike, recorded: Any, where: str | os.PathLike) -> None:
+    """Refuse (ConfigError, one line) weights below ``directory`` that are not the ones ``where`` (a
+    method.json or monitor.json) records in ``recorded`` (:func:`weight_fingerprints` at saving):
+    changed, swapped, zeroed, missing or added. Independent of the manifest, so weights edited
+    and the manifest recomputed over them ("resealed") are refused too."""
+    from humwatch.errors import ConfigError
+
+    d, name = Path(directory), Path(where).name
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+        raise ConfigError(f"{where}: no fingerprints of its weights (written by an older humwatch, or edited); "
+                          "fit or save it again")
+    now = weight_fingerprints(d)
+    for f in sorted(set(recorded) | set(now)):
+        if f not in now:
+            raise ConfigError(f"{d / f}: missing (its fingerprint is in {name})")
+        if f not in recorded:
+            raise ConfigError(f"{d / f}: weights that {name} does not record (added after saving)")
+        if now[f] != recorded[f]:
+            raise ConfigError(f"{d / f}: the weights differ from the fingerprint {name} records "
+                              "(changed, swapped or damaged after saving)")
+
+
 @contextmanager
 def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty hidden folder beside ``target``; when the block ends without an error it takes

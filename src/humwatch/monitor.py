@@ -10,21 +10,26 @@ threshold from out-of-fold scores of all of them, then fits the final method on 
 
 A monitor is a folder, never a pickle::
 
-    MONITOR/monitor.json          format version, humwatch version, method, threshold and its rule, audio and window settings
+    MONITOR/monitor.json          format version, humwatch version, method, threshold and its rule (with the
+                                  calibration scores' range), audio and window settings, its weights' SHA-256
     MONITOR/method/               the fitted method (humwatch.methods: method.json, its arrays and weights)
     MONITOR/reference.safetensors the normal reference the "why did it alarm" figure compares with
     MONITOR/manifest.json         the SHA-256 of every file above, written last
 
 ``Monitor.load`` refuses, with one clear line, a monitor it cannot trust: a missing, changed or
-added file, a bad field, a method whose backbone weights or embedding size differ from the ones it
-was fitted with. :func:`load_monitor` also takes a saved method folder whose scores come with
+added file, a field that is not what it must be (every field is checked, an unknown one refused),
+weights that differ from the SHA-256 monitor.json and method.json record of them (checked apart
+from the manifest: a manifest recomputed over edited weights does not help), audio settings that
+are not the method's, a threshold its calibration could not give (:func:`check_threshold`), a
+method whose backbone weights or embedding size differ from the ones it was fitted with. One
+written by a newer humwatch loads with a warning line. A window whose score is not finite is an
+error for its recording (a counted skip with ``skip_bad``), never left out in silence. :func:`load_monitor` also takes a saved method folder whose scores come with
 their own threshold (a fine-tuned model's probability, 0.5: ``RUN/models/<group>`` of ``humwatch finetune --save-model``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -35,12 +40,13 @@ from humwatch.audio import AudioSettings
 from humwatch.calibrate import THRESHOLD_METHODS, fit_monitor  # noqa: F401  (fit_monitor: humwatch.monitor's public entry)
 from humwatch.data.clips import Clip, expand_windows
 from humwatch.errors import HumwatchError, ConfigError
-from humwatch.io import check_manifest, read_json_doc, write_json, write_manifest
+from humwatch.io import check_manifest, check_weight_fingerprints, read_json_doc, weight_fingerprints, write_json, write_manifest
 
 log = logging.getLogger("humwatch")
 
 FORMAT = "humwatch-monitor"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+"""3: monitor.json records its weights' fingerprints and the calibration's score range."""
 METHOD_DIR = "method"
 REFERENCE_FILE = "reference.safetensors"
 
@@ -81,6 +87,10 @@ class Monitor:
         windows = expand_windows(list(clips), self.audio.seconds or 10.0, self.hop)
         recording_notes(clips, self.audio)
         s = self.method.score(windows)
+        for w, v in zip(windows, s):  # NaN is a window the reader skipped; any other is the monitor failing
+            if not np.isfinite(v) and not ctx.reader.is_bad(w):
+                ctx.reader.fail(w, MonitorError(f"{w.key}: the monitor's score is {v} (not a finite number): "
+                                                "the monitor cannot score it (damaged weights?)"))
         ok = np.isfinite(s)
         return [w for w, k in zip(windows, ok) if k], s[ok], list(ctx.reader.skipped)
 
@@ -114,7 +124,7 @@ class Monitor:
                 with atomic_path(d / REFERENCE_FILE, suffix=".safetensors") as tmp:
                     save_file({k: np.ascontiguousarray(v) for k, v in self.reference.arrays().items()}, str(tmp))
             write_json(d / "monitor.json", {"format": FORMAT, "format_version": FORMAT_VERSION, **self.settings,
-                                            "threshold": float(self.threshold)})
+                                            "threshold": float(self.threshold), "fingerprints": weight_fingerprints(d)})
             write_manifest(d)
 
     @classmethod
@@ -137,14 +147,13 @@ class Monitor:
         except ConfigError as e:
             raise MonitorError(str(e)) from None
         if doc.get("format_version") != FORMAT_VERSION:
-            raise MonitorError(f"{mj}: monitor format {doc.get('format_version')} is not supported "
+            raise MonitorError(f"{mj}: monitor format {doc.get('format_version')!r} is not supported "
                                f"(this humwatch reads {FORMAT_VERSION}; fit the monitor again)")
-        threshold = doc.get("threshold")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
-            raise MonitorError(f"{mj}: threshold must be a finite number, got {threshold!r}")
-        settings = {k: v for k, v in doc.items() if k not in ("format", "format_version", "threshold")}
-        audio = check_monitor_fields(settings, mj)
+        audio = check_monitor_fields(doc, mj)
+        threshold = float(doc["threshold"])
+        settings = {k: v for k, v in doc.items() if k not in ("format", "format_version", "threshold", "fingerprints")}
         try:
+            check_weight_fingerprints(d, doc["fingerprints"], mj)
             if runtime == "onnx":
                 from humwatch.onnxrun import load_onnx_method
 
@@ -153,37 +162,83 @@ class Monitor:
                 method = load_method(d / METHOD_DIR, Context(reader=ClipReader(audio), device=device), checked=True, weights=weights)
         except ConfigError as e:
             raise MonitorError(str(e)) from None
-        return cls(method=method, threshold=float(threshold), settings=settings, reference=_load_reference(d, settings))
+        mon = cls(method=method, threshold=threshold, settings=settings, reference=_load_reference(d, settings))
+        check_method_matches(mon, mj)
+        return mon
+
+
+THRESHOLD_SPREADS = 1000
+"""How far above the calibration scores a threshold may lie, in units of their size (see :func:`check_threshold`)."""
 
 
 def check_monitor_fields(doc: dict, where: Path) -> AudioSettings:
-    """Every field of a monitor.json that scoring reads, checked (a one-line MonitorError naming the
-    field, never a KeyError or TypeError later); returns the audio settings."""
+    """Every field of a monitor.json checked against what it must be (a one-line MonitorError naming
+    the field, never a KeyError or TypeError later, nor a wrong value shown or used); a field this
+    humwatch does not know is refused. Returns the audio settings."""
+    from humwatch.audio import saved_audio_settings
     from humwatch.methods import list_methods
-    from humwatch.settings import Int, OneOf, Optional, Real
+    from humwatch.methods.base import VERSION, warn_if_newer
+    from humwatch.settings import Bool, Int, Mapping, OneOf, Pattern, Real, Seq, Text, check_fields, check_value
 
-    def check(value, rule, name):
-        try:
-            return rule(value)
-        except ValueError as e:
-            raise MonitorError(f"{where}: {name} must be {e}, got {value!r}") from None
-
-    for key, kind in (("audio", dict), ("threshold_rule", dict), ("method", str)):
-        if not isinstance(doc.get(key), kind):
-            raise MonitorError(f"{where}: field {key!r} is missing or not a {kind.__name__}")
-    check(doc["method"], OneOf(tuple(list_methods())), "method")
-    a = doc["audio"]
-    unknown = set(a) - {"sample_rate", "seconds", "channel"}
-    if unknown:
-        raise MonitorError(f"{where}: audio has unknown field(s) {', '.join(sorted(unknown))}")
-    audio = AudioSettings(check(a.get("sample_rate"), Int(1000, 384000), "audio.sample_rate"),
-                          check(a.get("seconds"), Real(0.5, 600), "audio.seconds"),
-                          check(a.get("channel"), Optional(Int(0)), "audio.channel"))
-    check(doc.get("hop"), Real(0.0, audio.seconds, open_low=True), "hop")
-    rule = doc["threshold_rule"]
-    check(rule.get("method"), OneOf(THRESHOLD_METHODS), "threshold_rule.method")
-    check(rule.get("false_alarm_rate"), Real(0.0, 1.0, open_low=True, open_high=True), "threshold_rule.false_alarm_rate")
+    try:
+        v = check_fields(doc, {
+            "format": OneOf((FORMAT,)), "format_version": OneOf((FORMAT_VERSION,)), "humwatch_version": VERSION,
+            "created": Pattern(r"\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:\d\d)?", "a date and time (ISO 8601)"),
+            "machines": Seq(Text()), "method": OneOf(tuple(list_methods())), "label": Text(), "weights": Text(empty=True),
+            "random_init": Bool(), "audio": Mapping(), "hop": Real(0.0, open_low=True), "threshold_rule": Mapping(),
+            "n_train": Int(1), "reference_windows": Int(0), "threshold": Real(), "fingerprints": Mapping()}, where)
+        audio = saved_audio_settings(v["audio"], where, seconds_required=True)
+        check_value(v["hop"], Real(0.0, audio.seconds, open_low=True), "hop", where)
+        rule = check_fields(v["threshold_rule"], {
+            "method": OneOf(THRESHOLD_METHODS), "false_alarm_rate": Real(0.0, 1.0, open_low=True, open_high=True),
+            "per": OneOf(("window",)), "folds": Int(2), "n_windows": Int(1), "n_recordings": Int(1), "seed": Int(0),
+            "score_range": Seq(Real(), min_len=2)}, where, "threshold_rule.")
+    except ConfigError as e:
+        raise MonitorError(str(e)) from None
+    check_threshold(v["threshold"], rule, where)
+    warn_if_newer(v["humwatch_version"], where)
     return audio
+
+
+def check_threshold(threshold: float, rule: dict, where) -> None:
+    """A threshold its calibration could have given: ``score_range`` (the lowest and highest
+    out-of-fold normal score) holds a ``percentile`` threshold (it is their quantile); a ``gamma``
+    one (the fitted distribution's quantile, which may lie above them) lies from a spread below the
+    lowest to :data:`THRESHOLD_SPREADS` times their size above the highest. Where every calibration
+    score is above 0 (distances, reconstruction errors, LOF values: every usual monitor) the
+    threshold must be too. Not "above 0" for every monitor: a ``gmm`` detector's -log p(x) and
+    ``normalize``'s z-scores can be negative."""
+    rng = rule["score_range"]
+    if len(rng) != 2 or rng[0] > rng[1]:
+        raise MonitorError(f"{where}: threshold_rule.score_range must be [lowest, highest] score, got {rng!r}")
+    lo, hi = rng
+    span = hi - lo
+    size = max(span, abs(lo), abs(hi), 1e-12)
+    tol = 1e-9 * size
+    if rule["method"] == "percentile":
+        low, high = lo - tol, hi + tol
+    else:
+        low, high = lo - span - tol, hi + THRESHOLD_SPREADS * size
+    if lo > 0:
+        low = max(low, 0.0)
+    if not low <= threshold <= high or (lo > 0 and threshold <= 0):
+        raise MonitorError(f"{where}: threshold {threshold!r} is not one its calibration could give "
+                           f"({rule['method']} of normal scores from {lo:.6g} to {hi:.6g}: "
+                           f"{'above 0 and ' if lo > 0 else ''}from {low:.6g} to {high:.6g})")
+
+
+def check_method_matches(mon: "Monitor", where: Path) -> None:
+    """The monitor.json's account of its method is the method's own (name, training size, random init)."""
+    m, s = mon.method, mon.settings
+    if m.name != s["method"]:
+        raise MonitorError(f"{where}: method {s['method']!r}, but its method folder holds {m.name!r}")
+    if getattr(m, "runtime", "torch") == "onnx":
+        return
+    if m.n_train_ != s["n_train"]:
+        raise MonitorError(f"{where}: n_train {s['n_train']!r}, but its method was fitted on {m.n_train_}")
+    if bool(m.info().get("random_init", False)) != s["random_init"]:
+        raise MonitorError(f"{where}: random_init {s['random_init']!r}, but its method's weights say "
+                           f"{bool(m.info().get('random_init', False))}")
 
 
 def _load_reference(d: Path, settings: dict):
@@ -193,12 +248,24 @@ def _load_reference(d: Path, settings: dict):
     from humwatch.explain.alarm import NormalReference
 
     f = d / REFERENCE_FILE
+    n = settings["reference_windows"]
+    if f.is_file() != (n > 0):
+        raise MonitorError(f"{d / 'monitor.json'}: reference_windows is {n}, but {REFERENCE_FILE} is "
+                           f"{'there' if f.is_file() else 'missing'}")
     if not f.is_file():
         return None
     try:
-        return NormalReference.from_arrays(load_file(str(f)), int(settings.get("reference_windows") or 0))
+        ref = NormalReference.from_arrays(load_file(str(f)), n)
     except (SafetensorError, OSError, KeyError, ValueError) as e:
         raise MonitorError(f"{f}: unreadable ({e})") from None
+    from humwatch.explain.alarm import N_MELS
+
+    shapes = (ref.mean.shape, ref.std.shape, ref.example.shape)
+    if shapes[:2] != ((N_MELS,), (N_MELS,)) or len(shapes[2]) != 2 or shapes[2][0] != N_MELS or shapes[2][1] < 1:
+        raise MonitorError(f"{f}: arrays of shapes {shapes}, not a {N_MELS}-band normal reference")
+    if not all(np.isfinite(a).all() for a in (ref.mean, ref.std, ref.example)) or (ref.std < 0).any():
+        raise MonitorError(f"{f}: holds values that are not finite (or a negative spread)")
+    return ref
 
 
 def load_monitor(directory: str | Path, weights: str | None = None, device: str = "cpu", runtime: str = "auto") -> Monitor:
@@ -237,14 +304,12 @@ def max_per_recording(windows: Sequence[Clip], scores) -> dict[str, float]:
 def recording_notes(clips: Sequence[Clip], audio: AudioSettings) -> None:
     """Say (at the default verbosity) which recordings are padded because they are shorter than a
     window, and which are resampled; one line each kind."""
-    import soundfile as sf
-
-    from humwatch.audio import check_file
+    from humwatch.audio import header
 
     short, rates = [], {}
     for c in clips:
         try:
-            info = sf.info(os.fsencode(check_file(c.path)))
+            info = header(c.path)
         except Exception:  # noqa: BLE001 - an unusable file is reported when it is read
             continue
         if audio.seconds and info.duration < audio.seconds - 1e-3:

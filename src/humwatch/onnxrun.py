@@ -120,11 +120,12 @@ def load_onnx_method(directory: str | Path, reader) -> OnnxMethod:
     """The exported network of the monitor folder ``directory`` (whose manifest the caller checked),
     reading clips with ``reader``."""
     from humwatch.io import read_json_doc
-    from humwatch.methods.base import Context, read_method_json
+    from humwatch.methods.base import Context, check_method_doc, read_method_json
 
     d = Path(directory)
     doc = read_json_doc(d / EXPORT_FILE, FORMAT,
-                        {"model": str, "output": str, "frontend": dict, "batch_size": int, "precision": str},
+                        {"model": str, "model_sha256": str, "output": str, "frontend": dict, "batch_size": int,
+                         "precision": str},
                         missing=f"{d}: not an exported monitor (no {EXPORT_FILE})")
     if doc["output"] not in ("embedding", "score") or doc["batch_size"] < 1:
         raise ConfigError(f"{d / EXPORT_FILE}: output must be embedding or score and batch_size positive")
@@ -136,4 +137,11 @@ def load_onnx_method(directory: str | Path, reader) -> OnnxMethod:
     model = (d / doc["model"]).resolve()
     if d.resolve() not in model.parents or not model.is_file():
         raise ConfigError(f"{d / EXPORT_FILE}: model {doc['model']!r} is not a file inside the monitor")
-    return OnnxMethod(d, doc, read_method_json(d / "method"), Context(reader=reader))
+    from humwatch.io import file_sha256
+
+    if file_sha256(model) != doc["model_sha256"]:
+        raise ConfigError(f"{model}: the network differs from the SHA-256 {EXPORT_FILE} records (changed after export)")
+    method_doc = read_method_json(d / "method")
+    if check_method_doc(d / "method", method_doc) != reader.audio:
+        raise ConfigError(f"{d / 'method'}: the method was fitted on other audio settings than the monitor's")
+    return OnnxMethod(d, doc, method_doc, Context(reader=reader))

@@ -27,7 +27,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 from humwatch.errors import ConfigError
 
-__all__ = ["Settings", "setting", "Int", "Real", "OneOf", "Bool", "Text", "Mapping", "Optional", "Seq"]
+__all__ = ["Settings", "setting", "check_value", "check_fields", "Int", "Real", "OneOf", "Bool", "Text", "Pattern", "Mapping", "Optional", "Seq"]
 
 
 # ---------------------------------------------------------------------------------------- rules
@@ -81,7 +81,7 @@ class Real(Rule):
         if not ok:
             lo = "" if self.low is None else f"{'above' if self.open_low else 'at least'} {self.low:g}"
             hi = "" if self.high is None else f"{'below' if self.open_high else 'at most'} {self.high:g}"
-            raise ValueError("a number" + (" " + " and ".join(x for x in (lo, hi) if x) if lo or hi else ""))
+            raise ValueError("a number " + " and ".join(x for x in (lo, hi) if x) if lo or hi else "a finite number")
         return float(v)
 
 
@@ -109,9 +109,27 @@ class Bool(Rule):
 
 @dataclass(frozen=True)
 class Text(Rule):
+    empty: bool = False
+    """Also accept the empty text."""
+
     def __call__(self, v: Any) -> str:
-        if not isinstance(v, str) or not v.strip():
-            raise ValueError("a non-empty text")
+        if not isinstance(v, str) or not (self.empty or v.strip()):
+            raise ValueError("a text" if self.empty else "a non-empty text")
+        return v
+
+
+@dataclass(frozen=True)
+class Pattern(Rule):
+    """A text that matches ``regex`` whole; ``what`` says what that is (``a SHA-256 (64 hex digits)``)."""
+
+    regex: str
+    what: str
+
+    def __call__(self, v: Any) -> str:
+        import re
+
+        if not isinstance(v, str) or re.fullmatch(self.regex, v) is None:
+            raise ValueError(self.what)
         return v
 
 
@@ -143,6 +161,31 @@ class Optional(Rule):
 
     def __call__(self, v: Any) -> Any:
         return None if v is None else self.rule(v)
+
+
+def check_value(value: Any, rule: Rule, name: str, where: Any) -> Any:
+    """``rule(value)``, or one ConfigError line ``WHERE: NAME must be ..., got VALUE`` (the value's
+    repr cut at 80 characters: a saved file's field can hold anything)."""
+    try:
+        return rule(value)
+    except ValueError as e:
+        shown = repr(value)
+        raise ConfigError(f"{where}: {name} must be {e}, got {shown if len(shown) <= 80 else shown[:77] + '...'}") from None
+
+
+def check_fields(doc: dict, rules: dict[str, Rule], where: Any, prefix: str = "") -> dict:
+    """Every field of the saved JSON object ``doc`` checked against ``rules`` ({name: rule}): a field
+    without a rule is refused as unknown, a missing one unless its rule is :class:`Optional`.
+    Returns ``{name: checked value}``; one ConfigError line naming the first bad field."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the document'} must be a JSON object, got {type(doc).__name__}")
+    unknown = sorted(set(doc) - set(rules))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(prefix + str(k) for k in unknown[:5])}")
+    missing = [k for k, rule in rules.items() if k not in doc and not isinstance(rule, Optional)]
+    if missing:
+        raise ConfigError(f"{where}: field {prefix + missing[0]!r} is missing")
+    return {k: check_value(doc.get(k), rule, prefix + k, where) for k, rule in rules.items()}
 
 
 def setting(default: Any, rule: Rule | None = None, help: str = "") -> Any:

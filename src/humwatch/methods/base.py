@@ -14,8 +14,9 @@ A subclass writes ``_fit``, ``_score`` and ``_save`` / ``_load``; this base clas
   (:attr:`Context.reader` has the reasons); ``readings(clips)`` also returns other named scores a
   method can give (``lof-vote``'s vote count);
 * ``save(dir)`` writes the method's files and then ``method.json`` (name, settings, humwatch version,
-  the method's state), last, so a half-written folder is never taken for a whole one;
-  :func:`load_method` reads it back, never through pickle.
+  the method's state, the SHA-256 of each weights file), last, so a half-written folder is never
+  taken for a whole one; :func:`load_method` reads it back, never through pickle, after checking
+  every field of method.json (:func:`check_method_doc`) and the weights against their fingerprints.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from humwatch.data.clips import Clip
 from humwatch.errors import ConfigError, DatasetError
 from humwatch.reader import ClipReader
-from humwatch.settings import Mapping, OneOf, Optional, Settings, Text, setting
+from humwatch.settings import Bool, Int, Mapping, OneOf, Optional, Pattern, Settings, Text, check_fields, check_value, setting
 
 METHOD_FILE = "method.json"
 FORMAT = "humwatch.method/1"
@@ -239,7 +240,7 @@ class Method:
         """Write the fitted method into ``directory``: its files, ``method.json``, then
         ``manifest.json`` (the SHA-256 of every file; :func:`load_method` refuses a changed folder)."""
         from humwatch import __version__
-        from humwatch.io import write_json, write_manifest
+        from humwatch.io import weight_fingerprints, write_json, write_manifest
 
         if not self.fitted_:
             raise ConfigError(f"{self.title}: fit the method before saving it")
@@ -250,7 +251,8 @@ class Method:
         state = self._save(d)
         write_json(d / METHOD_FILE, {"format": FORMAT, "method": self.name, "settings": self.settings.to_dict(),
                                      "humwatch_version": __version__, "audio": asdict(self.reader.audio),
-                                     "n_train": self.n_train_, "info": self.info(), "state": state})
+                                     "n_train": self.n_train_, "info": self.info(), "state": state,
+                                     "fingerprints": weight_fingerprints(d)})
         write_manifest(d)
         return d
 
@@ -272,24 +274,68 @@ def read_method_json(directory: str | Path) -> dict:
                          missing=f"{d}: not a saved method ({METHOD_FILE} is missing)")
 
 
+VERSION = Pattern(r"\d+(\.\d+){0,3}([.+-]?[0-9A-Za-z.+-]*)?", "a version such as 0.1.0")
+
+
+def _method_names() -> list[str]:
+    from humwatch.methods import list_methods
+
+    return list_methods()
+
+
+def check_method_doc(directory: Path, doc: dict):
+    """Every field of a saved method.json checked (one ConfigError line naming the first bad one, an
+    unknown field refused), its weights against the fingerprints it records, and a warning when a
+    newer humwatch wrote it; returns the audio settings it was fitted with."""
+    from humwatch.audio import saved_audio_settings
+    from humwatch.io import check_weight_fingerprints
+
+    where = directory / METHOD_FILE
+    v = check_fields(doc, {"format": OneOf((FORMAT,)), "method": OneOf(_method_names), "settings": Mapping(),
+                           "humwatch_version": VERSION, "audio": Mapping(), "n_train": Int(0), "info": Mapping(),
+                           "state": Mapping(), "fingerprints": Mapping()}, where)
+    check_value(v["info"].get("random_init"), Optional(Bool()), "info.random_init", where)  # what results say of it
+    check_value(v["info"].get("weights"), Optional(Text(empty=True)), "info.weights", where)
+    warn_if_newer(v["humwatch_version"], where)
+    audio = saved_audio_settings(v["audio"], where)
+    check_weight_fingerprints(directory, v["fingerprints"], where)
+    return audio
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    import re
+
+    return tuple(int(x) for x in re.match(r"\d+(?:\.\d+)*", version).group(0).split("."))
+
+
+def warn_if_newer(version: str, where) -> bool:
+    """Log one warning line when ``version`` (of the humwatch that wrote ``where``) is newer than
+    this humwatch (it may hold what this one does not know); True when it is."""
+    import logging
+
+    from humwatch import __version__
+
+    if version_tuple(version) <= version_tuple(__version__):
+        return False
+    logging.getLogger("humwatch").warning(
+        "warning: %s was written by humwatch %s, newer than this humwatch %s; upgrade humwatch if it "
+        "fails or scores differently", where, version, __version__)
+    return True
+
+
 def load_saved(cls: type[Method], directory: Path, doc: dict, context: Context | None, device: str = "cpu",
                **overrides: Any) -> Method:
-    """Build a fitted ``cls`` from a folder whose manifest was checked and whose method.json is ``doc``;
-    without a ``context``, clips are read with the audio settings it was fitted with."""
-    from humwatch.audio import AudioSettings
-
+    """Build a fitted ``cls`` from a folder whose manifest was checked and whose method.json is ``doc``
+    (every field checked here: :func:`check_method_doc`); without a ``context``, clips are read with
+    the audio settings it was fitted with, and with one, its audio settings must be those."""
+    audio = check_method_doc(directory, doc)
     settings = cls.Settings.from_dict(doc["settings"], where=f"{directory / METHOD_FILE}: settings")
     if context is None:
-        a = doc.get("audio") or {}
-        try:
-            audio = AudioSettings(**a)
-            if not (isinstance(audio.sample_rate, int) and audio.sample_rate > 0 and
-                    (audio.seconds is None or isinstance(audio.seconds, (int, float)) and audio.seconds > 0)):
-                raise TypeError(f"sample_rate {audio.sample_rate!r}, seconds {audio.seconds!r}")
-        except TypeError as e:
-            raise ConfigError(f"{directory / METHOD_FILE}: audio settings unusable ({e})") from None
         context = Context(reader=ClipReader(audio), device=device)
+    elif context.reader.audio != audio:
+        raise ConfigError(f"{directory / METHOD_FILE}: the method was fitted on audio {asdict(audio)}, "
+                          f"not the {asdict(context.reader.audio)} it is loaded with")
     m = cls._load(directory, settings, context, doc["state"], doc, **overrides)
-    m.n_train_ = int(doc.get("n_train") or 0)
+    m.n_train_ = doc["n_train"]
     m.fitted_ = True
     return m

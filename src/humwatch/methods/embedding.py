@@ -11,6 +11,7 @@ t-SNE, and saves the detector(s) as ``detector.safetensors`` plus their JSON sta
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -169,8 +170,28 @@ class EmbeddingMethod(Method):
 
     @staticmethod
     def _load_detector(directory: Path, state: dict, settings: DetectorSettings, seed: int = 0):
-        return load_detector(directory, state, per_section=settings.per_section, source_centres=settings.source_centres,
-                             normalize=settings.normalize, seed=seed)
+        sd = load_detector(directory, state, per_section=settings.per_section, source_centres=settings.source_centres,
+                           normalize=settings.normalize, seed=seed)
+        check_detector_settings(directory, sd, settings)
+        return sd
+
+
+def _params(det) -> str:
+    from humwatch.detectors.base import _json_value
+
+    return json.dumps({k: _json_value(v) for k, v in det.get_params(deep=False).items() if k != "random_state"},
+                      sort_keys=True)
+
+
+def check_detector_settings(directory: Path, sd, settings: DetectorSettings) -> None:
+    """Refuse saved detectors that are not the kind, or do not have the parameters, the method's
+    settings say (a state edited apart from the settings would score otherwise)."""
+    want = settings.make_detector()
+    for key, sec in sd.sections_.items():
+        det = sec.detector
+        if det.name != want.name or _params(det) != _params(want):
+            raise ConfigError(f"{directory}: the saved detector ({det.name} {_params(det)}) is not the one its "
+                              f"settings give ({want.name} {_params(want)})")
 
 
 def load_detector(directory: str | Path, state: dict, **settings):

@@ -315,8 +315,10 @@ def spool_file(spool: Spool, path: Path, machine: str, seconds: float) -> list[I
     """Put ``path`` into the spool as one clip or as pieces (see :func:`clip_pieces`)."""
     import soundfile as sf
 
+    from humwatch.audio import header
+
     try:
-        info = sf.info(str(path))
+        info = header(path)  # (a header outside 1-384 kHz too: never cut into thousands of pieces)
     except Exception as e:  # not audio (yet): the service would refuse it too
         log.error("%s: not readable audio (%s); not sent", path, " ".join(str(e).split())[:120])
         return []
