@@ -62,8 +62,10 @@ def _machine(s, name: str):
 def _time(text: str | None, name: str):
     try:
         return parse_time(text)
-    except UploadError:
-        raise HTTPException(422, f"{name} {text!r}: not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)") from None
+    except UploadError as e:
+        what = "outside the years 1 to 9999 in UTC" if "outside the years" in str(e) else \
+            "not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)"
+        raise HTTPException(422, f"{name} {text!r}: {what}") from None
 
 
 @router.get("/health", response_model=schemas.Health, tags=["service"],

@@ -30,7 +30,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from humwatch.service.store import Alert, ClipRow, Notification, Store, utcnow
 
@@ -150,10 +150,17 @@ class ChannelSender:
         with self.store.write() as s:
             took = s.execute(update(Notification).where(Notification.id == nid, Notification.status == "pending")
                              .values(status="sending")).rowcount
-            if self.channel == "webhook" and took:
-                n = s.get(Notification, nid)
+            n = s.get(Notification, nid) if took else None
+            if n is not None and self._newest(s, n):
                 s.execute(update(Alert).where(Alert.id == n.alert_id).values(webhook_status="sending"))
-            return s.get(Notification, nid) if took else None
+            return n
+
+    def _newest(self, s, n: Notification) -> bool:
+        """Is ``n`` the alert's newest webhook event (whose outcome the alert's webhook_status shows)?"""
+        if self.channel != "webhook":
+            return False
+        return s.scalar(select(func.max(Notification.id)).where(Notification.alert_id == n.alert_id,
+                                                                Notification.channel == "webhook")) == n.id
 
     def _deliver(self, nid: int) -> None:
         n = self._claim(nid)
@@ -178,9 +185,9 @@ class ChannelSender:
             s.execute(update(Notification).where(Notification.id == nid).values(
                 status=status, attempts=Notification.attempts + attempts, error=error[:255] or None))
             if self.channel == "webhook":
+                done = {"webhook_status": status, "webhook_error": error[:255] or None} if self._newest(s, n) else {}
                 s.execute(update(Alert).where(Alert.id == n.alert_id).values(
-                    webhook_status=status, webhook_attempts=Alert.webhook_attempts + attempts,
-                    webhook_error=error[:255] or None))
+                    webhook_attempts=Alert.webhook_attempts + attempts, **done))
         if status == "failed":
             log.warning("%s for alert %s (%s) failed after %d attempt(s): %s", self.channel, n.alert_id, n.event,
                         attempts, error)
