@@ -91,7 +91,7 @@ def requests(draw):
     """(method, url, keyword arguments for httpx, the scope that makes it valid or None)."""
     m, i = seg(draw(machines)), seg(draw(ids))
     kind = draw(st.sampled_from(["ingest", "machines", "machine", "scores", "rule", "alerts", "ack", "clip", "audio",
-                                 "tokens", "pages", "page-machine", "page-clip", "form-ack", "login", "logout",
+                                 "tokens", "silence", "silences", "unsilence", "pages", "page-machine", "page-clip", "form-ack", "login", "logout",
                                  "health", "docs", "random"]))
     if kind == "ingest":
         body = draw(bodies)
@@ -121,6 +121,15 @@ def requests(draw):
         return "POST", f"/api/v1/alerts/{i}/ack", {}, None
     if kind in ("clip", "audio"):
         return "GET", f"/api/v1/clips/{i}" + ("/audio" if kind == "audio" else ""), {}, None
+    if kind == "silence":
+        body = draw(st.one_of(st.fixed_dictionaries({"start": times, "end": times},
+                                                    optional={"reason": st.one_of(st.text(max_size=250), numbers)}),
+                              st.dictionaries(st.text(max_size=6), times | numbers, max_size=3), st.none(), st.text(max_size=20)))
+        return "POST", f"/api/v1/machines/{m}/silences", {"content": json.dumps(body), "headers": {"content-type": "application/json"}}, None
+    if kind == "silences":
+        return "GET", f"/api/v1/machines/{m}/silences", {}, None
+    if kind == "unsilence":
+        return "DELETE", f"/api/v1/machines/{m}/silences/{i}", {}, None
     if kind == "tokens":
         return "GET", "/api/v1/tokens", {}, "admin"
     if kind == "pages":
@@ -171,6 +180,8 @@ def test_no_request_gets_a_500(service, req, which, junk):
 def test_well_formed_requests_with_the_right_token_succeed(service):
     """The counterpart: the property test's requests are not all refused for some dull reason."""
     auth = headers_for("admin", service.tokens, "")
+    for left in service.get(f"/api/v1/machines/{MACHINE}/silences", headers=auth).json():  # the property test's
+        assert service.delete(f"/api/v1/machines/{MACHINE}/silences/{left['id']}", headers=auth).status_code == 200
     ok = service.post(f"/api/v1/machines/{MACHINE}/clips", content=CLIPS[0], params={"recorded_at": "2031-05-01T12:00:00+02:00"},
                       headers={**auth, "content-type": "audio/wav"})
     assert ok.status_code == 200, ok.text
@@ -182,5 +193,10 @@ def test_well_formed_requests_with_the_right_token_succeed(service):
     for url in (f"/api/v1/machines/{MACHINE}", f"/api/v1/machines/{MACHINE}/scores?since=2031-05-01T00:00:00Z&order=asc",
                 f"/api/v1/clips/{clip}", "/api/v1/alerts?state=open", f"/machines/{MACHINE}?range=all", f"/clips/{clip}"):
         assert service.get(url, headers=auth).status_code == 200, url
+    silence = service.post(f"/api/v1/machines/{MACHINE}/silences", headers=auth,
+                           json={"start": "2040-01-01T00:00:00Z", "end": "2040-01-02T00:00:00+02:00", "reason": "service"})
+    assert silence.status_code == 200, silence.text
+    assert service.get(f"/api/v1/machines/{MACHINE}/silences", headers=auth).status_code == 200
+    assert service.delete(f"/api/v1/machines/{MACHINE}/silences/{silence.json()['id']}", headers=auth).status_code == 200
     alert = service.get("/api/v1/alerts?state=open", headers=auth).json()["items"][0]["id"]
     assert service.post(f"/api/v1/alerts/{alert}/ack", headers=auth).status_code == 200

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, text
 
 from humwatch.errors import ConfigError
 from humwatch.service.alerts import AlertRule, acknowledge, on_clip
+from humwatch.service.notify import Outbox
 from humwatch.service.auth import authenticate, create_token, list_tokens, revoke_token
 from humwatch.service.config import ServiceSettings
 from humwatch.service.ingest import Ingestor, Upload, clip_key
@@ -142,7 +143,7 @@ def _feed(store, decisions: str, rule: AlertRule, start: int = 0):
                           score=10.0 if ch == "A" else 1.0, threshold=5.0, anomalous=ch == "A")
             s.add(row)
             s.flush()
-            alert = on_clip(s, m, row, rule, webhook=True)
+            alert = on_clip(s, m, row, rule, Outbox(("webhook",)))
             if alert is not None:
                 opened.append((i, alert.id))
     return opened

@@ -89,9 +89,11 @@ def test_a_failing_webhook_is_retried_off_the_ingest_path_and_signed(service_mon
         assert wait_for(statuses, timeout=60) == {1: "failed", 2: "sent"}
         by_alert = {}
         for call in receiver.calls:
-            by_alert.setdefault(call["doc"]["alert"]["id"], []).append(call)
-        assert len(by_alert[1]) == 3 and len(by_alert[2]) == 1  # 1 try + 2 retries; 1 try
-        call = by_alert[2][0]
+            by_alert.setdefault((call["doc"]["alert"]["id"], call["doc"]["event"]), []).append(call)
+        # each alert opened and closed (rule 1/1/1): 1 try + 2 retries each for alert 1; 1 try each for alert 2
+        assert {k: len(v) for k, v in by_alert.items()} == {(1, "alert.opened"): 3, (1, "alert.closed"): 3,
+                                                             (2, "alert.opened"): 1, (2, "alert.closed"): 1}
+        call = by_alert[2, "alert.opened"][0]
         assert call["doc"]["event"] == "alert.opened" and call["doc"]["alert"]["machine"] == "api-1"
         expected = "sha256=" + hmac.new(SECRET.encode(), call["body"], hashlib.sha256).hexdigest()
         assert call["signature"] == expected

@@ -44,6 +44,14 @@ def serve_cmd(
     webhook_secret: o.WebhookSecret = None,
     webhook_retries: o.WebhookRetries = 5,
     webhook_backoff: o.WebhookBackoff = 1.0,
+    smtp_host: o.SmtpHost = None,
+    smtp_port: o.SmtpPort = 25,
+    smtp_from: o.SmtpFrom = None,
+    smtp_starttls: o.SmtpStarttls = False,
+    smtp_retries: o.SmtpRetries = 3,
+    smtp_backoff: o.SmtpBackoff = 5.0,
+    notify_email: o.NotifyEmail = None,
+    public_url: o.PublicUrl = None,
     max_failed_logins: o.MaxFailedLogins = 100,
     max_uploads_per_minute: o.MaxUploadsPerMinute = 1200,
     access_log: o.AccessLog = True,
@@ -52,7 +60,7 @@ def serve_cmd(
 
     import uvicorn
 
-    from humwatch.service.alerts import requeue_interrupted
+    from humwatch.service.notify import requeue_interrupted
     from humwatch.service.config import ServiceSettings
     from humwatch.service.scoring import find_monitors
 
@@ -61,7 +69,9 @@ def serve_cmd(
         alert_rule=alert_rule, keep_audio=keep_audio, audio_dir=str(audio_dir) if audio_dir else None,
         audio_days=audio_days, audio_max_mb=audio_max_mb, webhook=webhook, webhook_secret=webhook_secret,
         webhook_retries=webhook_retries, webhook_backoff=webhook_backoff, max_failed_logins=max_failed_logins,
-        max_uploads_per_minute=max_uploads_per_minute,
+        max_uploads_per_minute=max_uploads_per_minute, smtp_host=smtp_host, smtp_port=smtp_port, smtp_from=smtp_from,
+        smtp_starttls=smtp_starttls, smtp_retries=smtp_retries, smtp_backoff=smtp_backoff, notify_email=notify_email,
+        public_url=public_url or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"),
     ).validate()
     found = find_monitors(monitors)
     store = _store(None, settings.db_url)

@@ -23,7 +23,8 @@ from humwatch.service.auth import Principal, list_tokens, require
 from humwatch.service.guard import too_many
 from humwatch.service.ingest import UploadError, clip_document, parse_time, receive_upload
 from humwatch.service.scoring import MACHINE_RE
-from humwatch.service.store import Machine
+from humwatch.service.silences import MAX_REASON, list_silences, silence_document
+from humwatch.service.store import Machine, Silence
 
 router = APIRouter()
 v1 = "/api/v1"
@@ -36,6 +37,8 @@ MachineName = Annotated[str, Path(description="The machine's name (its monitor's
 Reader = Annotated[Principal, Depends(require("read"))]
 ClipId = Annotated[int, Path(ge=1, le=queries.MAX_ID, description="The clip's id.")]
 AlertId = Annotated[int, Path(ge=1, le=queries.MAX_ID, description="The alert's id.")]
+SilenceId = Annotated[int, Path(ge=1, le=queries.MAX_ID, description="The silence's id.")]
+Admin = Annotated[Principal, Depends(require("admin"))]
 Offset = Annotated[int, Query(ge=0, le=queries.MAX_OFFSET)]
 UPLOAD_BODY = {"requestBody": {"required": True, "description": "WAV or FLAC audio: the raw body, or the `file` part of a "
                                "multipart form (with an optional `recorded_at` field).", "content": {
@@ -59,8 +62,10 @@ def _machine(s, name: str):
 def _time(text: str | None, name: str):
     try:
         return parse_time(text)
-    except UploadError:
-        raise HTTPException(422, f"{name} {text!r}: not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)") from None
+    except UploadError as e:
+        what = "outside the years 1 to 9999 in UTC" if "outside the years" in str(e) else \
+            "not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)"
+        raise HTTPException(422, f"{name} {text!r}: {what}") from None
 
 
 @router.get("/health", response_model=schemas.Health, tags=["service"],
@@ -161,11 +166,59 @@ def ack_alert(request: Request, alert_id: AlertId, who: Reader):
 
 
 def ack(request: Request, alert_id: int, who: Principal) -> dict:
-    with service(request).store.write() as s:
-        alert = acknowledge(s, alert_id, who.name)
+    svc = service(request)
+    notifier = svc.notifier
+    with svc.store.write() as s:
+        alert = acknowledge(s, alert_id, who.name, notifier.outbox if notifier else None)
         if alert is None:
             raise HTTPException(404, f"no alert {alert_id}")
-        return alert_document(alert, s.get(Machine, alert.machine_id).name)
+        doc = alert_document(alert, s.get(Machine, alert.machine_id).name)
+    if notifier:
+        notifier.notify()
+    return doc
+
+
+@router.post(f"{v1}/machines/{{machine}}/silences", response_model=schemas.Silence, tags=["machines"],
+             responses={**ERRORS, 422: {"model": schemas.Problem, "description": "A bad time, an end not after the start, or a bad reason"}})
+def post_silence(request: Request, machine: MachineName, body: schemas.SilenceIn, who: Admin):
+    """A maintenance window: while it lasts the machine's clips are scored and stored, but they open
+    no alert and nothing about the machine is notified."""
+    start, end = _time(body.start, "start"), _time(body.end, "end")
+    if start is None or end is None:
+        raise HTTPException(422, "start and end: both are needed (ISO 8601 times)")
+    if end <= start:
+        raise HTTPException(422, f"end {body.end!r} is not after start {body.start!r}")
+    reason = body.reason.strip()
+    if len(reason) > MAX_REASON or any(not ch.isprintable() for ch in reason):
+        raise HTTPException(422, f"reason: at most {MAX_REASON} printable characters, on one line")
+    with service(request).store.write() as s:
+        m = _machine(s, machine)
+        row = Silence(machine_id=m.id, start_at=start, end_at=end, reason=reason, created_by=who.name)
+        s.add(row)
+        s.flush()
+        return silence_document(row, m.name)
+
+
+@router.get(f"{v1}/machines/{{machine}}/silences", response_model=list[schemas.Silence], tags=["machines"], responses=ERRORS)
+def get_silences(request: Request, machine: MachineName, who: Reader):
+    """The machine's maintenance windows, latest start first."""
+    with service(request).store.read() as s:
+        m = _machine(s, machine)
+        return list_silences(s, m.id, m.name)
+
+
+@router.delete(f"{v1}/machines/{{machine}}/silences/{{silence_id}}", response_model=schemas.Silence, tags=["machines"],
+               responses=ERRORS)
+def delete_silence(request: Request, machine: MachineName, silence_id: SilenceId, who: Admin):
+    """End a maintenance window early (it is removed); returns it as it was."""
+    with service(request).store.write() as s:
+        m = _machine(s, machine)
+        row = s.get(Silence, silence_id)
+        if row is None or row.machine_id != m.id:
+            raise HTTPException(404, f"no silence {silence_id} of machine {machine!r}")
+        doc = silence_document(row, m.name)
+        s.delete(row)
+        return doc
 
 
 @router.get(f"{v1}/clips/{{clip_id}}", response_model=schemas.Clip, tags=["clips"], responses=ERRORS)

@@ -1,8 +1,8 @@
 """The service's FastAPI application: :func:`create_app` builds it from :class:`ServiceSettings`.
 
 One process holds: the store (:mod:`.store`), every monitor of the folder loaded once
-(:mod:`.scoring`), the ingest path (:mod:`.ingest`, run in worker threads), the webhook thread
-(:mod:`.alerts`), the JSON API under ``/api/v1`` (:mod:`.api`), the dashboard (:mod:`.dashboard`)
+(:mod:`.scoring`), the ingest path (:mod:`.ingest`, run in worker threads), the notification
+threads (:mod:`.notify`), the JSON API under ``/api/v1`` (:mod:`.api`), the dashboard (:mod:`.dashboard`)
 and ``/docs`` (the OpenAPI page, with Swagger UI served from the package). Every user error is
 answered with a status and ``{"detail": "<one line>"}``; nothing a client sends can cause a 500.
 """
@@ -32,7 +32,7 @@ class Service:
     store: object
     pool: object
     ingestor: object
-    webhook: object | None
+    notifier: object | None
     probe: object = field(init=False)
     failed_logins: object = field(init=False)
     uploads: object = field(init=False)
@@ -56,9 +56,9 @@ class Service:
 
     @classmethod
     def open(cls, settings: ServiceSettings) -> "Service":
-        """Check the store's schema, load the monitors, start the webhook thread."""
-        from humwatch.service.alerts import WebhookSender
+        """Check the store's schema, load the monitors, start the notification threads."""
         from humwatch.service.ingest import Ingestor
+        from humwatch.service.notify import Notifier
         from humwatch.service.scoring import MonitorPool
         from humwatch.service.store import Store
 
@@ -67,23 +67,20 @@ class Service:
             store.check_schema()
             pool = MonitorPool(settings.monitors, device=settings.device)
             pool.warm_up()
-            webhook = None
-            if settings.webhook:
-                webhook = WebhookSender(settings.webhook, store, secret=settings.webhook_secret,
-                                        retries=settings.webhook_retries, backoff=settings.webhook_backoff)
-            ingestor = Ingestor(store, pool, settings, webhook)
+            notifier = Notifier(settings, store) or None
+            ingestor = Ingestor(store, pool, settings, notifier)
             ingestor.ensure_machines()
             ingestor.clean_incoming()
-            if webhook is not None:
-                webhook.start()
+            if notifier is not None:
+                notifier.start()
         except BaseException:
             store.close()
             raise
-        return cls(settings, store, pool, ingestor, webhook)
+        return cls(settings, store, pool, ingestor, notifier)
 
     def close(self) -> None:
-        if self.webhook is not None:
-            self.webhook.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
         self.store.close()
 
 

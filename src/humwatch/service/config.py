@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -16,6 +17,7 @@ from humwatch.errors import ConfigError
 from humwatch.settings import Bool, Int, Optional, Real, Settings, Text, setting
 
 ENV = "HUMWATCH_SERVICE_SETTINGS"
+EMAIL_RE = re.compile(r"^[^@\s,<>\"]{1,64}@[A-Za-z0-9.-]{1,253}$")
 
 
 @dataclass
@@ -32,10 +34,19 @@ class ServiceSettings(Settings):
     audio_dir: str | None = setting(None, Optional(Text()), "where kept audio goes (default: MONITORS/humwatch-service-audio)")
     audio_days: float = setting(30.0, Real(0, open_low=True), "kept audio older than this is deleted (days)")
     audio_max_mb: float = setting(1024.0, Real(0, open_low=True), "kept audio beyond this total is deleted, oldest first (MB)")
-    webhook: str | None = setting(None, Optional(Text()), "URL POSTed a JSON document when an alert opens")
+    webhook: str | None = setting(None, Optional(Text()), "URL POSTed a JSON document when an alert opens, is "
+                                  "acknowledged or closes")
     webhook_secret: str | None = setting(None, Optional(Text()), "sign webhook bodies with HMAC-SHA256 of this secret")
     webhook_retries: int = setting(5, Int(0, 20), "webhook retries after the first attempt")
     webhook_backoff: float = setting(1.0, Real(0, 600, open_low=True), "seconds before the first retry (doubling)")
+    smtp_host: str | None = setting(None, Optional(Text()), "SMTP server that alert e-mails go through")
+    smtp_port: int = setting(25, Int(1, 65535), "its port")
+    smtp_from: str | None = setting(None, Optional(Text()), "the e-mails' From address")
+    smtp_starttls: bool = setting(False, Bool(), "upgrade the SMTP connection with STARTTLS")
+    smtp_retries: int = setting(3, Int(0, 20), "e-mail retries after the first attempt")
+    smtp_backoff: float = setting(5.0, Real(0, 600, open_low=True), "seconds before the first e-mail retry (doubling)")
+    notify_email: str | None = setting(None, Optional(Text()), "comma-separated addresses e-mailed alert events")
+    public_url: str | None = setting(None, Optional(Text()), "the dashboard's address, for links in notifications")
     max_failed_logins: int = setting(100, Int(0, 1_000_000), "unknown or revoked tokens one client address may show "
                                      "per minute before its requests are answered 429 (0: no limit)")
     max_uploads_per_minute: int = setting(1200, Int(0, 10_000_000), "clips one token may send per minute before "
@@ -47,8 +58,24 @@ class ServiceSettings(Settings):
         AlertRule.parse(self.alert_rule)
         if self.webhook is not None and not self.webhook.startswith(("http://", "https://")):
             raise ConfigError(f"--webhook {self.webhook!r}: must be an http:// or https:// URL")
+        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError(f"--public-url {self.public_url!r}: must be an http:// or https:// URL")
+        if self.notify_email is not None:
+            if not self.smtp_host or not self.smtp_from:
+                raise ConfigError("--notify-email needs --smtp-host and --smtp-from")
+            for addr in [self.smtp_from, *self.email_recipients]:
+                if not EMAIL_RE.match(addr):
+                    raise ConfigError(f"--notify-email/--smtp-from: {addr!r} is not an e-mail address (name@host)")
+            if not self.email_recipients:
+                raise ConfigError("--notify-email: no address given (a@b,c@d)")
+        elif self.smtp_host or self.smtp_from:
+            raise ConfigError("--smtp-host/--smtp-from without --notify-email: say who is e-mailed")
 
     # -- derived ---------------------------------------------------------------------------------
+    @property
+    def email_recipients(self) -> list[str]:
+        return [a.strip() for a in (self.notify_email or "").split(",") if a.strip()]
+
     @property
     def db_url(self) -> str:
         from humwatch.service.store import default_db_url

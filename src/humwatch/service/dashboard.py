@@ -29,6 +29,7 @@ from humwatch.service import queries
 from humwatch.service.api import AlertId, ClipId
 from humwatch.service.auth import COOKIE, Principal, checked_sign_in, require
 from humwatch.service.scoring import MACHINE_RE
+from humwatch.service.silences import current_silence, silence_document
 from humwatch.service.store import utcnow
 
 HERE = Path(__file__).resolve().parent
@@ -105,9 +106,11 @@ def machine_page(request: Request, machine: str, who: Reader, range: Literal["1h
         points = queries.scores_page(s, m, since=since, limit=CHART_POINTS, order="desc")["items"][::-1]
         spans = queries.alert_spans(s, m, since=since)
         latest = queries.scores_page(s, m, limit=20)["items"]
+        silence = current_silence(s, m.id)
+        silence = None if silence is None else silence_document(silence, m.name)
     chart = chart_data(points, spans, state)
     return _page(request, "machine.html", who, m=state, latest=latest, chart=json.dumps(chart), n_points=len(points),
-                 range=range, ranges=list(RANGES), spans=spans)
+                 range=range, ranges=list(RANGES), spans=spans, silence=silence)
 
 
 def chart_data(points: list[dict], spans: list[dict], state: dict) -> dict:

@@ -151,8 +151,8 @@ def clip_document(row: ClipRow, machine: str) -> dict:
 class Ingestor:
     """Scores and stores clips (blocking: called from the server's worker threads)."""
 
-    def __init__(self, store: Store, pool, settings, webhook=None):
-        self.store, self.pool, self.settings, self.webhook = store, pool, settings, webhook
+    def __init__(self, store: Store, pool, settings, notifier=None):
+        self.store, self.pool, self.settings, self.notifier = store, pool, settings, notifier
         self.rule = settings.rule
         self.audio_dir = settings.audio_path
         self._last_prune = 0.0
@@ -238,7 +238,7 @@ class Ingestor:
                     kept.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(up.path, kept)
                     row.audio_path, row.audio_bytes = str(kept), up.size
-                alert = on_clip(s, m, row, machine_rule(m, self.rule), self.webhook is not None)
+                alert = on_clip(s, m, row, machine_rule(m, self.rule), self.notifier.outbox if self.notifier else None)
                 doc = self._answer(s, row, machine, duplicate=False, opened=alert is not None)
         except BaseException:
             if kept is not None:
@@ -246,8 +246,8 @@ class Ingestor:
             raise
         if alert is not None:
             log.warning("alert %s opened: %s, %d of the last clips anomalous", alert.id, machine, alert.n_anomalous)
-            if self.webhook is not None:
-                self.webhook.notify(alert.id)
+        if self.notifier:  # opened or closed an alert, maybe: the senders look now
+            self.notifier.notify()
         return doc
 
     # -- kept audio ------------------------------------------------------------------------------

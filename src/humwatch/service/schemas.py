@@ -94,6 +94,23 @@ class AlertRuleIn(BaseModel):
     m: int = Field(ge=1, le=1000, description="Normal clips in a row that close it.")
 
 
+class SilenceIn(BaseModel):
+    start: str = Field(description="When the maintenance window starts (ISO 8601; no zone = UTC).")
+    end: str = Field(description="When it ends (after start).")
+    reason: str = Field("", max_length=200, description="Why (shown on the dashboard), at most 200 characters.")
+
+
+class Silence(BaseModel):
+    id: int
+    machine: str
+    start: str
+    end: str
+    reason: str
+    created_by: str
+    created_at: str
+    active: bool = Field(description="The window is in force now.")
+
+
 class TokenInfo(BaseModel):
     name: str
     scopes: list[str]

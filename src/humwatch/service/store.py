@@ -9,6 +9,8 @@ postgresql+psycopg://user@host/db``)::
     alerts     K of the last N clips anomalous opens one, M normal clips in a row close it; ack
     tokens     API tokens: a name, the SHA-256 of the token (never the token), scopes
     store_info which humwatch last upgraded the schema (``written_by``)
+    notifications  the outbox: one row per alert event and channel (webhook, email) to send
+    silences   maintenance windows per machine: no alert opens, nothing is notified
 
 SQLite runs in WAL mode with ``synchronous=FULL``: a clip is on disk when its transaction commits,
 so a 200 answer survives the server being killed (or the machine losing power) right after.
@@ -30,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, TypeDecorator, event
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, TypeDecorator, event
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
@@ -139,6 +141,43 @@ class Alert(Base):
     """None (no webhook), ``pending``, ``sending``, ``sent`` or ``failed``."""
     webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
     webhook_error: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
+
+
+class Notification(Base):
+    """One alert event to tell one channel (``webhook`` or ``email``), written in the transaction
+    that made the event, sent later by that channel's thread (:mod:`.notify`)."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_channel_status", "channel", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"))
+    event: Mapped[str] = mapped_column(String(32))
+    """``alert.opened``, ``alert.acknowledged`` or ``alert.closed``."""
+    channel: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[str] = mapped_column(Text())
+    """The event document (JSON) as it was when the event happened."""
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    """``pending``, ``sending``, ``sent`` or ``failed``."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Silence(Base):
+    """A maintenance window of one machine: clips whose time falls in [start_at, end_at) are
+    scored and stored, but open no alert, count towards none, and nothing is notified."""
+
+    __tablename__ = "silences"
+    __table_args__ = (Index("ix_silences_machine_end", "machine_id", "end_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"))
+    start_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    end_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    reason: Mapped[str] = mapped_column(String(200), default="")
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Token(Base):
