@@ -95,9 +95,10 @@ async def post_clip(request: Request, machine: MachineName, background: Backgrou
         raise too_many(f"token {who.name!r} sent more than {svc.uploads.limit} clips in a minute", wait)
     if svc.pool.get(machine) is None:
         raise HTTPException(404, f"no monitor for machine {machine!r} (this server has: {', '.join(svc.pool.names())})")
-    up = await receive_upload(request, await run_in_threadpool(lambda: svc.ingestor.tmp_dir),
-                              int(svc.settings.max_upload_mb * 1e6))
-    doc = await run_in_threadpool(svc.ingestor.ingest, machine, up)
+    with svc.metrics.timing_ingest():
+        up = await receive_upload(request, await run_in_threadpool(lambda: svc.ingestor.tmp_dir),
+                                  int(svc.settings.max_upload_mb * 1e6))
+        doc = await run_in_threadpool(svc.ingestor.ingest, machine, up)
     background.add_task(run_in_threadpool, svc.ingestor.maybe_prune)
     return doc
 
