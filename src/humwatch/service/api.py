@@ -12,7 +12,7 @@ from pathlib import Path as FilePath
 from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
@@ -76,6 +76,16 @@ def health(request: Request):
     if problem is not None:
         raise HTTPException(503, f"the store cannot write: {problem}", headers={"retry-after": "5"})
     return {"status": "ok"}
+
+
+@router.get("/metrics", tags=["service"], response_class=Response, responses={
+    **{k: ERRORS[k] for k in (401, 403, 503)}, 200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+def get_metrics(request: Request, who: Reader):
+    """The service in Prometheus's text format: clips scored, last scores, alert and machine states,
+    ingest latency, queue depth, database errors (humwatch.service.metrics)."""
+    from humwatch.service.metrics import response
+
+    return response(service(request))
 
 
 @router.post(f"{v1}/machines/{{machine}}/clips", response_model=schemas.Ingested, tags=["clips"], openapi_extra=UPLOAD_BODY,

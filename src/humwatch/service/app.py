@@ -196,7 +196,7 @@ def create_app(settings: ServiceSettings, service: Service | None = None):
     from fastapi import FastAPI
 
     from humwatch import __version__
-    from humwatch.service import api, dashboard, metrics
+    from humwatch.service import api, dashboard
 
     settings.validate()
     svc = service or Service.open(settings)
@@ -217,7 +217,6 @@ def create_app(settings: ServiceSettings, service: Service | None = None):
     app.add_middleware(SecurityHeaders)
     _install_error_handlers(app)
     app.include_router(api.router)
-    app.include_router(metrics.router)
     dashboard.install(app)
     return app
 

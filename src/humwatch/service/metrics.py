@@ -34,13 +34,10 @@ import os
 import time
 from contextlib import contextmanager
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 
-from humwatch.service.auth import require
 from humwatch.service.queries import STATES, machine_state_name
 from humwatch.service.store import Alert, ClipRow, Machine
 
@@ -124,14 +121,8 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-router = APIRouter()
+def response(service):
+    """The ``/metrics`` answer (the route is in :mod:`.api`, with the others: the same token checks)."""
+    from fastapi.responses import Response
 
-
-@router.get("/metrics", tags=["service"], response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
-                       401: {"description": "No valid token"}, 403: {"description": "The token lacks the read scope"},
-                       503: {"description": "The database is not available"}})
-def get_metrics(request: Request, who=Depends(require("read"))):
-    """The service's metrics in Prometheus's text format (a token with the `read` scope)."""
-    body = request.app.state.service.metrics.exposition()
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
