@@ -274,3 +274,36 @@ def test_a_real_prometheus_scrapes_metrics(service_monitors, tmp_path):
                 prom.wait(10)
         log.close()
         server.stop()
+
+
+def test_serve_with_workers_sums_their_counters_and_removes_its_folder(service_monitors, tmp_path, monkeypatch):
+    """`serve --workers 2` makes its own PROMETHEUS_MULTIPROC_DIR (under $TMPDIR here): both
+    workers write there, any scrape holds all uploads, and the folder goes when the server stops."""
+    monitors = fresh_monitors(service_monitors, tmp_path / "monitors", names=MACHINES[:1])
+    from humwatch.service.store import default_db_url
+
+    db = default_db_url(monitors)
+    read, ingest = make_token(db, "prometheus", "read"), make_token(db, "listener", "ingest")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    server = LiveServer(monitors, tmp_path / "serve.log", "--workers", "2", "--no-keep-audio").start(timeout=240)
+    try:
+        folders = list(tmp.glob("humwatch-metrics-*"))
+        assert len(folders) == 1, server.log()
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            for seed in range(4):
+                r = c.post(f"/api/v1/machines/{MACHINES[0]}/clips", content=clip_bytes("normal", seed),
+                           params={"recorded_at": iso(seed)},
+                           headers={"authorization": f"Bearer {ingest}", "content-type": "audio/wav"})
+                assert r.status_code == 200, r.text
+            for _ in range(6):  # whichever worker answers
+                r = httpx.get(server.url + "/metrics", headers={"authorization": f"Bearer {read}"}, timeout=30)
+                got = samples(r.text)
+                assert value(got, "humwatch_ingest_seconds_count") == 4
+                assert value(got, "humwatch_clips_scored_total", machine=MACHINES[0], decision="normal") == 4
+        assert list(folders[0].glob("histogram_*.db")), "the workers did not write to the shared folder"
+    finally:
+        server.stop()
+    assert not folders[0].exists(), server.log()
