@@ -25,7 +25,11 @@ any one of them:
   since multiprocess mode would need each dead worker's files removed.
 
 Each app has its own :class:`~prometheus_client.CollectorRegistry` (never the global one), so
-tests that build many apps in one process do not clash.
+tests that build many apps in one process do not clash. Request instrumenters such as
+prometheus-fastapi-instrumentator or starlette-exporter were close, but they count HTTP requests
+by path, in the process, on the global registry: what a plant watches is its machines, and those
+series must be right whichever worker answers. The route itself is in :mod:`.api`, beside the
+others, so it gets the same token checks (and the tests that walk the routers' routes see it).
 """
 
 from __future__ import annotations
