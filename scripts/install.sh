@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs humwatch into ./.venv. `--dev` adds the test tools, and the system packages that the
 # service's tests drive (Debian's chromium for the dashboard's browser test, postgresql for the
-# store's tests), each only when it is missing.
+# store's tests, prometheus for the /metrics scrape test), each only when it is missing.
 # torch and torchvision go first, as the one pair that imports together here (CPU use, from local
 # files where the machine has them); everything else comes after and leaves that pair alone.
 set -euo pipefail
@@ -19,15 +19,16 @@ if [ -n "$extra" ]; then
   need=""
   command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need="$need chromium"
   command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need="$need postgresql"
+  command -v prometheus >/dev/null 2>&1 || need="$need prometheus"
   if [ -n "$need" ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo -n"
     if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
-      echo "install: apt-get install$need (for the service's browser and database tests)"
+      echo "install: apt-get install$need (for the service's browser, database and metrics tests)"
       $sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $need >/dev/null \
         || echo "install: apt-get install$need failed; those tests will be skipped" >&2
     else
-      echo "install: the service's browser and database tests need$need (apt-get install$need); they will be skipped" >&2
+      echo "install: the service's browser, database and metrics tests need$need (apt-get install$need); they will be skipped" >&2
     fi
   fi
 fi

@@ -94,9 +94,22 @@ def serve_cmd(
 
         uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log, log_level="info")
     else:
+        import shutil
+        import tempfile
+
+        from humwatch.service.metrics import MULTIPROC_ENV
+
         os.environ.update(settings.to_env())
-        uvicorn.run("humwatch.service.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    access_log=access_log, log_level="info")
+        # /metrics: every worker's counters go to files in one fresh folder, summed at each scrape
+        own = None if os.environ.get(MULTIPROC_ENV) else tempfile.mkdtemp(prefix="humwatch-metrics-")
+        if own:
+            os.environ[MULTIPROC_ENV] = own
+        try:
+            uvicorn.run("humwatch.service.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                        access_log=access_log, log_level="info")
+        finally:
+            if own:
+                shutil.rmtree(own, ignore_errors=True)
 
 
 def _is_loopback(host: str) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path as FilePath
 from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
@@ -83,6 +83,16 @@ def health(request: Request):
     return {"status": "ok"}
 
 
+@router.get("/metrics", tags=["service"], response_class=Response, responses={
+    **{k: ERRORS[k] for k in (401, 403, 503)}, 200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+def get_metrics(request: Request, who: Reader):
+    """The service in Prometheus's text format: clips scored, last scores, alert and machine states,
+    ingest latency, queue depth, database errors (humwatch.service.metrics)."""
+    from humwatch.service.metrics import response
+
+    return response(service(request))
+
+
 @router.post(f"{v1}/machines/{{machine}}/clips", response_model=schemas.Ingested, tags=["clips"], openapi_extra=UPLOAD_BODY,
              responses={**ERRORS, 413: {"model": schemas.Problem, "description": "Upload too large"},
                         415: {"model": schemas.Problem, "description": "Not WAV or FLAC"},
@@ -100,9 +110,10 @@ async def post_clip(request: Request, machine: MachineName, background: Backgrou
         raise too_many(f"token {who.name!r} sent more than {svc.uploads.limit} clips in a minute", wait)
     if svc.pool.get(machine) is None:
         raise HTTPException(404, f"no monitor for machine {machine!r} (this server has: {', '.join(svc.pool.names())})")
-    up = await receive_upload(request, await run_in_threadpool(lambda: svc.ingestor.tmp_dir),
-                              int(svc.settings.max_upload_mb * 1e6))
-    doc = await run_in_threadpool(svc.ingestor.ingest, machine, up)
+    with svc.metrics.timing_ingest():
+        up = await receive_upload(request, await run_in_threadpool(lambda: svc.ingestor.tmp_dir),
+                                  int(svc.settings.max_upload_mb * 1e6))
+        doc = await run_in_threadpool(svc.ingestor.ingest, machine, up)
     background.add_task(run_in_threadpool, svc.ingestor.maybe_prune)
     return doc
 

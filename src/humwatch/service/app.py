@@ -36,10 +36,13 @@ class Service:
     probe: object = field(init=False)
     failed_logins: object = field(init=False)
     uploads: object = field(init=False)
+    metrics: object = field(init=False)
 
     def __post_init__(self):
         from humwatch.service.guard import SlidingWindow, WriteProbe
+        from humwatch.service.metrics import Metrics
 
+        self.metrics = Metrics(self.store)
         self.probe = WriteProbe(self.store, self.write_folders)
         self.failed_logins = SlidingWindow(self.settings.max_failed_logins)
         self.uploads = SlidingWindow(self.settings.max_uploads_per_minute)
@@ -164,6 +167,7 @@ def _install_error_handlers(app) -> None:
     async def store_error(request, exc: Exception):
         log.error("store: %s", _one_line(getattr(exc, "orig", None) or exc))
         why = store_reason(exc)
+        request.app.state.service.metrics.store_error(cannot_write=why is not None)
         if why is None:
             return unavailable(request, "the database is not available")
         request.app.state.service.probe.failed(why)

@@ -18,6 +18,15 @@ MAX_ID = 2**63 - 1
 not a query that overflows."""
 MAX_OFFSET = MAX_ID - 2 * MAX_PAGE
 """The largest page offset (offset + limit + 1 stays a signed 64-bit integer)."""
+STATES = ("alarm", "acknowledged", "ok", "no data")
+"""A machine's states, in the fleet overview's order."""
+
+
+def machine_state_name(has_clips: bool, alert: Alert | None) -> str:
+    """``alarm`` / ``acknowledged`` with an open alert, else ``ok``, or ``no data`` before the first clip."""
+    if alert is not None:
+        return "acknowledged" if alert.acked_at is not None else "alarm"
+    return "ok" if has_clips else "no data"
 
 
 def machine_row(s: Session, name: str) -> Machine | None:
@@ -34,10 +43,7 @@ def machine_state(s: Session, m: Machine, pool, default_rule: AlertRule) -> dict
         select(func.count(ClipRow.id), func.coalesce(func.sum(case((ClipRow.anomalous, 1), else_=0)), 0))
         .where(ClipRow.machine_id == m.id, ClipRow.received_at >= day_ago)).one()
     entry = pool.get(m.name) if pool is not None else None
-    if alert is not None:
-        state = "acknowledged" if alert.acked_at is not None else "alarm"
-    else:
-        state = "no data" if last is None else "ok"
+    state = machine_state_name(last is not None, alert)
     return {
         "machine": m.name, "state": state, "has_monitor": entry is not None,
         "monitor": entry.describe() if entry is not None else None,
@@ -52,7 +58,7 @@ def fleet(s: Session, pool, default_rule: AlertRule) -> list[dict]:
     """Every machine (with a monitor, or with clips stored), alarms first, then by name."""
     machines = s.scalars(select(Machine).order_by(Machine.name)).all()
     rows = [machine_state(s, m, pool, default_rule) for m in machines]
-    order = {"alarm": 0, "acknowledged": 1, "ok": 2, "no data": 3}
+    order = {name: i for i, name in enumerate(STATES)}
     return sorted(rows, key=lambda r: (order[r["state"]], r["machine"]))
 
 
