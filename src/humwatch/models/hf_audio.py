@@ -371,7 +371,7 @@ def build_hf_audio(*, weights="default", precision="fp32", config=None, seed=0, 
         model = _build_model(mt, cfg, folder, seed)
         model.eval().to(device)
         input_name = "input_features" if mt == "whisper" else "input_values"
-        module = _pooled_class()(model, input_name, layer, pooling, mt == "whisper")
+        module = _pooled_class()(model, input_name, layer, pooling, mt == "whisper").eval()
         return HFAudioBackbone(model=model, extractor=fe, module=module, **ident)
 
     return LazyBackbone(build=build, **ident)
