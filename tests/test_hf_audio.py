@@ -116,11 +116,11 @@ def test_there_are_no_default_weights():
 
 
 # -- local folders -------------------------------------------------------------------------------------
-def _save_tiny_wav2vec2(folder):
+def _save_tiny_wav2vec2(folder, seed=1):
     from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
 
     cfg = AutoConfig.for_model(**W2V)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = AutoModel.from_config(cfg).eval()
     model.save_pretrained(str(folder))
     Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(str(folder))
@@ -212,10 +212,18 @@ def test_embed_run_fit_and_compare_take_an_hf_audio_backbone(tree, tmp_path, cap
          "--detector-params", '{"n_neighbors": 2}', "--cache", cache, "-q", *MODEL)
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert "RANDOM INIT" in json.dumps(res) and (tmp_path / "run" / "scores.csv").is_file()
-
-    _cli("fit", "--data", tree, "--out", tmp_path / "mon", "--detector", "knn", "--detector-params", '{"n_neighbors": 2}',
-         "--cache", cache, "-q", "--threshold-method", "percentile", "--false-alarm-rate", "0.5", *MODEL)
     assert "RANDOM INIT" in capsys.readouterr().out
+
+    _save_tiny_wav2vec2(tmp_path / "w2v")  # a monitor on pretrained (here: saved) weights
+    _cli("fit", "--data", tree, "--out", tmp_path / "mon", "--detector", "knn", "--detector-params", '{"n_neighbors": 2}',
+         "--cache", cache, "-q", "--threshold-method", "percentile", "--false-alarm-rate", "0.5",
+         "--backbone", "hf-audio", "--weights", tmp_path / "w2v", "--backbone-config", '{"pooling": "max", "layer": 1}')
+    assert "RANDOM INIT" not in capsys.readouterr().out
+    from humwatch.monitor import MonitorError, load_monitor
+
+    _save_tiny_wav2vec2(tmp_path / "other", seed=5)
+    with pytest.raises(MonitorError, match="not the ones it was fitted with"):
+        load_monitor(tmp_path / "mon", weights=str(tmp_path / "other"))
     files = sorted((tree / "6dB_fan/fan/id_00/abnormal").glob("*.wav"))[:2]
     from humwatch.cli import main
 
