@@ -207,7 +207,11 @@ def _pooled_class():
 
 
 class HFAudioBackbone(Backbone):
-    """:class:`Backbone` around a transformers audio encoder (``.model``); ``.extractor`` its feature extractor."""
+    """:class:`Backbone` around a transformers audio encoder (``.model``); ``.extractor`` its feature extractor.
+
+    Its blocks (for fine-tuning code) are ``rest`` (every parameter outside the transformer layers:
+    the convolutional or patch front end, the projections and the final norm) and ``layer0``..; it
+    is meant to be used frozen, and no fine-tuning method has been tried on it."""
 
     def __init__(self, *, model, extractor, **kw):
         super().__init__(**kw)
