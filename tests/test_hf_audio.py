@@ -221,6 +221,9 @@ def test_embed_run_fit_and_compare_take_an_hf_audio_backbone(tree, tmp_path, cap
     assert "RANDOM INIT" not in capsys.readouterr().out
     from humwatch.monitor import MonitorError, load_monitor
 
+    _cli("export", tmp_path / "mon", "--format", "onnx", "--out", tmp_path / "exp", code=2)
+    err = capsys.readouterr().err
+    assert "feature extractor) cannot run in an exported monitor" in err and not (tmp_path / "exp").exists()
     _save_tiny_wav2vec2(tmp_path / "other", seed=5)
     with pytest.raises(MonitorError, match="not the ones it was fitted with"):
         load_monitor(tmp_path / "mon", weights=str(tmp_path / "other"))
