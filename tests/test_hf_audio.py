@@ -157,6 +157,10 @@ def test_a_whisper_checkpoint_gives_its_encoder_and_a_saved_backbone_loads_back(
         assert torch.equal(bb.model.state_dict()[k], v), k
     x = bb.frontend.batch(_clips(2))
     e = bb.embed(x)
+    WhisperFeatureExtractor(chunk_length=2).save_pretrained(str(tmp_path / "wh2"))  # 200 frames for a 100-frame encoder
+    full.save_pretrained(str(tmp_path / "wh2"))
+    with pytest.raises(ConfigError, match="gives 80 mel bins x 200 frames, the whisper model takes 80 x 100"):
+        plan_backbone("hf-audio", weights=str(tmp_path / "wh2"))
     bb.save(tmp_path / "saved")  # the encoder alone, its extractor, humwatch_backbone.json, sealed
     again = create_backbone("hf-audio", weights=str(tmp_path / "saved"), precision="fp32")
     np.testing.assert_allclose(again.embed(x), e, rtol=1e-5, atol=1e-6)

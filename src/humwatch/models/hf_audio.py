@@ -319,6 +319,19 @@ def _folder_extractor(folder: Path, model_type: str, cfg):
         raise ConfigError(f"weights {folder}: preprocessor_config.json not usable ({_reason(e)})") from None
 
 
+def _check_extractor_fits(fe, model_type: str, cfg) -> None:
+    """The extractor's output shape must be what the model takes (else the first clip would fail deep in torch)."""
+    if model_type == "whisper":
+        got, want = (getattr(fe, "feature_size", None), getattr(fe, "nb_max_frames", None)), (cfg.num_mel_bins, 2 * cfg.max_source_positions)
+    elif model_type == AST_TYPE:
+        got, want = (getattr(fe, "num_mel_bins", None), getattr(fe, "max_length", None)), (cfg.num_mel_bins, cfg.max_length)
+    else:
+        return
+    if tuple(got) != tuple(want):
+        raise ConfigError(f"backbone {NAME!r}: the feature extractor gives {got[0]} mel bins x {got[1]} frames, the "
+                          f"{model_type} model takes {want[0]} x {want[1]}")
+
+
 def _reason(e: Exception) -> str:
     return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
@@ -365,6 +378,7 @@ def build_hf_audio(*, weights="default", precision="fp32", config=None, seed=0, 
         raise ConfigError(f"backbone {NAME!r}: layer {layer} does not exist ({mt} has hidden states 0..{n_layers}, "
                           "or -1 for the last)")
     fe = _default_extractor(mt, cfg) if folder is None else _folder_extractor(folder, mt, cfg)
+    _check_extractor_fits(fe, mt, cfg)
     frontend = _frontend(fe, mt)
     dim = int(cfg.hidden_size) * (2 if pooling == "attentive-stats" else 1)
     full = {"model_type": mt, "layer": layer, "pooling": pooling, **overrides}
