@@ -322,9 +322,11 @@ def _folder_extractor(folder: Path, model_type: str, cfg):
 def _check_extractor_fits(fe, model_type: str, cfg) -> None:
     """The extractor's output shape must be what the model takes (else the first clip would fail deep in torch)."""
     if model_type == "whisper":
-        got, want = (getattr(fe, "feature_size", None), getattr(fe, "nb_max_frames", None)), (cfg.num_mel_bins, 2 * cfg.max_source_positions)
+        got = (getattr(fe, "feature_size", None), getattr(fe, "nb_max_frames", None))
+        want = (cfg.num_mel_bins, 2 * cfg.max_source_positions)
     elif model_type == AST_TYPE:
-        got, want = (getattr(fe, "num_mel_bins", None), getattr(fe, "max_length", None)), (cfg.num_mel_bins, cfg.max_length)
+        got = (getattr(fe, "num_mel_bins", None), getattr(fe, "max_length", None))
+        want = (cfg.num_mel_bins, cfg.max_length)
     else:
         return
     if tuple(got) != tuple(want):
