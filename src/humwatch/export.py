@@ -182,6 +182,11 @@ def export_monitor(monitor: str | Path, out: str | Path, *, fmt: str = "onnx", i
     mon = Monitor.load(src, weights=weights)
     net = mon.method.export_network()
     frontend = net["frontend"]
+    from humwatch.features import FRONTENDS
+
+    if frontend.name not in FRONTENDS:  # the exported runtime rebuilds its frontend from that table (no transformers)
+        raise ConfigError(f"{src}: its {frontend.name} frontend (the model's own feature extractor) cannot run in an "
+                          "exported monitor; score it with PyTorch (humwatch score) instead")
     x = _sample_inputs(frontend, mon.audio)
     with staged_folder(out) as tmp:
         # the monitor as it is (its method, reference, monitor.json), then the network beside it
