@@ -23,7 +23,9 @@ def synth_cmd(
 ):
     """Generate physically motivated machine sounds in the MIMII layout (the built-in data)."""
     from humwatch.data.synth import synthesize
+    from humwatch.io import check_out_folder
 
+    check_out_folder(out, replace=False, kind="data", legacy=("manifest.csv",))
     clips = synthesize(
         out, machines=o.csv_list(machines), ids=o.csv_list(ids), n_normal=normal, n_anomalous=anomalous,
         snr_db=snr, seed=seed, seconds=seconds, progress=not quiet,
@@ -49,7 +51,7 @@ def features_cmd(
     from humwatch.reader import checked
 
     fe = get_frontend(frontend)
-    o.check_out_file(out, ".npy")
+    o.check_out_file(out, ".npy", inputs=[file])
     notes: list[str] = []
     x = checked(fe, load_audio(file, AudioSettings(channel=channel), notes=notes), Clip(str(file), "clip", "", 0))
     with atomic_path(out, suffix=".npy") as tmp:
@@ -86,7 +88,7 @@ def embed_cmd(
     from humwatch.methods import BackboneSettings, Context
     from humwatch.reader import ClipReader
 
-    o.check_out_file(out, ".npz")
+    o.check_out_file(out, ".npz", inputs=[data, cache])
     opts = dict(method_options or {})
     batch_size = opts.pop("batch_size") or 8
     opts["backbone_config"] = o.json_dict(opts["backbone_config"], "--backbone-config")
