@@ -297,7 +297,7 @@ def check_holds_none(out: str | os.PathLike, paths: Iterable, option: str = "--o
             raise ConfigError(f"{out}: holds {p}, an input of this command; choose another {option}")
 
 
-def _short(name: str) -> str:
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask

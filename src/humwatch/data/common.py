@@ -39,6 +39,17 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
+def _loops(entry: os.DirEntry, here: str) -> bool:
+    """True (and a warning) for a link to the folder ``here`` (a real path) or to one above it: a loop."""
+    if not entry.is_symlink():
+        return False
+    target = os.path.realpath(entry.path)
+    if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+        log.warning("%s: a symbolic link back to %s (a loop); not followed", entry.path, target)
+        return True
+    return False
+
+
 def subdirs(folder: Path) -> list[Path]:
     """The folders directly inside ``folder``, sorted (hidden ones skipped)."""
     try:
@@ -75,7 +86,7 @@ def audio_files(folder: Path, recursive: bool = False) -> list[Path]:
                     except OSError:  # a symbolic link loop: not a folder
                         is_dir = False
                     if is_dir:
-                        if recursive:
+                        if recursive and not _loops(e, real):
                             stack.append(Path(e.path))
                     elif os.path.splitext(e.name)[1].lower() in AUDIO_SUFFIXES:
                         out.append(Path(e.path))
