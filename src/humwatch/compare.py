@@ -100,7 +100,7 @@ def compare(
     t0 = time.time()
     methods = plan(specs)
     out = Path(out)
-    check_out_folder(out, replace=False, kind="compare", inputs=[data, cache_dir], legacy=("compare-data.json",))
+    check_out_folder(out, replace=False, kind="compare", inputs=[data], legacy=("compare-data.json",))
     base = RunConfig(data=str(data), layout=layout, machines=list(machines) if machines else None,
                      ids=list(ids) if ids else None, snr=snr, per_id=per_id, seed=seed, dataset_split=dataset_split,
                      channel=channel, skip_bad=skip_bad, cache_dir=str(cache_dir) if cache_dir else None, device=device)

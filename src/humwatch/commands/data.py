@@ -88,7 +88,7 @@ def embed_cmd(
     from humwatch.methods import BackboneSettings, Context
     from humwatch.reader import ClipReader
 
-    o.check_out_file(out, ".npz", inputs=[data, cache])
+    o.check_out_file(out, ".npz", inputs=[data])
     opts = dict(method_options or {})
     batch_size = opts.pop("batch_size") or 8
     opts["backbone_config"] = o.json_dict(opts["backbone_config"], "--backbone-config")

@@ -60,7 +60,7 @@ def fit_cmd(
         method = "embed-detect"
         defaults, note = monitor_defaults(method_options)
     settings = o.method_settings_from_options(method, method_options, defaults)
-    o.check_out_folder(out, overwrite, kind="monitor", inputs=[data, cache])
+    o.check_out_folder(out, overwrite, kind="monitor", inputs=[data])
     if note:
         o.console().print(note)
     clips = load_dataset(data, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr)
