@@ -143,6 +143,10 @@ def test_devices_fifos_links_and_inputs_are_never_written_over(base, tmp_path, c
     os.link(wav, hard)
     refused(score(hard), "itself")  # the same file under another name
     refused(score(mon / "scores.csv"), "inside")  # would break the monitor's seal
+    inside = good / "fan/id_00/normal"
+    kept = (inside / "00000001.wav").read_bytes()
+    refused(cli(capsys, "score", mon, inside, "--out", inside / "00000001.wav"), "is a recording in")
+    assert (inside / "00000001.wav").read_bytes() == kept
     assert wav.read_bytes() == original and not (tmp_path / "c").exists()
     npy = tmp_path / "x.npy"
     os.mkfifo(npy)

@@ -176,6 +176,12 @@ def _exists(p: Path) -> bool:
         return False
 
 
+def _is_audio(path: str) -> bool:
+    from humwatch.audio import AUDIO_SUFFIXES
+
+    return os.path.splitext(path)[1].lower() in AUDIO_SUFFIXES
+
+
 def _inside(child: str, parent: str) -> bool:
     return child != parent and child.startswith(parent.rstrip(os.sep) + os.sep)
 
@@ -210,6 +216,8 @@ def _check_place(out: Path, inputs: Iterable, folder: bool, hosts: Iterable = ()
             raise ConfigError(f"{out}: holds {given}, an input of this command; choose another output")
         if _inside(real, src) and src not in host_reals and (folder or (Path(src) / MANIFEST).is_file()):
             raise ConfigError(f"{out}: is inside {given}, an input of this command; write it elsewhere")
+        if _inside(real, src) and not folder and _exists(out) and _is_audio(real):
+            raise ConfigError(f"{out}: is a recording in {given}, an input of this command; choose another output")
     p = Path(os.path.abspath(out)).parent
     while not _exists(p):
         p = p.parent
@@ -233,9 +241,9 @@ def check_out_file(out: str | os.PathLike, suffix: str | None = None, inputs: It
         raise ConfigError(f"{out}: is a folder; give a {suffix or 'file'} name")
     if suffix and not str(out).endswith(suffix):
         raise ConfigError(f"{out}: the output must be a {suffix} file")
-    _check_place(out, inputs, folder=False)
     if _exists(out) and _what(out) != "a file":
         raise ConfigError(f"{out}: exists and is {_what(out)}, not a regular file; humwatch replaces only files")
+    _check_place(out, inputs, folder=False)
 
 
 def check_out_folder(out: str | os.PathLike, overwrite: bool = True, *, kind: str | None = None, inputs: Iterable = (),
