@@ -192,7 +192,7 @@ def test_every_output_is_checked_before_any_work(base, tmp_path, capsys, case):
     if case == "cannot-write" and not os.path.isdir("/proc/self"):
         pytest.skip("no /proc here to stand for a place nothing can be written")
     place = {"long-name": tmp_path, "under-a-file": afile, "cannot-write": Path("/proc")}[case]
-    words = {"long-name": "at most 255", "under-a-file": "afile is a file, not a folder", "cannot-write": "cannot write in /proc"}[case]
+    words = {"long-name": "at most 255", "under-a-file": "afile is a file, not a folder", "cannot-write": "/proc is not writable"}[case]
     for name, (args, option, filename) in _commands(root, good, mon, run, bad).items():
         leaf = LONG + (Path(filename).suffix if filename else "") if case == "long-name" else (filename or "out")
         out = place / leaf

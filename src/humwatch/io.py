@@ -226,7 +226,7 @@ def _check_place(out: Path, inputs: Iterable, folder: bool, hosts: Iterable = ()
     try:  # root passes every os.access test: only making something there tells
         os.rmdir(tempfile.mkdtemp(prefix=".humwatch-probe-", dir=p))
     except OSError as e:
-        raise ConfigError(f"{out}: cannot write in {p} ({e.strerror or type(e).__name__})") from None
+        raise ConfigError(f"{out}: {p} is not writable ({e.strerror or type(e).__name__})") from None
 
 
 def check_out_file(out: str | os.PathLike, suffix: str | None = None, inputs: Iterable = ()) -> None:
