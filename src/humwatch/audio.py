@@ -209,9 +209,13 @@ def window_starts(total: float, seconds: float, hop: float) -> list[float]:
 
 
 def find_audio(folder: str | os.PathLike) -> list[Path]:
-    """All audio files below ``folder``, sorted."""
+    """All audio files below ``folder``, sorted; a link that leads nowhere (a symbolic link loop, a
+    dangling link) with an audio suffix is listed too, so that reading it fails clearly (and
+    ``--skip-bad`` counts it) instead of it vanishing. (``rglob`` does not follow links to folders,
+    so a link back up cannot loop.)"""
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES
+                  and (p.is_file() or (p.is_symlink() and not p.exists())))
 
 
 def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from humwatch.errors import HumwatchError, ConfigError
-from humwatch.io import file_sha256, read_json, write_json
+from humwatch.io import check_out_folder, file_sha256, mark_folder, read_json, write_json
 from humwatch.methods.spec import MethodSpec, check_unique, spec_from_entry
 from humwatch.progress import console
 
@@ -101,8 +101,7 @@ def compare(
     t0 = time.time()
     methods = plan(specs)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder")
+    check_out_folder(out, replace=False, kind="compare", inputs=[data], legacy=("compare-data.json",))
     base = RunConfig(data=str(data), layout=layout, machines=list(machines) if machines else None,
                      ids=list(ids) if ids else None, snr=snr, per_id=per_id, seed=seed, dataset_split=dataset_split,
                      dataset_val_fraction=dataset_val_fraction, channel=channel, skip_bad=skip_bad, cache_dir=str(cache_dir) if cache_dir else None, device=device)
@@ -118,8 +117,9 @@ def compare(
         if _read(stamp) != source:
             raise ConfigError(f"{out}: holds a comparison of other data or another split; use another --out")
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        RunDir(out).write_split(prepare_clips(base))
+        clips = prepare_clips(base)
+        mark_folder(out, "compare")
+        RunDir(out).write_split(clips)
         write_json(stamp, source)
     split_hash = file_sha256(split_csv)
     records = []

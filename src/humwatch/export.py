@@ -176,9 +176,7 @@ def export_monitor(monitor: str | Path, out: str | Path, *, fmt: str = "onnx", i
     src, out = Path(monitor), Path(out)
     if not (src / "monitor.json").is_file():
         raise ConfigError(f"{src}: not a monitor folder (export takes what `humwatch fit` writes)")
-    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
-        raise ConfigError(f"{out}: is inside the monitor itself; export into another folder")
-    check_out_folder(out, overwrite)
+    check_out_folder(out, overwrite, kind="export", inputs=[src, weights])
     mon = Monitor.load(src, weights=weights)
     net = mon.method.export_network()
     frontend = net["frontend"]
@@ -188,7 +186,7 @@ def export_monitor(monitor: str | Path, out: str | Path, *, fmt: str = "onnx", i
         raise ConfigError(f"{src}: its {frontend.name} frontend (the model's own feature extractor) cannot run in an "
                           "exported monitor; score it with PyTorch (humwatch score) instead")
     x = _sample_inputs(frontend, mon.audio)
-    with staged_folder(out) as tmp:
+    with staged_folder(out, kind="export") as tmp:
         # the monitor as it is (its method, reference, monitor.json), then the network beside it
         shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=lambda d, names: [MANIFEST] if Path(d) == src else [])
         check = write_onnx(net, x, tmp / MODEL_FILE, int8=int8)

@@ -21,7 +21,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", mode: int = 0o666) ->
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.", suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -125,22 +125,25 @@ def check_weight_fingerprints(directory: str | os.PathLike, recorded: Any, where
 
 
 @contextmanager
-def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
+def staged_folder(target: str | os.PathLike, kind: str | None = None) -> Iterator[Path]:
     """Yield an empty hidden folder beside ``target``; when the block ends without an error it takes
     ``target``'s place in one rename (an older ``target`` is moved aside first, then removed), so a
     folder is never half old and half new, and an error or a kill leaves ``target`` as it was (a
-    killed run leaves only a hidden ``.NAME.tmp-*`` folder beside it)."""
+    killed run leaves only a hidden ``.NAME.tmp-*`` folder beside it). With ``kind`` the finished
+    folder carries humwatch's :data:`MARKER` of that kind (what ``--overwrite`` may replace)."""
     import shutil
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{_short(target.name)}.tmp-", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        if kind is not None:
+            mark_folder(tmp, kind)
         old = None
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{_short(target.name)}.old-", dir=target.parent))
             os.replace(target, old / "x")
         os.replace(tmp, target)
         if old is not None:
@@ -150,21 +153,187 @@ def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_out_folder(out: str | os.PathLike, overwrite: bool = True) -> None:
-    """Refuse (one-line ConfigError) an output folder that cannot be one: an existing file, a path
-    under a file, or under a folder that is not writable; or, unless ``overwrite``, one that holds files."""
+MARKER = ".humwatch"
+"""The file every output folder humwatch makes carries (``{"format": "humwatch.output/1", "kind": ...}``):
+``--overwrite`` replaces only a folder with this marker, of the same kind. A dot-file, so manifests
+(:func:`write_manifest`, :func:`check_manifest`) and dataset listings skip it."""
+
+MARKER_FORMAT = "humwatch.output/1"
+KINDS = {"run": "a run directory", "monitor": "a monitor", "export": "an exported monitor",
+         "compare": "a comparison", "reproduce": "a reproduce folder", "explain": "an explain folder",
+         "data": "generated data"}
+"""The kinds of output folder, and how a message names each."""
+
+
+def mark_folder(directory: str | os.PathLike, kind: str) -> None:
+    """Write the marker that says ``directory`` is humwatch's output of ``kind`` (see :data:`MARKER`)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    if folder_kind(d) != kind:
+        write_json(d / MARKER, {"format": MARKER_FORMAT, "kind": kind})
+
+
+def folder_kind(directory: str | os.PathLike) -> str | None:
+    """The kind of output folder ``directory`` is by its marker; None when it has none (not ours)."""
+    try:
+        doc = json.loads((Path(directory) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    kind = doc.get("kind") if isinstance(doc, dict) and doc.get("format") == MARKER_FORMAT else None
+    return kind if isinstance(kind, str) else None
+
+
+def _what(p: Path) -> str:
+    """What an existing path is, in a few words (for messages)."""
+    import stat
+
+    try:
+        m = os.lstat(p).st_mode
+    except OSError as e:
+        return f"not readable ({e.strerror})"
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a file")):
+        if test(m):
+            return name
+    return "not a file or folder"
+
+
+def _exists(p: Path) -> bool:
+    try:
+        os.lstat(p)
+        return True
+    except OSError:
+        return False
+
+
+def _is_audio(path: str) -> bool:
+    from humwatch.audio import AUDIO_SUFFIXES
+
+    return os.path.splitext(path)[1].lower() in AUDIO_SUFFIXES
+
+
+def _inside(child: str, parent: str) -> bool:
+    return child != parent and child.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def _check_place(out: Path, inputs: Iterable, folder: bool, hosts: Iterable = ()) -> None:
+    """What every output must pass: names the file system takes, a place that can be written, and no
+    overlap with the command's ``inputs`` (an output equal to one, holding one, or, for a folder
+    output, inside one that is not in ``hosts``; a file may sit in an input folder unless it is sealed)."""
+    from humwatch.errors import ConfigError
+
+    raw = os.fsencode(os.path.abspath(out))
+    for part in raw.split(b"/"):
+        if len(part) > 255:
+            raise ConfigError(f"{out}: a name in this path is {len(part)} bytes long (at most 255); choose a shorter one")
+    if len(raw) > 4000:
+        raise ConfigError(f"{out}: the path is {len(raw)} bytes long (at most 4000); choose a shorter one")
+    real = os.path.realpath(out)
+    host_reals = {os.path.realpath(h) for h in hosts if h is not None}
+    for given in inputs:
+        if given is None or str(given) in ("", "-"):
+            continue
+        src = os.path.realpath(given)
+        same = real == src
+        if not same and _exists(out) and _exists(Path(given)):
+            try:
+                same = os.path.samefile(out, given)  # a hard link is the same file under another name
+            except OSError:
+                pass
+        if same:
+            raise ConfigError(f"{out}: is {given} itself, an input of this command; choose another output")
+        if _inside(src, real):
+            raise ConfigError(f"{out}: holds {given}, an input of this command; choose another output")
+        if _inside(real, src) and src not in host_reals and (folder or (Path(src) / MANIFEST).is_file()):
+            raise ConfigError(f"{out}: is inside {given}, an input of this command; write it elsewhere")
+        if _inside(real, src) and not folder and _exists(out) and _is_audio(real):
+            raise ConfigError(f"{out}: is a recording in {given}, an input of this command; choose another output")
+    p = Path(os.path.abspath(out)).parent
+    while not _exists(p):
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError(f"{out}: {p} is {_what(p)}, not a folder")
+    try:  # root passes every os.access test: only making something there tells
+        os.rmdir(tempfile.mkdtemp(prefix=".humwatch-probe-", dir=p))
+    except OSError as e:
+        raise ConfigError(f"{out}: {p} is not writable ({e.strerror or type(e).__name__})") from None
+
+
+def check_out_file(out: str | os.PathLike, suffix: str | None = None, inputs: Iterable = ()) -> None:
+    """Refuse (one ConfigError line), before any work, an output file that cannot or must not be
+    written: the wrong ``suffix``, an existing path that is not a regular file (a folder, a device
+    such as /dev/full, a FIFO, a symbolic link), one of ``inputs``, a name too long, or a place that
+    cannot be written (under a file, a read-only folder)."""
     from humwatch.errors import ConfigError
 
     out = Path(out)
-    if not overwrite and out.is_dir() and any(out.iterdir()):
-        raise ConfigError(f"{out}: exists and holds files; pass --overwrite to replace it, or choose another --out")
-    for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise ConfigError(f"{out}: {'exists and is not a folder' if p == out else f'{p} is a file, not a folder'}")
-            if not os.access(p, os.W_OK):
-                raise ConfigError(f"{out}: {p} is not writable")
+    if _exists(out) and not out.is_symlink() and out.is_dir():
+        raise ConfigError(f"{out}: is a folder; give a {suffix or 'file'} name")
+    if suffix and not str(out).endswith(suffix):
+        raise ConfigError(f"{out}: the output must be a {suffix} file")
+    if _exists(out) and _what(out) != "a file":
+        raise ConfigError(f"{out}: exists and is {_what(out)}, not a regular file; humwatch replaces only files")
+    _check_place(out, inputs, folder=False)
+
+
+def check_out_folder(out: str | os.PathLike, overwrite: bool = True, *, kind: str | None = None, inputs: Iterable = (),
+                     replace: bool = True, legacy: Iterable[str] = (), hosts: Iterable = ()) -> None:
+    """Refuse (one ConfigError line), before any work, an output folder that cannot or must not be
+    written: an existing path that is not a folder, a place that cannot be written, a name too long,
+    a folder that is, holds or sits in one of ``inputs`` (see :func:`_check_place`), and one that
+    holds files humwatch did not write. ``replace`` (the folder is replaced whole,
+    :func:`staged_folder`): a folder that holds files is replaced only with ``overwrite`` and only when
+    it carries humwatch's :data:`MARKER` of ``kind`` (any kind when None). Otherwise (written into and
+    resumed: compare, reproduce, explain) a folder that holds files must carry that marker, or one of
+    the ``legacy`` names older versions wrote there."""
+    from humwatch.errors import ConfigError
+
+    out = Path(out)
+    if _exists(out) and (not out.is_dir() or (replace and out.is_symlink())):
+        raise ConfigError(f"{out}: exists and is {_what(out)}, not a folder")
+    _check_place(out, inputs, folder=True, hosts=hosts)
+    try:
+        full = out.is_dir() and any(out.iterdir())
+    except OSError as e:
+        raise ConfigError(f"{out}: cannot be listed ({e.strerror})") from None
+    if not full:
+        return
+    found = folder_kind(out)
+    want = KINDS.get(kind, kind) if kind else "humwatch's output"
+    ours = found is not None and (kind is None or found == kind)
+    if replace:
+        if not overwrite:
+            raise ConfigError(f"{out}: exists and holds files; pass --overwrite to replace it, or choose another --out")
+        if ours:
             return
+    elif ours or any((out / n).exists() for n in legacy):
+        return
+    if found is not None:
+        raise ConfigError(f"{out}: is {KINDS.get(found, found)}, not {want}; choose another --out")
+    raise ConfigError(f"{out}: holds files humwatch did not write (no {MARKER} marker); "
+                      f"{'--overwrite replaces only a folder humwatch wrote; ' if replace else ''}"
+                      "choose another --out, or empty it yourself")
+
+
+def _short(name: str) -> str:
+    """``name`` cut to 200 bytes, for the hidden temporary names made from it (a 255-byte name plus
+    a prefix and a suffix would be too long for the file system)."""
+    raw = os.fsencode(name)
+    return name if len(raw) <= 200 else os.fsdecode(raw[:200])
+
+
+def check_holds_none(out: str | os.PathLike, paths: Iterable, option: str = "--out") -> None:
+    """Refuse (one ConfigError line) an existing output folder that holds one of ``paths`` (the
+    clips a manifest lists, say): replacing it would delete them."""
+    from humwatch.errors import ConfigError
+
+    if not Path(out).is_dir():
+        return
+    real = os.path.realpath(out)
+    for p in paths:
+        if _inside(os.path.realpath(p), real):
+            raise ConfigError(f"{out}: holds {p}, an input of this command; choose another {option}")
 
 
 def _umask() -> int:

@@ -117,8 +117,8 @@ class Monitor:
 
         from humwatch.io import check_out_folder, staged_folder
 
-        check_out_folder(directory)
-        with staged_folder(directory) as d:
+        check_out_folder(directory, kind="monitor")
+        with staged_folder(directory, kind="monitor") as d:
             self.method.save(d / METHOD_DIR)
             if self.reference is not None:
                 with atomic_path(d / REFERENCE_FILE, suffix=".safetensors") as tmp:

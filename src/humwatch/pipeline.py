@@ -181,14 +181,15 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True, overwrite: bool 
     written nor half old and half new. An ``out`` that holds files is refused unless ``overwrite``.
     ``engine`` (:mod:`humwatch.engine`, default local) is where the per-clip work runs: the results
     are the same whichever it is."""
-    from humwatch.io import check_out_folder, staged_folder
+    from humwatch.io import check_holds_none, check_out_folder, staged_folder
 
     settings = cfg.validate()
     out = Path(out)
-    check_out_folder(out, overwrite)
+    check_out_folder(out, overwrite, kind="run", inputs=[cfg.data, cfg.split_csv])
     t0 = time.time()
     clips = prepare_clips(cfg)
-    with staged_folder(out) as staging:
+    check_holds_none(out, (c.path for c in clips))
+    with staged_folder(out, kind="run") as staging:
         return _run(cfg, settings, clips, RunDir(staging), progress, t0, engine)
 
 

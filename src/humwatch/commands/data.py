@@ -31,6 +31,7 @@ def synth_cmd(
     """Generate physically motivated machine sounds in the MIMII layout (the built-in data) or as a
     DCASE 2023/2024 development set with domain shift."""
     from humwatch.errors import ConfigError
+    from humwatch.io import check_out_folder
 
     mimii_only = {"--ids": ids, "--normal": normal, "--anomalous": anomalous}
     dcase_only = {"--sections": sections, "--source-train": source_train, "--target-train": target_train,
@@ -38,6 +39,7 @@ def synth_cmd(
     wrong = [k for k, v in (dcase_only if layout == "mimii" else mimii_only).items() if v is not None]
     if wrong:
         raise ConfigError(f"{', '.join(wrong)}: not an option of --layout {layout}")
+    check_out_folder(out, replace=False, kind="data", legacy=("manifest.csv", "ground_truth.csv"))
     if layout == "mimii":
         from humwatch.data.synth import synthesize
 
@@ -76,7 +78,7 @@ def features_cmd(
     from humwatch.reader import checked
 
     fe = get_frontend(frontend)
-    o.check_out_file(out, ".npy")
+    o.check_out_file(out, ".npy", inputs=[file])
     notes: list[str] = []
     x = checked(fe, load_audio(file, AudioSettings(channel=channel), notes=notes), Clip(str(file), "clip", "", 0))
     with atomic_path(out, suffix=".npy") as tmp:
@@ -113,7 +115,7 @@ def embed_cmd(
     from humwatch.methods import BackboneSettings, Context
     from humwatch.reader import ClipReader
 
-    o.check_out_file(out, ".npz")
+    o.check_out_file(out, ".npz", inputs=[data])
     opts = dict(method_options or {})
     batch_size = opts.pop("batch_size") or 8
     opts["backbone_config"] = o.json_dict(opts["backbone_config"], "--backbone-config")

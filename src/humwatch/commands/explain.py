@@ -104,12 +104,15 @@ def explain_cmd(
 def _explain_alarms(monitor: Path, paths: List[Path], out: Optional[Path], device: str, con) -> None:
     """`humwatch explain MONITOR CLIP...`: one "why did it alarm" figure and summary line per clip."""
     from humwatch.explain.alarm import explain_alarm
+    from humwatch.io import check_out_file
     from humwatch.monitor import load_monitor
 
     if not paths:
         raise ConfigError(f"give the clip(s) to explain after the monitor: humwatch explain {monitor} CLIP.wav")
-    mon = load_monitor(monitor, device=device)
     folder = out or Path(".")
+    for p in paths:  # every figure's place checked before any work
+        check_out_file(folder / f"{p.stem}_why.png", ".png", inputs=[monitor, *paths])
+    mon = load_monitor(monitor, device=device)
     for p in paths:
         res = explain_alarm(mon, p, folder / f"{p.stem}_why.png")
         con.print(f"{p}: {res.summary}", markup=False, highlight=False)

@@ -52,6 +52,7 @@ def fit_cmd(
     """Learn a monitor from healthy recordings with any method; the threshold is calibrated on every normal recording (cross-validated)."""
     from humwatch.audio import AudioSettings
     from humwatch.data import load_dataset
+    from humwatch.io import check_holds_none
     from humwatch.monitor import fit_monitor
 
     defaults, note = {}, None
@@ -61,10 +62,11 @@ def fit_cmd(
         method = "embed-detect"
         defaults, note = monitor_defaults(method_options)
     settings = o.method_settings_from_options(method, method_options, defaults)
-    o.check_out_folder(out, overwrite)
+    o.check_out_folder(out, overwrite, kind="monitor", inputs=[data])
     if note:
         o.console().print(note)
     clips = load_dataset(data, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr)
+    check_holds_none(out, (c.path for c in clips))
     mon, summary = fit_monitor(
         clips, method, settings, false_alarm_rate=false_alarm_rate, threshold_method=threshold_method, folds=folds,
         seconds=window_seconds, hop=hop, seed=seed, audio=AudioSettings(channel=channel), skip_bad=skip_bad,
@@ -112,8 +114,13 @@ def score_cmd(
     from humwatch.audio import find_audio
     from humwatch.data.clips import Clip
     from humwatch.engine import get_engine
+    from humwatch.io import check_out_file
     from humwatch.monitor import load_monitor
 
+    to_stdout = out == "-"
+    target = None if to_stdout else Path(out or "scores.csv")
+    if target is not None:  # before any work: a result that cannot be written is said now, not after scoring
+        check_out_file(target, inputs=[monitor, *inputs, weights])
     mon = load_monitor(monitor, weights=weights, device=device, runtime=runtime)
     load = dict(directory=str(monitor), weights=weights, device=device,
                 runtime="onnx" if getattr(mon.method, "runtime", "torch") == "onnx" else "torch")
@@ -130,8 +137,6 @@ def score_cmd(
     progress = not quiet and out != "-"
     with get_engine(engine, ray_address) as eng:
         rows, alarms, skipped = _rows(mon, clips, windows, skip_bad, progress, cache or o.default_cache_dir(), eng, load)
-    to_stdout = out == "-"
-    target = None if to_stdout else Path(out or "scores.csv")
     _write(rows, target, json_lines)
     con = o.console(stderr=to_stdout)
     if con.is_terminal and not to_stdout:

@@ -221,14 +221,12 @@ def print_table(con, title: str, columns: list[str], rows: list[list[str]], **ta
         print(line, file=con.file)  # rich would expand the tabs
 
 
-def check_out_file(out: Path, suffix: str) -> None:
-    """Refuse, before any work, an output file that cannot be written: the wrong suffix, a folder,
-    a path under a file, or a folder that is not writable."""
-    if out.is_dir():
-        raise ConfigError(f"{out}: is a folder; give a {suffix} file name")
-    if not str(out).endswith(suffix):
-        raise ConfigError(f"{out}: the output must be a {suffix} file")
-    check_out_folder(out.parent)
+def check_out_file(out: Path, suffix: str, inputs=()) -> None:
+    """Refuse, before any work, an output file that cannot or must not be written
+    (:func:`humwatch.io.check_out_file`: the wrong suffix, a folder, a device, one of ``inputs``, ...)."""
+    from humwatch.io import check_out_file as check
+
+    check(out, suffix, inputs)
 
 
 # ------------------------------------------------------------------------------------- service

@@ -5,6 +5,7 @@ audio files, picking the requested machine types / ids / noise level, sorting cl
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Iterable
 from humwatch.audio import AUDIO_SUFFIXES
 from humwatch.data.clips import Clip
 from humwatch.errors import ConfigError, DatasetError
+
+log = logging.getLogger(__name__)
 
 
 def check_root(root: str | os.PathLike, allow_file: bool = False) -> Path:
@@ -29,11 +32,29 @@ def check_root(root: str | os.PathLike, allow_file: bool = False) -> Path:
     return path
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symbolic link loop is not a folder
+        return False
+
+
+def _loops(entry: os.DirEntry, here: str) -> bool:
+    """True (and a warning) for a link to the folder ``here`` (a real path) or to one above it: a loop."""
+    if not entry.is_symlink():
+        return False
+    target = os.path.realpath(entry.path)
+    if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+        log.warning("%s: a symbolic link back to %s (a loop); not followed", entry.path, target)
+        return True
+    return False
+
+
 def subdirs(folder: Path) -> list[Path]:
     """The folders directly inside ``folder``, sorted (hidden ones skipped)."""
     try:
         with os.scandir(folder) as it:
-            return sorted(Path(e.path) for e in it if not e.name.startswith(".") and e.is_dir())
+            return sorted(Path(e.path) for e in it if not e.name.startswith(".") and _is_dir(e))
     except NotADirectoryError:
         raise DatasetError(f"{folder}: is a file, expected a folder") from None
     except OSError as e:
@@ -41,18 +62,31 @@ def subdirs(folder: Path) -> list[Path]:
 
 
 def audio_files(folder: Path, recursive: bool = False) -> list[Path]:
-    """Audio files (by suffix only; nothing is opened) in ``folder``, sorted."""
+    """Audio files (by suffix only; nothing is opened) in ``folder``, sorted. A folder reached twice
+    (a symbolic link back to a folder above it) is listed once and said in a warning; a link that
+    leads nowhere (a loop, a dangling link) with an audio suffix is listed, so that reading it fails
+    clearly (and ``--skip-bad`` counts it) instead of it vanishing."""
     out: list[Path] = []
     stack = [folder]
+    seen: set[str] = set()
     while stack:
         d = stack.pop()
+        real = os.path.realpath(d)
+        if real in seen:
+            log.warning("%s: a symbolic link to %s, listed already; not followed", d, real)
+            continue
+        seen.add(real)
         try:
             with os.scandir(d) as it:
                 for e in it:
                     if e.name.startswith("."):
                         continue
-                    if e.is_dir():
-                        if recursive:
+                    try:
+                        is_dir = e.is_dir()
+                    except OSError:  # a symbolic link loop: not a folder
+                        is_dir = False
+                    if is_dir:
+                        if recursive and not _loops(e, real):
                             stack.append(Path(e.path))
                     elif os.path.splitext(e.name)[1].lower() in AUDIO_SUFFIXES:
                         out.append(Path(e.path))

@@ -27,6 +27,7 @@ from humwatch.audio import AudioSettings
 from humwatch.errors import HumwatchError, ConfigError
 from humwatch.explain.clips import ClipRef, clip_from_path, clips_from_run, pick_clips, pick_examples
 from humwatch.explain.figures import CAPTIONS, TITLES, make_model_figures, make_spectrogram_figures, make_tsne_figures
+from humwatch.io import check_out_folder, mark_folder
 from humwatch.explain.report import Figure, Section, table_sections, write_report
 from humwatch.models.weights import random_init_warning
 from humwatch.rundir import RunDir
@@ -197,6 +198,12 @@ def _finish(out_dir: Path, title: str, sections: list[Section], figures: dict[st
     return ExplainResult(out_dir, report, figures, notes, data)
 
 
+def _check_out(out_dir: Path, inputs, hosts=()) -> None:
+    """An explain folder: new, empty, or one humwatch's explain wrote (report.html and the figures
+    replace theirs), never a folder of other files, never one of the inputs."""
+    check_out_folder(out_dir, replace=False, kind="explain", inputs=inputs, hosts=hosts, legacy=("explain.json",))
+
+
 def explain_run(
     run_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -225,13 +232,14 @@ def explain_run(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "explain"
+    _check_out(out_dir, [run_dir], hosts=[run_dir])  # the figures may go inside the run, never over it
     if use_models and models is None:
         _check_backbones(backbones)
     sections = table_sections(run_dir)
     if not sections and not RunDir.find(run_dir):
         raise ConfigError(f"{run_dir}: holds no run (results.json) and no reproduce table (table3.md)")
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "explain"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    mark_folder(out_dir, "explain")
     notes: list[str] = []
     audio = _run_audio(run_dir)
     clips = clips_from_run(run_dir)
@@ -278,6 +286,8 @@ def explain_clips(
     """Spectrograms, attention distances and attention/Grad-CAM maps of some audio files."""
     if not clip_paths:
         raise ConfigError("no clips given")
+    out_dir = Path(out_dir)
+    _check_out(out_dir, clip_paths)
     if use_models and models is None:
         _check_backbones(backbones)
     from humwatch.audio import load_audio
@@ -287,8 +297,7 @@ def explain_clips(
 
     for p in clip_paths:  # an unusable clip is an error, not a note
         checked(lambda y: spectrogram(y).db, load_audio(p, AudioSettings(seconds=None, channel=channel)), Clip(str(p), "clip", "", 0))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    mark_folder(out_dir, "explain")
     notes: list[str] = []
     clips = [clip_from_path(p) for p in clip_paths]
     audio = AudioSettings(channel=channel)

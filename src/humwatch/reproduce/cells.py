@@ -249,8 +249,10 @@ def _reproduce(data, out, config, *, machines, rows, weights_dir, synthetic, pre
                report, device) -> Table3:
     t0 = time.time()
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder")
+    from humwatch.io import check_out_folder, mark_folder
+
+    check_out_folder(out, replace=False, kind="reproduce", legacy=("table3.json", "cells"),
+                     inputs=[data, weights_dir, None if isinstance(config, StudyConfig) else config])
     cfg = config if isinstance(config, StudyConfig) else load_study_config(config)
     if precision is not None:
         if precision not in ("auto", "fp32", "bf16"):
@@ -279,7 +281,7 @@ def _reproduce(data, out, config, *, machines, rows, weights_dir, synthetic, pre
         raise ConfigError(f"--data {data}: no such file or folder")
     if weights_dir is not None and not Path(weights_dir).is_dir():
         raise ConfigError(f"--weights-dir {weights_dir}: no such folder")
-    out.mkdir(parents=True, exist_ok=True)
+    mark_folder(out, "reproduce")
     if synth is not None:
         data = synthetic_data(out, synth, progress=progress)
     cells = plan_cells(cfg, data, out, rows=rows, machines=machines, weights_dir=weights_dir, device=device)

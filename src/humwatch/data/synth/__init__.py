@@ -102,6 +102,9 @@ def synthesize(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
+    from humwatch.io import mark_folder
+
+    mark_folder(out, "data")  # humwatch's generated data (what `humwatch synth` may write into again)
     snr = snr_folder_name(snr_db)
     jobs = [
         (m, i, label, k)

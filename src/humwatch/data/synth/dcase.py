@@ -95,6 +95,9 @@ def synthesize_dcase(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
+    from humwatch.io import mark_folder
+
+    mark_folder(out, "data")  # humwatch's generated data (what `humwatch synth` may write into again)
     counts = {("train", "source", 0): n_source_train, ("train", "target", 0): n_target_train}
     for d in DOMAINS:
         counts[("test", d, 0)] = counts[("test", d, 1)] = n_test
