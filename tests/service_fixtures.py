@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +75,45 @@ def env_with_src() -> dict:
     env["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.setdefault("HUMWATCH_PROGRESS", "0")
     return env
+
+
+class WebhookReceiver:
+    """A webhook receiver on 127.0.0.1 that keeps what it got (``calls``: the document, the body
+    and the signature header); ``status(doc)`` says what to answer (204 by default) and may wait."""
+
+    def __init__(self, status=lambda doc: 204):
+        self.calls: list[dict] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                doc = json.loads(body)
+                receiver.calls.append({"doc": doc, "body": body, "signature": self.headers.get("x-humwatch-signature")})
+                self.send_response(status(doc))
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def wait_for(predicate, timeout=30.0, step=0.1):
+    """The first true value of ``predicate()`` within ``timeout`` seconds (AssertionError after)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("timed out waiting")
 
 
 class LiveServer:

@@ -10,15 +10,12 @@ import email
 import email.policy
 import hashlib
 import hmac
-import json
 import logging
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from service_fixtures import clip_bytes, free_port, fresh_monitors, iso, make_token
+from service_fixtures import WebhookReceiver as Receiver, clip_bytes, free_port, fresh_monitors, iso, make_token, wait_for
 
 aiosmtpd = pytest.importorskip("aiosmtpd", reason="pip install aiosmtpd (the dev extra)")
 
@@ -50,43 +47,6 @@ class Mailbox:
 
     def close(self):
         self.controller.stop()
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that answers 204 and keeps what it got."""
-
-    def __init__(self):
-        self.calls: list[dict] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.calls.append({"doc": json.loads(body), "body": body,
-                                       "signature": self.headers.get("x-humwatch-signature")})
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def wait_for(predicate, timeout=30.0, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("timed out waiting")
 
 
 class InProcess:

@@ -6,58 +6,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
-from service_fixtures import LiveServer, clip_bytes, fresh_monitors, iso, make_token
+from service_fixtures import LiveServer, WebhookReceiver, clip_bytes, fresh_monitors, iso, make_token, wait_for
 
 SECRET = "s3cret"
 
 
-class Receiver:
-    """A webhook receiver on 127.0.0.1: alert 1 hangs 1.5 s and fails every time, others succeed."""
-
-    def __init__(self):
-        self.calls: list[dict] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["content-length"]))
-                doc = json.loads(body)
-                receiver.calls.append({"doc": doc, "body": body, "signature": self.headers.get("x-humwatch-signature")})
-                if doc["alert"]["id"] == 1:
-                    time.sleep(1.5)
-                    self.send_response(500)
-                else:
-                    self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def wait_for(predicate, timeout=60.0, step=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("timed out waiting")
+def _slow_failing_first(doc) -> int:
+    """Alert 1's webhook hangs 1.5 s and fails every time; the others succeed."""
+    if doc["alert"]["id"] == 1:
+        time.sleep(1.5)
+        return 500
+    return 204
 
 
 def test_a_failing_webhook_is_retried_off_the_ingest_path_and_signed(service_monitors, tmp_path):
@@ -66,7 +30,7 @@ def test_a_failing_webhook_is_retried_off_the_ingest_path_and_signed(service_mon
     monitors = fresh_monitors(service_monitors, tmp_path / "monitors", names=("api-1",))
     db = default_db_url(monitors)
     tokens = {s: make_token(db, s, s) for s in ("ingest", "read")}
-    receiver = Receiver()
+    receiver = WebhookReceiver(_slow_failing_first)
     server = LiveServer(monitors, tmp_path / "serve.log", "--webhook", receiver.url, "--webhook-secret", SECRET,
                         "--webhook-retries", "2", "--webhook-backoff", "0.2", "--alert-rule", "1/1/1").start()
     try:
