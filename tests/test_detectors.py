@@ -23,7 +23,7 @@ from humwatch.detectors import (
 )
 from humwatch.errors import ConfigError
 
-NAMES = ["lof-vote", "lof", "knn", "mahalanobis", "gmm", "iforest"]
+NAMES = ["lof-vote", "lof", "knn", "mahalanobis", "gmm", "iforest", "knn-ldn"]
 WITH_DECISION = {"lof-vote", "lof", "iforest"}
 
 

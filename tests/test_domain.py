@@ -73,7 +73,7 @@ def test_fit_without_method_or_weights_uses_the_weight_free_features(tmp_path, c
     out = " ".join(capsys.readouterr().out.split())
     assert "weight-free features backbone" in out and "RANDOM INIT" not in out
     settings = json.loads((tmp_path / "mon/method/method.json").read_text())["settings"]
-    assert settings["backbone"] == "features" and settings["detector"] == "mahalanobis"
+    assert settings["backbone"] == "features" and settings["detector"] == "knn-ldn"
     # the default monitor alarms on the clearly anomalous clips (exit 1 like grep, every row an alarm)
     abnormal = sorted((tree / "6dB_fan/fan/id_00/abnormal").glob("*.wav"))
     with pytest.raises(SystemExit) as e:

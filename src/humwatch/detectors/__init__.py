@@ -42,6 +42,7 @@ import numpy as np
 
 from humwatch.detectors.base import STATE_FORMAT, Detector, DetectorNotFittedError
 from humwatch.detectors.density import GmmDetector, IForestDetector, MahalanobisDetector
+from humwatch.detectors.local import KnnLdnDetector
 from humwatch.detectors.neighbors import LOF_METRICS, KnnDetector, LofDetector, LofVoteDetector  # noqa: F401 (LOF_METRICS)
 from humwatch.errors import ConfigError
 
@@ -52,6 +53,7 @@ __all__ = [
     "GmmDetector",
     "IForestDetector",
     "KnnDetector",
+    "KnnLdnDetector",
     "LofDetector",
     "LofVoteDetector",
     "MahalanobisDetector",
@@ -67,7 +69,8 @@ __all__ = [
 #: name -> detector class, in the order :func:`list_detectors` reports them (the study's first).
 DETECTORS: dict[str, type[Detector]] = {
     cls.name: cls
-    for cls in (LofVoteDetector, LofDetector, KnnDetector, MahalanobisDetector, GmmDetector, IForestDetector)
+    for cls in (LofVoteDetector, LofDetector, KnnDetector, MahalanobisDetector, GmmDetector, IForestDetector,
+                KnnLdnDetector)
 }
 
 

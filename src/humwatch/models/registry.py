@@ -50,7 +50,7 @@ from humwatch.models.weights import META_FILE, WeightsInfo
 log = logging.getLogger("humwatch")
 
 BUILTIN_MODULES = ("humwatch.models.ast", "humwatch.models.resnext", "humwatch.models.autoencoder", "humwatch.models.features",
-                   "humwatch.models.idnet", "humwatch.models.hf_audio")
+                   "humwatch.models.segments", "humwatch.models.idnet", "humwatch.models.hf_audio")
 """Modules imported on first use of the registry; each registers its backbone(s)."""
 
 _FACTORIES: dict[str, Callable[..., "Backbone"]] = {}

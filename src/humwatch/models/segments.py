@@ -1,0 +1,82 @@
+"""The ``features-segments`` backbone: weight-free per-band level statistics of consecutive short
+parts of a clip, laid end to end, for frame-level scoring of short faults.
+
+A clip's log-mel spectrogram (the ``features`` backbone's frontend: dB power, 64 mels, 100 frames
+per second) is cut into ``segments`` equal parts in time (20 by default: half a second each of a
+10 s clip; :func:`torch.nn.functional.adaptive_avg_pool1d` sizes them, so any clip length works).
+Each part gives, per mel band, its **mean level** (dB: the loudness, kept as evidence since real
+faults are often louder or quieter), its **spread** and its **maximum** (a click or an impact inside
+the part). The embedding is ``segments x 3 x n_mels`` values (3840), part after part, which is what
+the ``knn-ldn`` detector reads with ``segments=20``: every training part is memory, each test part
+is scored and the parts' scores are pooled by max or GeM, so a 200 ms click is not averaged away
+over ten seconds (see :mod:`humwatch.detectors.local`). Other detectors take it as one long vector.
+
+``config`` overrides ``segments``, ``n_mels``, ``hop_length`` and ``n_fft``. ``weights``:
+``default`` / ``none`` (nothing to load) or a folder written by :meth:`Backbone.save`.
+"""
+
+from __future__ import annotations
+
+from humwatch.errors import ConfigError
+from humwatch.models.lazy import LazyBackbone
+from humwatch.models.registry import Backbone, check_config, register_backbone
+
+NAME = "features-segments"
+ARCH_DEFAULTS = dict(segments=20, n_mels=64, hop_length=160, n_fft=1024)
+STATS = 3
+VERSION = 1
+
+
+def _module(arch: dict):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class SegmentStatistics(nn.Module):
+        """(B, n_mels, frames) log-mel dB -> (B, segments * 3 * n_mels): per part and band the
+        mean, the spread and the maximum."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.float()
+            s = arch["segments"]
+            mean = F.adaptive_avg_pool1d(x, s)
+            var = (F.adaptive_avg_pool1d(x * x, s) - mean * mean).clamp(min=0.0)
+            top = F.adaptive_max_pool1d(x, s)
+            out = torch.stack([mean, var.sqrt(), top], dim=1)  # (B, 3, n_mels, S)
+            return out.permute(0, 3, 1, 2).reshape(x.shape[0], -1)
+
+    return SegmentStatistics()
+
+
+def _check_arch(arch: dict) -> dict:
+    for k in ("segments", "n_mels", "hop_length", "n_fft"):
+        v = arch[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"backbone {NAME!r}: config {k} must be a positive integer, got {v!r}")
+    return dict(arch)
+
+
+@register_backbone(NAME)
+def build_segments(*, weights="default", precision="fp32", config=None, seed=0, device="cpu") -> LazyBackbone:
+    """Factory registered as ``features-segments`` (see the module docstring)."""
+    from pathlib import Path
+
+    from humwatch.features import get_frontend
+    from humwatch.models.weights import WeightsInfo, check_meta_backbone, read_meta
+
+    overrides = check_config(NAME, config or {}, ARCH_DEFAULTS)
+    base = dict(ARCH_DEFAULTS)
+    if weights not in (None, "default", "none"):
+        folder = Path(str(weights)).expanduser()
+        meta = read_meta(folder) if folder.is_dir() else None
+        if meta is None:
+            raise ConfigError(f"weights {weights}: the {NAME} backbone has no weights; use 'default' or a folder "
+                              "written by Backbone.save")
+        check_meta_backbone(meta, NAME, folder)
+        base.update(meta.get("config") or {})
+    arch = _check_arch({**base, **overrides})
+    frontend = get_frontend("logmel", n_fft=arch["n_fft"], hop_length=arch["hop_length"], n_mels=arch["n_mels"])
+    info = WeightsInfo("builtin", False, "weight-free per-segment log-mel statistics", identity=f"{NAME}:v{VERSION}")
+    ident = dict(name=NAME, frontend=frontend, embedding_dim=arch["segments"] * STATS * arch["n_mels"],
+                 precision=precision, weights=info, config=arch, device=device, seed=seed)
+    return LazyBackbone(build=lambda: Backbone(module=_module(arch).to(device).eval(), **ident), **ident)
