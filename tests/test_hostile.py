@@ -151,7 +151,10 @@ def test_every_byte_of_every_monitor_file_is_checked(base, tmp_path):
     from humwatch.errors import HumwatchError
 
     root, good, mon = base
-    files = sorted(p.relative_to(mon) for p in mon.rglob("*") if p.is_file())
+    # every file the monitor is made of; .humwatch, the output marker, only says who wrote the folder
+    # (what --overwrite may replace) and is not read by scoring
+    files = sorted(p.relative_to(mon) for p in mon.rglob("*") if p.is_file() and p.name != ".humwatch")
+    assert (mon / ".humwatch").is_file()
     assert {"monitor.json", "manifest.json", "method/method.json", "method/detector.safetensors"} <= {f.as_posix() for f in files}
     for rel in files:
         copy = tmp_path / f"m-{rel.as_posix().replace('/', '_')}"

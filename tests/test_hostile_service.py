@@ -365,7 +365,7 @@ def test_failed_sign_ins_are_limited_per_client_address(service_monitors, tmp_pa
 
 
 def test_uploads_are_limited_per_token(service_monitors, tmp_path):
-    from humwatch.service.listen import REJECT_STATUSES
+    from humwatch.service.listen import RETRY_STATUSES
 
     a = App(service_monitors, tmp_path, max_uploads_per_minute=3)
     try:
@@ -376,7 +376,7 @@ def test_uploads_are_limited_per_token(service_monitors, tmp_path):
         r = a.post_clip(clip_bytes("normal", 3), recorded_at=iso(3))
         one_line_problem(r, 429, "'t-ingest'", "more than 3 clips in a minute")
         assert 1 <= int(r.headers["retry-after"]) <= 60
-        assert 429 not in REJECT_STATUSES  # a listener keeps the clip in its spool and retries it
+        assert 429 in RETRY_STATUSES  # a listener keeps the clip in its spool and retries it
         assert a.post_clip(clip_bytes("normal", 3), token=a.tokens["admin"], recorded_at=iso(3)).status_code == 200
         clock[0] += 60.5
         assert a.post_clip(clip_bytes("normal", 4), recorded_at=iso(4)).status_code == 200

@@ -274,16 +274,20 @@ def test_published_comparison_in_every_table(tmp_path, monkeypatch):
 
 
 def test_argument_errors(tmp_path):
+    data = tmp_path / "data"  # beside the output: an output inside its data is refused before anything else
+    data.mkdir()
     with pytest.raises(ConfigError, match="--data is required"):
         reproduce(None, tmp_path / "o", progress=False, report=False)
     with pytest.raises(ConfigError, match="not both"):
-        reproduce(tmp_path, tmp_path / "o", synthetic=True, progress=False, report=False)
+        reproduce(data, tmp_path / "o", synthetic=True, progress=False, report=False)
     with pytest.raises(ConfigError, match="no such file"):
         reproduce(tmp_path / "nope", tmp_path / "o", progress=False, report=False)
     with pytest.raises(ConfigError, match="--weights-dir"):
-        reproduce(tmp_path, tmp_path / "o", weights_dir=tmp_path / "nope", progress=False, report=False)
+        reproduce(data, tmp_path / "o", weights_dir=tmp_path / "nope", progress=False, report=False)
     with pytest.raises(ConfigError, match="precision"):
-        reproduce(tmp_path, tmp_path / "o", precision="fp8", progress=False, report=False)
+        reproduce(data, tmp_path / "o", precision="fp8", progress=False, report=False)
+    with pytest.raises(ConfigError, match="an input of this command"):
+        reproduce(data, data / "o", progress=False, report=False)
 
 
 def test_command_exit_status(tmp_path, monkeypatch):
