@@ -37,4 +37,4 @@ def tone_clip():
 
 
 # the service's real parts (monitors, a live server, PostgreSQL): fixtures shared by its test files
-from service_fixtures import live_service, postgres, service_monitors  # noqa: E402,F401
+from service_fixtures import browser, live_service, postgres, service_monitors  # noqa: E402,F401

@@ -306,3 +306,16 @@ def postgres():
         pytest.skip(f"PostgreSQL could not start here: {e} {detail.decode(errors='replace')[-300:]}")
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through Playwright (Debian's chromium); skipped with the reason without them."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install -e .[dev])")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("chromium is not installed (apt-get install chromium; scripts/install.sh --dev does)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()

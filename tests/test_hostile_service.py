@@ -394,20 +394,6 @@ def test_the_default_limits_leave_a_plant_alone(app):
 # ------------------------------------------------------------------ the policy in a browser
 
 
-@pytest.fixture(scope="module")
-def browser():
-    import shutil
-
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install -e .[dev])")
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.skip("chromium is not installed (apt-get install chromium; scripts/install.sh --dev does)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
-
-
 def test_a_browser_runs_every_page_under_the_policy_without_a_violation(service_monitors, tmp_path, browser):
     """Chromium reports each thing the Content-Security-Policy blocks (a securitypolicyviolation
     event): signing in, the fleet, a machine's chart, the alerts, a clip's figures and /docs (Swagger

@@ -94,26 +94,35 @@ def _check_arch(arch: dict) -> dict:
     return {**arch, "percentiles": [float(p) for p in ps], "modulation_hz": [[float(a), float(b)] for a, b in bands]}
 
 
-@register_backbone(NAME)
-def build_features(*, weights="default", precision="fp32", config=None, seed=0, device="cpu") -> LazyBackbone:
-    """Factory registered as ``features`` (see the module docstring): its identity now, the (cheap,
-    weight-free) module only when a clip is not in the embedding cache."""
+def weight_free_config(name: str, weights, config, defaults: dict) -> dict:
+    """A weight-free backbone's architecture before its own checks: ``defaults``, then the config
+    of a folder written by ``Backbone.save`` when ``weights`` names one (there are no weights to
+    load: 'default' and 'none' mean the defaults), then ``config``'s overrides."""
     from pathlib import Path
 
-    from humwatch.features import get_frontend
-    from humwatch.models.weights import WeightsInfo, check_meta_backbone, read_meta
+    from humwatch.models.weights import check_meta_backbone, read_meta
 
-    overrides = check_config(NAME, config or {}, ARCH_DEFAULTS)
-    base = dict(ARCH_DEFAULTS)
+    overrides = check_config(name, config or {}, defaults)
+    base = dict(defaults)
     if weights not in (None, "default", "none"):
         folder = Path(str(weights)).expanduser()
         meta = read_meta(folder) if folder.is_dir() else None
         if meta is None:
-            raise ConfigError(f"weights {weights}: the features backbone has no weights; use 'default' or a folder "
+            raise ConfigError(f"weights {weights}: the {name} backbone has no weights; use 'default' or a folder "
                               "written by Backbone.save")
-        check_meta_backbone(meta, NAME, folder)
+        check_meta_backbone(meta, name, folder)
         base.update(meta.get("config") or {})
-    arch = _check_arch({**base, **overrides})
+    return {**base, **overrides}
+
+
+@register_backbone(NAME)
+def build_features(*, weights="default", precision="fp32", config=None, seed=0, device="cpu") -> LazyBackbone:
+    """Factory registered as ``features`` (see the module docstring): its identity now, the (cheap,
+    weight-free) module only when a clip is not in the embedding cache."""
+    from humwatch.features import get_frontend
+    from humwatch.models.weights import WeightsInfo
+
+    arch = _check_arch(weight_free_config(NAME, weights, config, ARCH_DEFAULTS))
     frontend = get_frontend("logmel", n_fft=arch["n_fft"], hop_length=arch["hop_length"], n_mels=arch["n_mels"])
     info = WeightsInfo("builtin", False, "weight-free per-band log-mel statistics", identity=f"features:v{VERSION}")
     ident = dict(name=NAME, frontend=frontend, embedding_dim=arch["n_mels"] * n_statistics(arch), precision=precision,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from humwatch.errors import ConfigError
 from humwatch.models.lazy import LazyBackbone
-from humwatch.models.registry import Backbone, check_config, register_backbone
+from humwatch.models.registry import Backbone, register_backbone
 
 NAME = "features-segments"
 ARCH_DEFAULTS = dict(segments=20, n_mels=64, hop_length=160, n_fft=1024)
@@ -59,22 +59,11 @@ def _check_arch(arch: dict) -> dict:
 @register_backbone(NAME)
 def build_segments(*, weights="default", precision="fp32", config=None, seed=0, device="cpu") -> LazyBackbone:
     """Factory registered as ``features-segments`` (see the module docstring)."""
-    from pathlib import Path
-
     from humwatch.features import get_frontend
-    from humwatch.models.weights import WeightsInfo, check_meta_backbone, read_meta
+    from humwatch.models.features import weight_free_config
+    from humwatch.models.weights import WeightsInfo
 
-    overrides = check_config(NAME, config or {}, ARCH_DEFAULTS)
-    base = dict(ARCH_DEFAULTS)
-    if weights not in (None, "default", "none"):
-        folder = Path(str(weights)).expanduser()
-        meta = read_meta(folder) if folder.is_dir() else None
-        if meta is None:
-            raise ConfigError(f"weights {weights}: the {NAME} backbone has no weights; use 'default' or a folder "
-                              "written by Backbone.save")
-        check_meta_backbone(meta, NAME, folder)
-        base.update(meta.get("config") or {})
-    arch = _check_arch({**base, **overrides})
+    arch = _check_arch(weight_free_config(NAME, weights, config, ARCH_DEFAULTS))
     frontend = get_frontend("logmel", n_fft=arch["n_fft"], hop_length=arch["hop_length"], n_mels=arch["n_mels"])
     info = WeightsInfo("builtin", False, "weight-free per-segment log-mel statistics", identity=f"{NAME}:v{VERSION}")
     ident = dict(name=NAME, frontend=frontend, embedding_dim=arch["segments"] * STATS * arch["n_mels"],
