@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="pip install hypothesis (the dev extra)")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from service_fixtures import clip_bytes, fresh_monitors, make_token  # noqa: E402
@@ -156,13 +156,15 @@ def requests(draw):
         return "GET", "/health", {}, None
     if kind == "docs":
         return "GET", "/docs", {}, "read"
-    path = "/" + "/".join(seg(p) for p in draw(st.lists(st.text(max_size=12), max_size=4)))
+    # absolute: httpx refuses a relative URL whose path starts with "//" (empty segments), a server must not
+    path = "http://testserver/" + "/".join(seg(p) for p in draw(st.lists(st.text(max_size=12), max_size=4)))
     return draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])), path, {}, None
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(req=requests(), which=st.sampled_from(["ingest", "read", "admin", "none", "wrong", "garbage", "cookie", "basic"]),
        junk=st.text(ASCII, max_size=40))
+@example(req=("GET", "http://testserver////", {}, None), which="none", junk="")  # once failed in httpx, not here
 def test_no_request_gets_a_500(service, req, which, junk):
     method, url, kw, needs = req
     kw = dict(kw)
