@@ -46,7 +46,9 @@ from humwatch.reproduce.cells import (
     published,
     reproduce,
     resolve_weights_dir,
+    row_kind,
     run_cell,
+    with_precision,
     write_report_for,
 )
 from humwatch.reproduce.config import (
@@ -65,6 +67,6 @@ from humwatch.reproduce.tables import Table3, render_markdown, write_tables
 __all__ = [
     "COLUMNS", "PUBLISHED", "ROWS", "WEIGHTS_DIR_NAMES", "CellSpec", "StudyConfig", "SyntheticSettings", "Table3",
     "apply_synthetic", "cell_record", "default_config_path", "load_study_config", "parse_study_config", "plan_cells",
-    "published", "render_markdown", "reproduce", "reproduce_synthetic_defaults", "resolve_weights_dir", "run_cell",
-    "synthetic_data", "write_report_for", "write_tables",
+    "published", "render_markdown", "reproduce", "reproduce_synthetic_defaults", "resolve_weights_dir", "row_kind",
+    "run_cell", "synthetic_data", "with_precision", "write_report_for", "write_tables",
 ]
