@@ -350,7 +350,7 @@ def test_synthetic_run_is_repeatable(tmp_path):
     cfg = json.loads((cell_dir / "config.json").read_text())
     assert cfg["config"]["method"] == "finetune" and cfg["config"]["settings"]["trainable_blocks"] == 2
     assert cfg["versions"]["torch"]
-    assert yaml.safe_load((run / "study.yaml").read_text())["backbones"]["ast"]["weights"] == "none"
+    assert yaml.safe_load((run / "study.yaml").read_text())["rows"]["ast-lof"]["settings"]["weights"] == "none"
     assert any((run / "cache").rglob("*")), "embeddings go through the cache under OUT/cache"
     # a third call on run1 reuses every cell and the generated data, and draws the report
     again = reproduce(None, run, synthetic=small, rows=rows, progress=False, report=True)

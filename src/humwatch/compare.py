@@ -12,8 +12,10 @@ through :func:`humwatch.pipeline.run`, sharing the embedding cache (a backbone's
 computed once for every method that uses it). By default each runs in a fresh process
 (``isolate``), so that its peak memory (the process's maximum resident set) is its own and a crash
 cannot take the others down; ``isolate=False`` runs them here (faster to start; no memory column).
-Like ``reproduce``, it is resumable: a method whose record says it finished with the same settings
-and split is not run again, and a failed one is reported with its reason and retried next time.
+It is resumable, through the orchestrator ``reproduce`` uses too (:func:`humwatch.orchestrator.run_jobs`):
+a method whose record says it finished with the same :func:`humwatch.orchestrator.fingerprint`
+(settings and split) is not run again, one whose settings changed runs again (its run directory
+replaced), and a failed one is reported with its reason and retried next time.
 """
 
 from __future__ import annotations

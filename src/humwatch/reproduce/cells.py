@@ -229,6 +229,9 @@ def _reproduce(data, out, config, *, machines, rows, weights_dir, synthetic, pre
     check_out_folder(out, replace=False, kind="reproduce", legacy=("table3.json", "cells"),
                      inputs=[data, weights_dir, None if isinstance(config, StudyConfig) else config])
     cfg = config if isinstance(config, StudyConfig) else load_study_config(config)
+    if cfg.converted:
+        console.print(f"[yellow]{cfg.source}: the old study.yaml dialect, read as method specs "
+                      f"({out / 'study.yaml'} holds it in the new one)[/]")
     if precision is not None:
         cfg = with_precision(cfg, precision)
     if snr is not None:
