@@ -46,12 +46,19 @@ def test_packaged_config_is_the_studys_and_matches_the_repo_copy():
     assert packaged.read_text() == (REPO / "configs" / "study.yaml").read_text()
     c = load_study_config()
     assert (c.seed, c.test_fraction, c.val_fraction) == (0, 0.25, 0.1)
-    assert c.autoencoder == {"epochs": 50, "lr": 1e-3, "batch_size": 512}
-    ft = c.finetune
-    assert (ft.epochs, ft.lr, ft.batch_size, ft.trainable_blocks, ft.head_hidden, ft.dropout) == (1, 1e-3, 8, 2, 256, 0.1)
-    assert c.lof == {"n_neighbors": 4, "contaminations": [0.1, 0.2, 0.3, 0.4]}
-    assert c.backbones["cnn"] == {"name": "resnext101_32x8d", "weights": "default", "config": None}
-    assert c.backbones["ast"]["name"] == "ast"
+    assert not c.converted  # the packaged file is in the method-spec dialect
+    rows = c.rows  # each row a method spec, named by the row
+    assert {n: sp.name for n, sp in rows.items()} == {n: n for n in ROWS}
+    assert rows["autoencoder"].method == "autoencoder"
+    assert rows["autoencoder"].settings == {"epochs": 50, "lr": 1e-3, "batch_size": 512}
+    ft = rows["cnn-supervised"].settings
+    assert rows["cnn-supervised"].method == "finetune"
+    assert (ft["epochs"], ft["lr"], ft["batch_size"], ft["trainable_blocks"], ft["head_hidden"], ft["dropout"]) == (1, 1e-3, 8, 2, 256, 0.1)
+    lof = rows["cnn-lof"].settings
+    assert rows["cnn-lof"].method == "embed-detect" and lof["detector"] == "lof-vote"
+    assert lof["detector_params"] == {"n_neighbors": 4, "contaminations": [0.1, 0.2, 0.3, 0.4]}
+    assert (lof["backbone"], lof["weights"]) == ("resnext101_32x8d", "default")
+    assert rows["ast-lof"].settings["backbone"] == "ast"
     assert tuple(c.rows) == ROWS and tuple(c.columns) == COLUMNS
     assert c.columns["fan_00"] == {"machine": "fan", "ids": ["00"]}
     assert c.columns["valve_all"] == {"machine": "valve", "ids": None}
@@ -61,7 +68,8 @@ def test_packaged_config_is_the_studys_and_matches_the_repo_copy():
 
 
 def _study() -> dict:
-    return yaml.safe_load(rp.default_config_path().read_text())
+    """The study config in the old dialect (still read, and converted: its checks are these)."""
+    return yaml.safe_load((Path(__file__).parent / "study_old_dialect.yaml").read_text())
 
 
 @pytest.mark.parametrize(
@@ -99,7 +107,7 @@ def test_yaml_1e_minus_3_is_a_number(tmp_path):
     p.write_text(yaml.safe_dump(d).replace("lr: 0.001", "lr: 1e-3"))
     assert "lr: 1e-3" in p.read_text()  # PyYAML reads this as the string '1e-3'
     c = load_study_config(p)
-    assert c.finetune.lr == 1e-3 and c.autoencoder["lr"] == 1e-3
+    assert c.rows["cnn-supervised"].settings["lr"] == 1e-3 and c.rows["autoencoder"].settings["lr"] == 1e-3
 
 
 def test_config_file_errors(tmp_path):
@@ -342,7 +350,7 @@ def test_synthetic_run_is_repeatable(tmp_path):
     cfg = json.loads((cell_dir / "config.json").read_text())
     assert cfg["config"]["method"] == "finetune" and cfg["config"]["settings"]["trainable_blocks"] == 2
     assert cfg["versions"]["torch"]
-    assert yaml.safe_load((run / "study.yaml").read_text())["backbones"]["ast"]["weights"] == "none"
+    assert yaml.safe_load((run / "study.yaml").read_text())["rows"]["ast-lof"]["settings"]["weights"] == "none"
     assert any((run / "cache").rglob("*")), "embeddings go through the cache under OUT/cache"
     # a third call on run1 reuses every cell and the generated data, and draws the report
     again = reproduce(None, run, synthetic=small, rows=rows, progress=False, report=True)

@@ -12,23 +12,23 @@ through :func:`humwatch.pipeline.run`, sharing the embedding cache (a backbone's
 computed once for every method that uses it). By default each runs in a fresh process
 (``isolate``), so that its peak memory (the process's maximum resident set) is its own and a crash
 cannot take the others down; ``isolate=False`` runs them here (faster to start; no memory column).
-Like ``reproduce``, it is resumable: a method whose record says it finished with the same settings
-and split is not run again, and a failed one is reported with its reason and retried next time.
+It is resumable, through the orchestrator ``reproduce`` uses too (:func:`humwatch.orchestrator.run_jobs`):
+a method whose record says it finished with the same :func:`humwatch.orchestrator.fingerprint`
+(settings and split) is not run again, one whose settings changed runs again (its run directory
+replaced), and a failed one is reported with its reason and retried next time.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from humwatch.errors import HumwatchError, ConfigError
-from humwatch.io import check_out_folder, file_sha256, mark_folder, read_json, write_json
+from humwatch import orchestrator
+from humwatch.errors import ConfigError
+from humwatch.io import check_out_folder, file_sha256, mark_folder, write_json
 from humwatch.methods.spec import MethodSpec, check_unique, spec_from_entry
-from humwatch.progress import console
 
 DEFAULT_METHODS = (
     "autoencoder",
@@ -114,7 +114,7 @@ def compare(
     split_csv = out / "split.csv"
     stamp = out / "compare-data.json"
     if split_csv.is_file() and stamp.is_file():
-        if _read(stamp) != source:
+        if orchestrator.read_record(stamp) != source:
             raise ConfigError(f"{out}: holds a comparison of other data or another split; use another --out")
     else:
         clips = prepare_clips(base)
@@ -122,14 +122,21 @@ def compare(
         RunDir(out).write_split(clips)
         write_json(stamp, source)
     split_hash = file_sha256(split_csv)
-    records = []
-    for sp in methods:
-        rc = RunConfig(**{**asdict(base), "method": sp.method, "settings": dict(sp.settings), "split_csv": str(split_csv),
-                          "dataset_split": False})
-        rec = _run_or_reuse(sp, rc, out, split_hash, isolate=isolate, threads=threads, progress=progress, engine=engine)
-        records.append(rec)
-        if on_method:
-            on_method(rec)
+    jobs = [orchestrator.Job(sp, RunConfig(**{**asdict(base), "method": sp.method, "settings": dict(sp.settings),
+                                               "split_csv": str(split_csv), "dataset_split": False}), split_hash)
+            for sp in methods]
+
+    def run_one(job: orchestrator.Job, run_dir: Path) -> dict:
+        t = time.time()
+        got = orchestrator.execute(job, run_dir, isolate=isolate, threads=threads, progress=progress, engine=engine)
+        got = got if isinstance(got, dict) else {}
+        return method_record(job.spec, run_dir, got.get("seconds", time.time() - t), got.get("peak_rss_mb"))
+
+    def failed(job: orchestrator.Job, reason: str, seconds: float) -> dict:
+        return {**_identity(job.spec), "status": "failed", "reason": reason, "seconds": round(seconds, 2)}
+
+    records = orchestrator.run_jobs(jobs, out, records="methods", run=run_one, failed=failed, on_record=on_method,
+                                    title=lambda job: f"[bold]compare: {job.name}[/] ({job.spec.method})")
     from humwatch.runinfo import environment
 
     meta = {"title": title or f"humwatch compare: {data}", "data": str(data), "snr": snr, "seed": seed,
@@ -139,48 +146,6 @@ def compare(
             "date": time.strftime("%Y-%m-%d"), **environment()}
     write_report(out, records, meta)
     return Comparison(records, out, meta)
-
-
-def _read(path: Path):
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
-
-
-def fingerprint(sp: MethodSpec, rc, split_hash: str) -> str:
-    """A hash of what decides a method's numbers (not the cache, the device or the thread count)."""
-    payload = {"method": sp.method, "settings": sp.settings, "split": split_hash, "seed": rc.seed,
-               "per_id": rc.per_id, "channel": rc.channel, "skip_bad": rc.skip_bad}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _run_or_reuse(sp: MethodSpec, rc, out: Path, split_hash: str, *, isolate: bool, threads: int | None,
-                  progress: bool, engine=None) -> dict:
-    rec_path = out / "methods" / f"{sp.name}.json"
-    run_dir = out / "runs" / sp.name
-    fp = fingerprint(sp, rc, split_hash)
-    old = _read(rec_path) if rec_path.is_file() else None
-    if isinstance(old, dict) and old.get("status") == "ok" and old.get("fingerprint") == fp and (run_dir / "results.json").is_file():
-        return {**old, "reused": True}
-    console.print(f"[bold]compare: {sp.name}[/] ({sp.method})")
-    t = time.time()
-    try:
-        if isolate:
-            got = _isolated(rc, run_dir, threads, progress, engine.spec() if engine is not None else None)
-        else:
-            got = _here(rc, run_dir, threads, progress, engine)
-        rec = method_record(sp, run_dir, got.get("seconds", time.time() - t), got.get("peak_rss_mb"))
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:  # noqa: BLE001 - a failed method is reported and the others still run
-        from humwatch.reproduce.cells import _one_line
-
-        rec = {**_identity(sp), "status": "failed", "reason": _one_line(e), "seconds": round(time.time() - t, 2)}
-        console.print(f"[red]{sp.name} failed: {rec['reason']}[/]")
-    rec["fingerprint"] = fp
-    write_json(rec_path, rec)
-    return {**rec, "reused": False}
 
 
 def _identity(sp: MethodSpec) -> dict:
@@ -213,54 +178,3 @@ def method_record(sp: MethodSpec, run_dir: Path, seconds: float, peak_rss_mb: fl
         "skipped": len(res.get("skipped") or []), "seconds": round(float(seconds), 2),
         "peak_rss_mb": None if peak_rss_mb is None else round(float(peak_rss_mb), 1), "run_dir": f"runs/{sp.name}",
     }
-
-
-def _here(rc, run_dir: Path, threads: int | None, progress: bool, engine=None) -> dict:
-    from humwatch.pipeline import run
-    from humwatch.reproduce.cells import torch_threads
-
-    t = time.time()
-    with torch_threads(threads):
-        run(rc, run_dir, progress=progress, engine=engine)
-    return {"seconds": time.time() - t}
-
-
-def _child(cfg: dict, run_dir: str, threads: int | None, progress: bool, result: str, engine: dict | None) -> None:
-    """The body of an isolated method run (a fresh process; ``engine``: the parent engine's spec)."""
-    import resource
-    import sys
-
-    from humwatch.engine import get_engine
-    from humwatch.pipeline import RunConfig
-
-    try:
-        with get_engine(**(engine or {"name": "local"})) as eng:
-            got = _here(RunConfig(**cfg), Path(run_dir), threads, progress, eng)
-        got["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 if sys.platform != "darwin" else 1024.0**2)
-    except HumwatchError as e:
-        got = {"error": str(e)}
-    except Exception as e:  # noqa: BLE001 - reported to the parent as the method's failure
-        got = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-    write_json(result, got)
-
-
-def _isolated(rc, run_dir: Path, threads: int | None, progress: bool, engine: dict | None = None) -> dict:
-    import multiprocessing as mp
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="humwatch-compare-") as tmp:
-        result = Path(tmp) / "result.json"
-        p = mp.get_context("spawn").Process(target=_child, args=(asdict(rc), str(run_dir), threads, progress, str(result), engine))
-        p.start()
-        try:
-            p.join()
-        except KeyboardInterrupt:
-            p.terminate()
-            p.join()
-            raise
-        got = _read(result) if result.is_file() else None
-    if not isinstance(got, dict):
-        raise HumwatchError(f"the method's process ended without a result (exit code {p.exitcode}; out of memory?)")
-    if "error" in got:
-        raise HumwatchError(got["error"])
-    return got

@@ -14,11 +14,14 @@ Rows (methods) x columns (data):
 * ``fan_00``: fan id_00 alone (trained and tested on id_00 only); ``fan_all``, ``pump_all``,
   ``valve_all``, ``slider_all``: all ids of the machine type together (one model per type).
 
-Every cell is one run directory ``OUT/runs/<row>__<column>/`` (config.json, split.csv, scores.csv,
-results.json, results.md: everything to repeat it) and one result file
-``OUT/cells/<row>__<column>.json`` written atomically when the cell finishes. Running again skips
-every finished cell whose settings are unchanged (a *fingerprint* of the cell's settings is stored
-with it), and retries failed ones. A cell that fails (any error) is reported as ``failed`` with its
+Each row of the study config (``configs/study.yaml``) is a method spec, as ``humwatch compare``
+takes them (:mod:`humwatch.methods.spec`); a cell is that spec on one column's data, named
+``<row>__<column>``. Every cell is one run directory ``OUT/runs/<row>__<column>/`` (config.json,
+split.csv, scores.csv, results.json, results.md: everything to repeat it) and one result file
+``OUT/cells/<row>__<column>.json`` written atomically when the cell finishes. The cells run through
+the orchestrator ``compare`` uses (:func:`humwatch.orchestrator.run_jobs`): running again skips
+every finished cell whose :func:`humwatch.orchestrator.fingerprint` is unchanged, and retries failed
+ones. A config in the old dialect (:mod:`humwatch.reproduce.legacy`) is read and converted. A cell that fails (any error) is reported as ``failed`` with its
 one-line reason; the other cells still run. Embeddings come from the cache ``OUT/cache``.
 
 The tables ``OUT/table3.md``, ``table3.csv`` and ``table3.json`` give, per cell, our AUC, the
@@ -46,7 +49,9 @@ from humwatch.reproduce.cells import (
     published,
     reproduce,
     resolve_weights_dir,
+    row_kind,
     run_cell,
+    with_precision,
     write_report_for,
 )
 from humwatch.reproduce.config import (
@@ -65,6 +70,6 @@ from humwatch.reproduce.tables import Table3, render_markdown, write_tables
 __all__ = [
     "COLUMNS", "PUBLISHED", "ROWS", "WEIGHTS_DIR_NAMES", "CellSpec", "StudyConfig", "SyntheticSettings", "Table3",
     "apply_synthetic", "cell_record", "default_config_path", "load_study_config", "parse_study_config", "plan_cells",
-    "published", "render_markdown", "reproduce", "reproduce_synthetic_defaults", "resolve_weights_dir", "run_cell",
-    "synthetic_data", "write_report_for", "write_tables",
+    "published", "render_markdown", "reproduce", "reproduce_synthetic_defaults", "resolve_weights_dir", "row_kind",
+    "run_cell", "synthetic_data", "with_precision", "write_report_for", "write_tables",
 ]

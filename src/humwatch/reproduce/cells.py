@@ -1,22 +1,23 @@
-"""The cells of Table III: planned from the study config, each run into its own run directory,
-kept when finished, retried when failed; :func:`reproduce` runs them all and writes the tables."""
+"""The cells of Table III: each row of the study config (a method spec) once per column, as the
+method spec named ``<row>__<column>``; :func:`reproduce` runs them all through the one resumable
+orchestrator (:func:`humwatch.orchestrator.run_jobs`, as ``humwatch compare`` does) and writes the tables."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from humwatch import orchestrator
 from humwatch.errors import HumwatchError, ConfigError
-from humwatch.io import read_json, write_json, write_text
+from humwatch.io import write_json, write_text
+from humwatch.methods.spec import MethodSpec
 from humwatch.progress import console
-from humwatch.reproduce.config import PUBLISHED, SYNTHETIC_NOTE, WEIGHTS_DIR_NAMES, StudyConfig, _int, load_study_config
+from humwatch.reproduce.checks import whole_number
+from humwatch.reproduce.config import PRECISIONS, PUBLISHED, SYNTHETIC_NOTE, WEIGHTS_DIR_NAMES, StudyConfig, load_study_config
 from humwatch.reproduce.synthetic import SyntheticSettings, apply_synthetic, reproduce_synthetic_defaults, synthetic_data
 from humwatch.reproduce.tables import Table3, write_tables
 
@@ -24,31 +25,30 @@ from humwatch.reproduce.tables import Table3, write_tables
 
 
 @dataclass
-class CellSpec:
-    """Everything that decides one cell's numbers."""
+class CellSpec(orchestrator.Job):
+    """One cell: the row's method spec (named ``<row>__<column>``, its settings completed) and its
+    run on the column's data; its fingerprint is :func:`humwatch.orchestrator.fingerprint`'s."""
 
-    row: str
-    column: str
-    method: str  # autoencoder | finetune | lof
-    machine: str
-    ids: list[str] | None
-    run_config: Any  # humwatch.pipeline.RunConfig, the method's settings in run_config.settings
-    error: str | None = None  # a reason known before running (e.g. no local weights)
+    row: str = ""
+    column: str = ""
+    machine: str = ""
+    ids: list[str] | None = None
 
     @property
     def key(self) -> str:
         return f"{self.row}__{self.column}"
 
-    def fingerprint(self) -> str:
-        """A hash of the settings behind the numbers (not the cache folder or the device, nor the
-        batch size of embedding, which does not change embeddings)."""
-        rc = {k: v for k, v in asdict(self.run_config).items() if k not in ("cache_dir", "device")}
-        if not rc.get("dataset_val_fraction"):  # unused by the study's split: cells finished before it existed are kept
-            rc.pop("dataset_val_fraction", None)
-        if self.method == "lof":
-            rc["settings"] = {k: v for k, v in rc["settings"].items() if k != "batch_size"}
-        payload = {"method": self.method, "run": rc, "error": self.error}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    @property
+    def method(self) -> str:
+        """The row's kind, as Table III names it: ``autoencoder``, ``finetune``, ``lof`` (LOF on
+        embeddings), or another method's name."""
+        return row_kind(self.spec)
+
+
+def row_kind(spec: MethodSpec) -> str:
+    if spec.method == "embed-detect" and str(spec.settings.get("detector", "")).startswith("lof"):
+        return "lof"
+    return spec.method
 
 
 def resolve_weights_dir(weights_dir: str | Path, backbone: str) -> str:
@@ -65,6 +65,7 @@ def plan_cells(cfg: StudyConfig, data: str | Path, out: Path, *, rows: Sequence[
                machines: Sequence[str] | None = None, weights_dir: str | Path | None = None,
                device: str = "cpu") -> list[CellSpec]:
     """The cells to run, in table order (row by row)."""
+    from humwatch.methods import method_settings
     from humwatch.pipeline import RunConfig
 
     rows = list(rows) if rows else list(cfg.rows)
@@ -81,51 +82,47 @@ def plan_cells(cfg: StudyConfig, data: str | Path, out: Path, *, rows: Sequence[
     cells = []
     for row in rows:
         spec = cfg.rows[row]
-        method = spec["method"]
-        bb = cfg.backbones.get(spec["backbone"]) if spec["backbone"] else None
+        settings = copy.deepcopy(spec.settings)
+        if "precision" in method_settings(spec.method, settings).to_dict():
+            settings.setdefault("precision", cfg.precision)
+        error = None
+        if weights_dir is not None and isinstance(settings.get("backbone"), str) and \
+                method_settings(spec.method, settings).to_dict().get("weights") == "default":
+            try:
+                settings["weights"] = resolve_weights_dir(weights_dir, settings["backbone"])
+            except ConfigError as e:
+                error = str(e)
         for col in columns:
             colspec = cfg.columns[col]
-            error = None
-            weights = bb["weights"] if bb else "default"
-            if bb and weights_dir is not None and weights == "default":
-                try:
-                    weights = resolve_weights_dir(weights_dir, bb["name"])
-                except ConfigError as e:
-                    error = str(e)
             rc = RunConfig(
-                data=str(data), method=ROW_METHOD_NAMES[method], settings=cell_settings(cfg, method, bb, weights),
+                data=str(data), method=spec.method, settings=copy.deepcopy(settings),
                 machines=[colspec["machine"]], ids=list(colspec["ids"]) if colspec["ids"] else None, snr=cfg.snr,
                 seed=cfg.seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction, dataset_split=False,
                 cache_dir=str(out / "cache"), device=device,
             )
             rc.validate()  # every setting checked (and written out in full) before any cell runs
-            cells.append(CellSpec(row, col, method, colspec["machine"], colspec["ids"], rc, error))
+            cell_spec = MethodSpec(spec.method, rc.settings, f"{row}__{col}", given=spec.text())
+            cells.append(CellSpec(cell_spec, rc, error=error, row=row, column=col, machine=colspec["machine"],
+                                  ids=colspec["ids"]))
     return cells
 
 
-ROW_METHOD_NAMES = {"autoencoder": "autoencoder", "finetune": "finetune", "lof": "embed-detect"}
-"""The pipeline method of each kind of Table III row."""
-
-
-def cell_settings(cfg: StudyConfig, method: str, bb: dict | None, weights: str) -> dict:
-    """The method settings of a cell of kind ``method`` (a row's ``method`` in study.yaml)."""
-    if method == "autoencoder":
-        return dict(cfg.autoencoder)
-    backbone = {"backbone": bb["name"], "weights": weights, "precision": cfg.precision,
-                "backbone_config": copy.deepcopy(bb["config"])}
-    if method == "finetune":
-        return {**backbone, **cfg.finetune.to_dict()}
-    return {**backbone, "detector": "lof-vote", "batch_size": cfg.embed_batch_size,
-            "detector_params": {"n_neighbors": cfg.lof["n_neighbors"], "contaminations": list(cfg.lof["contaminations"])}}
+def with_precision(cfg: StudyConfig, precision: str) -> StudyConfig:
+    """``cfg`` with every row at ``precision`` (``--precision``: over a row's own too)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    cfg = copy.deepcopy(cfg)
+    cfg.precision = precision
+    for sp in cfg.rows.values():
+        sp.settings.pop("precision", None)
+    return cfg
 
 
 def run_cell(cell: CellSpec, run_dir: Path, progress: bool = True) -> dict:
     """Run one cell into ``run_dir``; returns its AUC, pAUC, counts and weights (raises on failure)."""
     if cell.error:
         raise ConfigError(cell.error)
-    from humwatch.pipeline import run
-
-    res = run(cell.run_config, run_dir, progress=progress, overwrite=True)  # a failed or stale cell is redone
+    res = orchestrator.execute(cell, run_dir, progress=progress)  # a failed or stale cell is redone
     picked = [r for r in res.rows if r["machine_type"] == cell.machine and r["machine_id"] == "all"]
     if not picked:
         raise HumwatchError(f"{cell.key}: no results for machine type {cell.machine}")
@@ -178,16 +175,10 @@ def cell_record(cell: CellSpec, status: str, result: dict | None, seconds: float
         "seconds": round(seconds, 2),
         "reason": reason,
         "method": cell.method,
-        "backbone": cell.run_config.settings.get("backbone") if cell.method != "autoencoder" else None,
+        "backbone": cell.run_config.settings.get("backbone"),
         "fingerprint": cell.fingerprint(),
         "run_dir": f"runs/{cell.key}",
     }
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else ""
-    return msg if isinstance(e, HumwatchError) else f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 def reproduce(
@@ -223,26 +214,10 @@ def reproduce(
     if threads is None and synthetic:
         threads = 1  # tiny models gain nothing from more threads, and lose a lot on a busy machine
     if threads is not None:
-        _int(threads, "--threads", 1)
-    with torch_threads(threads):
+        whole_number(threads, "--threads", 1)
+    with orchestrator.torch_threads(threads):
         return _reproduce(data, out, config, machines=machines, rows=rows, weights_dir=weights_dir, synthetic=synthetic,
                           precision=precision, progress=progress, on_cell=on_cell, snr=snr, report=report, device=device)
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """torch's CPU threads set to ``n`` for the block (restored after); None leaves them alone."""
-    if n is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _reproduce(data, out, config, *, machines, rows, weights_dir, synthetic, precision, progress, on_cell, snr,
@@ -254,11 +229,11 @@ def _reproduce(data, out, config, *, machines, rows, weights_dir, synthetic, pre
     check_out_folder(out, replace=False, kind="reproduce", legacy=("table3.json", "cells"),
                      inputs=[data, weights_dir, None if isinstance(config, StudyConfig) else config])
     cfg = config if isinstance(config, StudyConfig) else load_study_config(config)
+    if cfg.converted:
+        console.print(f"[yellow]{cfg.source}: the old study.yaml dialect, read as method specs "
+                      f"({out / 'study.yaml'} holds it in the new one)[/]")
     if precision is not None:
-        if precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
-        cfg = copy.deepcopy(cfg)
-        cfg.precision = precision
+        cfg = with_precision(cfg, precision)
     if snr is not None:
         from humwatch.data.common import normalize_snr
 
@@ -289,12 +264,16 @@ def _reproduce(data, out, config, *, machines, rows, weights_dir, synthetic, pre
     meta = _meta(cfg, data, synth, weights_dir)
     _write_config(out, cfg, meta)
     records: list[dict] = []
-    for cell in cells:
-        rec = _run_or_reuse(cell, out, progress)
+
+    def each(rec: dict) -> None:
         records.append(rec)
         if on_cell:
             on_cell(rec)
         write_tables(out, records, {**meta, "seconds": round(time.time() - t0, 2)})
+
+    orchestrator.run_jobs(cells, out, records="cells", run=lambda cell, run_dir: _run(cell, run_dir, progress),
+                          failed=_failed, on_record=each, check_run_dir=False,
+                          title=lambda cell: f"[bold]Table III cell {cell.row} / {cell.column}[/]")
     meta["seconds"] = round(time.time() - t0, 2)
     write_tables(out, records, meta)
     if report:
@@ -318,33 +297,15 @@ def write_report_for(out: Path) -> Path | None:
     return res.report
 
 
-def _run_or_reuse(cell: CellSpec, out: Path, progress: bool) -> dict:
-    path = out / "cells" / f"{cell.key}.json"
-    fp = cell.fingerprint()
-    if path.is_file():
-        try:
-            old = read_json(path)
-        except (OSError, ValueError):
-            old = None
-        if isinstance(old, dict) and old.get("status") == "ok" and old.get("fingerprint") == fp:
-            old["reused"] = True
-            return old
-    console.print(f"[bold]Table III cell {cell.row} / {cell.column}[/]")
+def _run(cell: CellSpec, run_dir: Path, progress: bool) -> dict:
     t = time.time()
-    try:
-        result = run_cell(cell, out / "runs" / cell.key, progress)
-        rec = cell_record(cell, "ok", result, time.time() - t)
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:  # noqa: BLE001 - a failed cell is reported and the others still run
-        reason = _one_line(e)
-        if cell.method != "autoencoder" and "--weights " in reason:
-            reason += f"; here: --weights-dir DIR holding {cell.run_config.settings.get('backbone')} (see humwatch.reproduce.WEIGHTS_DIR_NAMES)"
-        rec = cell_record(cell, "failed", None, time.time() - t, reason)
-        console.print(f"[red]{cell.key} failed: {rec['reason']}[/]")
-    write_json(path, rec)
-    rec["reused"] = False
-    return rec
+    return cell_record(cell, "ok", run_cell(cell, run_dir, progress), time.time() - t)
+
+
+def _failed(cell: CellSpec, reason: str, seconds: float) -> dict:
+    if cell.method != "autoencoder" and "--weights " in reason:
+        reason += f"; here: --weights-dir DIR holding {cell.run_config.settings.get('backbone')} (see humwatch.reproduce.WEIGHTS_DIR_NAMES)"
+    return cell_record(cell, "failed", None, seconds, reason)
 
 
 def _meta(cfg: StudyConfig, data: Any, synth: SyntheticSettings | None, weights_dir: Any) -> dict:

@@ -11,7 +11,9 @@ from humwatch.errors import ConfigError
 from humwatch.io import read_json, write_json
 from humwatch.models import TINY_CONFIGS
 from humwatch.progress import console
-from humwatch.reproduce.config import StudyConfig, _int
+from humwatch.methods.spec import MethodSpec
+from humwatch.reproduce.checks import whole_number
+from humwatch.reproduce.config import StudyConfig
 
 # ------------------------------------------------------------------------------------ synthetic
 
@@ -32,8 +34,8 @@ class SyntheticSettings:
 
     def validate(self) -> "SyntheticSettings":
         for name in ("n_normal", "n_anomalous", "autoencoder_epochs", "finetune_epochs"):
-            _int(getattr(self, name), f"synthetic: {name}", 1)
-        _int(self.seed, "synthetic: seed", 0)
+            whole_number(getattr(self, name), f"synthetic: {name}", 1)
+        whole_number(self.seed, "synthetic: seed", 0)
         if not self.machines or not self.ids:
             raise ConfigError("synthetic: machines and ids must not be empty")
         return self
@@ -83,13 +85,19 @@ def synthetic_data(out: Path, s: SyntheticSettings, progress: bool = True) -> Pa
 
 
 def apply_synthetic(cfg: StudyConfig, s: SyntheticSettings) -> StudyConfig:
-    """The study config with tiny random-init backbones and the synthetic epochs."""
+    """The study config with tiny random-init backbones (every row naming a ``backbone``) and the
+    synthetic epochs (the autoencoder's and fine-tuning's), on the synthetic machine types."""
     cfg = copy.deepcopy(cfg)
-    for spec in cfg.backbones.values():
-        spec["weights"] = "none"
-        spec["config"] = copy.deepcopy(s.backbone_configs.get(spec["name"], spec.get("config")))
-    cfg.autoencoder["epochs"] = s.autoencoder_epochs
-    cfg.finetune = replace(cfg.finetune, epochs=s.finetune_epochs)
+    for name, sp in cfg.rows.items():
+        settings = dict(sp.settings)
+        if isinstance(settings.get("backbone"), str):
+            settings["weights"] = "none"
+            tiny = s.backbone_configs.get(settings["backbone"], settings.get("backbone_config"))
+            settings["backbone_config"] = copy.deepcopy(tiny)
+        if sp.method == "autoencoder":
+            settings["epochs"] = s.autoencoder_epochs
+        elif sp.method == "finetune":
+            settings["epochs"] = s.finetune_epochs
+        cfg.rows[name] = MethodSpec(sp.method, settings, name)
     cfg.columns = {k: v for k, v in cfg.columns.items() if v["machine"] in s.machines}
     return cfg
-
