@@ -330,5 +330,10 @@ class Settings:
         return {f.name: (f.default if f.default is not MISSING else f.default_factory()) for f in fields(cls)}
 
     @classmethod
+    def rules(cls) -> dict[str, Rule]:
+        """{setting: its rule} (for :func:`check_fields` on a saved copy of these settings)."""
+        return {f.name: f.metadata["rule"] for f in fields(cls) if f.metadata.get("rule") is not None}
+
+    @classmethod
     def help(cls) -> dict[str, str]:
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
