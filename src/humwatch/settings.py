@@ -30,7 +30,7 @@ import numpy as np
 from humwatch.errors import ConfigError
 
 __all__ = ["Settings", "setting", "check_value", "check_fields", "Int", "Real", "OneOf", "Bool", "Text", "Pattern", "Mapping",
-           "Optional", "Seq", "AnyOf", "Const", "Instance", "WINDOW_SECONDS", "SAMPLE_RATE_HZ", "CHANNEL", "FALSE_ALARM_RATE",
+           "Optional", "Seq", "AnyOf", "Const", "Instance", "describe", "WINDOW_SECONDS", "SAMPLE_RATE_HZ", "CHANNEL", "FALSE_ALARM_RATE",
            "CONTAMINATION", "SEED", "FOLDS", "ALERT_COUNT", "RANDOM_STATE"]
 
 
@@ -230,6 +230,20 @@ def check_value(value: Any, rule: Rule, name: str, where: Any = None) -> Any:
         shown = repr(value)
         prefix = "" if where is None else f"{where}: "
         raise ConfigError(f"{prefix}{name} must be {e}, got {shown if len(shown) <= 80 else shown[:77] + '...'}") from None
+
+
+def describe(rule: Rule) -> str:
+    """What ``rule`` wants, in the words of its messages (``a number at least 0.5 and at most 600``),
+    for a help text."""
+    try:
+        rule(_Nothing())
+    except ValueError as e:
+        return str(e)
+    return ""  # pragma: no cover - every rule refuses a bare object
+
+
+class _Nothing:
+    """A value no rule takes (what :func:`describe` asks a rule about)."""
 
 
 # -------------------------------------------------------------------------------- shared ranges
