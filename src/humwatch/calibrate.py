@@ -92,9 +92,9 @@ def fit_monitor(
 
     # -- everything that can be checked before reading audio or building a model
     check_value(threshold_method, OneOf(THRESHOLD_METHODS), "threshold_method", "monitor")
-    check_value(false_alarm_rate, FALSE_ALARM_RATE, "false_alarm_rate", "monitor")
-    check_value(folds, FOLDS, "folds", "monitor")
-    check_value(seconds, WINDOW_SECONDS, "seconds", "monitor")
+    false_alarm_rate = check_value(false_alarm_rate, FALSE_ALARM_RATE, "false_alarm_rate", "monitor")
+    folds = check_value(folds, FOLDS, "folds", "monitor")
+    seconds = check_value(seconds, WINDOW_SECONDS, "seconds", "monitor")
     hop = float(hop if hop is not None else seconds)
     if not 0 < hop <= seconds:
         raise ConfigError(f"hop must be above 0 and at most the window length ({seconds:g} s), got {hop:g}")

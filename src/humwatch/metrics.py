@@ -97,7 +97,7 @@ def pauc(labels: Any, scores: Any, max_fpr: float = 0.1, kind: str = "mcclish") 
     ``max = max_fpr``: exactly ``sklearn.metrics.roc_auc_score(..., max_fpr=...)``, the number the
     DCASE evaluator prints (0.5 random, 1 perfect). ``kind="area"`` returns ``A / max_fpr`` (the
     task descriptions' definition: ``max_fpr / 2`` random, 1 perfect)."""
-    max_fpr = check_value(max_fpr, Real(0.0, 1.0, open_low=True), "max_fpr", "pauc")
+    max_fpr = check_value(max_fpr, Real(0.0, 1.0, open_low=True, text=False), "max_fpr", "pauc")
     check_value(kind, OneOf(PAUC_KINDS), "kind", "pauc")
     y, s = _labels_scores(labels, scores, "pauc")
     if not _both_classes(y):

@@ -31,7 +31,7 @@ from humwatch.errors import ConfigError
 
 __all__ = ["Settings", "setting", "check_value", "check_fields", "Int", "Real", "OneOf", "Bool", "Text", "Pattern", "Mapping",
            "Optional", "Seq", "AnyOf", "Const", "Instance", "describe", "WINDOW_SECONDS", "SAMPLE_RATE_HZ", "CHANNEL", "FALSE_ALARM_RATE",
-           "CONTAMINATION", "SEED", "FOLDS", "ALERT_COUNT", "RANDOM_STATE"]
+           "CONTAMINATION", "FRACTION", "SEED", "FOLDS", "ALERT_COUNT", "RANDOM_STATE"]
 
 
 # ---------------------------------------------------------------------------------------- rules
@@ -74,9 +74,13 @@ class Real(Rule):
     high: float | None = None
     open_low: bool = False
     open_high: bool = False
+    text: bool = True
+    """Also read a number written as text (YAML reads 1e-3, without a dot, as a string). False where
+    a value is checked but not replaced by the checked one (a detector's parameter, a function's
+    argument): there a text would pass the check and reach the arithmetic."""
 
     def __call__(self, v: Any) -> float:
-        if isinstance(v, str):  # YAML reads 1e-3 (no dot) as a string
+        if isinstance(v, str) and self.text:  # YAML reads 1e-3 (no dot) as a string
             try:
                 v = float(v)
             except ValueError:
@@ -250,19 +254,21 @@ class _Nothing:
 # Each range a value has wherever it is given (an option, a settings file, a saved monitor, an API
 # body) is written once, here, and used by every place that checks it.
 
-WINDOW_SECONDS = Real(0.5, 600)
+WINDOW_SECONDS = Real(0.5, 600, text=False)
 """A window's (or clip's) length in seconds: a monitor's windows, the listener's clips, synthetic clips."""
 SAMPLE_RATE_HZ = Int(1_000, 384_000)
 """The sample rates humwatch reads (1 to 384 kHz): a file's header, saved audio settings."""
 CHANNEL = Int(0, 1023)
 """A microphone channel (0, 1, ...)."""
-FALSE_ALARM_RATE = Real(0.0, 1.0, open_low=True, open_high=True)
+FALSE_ALARM_RATE = Real(0.0, 1.0, open_low=True, open_high=True, text=False)
 """The share of normal windows allowed to raise an alarm (a threshold's calibration)."""
 FOLDS = Int(2)
 """Cross-validation folds."""
 SEED = Int(0)
 """A seed (splits, models, synthetic data)."""
-CONTAMINATION = Real(0.0, 0.5, open_low=True)
+FRACTION = Real(0.0, 1.0, open_high=True, text=False)
+"""A share of the clips held out (a split's test and validation shares)."""
+CONTAMINATION = Real(0.0, 0.5, open_low=True, text=False)
 """A detector's expected share of outliers in its training data (scikit-learn's ``contamination``)."""
 RANDOM_STATE = Optional(AnyOf((Int(0, 2**32 - 1), Instance(np.random.RandomState, "a numpy RandomState")),
                                "None, a whole number from 0 to 2**32 - 1 or a numpy RandomState"))

@@ -15,7 +15,7 @@ import typer
 from humwatch.errors import ConfigError
 from humwatch.io import check_out_folder
 from humwatch.service.config import PORT, RETRIES
-from humwatch.settings import CHANNEL, SEED, WINDOW_SECONDS, Rule, check_value, describe
+from humwatch.settings import CHANNEL, FRACTION, SEED, WINDOW_SECONDS, Rule, check_value, describe
 
 
 def checked(rule: Rule, option: str):
@@ -57,7 +57,7 @@ PerId = Annotated[bool, typer.Option("--per-id", help="Train one model per machi
 Seed = Annotated[int, typer.Option(help=ranged("Seed for the split and the models.", SEED), callback=checked(SEED, "--seed"))]
 Split = Annotated[Optional[Path], typer.Option(help="Reuse a saved split.csv instead of splitting.")]
 DatasetSplit = Annotated[Optional[bool], typer.Option("--dataset-split/--study-split", help="The dataset's own train/test split (DCASE folders, a manifest's split column) or the study's (25 % test, 10 % of the rest validation, per machine, id and label). Default: the dataset's own on a DCASE tree, the study's otherwise.", show_default=False)]
-DatasetVal = Annotated[float, typer.Option("--dataset-val", help="With the dataset's own split: hold out this share of the training clips for validation (default 0: every training clip trains).", min=0.0, max=0.99)]
+DatasetVal = Annotated[float, typer.Option("--dataset-val", help="With the dataset's own split: hold out this share of the training clips for validation (default 0: every training clip trains).", callback=checked(FRACTION, "--dataset-val"))]
 Channel = Annotated[Optional[int], typer.Option(help="Use one microphone (0, 1, ...) instead of the mean of all channels.", callback=checked(CHANNEL, "--channel"))]
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable files (counted in the results) instead of stopping.")]
 Cache = Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default: $HUMWATCH_CACHE or ~/.cache/humwatch).")]

@@ -138,7 +138,7 @@ class GmmDetector(Detector):
         self.standardize = standardize
 
     param_rules = {"n_components": Int(1), "covariance_type": OneOf(("full", "tied", "diag", "spherical")),
-                   "reg_covar": Real(0.0), "max_iter": Int(1), "n_init": Int(1), "random_state": RANDOM_STATE,
+                   "reg_covar": Real(0.0, text=False), "max_iter": Int(1), "n_init": Int(1), "random_state": RANDOM_STATE,
                    "standardize": Bool()}
 
     def _make(self) -> GaussianMixture:
@@ -200,7 +200,7 @@ class IForestDetector(_RefitFromTraining):
         self.standardize = standardize
 
     param_rules = {"n_estimators": Int(1),
-                   "max_samples": AnyOf((Const("auto"), Int(1), Real(0.0, 1.0, open_low=True)),
+                   "max_samples": AnyOf((Const("auto"), Int(1), Real(0.0, 1.0, open_low=True, text=False)),
                                         "'auto', a whole number 1 or more or a share above 0 and at most 1"),
                    "contamination": CONTAMINATION_OR_AUTO, "random_state": RANDOM_STATE, "standardize": Bool()}
 
@@ -208,8 +208,6 @@ class IForestDetector(_RefitFromTraining):
         self.seed_ = _resolve_seed(self.random_state)  # on load random_state is the saved seed
         self.train_X_ = Z
         max_samples = self.max_samples
-        if isinstance(max_samples, str) and max_samples != "auto":
-            max_samples = float(max_samples)  # a share written as text ("0.5"), as the rule accepts
         if _is_int(max_samples):
             max_samples = min(int(max_samples), Z.shape[0])  # scikit-learn would warn and cap
         contamination = self.contamination if self.contamination == "auto" else float(self.contamination)

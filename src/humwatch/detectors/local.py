@@ -106,7 +106,7 @@ class KnnLdnDetector(_RefitFromTraining):
         self.standardize = standardize
 
     param_rules = {"n_neighbors": Int(1), "density_neighbors": Int(1), "metric": OneOf(METRICS), "segments": Int(1),
-                   "pool": OneOf(POOLS), "gem_p": Real(1.0, 100.0), "standardize": Bool()}
+                   "pool": OneOf(POOLS), "gem_p": Real(1.0, 100.0, text=False), "standardize": Bool()}
 
     def _min_samples(self) -> int:
         return 2  # a density needs one other clip

@@ -40,7 +40,7 @@ SYNTH_SAMPLE_RATE = Int(8000, 96000)
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = SYNTH_SAMPLE_RATE.low, SYNTH_SAMPLE_RATE.high
 MAX_CLIPS_PER_FOLDER = 10**8  # file names have 8 digits, as MIMII's
 CLIP_COUNT = Int(0, MAX_CLIPS_PER_FOLDER)
-SNR_DB = Real(-40.0, 60.0)
+SNR_DB = Real(-40.0, 60.0, text=False)
 """The machine-to-background level of the built-in data (dB)."""
 CHANNELS = Int(1, 32)
 
