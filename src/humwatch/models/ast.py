@@ -37,8 +37,8 @@ from humwatch.errors import ConfigError
 from humwatch.features import AST_PARAMS, get_frontend
 from humwatch.models.lazy import LazyBackbone
 from humwatch.models.registry import Backbone, check_config, quiet_hf_loading, random_init_context, register_backbone
-from humwatch.settings import Int, check_value
 from humwatch.models.weights import WeightsInfo, check_meta_backbone, read_meta, resolve_weights
+from humwatch.settings import Int, check_value
 
 log = logging.getLogger("humwatch")
 

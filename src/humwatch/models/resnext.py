@@ -37,7 +37,6 @@ from humwatch.errors import ConfigError
 from humwatch.features import get_frontend
 from humwatch.models.lazy import LazyBackbone
 from humwatch.models.registry import Backbone, check_config, random_init_context, register_backbone
-from humwatch.settings import Int, check_value
 from humwatch.models.weights import (
     WeightsInfo,
     check_meta_backbone,
@@ -46,6 +45,7 @@ from humwatch.models.weights import (
     read_meta,
     resolve_weights,
 )
+from humwatch.settings import Int, check_value
 
 NAME = "resnext101_32x8d"
 DEFAULT_WEIGHTS = "timm/resnext101_32x8d.tv_in1k"

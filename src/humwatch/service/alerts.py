@@ -30,9 +30,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from humwatch.errors import ConfigError
-from humwatch.settings import ALERT_COUNT, check_value
 from humwatch.service.silences import last_silenced_clip, silenced_at
 from humwatch.service.store import Alert, ClipRow, Machine, utcnow
+from humwatch.settings import ALERT_COUNT, check_value
 
 log = logging.getLogger("humwatch.service")
 
