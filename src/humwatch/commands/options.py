@@ -84,13 +84,15 @@ BackboneConfig = Annotated[Optional[str], typer.Option(help="Architecture overri
 Detector = Annotated[Optional[str], typer.Option(help=f"Anomaly detector on the embeddings: {DETECTORS_TEXT} (default: lof-vote, the study's).")]
 DetectorParams = Annotated[Optional[str], typer.Option(help="Detector hyper-parameters as JSON (e.g. '{\"n_neighbors\": 8}').")]
 Standardize = Annotated[Optional[bool], typer.Option("--standardize/--no-standardize", help="Standardise embeddings before the detector.", show_default=False)]
-Epochs = Annotated[Optional[int], typer.Option(help="Training epochs (autoencoder: 50, finetune: 1 by default).", min=1)]
+Epochs = Annotated[Optional[int], typer.Option(help="Training epochs (autoencoder: 50, finetune: 1 by default).")]
 Lr = Annotated[Optional[float], typer.Option(help="Learning rate (finetune: of the head; the top block gets lr/10, the next lr/100 ...).")]
-BatchSize = Annotated[Optional[int], typer.Option(help="Clips (finetune, embed-detect) or context vectors (autoencoder) per step.", min=1)]
-TrainableBlocks = Annotated[Optional[int], typer.Option(help="finetune: backbone blocks trained from the top (the rest frozen; default 2).", min=0)]
+BatchSize = Annotated[Optional[int], typer.Option(help="Clips (finetune, embed-detect) or context vectors (autoencoder) per step.")]
+TrainableBlocks = Annotated[Optional[int], typer.Option(help="finetune: backbone blocks trained from the top (the rest frozen; default 2).")]
 BlockUnit = Annotated[Optional[Literal["stage", "bottleneck"]], typer.Option(help="finetune: a block is a ResNeXt stage, or one bottleneck module (the study's 'bottleneck layer 3/2').")]
 Set = Annotated[Optional[List[str]], typer.Option("--set", help="Any other method setting as KEY=VALUE (VALUE read as JSON when it parses; repeatable).")]
 
+# The options above that set a method's settings carry no min=/max=: the method's own Settings rule
+# checks them (one rule per setting; idnet's batch_size, say, needs 2 or more where others need 1).
 METHOD_OPTIONS = {"backbone": Backbone, "weights": Weights, "precision": Precision, "backbone_config": BackboneConfig,
                   "detector": Detector, "detector_params": DetectorParams, "standardize": Standardize, "epochs": Epochs,
                   "lr": Lr, "batch_size": BatchSize, "trainable_blocks": TrainableBlocks, "block_unit": BlockUnit,
