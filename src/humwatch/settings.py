@@ -14,6 +14,11 @@ settings from a mapping (a YAML section, command-line options, a saved JSON file
 keys. Nothing here reads audio or builds a model, so every method's settings are checked before any
 work starts.
 
+This is the one way humwatch checks a value: a detector's parameters (``param_rules``), a
+command-line option (``commands.options.checked``), a saved file's fields (:func:`check_fields`) and a
+function's argument (:func:`check_value`) are checked by these rules, and a range a value has wherever
+it is given is one named rule below (``WINDOW_SECONDS``, ``SAMPLE_RATE_HZ``, ...), written once.
+
 Why not pydantic: it would be one more large dependency for ~100 lines, and its messages are
 several lines long where humwatch promises one.
 """
@@ -208,7 +213,7 @@ class Instance(Rule):
 
 @dataclass(frozen=True)
 class AnyOf(Rule):
-    """The first of ``rules`` that takes the value (``AnyOf((OneOf(("auto",)), CONTAMINATION))``);
+    """The first of ``rules`` that takes the value (``AnyOf((Const("auto"), CONTAMINATION))``);
     ``what`` says what is wanted when none does (default: each rule's words, joined by "or")."""
 
     rules: tuple
