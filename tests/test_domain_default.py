@@ -89,9 +89,9 @@ def test_state_round_trip_gives_the_same_scores(params):
 @pytest.mark.parametrize("params,match", [
     ({"metric": "hamming"}, "metric must be one of mahalanobis, euclidean, cosine"),
     ({"pool": "median"}, "pool must be one of max, gem, mean"),
-    ({"gem_p": 0.5}, "gem_p must be a number from 1 to 100"),
-    ({"segments": 0}, "segments must be an integer >= 1"),
-    ({"n_neighbors": True}, "n_neighbors must be an integer"),
+    ({"gem_p": 0.5}, "gem_p must be a number at least 1 and at most 100"),
+    ({"segments": 0}, "segments must be a whole number 1 or more"),
+    ({"n_neighbors": True}, "n_neighbors must be a whole number"),
 ])
 def test_bad_parameters_are_one_line_config_errors(params, match):
     with pytest.raises(ConfigError, match=match) as e:

@@ -189,8 +189,8 @@ def test_gamma_threshold_with_negative_scores_shifts_the_support():
 
 
 @pytest.mark.parametrize("args,match", [
-    (dict(normal_scores=np.arange(100.0), false_alarm_rate=0.0), r"in \(0, 1\)"),
-    (dict(normal_scores=np.arange(100.0), false_alarm_rate=1.0), r"in \(0, 1\)"),
+    (dict(normal_scores=np.arange(100.0), false_alarm_rate=0.0), "false_alarm_rate must be a number above 0 and below 1"),
+    (dict(normal_scores=np.arange(100.0), false_alarm_rate=1.0), "false_alarm_rate must be a number above 0 and below 1"),
     (dict(normal_scores=np.arange(19.0), false_alarm_rate=0.05), "at least 20 normal scores"),
     (dict(normal_scores=np.arange(1.0, 5.0), method="gamma"), "at least 5"),
     (dict(normal_scores=np.ones(10), method="gamma"), "all normal scores are equal"),

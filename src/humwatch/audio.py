@@ -14,11 +14,13 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import soundfile as sf
 
 from humwatch.errors import AudioError
+from humwatch.settings import CHANNEL, SAMPLE_RATE_HZ, WINDOW_SECONDS, Optional, Real, Settings, check_fields, setting
 
 log = logging.getLogger("humwatch")
 
@@ -32,19 +34,30 @@ SILENCE_PEAK = 1e-6
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 MAX_FILE_BYTES = 4 << 30
 """The largest audio file humwatch opens (4 GiB: 37 hours of 16 kHz 16-bit mono, 9 hours of MIMII's 8 channels)."""
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
-"""The sample rates humwatch reads (1 to 384 kHz). A header outside them is refused before anything is
-decoded: a WAV whose header says 1 Hz crashed the resampler (a segfault: 16,000 output samples per
-input sample), and in training data one such file multiplied the threshold by about 2,100."""
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = SAMPLE_RATE_HZ.low, SAMPLE_RATE_HZ.high
+"""The sample rates humwatch reads (1 to 384 kHz: :data:`humwatch.settings.SAMPLE_RATE_HZ`). A header
+outside them is refused before anything is decoded: a WAV whose header says 1 Hz crashed the resampler
+(a segfault: 16,000 output samples per input sample), and in training data one such file multiplied
+the threshold by about 2,100."""
+
+READ_SECONDS = Real(0.0, WINDOW_SECONDS.high, open_low=True)
+"""How long a clip may be read as (any length above 0, at most the longest window); what a saved
+monitor or method records is a window length (:data:`humwatch.settings.WINDOW_SECONDS`)."""
 
 
 @dataclass(frozen=True)
-class AudioSettings:
-    """How a file becomes the signal a model sees."""
+class AudioSettings(Settings):
+    """How a file becomes the signal a model sees; checked when made (one ConfigError line naming the
+    setting), by the same rules as a saved monitor's ``audio`` and every option that sets them."""
 
-    sample_rate: int = SAMPLE_RATE
-    seconds: float | None = CLIP_SECONDS  # None keeps the file's own length
-    channel: int | None = None  # None averages all channels (the study's choice)
+    where: ClassVar[str] = "audio"
+
+    sample_rate: int = setting(SAMPLE_RATE, SAMPLE_RATE_HZ, "the rate the signal is read at (Hz)")
+    seconds: float | None = setting(CLIP_SECONDS, Optional(READ_SECONDS), "clip length; None keeps the file's own length")
+    channel: int | None = setting(None, Optional(CHANNEL), "one microphone; None averages all channels (the study's choice)")
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     @property
     def n_samples(self) -> int | None:
@@ -53,14 +66,10 @@ class AudioSettings:
 
 def saved_audio_settings(doc, where, seconds_required: bool = False) -> AudioSettings:
     """The audio settings a saved monitor or method records (``{"sample_rate", "seconds",
-    "channel"}``), every field checked (one ConfigError line naming it; an unknown field refused)."""
-    from humwatch.settings import Int, Optional, Real, check_fields
-
-    seconds = Real(0.5, 600)
-    v = check_fields(doc, {"sample_rate": Int(MIN_SAMPLE_RATE, MAX_SAMPLE_RATE),
-                           "seconds": seconds if seconds_required else Optional(seconds),
-                           "channel": Optional(Int(0, 1023))}, where, "audio.")
-    return AudioSettings(v["sample_rate"], v["seconds"], v["channel"])
+    "channel"}``), every field checked by :class:`AudioSettings`' rules (one ConfigError line naming
+    it; an unknown field refused)."""
+    rules = {**AudioSettings.rules(), "seconds": WINDOW_SECONDS if seconds_required else Optional(WINDOW_SECONDS)}
+    return AudioSettings(**check_fields(doc, rules, where, "audio."))
 
 
 def load_audio(

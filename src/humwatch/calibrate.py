@@ -35,6 +35,7 @@ from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip, expand_windows
 from humwatch.errors import ConfigError, DatasetError
 from humwatch.folds import cross_fit, fold_jobs
+from humwatch.settings import FALSE_ALARM_RATE, FOLDS, WINDOW_SECONDS, OneOf, check_value
 
 THRESHOLD_METHODS = ("percentile", "gamma")
 
@@ -90,14 +91,10 @@ def fit_monitor(
     from humwatch.reader import ClipReader
 
     # -- everything that can be checked before reading audio or building a model
-    if threshold_method not in THRESHOLD_METHODS:
-        raise ConfigError(f"unknown threshold method {threshold_method!r} (choose from {', '.join(THRESHOLD_METHODS)})")
-    if isinstance(false_alarm_rate, bool) or not isinstance(false_alarm_rate, (int, float)) or not 0 < false_alarm_rate < 1:
-        raise ConfigError(f"false-alarm rate must be between 0 and 1, got {false_alarm_rate}")
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise ConfigError(f"folds must be a whole number 2 or more, got {folds!r}")
-    if not (isinstance(seconds, (int, float)) and 0.5 <= seconds <= 600):
-        raise ConfigError(f"window length must be from 0.5 to 600 seconds, got {seconds!r}")
+    check_value(threshold_method, OneOf(THRESHOLD_METHODS), "threshold_method", "monitor")
+    false_alarm_rate = check_value(false_alarm_rate, FALSE_ALARM_RATE, "false_alarm_rate", "monitor")
+    folds = check_value(folds, FOLDS, "folds", "monitor")
+    seconds = check_value(seconds, WINDOW_SECONDS, "seconds", "monitor")
     hop = float(hop if hop is not None else seconds)
     if not 0 < hop <= seconds:
         raise ConfigError(f"hop must be above 0 and at most the window length ({seconds:g} s), got {hop:g}")

@@ -45,6 +45,7 @@ from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip
 from humwatch.errors import AudioError, ConfigError, DatasetError
 from humwatch.reader import ClipReader
+from humwatch.settings import Int, check_value
 
 log = logging.getLogger("humwatch")
 
@@ -287,8 +288,7 @@ def embed_clips(
     ``skipped``. With ``cache_dir`` a clip whose embedding is cached is neither read nor computed
     again.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    check_value(batch_size, Int(1), "batch size")
     if reader is None:
         reader = ClipReader(audio, on_bad, progress)
     clips = list(clips)

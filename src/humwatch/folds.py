@@ -36,7 +36,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from humwatch.data.clips import Clip
-from humwatch.errors import ConfigError, DatasetError
+from humwatch.errors import DatasetError
+from humwatch.settings import Int, check_value
 
 log = logging.getLogger("humwatch")
 
@@ -53,9 +54,7 @@ def fold_jobs(jobs: int | None, folds: int, device: str = "cpu") -> int:
     """How many trainings run at once: ``jobs`` (checked), else the available cores on a CPU and 1 on
     an accelerator; never more than ``folds + 1`` (the folds and the final fit)."""
     if jobs is not None:
-        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-            raise ConfigError(f"jobs must be a whole number 1 or more, got {jobs!r}")
-        return min(jobs, folds + 1)
+        return min(check_value(jobs, Int(1), "jobs"), folds + 1)
     if device != "cpu":
         from humwatch.models.registry import resolve_device
 

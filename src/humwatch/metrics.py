@@ -23,7 +23,6 @@ few scores) raises :class:`~humwatch.errors.ConfigError` with one line.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -32,6 +31,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from humwatch.errors import ConfigError
+from humwatch.settings import FALSE_ALARM_RATE, OneOf, Real, check_value
 
 __all__ = [
     "GAMMA_MIN_SCORES",
@@ -97,10 +97,8 @@ def pauc(labels: Any, scores: Any, max_fpr: float = 0.1, kind: str = "mcclish") 
     ``max = max_fpr``: exactly ``sklearn.metrics.roc_auc_score(..., max_fpr=...)``, the number the
     DCASE evaluator prints (0.5 random, 1 perfect). ``kind="area"`` returns ``A / max_fpr`` (the
     task descriptions' definition: ``max_fpr / 2`` random, 1 perfect)."""
-    if not (isinstance(max_fpr, numbers.Real) and not isinstance(max_fpr, bool) and 0.0 < max_fpr <= 1.0):
-        raise ConfigError(f"pauc: max_fpr must be in (0, 1], got {max_fpr!r}")
-    if kind not in PAUC_KINDS:
-        raise ConfigError(f"pauc: kind must be one of {', '.join(PAUC_KINDS)}, got {kind!r}")
+    max_fpr = check_value(max_fpr, Real(0.0, 1.0, open_low=True, text=False), "max_fpr", "pauc")
+    check_value(kind, OneOf(PAUC_KINDS), "kind", "pauc")
     y, s = _labels_scores(labels, scores, "pauc")
     if not _both_classes(y):
         return float("nan")
@@ -153,8 +151,7 @@ def group_table(records: Sequence[Any], scores: Any, max_fpr: float = 0.1,
     (NaN ids skipped; DCASE 2020's "Average" row), the right choice when each id has its own
     detector whose scores are not on a common scale. Counts are always totals.
     """
-    if type_summary not in ("pooled", "mean"):
-        raise ConfigError(f"group_table: type_summary must be 'pooled' or 'mean', got {type_summary!r}")
+    check_value(type_summary, OneOf(("pooled", "mean")), "type_summary", "group_table")
     records = list(records)
     s = np.asarray(scores, dtype=np.float64).ravel()
     if len(records) != s.size:
@@ -279,11 +276,8 @@ def threshold_from_scores(normal_scores: Any, false_alarm_rate: float = 0.05,
     :func:`_gamma_fit`) and take its ``1 - false_alarm_rate`` quantile (``ppf``), the DCASE
     2021+ Task 2 baselines' way of setting a decision threshold; needs :data:`GAMMA_MIN_SCORES` scores that are not all equal.
     """
-    if method not in ("percentile", "gamma"):
-        raise ConfigError(f"threshold_from_scores: method must be 'percentile' or 'gamma', got {method!r}")
-    rate = false_alarm_rate
-    if not (isinstance(rate, numbers.Real) and not isinstance(rate, bool) and 0.0 < rate < 1.0):
-        raise ConfigError(f"threshold_from_scores: false_alarm_rate must be in (0, 1), got {rate!r}")
+    check_value(method, OneOf(("percentile", "gamma")), "method", "threshold_from_scores")
+    rate = check_value(false_alarm_rate, FALSE_ALARM_RATE, "false_alarm_rate", "threshold_from_scores")
     s = np.asarray(normal_scores, dtype=np.float64).ravel()
     if not np.isfinite(s).all():
         raise ConfigError(f"threshold_from_scores: {int((~np.isfinite(s)).sum())} scores are NaN or infinite")

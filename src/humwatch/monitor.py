@@ -178,7 +178,8 @@ def check_monitor_fields(doc: dict, where: Path) -> AudioSettings:
     from humwatch.audio import saved_audio_settings
     from humwatch.methods import list_methods
     from humwatch.methods.base import VERSION, warn_if_newer
-    from humwatch.settings import Bool, Int, Mapping, OneOf, Pattern, Real, Seq, Text, check_fields, check_value
+    from humwatch.settings import (FALSE_ALARM_RATE, FOLDS, SEED, Bool, Int, Mapping, OneOf, Pattern, Real, Seq, Text,
+                                   check_fields, check_value)
 
     try:
         v = check_fields(doc, {
@@ -190,8 +191,8 @@ def check_monitor_fields(doc: dict, where: Path) -> AudioSettings:
         audio = saved_audio_settings(v["audio"], where, seconds_required=True)
         check_value(v["hop"], Real(0.0, audio.seconds, open_low=True), "hop", where)
         rule = check_fields(v["threshold_rule"], {
-            "method": OneOf(THRESHOLD_METHODS), "false_alarm_rate": Real(0.0, 1.0, open_low=True, open_high=True),
-            "per": OneOf(("window",)), "folds": Int(2), "n_windows": Int(1), "n_recordings": Int(1), "seed": Int(0),
+            "method": OneOf(THRESHOLD_METHODS), "false_alarm_rate": FALSE_ALARM_RATE,
+            "per": OneOf(("window",)), "folds": FOLDS, "n_windows": Int(1), "n_recordings": Int(1), "seed": SEED,
             "score_range": Seq(Real(), min_len=2)}, where, "threshold_rule.")
     except ConfigError as e:
         raise MonitorError(str(e)) from None

@@ -23,6 +23,7 @@ from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip, read_clips_csv
 from humwatch.errors import ConfigError, DatasetError
 from humwatch.rundir import RunDir
+from humwatch.settings import CHANNEL, SEED, Optional, check_value
 
 
 @dataclass
@@ -67,12 +68,10 @@ class RunConfig:
         from humwatch.data.split import fraction
         from humwatch.methods import method_settings
 
-        if self.channel is not None and (isinstance(self.channel, bool) or not isinstance(self.channel, int) or self.channel < 0):
-            raise ConfigError(f"channel must be 0 or more, got {self.channel}")
+        check_value(self.channel, Optional(CHANNEL), "channel")
         if not self.data and not self.split_csv:
             raise ConfigError("give --data (a dataset) or --split (a saved split.csv)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be a whole number 0 or more, got {self.seed!r}")
+        check_value(self.seed, SEED, "seed")
         if self.dataset_split is not None and not isinstance(self.dataset_split, bool):
             raise ConfigError(f"dataset_split must be true, false or null, got {self.dataset_split!r}")
         fraction(self.dataset_val_fraction, "dataset-val")

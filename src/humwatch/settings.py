@@ -14,6 +14,11 @@ settings from a mapping (a YAML section, command-line options, a saved JSON file
 keys. Nothing here reads audio or builds a model, so every method's settings are checked before any
 work starts.
 
+This is the one way humwatch checks a value: a detector's parameters (``param_rules``), a
+command-line option (``commands.options.checked``), a saved file's fields (:func:`check_fields`) and a
+function's argument (:func:`check_value`) are checked by these rules, and a range a value has wherever
+it is given is one named rule below (``WINDOW_SECONDS``, ``SAMPLE_RATE_HZ``, ...), written once.
+
 Why not pydantic: it would be one more large dependency for ~100 lines, and its messages are
 several lines long where humwatch promises one.
 """
@@ -25,9 +30,13 @@ import numbers
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar, Sequence
 
+import numpy as np
+
 from humwatch.errors import ConfigError
 
-__all__ = ["Settings", "setting", "check_value", "check_fields", "Int", "Real", "OneOf", "Bool", "Text", "Pattern", "Mapping", "Optional", "Seq"]
+__all__ = ["Settings", "setting", "check_value", "check_fields", "Int", "Real", "OneOf", "Bool", "Text", "Pattern", "Mapping",
+           "Optional", "Seq", "AnyOf", "Const", "Instance", "describe", "WINDOW_SECONDS", "SAMPLE_RATE_HZ", "CHANNEL", "FALSE_ALARM_RATE",
+           "CONTAMINATION", "FRACTION", "SEED", "FOLDS", "ALERT_COUNT", "RANDOM_STATE"]
 
 
 # ---------------------------------------------------------------------------------------- rules
@@ -40,12 +49,16 @@ class Rule:
         raise NotImplementedError
 
 
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, (bool, np.bool_))
+
+
 def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    return isinstance(v, numbers.Integral) and not _is_bool(v)
 
 
 def _is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+    return isinstance(v, numbers.Real) and not _is_bool(v)
 
 
 @dataclass(frozen=True)
@@ -66,9 +79,13 @@ class Real(Rule):
     high: float | None = None
     open_low: bool = False
     open_high: bool = False
+    text: bool = True
+    """Also read a number written as text (YAML reads 1e-3, without a dot, as a string). False where
+    a value is checked but not replaced by the checked one (a detector's parameter, a function's
+    argument): there a text would pass the check and reach the arithmetic."""
 
     def __call__(self, v: Any) -> float:
-        if isinstance(v, str):  # YAML reads 1e-3 (no dot) as a string
+        if isinstance(v, str) and self.text:  # YAML reads 1e-3 (no dot) as a string
             try:
                 v = float(v)
             except ValueError:
@@ -100,11 +117,23 @@ class OneOf(Rule):
 
 
 @dataclass(frozen=True)
+class Const(Rule):
+    """Exactly ``value`` (a keyword such as ``"auto"`` beside a range: ``AnyOf((Const("auto"), ...))``)."""
+
+    value: Any
+
+    def __call__(self, v: Any) -> Any:
+        if not (isinstance(v, type(self.value)) and v == self.value):
+            raise ValueError(repr(self.value))
+        return v
+
+
+@dataclass(frozen=True)
 class Bool(Rule):
     def __call__(self, v: Any) -> bool:
-        if not isinstance(v, bool):
+        if not _is_bool(v):
             raise ValueError("true or false")
-        return v
+        return bool(v)
 
 
 @dataclass(frozen=True)
@@ -152,7 +181,13 @@ class Seq(Rule):
         items = list(v)
         if len(items) < self.min_len:
             raise ValueError(f"a list of at least {self.min_len}")
-        return [self.item(x) for x in items]
+        out = []
+        for x in items:
+            try:
+                out.append(self.item(x))
+            except ValueError as e:
+                raise ValueError(f"a list, each item {e} (not {x!r})") from None
+        return out
 
 
 @dataclass(frozen=True)
@@ -163,14 +198,88 @@ class Optional(Rule):
         return None if v is None else self.rule(v)
 
 
-def check_value(value: Any, rule: Rule, name: str, where: Any) -> Any:
-    """``rule(value)``, or one ConfigError line ``WHERE: NAME must be ..., got VALUE`` (the value's
-    repr cut at 80 characters: a saved file's field can hold anything)."""
+@dataclass(frozen=True)
+class Instance(Rule):
+    """An instance of ``kind`` (e.g. numpy's ``RandomState``); ``what`` says what that is."""
+
+    kind: type
+    what: str
+
+    def __call__(self, v: Any) -> Any:
+        if not isinstance(v, self.kind):
+            raise ValueError(self.what)
+        return v
+
+
+@dataclass(frozen=True)
+class AnyOf(Rule):
+    """The first of ``rules`` that takes the value (``AnyOf((Const("auto"), CONTAMINATION))``);
+    ``what`` says what is wanted when none does (default: each rule's words, joined by "or")."""
+
+    rules: tuple
+    what: str = ""
+
+    def __call__(self, v: Any) -> Any:
+        wants = []
+        for rule in self.rules:
+            try:
+                return rule(v)
+            except ValueError as e:
+                wants.append(str(e))
+        raise ValueError(self.what or (", ".join(wants[:-1]) + " or " + wants[-1] if len(wants) > 1 else wants[0]))
+
+
+def check_value(value: Any, rule: Rule, name: str, where: Any = None) -> Any:
+    """``rule(value)``, or one ConfigError line ``WHERE: NAME must be ..., got VALUE`` (without
+    ``WHERE: `` when ``where`` is None, as for a command-line option; the value's repr cut at 80
+    characters: a saved file's field can hold anything)."""
     try:
         return rule(value)
     except ValueError as e:
         shown = repr(value)
-        raise ConfigError(f"{where}: {name} must be {e}, got {shown if len(shown) <= 80 else shown[:77] + '...'}") from None
+        prefix = "" if where is None else f"{where}: "
+        raise ConfigError(f"{prefix}{name} must be {e}, got {shown if len(shown) <= 80 else shown[:77] + '...'}") from None
+
+
+def describe(rule: Rule) -> str:
+    """What ``rule`` wants, in the words of its messages (``a number at least 0.5 and at most 600``),
+    for a help text."""
+    try:
+        rule(_Nothing())
+    except ValueError as e:
+        return str(e)
+    return ""  # pragma: no cover - every rule refuses a bare object
+
+
+class _Nothing:
+    """A value no rule takes (what :func:`describe` asks a rule about)."""
+
+
+# -------------------------------------------------------------------------------- shared ranges
+# Each range a value has wherever it is given (an option, a settings file, a saved monitor, an API
+# body) is written once, here, and used by every place that checks it.
+
+WINDOW_SECONDS = Real(0.5, 600, text=False)
+"""A window's (or clip's) length in seconds: a monitor's windows, the listener's clips, synthetic clips."""
+SAMPLE_RATE_HZ = Int(1_000, 384_000)
+"""The sample rates humwatch reads (1 to 384 kHz): a file's header, saved audio settings."""
+CHANNEL = Int(0, 1023)
+"""A microphone channel (0, 1, ...)."""
+FALSE_ALARM_RATE = Real(0.0, 1.0, open_low=True, open_high=True, text=False)
+"""The share of normal windows allowed to raise an alarm (a threshold's calibration)."""
+FOLDS = Int(2)
+"""Cross-validation folds."""
+SEED = Int(0)
+"""A seed (splits, models, synthetic data)."""
+FRACTION = Real(0.0, 1.0, open_high=True, text=False)
+"""A share of the clips held out (a split's test and validation shares)."""
+CONTAMINATION = Real(0.0, 0.5, open_low=True, text=False)
+"""A detector's expected share of outliers in its training data (scikit-learn's ``contamination``)."""
+RANDOM_STATE = Optional(AnyOf((Int(0, 2**32 - 1), Instance(np.random.RandomState, "a numpy RandomState")),
+                               "None, a whole number from 0 to 2**32 - 1 or a numpy RandomState"))
+"""scikit-learn's ``random_state``: None, a seed or a RandomState."""
+ALERT_COUNT = Int(1, 1000)
+"""K, N and M of an alert rule (K anomalous of the last N clips open an alert, M normal ones close it)."""
 
 
 def check_fields(doc: dict, rules: dict[str, Rule], where: Any, prefix: str = "") -> dict:
@@ -199,9 +308,8 @@ def setting(default: Any, rule: Rule | None = None, help: str = "") -> Any:
 # ------------------------------------------------------------------------------------- settings
 
 
-@dataclass
 class Settings:
-    """Base of every settings dataclass: check, build from a mapping, and save as plain JSON."""
+    """Base of every settings dataclass (frozen or not): check, build from a mapping, and save as plain JSON."""
 
     where: ClassVar[str] = "settings"
     """How messages name these settings (e.g. ``autoencoder`` -> ``autoencoder: epochs must be ...``)."""
@@ -211,10 +319,8 @@ class Settings:
             rule = f.metadata.get("rule")
             if rule is None:
                 continue
-            try:
-                setattr(self, f.name, rule(getattr(self, f.name)))
-            except ValueError as e:
-                raise ConfigError(f"{self.where}: {f.name} must be {e}, got {getattr(self, f.name)!r}") from None
+            # object.__setattr__: a frozen settings class (AudioSettings) is checked in its __post_init__
+            object.__setattr__(self, f.name, check_value(getattr(self, f.name), rule, f.name, self.where))
         self._check()
         return self
 
@@ -247,6 +353,11 @@ class Settings:
     @classmethod
     def defaults(cls) -> dict:
         return {f.name: (f.default if f.default is not MISSING else f.default_factory()) for f in fields(cls)}
+
+    @classmethod
+    def rules(cls) -> dict[str, Rule]:
+        """{setting: its rule} (for :func:`check_fields` on a saved copy of these settings)."""
+        return {f.name: f.metadata["rule"] for f in fields(cls) if f.metadata.get("rule") is not None}
 
     @classmethod
     def help(cls) -> dict[str, str]:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from humwatch.commands import options as o
+from humwatch.settings import SEED
 
 
 def synth_cmd(
@@ -24,7 +25,7 @@ def synth_cmd(
     target_train: Annotated[Optional[int], typer.Option(help="dcase: target-domain training clips per section (default 3).", min=0)] = None,
     test: Annotated[Optional[int], typer.Option(help="dcase: test clips per section, domain and label (default 10).", min=0)] = None,
     snr: Annotated[float, typer.Option(help="Machine-to-background SNR in dB (MIMII: 6, 0, -6).")] = 6.0,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.", min=0)] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.", callback=o.checked(SEED, "--seed"))] = 0,
     seconds: Annotated[float, typer.Option(help="Clip length in seconds.")] = 10.0,
     quiet: o.Quiet = False,
 ):

@@ -15,6 +15,7 @@ import typer
 
 from humwatch.commands import options as o
 from humwatch.errors import ConfigError
+from humwatch.settings import Int
 
 
 def parse_weights(values: Optional[List[str]], backbones: List[str]) -> "str | dict[str, str] | None":
@@ -51,8 +52,10 @@ def explain_cmd(
     ),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny random-init models (quick pictures that say nothing about pretrained models)."),
     no_models: bool = typer.Option(False, "--no-models", help="No model figures: only tables, spectrograms and the t-SNE of saved embeddings."),
-    distance_clips: int = typer.Option(8, "--distance-clips", help="Clips the attention distances are averaged over."),
-    map_clips: int = typer.Option(4, "--map-clips", help="Clips (rows) in the attention-map figure."),
+    distance_clips: int = typer.Option(8, "--distance-clips", help="Clips the attention distances are averaged over.",
+                                       callback=o.checked(Int(1), "--distance-clips")),
+    map_clips: int = typer.Option(4, "--map-clips", help="Clips (rows) in the attention-map figure.",
+                                  callback=o.checked(Int(1), "--map-clips")),
     rollout: bool = typer.Option(True, "--rollout/--no-rollout", help="Add the attention-rollout map."),
     channel: Optional[int] = typer.Option(None, help="Use one microphone instead of the mean of all channels (--clips)."),
     link_images: bool = typer.Option(False, "--link-images", help="Link the PNGs beside report.html instead of embedding them."),
@@ -73,8 +76,6 @@ def explain_cmd(
         raise ConfigError("give --run RUN_DIR or audio files (--clips FILE ...)")
     if run is not None and paths:
         raise ConfigError("use --run or --clips, not both")
-    if distance_clips < 1 or map_clips < 1:
-        raise ConfigError("--distance-clips and --map-clips must be at least 1")
     backbones = list(backbone) if backbone else list(DEFAULT_BACKBONES)
     w = parse_weights(weights, backbones)
     configs = None

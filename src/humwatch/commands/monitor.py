@@ -15,12 +15,13 @@ import typer
 
 from humwatch.commands import options as o
 from humwatch.errors import ConfigError
+from humwatch.settings import FALSE_ALARM_RATE, FOLDS, WINDOW_SECONDS
 
 MonitorOut = Annotated[Path, typer.Option("--out", help="Monitor folder to write.")]
-FalseAlarmRate = Annotated[float, typer.Option(help="Share of normal windows allowed to raise an alarm (per window of --window-seconds).", min=0.0, max=1.0)]
+FalseAlarmRate = Annotated[float, typer.Option(help=o.ranged("Share of normal windows allowed to raise an alarm (per window of --window-seconds)", FALSE_ALARM_RATE), callback=o.checked(FALSE_ALARM_RATE, "--false-alarm-rate"))]
 ThresholdMethod = Annotated[Literal["gamma", "percentile"], typer.Option(help="gamma (a gamma distribution fitted to the normal scores) or percentile (their empirical quantile).")]
-Folds = Annotated[int, typer.Option(help="Cross-validation folds for calibrating the threshold on every normal recording.", min=2)]
-WindowSeconds = Annotated[float, typer.Option("--window-seconds", help="Window length in seconds: longer recordings are scored window by window, shorter ones padded.", min=0.5, max=600)]
+Folds = Annotated[int, typer.Option(help=o.ranged("Cross-validation folds for calibrating the threshold on every normal recording", FOLDS), callback=o.checked(FOLDS, "--folds"))]
+WindowSeconds = Annotated[float, typer.Option("--window-seconds", help=o.ranged("Window length in seconds: longer recordings are scored window by window, shorter ones padded", WINDOW_SECONDS), callback=o.checked(WINDOW_SECONDS, "--window-seconds"))]
 Hop = Annotated[Optional[float], typer.Option(help="Seconds between window starts (default: the window length, no overlap).", min=0.01)]
 Jobs = Annotated[Optional[int], typer.Option(help="Trainings at once for a method that trains a network (the calibration folds and the final fit; default: the CPU cores here, 1 on a GPU).", min=1)]
 

@@ -14,6 +14,25 @@ import typer
 
 from humwatch.errors import ConfigError
 from humwatch.io import check_out_folder
+from humwatch.service.config import PORT, RETRIES
+from humwatch.settings import CHANNEL, FRACTION, SEED, WINDOW_SECONDS, Rule, check_value, describe
+
+
+def checked(rule: Rule, option: str):
+    """A typer ``callback`` checking the option's value by ``rule`` (:mod:`humwatch.settings`: the
+    rule every other place that takes the value checks it by), so an out-of-range value is one line
+    ``error: OPTION must be ..., got VALUE`` in the same words as a settings file's or a saved monitor's."""
+
+    def callback(value):
+        return value if value is None else check_value(value, rule, option)
+
+    return callback
+
+
+def ranged(help: str, rule: Rule) -> str:
+    """``help`` with what ``rule`` accepts, e.g. ``(a whole number 0 or more)``."""
+    return f"{help} ({describe(rule)})"
+
 
 # -------------------------------------------------------------------------------------- choices
 
@@ -35,11 +54,11 @@ Machines = Annotated[Optional[str], typer.Option(help="Only these machine types 
 Ids = Annotated[Optional[str], typer.Option(help="Only these machine ids (comma separated, e.g. 00,02).")]
 Snr = Annotated[Optional[str], typer.Option(help="MIMII noise level when the tree holds several (6dB, 0dB, -6dB, or all).")]
 PerId = Annotated[bool, typer.Option("--per-id", help="Train one model per machine id (the MIMII baseline) instead of one per type.")]
-Seed = Annotated[int, typer.Option(help="Seed for the split and the models.", min=0)]
+Seed = Annotated[int, typer.Option(help=ranged("Seed for the split and the models.", SEED), callback=checked(SEED, "--seed"))]
 Split = Annotated[Optional[Path], typer.Option(help="Reuse a saved split.csv instead of splitting.")]
 DatasetSplit = Annotated[Optional[bool], typer.Option("--dataset-split/--study-split", help="The dataset's own train/test split (DCASE folders, a manifest's split column) or the study's (25 % test, 10 % of the rest validation, per machine, id and label). Default: the dataset's own on a DCASE tree, the study's otherwise.", show_default=False)]
-DatasetVal = Annotated[float, typer.Option("--dataset-val", help="With the dataset's own split: hold out this share of the training clips for validation (default 0: every training clip trains).", min=0.0, max=0.99)]
-Channel = Annotated[Optional[int], typer.Option(help="Use one microphone (0, 1, ...) instead of the mean of all channels.", min=0)]
+DatasetVal = Annotated[float, typer.Option("--dataset-val", help="With the dataset's own split: hold out this share of the training clips for validation (default 0: every training clip trains).", callback=checked(FRACTION, "--dataset-val"))]
+Channel = Annotated[Optional[int], typer.Option(help="Use one microphone (0, 1, ...) instead of the mean of all channels.", callback=checked(CHANNEL, "--channel"))]
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable files (counted in the results) instead of stopping.")]
 Cache = Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default: $HUMWATCH_CACHE or ~/.cache/humwatch).")]
 OutDir = Annotated[Path, typer.Option("--out", help="Run directory to write (config.json, split.csv, scores.csv, results.json, results.md).")]
@@ -65,13 +84,15 @@ BackboneConfig = Annotated[Optional[str], typer.Option(help="Architecture overri
 Detector = Annotated[Optional[str], typer.Option(help=f"Anomaly detector on the embeddings: {DETECTORS_TEXT} (default: lof-vote, the study's).")]
 DetectorParams = Annotated[Optional[str], typer.Option(help="Detector hyper-parameters as JSON (e.g. '{\"n_neighbors\": 8}').")]
 Standardize = Annotated[Optional[bool], typer.Option("--standardize/--no-standardize", help="Standardise embeddings before the detector.", show_default=False)]
-Epochs = Annotated[Optional[int], typer.Option(help="Training epochs (autoencoder: 50, finetune: 1 by default).", min=1)]
+Epochs = Annotated[Optional[int], typer.Option(help="Training epochs (autoencoder: 50, finetune: 1 by default).")]
 Lr = Annotated[Optional[float], typer.Option(help="Learning rate (finetune: of the head; the top block gets lr/10, the next lr/100 ...).")]
-BatchSize = Annotated[Optional[int], typer.Option(help="Clips (finetune, embed-detect) or context vectors (autoencoder) per step.", min=1)]
-TrainableBlocks = Annotated[Optional[int], typer.Option(help="finetune: backbone blocks trained from the top (the rest frozen; default 2).", min=0)]
+BatchSize = Annotated[Optional[int], typer.Option(help="Clips (finetune, embed-detect) or context vectors (autoencoder) per step.")]
+TrainableBlocks = Annotated[Optional[int], typer.Option(help="finetune: backbone blocks trained from the top (the rest frozen; default 2).")]
 BlockUnit = Annotated[Optional[Literal["stage", "bottleneck"]], typer.Option(help="finetune: a block is a ResNeXt stage, or one bottleneck module (the study's 'bottleneck layer 3/2').")]
 Set = Annotated[Optional[List[str]], typer.Option("--set", help="Any other method setting as KEY=VALUE (VALUE read as JSON when it parses; repeatable).")]
 
+# The options above that set a method's settings carry no min=/max=: the method's own Settings rule
+# checks them (one rule per setting; idnet's batch_size, say, needs 2 or more where others need 1).
 METHOD_OPTIONS = {"backbone": Backbone, "weights": Weights, "precision": Precision, "backbone_config": BackboneConfig,
                   "detector": Detector, "detector_params": DetectorParams, "standardize": Standardize, "epochs": Epochs,
                   "lr": Lr, "batch_size": BatchSize, "trainable_blocks": TrainableBlocks, "block_unit": BlockUnit,
@@ -235,7 +256,7 @@ Monitors = Annotated[Path, typer.Argument(help="Folder of monitors, one per mach
 MonitorsOption = Annotated[Optional[Path], typer.Option("--monitors", help="The server's folder of monitors (its default database is there).")]
 Db = Annotated[Optional[str], typer.Option("--db", help="Database URL: sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB (default: SQLite file MONITORS/humwatch-service.db).")]
 Host = Annotated[str, typer.Option(help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 every network (put TLS in front).")]
-Port = Annotated[int, typer.Option(envvar="HUMWATCH_PORT", help="TCP port (or $HUMWATCH_PORT).", min=1, max=65535)]
+Port = Annotated[int, typer.Option(envvar="HUMWATCH_PORT", help="TCP port (or $HUMWATCH_PORT).", callback=checked(PORT, "--port"))]
 Workers = Annotated[int, typer.Option(help="Server processes; each loads every monitor (use PostgreSQL with several).", min=1, max=64)]
 MaxUploadMb = Annotated[float, typer.Option(help="Largest upload accepted (MB).")]
 MaxSeconds = Annotated[float, typer.Option(help="Longest audio accepted (seconds).")]
@@ -246,13 +267,13 @@ AudioDays = Annotated[float, typer.Option(help="Kept audio older than this many 
 AudioMaxMb = Annotated[float, typer.Option(help="Kept audio beyond this many MB in all is deleted, oldest first.")]
 Webhook = Annotated[Optional[str], typer.Option(help="URL POSTed a JSON document when an alert opens, is acknowledged or closes (retried; never holds up a clip).")]
 WebhookSecret = Annotated[Optional[str], typer.Option(envvar="HUMWATCH_WEBHOOK_SECRET", help="Sign webhook bodies (X-Humwatch-Signature: sha256=HMAC); or $HUMWATCH_WEBHOOK_SECRET.")]
-WebhookRetries = Annotated[int, typer.Option(help="Webhook retries after the first attempt.", min=0, max=20)]
+WebhookRetries = Annotated[int, typer.Option(help=ranged("Webhook retries after the first attempt.", RETRIES), callback=checked(RETRIES, "--webhook-retries"))]
 WebhookBackoff = Annotated[float, typer.Option(help="Seconds before the first webhook retry (doubling each time).")]
 SmtpHost = Annotated[Optional[str], typer.Option(help="SMTP server for alert e-mails (with --notify-email); login from $HUMWATCH_SMTP_USER / $HUMWATCH_SMTP_PASSWORD when set.")]
-SmtpPort = Annotated[int, typer.Option(help="The SMTP server's port.", min=1, max=65535)]
+SmtpPort = Annotated[int, typer.Option(help="The SMTP server's port.", callback=checked(PORT, "--smtp-port"))]
 SmtpFrom = Annotated[Optional[str], typer.Option(help="The alert e-mails' From address.")]
 SmtpStarttls = Annotated[bool, typer.Option("--smtp-starttls/--no-smtp-starttls", help="Upgrade the SMTP connection with STARTTLS.")]
-SmtpRetries = Annotated[int, typer.Option(help="E-mail retries after the first attempt.", min=0, max=20)]
+SmtpRetries = Annotated[int, typer.Option(help=ranged("E-mail retries after the first attempt.", RETRIES), callback=checked(RETRIES, "--smtp-retries"))]
 SmtpBackoff = Annotated[float, typer.Option(help="Seconds before the first e-mail retry (doubling each time).")]
 NotifyEmail = Annotated[Optional[str], typer.Option(help="E-mail alert events (opened, acknowledged, closed) to these addresses: a@b,c@d.")]
 PublicUrl = Annotated[Optional[str], typer.Option(help="The dashboard's address as people reach it, for the links in notifications (default: http://HOST:PORT).")]
@@ -268,7 +289,7 @@ Mic = Annotated[bool, typer.Option("--mic", help="Record from a microphone (soun
 MicDevice = Annotated[Optional[str], typer.Option(help="--mic: input device number or name (default: the system's).")]
 SampleRate = Annotated[int, typer.Option(help="--mic: sample rate (Hz).")]
 MicChannels = Annotated[int, typer.Option("--channels", help="--mic: channels to record.")]
-ClipSeconds = Annotated[float, typer.Option("--seconds", help="Clip length: the microphone's clips, and longer files are cut into clips this long.")]
+ClipSeconds = Annotated[float, typer.Option("--seconds", help=ranged("Clip length: the microphone's clips, and longer files are cut into clips this long.", WINDOW_SECONDS), callback=checked(WINDOW_SECONDS, "--seconds"))]
 Spool = Annotated[Optional[Path], typer.Option(help="Where clips wait until the service has them (default: ~/.local/state/humwatch/spool).")]
 TokenName = Annotated[str, typer.Argument(help="A name for the token (who or what uses it).")]
 TokenOut = Annotated[Optional[Path], typer.Option("--out", help="Write the token to this file, readable by you only (0600), instead of printing it.")]

@@ -18,21 +18,20 @@ import hashlib
 import math
 import os
 from collections import Counter
-from numbers import Real
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from humwatch.data.clips import SPLITS, Clip, read_clips_csv, write_clips_csv
 from humwatch.errors import ConfigError, DatasetError
+from humwatch.settings import FRACTION, SEED, check_value
 
 
 def study_split(clips: Iterable[Clip], seed: int = 0, test: float = 0.25, val: float = 0.1) -> list[Clip]:
     """Every clip with ``split`` set to ``train``/``val``/``test``, sorted by path (see module doc)."""
     test = fraction(test, "test")
     val = fraction(val, "val")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"seed must be a whole number 0 or more, got {seed!r}")
+    check_value(seed, SEED, "seed")
     clips = sorted(clips, key=lambda c: c.path)
     for a, b in zip(clips, clips[1:]):
         if a.path == b.path:
@@ -107,12 +106,7 @@ def load_split(path: str | os.PathLike) -> list[Clip]:
 
 def fraction(value, name: str) -> float:
     """``value`` as a float from 0 to below 1, or a :class:`ConfigError` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise ConfigError(f"{name} fraction must be a number from 0 to below 1, got {value!r}")
-    value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise ConfigError(f"{name} fraction must be from 0 to below 1, got {value}")
-    return value
+    return check_value(value, FRACTION, f"{name} fraction")
 
 
 def _round(x: float) -> int:

@@ -14,8 +14,12 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
 
 from humwatch.errors import ConfigError
+from humwatch.settings import CONTAMINATION, AnyOf, Const, Rule, check_value
 
 STATE_FORMAT = "humwatch.detector/1"
+
+CONTAMINATION_OR_AUTO = AnyOf((Const("auto"), CONTAMINATION))
+"""``contamination`` of ``lof`` and ``iforest``: scikit-learn's ``"auto"`` or a share of outliers."""
 
 
 class DetectorNotFittedError(ConfigError, NotFittedError):
@@ -24,44 +28,12 @@ class DetectorNotFittedError(ConfigError, NotFittedError):
 
 
 # --------------------------------------------------------------------------- validation helpers
+# Parameters are checked by the rules of :mod:`humwatch.settings` (each detector's ``param_rules``),
+# with the same words as every other setting humwatch checks.
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_int(det: str, name: str, value: Any, low: int) -> None:
-    if not _is_int(value) or value < low:
-        raise ConfigError(f"detector '{det}': {name} must be an integer >= {low}, got {value!r}")
-
-
-def _check_contamination(det: str, name: str, value: Any, allow_auto: bool) -> None:
-    if allow_auto and isinstance(value, str) and value == "auto":
-        return
-    ok = _is_real(value) and 0.0 < float(value) <= 0.5
-    if not ok:
-        extra = " or 'auto'" if allow_auto else ""
-        raise ConfigError(f"detector '{det}': {name} must be a number in (0, 0.5]{extra}, got {value!r}")
-
-
-def _check_bool(det: str, name: str, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ConfigError(f"detector '{det}': {name} must be true or false, got {value!r}")
-
-
-def _check_random_state(det: str, value: Any) -> None:
-    if value is None or isinstance(value, np.random.RandomState):
-        return
-    if _is_int(value) and 0 <= value < 2**32:
-        return
-    raise ConfigError(
-        f"detector '{det}': random_state must be None, an integer in [0, 2**32) or a "
-        f"numpy RandomState, got {value!r}"
-    )
 
 
 def _resolve_seed(random_state: Any) -> int:
@@ -108,8 +80,9 @@ class Detector(BaseEstimator):
     """Base class: input checks, optional standardisation, the 0/1 ``predict`` and state I/O.
 
     Subclasses set ``name``, ``has_decision``, list their hyper-parameters in ``__init__`` and
-    implement ``_check_params``, ``_min_samples``, ``_fit(Z)``, ``_score(Z)`` and (when
-    ``has_decision``) ``_predict(Z)``, plus ``_state`` / ``_restore`` for saving.
+    say how each is checked in ``param_rules`` (rules of :mod:`humwatch.settings`; checks across
+    parameters in ``_check_across``), and implement ``_min_samples``, ``_fit(Z)``, ``_score(Z)`` and
+    (when ``has_decision``) ``_predict(Z)``, plus ``_state`` / ``_restore`` for saving.
     ``Z`` is X after the optional scaler.
     """
 
@@ -118,9 +91,19 @@ class Detector(BaseEstimator):
     #: hyper-parameters that are tuples in Python and lists in JSON
     _tuple_params: ClassVar[tuple[str, ...]] = ()
 
+    #: {hyper-parameter: rule}: every ``__init__`` parameter's check (tests/test_one_way_to_check.py
+    #: checks that none is left out). Checking never changes a parameter (scikit-learn's convention).
+    param_rules: ClassVar[dict[str, Rule]] = {}
+
+    def _check_params(self) -> None:
+        """Every hyper-parameter against its rule: one ConfigError line ``detector 'NAME': PARAM must be ...``."""
+        for param, rule in self.param_rules.items():
+            check_value(getattr(self, param), rule, param, f"detector '{self.name}'")
+        self._check_across()
+
     # ---- to be provided by subclasses
-    def _check_params(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _check_across(self) -> None:
+        """Checks across parameters (after each one's own); subclasses override."""
 
     def _min_samples(self) -> int:
         return 2

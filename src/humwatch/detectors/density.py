@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy.linalg import solve_triangular
 from sklearn.covariance import LedoitWolf
@@ -14,19 +12,16 @@ from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 
 from humwatch.detectors.base import (
+    CONTAMINATION_OR_AUTO,
     Detector,
     _as_matrix,
-    _check_bool,
-    _check_contamination,
-    _check_int,
-    _check_random_state,
     _is_int,
-    _is_real,
     _need,
     _RefitFromTraining,
     _resolve_seed,
 )
 from humwatch.errors import ConfigError
+from humwatch.settings import RANDOM_STATE, AnyOf, Bool, Const, Int, OneOf, Real
 
 
 # ----------------------------------------------------------------------------- Mahalanobis
@@ -44,8 +39,7 @@ class MahalanobisDetector(Detector):
     def __init__(self, standardize=False):
         self.standardize = standardize
 
-    def _check_params(self) -> None:
-        _check_bool(self.name, "standardize", self.standardize)
+    param_rules = {"standardize": Bool()}
 
     def _fit(self, Z: np.ndarray) -> None:
         lw = LedoitWolf().fit(Z)
@@ -143,19 +137,9 @@ class GmmDetector(Detector):
         self.random_state = random_state
         self.standardize = standardize
 
-    def _check_params(self) -> None:
-        _check_int(self.name, "n_components", self.n_components, 1)
-        if self.covariance_type not in ("full", "tied", "diag", "spherical"):
-            raise ConfigError(
-                f"detector '{self.name}': covariance_type must be full, tied, diag or spherical, "
-                f"got {self.covariance_type!r}"
-            )
-        if not _is_real(self.reg_covar) or not (float(self.reg_covar) >= 0.0 and math.isfinite(self.reg_covar)):
-            raise ConfigError(f"detector '{self.name}': reg_covar must be a number >= 0, got {self.reg_covar!r}")
-        _check_int(self.name, "max_iter", self.max_iter, 1)
-        _check_int(self.name, "n_init", self.n_init, 1)
-        _check_random_state(self.name, self.random_state)
-        _check_bool(self.name, "standardize", self.standardize)
+    param_rules = {"n_components": Int(1), "covariance_type": OneOf(("full", "tied", "diag", "spherical")),
+                   "reg_covar": Real(0.0, text=False), "max_iter": Int(1), "n_init": Int(1), "random_state": RANDOM_STATE,
+                   "standardize": Bool()}
 
     def _make(self) -> GaussianMixture:
         return GaussianMixture(n_components=self.n_components_, covariance_type=self.covariance_type,
@@ -215,19 +199,10 @@ class IForestDetector(_RefitFromTraining):
         self.random_state = random_state
         self.standardize = standardize
 
-    def _check_params(self) -> None:
-        _check_int(self.name, "n_estimators", self.n_estimators, 1)
-        ms = self.max_samples
-        ok = (isinstance(ms, str) and ms == "auto") or (_is_int(ms) and ms >= 1) or (
-            _is_real(ms) and not _is_int(ms) and 0.0 < float(ms) <= 1.0)
-        if not ok:
-            raise ConfigError(
-                f"detector '{self.name}': max_samples must be 'auto', an integer >= 1 or a "
-                f"fraction in (0, 1], got {ms!r}"
-            )
-        _check_contamination(self.name, "contamination", self.contamination, allow_auto=True)
-        _check_random_state(self.name, self.random_state)
-        _check_bool(self.name, "standardize", self.standardize)
+    param_rules = {"n_estimators": Int(1),
+                   "max_samples": AnyOf((Const("auto"), Int(1), Real(0.0, 1.0, open_low=True, text=False)),
+                                        "'auto', a whole number 1 or more or a share above 0 and at most 1"),
+                   "contamination": CONTAMINATION_OR_AUTO, "random_state": RANDOM_STATE, "standardize": Bool()}
 
     def _fit(self, Z: np.ndarray) -> None:
         self.seed_ = _resolve_seed(self.random_state)  # on load random_state is the saved seed

@@ -42,8 +42,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.covariance import LedoitWolf
 
-from humwatch.detectors.base import _check_bool, _check_int, _is_real, _RefitFromTraining
+from humwatch.detectors.base import _RefitFromTraining
 from humwatch.errors import ConfigError
+from humwatch.settings import Bool, Int, OneOf, Real
 
 METRICS = ("mahalanobis", "euclidean", "cosine")
 POOLS = ("max", "gem", "mean")
@@ -104,17 +105,8 @@ class KnnLdnDetector(_RefitFromTraining):
         self.gem_p = gem_p
         self.standardize = standardize
 
-    def _check_params(self) -> None:
-        _check_int(self.name, "n_neighbors", self.n_neighbors, 1)
-        _check_int(self.name, "density_neighbors", self.density_neighbors, 1)
-        _check_int(self.name, "segments", self.segments, 1)
-        if self.metric not in METRICS:
-            raise ConfigError(f"detector '{self.name}': metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
-        if self.pool not in POOLS:
-            raise ConfigError(f"detector '{self.name}': pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
-        if not _is_real(self.gem_p) or not 1.0 <= float(self.gem_p) <= 100.0:
-            raise ConfigError(f"detector '{self.name}': gem_p must be a number from 1 to 100, got {self.gem_p!r}")
-        _check_bool(self.name, "standardize", self.standardize)
+    param_rules = {"n_neighbors": Int(1), "density_neighbors": Int(1), "metric": OneOf(METRICS), "segments": Int(1),
+                   "pool": OneOf(POOLS), "gem_p": Real(1.0, 100.0, text=False), "standardize": Bool()}
 
     def _min_samples(self) -> int:
         return 2  # a density needs one other clip

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 from sklearn.neighbors import LocalOutlierFactor
 
-from humwatch.detectors.base import _check_bool, _check_contamination, _check_int, _RefitFromTraining
+from humwatch.detectors.base import CONTAMINATION_OR_AUTO, _RefitFromTraining
 from humwatch.errors import ConfigError
+from humwatch.settings import CONTAMINATION, Bool, Int, OneOf, Optional, Seq
 
 #: Metrics accepted by the LOF detectors (a subset of scikit-learn's neighbour metrics that make
 #: sense for real-valued embeddings without extra parameters). Default ``minkowski`` with
@@ -18,11 +19,6 @@ LOF_METRICS = ("minkowski", "euclidean", "l2", "manhattan", "l1", "cityblock", "
 
 
 # ---------------------------------------------------------------------------------- LOF family
-
-
-def _check_metric(det: str, metric: Any) -> None:
-    if metric not in LOF_METRICS:
-        raise ConfigError(f"detector '{det}': metric must be one of {', '.join(LOF_METRICS)}, got {metric!r}")
 
 
 class LofVoteDetector(_RefitFromTraining):
@@ -67,22 +63,15 @@ class LofVoteDetector(_RefitFromTraining):
         self.metric = metric
         self.standardize = standardize
 
-    def _check_params(self) -> None:
-        _check_int(self.name, "n_neighbors", self.n_neighbors, 1)
-        cs = self.contaminations
-        if isinstance(cs, (str, bytes)) or not hasattr(cs, "__len__") or len(cs) == 0:
-            raise ConfigError(f"detector '{self.name}': contaminations must be a non-empty list of numbers, got {cs!r}")
-        for c in cs:
-            _check_contamination(self.name, "each of contaminations", c, allow_auto=False)
-        if self.min_votes is not None:
-            _check_int(self.name, "min_votes", self.min_votes, 1)
-            if self.min_votes > len(cs):
-                raise ConfigError(
-                    f"detector '{self.name}': min_votes={self.min_votes} is more than the "
-                    f"{len(cs)} voters"
-                )
-        _check_metric(self.name, self.metric)
-        _check_bool(self.name, "standardize", self.standardize)
+    param_rules = {"n_neighbors": Int(1), "contaminations": Seq(CONTAMINATION), "min_votes": Optional(Int(1)),
+                   "metric": OneOf(LOF_METRICS), "standardize": Bool()}
+
+    def _check_across(self) -> None:
+        if self.min_votes is not None and self.min_votes > len(self.contaminations):
+            raise ConfigError(
+                f"detector '{self.name}': min_votes={self.min_votes} is more than the "
+                f"{len(self.contaminations)} voters"
+            )
 
     def _min_samples(self) -> int:
         return self.n_neighbors + 1
@@ -141,11 +130,8 @@ class LofDetector(_RefitFromTraining):
         self.metric = metric
         self.standardize = standardize
 
-    def _check_params(self) -> None:
-        _check_int(self.name, "n_neighbors", self.n_neighbors, 1)
-        _check_contamination(self.name, "contamination", self.contamination, allow_auto=True)
-        _check_metric(self.name, self.metric)
-        _check_bool(self.name, "standardize", self.standardize)
+    param_rules = {"n_neighbors": Int(1), "contamination": CONTAMINATION_OR_AUTO, "metric": OneOf(LOF_METRICS),
+                   "standardize": Bool()}
 
     def _min_samples(self) -> int:
         return self.n_neighbors + 1
@@ -189,9 +175,7 @@ class KnnDetector(_RefitFromTraining):
         self.n_neighbors = n_neighbors
         self.standardize = standardize
 
-    def _check_params(self) -> None:
-        _check_int(self.name, "n_neighbors", self.n_neighbors, 1)
-        _check_bool(self.name, "standardize", self.standardize)
+    param_rules = {"n_neighbors": Int(1), "standardize": Bool()}
 
     def _min_samples(self) -> int:
         return self.n_neighbors

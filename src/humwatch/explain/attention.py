@@ -32,6 +32,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from humwatch.errors import ConfigError
+from humwatch.settings import Real, check_value
 
 N_CLASS_TOKENS = 2
 """AST's CLS and distillation tokens, in front of the patches."""
@@ -193,8 +194,7 @@ def attention_rollout(attn, head_fusion: str = "mean", residual: float = 0.5) ->
     fuse = {"mean": np.mean, "max": np.max, "min": np.min}.get(head_fusion)
     if fuse is None:
         raise ConfigError(f"unknown head fusion {head_fusion!r} (choose from mean, max, min)")
-    if not 0.0 <= residual <= 1.0:
-        raise ConfigError(f"rollout residual must be in [0, 1], got {residual}")
+    check_value(residual, Real(0.0, 1.0, text=False), "rollout residual")
     if not isinstance(attn, (list, tuple)):
         a = _as_numpy(attn)
         if a.ndim == 3:

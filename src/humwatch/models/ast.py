@@ -38,6 +38,7 @@ from humwatch.features import AST_PARAMS, get_frontend
 from humwatch.models.lazy import LazyBackbone
 from humwatch.models.registry import Backbone, check_config, quiet_hf_loading, random_init_context, register_backbone
 from humwatch.models.weights import WeightsInfo, check_meta_backbone, read_meta, resolve_weights
+from humwatch.settings import Int, check_value
 
 log = logging.getLogger("humwatch")
 
@@ -130,8 +131,7 @@ class ASTBackbone(Backbone):
 
 def _check_arch(cfg: dict) -> None:
     for k, v in cfg.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"backbone 'ast': config {k} must be a positive integer, got {v!r}")
+        check_value(v, Int(1), f"config {k}", "backbone 'ast'")
     if "hidden_size" in cfg or "num_attention_heads" in cfg:
         h = cfg.get("hidden_size", ARCH_DEFAULTS["hidden_size"])
         n = cfg.get("num_attention_heads", ARCH_DEFAULTS["num_attention_heads"])

@@ -30,6 +30,7 @@ from __future__ import annotations
 from humwatch.errors import ConfigError
 from humwatch.models.lazy import LazyBackbone
 from humwatch.models.registry import Backbone, check_config, register_backbone
+from humwatch.settings import Int, Real, Seq, check_value
 
 NAME = "features"
 ARCH_DEFAULTS = dict(n_mels=64, hop_length=160, n_fft=1024, percentiles=[10, 50, 90, 99],
@@ -78,11 +79,8 @@ def n_statistics(arch: dict) -> int:
 def _check_arch(arch: dict) -> dict:
     for k in ("n_mels", "hop_length", "n_fft"):
         v = arch[k]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"backbone {NAME!r}: config {k} must be a positive integer, got {v!r}")
-    ps = arch["percentiles"]
-    if not isinstance(ps, (list, tuple)) or not ps or not all(isinstance(p, (int, float)) and 0 <= p <= 100 for p in ps):
-        raise ConfigError(f"backbone {NAME!r}: config percentiles must be numbers from 0 to 100, got {ps!r}")
+        check_value(v, Int(1), f"config {k}", f"backbone {NAME!r}")
+    ps = check_value(arch["percentiles"], Seq(Real(0, 100, text=False)), "config percentiles", f"backbone {NAME!r}")
     bands = arch["modulation_hz"]
     nyquist = 16000 / arch["hop_length"] / 2
     ok = isinstance(bands, (list, tuple)) and all(

@@ -34,6 +34,7 @@ from torch import nn
 from humwatch.errors import ConfigError
 from humwatch.models.lazy import LazyBackbone
 from humwatch.models.registry import Backbone, check_config, random_init_context, register_backbone, state_fingerprint
+from humwatch.settings import Bool, Int, Real, check_value
 
 NAME = "idnet"
 SAMPLE_RATE = 16000
@@ -170,12 +171,9 @@ class IdNetBackbone(Backbone):
 def _check_arch(arch: dict) -> dict:
     for k in ("n_mels", "n_fft", "hop_length", "crop_frames", "embedding_dim"):
         v = arch[k]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"backbone {NAME!r}: config {k} must be a positive integer, got {v!r}")
-    if isinstance(arch["width"], bool) or not isinstance(arch["width"], (int, float)) or not 0 < arch["width"] <= 4:
-        raise ConfigError(f"backbone {NAME!r}: config width must be a number in (0, 4], got {arch['width']!r}")
-    if not isinstance(arch["waveform_branch"], bool):
-        raise ConfigError(f"backbone {NAME!r}: config waveform_branch must be true or false")
+        check_value(v, Int(1), f"config {k}", f"backbone {NAME!r}")
+    check_value(arch["width"], Real(0, 4, open_low=True, text=False), "config width", f"backbone {NAME!r}")
+    check_value(arch["waveform_branch"], Bool(), "config waveform_branch", f"backbone {NAME!r}")
     if arch["crop_frames"] < 8:
         raise ConfigError(f"backbone {NAME!r}: config crop_frames must be 8 or more (MobileFaceNet downsamples 16x)")
     return {**arch, "width": float(arch["width"])}

@@ -45,6 +45,7 @@ from humwatch.models.weights import (
     read_meta,
     resolve_weights,
 )
+from humwatch.settings import Int, check_value
 
 NAME = "resnext101_32x8d"
 DEFAULT_WEIGHTS = "timm/resnext101_32x8d.tv_in1k"
@@ -97,10 +98,7 @@ def _check_arch(arch: dict) -> dict:
             raise ConfigError(f"backbone {NAME!r}: config {k} must be 4 positive integers, got {v!r}")
         out[k] = [int(i) for i in v]
     for k in ("cardinality", "base_width", "stem_width"):
-        v = arch[k]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"backbone {NAME!r}: config {k} must be a positive integer, got {v!r}")
-        out[k] = int(v)
+        out[k] = check_value(arch[k], Int(1), f"config {k}", f"backbone {NAME!r}")
     for c in out["channels"]:  # timm's Bottleneck width: floor(planes * base_width / 64) * cardinality
         if math.floor(c * out["base_width"] / 64) < 1:
             raise ConfigError(

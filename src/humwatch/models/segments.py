@@ -17,9 +17,9 @@ over ten seconds (see :mod:`humwatch.detectors.local`). Other detectors take it 
 
 from __future__ import annotations
 
-from humwatch.errors import ConfigError
 from humwatch.models.lazy import LazyBackbone
 from humwatch.models.registry import Backbone, register_backbone
+from humwatch.settings import Int, check_value
 
 NAME = "features-segments"
 ARCH_DEFAULTS = dict(segments=20, n_mels=64, hop_length=160, n_fft=1024)
@@ -51,8 +51,7 @@ def _module(arch: dict):
 def _check_arch(arch: dict) -> dict:
     for k in ("segments", "n_mels", "hop_length", "n_fft"):
         v = arch[k]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"backbone {NAME!r}: config {k} must be a positive integer, got {v!r}")
+        check_value(v, Int(1), f"config {k}", f"backbone {NAME!r}")
     return dict(arch)
 
 

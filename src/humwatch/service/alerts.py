@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from humwatch.errors import ConfigError
 from humwatch.service.silences import last_silenced_clip, silenced_at
 from humwatch.service.store import Alert, ClipRow, Machine, utcnow
+from humwatch.settings import ALERT_COUNT, check_value
 
 log = logging.getLogger("humwatch.service")
 
@@ -47,8 +48,7 @@ class AlertRule:
     def __post_init__(self):
         for name in ("k", "n", "m"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1000:
-                raise ConfigError(f"alert rule: {name.upper()} must be a whole number from 1 to 1000, got {v!r}")
+            check_value(v, ALERT_COUNT, name.upper(), "alert rule")
         if self.k > self.n:
             raise ConfigError(f"alert rule: K ({self.k}) cannot be more than N ({self.n})")
 

@@ -19,6 +19,13 @@ from humwatch.settings import Bool, Int, Optional, Real, Settings, Text, setting
 ENV = "HUMWATCH_SERVICE_SETTINGS"
 EMAIL_RE = re.compile(r"^[^@\s,<>\"]{1,64}@[A-Za-z0-9.-]{1,253}$")
 
+PORT = Int(1, 65535)
+"""A TCP port (the server's, the SMTP server's)."""
+RETRIES = Int(0, 20)
+"""Retries after a notification's first attempt (webhook, e-mail)."""
+BACKOFF_SECONDS = Real(0, 600, open_low=True)
+"""Seconds before a notification's first retry (doubling after)."""
+
 
 @dataclass
 class ServiceSettings(Settings):
@@ -37,14 +44,14 @@ class ServiceSettings(Settings):
     webhook: str | None = setting(None, Optional(Text()), "URL POSTed a JSON document when an alert opens, is "
                                   "acknowledged or closes")
     webhook_secret: str | None = setting(None, Optional(Text()), "sign webhook bodies with HMAC-SHA256 of this secret")
-    webhook_retries: int = setting(5, Int(0, 20), "webhook retries after the first attempt")
-    webhook_backoff: float = setting(1.0, Real(0, 600, open_low=True), "seconds before the first retry (doubling)")
+    webhook_retries: int = setting(5, RETRIES, "webhook retries after the first attempt")
+    webhook_backoff: float = setting(1.0, BACKOFF_SECONDS, "seconds before the first retry (doubling)")
     smtp_host: str | None = setting(None, Optional(Text()), "SMTP server that alert e-mails go through")
-    smtp_port: int = setting(25, Int(1, 65535), "its port")
+    smtp_port: int = setting(25, PORT, "its port")
     smtp_from: str | None = setting(None, Optional(Text()), "the e-mails' From address")
     smtp_starttls: bool = setting(False, Bool(), "upgrade the SMTP connection with STARTTLS")
-    smtp_retries: int = setting(3, Int(0, 20), "e-mail retries after the first attempt")
-    smtp_backoff: float = setting(5.0, Real(0, 600, open_low=True), "seconds before the first e-mail retry (doubling)")
+    smtp_retries: int = setting(3, RETRIES, "e-mail retries after the first attempt")
+    smtp_backoff: float = setting(5.0, BACKOFF_SECONDS, "seconds before the first e-mail retry (doubling)")
     notify_email: str | None = setting(None, Optional(Text()), "comma-separated addresses e-mailed alert events")
     public_url: str | None = setting(None, Optional(Text()), "the dashboard's address, for links in notifications")
     max_failed_logins: int = setting(100, Int(0, 1_000_000), "unknown or revoked tokens one client address may show "

@@ -43,7 +43,7 @@ from typing import ClassVar
 
 from humwatch.errors import ConfigError, HumwatchError
 from humwatch.io import atomic_path, write_json, write_text
-from humwatch.settings import Int, Optional, Real, Settings, Text, setting
+from humwatch.settings import WINDOW_SECONDS, Int, Optional, Real, Settings, Text, setting
 
 log = logging.getLogger("humwatch.listen")
 RETRY_STATUSES = (408, 429)
@@ -71,7 +71,7 @@ class ListenSettings(Settings):
     server: str = setting("http://127.0.0.1:8000", Text(), "the service's URL")
     machine: str | None = setting(None, Optional(Text()), "machine name (watch mode: else DIR/<machine>/)")
     spool: str = setting("", Text(), "spool folder")
-    seconds: float = setting(10.0, Real(0.5, 600), "clip length (seconds)")
+    seconds: float = setting(10.0, WINDOW_SECONDS, "clip length (seconds)")
     sample_rate: int = setting(16000, Int(8000, 192000), "microphone sample rate")
     channels: int = setting(1, Int(1, 64), "microphone channels")
     retry_max: float = setting(30.0, Real(0.1, 3600), "longest wait between retries (seconds)")

@@ -6,6 +6,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, Field
 
+from humwatch.settings import ALERT_COUNT
+
 
 class Clip(BaseModel):
     clip_id: int
@@ -89,9 +91,10 @@ class AlertsPage(BaseModel):
 
 
 class AlertRuleIn(BaseModel):
-    k: int = Field(ge=1, le=1000, description="Anomalous clips among the last N that open an alert.")
-    n: int = Field(ge=1, le=1000)
-    m: int = Field(ge=1, le=1000, description="Normal clips in a row that close it.")
+    # the bounds of humwatch.settings.ALERT_COUNT, which AlertRule checks too
+    k: int = Field(ge=ALERT_COUNT.low, le=ALERT_COUNT.high, description="Anomalous clips among the last N that open an alert.")
+    n: int = Field(ge=ALERT_COUNT.low, le=ALERT_COUNT.high)
+    m: int = Field(ge=ALERT_COUNT.low, le=ALERT_COUNT.high, description="Normal clips in a row that close it.")
 
 
 class SilenceIn(BaseModel):

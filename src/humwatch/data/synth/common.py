@@ -4,7 +4,6 @@ kinds, the output levels, argument checks, 16-bit rounding and the merging CSV w
 from __future__ import annotations
 
 import csv
-import math
 import numbers
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 
 from humwatch.errors import ConfigError
 from humwatch.io import write_csv
+from humwatch.settings import SEED, WINDOW_SECONDS, Int, Real, check_value
 
 MACHINES = ("fan", "pump", "valve", "slider")
 """The four MIMII machine types."""
@@ -35,8 +35,14 @@ normal clips peak below -8 dBFS and even strong impacts (pump contamination, rai
 rarely reach the limiter; valves sit lowest because their clicks have a 35-40 dB crest factor."""
 PEAK_LIMIT = 0.98
 """A clip whose peak would exceed this (full scale 1.0) is scaled down to it (rare; never clips)."""
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 96000
+SYNTH_SAMPLE_RATE = Int(8000, 96000)
+"""The sample rates the built-in data is written at (Hz)."""
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = SYNTH_SAMPLE_RATE.low, SYNTH_SAMPLE_RATE.high
 MAX_CLIPS_PER_FOLDER = 10**8  # file names have 8 digits, as MIMII's
+CLIP_COUNT = Int(0, MAX_CLIPS_PER_FOLDER)
+SNR_DB = Real(-40.0, 60.0, text=False)
+"""The machine-to-background level of the built-in data (dB)."""
+CHANNELS = Int(1, 32)
 
 
 def _check_args(machines, ids, n_normal, n_anomalous, snr_db, seed, seconds, sample_rate, channels):
@@ -69,33 +75,14 @@ def _check_args(machines, ids, n_normal, n_anomalous, snr_db, seed, seconds, sam
         raise ConfigError(f"ids: an id is listed twice in {', '.join(map(str, ids))}")
 
     for name, v in (("n_normal", n_normal), ("n_anomalous", n_anomalous)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise ConfigError(f"{name} must be a whole number, got {v!r}")
-        if v < 0:
-            raise ConfigError(f"{name} must be 0 or more, got {v}")
-        if v > MAX_CLIPS_PER_FOLDER:
-            raise ConfigError(f"{name} must be at most {MAX_CLIPS_PER_FOLDER}, got {v}")
+        check_value(v, CLIP_COUNT, name)
     if n_normal == 0 and n_anomalous == 0:
         raise ConfigError("n_normal and n_anomalous are both 0: nothing to generate")
-
-    if isinstance(snr_db, bool) or not isinstance(snr_db, numbers.Real) or not math.isfinite(snr_db):
-        raise ConfigError(f"snr_db must be a finite number of dB, got {snr_db!r}")
-    if not -40.0 <= snr_db <= 60.0:
-        raise ConfigError(f"snr_db must be between -40 and 60 dB, got {snr_db}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ConfigError(f"seed must be a whole number 0 or more, got {seed!r}")
-    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not math.isfinite(seconds):
-        raise ConfigError(f"seconds must be a number, got {seconds!r}")
-    if not 0.5 <= seconds <= 600.0:
-        raise ConfigError(f"seconds must be between 0.5 and 600, got {seconds}")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral):
-        raise ConfigError(f"sample_rate must be a whole number of Hz, got {sample_rate!r}")
-    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise ConfigError(f"sample_rate must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz, got {sample_rate}")
-    if isinstance(channels, bool) or not isinstance(channels, numbers.Integral):
-        raise ConfigError(f"channels must be a whole number, got {channels!r}")
-    if not 1 <= channels <= 32:
-        raise ConfigError(f"channels must be between 1 and 32, got {channels}")
+    check_value(snr_db, SNR_DB, "snr_db")
+    check_value(seed, SEED, "seed")
+    check_value(seconds, WINDOW_SECONDS, "seconds")
+    check_value(sample_rate, SYNTH_SAMPLE_RATE, "sample_rate")
+    check_value(channels, CHANNELS, "channels")
     return machines, id_nums
 
 

@@ -48,6 +48,7 @@ from humwatch.data.synth.products import _SOURCES, _machine_key, _nominal_power
 from humwatch.data.synth.room import _background, _pad, _to_array
 from humwatch.data.synth.signals import _power
 from humwatch.errors import ConfigError
+from humwatch.settings import Int, check_value
 
 YEARS = (2023, 2024)
 DOMAINS = ("source", "target")
@@ -222,8 +223,7 @@ def _check(year, machines, sections, n_source_train, n_target_train, n_test, snr
         raise ConfigError(f"sections: a section is listed twice in {', '.join(map(str, sections))}")
     for name, v in (("source training clips", n_source_train), ("target training clips", n_target_train),
                     ("test clips", n_test)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v < MAX_CLIPS:
-            raise ConfigError(f"{name} must be a whole number from 0 to {MAX_CLIPS - 1}, got {v!r}")
+        check_value(v, Int(0, MAX_CLIPS - 1), name)
     if n_source_train + n_target_train + n_test == 0:
         raise ConfigError("no training and no test clips: nothing to generate")
     return year, machines, secs
