@@ -166,6 +166,19 @@ class Monitor:
         check_method_matches(mon, mj)
         return mon
 
+    # -- the Python API (docs/api.md) -----------------------------------------------------------
+    def score(self, recordings, *, skip_bad: bool = False, progress: bool = False, cache_dir=None):
+        """Score ``recordings`` (paths, folders, :class:`Clip` objects, ``(array, sample_rate)``
+        pairs or a dict ``name -> (array, sample_rate)``: :func:`humwatch.recordings.as_recordings`)
+        window by window, as :meth:`score_windows`; returns a :class:`humwatch.recordings.Scores`:
+        one typed result per recording (higher = more anomalous) and, with ``skip_bad``, the
+        skipped ones with their reasons (without it, the first unusable one is an error)."""
+        from humwatch.recordings import as_recordings, collect
+
+        names, clips = as_recordings(recordings)
+        windows, scores, skipped = self.score_windows(clips, skip_bad=skip_bad, progress=progress, cache_dir=cache_dir)
+        return collect(names, clips, windows, scores, skipped, self.threshold, self.audio.seconds or 10.0)
+
 
 THRESHOLD_SPREADS = 1000
 """How far above the calibration scores a threshold may lie, in units of their size (see :func:`check_threshold`)."""

@@ -37,6 +37,8 @@ NaN/inf, has the wrong number of features at score time, too few training sample
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 import numpy as np
@@ -101,3 +103,13 @@ def create_detector(name: str, **params: Any) -> Detector:
 def detector_from_state(meta: dict, arrays: dict[str, np.ndarray]) -> Detector:
     """Same as :meth:`Detector.from_state`: rebuild a fitted detector from :meth:`Detector.state`."""
     return Detector.from_state(meta, arrays)
+
+
+class _CallableRegistry(types.ModuleType):
+    """``humwatch.detectors()`` (docs/api.md): this package, called, lists the detector names."""
+
+    def __call__(self) -> list[str]:
+        return list_detectors()
+
+
+sys.modules[__name__].__class__ = _CallableRegistry
