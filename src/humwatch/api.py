@@ -44,7 +44,7 @@ def fit(data: Any, method: str | None = None, settings: Mapping[str, Any] | None
     files included; an ``abnormal/`` subfolder only reports an AUC), a ``.csv`` manifest, or
     recordings as :meth:`Monitor.score` takes them (paths, :class:`~humwatch.data.Clip` objects,
     ``(array, sample_rate)`` pairs, a dict ``name -> (array, sample_rate)``: all healthy but Clips
-    labelled anomalous). ``method``: a name of :func:`methods` or a one-line spec
+    labelled anomalous). ``method``: a name of ``humwatch.methods()`` or a one-line spec
     (``embed-detect:backbone=features,detector=knn``); ``settings`` override it. None: the command
     line's default (:data:`DEFAULT_METHOD`). The threshold is calibrated so that
     ``false_alarm_rate`` of normal ``seconds``-long windows would alarm (:mod:`humwatch.calibrate`).
@@ -64,7 +64,7 @@ def fit(data: Any, method: str | None = None, settings: Mapping[str, Any] | None
         raise ConfigError(f"channel must be a whole number (a microphone, from 0) or None, got {channel!r}")
     clips = _training_clips(data, layout)
     if out is not None:
-        check_holds_none(out, (c.path for c in clips if not c.path.startswith("<memory>/")), option="out")
+        check_holds_none(out, (c.path for c in clips if getattr(c, "samples", None) is None), option="out")  # files only
     mon, summary = fit_monitor(
         clips, name, s, false_alarm_rate=false_alarm_rate, threshold_method=threshold_method, folds=folds,
         seconds=seconds, hop=hop, seed=seed, audio=AudioSettings(channel=channel), skip_bad=skip_bad,
