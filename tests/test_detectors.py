@@ -60,7 +60,7 @@ def test_registry_lists_the_six_detectors():
 def test_each_detector_scores_outliers_higher(name, blob):
     train, X_test, y_test = blob
     det = create_detector(name).fit(train)
-    scores = det.score_samples(X_test)
+    scores = det.anomaly_score(X_test)
     assert scores.shape == (len(X_test),) and scores.dtype == np.float64
     assert np.isfinite(scores).all()
     assert roc_auc_score(y_test, scores) > 0.95
@@ -130,7 +130,7 @@ def test_lof_vote_predict_is_the_majority_of_the_four(vote_case):
 def test_lof_vote_score_is_the_continuous_lof_value_and_votes_a_step_of_it(vote_case):
     train, ray = vote_case
     det = create_detector("lof-vote").fit(train)
-    scores = det.score_samples(ray)
+    scores = det.anomaly_score(ray)
     votes = det.votes(ray)
     lof_value = -np.mean([lof.score_samples(ray) for lof in det.lofs_], axis=0)
     np.testing.assert_allclose(scores, lof_value, rtol=0, atol=1e-12)
@@ -138,8 +138,8 @@ def test_lof_vote_score_is_the_continuous_lof_value_and_votes_a_step_of_it(vote_
     order = np.argsort(scores, kind="stable")
     assert (np.diff(votes[order]) >= 0).all() and set(votes) <= {0, 1, 2, 3, 4}
     # no ceiling: a point far from the training data scores far above every training score
-    far = det.score_samples(train.mean(axis=0, keepdims=True) + 1000.0)
-    assert far[0] > 100 * det.score_samples(train).max()
+    far = det.anomaly_score(train.mean(axis=0, keepdims=True) + 1000.0)
+    assert far[0] > 100 * det.anomaly_score(train).max()
 
 
 # ----------------------------------------------------------------------------------- knn
@@ -148,14 +148,14 @@ def test_lof_vote_score_is_the_continuous_lof_value_and_votes_a_step_of_it(vote_
 def test_knn_is_mean_cosine_distance_and_scale_invariant(blob):
     train, X_test, _ = blob
     det = create_detector("knn", n_neighbors=5).fit(train)
-    scores = det.score_samples(X_test)
+    scores = det.anomaly_score(X_test)
     expected = np.sort(cdist(X_test, train, metric="cosine"), axis=1)[:, :5].mean(axis=1)
     np.testing.assert_allclose(scores, expected, rtol=1e-9, atol=1e-12)
     for c in (0.01, 3.0, 1000.0):
-        np.testing.assert_allclose(det.score_samples(c * X_test), scores, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(det.anomaly_score(c * X_test), scores, rtol=1e-9, atol=1e-12)
     # a euclidean detector is not scale-invariant, so this is a real check of the metric
     lof = create_detector("lof").fit(train)
-    assert not np.allclose(lof.score_samples(3.0 * X_test), lof.score_samples(X_test))
+    assert not np.allclose(lof.anomaly_score(3.0 * X_test), lof.anomaly_score(X_test))
 
 
 # ----------------------------------------------------------------------------- standardize
@@ -166,8 +166,8 @@ def test_standardize_makes_scores_independent_of_feature_units(name, blob):
     train, X_test, _ = blob
     units = np.array([1000.0, 0.01])  # one feature in very different units
     std = create_detector(name, standardize=True)
-    a = clone(std).fit(train).score_samples(X_test)
-    b = clone(std).fit(train * units).score_samples(X_test * units)
+    a = clone(std).fit(train).anomaly_score(X_test)
+    b = clone(std).fit(train * units).anomaly_score(X_test * units)
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
     fitted = clone(std).fit(train)
     np.testing.assert_allclose(fitted.scaler_.mean_, train.mean(axis=0))
@@ -177,8 +177,8 @@ def test_standardize_makes_scores_independent_of_feature_units(name, blob):
 def test_without_standardize_units_matter(blob):
     train, X_test, y_test = blob
     units = np.array([1.0, 1000.0])
-    raw = create_detector("lof").fit(train * units).score_samples(X_test * units)
-    std = create_detector("lof", standardize=True).fit(train * units).score_samples(X_test * units)
+    raw = create_detector("lof").fit(train * units).anomaly_score(X_test * units)
+    std = create_detector("lof", standardize=True).fit(train * units).anomaly_score(X_test * units)
     assert not np.allclose(raw, std)
     assert roc_auc_score(y_test, std) > 0.95
 
@@ -198,11 +198,11 @@ def test_get_set_params_and_clone(name, blob):
     twin = clone(det)
     assert twin.get_params() == params and twin is not det
     with pytest.raises(NotFittedError):  # a clone is unfitted ...
-        twin.score_samples(X_test)
+        twin.anomaly_score(X_test)
     with pytest.raises(DetectorNotFittedError) as e:  # ... and that is also a ConfigError
-        twin.score_samples(X_test)
+        twin.anomaly_score(X_test)
     assert isinstance(e.value, ConfigError)
-    np.testing.assert_allclose(twin.fit(train).score_samples(X_test), det.score_samples(X_test), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(twin.fit(train).anomaly_score(X_test), det.anomaly_score(X_test), rtol=0, atol=1e-9)
     det.set_params(standardize=False)
     assert det.get_params()["standardize"] is False
 
@@ -210,8 +210,8 @@ def test_get_set_params_and_clone(name, blob):
 def test_set_params_changes_the_fit(blob):
     train, X_test, _ = blob
     det = create_detector("knn")
-    a = det.fit(train).score_samples(X_test)
-    b = det.set_params(n_neighbors=20).fit(train).score_samples(X_test)
+    a = det.fit(train).anomaly_score(X_test)
+    b = det.set_params(n_neighbors=20).fit(train).anomaly_score(X_test)
     assert det.n_neighbors == 20 and not np.allclose(a, b)
 
 
@@ -219,9 +219,9 @@ def test_fit_copies_training_data(blob):
     train, X_test, _ = blob
     X = train.copy()
     det = create_detector("lof-vote").fit(X)
-    before = det.score_samples(X_test)
+    before = det.anomaly_score(X_test)
     X[:] = 0.0
-    np.testing.assert_array_equal(det.score_samples(X_test), before)
+    np.testing.assert_array_equal(det.anomaly_score(X_test), before)
 
 
 # ---------------------------------------------------------------------------- state I/O
@@ -250,7 +250,7 @@ def test_state_round_trip_is_exact(name, standardize, blob, tmp_path):
     for rebuild in (detector_from_state, Detector.from_state, DETECTORS[name].from_state):
         twin = rebuild(meta, loaded)
         assert type(twin) is type(det)
-        np.testing.assert_allclose(twin.score_samples(X_test), det.score_samples(X_test), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(twin.anomaly_score(X_test), det.anomaly_score(X_test), rtol=0, atol=1e-9)
         if det.has_decision:
             np.testing.assert_array_equal(twin.predict(X_test), det.predict(X_test))
 
@@ -281,7 +281,7 @@ def test_too_few_training_samples(name, n_ok):
         create_detector(name).fit(rng.normal(size=(n_ok - 1, 3)))
     _one_line(e)
     det = create_detector(name).fit(rng.normal(size=(n_ok, 3)))
-    assert np.isfinite(det.score_samples(rng.normal(size=(4, 3)))).all()
+    assert np.isfinite(det.anomaly_score(rng.normal(size=(4, 3)))).all()
 
 
 def test_lof_needs_n_neighbors_plus_one():
@@ -301,13 +301,13 @@ def test_bad_inputs_raise_one_line_config_errors(name, blob):
     _one_line(e)
     det = create_detector(name).fit(train)
     with pytest.raises(ConfigError, match="3 features but the detector was fitted on 2") as e:
-        det.score_samples(np.ones((4, 3)))
+        det.anomaly_score(np.ones((4, 3)))
     _one_line(e)
     with pytest.raises(ConfigError, match="NaN"):
-        det.score_samples(np.array([[np.inf, 0.0]]))
+        det.anomaly_score(np.array([[np.inf, 0.0]]))
     with pytest.raises(ConfigError, match="2-D"):
-        det.score_samples(np.ones(2))
-    assert det.score_samples(np.empty((0, 2))).shape == (0,)
+        det.anomaly_score(np.ones(2))
+    assert det.anomaly_score(np.empty((0, 2))).shape == (0,)
     with pytest.raises(ConfigError, match="numeric"):
         det.fit([["a", "b"], ["c", "d"]])
 
@@ -350,7 +350,7 @@ def test_gmm_components_capped_by_samples():
     X = np.random.default_rng(5).normal(size=(3, 2))
     det = create_detector("gmm", n_components=8).fit(X)
     assert det.n_components_ == 3 and det.get_params()["n_components"] == 8
-    assert np.isfinite(det.score_samples(X)).all()
+    assert np.isfinite(det.anomaly_score(X)).all()
 
 
 def test_lof_vote_is_the_class_behind_the_name():
@@ -368,7 +368,7 @@ def test_gmm_round_trip_every_covariance_type(covariance_type, blob):
     meta, arrays = det.state()
     assert sorted(arrays) == ["means", "precisions_cholesky", "weights"]
     twin = detector_from_state(json.loads(json.dumps(meta)), arrays)
-    np.testing.assert_allclose(twin.score_samples(X_test), det.score_samples(X_test), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(twin.anomaly_score(X_test), det.anomaly_score(X_test), rtol=0, atol=1e-9)
     np.testing.assert_allclose(twin.gmm_.covariances_, det.gmm_.covariances_, rtol=1e-9, atol=1e-12)
 
 
@@ -382,14 +382,14 @@ def test_scores_are_the_documented_formulas(blob):
     lw = LedoitWolf().fit(train)
     d = X_test - lw.location_
     expected = np.einsum("ij,jk,ik->i", d, lw.precision_, d)
-    np.testing.assert_allclose(create_detector("mahalanobis").fit(train).score_samples(X_test), expected, rtol=1e-10)
+    np.testing.assert_allclose(create_detector("mahalanobis").fit(train).anomaly_score(X_test), expected, rtol=1e-10)
     gm = GaussianMixture(n_components=4, reg_covar=1e-3, random_state=0).fit(train)
-    np.testing.assert_allclose(create_detector("gmm").fit(train).score_samples(X_test), -gm.score_samples(X_test), rtol=1e-10)
+    np.testing.assert_allclose(create_detector("gmm").fit(train).anomaly_score(X_test), -gm.score_samples(X_test), rtol=1e-10)
     forest = IsolationForest(random_state=0).fit(train)
-    np.testing.assert_allclose(create_detector("iforest").fit(train).score_samples(X_test), -forest.score_samples(X_test), rtol=1e-12)
+    np.testing.assert_allclose(create_detector("iforest").fit(train).anomaly_score(X_test), -forest.score_samples(X_test), rtol=1e-12)
     lof = LocalOutlierFactor(n_neighbors=4, novelty=True, contamination=0.1).fit(train)
     det = create_detector("lof").fit(train)
-    np.testing.assert_allclose(det.score_samples(X_test), -lof.score_samples(X_test), rtol=1e-12)
+    np.testing.assert_allclose(det.anomaly_score(X_test), -lof.score_samples(X_test), rtol=1e-12)
     np.testing.assert_array_equal(det.predict(X_test), (lof.predict(X_test) == -1).astype(int))
 
 
@@ -399,4 +399,4 @@ def test_failed_refit_leaves_detector_unfitted(blob):
     with pytest.raises(ConfigError, match="at least 5"):
         det.fit(train[:3])
     with pytest.raises(DetectorNotFittedError):
-        det.score_samples(X_test)
+        det.anomaly_score(X_test)

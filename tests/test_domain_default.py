@@ -22,8 +22,8 @@ def _clips(rng, n, click=0.0):
 
 def _flagged(det, train, ref, test) -> float:
     det.fit(train)
-    thr = np.quantile(det.score_samples(ref), 0.95)  # the 5 % false-alarm threshold on held-out normals
-    return float((det.score_samples(test) > thr).mean())
+    thr = np.quantile(det.anomaly_score(ref), 0.95)  # the 5 % false-alarm threshold on held-out normals
+    return float((det.anomaly_score(test) > thr).mean())
 
 
 def test_a_click_in_one_segment_is_kept_by_max_and_gem_and_averaged_away_by_mean():
@@ -69,10 +69,10 @@ def test_normal_scores_sit_near_one_in_tight_and_loose_clusters_alike():
     rng = np.random.default_rng(2)
     tight, loose = rng.normal(scale=0.1, size=(30, 4)), rng.normal(scale=3.0, size=(30, 4)) + 50.0
     det = create_detector("knn-ldn", metric="euclidean").fit(np.vstack([tight, loose]))
-    s_t = det.score_samples(rng.normal(scale=0.1, size=(40, 4)))
-    s_l = det.score_samples(rng.normal(scale=3.0, size=(40, 4)) + 50.0)
+    s_t = det.anomaly_score(rng.normal(scale=0.1, size=(40, 4)))
+    s_l = det.anomaly_score(rng.normal(scale=3.0, size=(40, 4)) + 50.0)
     assert 0.5 < np.median(s_t) < 2.0 and 0.5 < np.median(s_l) < 2.0
-    assert det.score_samples(np.array([[1.5, 0, 0, 0]]))[0] > 3.0  # 15 spreads from the tight cluster
+    assert det.anomaly_score(np.array([[1.5, 0, 0, 0]]))[0] > 3.0  # 15 spreads from the tight cluster
 
 
 @pytest.mark.parametrize("params", [{}, {"segments": 4, "pool": "gem", "metric": "cosine"}, {"metric": "euclidean"}])
@@ -83,7 +83,7 @@ def test_state_round_trip_gives_the_same_scores(params):
     meta, arrays = det.state()
     again = detector_from_state(meta, arrays)
     Q = rng.normal(size=(7, 16)) * 2
-    assert np.allclose(det.score_samples(Q), again.score_samples(Q))
+    assert np.allclose(det.anomaly_score(Q), again.anomaly_score(Q))
 
 
 @pytest.mark.parametrize("params,match", [
@@ -108,7 +108,7 @@ def test_features_that_do_not_split_into_segments_and_a_single_clip_are_refused(
 
 def test_duplicate_training_clips_give_finite_scores():
     X = np.vstack([np.ones((5, 3)), np.zeros((5, 3))])
-    s = create_detector("knn-ldn", metric="euclidean").fit(X).score_samples(np.array([[1.0, 1, 1], [0.5, 0.5, 0.5]]))
+    s = create_detector("knn-ldn", metric="euclidean").fit(X).anomaly_score(np.array([[1.0, 1, 1], [0.5, 0.5, 0.5]]))
     assert np.isfinite(s).all() and s[1] > s[0]
 
 

@@ -24,8 +24,8 @@ def test_per_section_detectors_score_against_their_own_section_and_unknown_secti
     one = SectionDetector(knn, per_section=False).fit(np.vstack([a, b]), clips)
     # a clip that sounds like machine b but is labelled a: only the per-section detector calls it anomalous
     x = np.array([[0, 5, 0.05]])
-    assert per.score_samples(x, [clip("a")])[0] > 0.5 > one.score_samples(x, [clip("a")])[0]
-    assert per.score_samples(x, [clip("zz")])[0] == pytest.approx(per.score_samples(x, [clip("b")])[0])
+    assert per.anomaly_score(x, [clip("a")])[0] > 0.5 > one.anomaly_score(x, [clip("a")])[0]
+    assert per.anomaly_score(x, [clip("zz")])[0] == pytest.approx(per.anomaly_score(x, [clip("b")])[0])
 
 
 def test_source_clips_become_kmeans_centres_only_where_target_clips_exist():
@@ -45,11 +45,11 @@ def test_normalisation_puts_sections_on_one_scale_and_round_trips():
     clips = [clip("a")] * 30 + [clip("b")] * 30
     sd = SectionDetector(lambda: create_detector("knn", n_neighbors=2), per_section=True, normalize=True).fit(X, clips)
     test = np.vstack([rng.normal(0, 1, (50, 4)), rng.normal(0, 100, (50, 4))])
-    s = sd.score_samples(test, [clip("a")] * 50 + [clip("b")] * 50)
+    s = sd.anomaly_score(test, [clip("a")] * 50 + [clip("b")] * 50)
     assert abs(np.median(s[:50]) - np.median(s[50:])) < 1.0  # raw scores would differ by ~100x
     meta, arrays = sd.state()
     back = SectionDetector.from_state(meta, arrays, per_section=True, normalize=True)
-    np.testing.assert_allclose(back.score_samples(test, [clip("a")] * 50 + [clip("b")] * 50), s)
+    np.testing.assert_allclose(back.anomaly_score(test, [clip("a")] * 50 + [clip("b")] * 50), s)
 
 
 def test_domain_aucs_follow_dcase_2022_and_the_official_score_is_a_harmonic_mean():

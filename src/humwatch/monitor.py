@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from humwatch.calibrate import THRESHOLD_METHODS, fit_monitor  # noqa: F401  (fi
 from humwatch.data.clips import Clip, expand_windows
 from humwatch.errors import HumwatchError, ConfigError
 from humwatch.io import check_manifest, check_weight_fingerprints, read_json_doc, weight_fingerprints, write_json, write_manifest
+
+if TYPE_CHECKING:
+    from humwatch.recordings import Scores  # Monitor.score's result (the Python API)
 
 log = logging.getLogger("humwatch")
 
@@ -165,6 +168,19 @@ class Monitor:
         mon = cls(method=method, threshold=threshold, settings=settings, reference=_load_reference(d, settings))
         check_method_matches(mon, mj)
         return mon
+
+    # -- the Python API (docs/api.md) -----------------------------------------------------------
+    def score(self, recordings, *, skip_bad: bool = False, progress: bool = False, cache_dir=None) -> Scores:
+        """Score ``recordings`` (paths, folders, :class:`Clip` objects, ``(array, sample_rate)``
+        pairs or a dict ``name -> (array, sample_rate)``: :func:`humwatch.recordings.as_recordings`)
+        window by window, as :meth:`score_windows`; returns a :class:`humwatch.recordings.Scores`:
+        one typed result per recording (higher = more anomalous) and, with ``skip_bad``, the
+        skipped ones with their reasons (without it, the first unusable one is an error)."""
+        from humwatch.recordings import as_recordings, collect
+
+        names, clips = as_recordings(recordings)
+        windows, scores, skipped = self.score_windows(clips, skip_bad=skip_bad, progress=progress, cache_dir=cache_dir)
+        return collect(names, clips, windows, scores, skipped, self.threshold, self.audio.seconds or 10.0)
 
 
 THRESHOLD_SPREADS = 1000

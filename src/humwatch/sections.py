@@ -109,7 +109,7 @@ class SectionDetector:
                 det = self._fit_one(X[rest], dom[rest])
             except ConfigError:  # too few clips left for the detector (e.g. LOF's neighbours)
                 return None
-            out[held] = det.score_samples(X[held])
+            out[held] = det.anomaly_score(X[held])
         return out
 
     def fit(self, X: np.ndarray, clips: Sequence[Any]) -> "SectionDetector":
@@ -134,13 +134,13 @@ class SectionDetector:
         return self
 
     def heldout_scores(self, X: np.ndarray, clips: Sequence[Any], X_held: np.ndarray, held: Sequence[Any]) -> np.ndarray:
-        """``fit(X, clips).score_samples(X_held, held)`` (cross-fitting: a monitor's folds); one
+        """``fit(X, clips).anomaly_score(X_held, held)`` (cross-fitting: a monitor's folds); one
         detector without normalisation goes through the detector's own
         :meth:`~humwatch.detectors.Detector.heldout_scores` (the same numbers, sometimes cheaper)."""
         X = np.asarray(X, dtype=np.float32)
         keys = {self._key(c) for c in clips}
         if self.normalize or len(keys) != 1 or len(X) != len(clips):
-            return self.fit(X, clips).score_samples(X_held, held)
+            return self.fit(X, clips).anomaly_score(X_held, held)
         domains = [getattr(c, "domain", "") or "" for c in clips]
         det = self.make_detector()
         return det.heldout_scores(self.memory(X, domains), np.asarray(X_held, dtype=np.float32))
@@ -173,9 +173,9 @@ class SectionDetector:
 
     @staticmethod
     def _normalized(sec: _Section, X: np.ndarray) -> np.ndarray:
-        return (sec.detector.score_samples(X) - sec.mean) / sec.std
+        return (sec.detector.anomaly_score(X) - sec.mean) / sec.std
 
-    def score_samples(self, X: np.ndarray, clips: Sequence[Any]) -> np.ndarray:
+    def anomaly_score(self, X: np.ndarray, clips: Sequence[Any]) -> np.ndarray:
         return self.readings(X, clips)["score"]
 
     def summary(self) -> dict:

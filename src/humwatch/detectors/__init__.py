@@ -9,9 +9,10 @@ scikit-learn's :class:`~sklearn.neighbors.LocalOutlierFactor` (the model the stu
   does) and also by :func:`create_detector`, so a bad option fails before any work is done;
 * everything learned in ``fit`` ends in ``_`` (``n_features_in_``, ``n_samples_fit_``,
   ``scaler_``, the inner scikit-learn models ...);
-* ``score_samples(X)`` is an **anomaly score: higher means more anomalous**. This is the
-  opposite sign of scikit-learn's own ``score_samples`` (where lower means more abnormal) and is
-  what AUC / pAUC in :mod:`humwatch.metrics` expect;
+* ``anomaly_score(X)`` is an **anomaly score: higher means more anomalous** (what AUC / pAUC in
+  :mod:`humwatch.metrics` expect). The name is ours on purpose: scikit-learn's ``score_samples``
+  points the other way (higher means more normal), so a detector has no ``score_samples`` and a
+  scikit-learn model's ``score_samples`` is only ever called on that model (as ``-lof.score_samples``);
 * ``predict(X)`` returns ``1`` for anomalous and ``0`` for normal (not scikit-learn's -1/+1), and
   only exists as a decision for detectors that have a natural one (``lof-vote``, ``lof``,
   ``iforest``); the others raise :class:`~humwatch.errors.ConfigError` and a threshold comes from
@@ -24,7 +25,7 @@ Saving without pickle: :meth:`Detector.state` returns ``(meta, arrays)`` where `
 JSON-able dict (``format``, ``name``, ``params``, ``n_features_in_``, ``n_samples_fit_``,
 ``fitted``) and ``arrays`` maps names to numpy arrays (ready for safetensors / ``np.savez``).
 :meth:`Detector.from_state` (also :func:`detector_from_state`) rebuilds a detector whose
-``score_samples`` equals the original's on the same X. The neighbour-based detectors and the
+``anomaly_score`` equals the original's on the same X. The neighbour-based detectors and the
 isolation forest store the (standardised) training matrix and refit deterministically on load
 (the forest with the integer seed it actually used, so ``random_state=None`` still round-trips);
 ``mahalanobis`` and ``gmm`` store their fitted parameters directly.
@@ -36,6 +37,8 @@ NaN/inf, has the wrong number of features at score time, too few training sample
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 import numpy as np
@@ -100,3 +103,13 @@ def create_detector(name: str, **params: Any) -> Detector:
 def detector_from_state(meta: dict, arrays: dict[str, np.ndarray]) -> Detector:
     """Same as :meth:`Detector.from_state`: rebuild a fitted detector from :meth:`Detector.state`."""
     return Detector.from_state(meta, arrays)
+
+
+class _CallableRegistry(types.ModuleType):
+    """``humwatch.detectors()`` (docs/api.md): this package, called, lists the detector names."""
+
+    def __call__(self) -> list[str]:
+        return list_detectors()
+
+
+sys.modules[__name__].__class__ = _CallableRegistry

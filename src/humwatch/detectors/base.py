@@ -23,7 +23,7 @@ CONTAMINATION_OR_AUTO = AnyOf((Const("auto"), CONTAMINATION))
 
 
 class DetectorNotFittedError(ConfigError, NotFittedError):
-    """``score_samples`` / ``predict`` / ``state`` before ``fit``: an :class:`humwatch ConfigError
+    """``anomaly_score`` / ``predict`` / ``state`` before ``fit``: an :class:`humwatch ConfigError
     <humwatch.errors.ConfigError>` that is also scikit-learn's ``NotFittedError``."""
 
 
@@ -149,10 +149,10 @@ class Detector(BaseEstimator):
         return self
 
     def heldout_scores(self, X: Any, X_held: Any) -> np.ndarray:
-        """``fit(X).score_samples(X_held)``: the scores of held-out rows by this detector fitted on
+        """``fit(X).anomaly_score(X_held)``: the scores of held-out rows by this detector fitted on
         ``X``, for cross-fitting (a monitor's calibration folds). A detector with a cheaper way to
         the same numbers (``mahalanobis``) overrides it; use the detector for nothing else after."""
-        return self.fit(X).score_samples(X_held)
+        return self.fit(X).anomaly_score(X_held)
 
     def _min_samples_reason(self) -> str:
         return "to estimate a spread"
@@ -173,9 +173,9 @@ class Detector(BaseEstimator):
             X = self.scaler_.transform(X)
         return np.ascontiguousarray(X)
 
-    def score_samples(self, X: Any) -> np.ndarray:
+    def anomaly_score(self, X: Any) -> np.ndarray:
         """Anomaly score per row of ``X``, float64; **higher = more anomalous**."""
-        Z = self._transform(X, "score_samples")
+        Z = self._transform(X, "anomaly_score")
         if Z.shape[0] == 0:
             return np.empty(0, dtype=np.float64)
         return np.asarray(self._score(Z), dtype=np.float64)

@@ -58,7 +58,7 @@ class MahalanobisDetector(Detector):
         variance, ``U`` the scaled centred rows), so by the Woodbury identity
         ``D P D^T = (|D|^2 - |L^-1 U D^T|^2) / a`` with ``L`` the Cholesky factor of the
         ``n x n`` matrix ``a I + U U^T``. The same numbers as :meth:`fit` then
-        :meth:`score_samples` to float tolerance (a test compares them)."""
+        :meth:`anomaly_score` to float tolerance (a test compares them)."""
         from sklearn.covariance import ledoit_wolf_shrinkage
 
         Z = _as_matrix(X, f"detector '{self.name}' fit")
@@ -66,9 +66,9 @@ class MahalanobisDetector(Detector):
         if n >= d or n < self._min_samples():
             return super().heldout_scores(X, X_held)
         self._check_params()
-        H = _as_matrix(X_held, f"detector '{self.name}' score_samples")
+        H = _as_matrix(X_held, f"detector '{self.name}' anomaly_score")
         if H.shape[1] != d:
-            raise ConfigError(f"detector '{self.name}' score_samples: X has {H.shape[1]} features but the detector "
+            raise ConfigError(f"detector '{self.name}' anomaly_score: X has {H.shape[1]} features but the detector "
                               f"was fitted on {d}")
         if self.standardize:
             scaler = StandardScaler().fit(Z)

@@ -149,7 +149,7 @@ class KnnLdnDetector(_RefitFromTraining):
         self.density_ = np.where(np.isfinite(r), np.maximum(r, floor), floor)
 
     def _segment_scores(self, Z: np.ndarray) -> np.ndarray:
-        Q = self._project(self._rows(Z, "score_samples"))
+        Q = self._project(self._rows(Z, "anomaly_score"))
         d, idx = _nearest(Q, self.memory_, int(self.n_neighbors), self.metric)
         s = d.mean(axis=1) / self.density_[idx].mean(axis=1)
         return s.reshape(Z.shape[0], int(self.segments))

@@ -41,7 +41,7 @@ class LofVoteDetector(_RefitFromTraining):
     threshold); the votes are therefore nested, and the vote count never decreases as the LOF
     value grows.
 
-    Score (``score_samples``): the continuous LOF value, with no ceiling::
+    Score (``anomaly_score``): the continuous LOF value, with no ceiling::
 
         score(x) = mean over the LOFs of  -lof_c.score_samples(x)      (the LOF value, > 0; about 1 for inliers)
 

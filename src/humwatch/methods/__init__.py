@@ -16,6 +16,8 @@ line here (docs/architecture.md walks through an example).
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,13 @@ def load_method(directory: str | Path, context: Context | None = None, *, checke
         check_manifest(d)
     doc = read_method_json(d)
     return load_saved(method_class(doc["method"]), d, doc, context, device, **overrides)
+
+
+class _CallableRegistry(types.ModuleType):
+    """``humwatch.methods()`` (docs/api.md): this package, called, lists the method names."""
+
+    def __call__(self) -> list[str]:
+        return list_methods()
+
+
+sys.modules[__name__].__class__ = _CallableRegistry

@@ -141,7 +141,7 @@ class EmbeddingMethod(Method):
         mu, sd = X.mean(axis=0), X.std(axis=0) + 1e-6
         alt = np.where(np.arange(X.shape[1]) % 2 == 0, 1.0, -1.0)
         far = np.stack([mu + 1e3 * sd, mu - 1e3 * sd, mu + 1e3 * sd * alt])
-        return self.scorer_.score_samples(far, [Clip(f"far{i}", "probe", "probe", 1) for i in range(3)])
+        return self.scorer_.anomaly_score(far, [Clip(f"far{i}", "probe", "probe", 1) for i in range(3)])
 
     def embeddings(self) -> dict:
         from humwatch.embed import EmbeddingSet
