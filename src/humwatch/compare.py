@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from humwatch.errors import HumwatchError, ConfigError
-from humwatch.io import check_out_folder, file_sha256, mark_folder, read_json, write_json
+from humwatch.errors import one_line
+from humwatch.io import check_out_folder, file_sha256, mark_folder, read_json, read_record, write_json
 from humwatch.methods.spec import MethodSpec, check_unique, spec_from_entry
 from humwatch.progress import console
 
@@ -114,7 +115,7 @@ def compare(
     split_csv = out / "split.csv"
     stamp = out / "compare-data.json"
     if split_csv.is_file() and stamp.is_file():
-        if _read(stamp) != source:
+        if read_json(stamp) != source:  # a damaged stamp is a DamagedFileError, not "other data"
             raise ConfigError(f"{out}: holds a comparison of other data or another split; use another --out")
     else:
         clips = prepare_clips(base)
@@ -141,13 +142,6 @@ def compare(
     return Comparison(records, out, meta)
 
 
-def _read(path: Path):
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
-
-
 def fingerprint(sp: MethodSpec, rc, split_hash: str) -> str:
     """A hash of what decides a method's numbers (not the cache, the device or the thread count)."""
     payload = {"method": sp.method, "settings": sp.settings, "split": split_hash, "seed": rc.seed,
@@ -160,7 +154,7 @@ def _run_or_reuse(sp: MethodSpec, rc, out: Path, split_hash: str, *, isolate: bo
     rec_path = out / "methods" / f"{sp.name}.json"
     run_dir = out / "runs" / sp.name
     fp = fingerprint(sp, rc, split_hash)
-    old = _read(rec_path) if rec_path.is_file() else None
+    old = read_record(rec_path, f"running {sp.name} again")
     if isinstance(old, dict) and old.get("status") == "ok" and old.get("fingerprint") == fp and (run_dir / "results.json").is_file():
         return {**old, "reused": True}
     console.print(f"[bold]compare: {sp.name}[/] ({sp.method})")
@@ -174,9 +168,8 @@ def _run_or_reuse(sp: MethodSpec, rc, out: Path, split_hash: str, *, isolate: bo
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - a failed method is reported and the others still run
-        from humwatch.reproduce.cells import _one_line
 
-        rec = {**_identity(sp), "status": "failed", "reason": _one_line(e), "seconds": round(time.time() - t, 2)}
+        rec = {**_identity(sp), "status": "failed", "reason": one_line(e, typed=True), "seconds": round(time.time() - t, 2)}
         console.print(f"[red]{sp.name} failed: {rec['reason']}[/]")
     rec["fingerprint"] = fp
     write_json(rec_path, rec)
@@ -240,7 +233,7 @@ def _child(cfg: dict, run_dir: str, threads: int | None, progress: bool, result:
     except HumwatchError as e:
         got = {"error": str(e)}
     except Exception as e:  # noqa: BLE001 - reported to the parent as the method's failure
-        got = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        got = {"error": one_line(e, typed=True)}
     write_json(result, got)
 
 
@@ -258,7 +251,7 @@ def _isolated(rc, run_dir: Path, threads: int | None, progress: bool, engine: di
             p.terminate()
             p.join()
             raise
-        got = _read(result) if result.is_file() else None
+        got = read_record(result, "no result")
     if not isinstance(got, dict):
         raise HumwatchError(f"the method's process ended without a result (exit code {p.exitcode}; out of memory?)")
     if "error" in got:

@@ -44,6 +44,7 @@ import numpy as np
 from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip
 from humwatch.errors import AudioError, ConfigError, DatasetError
+from humwatch.errors import one_line
 from humwatch.reader import ClipReader
 
 log = logging.getLogger("humwatch")
@@ -123,7 +124,7 @@ class EmbeddingSet:
             with np.load(path, allow_pickle=False) as z:
                 a = {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise DatasetError(f"{path}: not a readable embeddings .npz ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise DatasetError(f"{path}: not a readable embeddings .npz ({one_line(e)})") from None
         missing = [k for k in NPZ_FIELDS if k not in a]
         if missing:
             raise DatasetError(f"{path}: embeddings file lacks array(s) {', '.join(missing)}")

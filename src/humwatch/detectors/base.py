@@ -14,6 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
 
 from humwatch.errors import ConfigError
+from humwatch.errors import one_line
 
 STATE_FORMAT = "humwatch.detector/1"
 
@@ -78,7 +79,7 @@ def _as_matrix(X: Any, what: str) -> np.ndarray:
     try:
         arr = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{what}: X must be a numeric 2-D array ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{what}: X must be a numeric 2-D array ({one_line(exc)})") from None
     if arr.ndim != 2:
         raise ConfigError(f"{what}: X must be 2-D (samples x features), got shape {arr.shape}")
     if arr.shape[1] < 1:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from humwatch.errors import HumwatchError, ConfigError
-from humwatch.io import read_json, write_json, write_text
+from humwatch.errors import one_line
+from humwatch.io import read_record, write_json, write_text
 from humwatch.progress import console
 from humwatch.reproduce.config import PUBLISHED, SYNTHETIC_NOTE, WEIGHTS_DIR_NAMES, StudyConfig, _int, load_study_config
 from humwatch.reproduce.synthetic import SyntheticSettings, apply_synthetic, reproduce_synthetic_defaults, synthetic_data
@@ -184,12 +185,6 @@ def cell_record(cell: CellSpec, status: str, result: dict | None, seconds: float
     }
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else ""
-    return msg if isinstance(e, HumwatchError) else f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-
-
 def reproduce(
     data: str | Path | None,
     out: str | Path,
@@ -321,14 +316,10 @@ def write_report_for(out: Path) -> Path | None:
 def _run_or_reuse(cell: CellSpec, out: Path, progress: bool) -> dict:
     path = out / "cells" / f"{cell.key}.json"
     fp = cell.fingerprint()
-    if path.is_file():
-        try:
-            old = read_json(path)
-        except (OSError, ValueError):
-            old = None
-        if isinstance(old, dict) and old.get("status") == "ok" and old.get("fingerprint") == fp:
-            old["reused"] = True
-            return old
+    old = read_record(path, f"running cell {cell.key} again")
+    if old is not None and old.get("status") == "ok" and old.get("fingerprint") == fp:
+        old["reused"] = True
+        return old
     console.print(f"[bold]Table III cell {cell.row} / {cell.column}[/]")
     t = time.time()
     try:
@@ -337,7 +328,7 @@ def _run_or_reuse(cell: CellSpec, out: Path, progress: bool) -> dict:
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - a failed cell is reported and the others still run
-        reason = _one_line(e)
+        reason = one_line(e, typed=True)
         if cell.method != "autoencoder" and "--weights " in reason:
             reason += f"; here: --weights-dir DIR holding {cell.run_config.settings.get('backbone')} (see humwatch.reproduce.WEIGHTS_DIR_NAMES)"
         rec = cell_record(cell, "failed", None, time.time() - t, reason)
