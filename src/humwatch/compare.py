@@ -168,7 +168,6 @@ def _run_or_reuse(sp: MethodSpec, rc, out: Path, split_hash: str, *, isolate: bo
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - a failed method is reported and the others still run
-
         rec = {**_identity(sp), "status": "failed", "reason": one_line(e, typed=True), "seconds": round(time.time() - t, 2)}
         console.print(f"[red]{sp.name} failed: {rec['reason']}[/]")
     rec["fingerprint"] = fp
