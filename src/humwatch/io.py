@@ -354,7 +354,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def damaged(path: str | os.PathLike, why: BaseException | str) -> DamagedFileError:
     """The one error for a file humwatch wrote that cannot be read back: ``PATH: damaged (why)``."""
-    return DamagedFileError(f"{path}: damaged ({why if isinstance(why, str) else one_line(why)})")
+    return DamagedFileError(f"{path}: damaged ({why if isinstance(why, str) else one_line(why, typed=True)})")
 
 
 def read_json(path: str | os.PathLike, kind: type | None = None) -> Any:

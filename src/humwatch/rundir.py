@@ -21,7 +21,6 @@ from typing import Sequence
 
 from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip, read_clips_csv, write_clips_csv
-from humwatch.errors import one_line
 from humwatch.io import damaged, read_json, write_csv, write_json, write_text
 
 SCORE_COLUMNS = ("file", "machine_type", "machine_id", "label", "split", "score")
@@ -125,7 +124,7 @@ class RunDir:
         except KeyError as e:
             raise damaged(f, f"a row without {e.args[0]!r}") from None
         except (OSError, UnicodeDecodeError, csv.Error, TypeError, ValueError) as e:
-            raise damaged(f, one_line(e, typed=True)) from None
+            raise damaged(f, e) from None
         return rows
 
     def embedding_files(self) -> dict[str, Path]:
