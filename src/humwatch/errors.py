@@ -3,12 +3,16 @@
 Every error a user can cause is an :class:`HumwatchError` whose message is one line that names the
 thing at fault; the command line prints it and exits 2 (the service answers 422), never a traceback.
 
-A file humwatch wrote that cannot be read back (not readable, not UTF-8, not JSON or CSV, truncated,
-not the kind of document written: a monitor.json, a method.json, a run's results.json or
-config.json, a resume record, a manifest, a backbone's config.json) is a :class:`DamagedFileError`
-wherever it is read, with the message ``PATH: damaged (reason)``: :func:`humwatch.io.read_json`,
-:func:`humwatch.io.read_json_doc` and :func:`humwatch.io.damaged` make it. A damaged entry of a cache
-or a resume record is not fatal: it is a miss, with one warning line that says it is done again.
+A file humwatch wrote that cannot be read back (not readable, not UTF-8, not JSON, CSV, npz or
+safetensors, truncated, not the kind of document written: a monitor.json, a method.json, a run's
+results.json, config.json or scores.csv, a manifest, a backbone's config.json, a saved embeddings
+.npz) is a :class:`DamagedFileError` wherever it is read, never a ConfigError here and a
+DatasetError there, with the message ``PATH: damaged (reason)``: :func:`humwatch.io.read_json`,
+:func:`humwatch.io.read_json_doc` and :func:`humwatch.io.damaged` make it; the command line exits 2.
+What can be made again is not fatal: a damaged cache entry, resume record (compare, reproduce) or
+output marker is a miss, with one warning line that says what is done instead
+(:func:`humwatch.io.read_record`). Files the user writes (a study.yaml, a method spec file, a
+dataset's manifest CSV) that cannot be parsed stay a ConfigError or DatasetError.
 
 :func:`one_line` is how a message quotes another error: its first line, or its type's name when it
 has no message. No other module takes the first line of an error by hand.
