@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from humwatch.errors import ConfigError
+from humwatch.errors import ConfigError, DamagedFileError
 from humwatch.models import RANDOM_INIT_BANNER, Backbone, WeightsInfo, create_backbone, list_backbones, register_backbone
 from humwatch.models import registry
 
@@ -243,9 +243,9 @@ def test_bad_weights_values_are_one_line_config_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(ConfigError, match="no config.json"):
         create_backbone("ast", weights=str(empty))
-    for text, reason in (("{not json", "not readable JSON"), ("[1, 2]", "is not a JSON object")):
+    for text, reason in (("{not json", "damaged \\(not readable JSON"), ("[1, 2]", "damaged \\(not a JSON object")):
         (empty / "config.json").write_text(text)
-        with pytest.raises(ConfigError, match=reason) as e:
+        with pytest.raises(DamagedFileError, match=reason) as e:
             create_backbone("ast", weights=str(empty))
         assert _one_line(e) and "config.json" in str(e.value)
     (empty / "config.json").unlink()

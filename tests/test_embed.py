@@ -18,7 +18,7 @@ import humwatch.embed as E
 from humwatch.audio import AudioSettings, load_audio, write_audio
 from humwatch.data.clips import Clip
 from humwatch.embed import EmbeddingSet, embed_clips
-from humwatch.errors import AudioError, ConfigError, DatasetError
+from humwatch.errors import AudioError, ConfigError, DamagedFileError
 from humwatch.models import create_backbone
 
 TINY_RX = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], cardinality=4, base_width=32, stem_width=8)
@@ -320,8 +320,8 @@ def test_npz_round_trip_without_pickle(backbone, clips, tmp_path):
     np.testing.assert_array_equal(back.X, emb.X)
     assert back.clips == emb.clips and back.skipped == emb.skipped
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 broken")
-    with pytest.raises(DatasetError, match="broken.npz"):
+    with pytest.raises(DamagedFileError, match="broken.npz: damaged"):
         EmbeddingSet.load_npz(tmp_path / "broken.npz")
     np.savez(tmp_path / "partial.npz", X=np.zeros((1, 2), np.float32))
-    with pytest.raises(DatasetError, match="lacks array"):
+    with pytest.raises(DamagedFileError, match="lacks array"):
         EmbeddingSet.load_npz(tmp_path / "partial.npz")

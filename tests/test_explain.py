@@ -191,11 +191,11 @@ def tiny_cnn():
 
 
 def test_ast_attention_maps_are_on_the_input_grid_in_unit_range(tiny_ast, tone_clip):
-    from humwatch.explain.attention import ast_attention_maps, ast_attentions, find_ast_model
+    from humwatch.explain.attention import ast_attention_maps, attention_layers, find_ast_model
 
     x = tiny_ast.frontend(tone_clip)
     assert x.shape == (128, 128)
-    att = ast_attentions(tiny_ast, x)
+    att = np.stack(attention_layers(tiny_ast, x))
     grid = PatchGrid.from_config(find_ast_model(tiny_ast).config)
     assert att.shape == (2, 2, grid.n_patches + 2, grid.n_patches + 2)
     np.testing.assert_allclose(att.sum(-1), 1.0, atol=1e-4)

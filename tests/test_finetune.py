@@ -16,7 +16,6 @@ from humwatch.finetune import (
     backbone_blocks,
     build_param_groups,
     finetune,
-    frozen_block_names,
     load_finetuned,
     make_head,
     save_finetuned,
@@ -118,7 +117,6 @@ def test_resnext_groups_layer4_lr10_layer3_lr100_rest_frozen():
     for name in ("layer3", "layer4"):
         assert all(p.requires_grad for p in blocks[name])
     assert {id(p) for p in head.parameters()} <= in_groups
-    assert frozen_block_names(bb, s) == ["stem", "layer1", "layer2"]
 
 
 def test_ast_groups_top_layers_with_final_layernorm():
@@ -266,7 +264,7 @@ def test_bottleneck_reading_trains_the_top_two_bottlenecks_of_layer4():
     stage = sum(p.numel() for g in build_param_groups(bb, make_head(bb.embedding_dim), FinetuneSettings()) for p in g["params"])
     bottleneck = sum(p.numel() for g in groups for p in g["params"])
     assert bottleneck < stage
-    assert frozen_block_names(bb, s)[-1] == "layer4.0"
+    assert not any(n.startswith("layer4.0.") for n in trainable)  # the bottleneck below the two trained is frozen
 
 
 def test_finetune_method_fits_scores_saves_and_reports_trainable_parameters(clips, tmp_path, capsys):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from humwatch.errors import ConfigError
+from humwatch.errors import ConfigError, DamagedFileError
 from humwatch.models import create_backbone, plan_backbone
 
 torch = pytest.importorskip("torch")
@@ -178,7 +178,7 @@ def test_a_missing_or_damaged_folder_is_one_line(tmp_path):
         create_backbone("hf-audio", weights=str(tmp_path / "bad"))
     assert "\n" not in str(e.value)
     (tmp_path / "bad" / "config.json").write_text("{broken")
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(DamagedFileError) as e:
         plan_backbone("hf-audio", weights=str(tmp_path / "bad"))
     assert "config.json" in str(e.value) and "\n" not in str(e.value)
 

@@ -8,6 +8,7 @@ import pytest
 
 from humwatch.cli import main
 from humwatch.data import load_dataset
+from humwatch.errors import DamagedFileError
 from humwatch.monitor import Monitor, MonitorError, fit_monitor
 from helpers import make_mimii_tree
 
@@ -94,7 +95,7 @@ def test_refuses_what_it_cannot_trust(fitted, tmp_path):
     (tmp_path / "m5").mkdir()
     (tmp_path / "m5/monitor.json").write_text("{not json")
     write_manifest(tmp_path / "m5")
-    with pytest.raises(MonitorError, match="damaged"):
+    with pytest.raises(DamagedFileError, match="damaged"):  # one kind for a damaged file, wherever it is read
         Monitor.load(tmp_path / "m5")
 
 

@@ -8,8 +8,7 @@ from collections import Counter
 
 import pytest
 
-from humwatch.data import Clip, drop_anomalies, read_clips_csv, split_counts, study_split, write_clips_csv
-from humwatch.data.split import format_split_counts, load_split, save_split
+from humwatch.data import Clip, drop_anomalies, read_clips_csv, split_counts, study_split
 from humwatch.errors import ConfigError, DatasetError
 
 
@@ -120,9 +119,7 @@ def test_split_counts_and_table():
     assert sum(counts.values()) == len(FAN02)
     assert list(counts) == sorted(counts)
     assert counts[("fan", "id_02", "test", 1)] == half_up(0.25 * 13) == 3
-    table = format_split_counts(out)
-    assert table.splitlines()[0].split() == ["machine", "id", "train", "n/a", "val", "n/a", "test", "n/a"]
-    assert table.splitlines()[1].split() == ["fan", "id_02", "27/9", "3/1", "10/3"]
+    assert [counts[("fan", "id_02", s, y)] for s in ("train", "val", "test") for y in (0, 1)] == [27, 9, 3, 1, 10, 3]
 
 
 @pytest.mark.parametrize(
@@ -155,15 +152,11 @@ def test_empty_input():
 
 
 def test_save_and_read_back(tmp_path):
+    """A run's split.csv (RunDir.write_split) reads back as the same clips and splits."""
+    from humwatch.rundir import RunDir
+
     out = study_split(FAN02 + PUMP00, seed=4)
-    save_split(out, tmp_path / "split.csv")
-    assert load_split(tmp_path / "split.csv") == out
+    RunDir(tmp_path).write_split(out)
+    assert RunDir(tmp_path).clips() == out
     assert read_clips_csv(tmp_path / "split.csv") == out
-    with pytest.raises(DatasetError) as e:
-        save_split(FAN02, tmp_path / "nosplit.csv")
-    assert FAN02[0].path in str(e.value)
-    write_clips_csv(FAN02, tmp_path / "plain.csv")
-    with pytest.raises(DatasetError) as e:
-        load_split(tmp_path / "plain.csv")
-    assert "plain.csv" in str(e.value)
-    assert Counter(c.split for c in load_split(tmp_path / "split.csv")) == Counter(c.split for c in out)
+    assert Counter(c.split for c in RunDir(tmp_path).clips()) == Counter(c.split for c in out)

@@ -21,6 +21,7 @@ import soundfile as sf
 
 from humwatch.errors import AudioError
 from humwatch.settings import CHANNEL, SAMPLE_RATE_HZ, WINDOW_SECONDS, Optional, Real, Settings, check_fields, setting
+from humwatch.errors import one_line
 
 log = logging.getLogger("humwatch")
 
@@ -95,7 +96,7 @@ def load_audio(
         count = -1 if s.seconds is None or not first else min(info.frames - first, int(np.ceil(s.seconds * info.samplerate)))
         data, sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True, start=first, frames=count)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = one_line(e)
         raise AudioError(f"{path}: not readable audio ({reason})") from None
     if info.format in ("WAV", "WAVEX"):
         short = _wav_data_shortfall(path)
@@ -188,7 +189,7 @@ def _header(path: Path):
     try:
         info = sf.info(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = one_line(e)
         raise AudioError(f"{path}: not readable audio ({reason})") from None
     if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
         raise AudioError(f"{path}: sample rate {info.samplerate} Hz in its header is outside the "

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 from humwatch import orchestrator
 from humwatch.errors import ConfigError
-from humwatch.io import check_out_folder, file_sha256, mark_folder, write_json
+from humwatch.io import check_out_folder, file_sha256, mark_folder, read_json, write_json
 from humwatch.methods.spec import MethodSpec, check_unique, spec_from_entry
 
 DEFAULT_METHODS = (
@@ -114,7 +114,7 @@ def compare(
     split_csv = out / "split.csv"
     stamp = out / "compare-data.json"
     if split_csv.is_file() and stamp.is_file():
-        if orchestrator.read_record(stamp) != source:
+        if read_json(stamp) != source:  # a damaged stamp is a DamagedFileError, not "other data"
             raise ConfigError(f"{out}: holds a comparison of other data or another split; use another --out")
     else:
         clips = prepare_clips(base)

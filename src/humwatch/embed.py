@@ -44,6 +44,7 @@ import numpy as np
 from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip
 from humwatch.errors import AudioError, ConfigError, DatasetError
+from humwatch.errors import one_line
 from humwatch.reader import ClipReader
 from humwatch.settings import Int, check_value
 
@@ -116,7 +117,10 @@ class EmbeddingSet:
 
     @classmethod
     def load_npz(cls, path: str | os.PathLike) -> "EmbeddingSet":
-        """Read a file written by :meth:`save_npz` (raises DatasetError, one line, if unusable)."""
+        """Read a file written by :meth:`save_npz` (DatasetError when missing, DamagedFileError when
+        unusable: one line)."""
+        from humwatch.io import damaged
+
         path = Path(path)
         if not path.is_file():
             raise DatasetError(f"{path}: no such embeddings file")
@@ -124,14 +128,14 @@ class EmbeddingSet:
             with np.load(path, allow_pickle=False) as z:
                 a = {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise DatasetError(f"{path}: not a readable embeddings .npz ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise damaged(path, f"not a readable embeddings .npz: {one_line(e)}") from None
         missing = [k for k in NPZ_FIELDS if k not in a]
         if missing:
-            raise DatasetError(f"{path}: embeddings file lacks array(s) {', '.join(missing)}")
+            raise damaged(path, f"the embeddings file lacks array(s) {', '.join(missing)}")
         n = len(a["path"])
         X = a["X"]
         if X.ndim != 2 or X.shape[0] != n or any(len(a[k]) != n for k in NPZ_FIELDS[1:]):
-            raise DatasetError(f"{path}: embeddings file arrays disagree in length")
+            raise damaged(path, "the embeddings file's arrays disagree in length")
         empty = [""] * n
         snr = a.get("snr", empty)
         domain = a.get("domain", empty)

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from humwatch.errors import ConfigError
+from humwatch.errors import one_line
 from humwatch.onnxrun import EXPORT_FILE, FORMAT
 
 FORMAT_VERSION = 1
@@ -104,7 +105,7 @@ def _to_onnx(module, x: np.ndarray, path: Path) -> None:
             torch.onnx.export(module, (torch.from_numpy(x),), str(path), input_names=["input"], output_names=["output"],
                               dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False, verbose=False)
     except Exception as e:  # the exporter's errors are many and long: one line, the network named
-        text = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        text = one_line(e, 300)
         raise ConfigError(f"export: the network could not be written as ONNX ({text})") from None
 
 

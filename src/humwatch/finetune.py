@@ -54,6 +54,7 @@ from torch import nn
 from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip
 from humwatch.errors import HumwatchError, ConfigError, DatasetError
+from humwatch.errors import one_line
 from humwatch.progress import bar
 from humwatch.reader import ClipReader
 from humwatch.settings import Int, OneOf, Real, Settings, setting
@@ -157,12 +158,6 @@ def build_param_groups(backbone, head: nn.Module, settings: HeadTraining) -> lis
     for p in head.parameters():
         p.requires_grad_(True)
     return groups
-
-
-def frozen_block_names(backbone, settings: HeadTraining) -> list[str]:
-    """Names of the blocks :func:`build_param_groups` freezes (lowest first)."""
-    blocks = backbone_blocks(backbone, settings.block_unit)
-    return [n for n, _ in blocks[: len(blocks) - settings.trainable_blocks]]
 
 
 class _Classifier(nn.Module):
@@ -313,7 +308,7 @@ def load_finetuned(directory: str | Path, precision: str | None = None, device: 
         state = load_file(str(d / "head.safetensors"))
         head.load_state_dict(state)
     except (OSError, SafetensorError, RuntimeError) as e:
-        raise ConfigError(f"{d / 'head.safetensors'}: not a head for this model ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{d / 'head.safetensors'}: not a head for this model ({one_line(e)})") from None
     return FinetunedScorer(backbone, head, settings, audio, info=meta.get("info") or {})
 
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
+
+from humwatch.errors import DamagedFileError, one_line
+
+log = logging.getLogger("humwatch")
 
 
 @contextmanager
@@ -73,16 +78,13 @@ def check_manifest(directory: str | os.PathLike) -> None:
 
     d = Path(directory)
     m = d / MANIFEST
-    try:
-        doc = json.loads(m.read_text(encoding="utf-8"))
-        files = doc["files"]
-        if doc.get("format") != "humwatch.manifest/1" or not isinstance(files, dict):
-            _refuse_foreign(d, doc.get("format"))
-            raise ValueError("not a humwatch manifest")
-    except FileNotFoundError:
-        raise ConfigError(f"{d}: {MANIFEST} is missing (not a complete saved folder)") from None
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{m}: damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not m.is_file():
+        raise ConfigError(f"{d}: {MANIFEST} is missing (not a complete saved folder)")
+    doc = read_json(m, dict)
+    files = doc.get("files")
+    if doc.get("format") != "humwatch.manifest/1" or not isinstance(files, dict):
+        _refuse_foreign(d, doc.get("format"))
+        raise damaged(m, "not a humwatch manifest")
     present = {p.relative_to(d).as_posix() for p in d.rglob("*")
                if p.is_file() and p != d / MANIFEST and not p.name.startswith(".")}
     for name in sorted(set(files) | present):
@@ -175,11 +177,8 @@ def mark_folder(directory: str | os.PathLike, kind: str) -> None:
 
 def folder_kind(directory: str | os.PathLike) -> str | None:
     """The kind of output folder ``directory`` is by its marker; None when it has none (not ours)."""
-    try:
-        doc = json.loads((Path(directory) / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    kind = doc.get("kind") if isinstance(doc, dict) and doc.get("format") == MARKER_FORMAT else None
+    doc = read_record(Path(directory) / MARKER, "treated as a folder humwatch did not write")
+    kind = doc.get("kind") if doc is not None and doc.get("format") == MARKER_FORMAT else None
     return kind if isinstance(kind, str) else None
 
 
@@ -353,30 +352,51 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def damaged(path: str | os.PathLike, why: BaseException | str) -> DamagedFileError:
+    """The one error for a file humwatch wrote that cannot be read back: ``PATH: damaged (why)``."""
+    return DamagedFileError(f"{path}: damaged ({why if isinstance(why, str) else one_line(why, typed=True)})")
+
+
+def read_json(path: str | os.PathLike, kind: type | None = None) -> Any:
+    """The JSON document of a file humwatch wrote (a ``kind``, e.g. dict, when given); a
+    :class:`~humwatch.errors.DamagedFileError` (one line) when it cannot be read as one."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise damaged(path, e.strerror or type(e).__name__) from None
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise damaged(path, f"not readable JSON: {one_line(e)}") from None
+    if kind is not None and not isinstance(doc, kind):
+        raise damaged(path, f"not a JSON {'object' if kind is dict else kind.__name__}")
+    return doc
+
+
+def read_record(path: str | os.PathLike, then: str = "done again") -> dict | None:
+    """A JSON object humwatch wrote that can be made again (a resume record, a cache's marker): None
+    when it is missing, and when it is damaged, with one warning line ``PATH: damaged (...); then``."""
+    if not Path(path).is_file():
+        return None
+    try:
+        return read_json(path, dict)
+    except DamagedFileError as e:
+        log.warning("%s; %s", e, then)
+        return None
 
 
 def read_json_doc(path: str | os.PathLike, fmt: str | None = None, fields: dict | None = None,
                   missing: str | None = None) -> dict:
     """A JSON object (saved by humwatch when ``fmt`` is given), checked: one ConfigError line when the
-    file is missing (``missing`` says what that means), unreadable, not a JSON object, not a
-    ``"format": fmt`` object, or when a field of ``fields`` ({name: type or tuple of types}) is
-    missing or of another type."""
+    file is missing (``missing`` says what that means), not a ``"format": fmt`` object, or when a
+    field of ``fields`` ({name: type or tuple of types}) is missing or of another type; one
+    DamagedFileError line (:func:`read_json`) when it cannot be read as a JSON object."""
     from humwatch.errors import ConfigError
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(missing or f"{path}: no such file")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ConfigError(f"{path}: damaged, not readable JSON ({str(e).splitlines()[0]})") from None
-    if not isinstance(doc, dict) and fmt is None:
-        raise ConfigError(f"{path}: is not a JSON object")
-    if not isinstance(doc, dict) or (fmt is not None and doc.get("format") != fmt):
-        if isinstance(doc, dict):
-            _refuse_foreign(path, doc.get("format"))
+    doc = read_json(path, dict)
+    if fmt is not None and doc.get("format") != fmt:
+        _refuse_foreign(path, doc.get("format"))
         raise ConfigError(f"{path}: not a humwatch file of format {fmt!r}")
     for key, kind in (fields or {}).items():
         value = doc.get(key)

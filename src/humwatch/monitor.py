@@ -40,7 +40,7 @@ from humwatch.audio import AudioSettings
 from humwatch.calibrate import THRESHOLD_METHODS, fit_monitor  # noqa: F401  (fit_monitor: humwatch.monitor's public entry)
 from humwatch.data.clips import Clip, expand_windows
 from humwatch.errors import HumwatchError, ConfigError
-from humwatch.io import check_manifest, check_weight_fingerprints, read_json_doc, weight_fingerprints, write_json, write_manifest
+from humwatch.io import check_manifest, check_weight_fingerprints, damaged, read_json_doc, weight_fingerprints, write_json, write_manifest
 
 if TYPE_CHECKING:
     from humwatch.recordings import Scores  # Monitor.score's result (the Python API)
@@ -274,7 +274,7 @@ def _load_reference(d: Path, settings: dict):
     try:
         ref = NormalReference.from_arrays(load_file(str(f)), n)
     except (SafetensorError, OSError, KeyError, ValueError) as e:
-        raise MonitorError(f"{f}: unreadable ({e})") from None
+        raise damaged(f, e) from None
     from humwatch.explain.alarm import N_MELS
 
     shapes = (ref.mean.shape, ref.std.shape, ref.example.shape)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from humwatch.errors import ConfigError
+from humwatch.errors import one_line
 
 RUNTIMES = ("auto", "torch", "onnx")
 EXPORT_FILE = "export.json"
@@ -77,7 +78,7 @@ class OnnxMethod:
         try:
             self.session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... kinds
-            raise ConfigError(f"{model}: not a usable ONNX model ({str(e).strip().splitlines()[0][:200]})") from None
+            raise ConfigError(f"{model}: not a usable ONNX model ({one_line(e, 200)})") from None
         self.input = self.session.get_inputs()[0].name
         self.detector = None
         if doc["output"] == "embedding":

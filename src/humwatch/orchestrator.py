@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from humwatch.errors import HumwatchError
-from humwatch.io import read_json, write_json
+from humwatch.errors import HumwatchError, one_line
+from humwatch.io import read_record, write_json
 from humwatch.methods.spec import MethodSpec
 from humwatch.progress import console
 
@@ -80,22 +80,6 @@ class Job:
         return fingerprint(self.spec, self.run_config, self.split_hash)
 
 
-def one_line(e: BaseException) -> str:
-    """A failure as one line: a HumwatchError's message, any other error's type and first line."""
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else ""
-    return msg if isinstance(e, HumwatchError) else f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-
-
-def read_record(path: Path) -> dict | None:
-    """A job's record, or None when there is none or it cannot be read (the job then runs again)."""
-    try:
-        got = read_json(path) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
-    return got if isinstance(got, dict) else None
-
-
 def run_jobs(jobs: Sequence[Job], out: str | Path, *, records: str, run: Callable[[Job, Path], dict],
              failed: Callable[[Job, str, float], dict], on_record: Callable[[dict], None] | None = None,
              title: Callable[[Job], str] = lambda job: f"[bold]{job.name}[/]", check_run_dir: bool = True) -> list[dict]:
@@ -109,7 +93,7 @@ def run_jobs(jobs: Sequence[Job], out: str | Path, *, records: str, run: Callabl
         path = out / records / f"{job.name}.json"
         run_dir = out / "runs" / job.name
         fp = job.fingerprint()
-        old = read_record(path)
+        old = read_record(path, f"running {job.name} again")
         if (old is not None and old.get("status") == "ok" and old.get("fingerprint") == fp
                 and (not check_run_dir or (run_dir / "results.json").is_file())):
             rec = {**old, "reused": True}
@@ -123,7 +107,7 @@ def run_jobs(jobs: Sequence[Job], out: str | Path, *, records: str, run: Callabl
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # noqa: BLE001 - a failed job is reported and the others still run
-                rec = failed(job, one_line(e), time.time() - t)
+                rec = failed(job, one_line(e, typed=True), time.time() - t)
                 console.print(f"[red]{job.name} failed: {rec.get('reason')}[/]")
             rec["fingerprint"] = fp
             write_json(path, rec)
@@ -181,7 +165,7 @@ def _child(cfg: dict, run_dir: str, threads: int | None, progress: bool, result:
     except HumwatchError as e:
         got = {"error": str(e)}
     except Exception as e:  # noqa: BLE001 - reported to the parent as the job's failure
-        got = {"error": one_line(e)}
+        got = {"error": one_line(e, typed=True)}
     write_json(result, got)
 
 
@@ -199,7 +183,7 @@ def _isolated(rc, run_dir: Path, threads: int | None, progress: bool, engine: di
             p.terminate()
             p.join()
             raise
-        got = read_record(result)
+        got = read_record(result, "no result")
     if got is None:
         raise HumwatchError(f"the method's process ended without a result (exit code {p.exitcode}; out of memory?)")
     if "error" in got:

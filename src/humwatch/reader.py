@@ -29,6 +29,7 @@ import numpy as np
 from humwatch.audio import AudioSettings, load_audio
 from humwatch.data.clips import Clip
 from humwatch.errors import AudioError, ConfigError
+from humwatch.errors import one_line
 from humwatch.progress import bar
 
 log = logging.getLogger("humwatch")
@@ -46,7 +47,7 @@ def checked(transform: Callable[[np.ndarray], np.ndarray], y: np.ndarray, clip: 
     except AudioError as e:  # the frontend's own finiteness check: say which clip
         raise AudioError(f"{clip.key}: {e}") from None
     except (FloatingPointError, OverflowError, ValueError) as e:
-        raise AudioError(f"{clip.key}: the {name} features cannot be computed ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise AudioError(f"{clip.key}: the {name} features cannot be computed ({one_line(e)})") from None
     if not np.isfinite(x).all():
         raise AudioError(f"{clip.key}: the {name} features are not finite (samples far outside -1..1?)")
     return x
@@ -73,13 +74,6 @@ class ClipReader:
         self.progress = progress
         self.skipped: list[tuple[str, str]] = []
         self._bad: set[str] = set()
-
-    def with_progress(self, progress: bool) -> "ClipReader":
-        """The same reader (settings and skip count shared) with progress bars on or off."""
-        r = ClipReader.__new__(ClipReader)
-        r.__dict__.update(self.__dict__)
-        r.progress = progress
-        return r
 
     def is_bad(self, clip: Clip) -> bool:
         return clip.key in self._bad

@@ -16,14 +16,12 @@ at and below a folder (a ``reproduce`` directory keeps one run per cell in ``run
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip, read_clips_csv, write_clips_csv
-from humwatch.errors import DatasetError
-from humwatch.io import write_csv, write_json, write_text
+from humwatch.io import damaged, read_json, write_csv, write_json, write_text
 
 SCORE_COLUMNS = ("file", "machine_type", "machine_id", "label", "split", "score")
 
@@ -72,11 +70,7 @@ class RunDir:
         f = self.path / name
         if not f.is_file():
             return {}
-        try:
-            doc = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise DatasetError(f"{f}: not readable JSON ({str(e).splitlines()[0]})") from None
-        return doc if isinstance(doc, dict) else {}
+        return read_json(f, dict)
 
     def config(self) -> dict:
         """The run's settings (``config.json``'s ``config``)."""
@@ -107,15 +101,31 @@ class RunDir:
         if (self.path / self.SPLIT).is_file():
             return read_clips_csv(self.path / self.SPLIT)
         if (self.path / self.SCORES).is_file():
-            with open(self.path / self.SCORES, newline="", encoding="utf-8") as fh:
-                return [Clip(r["file"], r.get("machine_type") or "clip", r.get("machine_id", ""), int(r["label"]),
-                             split=r.get("split") or "test") for r in csv.DictReader(fh)]
+            return [Clip(r["file"], r.get("machine_type") or "clip", r.get("machine_id", ""), int(r["label"]),
+                         split=r.get("split") or "test") for r in self._score_rows("label")]
         return []
 
     def scores(self, reading: str = "score") -> dict[str, float]:
         """``{file: score}`` of the test clips (``reading``: another column, e.g. ``votes``)."""
-        with open(self.path / self.SCORES, newline="", encoding="utf-8") as fh:
-            return {r["file"]: float(r[reading]) for r in csv.DictReader(fh)}
+        return {r["file"]: float(r[reading]) for r in self._score_rows(reading)}
+
+    def _score_rows(self, column: str) -> list[dict]:
+        """The rows of ``scores.csv`` (each with ``file`` and ``column``, ``label`` an integer and
+        ``column`` a number); DamagedFileError (one line) when it cannot be read so."""
+        f = self.path / self.SCORES
+        try:
+            with open(f, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+            for r in rows:
+                if not isinstance(r.get("file"), str):
+                    raise KeyError("file")
+                int(r["label"])
+                float(r[column])
+        except KeyError as e:
+            raise damaged(f, f"a row without {e.args[0]!r}") from None
+        except (OSError, UnicodeDecodeError, csv.Error, TypeError, ValueError) as e:
+            raise damaged(f, e) from None
+        return rows
 
     def embedding_files(self) -> dict[str, Path]:
         return {f.stem: f for f in sorted((self.path / self.EMBEDDINGS).glob("*.npz"))}
@@ -151,8 +161,3 @@ class RunDir:
         write_json(self.path / self.CONFIG, {"config": config, **env})
         write_text(self.path / self.RESULTS_MD, markdown)
         write_json(self.path / self.RESULTS, {**info, "rows": rows})
-
-
-def runs_with(runs: Iterable[RunDir], flag: str) -> list[RunDir]:
-    """The runs whose ``results.json`` has ``flag`` set (e.g. ``random_init``)."""
-    return [r for r in runs if r.results().get(flag)]

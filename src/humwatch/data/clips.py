@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from humwatch.errors import DatasetError
+from humwatch.errors import one_line
 from humwatch.io import write_csv
 
 NORMAL, ANOMALOUS = 0, 1
@@ -73,7 +74,7 @@ def read_clips_csv(path: str | os.PathLike) -> list[Clip]:
             rows = list(reader)
             header = reader.fieldnames or []
     except (OSError, csv.Error) as e:
-        raise DatasetError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+        raise DatasetError(f"{path}: not a readable CSV ({one_line(e)})") from None
     if not rows:
         raise DatasetError(f"{path}: manifest holds no clips")
     missing = {"path", "label"} - set(header)

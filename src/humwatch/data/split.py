@@ -8,21 +8,20 @@ not on input order, and not on which other machines are loaded alongside.
 
 In the study's unsupervised setting the detectors never see an anomalous clip in training:
 :func:`drop_anomalies` removes them from the train and validation parts.
-Save a split with :func:`save_split` (a :func:`~humwatch.data.clips.write_clips_csv` file) and read it
-back with :func:`load_split` to repeat a run exactly.
+A run saves its split as ``RUN/split.csv`` (:meth:`humwatch.rundir.RunDir.write_split`, a
+:func:`~humwatch.data.clips.write_clips_csv` file); ``--split RUN/split.csv`` repeats the run exactly.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections import Counter
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from humwatch.data.clips import SPLITS, Clip, read_clips_csv, write_clips_csv
+from humwatch.data.clips import SPLITS, Clip
 from humwatch.errors import ConfigError, DatasetError
 from humwatch.settings import FRACTION, SEED, check_value
 
@@ -72,36 +71,6 @@ def split_counts(clips: Iterable[Clip]) -> dict[tuple[str, str, str, int], int]:
     """Clip counts per ``(machine_type, machine_id, split, label)``, sorted by key."""
     counts = Counter((c.machine_type, c.machine_id, c.split, int(c.label)) for c in clips)
     return dict(sorted(counts.items()))
-
-
-def format_split_counts(clips: Iterable[Clip]) -> str:
-    """A plain-text table: one row per machine, normal/anomalous counts per split."""
-    counts = split_counts(clips)
-    groups = sorted({(m, i) for m, i, _, _ in counts})
-    splits = [s for s in SPLITS if any(k[2] == s for k in counts)]
-    splits += sorted({k[2] for k in counts} - set(splits))
-    header = ["machine", "id"] + [f"{s or '(none)'} n/a" for s in splits]
-    rows = [header]
-    for m, i in groups:
-        rows.append([m, i] + [f"{counts.get((m, i, s, 0), 0)}/{counts.get((m, i, s, 1), 0)}" for s in splits])
-    widths = [max(len(r[j]) for r in rows) for j in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
-def save_split(clips: Sequence[Clip], path: str | os.PathLike) -> None:
-    """Write the clips with their split (every clip must have one)."""
-    missing = [c.path for c in clips if c.split not in SPLITS]
-    if missing:
-        raise DatasetError(f"{missing[0]}: has no train/val/test split; split the clips before saving")
-    write_clips_csv(list(clips), path)
-
-
-def load_split(path: str | os.PathLike) -> list[Clip]:
-    """Read a split saved by :func:`save_split`; every clip must have a split."""
-    clips = read_clips_csv(path)
-    if any(not c.split for c in clips):
-        raise DatasetError(f"{path}: some clips have no split")
-    return clips
 
 
 def fraction(value, name: str) -> float:

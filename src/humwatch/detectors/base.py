@@ -15,6 +15,7 @@ from sklearn.utils import check_random_state
 
 from humwatch.errors import ConfigError
 from humwatch.settings import CONTAMINATION, AnyOf, Const, Rule, check_value
+from humwatch.errors import one_line
 
 STATE_FORMAT = "humwatch.detector/1"
 
@@ -50,7 +51,7 @@ def _as_matrix(X: Any, what: str) -> np.ndarray:
     try:
         arr = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{what}: X must be a numeric 2-D array ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{what}: X must be a numeric 2-D array ({one_line(exc)})") from None
     if arr.ndim != 2:
         raise ConfigError(f"{what}: X must be 2-D (samples x features), got shape {arr.shape}")
     if arr.shape[1] < 1:

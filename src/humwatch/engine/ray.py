@@ -29,6 +29,7 @@ import numpy as np
 
 from humwatch.engine.base import Engine
 from humwatch.errors import HumwatchError, AudioError, ConfigError
+from humwatch.errors import one_line
 
 log = logging.getLogger("humwatch")
 
@@ -84,7 +85,7 @@ class RayEngine(Engine):
                     ray.init(**{**kw, **self.init_options})
             except (ConnectionError, RuntimeError, ValueError) as e:
                 where = self.address or "a local Ray"
-                raise ConfigError(f"ray: cannot start or join {where} ({_first_line(e)})") from None
+                raise ConfigError(f"ray: cannot start or join {where} ({one_line(e, 300)})") from None
             self._started = True
         ctx = data.DataContext.get_current()
         ctx.enable_progress_bars = False
@@ -350,11 +351,6 @@ def _ray_modules():
     return ray, ray.data
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
 def _unwrap(e: BaseException) -> BaseException:
     """The humwatch error a worker raised (Ray wraps it, sometimes twice), else one line about ``e``."""
     seen = set()
@@ -362,7 +358,7 @@ def _unwrap(e: BaseException) -> BaseException:
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         if isinstance(cur, HumwatchError):
-            return type(cur)(str(cur).strip().splitlines()[0])
+            return type(cur)(one_line(cur))
         cur = getattr(cur, "cause", None) or cur.__cause__
     text = str(e)
     for line in text.splitlines():  # the original message is in the text when the cause is not kept
@@ -370,4 +366,4 @@ def _unwrap(e: BaseException) -> BaseException:
             tag = f"{kind.__name__}: "
             if tag in line:
                 return kind(line.split(tag, 1)[1].strip())
-    return ConfigError(f"ray: {_first_line(e)}")
+    return ConfigError(f"ray: {one_line(e, 300)}")

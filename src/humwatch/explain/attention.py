@@ -327,11 +327,6 @@ def attention_layers(model, x) -> list[np.ndarray]:
     return [a[0].float().cpu().numpy() for a in att]
 
 
-def ast_attentions(model, x) -> np.ndarray:
-    """Attention weights of every layer for one input, [layers, heads, tokens, tokens] float32."""
-    return np.stack(attention_layers(model, x))
-
-
 def attention_distances(model, inputs: Iterable, renormalize: bool = True) -> np.ndarray:
     """Mean attention distance per layer and head, averaged over ``inputs``: [layers, heads] pixels."""
     ast = find_ast_model(model)

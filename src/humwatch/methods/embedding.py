@@ -19,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from humwatch.errors import ConfigError, DatasetError
+from humwatch.io import damaged
 from humwatch.methods.base import Method, scores_at
 from humwatch.settings import Bool, Int, Mapping, OneOf, Settings, setting
 
@@ -208,7 +209,7 @@ def load_detector(directory: str | Path, state: dict, **settings):
     try:
         arrays = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ConfigError(f"{path}: unreadable ({e})") from None
+        raise damaged(path, e) from None
     shapes = {k: list(v.shape) for k, v in arrays.items()}
     if shapes != state.get("arrays"):
         raise ConfigError(f"{path}: array shapes {shapes} differ from method.json {state.get('arrays')}")

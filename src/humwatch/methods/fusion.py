@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from humwatch.errors import ConfigError, DatasetError
+from humwatch.io import damaged
 from humwatch.methods.base import BackboneSettings, Method, saved_precision
 from humwatch.methods.embed_detect import backbone_info, backbone_record, check_backbone
 from humwatch.methods.embedding import DetectorSettings, EmbeddingMethod, _detector_names
@@ -317,7 +318,7 @@ class EmbedFusionMethod(EmbeddingMethod):
             m.scalers_ = [(arrays[f"mean:{i}"].astype(np.float64), arrays[f"std:{i}"].astype(np.float64))
                           for i in range(len(m.backbones_))]
         except (KeyError, OSError, SafetensorError) as e:
-            raise ConfigError(f"{directory / 'scalers.safetensors'}: unusable ({e})") from None
+            raise damaged(directory / "scalers.safetensors", e) from None
         if any(len(mu) != bb.embedding_dim for (mu, _), bb in zip(m.scalers_, m.backbones_)):
             raise ConfigError(f"{directory}: saved scalers do not fit the backbones' embedding sizes")
         return m

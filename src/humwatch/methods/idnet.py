@@ -33,6 +33,7 @@ from typing import ClassVar
 import numpy as np
 
 from humwatch.errors import ConfigError
+from humwatch.errors import one_line
 from humwatch.idtrain import IdObjective, MarginHead
 from humwatch.methods.base import precision_setting, saved_precision
 from humwatch.methods.embedding import DetectorSettings, EmbeddingMethod, _detector_names
@@ -273,7 +274,7 @@ def load_id_model(directory: Path, state: dict, backbone) -> IdModel:
         head.weight.data.copy_(t["weight"])
         head.scale.fill_(float(t["scale"][0]))
     except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as e:
-        raise ConfigError(f"{directory}: saved class centres unusable ({str(e).splitlines()[0] if str(e) else e})") from None
+        raise ConfigError(f"{directory}: saved class centres unusable ({one_line(e)})") from None
     if len(classes) != head.n_classes:
         raise ConfigError(f"{directory}: {len(classes)} class names for {head.n_classes} classes")
     return IdModel(backbone, head.to(backbone.device).eval(), classes, dict(state.get("training") or {}))

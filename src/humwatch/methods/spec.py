@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from humwatch.errors import ConfigError
+from humwatch.errors import one_line
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _WORDS = {"on", "off", "yes", "no", "y", "n"}
@@ -194,7 +195,7 @@ def read_spec_file(path: str | Path) -> list[MethodSpec]:
     try:
         doc = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{p}: not readable YAML or JSON ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{p}: not readable YAML or JSON ({one_line(e)})") from None
     if isinstance(doc, dict) and isinstance(doc.get("methods"), (dict, list)):
         doc = doc["methods"]
     if isinstance(doc, list):

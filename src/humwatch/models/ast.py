@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from humwatch.errors import ConfigError
+from humwatch.errors import one_line
 from humwatch.features import AST_PARAMS, get_frontend
 from humwatch.models.lazy import LazyBackbone
 from humwatch.models.registry import Backbone, check_config, quiet_hf_loading, random_init_context, register_backbone
@@ -226,7 +227,7 @@ def _build_model(resolved, overrides: dict, attention: str, seed: int):
                 **overrides,
             )
     except Exception as e:  # transformers raises OSError/ValueError/RuntimeError/KeyError for bad folders
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = one_line(e, 200)
         raise ConfigError(f"weights {folder}: not loadable as an AST ({reason})") from None
     if model.config.model_type != "audio-spectrogram-transformer":
         raise ConfigError(f"weights {folder}: holds a {model.config.model_type!r} model, not an AST")

@@ -65,6 +65,7 @@ import numpy as np
 
 from humwatch.audio import SAMPLE_RATE
 from humwatch.errors import ConfigError
+from humwatch.errors import one_line
 from humwatch.features import Frontend
 from humwatch.models.lazy import LazyBackbone
 from humwatch.models.registry import Backbone, quiet_hf_loading, random_init_context, register_backbone
@@ -316,7 +317,7 @@ def _folder_extractor(folder: Path, model_type: str, cfg):
             with _quiet_mel_bank():
                 return AutoFeatureExtractor.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # transformers raises OSError/ValueError/KeyError/JSONDecodeError for bad files
-        raise ConfigError(f"weights {folder}: preprocessor_config.json not usable ({_reason(e)})") from None
+        raise ConfigError(f"weights {folder}: preprocessor_config.json not usable ({one_line(e, 200)})") from None
 
 
 def _check_extractor_fits(fe, model_type: str, cfg) -> None:
@@ -332,10 +333,6 @@ def _check_extractor_fits(fe, model_type: str, cfg) -> None:
     if tuple(got) != tuple(want):
         raise ConfigError(f"backbone {NAME!r}: the feature extractor gives {got[0]} mel bins x {got[1]} frames, the "
                           f"{model_type} model takes {want[0]} x {want[1]}")
-
-
-def _reason(e: Exception) -> str:
-    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
 @register_backbone(NAME)
@@ -374,7 +371,7 @@ def build_hf_audio(*, weights="default", precision="fp32", config=None, seed=0, 
     except ConfigError:
         raise
     except Exception as e:  # a damaged config.json, a value transformers refuses
-        raise ConfigError(f"backbone {NAME!r}: {mt} config not usable ({_reason(e)})") from None
+        raise ConfigError(f"backbone {NAME!r}: {mt} config not usable ({one_line(e, 200)})") from None
     n_layers = int(cfg.num_hidden_layers)
     if not -(n_layers + 1) <= layer <= n_layers:
         raise ConfigError(f"backbone {NAME!r}: layer {layer} does not exist ({mt} has hidden states 0..{n_layers}, "
@@ -408,7 +405,7 @@ def _build_model(model_type: str, cfg, folder: Path | None, seed: int):
             with random_init_context(seed), quiet_hf_loading():
                 model = WhisperEncoder(cfg) if model_type == "whisper" else AutoModel.from_config(cfg)
         except Exception as e:  # sizes transformers refuses (e.g. hidden_size not a multiple of the heads)
-            raise ConfigError(f"backbone {NAME!r}: cannot build the {model_type} model ({_reason(e)})") from None
+            raise ConfigError(f"backbone {NAME!r}: cannot build the {model_type} model ({one_line(e, 200)})") from None
         if folder is not None:
             _load_whisper_encoder(model, folder)
         return model
@@ -417,7 +414,7 @@ def _build_model(model_type: str, cfg, folder: Path | None, seed: int):
             model, loading = AutoModel.from_pretrained(str(folder), config=cfg, dtype=torch.float32, local_files_only=True,
                                                        output_loading_info=True)
     except Exception as e:  # transformers raises OSError/ValueError/RuntimeError/KeyError for bad folders
-        raise ConfigError(f"weights {folder}: not loadable as a {model_type} model ({_reason(e)})") from None
+        raise ConfigError(f"weights {folder}: not loadable as a {model_type} model ({one_line(e, 200)})") from None
     bad = sorted(loading.get("missing_keys", [])) + sorted(str(k) for k in loading.get("mismatched_keys", []))
     bad = [k for k in bad if "masked_spec_embed" not in k]  # wav2vec2's pre-training mask vector, unused here
     if bad:

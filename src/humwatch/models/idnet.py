@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from humwatch.errors import ConfigError
+from humwatch.errors import one_line
 from humwatch.models.lazy import LazyBackbone
 from humwatch.models.registry import Backbone, check_config, random_init_context, register_backbone, state_fingerprint
 from humwatch.settings import Bool, Int, Real, check_value
@@ -220,7 +221,7 @@ def build_idnet(*, weights="none", precision="fp32", config=None, seed=0, device
             try:
                 net.load_state_dict(load_state_dict(weight_file))
             except RuntimeError as e:
-                raise ConfigError(f"weights {resolved.path}: do not fit {NAME} with this config ({str(e).splitlines()[0]})") from None
+                raise ConfigError(f"weights {resolved.path}: do not fit {NAME} with this config ({one_line(e)})") from None
             if info.identity.startswith("trained:") and info.identity != f"trained:{state_fingerprint(net)}":
                 raise ConfigError(f"weights {resolved.path}: the weights changed since they were saved")
         return IdNetBackbone(module=net.to(device).eval(), **ident)

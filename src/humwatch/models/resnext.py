@@ -149,18 +149,15 @@ def build_resnext(*, weights="default", precision="fp32", config=None, seed=0, d
         if meta is not None:
             base.update(meta.get("config") or {})
         else:
-            import json
+            from humwatch.io import read_json
 
             cj = folder / "config.json"
             if cj.is_file():
-                try:
-                    doc = json.loads(cj.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    doc = {}
-                arch = doc.get("architecture") if isinstance(doc, dict) else None
+                doc = read_json(cj, dict)  # a damaged one is a DamagedFileError, not an architecture guessed
+                arch = doc.get("architecture")
                 if arch and arch != NAME:
                     raise ConfigError(f"weights {folder}: holds a timm {arch!r} model, not {NAME!r}")
-                if isinstance(doc, dict) and isinstance(doc.get("model_args"), dict):
+                if isinstance(doc.get("model_args"), dict):
                     base.update(doc["model_args"])
         weight_file = find_weight_file(folder)
     elif resolved.kind == "file":

@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -37,6 +36,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from humwatch.errors import ConfigError
+from humwatch.errors import one_line
 from humwatch.io import file_sha256
 
 log = logging.getLogger("humwatch")
@@ -267,7 +267,7 @@ def fetch_from_hub(
             return ConfigError(f"weights {name!r}: no such revision on the Hugging Face hub")
         if local_only:
             return ConfigError(f"weights {name!r}: no such local folder, and not in the local Hugging Face cache while {why}; {_LOCAL_HINT}")
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        reason = one_line(e, 200)
         return ConfigError(f"weights {name!r}: download failed ({reason}); {_LOCAL_HINT}")
 
     not_there = (hf_errors.EntryNotFoundError, hf_errors.LocalEntryNotFoundError)
@@ -336,18 +336,15 @@ def _hidden(p: Path, root: Path) -> bool:
 def read_meta(folder: Path) -> dict | None:
     """The :data:`META_FILE` of a folder written by :meth:`Backbone.save`, or None; a folder that
     humwatch sealed (``manifest.json``) is checked first: a changed, missing or added file is refused."""
-    from humwatch.io import MANIFEST, check_manifest
+    from humwatch.io import MANIFEST, check_manifest, read_json
 
     f = Path(folder) / META_FILE
     if not f.is_file():
         return None
     if (Path(folder) / MANIFEST).is_file():
         check_manifest(folder)
-    try:
-        meta = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{f}: damaged ({str(e).splitlines()[0]})") from None
-    if not isinstance(meta, dict) or meta.get("format") != "humwatch-backbone":
+    meta = read_json(f, dict)
+    if meta.get("format") != "humwatch-backbone":
         raise ConfigError(f"{f}: not a humwatch backbone description")
     return meta
 
@@ -384,7 +381,7 @@ def load_state_dict(path: Path) -> dict:
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors, pickle and zip errors all mean "not a usable checkpoint"
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        reason = one_line(e, 160)
         raise ConfigError(f"weights {path}: not a readable checkpoint ({reason})") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):

@@ -62,12 +62,9 @@ def synthetic_data(out: Path, s: SyntheticSettings, progress: bool = True) -> Pa
               "n_anomalous": s.n_anomalous, "snr_db": s.snr_db, "seed": s.seed}
     stamp = data / "synth-params.json"
     if stamp.is_file():
-        try:
-            if read_json(stamp) == params:
-                console.print(f"reusing the generated data in {data}")
-                return data
-        except (OSError, ValueError):
-            pass
+        if read_json(stamp) == params:  # a damaged stamp is a DamagedFileError, not "other settings"
+            console.print(f"reusing the generated data in {data}")
+            return data
         raise ConfigError(f"{data}: holds generated data with other settings; remove it or use another --out")
     if data.exists():  # an interrupted generation is redone; anything else there is not ours to overwrite
         from humwatch.data.mimii import SNR_DIR_RE

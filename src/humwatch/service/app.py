@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from humwatch.errors import HumwatchError
+from humwatch.errors import one_line
 from humwatch.service.config import ServiceSettings
 from humwatch.service.guard import SecurityHeaders
 
@@ -121,7 +122,8 @@ class BodyLimit:
         return await self.app(scope, limited, send)
 
 
-def _one_line(text) -> str:
+def _flat(text) -> str:
+    """A text (an HTTP error's detail) on one line, at most 500 characters."""
     return " ".join(str(text).split())[:500]
 
 
@@ -142,22 +144,22 @@ def _install_error_handlers(app) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
         if wants_html(request):
-            return html_error(request, exc.status_code, _one_line(exc.detail), getattr(exc, "headers", None))
-        return JSONResponse({"detail": _one_line(exc.detail)}, exc.status_code, headers=getattr(exc, "headers", None))
+            return html_error(request, exc.status_code, _flat(exc.detail), getattr(exc, "headers", None))
+        return JSONResponse({"detail": _flat(exc.detail)}, exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request, exc: RequestValidationError):
         errors = exc.errors()
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
-        detail = _one_line(f"{where}: {first.get('msg', 'invalid')}")
+        detail = _flat(f"{where}: {first.get('msg', 'invalid')}")
         if wants_html(request):
             return html_error(request, 422, detail)
         return JSONResponse({"detail": detail}, 422)
 
     @app.exception_handler(UploadError)
     async def upload_error(request, exc: UploadError):
-        return JSONResponse({"detail": _one_line(exc)}, exc.status)
+        return JSONResponse({"detail": one_line(exc, 500)}, exc.status)
 
     def unavailable(request, detail: str):
         return JSONResponse({"detail": detail}, 503, headers={"retry-after": "5"})
@@ -165,7 +167,7 @@ def _install_error_handlers(app) -> None:
     @app.exception_handler(StoreError)
     @app.exception_handler(SQLAlchemyError)
     async def store_error(request, exc: Exception):
-        log.error("store: %s", _one_line(getattr(exc, "orig", None) or exc))
+        log.error("store: %s", one_line(getattr(exc, "orig", None) or exc, 500))
         why = store_reason(exc)
         request.app.state.service.metrics.store_error(cannot_write=why is not None)
         if why is None:
@@ -177,14 +179,14 @@ def _install_error_handlers(app) -> None:
     async def disk_error(request, exc: OSError):
         """A full or read-only disk under the uploads or the kept audio: the clip was not stored,
         and the client (a listener keeps its spool) is told to come back later."""
-        log.error("disk: %s", _one_line(exc))
+        log.error("disk: %s", one_line(exc, 500))
         why = os_reason(exc)
         request.app.state.service.probe.failed(f"the server's files: {why}")
         return unavailable(request, f"the server cannot write its files: {why}")
 
     @app.exception_handler(HumwatchError)
     async def user_error(request, exc: HumwatchError):
-        return JSONResponse({"detail": _one_line(exc)}, 422)
+        return JSONResponse({"detail": one_line(exc, 500)}, 422)
 
 
 def create_app(settings: ServiceSettings, service: Service | None = None):

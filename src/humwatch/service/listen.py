@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from humwatch.errors import ConfigError, HumwatchError
+from humwatch.errors import one_line
 from humwatch.io import atomic_path, write_json, write_text
 from humwatch.settings import WINDOW_SECONDS, Int, Optional, Real, Settings, Text, setting
 
@@ -155,7 +156,7 @@ class Spool:
             except OSError:  # sent and removed meanwhile
                 continue
             except ValueError as e:  # sidecars are written whole: this one was damaged later
-                self._set_aside(audio, f"{meta.name}: not JSON ({e})")
+                self._set_aside(audio, f"{meta.name}: damaged ({one_line(e)})")
                 continue
             fields = doc if isinstance(doc, dict) else {}
             machine, recorded_at = fields.get("machine"), fields.get("recorded_at")

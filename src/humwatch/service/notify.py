@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 
+from humwatch.errors import one_line
 from humwatch.service.store import Alert, ClipRow, Notification, Store, utcnow
 
 log = logging.getLogger("humwatch.service")
@@ -81,11 +82,6 @@ class Outbox:
             alert.webhook_status = "pending"
 
 
-def _reason(e: Exception) -> str:
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text}".strip(": ")
-
-
 class ChannelSender:
     """One channel's background thread: sends pending ``notifications`` rows of ``channel`` with
     ``send(document)`` (raises on failure), ``retries`` more times after the first with backoff
@@ -133,7 +129,7 @@ class ChannelSender:
                                                                   Notification.status == "pending")
                                     .order_by(Notification.id).limit(100)).all()
             except Exception as e:  # a store that is down: try again at the next poll
-                log.error("%s: cannot read the outbox: %s", self.channel, _reason(e))
+                log.error("%s: cannot read the outbox: %s", self.channel, one_line(e, typed=True))
                 continue
             for nid in ids:
                 if self._stop.is_set():
@@ -142,7 +138,7 @@ class ChannelSender:
                 try:
                     self._deliver(nid)
                 except Exception as e:  # never let one event stop the thread
-                    log.error("%s notification %s: %s", self.channel, nid, _reason(e))
+                    log.error("%s notification %s: %s", self.channel, nid, one_line(e, typed=True))
                 finally:
                     self._busy = False
 
@@ -177,7 +173,7 @@ class ChannelSender:
                 error = ""
                 break
             except Exception as e:  # refused, timed out, bad answer ...: the next attempt, or the log
-                error = _reason(e) or "failed"
+                error = one_line(e, typed=True) or "failed"
         status = "failed" if error else "sent"
         if self._stop.is_set() and error:
             status = "pending"  # shutting down: the next start sends it

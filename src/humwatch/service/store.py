@@ -39,6 +39,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from humwatch.errors import HumwatchError
+from humwatch.errors import one_line
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_MS = 30_000
@@ -233,12 +234,7 @@ def make_engine(url: str, *, writer: bool = False) -> Engine:
     try:
         return create_engine(u, pool_pre_ping=True, pool_size=10, max_overflow=20)
     except (ImportError, ArgumentError) as e:
-        raise StoreError(f"--db {u.render_as_string(hide_password=True)}: {str(e).splitlines()[0]}") from None
-
-
-def _one_line(e: Exception) -> str:
-    text = str(getattr(e, "orig", None) or e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+        raise StoreError(f"--db {u.render_as_string(hide_password=True)}: {one_line(e)}") from None
 
 
 class Store:
@@ -293,7 +289,7 @@ class Store:
             with self.write() as s:
                 s.merge(StoreInfo(key="written_by", value=__version__))
         except (OperationalError, SQLAlchemyError) as e:
-            raise StoreError(f"{self.display_url}: cannot migrate the database ({_one_line(e)})") from None
+            raise StoreError(f"{self.display_url}: cannot migrate the database ({one_line(getattr(e, 'orig', None) or e)})") from None
         return self.head_revision()
 
     def _refuse_newer(self, current: str | None) -> None:
@@ -339,7 +335,7 @@ class Store:
             with self.engine.connect() as conn:
                 return MigrationContext.configure(conn).get_current_revision()
         except SQLAlchemyError as e:
-            raise StoreError(f"{self.display_url}: cannot open the database ({_one_line(e)})") from None
+            raise StoreError(f"{self.display_url}: cannot open the database ({one_line(getattr(e, 'orig', None) or e)})") from None
 
     def check_schema(self) -> None:
         """Refuse a database whose schema is not this humwatch's (one line, says what to do)."""
