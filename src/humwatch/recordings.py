@@ -147,7 +147,7 @@ def as_recordings(recordings: Any, folder: Callable[[str], list[Clip]] = _files)
 
 
 def _short(x: Any) -> str:
-    text = repr(x).splitlines()[0] if repr(x) else ""
+    text = " ".join(repr(x).split())  # a value shown in an error, on one line
     return text if len(text) <= 40 else text[:37] + "..."
 
 
