@@ -15,7 +15,7 @@ from humwatch.errors import ConfigError
 from humwatch.folds import cross_fit, fold_jobs
 from humwatch.methods import Context, create_method
 from humwatch.methods.embedding import EmbeddingMethod
-from humwatch.monitor import fit_monitor
+from humwatch.calibrate import fit_monitor
 from humwatch.reader import ClipReader
 from helpers import make_mimii_tree
 

@@ -141,7 +141,8 @@ def test_features_backbone_statistics_by_hand_and_round_trip(tmp_path):
                                   "autoencoder:epochs=1"]}),
 ])
 def test_every_new_method_makes_a_monitor(two_fans, tmp_path, method, settings):
-    from humwatch.monitor import Monitor, fit_monitor
+    from humwatch.calibrate import fit_monitor
+    from humwatch.monitor import Monitor
 
     train, test = two_fans
     one = [c for c in train if c.machine_id == "id_00"]

@@ -41,7 +41,7 @@ class Entry:
 
     def describe(self) -> dict:
         m = self.monitor
-        return {"method": m.settings.get("method", ""), "label": m.settings.get("label", m.settings.get("method", "")),
+        return {"method": m.settings.method, "label": m.settings.label or m.settings.method,
                 "threshold": self.threshold, "random_init": bool(m.random_init),
                 "seconds": m.audio.seconds, "sample_rate": m.audio.sample_rate}
 
@@ -79,7 +79,7 @@ class MonitorPool:
         for name, path in find_monitors(folder).items():
             mon = load_monitor(path, device=self.device)
             self.entries[name] = Entry(name, path, mon)
-            log.info("monitor %s: %s, threshold %.4g%s", name, mon.settings.get("label", ""), mon.threshold,
+            log.info("monitor %s: %s, threshold %.4g%s", name, mon.settings.label, mon.threshold,
                      " (RANDOM INIT)" if mon.random_init else "")
 
     def warm_up(self) -> None:
