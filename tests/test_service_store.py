@@ -55,7 +55,7 @@ def upload(tmp_path, kind="normal", seed=0, minutes=None) -> Upload:
     p = write_clip(tmp_path / "in" / f"{uuid.uuid4().hex}.wav", kind, seed)
     data = p.read_bytes()
     when = None if minutes is None else T0 + dt.timedelta(minutes=minutes)
-    return Upload(p, hashlib.sha256(data).hexdigest(), len(data), f"{kind}-{seed}.wav", when)
+    return Upload(data, hashlib.sha256(data).hexdigest(), len(data), f"{kind}-{seed}.wav", when)
 
 
 def count(store, model=ClipRow) -> int:
