@@ -299,7 +299,7 @@ VERSION = Pattern(r"\d+(\.\d+){0,3}([.+-]?[0-9A-Za-z.+-]*)?", "a version such as
 
 
 def _method_names() -> list[str]:
-    from humwatch.methods import list_methods
+    from humwatch.methods.registry import list_methods
 
     return list_methods()
 
