@@ -144,7 +144,7 @@ class RayEngine(Engine):
         if recipe is None:
             raise ConfigError(f"the ray engine rebuilds the backbone in each worker: {backbone.name} must come from "
                               "create_backbone or plan_backbone (a backbone changed in memory cannot be shipped)")
-        clips = list(clips)
+        clips = _files_only(clips)
         n, dim = len(clips), int(backbone.embedding_dim)
         if backbone.weights.random_init:
             log.warning("embedding with %s: %s", backbone.name, backbone.weights.describe())
@@ -178,7 +178,7 @@ class RayEngine(Engine):
         return EmbeddingSet(X[kept], [clips[i] for i in kept], reader.skipped[n_skipped:], stats)
 
     def batches(self, reader, clips, size, description, transform=None):
-        clips = list(clips)
+        clips = _files_only(clips)
         todo, ds = self._paths(clips, reader)
         if ds is None:
             return
@@ -209,7 +209,7 @@ class RayEngine(Engine):
         recipe = getattr(monitor, "recipe", None)
         if recipe is None:
             raise ConfigError("the ray engine scores a monitor loaded from its folder (save it, then load it)")
-        clips = list(clips)
+        clips = _files_only(clips)
         n = len(clips)
         found: dict[int, list[tuple[float, float]]] = {}
         reasons: dict[int, list[tuple[str, str]]] = {}
@@ -342,6 +342,16 @@ class _ScoreWorker:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _files_only(clips) -> list:
+    """``clips`` as a list; a ConfigError for an in-memory clip (the workers read files by path)."""
+    clips = list(clips)
+    mem = next((c for c in clips if c.in_memory), None)
+    if mem is not None:
+        raise ConfigError(f"{mem.path}: the ray engine reads files in its workers; score in-memory clips with the "
+                          "local engine")
+    return clips
+
+
 def _ray_modules():
     try:
         import ray
