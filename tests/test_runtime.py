@@ -195,3 +195,25 @@ def test_the_embedding_cache_keys_on_the_audio_not_the_name(tmp_path):
     other = embed_clips([Clip.from_array(hum(4, 1.0), SR, "a.wav")], bb, cache_dir=tmp_path, reader=reader)
     assert again.stats["cache_hits"] == 1 and np.array_equal(first.X, again.X)
     assert other.stats["cache_hits"] == 0 and not np.array_equal(first.X, other.X)
+
+
+def test_the_why_figure_of_a_kept_clip_needs_no_symlink_nor_temporary_file(served, tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from humwatch.service.scoring import MonitorPool
+
+    pool = MonitorPool(served)
+    kept = tmp_path / "17-abc.wav"
+    sf.write(str(kept), hum(9, 2.0, 900.0), SR, subtype="PCM_16")
+
+    def refuse(*a, **k):
+        raise AssertionError("no file but the kept one is needed")
+
+    monkeypatch.setattr(os, "symlink", refuse)
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", refuse)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    why = pool.explain("fan", kept, "pump #3 (left).wav")
+    assert why.png[:8] == b"\x89PNG\r\n\x1a\n" and "threshold" in why.summary
+    with pytest.raises(AudioError, match="^gone.wav: no such file"):
+        pool.explain("fan", tmp_path / "missing.wav", "gone.wav")

@@ -126,6 +126,8 @@ class MonitorPool:
         shown = safe_filename(Path(name).name if name else Path(path).name)
         try:
             blob = check_file(path).read_bytes()
+        except AudioError as err:  # named as the clip is shown, not where it is kept
+            raise AudioError(str(err).replace(str(Path(path)), shown)) from None
         except OSError as err:
             raise AudioError(f"{shown}: not readable ({err.strerror or type(err).__name__})") from None
         samples, rate = decode_bytes(blob, shown)
