@@ -144,3 +144,11 @@ def test_no_oversized_modules():
     assert not too_big, f"modules over {MAX_LINES} lines (split them): " + ", ".join(
         f"{rel} ({n})" for rel, n in sorted(too_big.items())
     )
+
+
+def test_no_module_imports_the_public_api():
+    """``humwatch/__init__.py`` is the public API, free to import any module: none imports it back
+    (the version is in the leaf ``humwatch._version``)."""
+    graph = import_graph()
+    users = sorted(name for name, edges in graph.items() if "humwatch" in edges)
+    assert not users, f"these import the package humwatch itself (use humwatch._version): {users}"

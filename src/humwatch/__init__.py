@@ -5,8 +5,7 @@ AST-versus-CNN study (MIMII; autoencoder baseline, LOF on embeddings, supervised
 end to end.
 """
 
-__version__ = "0.1.0"
-
-from humwatch.errors import HumwatchError  # noqa: E402
+from humwatch._version import __version__
+from humwatch.errors import HumwatchError
 
 __all__ = ["HumwatchError", "__version__"]

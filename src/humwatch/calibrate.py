@@ -83,7 +83,7 @@ def fit_monitor(
     """Fit a monitor with ``method`` (and its ``settings``) on ``clips``; returns (monitor, summary).
     ``jobs``: trainings at once for a method that trains a network (default: the cores here;
     :mod:`humwatch.folds`)."""
-    from humwatch import __version__
+    from humwatch._version import __version__
     from humwatch.methods import Context, create_method, method_settings
     from humwatch.metrics import auc, threshold_from_scores
 

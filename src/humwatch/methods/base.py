@@ -260,7 +260,7 @@ class Method:
     def save(self, directory: str | Path) -> Path:
         """Write the fitted method into ``directory``: its files, ``method.json``, then
         ``manifest.json`` (the SHA-256 of every file; :func:`load_method` refuses a changed folder)."""
-        from humwatch import __version__
+        from humwatch._version import __version__
         from humwatch.io import weight_fingerprints, write_json, write_manifest
 
         if not self.fitted_:
@@ -334,7 +334,7 @@ def warn_if_newer(version: str, where) -> bool:
     this humwatch (it may hold what this one does not know); True when it is."""
     import logging
 
-    from humwatch import __version__
+    from humwatch._version import __version__
 
     if version_tuple(version) <= version_tuple(__version__):
         return False
