@@ -128,7 +128,7 @@ class ClipReader:
         if clip.key in self.skips.keys:
             return None
         try:
-            y = clip.load(self.audio)
+            y = clip.load(self.audio) if clip.in_memory else load_audio(clip.path, self.audio, start=clip.start)
             return checked(transform, y, clip) if transform is not None else y
         except AudioError as e:
             self.fail(clip, e)
