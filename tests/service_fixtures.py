@@ -234,7 +234,7 @@ def service_monitors(tmp_path_factory) -> Path:
     a few tens of per cent of each other, the anomalous tone about 50 times higher)."""
     from humwatch.data import load_dataset
     from humwatch.data.clips import Clip
-    from humwatch.monitor import fit_monitor
+    from humwatch.calibrate import fit_monitor
 
     root = tmp_path_factory.mktemp("service")
     data = make_mimii_tree(root / "data", machines=("fan",), ids=("00",), n_normal=25, n_anomalous=0,

@@ -80,23 +80,24 @@ def test_settings_of_every_method_are_checked_before_any_work(tree, tmp_path):
 def test_fusing_a_backbone_or_a_method_with_itself_gives_its_own_ranking(tree, tmp_path):
     from humwatch.data import load_dataset
     from humwatch.methods import Context, create_method
-    from humwatch.reader import ClipReader
+    from humwatch.runtime import Runtime, active
 
     clips = load_dataset(tree, machines=["fan"])
     train, test = [c for c in clips if not c.is_anomalous][:12], [c for c in clips if c.is_anomalous or c in clips[12:]]
-    ctx = Context(reader=ClipReader(progress=False), cache_dir=str(tmp_path / "cache"))
-    single = create_method("embed-detect", {"backbone": "features", "detector": "knn", "standardize": True}, ctx).fit(train)
-    twice = create_method("embed-fusion", {"backbones": ["features", "features"], "detector": "knn"}, ctx).fit(train)
-    np.testing.assert_allclose(twice.score(test), single.score(test), rtol=1e-4, atol=1e-6)
-    member = {"method": "embed-detect", "settings": {"backbone": "features", "detector": "knn", "standardize": True}}
-    fused = create_method("score-fusion", {"members": [member, member], "how": "zscore"}, ctx).fit(train, val=train[:6])
-    s, f = single.score(test), fused.score(test)
-    assert (np.argsort(s, kind="stable") == np.argsort(f, kind="stable")).all()
-    assert "in-sample" not in fused.info()["reference"]
-    fused.save(tmp_path / "sf")
-    from humwatch.methods import load_method
+    ctx = Context()
+    with active(Runtime(progress=False, cache_dir=str(tmp_path / "cache"))):  # every call below runs with it
+        single = create_method("embed-detect", {"backbone": "features", "detector": "knn", "standardize": True}, ctx).fit(train)
+        twice = create_method("embed-fusion", {"backbones": ["features", "features"], "detector": "knn"}, ctx).fit(train)
+        np.testing.assert_allclose(twice.score(test), single.score(test), rtol=1e-4, atol=1e-6)
+        member = {"method": "embed-detect", "settings": {"backbone": "features", "detector": "knn", "standardize": True}}
+        fused = create_method("score-fusion", {"members": [member, member], "how": "zscore"}, ctx).fit(train, val=train[:6])
+        s, f = single.score(test), fused.score(test)
+        assert (np.argsort(s, kind="stable") == np.argsort(f, kind="stable")).all()
+        assert "in-sample" not in fused.info()["reference"]
+        fused.save(tmp_path / "sf")
+        from humwatch.methods import load_method
 
-    np.testing.assert_allclose(load_method(tmp_path / "sf", ctx).score(test), f)
+        np.testing.assert_allclose(load_method(tmp_path / "sf", ctx).score(test), f)
 
 
 def test_compare_command_line(tree, tmp_path, capsys):

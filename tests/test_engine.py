@@ -16,6 +16,7 @@ from humwatch.errors import AudioError, ConfigError
 from humwatch.methods import BackboneSettings, Context
 from humwatch.pipeline import RunConfig, run
 from humwatch.reader import ClipReader
+from humwatch.runtime import Runtime
 
 TINY_AST = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 AUDIO = AudioSettings(seconds=2.0)
@@ -46,14 +47,14 @@ def _clips(data):
 def _embed(engine, clips, cache, on_bad="skip", seed=0):
     spec = BackboneSettings(backbone="ast", weights="none", backbone_config=TINY_AST)
     reader = ClipReader(AUDIO, on_bad, progress=False)
-    bb = Context(reader=reader, seed=seed).backbone(spec)
+    bb = Context(audio=AUDIO, seed=seed).backbone(spec)
     return engine.embed(clips, bb, cache_dir=cache, batch_size=3, reader=reader), reader
 
 
 # -- without Ray -------------------------------------------------------------------------------------------
 def test_engine_choice_and_options():
     assert ENGINES == ("local", "ray") and isinstance(get_engine(), LocalEngine)
-    assert isinstance(Context().engine, LocalEngine)
+    assert isinstance(Runtime().engine, LocalEngine)
     with pytest.raises(ConfigError, match="unknown engine 'spark'"):
         get_engine("spark")
     with pytest.raises(ConfigError, match="--ray-address applies to --engine ray"):

@@ -17,7 +17,8 @@ from humwatch.data import load_dataset
 from humwatch.errors import ConfigError
 from humwatch.export import TOLERANCE, export_monitor
 from humwatch.metrics import auc
-from humwatch.monitor import MonitorError, fit_monitor, load_monitor
+from humwatch.calibrate import fit_monitor
+from humwatch.monitor import MonitorError, load_monitor
 
 TINY_AST = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 TINY_RX = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "cardinality": 2, "base_width": 32, "stem_width": 8}
@@ -78,7 +79,7 @@ def test_onnx_scores_equal_torch_scores(exported, data, name):
     assert doc["precision"] == "fp32" and doc["check"]["fp32_relative_error"] <= TOLERANCE
     assert doc["output"] == ("embedding" if MONITORS[name][0] == "embed-detect" else "score")
     onnx_mon = load_monitor(exp, runtime="onnx")
-    assert onnx_mon.method.runtime == "onnx" and onnx_mon.threshold == load_monitor(mon).threshold
+    assert onnx_mon.method.backend == "onnx" and onnx_mon.threshold == load_monitor(mon).threshold
     want = load_monitor(mon).method.readings(test)
     got = onnx_mon.method.readings(test)
     assert sorted(got) == sorted(want)  # lof-vote's second reading (votes) comes through too

@@ -269,9 +269,8 @@ def test_bottleneck_reading_trains_the_top_two_bottlenecks_of_layer4():
 
 def test_finetune_method_fits_scores_saves_and_reports_trainable_parameters(clips, tmp_path, capsys):
     from humwatch.methods import Context, create_method, load_method
-    from humwatch.reader import ClipReader
 
-    ctx = Context(reader=ClipReader(AUDIO, progress=False))
+    ctx = Context(audio=AUDIO)
     m = create_method("finetune", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "epochs": 1}, ctx,
                       title="fan")
     m.fit(part(clips, "train"), val=part(clips, "val"))

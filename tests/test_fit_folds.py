@@ -15,8 +15,7 @@ from humwatch.errors import ConfigError
 from humwatch.folds import cross_fit, fold_jobs
 from humwatch.methods import Context, create_method
 from humwatch.methods.embedding import EmbeddingMethod
-from humwatch.monitor import fit_monitor
-from humwatch.reader import ClipReader
+from humwatch.calibrate import fit_monitor
 from helpers import make_mimii_tree
 
 FEATURES = {"backbone": "features", "backbone_config": {"n_mels": 16}}
@@ -49,7 +48,7 @@ def _folds(tree, settings, shortcuts):
     from humwatch.calibrate import fold_groups
 
     audio = AudioSettings(seconds=1.0)
-    ctx = Context(reader=ClipReader(audio, progress=False))
+    ctx = Context(audio=audio)
     windows = expand_windows([c for c in load_dataset(tree) if not c.is_anomalous], 1.0, 1.0)
     groups = fold_groups(windows, 5)
     m = create_method("embed-detect", {**FEATURES, **settings}, ctx, title="monitor")

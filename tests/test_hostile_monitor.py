@@ -24,7 +24,8 @@ import soundfile as sf
 
 from humwatch.cli import main
 from humwatch.io import weight_fingerprints, write_manifest
-from humwatch.monitor import Monitor, MonitorError, fit_monitor
+from humwatch.calibrate import fit_monitor
+from humwatch.monitor import Monitor, MonitorError
 from helpers import make_mimii_tree
 from test_hostile import humwatch, refused
 

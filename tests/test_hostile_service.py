@@ -169,8 +169,9 @@ def test_a_read_only_database_answers_503_with_the_reason_and_health_says_the_st
 
 
 def test_a_full_disk_answers_503_with_the_reason_and_health_says_the_store_cannot_write(fresh, monkeypatch):
-    """The upload folder's disk full (ENOSPC on write), and the database's disk full (SQLite's
-    "database or disk is full"): 503 naming it, never 500, and /health 503 until the disk has room."""
+    """The kept audio's disk full (ENOSPC on write; uploads are decoded in memory, so only an
+    anomalous clip's kept audio is written), and the database's disk full (SQLite's "database or
+    disk is full"): 503 naming it, never 500, nothing stored, and /health 503 until the disk has room."""
     import os
 
     from sqlalchemy.exc import OperationalError
@@ -203,13 +204,24 @@ def test_a_full_disk_answers_503_with_the_reason_and_health_says_the_store_canno
     c = fresh.client
     assert c.get("/health").status_code == 200
     monkeypatch.setattr(os, "fdopen", full_fdopen)
-    r = fresh.post_clip(clip_bytes("normal", 1), recorded_at=iso(1))
+    real_write_bytes = Path.write_bytes
+
+    def full_write_bytes(self, data):
+        if self.parent.parent == fresh.settings.audio_path:  # <audio>/<machine>/<kept file>
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_write_bytes)
+    r = fresh.post_clip(clip_bytes("anomalous", 1), recorded_at=iso(1))
     one_line_problem(r, 503, "cannot write", "the disk is full")
+    assert fresh.n_clips() == 0 and not [p for p in fresh.settings.audio_path.rglob("*") if p.is_file()
+                                         and ".incoming" not in p.parts]
     one_line_problem(c.get("/health"), 503, "the store cannot write", "the disk is full")
     monkeypatch.setattr(guard, "PROBE_EVERY_S", 0.0)  # the next probe writes for real: still full
     one_line_problem(c.get("/health"), 503, "the store cannot write", "the upload folder: the disk is full")
     assert not list((fresh.settings.audio_path / ".incoming").glob(".upload-*"))
     monkeypatch.setattr(os, "fdopen", real_fdopen)
+    monkeypatch.setattr(Path, "write_bytes", real_write_bytes)
 
     def disk_full(*a, **kw):
         raise OperationalError("INSERT INTO clips ...", {}, Exception("database or disk is full"))

@@ -10,7 +10,7 @@ import torch
 from humwatch.audio import AudioSettings
 from humwatch.errors import ConfigError, DatasetError
 from humwatch.methods import Context, create_method, load_method
-from humwatch.reader import ClipReader
+from humwatch.runtime import Runtime
 
 SECONDS = 2.0
 TINY_NET = {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16}
@@ -30,9 +30,8 @@ def two_fans(tmp_path_factory):
     return train, test
 
 
-def ctx(tmp_path=None, seed=0):
-    return Context(reader=ClipReader(AudioSettings(seconds=SECONDS), progress=False), seed=seed,
-                   cache_dir=str(tmp_path) if tmp_path else None)
+def ctx(seed=0):
+    return Context(audio=AudioSettings(seconds=SECONDS), seed=seed)
 
 
 def test_idnet_learns_to_tell_two_machines_apart_and_scores_by_section(two_fans, tmp_path):
@@ -67,7 +66,7 @@ def test_one_machine_alone_gets_generated_outliers_and_says_so(two_fans, tmp_pat
     train, test = two_fans
     one = [c for c in train if c.machine_id == "id_00"]
     s = {**TINY_TRAINING, "epochs": 2, "outlier_clips": 2, "scope": "group"}
-    m = create_method("idnet", s, ctx(tmp_path)).fit(one)
+    m = create_method("idnet", s, ctx()).fit(one, runtime=Runtime(progress=False, cache_dir=str(tmp_path)))
     assert m.info()["outlier_exposure"].startswith("generated: 16 clips of 8 machines")
     assert m.info()["training"]["n_classes"] == 9
     assert np.isfinite(m.score(test)).all()
@@ -82,7 +81,7 @@ def test_one_network_per_run_uses_the_other_machines_of_the_run(two_fans):
     a = create_method("idnet", {**TINY_TRAINING, "epochs": 1}, c, title="a").fit([x for x in train if x.machine_id == "id_00"])
     b = create_method("idnet", {**TINY_TRAINING, "epochs": 1}, c, title="b").fit([x for x in train if x.machine_id == "id_02"])
     assert a.model_ is b.model_ and a.info()["training"]["n_classes"] == 2  # trained once, shared
-    g = Context(reader=c.reader, run_clips=c.run_clips)
+    g = Context(audio=c.audio, run_clips=c.run_clips)
     one = create_method("idnet", {**TINY_TRAINING, "epochs": 1, "scope": "group"}, g).fit(
         [x for x in train if x.machine_id == "id_00"])
     assert one.info()["outlier_exposure"].startswith("data: 14 clips of 1 other machines")
@@ -141,7 +140,8 @@ def test_features_backbone_statistics_by_hand_and_round_trip(tmp_path):
                                   "autoencoder:epochs=1"]}),
 ])
 def test_every_new_method_makes_a_monitor(two_fans, tmp_path, method, settings):
-    from humwatch.monitor import Monitor, fit_monitor
+    from humwatch.calibrate import fit_monitor
+    from humwatch.monitor import Monitor
 
     train, test = two_fans
     one = [c for c in train if c.machine_id == "id_00"]

@@ -11,7 +11,7 @@ import pytest
 from humwatch.errors import AudioError, ConfigError
 from humwatch.methods import METHODS, Context, create_method, load_method
 from humwatch.methods.base import Method, scores_at
-from humwatch.reader import ClipReader
+from humwatch.runtime import Runtime
 from humwatch.settings import OneOf, Settings, setting
 from helpers import make_mimii_tree
 
@@ -63,7 +63,8 @@ def tree(tmp_path_factory):
 
 
 def test_a_new_method_runs_everywhere_with_one_registry_line(loudness, tree, tmp_path):
-    from humwatch.monitor import Monitor, fit_monitor
+    from humwatch.calibrate import fit_monitor
+    from humwatch.monitor import Monitor
     from humwatch.pipeline import RunConfig, run
     from humwatch.data import load_dataset
 
@@ -90,12 +91,13 @@ def test_score_gives_nan_for_skipped_clips_and_counts_them_once(loudness, tree, 
     from humwatch.data.clips import Clip
 
     odd = Clip(str(bad), "fan", "id_00", 0)
-    m = create_method("loudness", {}, Context(reader=ClipReader(on_bad="skip", progress=False))).fit(clips[:8])
-    s = m.score([clips[10], odd, clips[11]])
+    rt = Runtime(on_bad="skip", progress=False)
+    m = create_method("loudness", {}, Context()).fit(clips[:8], runtime=rt)
+    s = m.score([clips[10], odd, clips[11]], runtime=rt)
     assert np.isfinite(s[[0, 2]]).all() and np.isnan(s[1])
-    m.score([odd])
-    assert [p for p, _ in m.reader.skipped] == [str(bad)]  # once per file, however often it is asked for
-    strict = create_method("loudness", {}, Context(reader=ClipReader(progress=False))).fit(clips[:8])
+    m.score([odd], runtime=rt)
+    assert [p for p, _ in rt.skipped] == [str(bad)]  # once per file, however often it is asked for
+    strict = create_method("loudness", {}, Context()).fit(clips[:8], runtime=Runtime(progress=False))
     with pytest.raises(AudioError, match="bad.wav"):
         strict.score([odd])
 
@@ -104,7 +106,7 @@ def test_fit_refuses_no_normal_clips_and_unfitted_use(loudness, tree):
     from humwatch.data import load_dataset
 
     anomalous = [c for c in load_dataset(tree) if c.is_anomalous]
-    m = create_method("loudness", {}, Context(reader=ClipReader(progress=False)), title="fan")
+    m = create_method("loudness", {}, Context(), title="fan")
     with pytest.raises(ConfigError, match="not fitted"):
         m.score(anomalous)
     with pytest.raises(Exception, match="fan: no normal training clips"):
@@ -114,7 +116,7 @@ def test_fit_refuses_no_normal_clips_and_unfitted_use(loudness, tree):
 def test_saved_methods_are_sealed(loudness, tree, tmp_path):
     from humwatch.data import load_dataset
 
-    m = create_method("loudness", {}, Context(reader=ClipReader(progress=False))).fit(load_dataset(tree))
+    m = create_method("loudness", {}, Context()).fit(load_dataset(tree))
     m.save(tmp_path / "m")
     (tmp_path / "m" / "method.json").write_text((tmp_path / "m" / "method.json").read_text().replace('"mean"', '"mean" '))
     with pytest.raises(ConfigError, match="checksum"):

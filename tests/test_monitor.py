@@ -8,8 +8,9 @@ import pytest
 
 from humwatch.cli import main
 from humwatch.data import load_dataset
+from humwatch.calibrate import fit_monitor
 from humwatch.errors import DamagedFileError
-from humwatch.monitor import Monitor, MonitorError, fit_monitor
+from humwatch.monitor import Monitor, MonitorError
 from helpers import make_mimii_tree
 
 TINY_AST = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_length=128)

@@ -82,7 +82,8 @@ def test_auto_is_resolved_in_create_backbone_and_keyed_by_what_it_became(monkeyp
 def test_a_monitor_fitted_with_auto_keeps_the_precision_it_chose(monkeypatch, tmp_path):
     """Fitted where auto meant bf16, loaded where it means fp32: the monitor still runs in bf16
     (the embeddings its detector and threshold were made for), and records it."""
-    from humwatch.monitor import fit_monitor, load_monitor
+    from humwatch.calibrate import fit_monitor
+    from humwatch.monitor import load_monitor
 
     clips = _clips(tmp_path / "a", 25)
     settings = {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "detector": "knn"}
@@ -107,7 +108,8 @@ def test_a_monitor_fitted_with_auto_keeps_the_precision_it_chose(monkeypatch, tm
                       "detector": "knn"}, lambda m: [bb.precision for bb in m.backbones_]),
 ])
 def test_new_methods_keep_the_precision_auto_chose(monkeypatch, tmp_path, method, settings, precision_of):
-    from humwatch.monitor import fit_monitor, load_monitor
+    from humwatch.calibrate import fit_monitor
+    from humwatch.monitor import load_monitor
 
     clips = _clips(tmp_path / "a", 12)
     monkeypatch.setenv(P.ENV, "1")

@@ -137,7 +137,6 @@ def test_database_errors_are_counted_by_kind(app, monkeypatch):
 
     def failing(why):
         def ingest(machine, up):
-            up.path.unlink(missing_ok=True)
             raise OperationalError("INSERT INTO clips", {}, Exception(why))
         return ingest
 

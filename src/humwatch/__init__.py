@@ -21,9 +21,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
-from humwatch.errors import HumwatchError  # noqa: E402
+from humwatch._version import __version__
+from humwatch.errors import HumwatchError
 
 _LAZY = {
     "fit": "humwatch.api", "load_monitor": "humwatch.api", "backbones": "humwatch.api",

@@ -22,6 +22,7 @@ import soundfile as sf
 from humwatch.errors import AudioError
 from humwatch.settings import CHANNEL, SAMPLE_RATE_HZ, WINDOW_SECONDS, Optional, Real, Settings, check_fields, setting
 from humwatch.errors import one_line
+from humwatch.io import AUDIO_SUFFIXES, atomic_path
 
 log = logging.getLogger("humwatch")
 
@@ -32,7 +33,6 @@ CLIP_SECONDS = 10.0
 SILENCE_PEAK = 1e-6
 """A clip whose peak amplitude is below this (full scale = 1.0) is treated as silent."""
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 MAX_FILE_BYTES = 4 << 30
 """The largest audio file humwatch opens (4 GiB: 37 hours of 16 kHz 16-bit mono, 9 hours of MIMII's 8 channels)."""
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = SAMPLE_RATE_HZ.low, SAMPLE_RATE_HZ.high
@@ -108,6 +108,78 @@ def load_audio(
         raise AudioError(
             f"{path}: truncated (header says {info.frames} frames, file holds {data.shape[0]})"
         )
+    return _signal(data, sr, s, path, notes)
+
+
+def decode_array(samples, sample_rate: int, settings: AudioSettings | None = None, *, name: str = "<memory>",
+                 notes: list[str] | None = None, start: float = 0.0) -> np.ndarray:
+    """:func:`load_audio` of samples already in memory (``samples``: frames, or frames x channels, at
+    ``sample_rate``): the same channel, resampling, padding and cutting rules and the same errors,
+    naming the clip ``name``."""
+    s = settings or AudioSettings()
+    data, sr = check_samples(samples, sample_rate, name)
+    data = data.reshape(len(data), -1)
+    first = int(round(start * sr)) if start else 0
+    if first:
+        if not 0 <= first < data.shape[0]:
+            raise AudioError(f"{name}: no audio at {start:g} s (it is {data.shape[0] / sr:.2f} s long)")
+        data = data[first: first + (data.shape[0] if s.seconds is None else int(np.ceil(s.seconds * sr)))]
+    if data.shape[0] == 0:
+        raise AudioError(f"{name}: holds no samples")
+    return _signal(data, sr, s, name, notes)
+
+
+def check_samples(samples, sample_rate, name: str) -> tuple[np.ndarray, int]:
+    """``(float32 samples, sample rate)`` of in-memory audio, or AudioError naming ``name``: the
+    samples a 1-D (frames) or 2-D (frames x channels) array of numbers (integers are PCM, scaled
+    as soundfile scales them), the rate within what humwatch reads."""
+    try:
+        data = np.asarray(samples)
+    except (TypeError, ValueError):
+        data = np.asarray(None)
+    if data.dtype.kind not in "fi" or data.ndim not in (1, 2):
+        raise AudioError(f"{name}: samples must be a 1-D (frames) or 2-D (frames x channels) array of numbers, "
+                         f"got {data.dtype} of shape {data.shape}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or \
+            not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{name}: sample rate {sample_rate!r} is outside the "
+                         f"{MIN_SAMPLE_RATE // 1000}-{MAX_SAMPLE_RATE // 1000} kHz humwatch reads")
+    if data.dtype.kind == "i":  # integer PCM as soundfile scales it
+        data = data.astype(np.float32) / float(2 ** (8 * data.dtype.itemsize - 1))
+    return data.astype(np.float32, copy=False), int(sample_rate)
+
+
+def decode_bytes(blob: bytes, name: str) -> tuple[np.ndarray, int]:
+    """``(samples frames x channels, sample rate)`` of an audio file's bytes (an upload), decoded in
+    memory with the checks :func:`load_audio` makes of a file; AudioError naming ``name``."""
+    import io
+
+    if not blob:
+        raise AudioError(f"{name}: empty file")
+    if len(blob) > MAX_FILE_BYTES:
+        raise AudioError(f"{name}: {len(blob) / 2**30:.1f} GiB, larger than the {MAX_FILE_BYTES / 2**30:.0f} GiB humwatch reads")
+    try:
+        info = sf.info(io.BytesIO(blob))
+        if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+            raise AudioError(f"{name}: sample rate {info.samplerate} Hz in its header is outside the "
+                             f"{MIN_SAMPLE_RATE // 1000}-{MAX_SAMPLE_RATE // 1000} kHz humwatch reads (a damaged header?)")
+        data, sr = sf.read(io.BytesIO(blob), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AudioError(f"{name}: not readable audio ({reason})") from None
+    if info.format in ("WAV", "WAVEX"):
+        short = _wav_shortfall(io.BytesIO(blob), len(blob))
+        if short:
+            raise AudioError(f"{name}: truncated (header says {short[0]} bytes of audio, file holds {short[1]})")
+    if info.frames > 0 and data.shape[0] < info.frames:
+        raise AudioError(f"{name}: truncated (header says {info.frames} frames, file holds {data.shape[0]})")
+    return data, int(sr)
+
+
+def _signal(data: np.ndarray, sr: int, s: AudioSettings, path, notes: list[str] | None) -> np.ndarray:
+    """Decoded samples (frames x channels at ``sr``) as the mono signal ``s`` asks for."""
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: holds no samples")
     if not np.isfinite(data).all():
         raise AudioError(f"{path}: contains NaN or infinite samples")
 
@@ -146,10 +218,10 @@ def load_audio(
     return y
 
 
+
+
 def write_audio(path: str | os.PathLike, y: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Write ``y`` (samples, or samples x channels) as 16-bit PCM WAV, whole or not at all."""
-    from humwatch.io import atomic_path
-
     with atomic_path(path, suffix=".wav") as tmp:
         sf.write(os.fsencode(tmp), np.asarray(y), sample_rate, subtype="PCM_16", format="WAV")
 
@@ -232,19 +304,23 @@ def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:
     """``(declared, present)`` byte counts of a RIFF WAV's data chunk when the file ends before it
     does (libsndfile then quietly shortens its frame count), else None."""
     with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-            return None
-        endian = "<" if head[:4] == b"RIFF" else ">"
-        size = os.fstat(f.fileno()).st_size
-        pos = 12
-        while pos + 8 <= size:
-            f.seek(pos)
-            chunk, length = struct.unpack(endian + "4sI", f.read(8))
-            if chunk == b"data":
-                if length in (0, 0xFFFFFFFF):  # streamed: length not written
-                    return None
-                present = size - (pos + 8)
-                return (length, present) if length > present else None
-            pos += 8 + length + (length & 1)
+        return _wav_shortfall(f, os.fstat(f.fileno()).st_size)
+
+
+def _wav_shortfall(f, size: int) -> tuple[int, int] | None:
+    """:func:`_wav_data_shortfall` of an open binary file of ``size`` bytes."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+        return None
+    endian = "<" if head[:4] == b"RIFF" else ">"
+    pos = 12
+    while pos + 8 <= size:
+        f.seek(pos)
+        chunk, length = struct.unpack(endian + "4sI", f.read(8))
+        if chunk == b"data":
+            if length in (0, 0xFFFFFFFF):  # streamed: length not written
+                return None
+            present = size - (pos + 8)
+            return (length, present) if length > present else None
+        pos += 8 + length + (length & 1)
     return None

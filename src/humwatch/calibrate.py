@@ -36,8 +36,8 @@ from humwatch.data.clips import Clip, expand_windows
 from humwatch.errors import ConfigError, DatasetError
 from humwatch.folds import cross_fit, fold_jobs
 from humwatch.settings import FALSE_ALARM_RATE, FOLDS, WINDOW_SECONDS, OneOf, check_value
-
-THRESHOLD_METHODS = ("percentile", "gamma")
+from humwatch.monitor import THRESHOLD_METHODS, Monitor, MonitorSettings, max_per_recording, recording_notes
+from humwatch.runtime import Runtime, active
 
 
 def windows_needed(false_alarm_rate: float, threshold_method: str) -> int:
@@ -84,11 +84,9 @@ def fit_monitor(
     """Fit a monitor with ``method`` (and its ``settings``) on ``clips``; returns (monitor, summary).
     ``jobs``: trainings at once for a method that trains a network (default: the cores here;
     :mod:`humwatch.folds`)."""
-    from humwatch import __version__
+    from humwatch._version import __version__
     from humwatch.methods import Context, create_method, method_settings
     from humwatch.metrics import auc, threshold_from_scores
-    from humwatch.monitor import Monitor, max_per_recording, recording_notes
-    from humwatch.reader import ClipReader
 
     # -- everything that can be checked before reading audio or building a model
     check_value(threshold_method, OneOf(THRESHOLD_METHODS), "threshold_method", "monitor")
@@ -101,8 +99,9 @@ def fit_monitor(
     s = method_settings(method, settings)
     base = audio or AudioSettings()
     audio = AudioSettings(base.sample_rate, float(seconds), base.channel)
-    ctx = Context(reader=ClipReader(audio, "skip" if skip_bad else "error", progress),
-                  cache_dir=str(cache_dir) if cache_dir is not None else None, seed=seed, device=device)
+    ctx = Context(audio=audio, seed=seed, device=device)
+    rt = Runtime(on_bad="skip" if skip_bad else "error", progress=progress,
+                 cache_dir=str(cache_dir) if cache_dir is not None else None)
     m = create_method(method, s, ctx, title="monitor")
     normal = [c for c in clips if not c.is_anomalous]
     anomalous = [c for c in clips if c.is_anomalous]
@@ -135,26 +134,28 @@ def fit_monitor(
     def make_fold(f: int):
         return create_method(method, s, ctx, title=f"monitor: fold {f + 1}/{k}")
 
-    worker = {"method": method, "settings": s, "audio": audio, "on_bad": ctx.reader.on_bad, "cache_dir": ctx.cache_dir,
+    worker = {"method": method, "settings": s, "audio": audio, "on_bad": rt.on_bad, "cache_dir": rt.cache_dir,
               "seed": seed, "device": device}
-    oof, oof_bad = cross_fit(m, make_fold, windows, groups, bad, bad_groups, k, jobs=jobs, worker=worker)
+    with active(rt):  # every fit and score of the calibration runs with this call's runtime (its skip count)
+        oof, oof_bad = cross_fit(m, make_fold, windows, groups, bad, bad_groups, k, jobs=jobs, worker=worker)
     ok = np.isfinite(oof)
     if ok.sum() < need:
         raise DatasetError(f"only {int(ok.sum())} normal windows could be scored (bad files skipped); {need} are needed")
     threshold = threshold_from_scores(oof[ok], false_alarm_rate=false_alarm_rate, method=threshold_method)
-    far = m.far_scores()
+    with active(rt):
+        far = m.far_scores()
     if not np.any(np.asarray(far) > threshold):
         raise ConfigError(
             f"this monitor could never alarm: inputs far from the training data score at most {np.nanmax(far):.4g}, "
             f"not above the calibrated threshold {threshold:.4g} ({m.label}); choose another detector or method")
-    reference = _reference(ctx.reader, [w for w, g in zip(windows, ok) if g], audio)
+    reference = _reference(rt.reader(audio), [w for w, g in zip(windows, ok) if g], audio)
     info = m.info()
 
     # -- what the anomalous recordings say (never used for the threshold)
     report_auc = None
     if anomalous:
         if not m.supervised:
-            oof_bad = m.score(bad)
+            oof_bad = m.score(bad, runtime=rt)
         normal_rec = max_per_recording([w for w, g in zip(windows, ok) if g], oof[ok])
         fine = np.isfinite(oof_bad)
         bad_rec = max_per_recording([w for w, g in zip(bad, fine) if g], oof_bad[fine])
@@ -162,22 +163,22 @@ def fit_monitor(
             y = [0] * len(normal_rec) + [1] * len(bad_rec)
             report_auc = auc(y, list(normal_rec.values()) + list(bad_rec.values()))
 
-    mon_settings = {
-        "humwatch_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machines": sorted({f"{c.machine_type} {c.machine_id}" for c in normal}),
-        "method": method,
-        "label": m.label,
-        "weights": info.get("weights", ""),
-        "random_init": bool(info.get("random_init", False)),
-        "audio": {"sample_rate": audio.sample_rate, "seconds": audio.seconds, "channel": audio.channel},
-        "hop": hop,
-        "threshold_rule": {"method": threshold_method, "false_alarm_rate": false_alarm_rate, "per": "window",
-                           "folds": k, "n_windows": int(ok.sum()), "n_recordings": len(normal), "seed": seed,
-                           "score_range": [float(oof[ok].min()), float(oof[ok].max())]},
-        "n_train": m.n_train_,
-        "reference_windows": reference.n_windows if reference is not None else 0,
-    }
+    mon_settings = MonitorSettings(
+        humwatch_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        machines=tuple(sorted({f"{c.machine_type} {c.machine_id}" for c in normal})),
+        method=method,
+        label=m.label,
+        weights=info.get("weights", ""),
+        random_init=bool(info.get("random_init", False)),
+        audio=audio,
+        hop=hop,
+        threshold_rule={"method": threshold_method, "false_alarm_rate": false_alarm_rate, "per": "window",
+                        "folds": k, "n_windows": int(ok.sum()), "n_recordings": len(normal), "seed": seed,
+                        "score_range": [float(oof[ok].min()), float(oof[ok].max())]},
+        n_train=m.n_train_,
+        reference_windows=reference.n_windows if reference is not None else 0,
+    )
     summary = {
         "n_recordings": len(normal),
         "n_windows": len(windows),
@@ -188,7 +189,7 @@ def fit_monitor(
         "threshold": threshold,
         "oof_alarm_share": float(np.mean(oof[ok] > threshold)),
         "anomalous_auc": report_auc,
-        "skipped": list(ctx.reader.skipped),
+        "skipped": rt.skipped,
         "weights": info.get("weights", ""),
         "random_init": bool(info.get("random_init", False)),
         "label": m.label,

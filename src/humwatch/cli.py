@@ -25,7 +25,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from humwatch import __version__
+        from humwatch._version import __version__
 
         typer.echo(f"humwatch {__version__}")
         raise typer.Exit(0)

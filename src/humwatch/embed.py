@@ -317,7 +317,7 @@ def embed_clips(
             key = None
             if cache is not None:
                 try:
-                    key = cache.key(file_sha256(c.path), c.start)
+                    key = cache.key(c.samples.digest if c.in_memory else file_sha256(c.path), c.start)
                 except AudioError as e:
                     reader.fail(c, e)
                     continue

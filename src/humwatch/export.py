@@ -168,7 +168,7 @@ def export_monitor(monitor: str | Path, out: str | Path, *, fmt: str = "onnx", i
     complete; one that holds files is replaced only with ``overwrite``."""
     import torch
 
-    from humwatch import __version__
+    from humwatch._version import __version__
     from humwatch.io import MANIFEST, check_out_folder, file_sha256, staged_folder, write_json, write_manifest
     from humwatch.monitor import Monitor
 

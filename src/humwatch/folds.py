@@ -159,15 +159,15 @@ def train_fold(job: dict) -> dict:
     """In a worker process: fit a new method on one fold's training clips and score its held-out
     ones. Skipped files come back to the parent's reader (which reports each once)."""
     from humwatch.methods import Context, create_method
-    from humwatch.reader import ClipReader
+    from humwatch.runtime import Runtime, active
 
     logging.getLogger("humwatch").setLevel(logging.ERROR)  # the parent says what was skipped
-    reader = ClipReader(job["audio"], job["on_bad"], progress=False)
-    ctx = Context(reader=reader, cache_dir=job["cache_dir"], seed=job["seed"], device=job["device"])
-    with limited_threads(job["threads"]):
+    rt = Runtime(on_bad=job["on_bad"], progress=False, cache_dir=job["cache_dir"])
+    ctx = Context(audio=job["audio"], seed=job["seed"], device=job["device"])
+    with limited_threads(job["threads"]), active(rt):
         fm = create_method(job["method"], job["settings"], ctx, title=job["title"])
         scores = _fit_and_score(fm, job["train"], job["held"], job["held_bad"])
-    return {"scores": scores, "skipped": list(reader.skipped)}
+    return {"scores": scores, "skipped": rt.skipped}
 
 
 def _parallel(plan: _Plan, make_fold, worker: dict, jobs: int) -> None:

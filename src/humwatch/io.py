@@ -50,6 +50,8 @@ def file_sha256(path: str | os.PathLike, h=None) -> str:
     return h.hexdigest()
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
+"""The file suffixes humwatch reads as audio (:mod:`humwatch.audio`)."""
 MANIFEST = "manifest.json"
 """The file that lists the SHA-256 of every other file of a saved model folder."""
 
@@ -207,8 +209,6 @@ def _exists(p: Path) -> bool:
 
 
 def _is_audio(path: str) -> bool:
-    from humwatch.audio import AUDIO_SUFFIXES
-
     return os.path.splitext(path)[1].lower() in AUDIO_SUFFIXES
 
 

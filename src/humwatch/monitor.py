@@ -5,8 +5,15 @@ recording's score is the highest of its windows' (:meth:`Monitor.score_clips`;
 :meth:`Monitor.score_windows` gives them one by one). A shorter recording is padded with silence
 (with a warning), another sample rate is resampled (with a note).
 
-:func:`fit_monitor` (in :mod:`humwatch.calibrate`) fits a method on healthy recordings and sets the
-threshold from out-of-fold scores of all of them, then fits the final method on every normal window.
+:func:`humwatch.calibrate.fit_monitor` fits a method on healthy recordings and sets the threshold
+from out-of-fold scores of all of them, then fits the final method on every normal window.
+
+A monitor scores with a :class:`~humwatch.methods.base.Scorer` (a fitted method, or an exported
+network on ONNX Runtime) and never changes it: each call hands the method its own
+:class:`~humwatch.runtime.Runtime`, so one monitor scores from several threads at once and each
+call's skipped files come back from that call. ``monitor.json`` is read into a typed
+:class:`MonitorSettings`; a loaded monitor has a :class:`MonitorRecipe` (its folder and how it was
+loaded) from which a worker process rebuilds it (:mod:`humwatch.engine.ray`).
 
 A monitor is a folder, never a pickle::
 
@@ -32,15 +39,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import numpy as np
 
 from humwatch.audio import AudioSettings
-from humwatch.calibrate import THRESHOLD_METHODS, fit_monitor  # noqa: F401  (fit_monitor: humwatch.monitor's public entry)
 from humwatch.data.clips import Clip, expand_windows
 from humwatch.errors import HumwatchError, ConfigError
 from humwatch.io import check_manifest, check_weight_fingerprints, damaged, read_json_doc, weight_fingerprints, write_json, write_manifest
+from humwatch.methods.base import Scorer
+from humwatch.runtime import Runtime
 
 if TYPE_CHECKING:
     from humwatch.recordings import Scores  # Monitor.score's result (the Python API)
@@ -52,28 +60,84 @@ FORMAT_VERSION = 3
 """3: monitor.json records its weights' fingerprints and the calibration's score range."""
 METHOD_DIR = "method"
 REFERENCE_FILE = "reference.safetensors"
+THRESHOLD_METHODS = ("percentile", "gamma")
 
 
 class MonitorError(HumwatchError):
     """A monitor directory that cannot be trusted or used."""
 
 
+@dataclass(frozen=True)
+class MonitorSettings:
+    """What monitor.json says of a monitor besides its threshold (its fields, by name; ``kind`` is
+    not saved: ``saved method`` for a fine-tuned model folder loaded as a monitor)."""
+
+    method: str
+    audio: AudioSettings
+    humwatch_version: str = ""
+    created: str = ""
+    machines: tuple[str, ...] = ()
+    label: str = ""
+    weights: str = ""
+    random_init: bool = False
+    hop: float | None = None
+    threshold_rule: dict = field(default_factory=dict)
+    n_train: int = 0
+    reference_windows: int = 0
+    kind: str = "monitor"
+
+    SAVED: ClassVar[tuple[str, ...]] = ("humwatch_version", "created", "machines", "method", "label", "weights", "random_init", "audio", "hop",
+             "threshold_rule", "n_train", "reference_windows")
+    """The fields monitor.json holds, in its order (besides format, format_version, threshold, fingerprints)."""
+
+    def to_dict(self) -> dict:
+        """The fields as monitor.json writes them."""
+        a = self.audio
+        out = {k: getattr(self, k) for k in self.SAVED}
+        out.update(machines=list(self.machines), threshold_rule=dict(self.threshold_rule),
+                   audio={"sample_rate": a.sample_rate, "seconds": a.seconds, "channel": a.channel})
+        return out
+
+    @classmethod
+    def from_doc(cls, doc: dict, audio: AudioSettings) -> "MonitorSettings":
+        """The settings of a checked monitor.json (:func:`check_monitor_fields`)."""
+        return cls(**{k: doc[k] for k in cls.SAVED if k not in ("audio", "machines")}, audio=audio,
+                   machines=tuple(doc["machines"]))
+
+
+@dataclass(frozen=True)
+class MonitorRecipe:
+    """How to rebuild a loaded monitor in another process (a Ray worker): its folder and the
+    arguments it was loaded with (:func:`load_monitor`)."""
+
+    directory: str
+    weights: str | None = None
+    device: str = "cpu"
+    runtime: str = "torch"
+
+    def build(self) -> "Monitor":
+        return load_monitor(self.directory, weights=self.weights, device=self.device, runtime=self.runtime)
+
+
 @dataclass
 class Monitor:
-    """A fitted method + threshold (+ the normal reference). Build with :func:`fit_monitor` or :meth:`load`."""
+    """A fitted method + threshold (+ the normal reference). Build with
+    :func:`humwatch.calibrate.fit_monitor` or :func:`load_monitor`."""
 
-    method: object
+    method: Scorer
     threshold: float
-    settings: dict = field(default_factory=dict)
+    settings: MonitorSettings
     reference: object = None  # humwatch.explain.alarm.NormalReference
+    recipe: MonitorRecipe | None = None
+    """Set by :func:`load_monitor`: how a worker process rebuilds this monitor."""
 
     @property
     def audio(self) -> AudioSettings:
-        return AudioSettings(**self.settings.get("audio", {}))
+        return self.settings.audio
 
     @property
     def hop(self) -> float:
-        return float(self.settings.get("hop") or self.audio.seconds or 10.0)
+        return float(self.settings.hop or self.audio.seconds or 10.0)
 
     @property
     def random_init(self) -> bool:
@@ -81,21 +145,19 @@ class Monitor:
 
     # -- scoring -------------------------------------------------------------------------------
     def score_windows(self, clips: Sequence[Clip], skip_bad: bool = False, progress: bool = True, cache_dir=None):
-        """Every window of ``clips`` and its score: (windows, scores, skipped [(path, reason)])."""
-        from humwatch.reader import ClipReader
-
-        ctx = self.method.context
-        ctx.reader = ClipReader(self.audio, "skip" if skip_bad else "error", progress)
-        ctx.cache_dir = str(cache_dir) if cache_dir is not None else None
+        """Every window of ``clips`` and its score: (windows, scores, skipped [(path, reason)] of this call)."""
+        rt = Runtime(on_bad="skip" if skip_bad else "error", progress=progress,
+                     cache_dir=str(cache_dir) if cache_dir is not None else None)
+        reader = rt.reader(self.audio)
         windows = expand_windows(list(clips), self.audio.seconds or 10.0, self.hop)
         recording_notes(clips, self.audio)
-        s = self.method.score(windows)
+        s = self.method.score(windows, runtime=rt)
         for w, v in zip(windows, s):  # NaN is a window the reader skipped; any other is the monitor failing
-            if not np.isfinite(v) and not ctx.reader.is_bad(w):
-                ctx.reader.fail(w, MonitorError(f"{w.key}: the monitor's score is {v} (not a finite number): "
-                                                "the monitor cannot score it (damaged weights?)"))
+            if not np.isfinite(v) and not reader.is_bad(w):
+                reader.fail(w, MonitorError(f"{w.key}: the monitor's score is {v} (not a finite number): "
+                                            "the monitor cannot score it (damaged weights?)"))
         ok = np.isfinite(s)
-        return [w for w, k in zip(windows, ok) if k], s[ok], list(ctx.reader.skipped)
+        return [w for w, k in zip(windows, ok) if k], s[ok], rt.skipped
 
     def score_clips(self, clips: Sequence[Clip], skip_bad: bool = False, progress: bool = True, cache_dir=None):
         """One score per recording (the highest of its windows'): (kept clips, scores, skipped)."""
@@ -126,7 +188,7 @@ class Monitor:
             if self.reference is not None:
                 with atomic_path(d / REFERENCE_FILE, suffix=".safetensors") as tmp:
                     save_file({k: np.ascontiguousarray(v) for k, v in self.reference.arrays().items()}, str(tmp))
-            write_json(d / "monitor.json", {"format": FORMAT, "format_version": FORMAT_VERSION, **self.settings,
+            write_json(d / "monitor.json", {"format": FORMAT, "format_version": FORMAT_VERSION, **self.settings.to_dict(),
                                             "threshold": float(self.threshold), "fingerprints": weight_fingerprints(d)})
             write_manifest(d)
 
@@ -136,7 +198,6 @@ class Monitor:
         must be the ones the monitor was fitted with); ``runtime="onnx"``: an exported monitor's
         network on ONNX Runtime (:mod:`humwatch.onnxrun`)."""
         from humwatch.methods import Context, load_method
-        from humwatch.reader import ClipReader
 
         d = Path(directory)
         if not d.is_dir():
@@ -154,18 +215,19 @@ class Monitor:
                                f"(this humwatch reads {FORMAT_VERSION}; fit the monitor again)")
         audio = check_monitor_fields(doc, mj)
         threshold = float(doc["threshold"])
-        settings = {k: v for k, v in doc.items() if k not in ("format", "format_version", "threshold", "fingerprints")}
+        settings = MonitorSettings.from_doc(doc, audio)
         try:
             check_weight_fingerprints(d, doc["fingerprints"], mj)
             if runtime == "onnx":
                 from humwatch.onnxrun import load_onnx_method
 
-                method = load_onnx_method(d, ClipReader(audio))
+                method = load_onnx_method(d, audio)
             else:
-                method = load_method(d / METHOD_DIR, Context(reader=ClipReader(audio), device=device), checked=True, weights=weights)
+                method = load_method(d / METHOD_DIR, Context(audio=audio, device=device), checked=True, weights=weights)
         except ConfigError as e:
             raise MonitorError(str(e)) from None
-        mon = cls(method=method, threshold=threshold, settings=settings, reference=_load_reference(d, settings))
+        mon = cls(method=method, threshold=threshold, settings=settings, reference=_load_reference(d, settings),
+                  recipe=MonitorRecipe(str(d), weights, device, runtime))
         check_method_matches(mon, mj)
         return mon
 
@@ -247,25 +309,25 @@ def check_threshold(threshold: float, rule: dict, where) -> None:
 def check_method_matches(mon: "Monitor", where: Path) -> None:
     """The monitor.json's account of its method is the method's own (name, training size, random init)."""
     m, s = mon.method, mon.settings
-    if m.name != s["method"]:
-        raise MonitorError(f"{where}: method {s['method']!r}, but its method folder holds {m.name!r}")
-    if getattr(m, "runtime", "torch") == "onnx":
+    if m.name != s.method:
+        raise MonitorError(f"{where}: method {s.method!r}, but its method folder holds {m.name!r}")
+    if getattr(m, "backend", "torch") == "onnx":
         return
-    if m.n_train_ != s["n_train"]:
-        raise MonitorError(f"{where}: n_train {s['n_train']!r}, but its method was fitted on {m.n_train_}")
-    if bool(m.info().get("random_init", False)) != s["random_init"]:
-        raise MonitorError(f"{where}: random_init {s['random_init']!r}, but its method's weights say "
+    if m.n_train_ != s.n_train:
+        raise MonitorError(f"{where}: n_train {s.n_train!r}, but its method was fitted on {m.n_train_}")
+    if bool(m.info().get("random_init", False)) != s.random_init:
+        raise MonitorError(f"{where}: random_init {s.random_init!r}, but its method's weights say "
                            f"{bool(m.info().get('random_init', False))}")
 
 
-def _load_reference(d: Path, settings: dict):
+def _load_reference(d: Path, settings: MonitorSettings):
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     from humwatch.explain.alarm import NormalReference
 
     f = d / REFERENCE_FILE
-    n = settings["reference_windows"]
+    n = settings.reference_windows
     if f.is_file() != (n > 0):
         raise MonitorError(f"{d / 'monitor.json'}: reference_windows is {n}, but {REFERENCE_FILE} is "
                            f"{'there' if f.is_file() else 'missing'}")
@@ -303,10 +365,9 @@ def load_monitor(directory: str | Path, weights: str | None = None, device: str 
         if method.natural_threshold is None:
             raise MonitorError(f"{d}: a saved {method.name} method has no threshold of its own; "
                                "fit a monitor with `humwatch fit --method ...`")
-        audio = method.reader.audio
-        settings = {"method": method.name, "kind": "saved method",
-                    "audio": {"sample_rate": audio.sample_rate, "seconds": audio.seconds, "channel": audio.channel}}
-        return Monitor(method=method, threshold=float(method.natural_threshold), settings=settings)
+        settings = MonitorSettings(method=method.name, audio=method.audio, kind="saved method")
+        return Monitor(method=method, threshold=float(method.natural_threshold), settings=settings,
+                       recipe=MonitorRecipe(str(d), weights, device, "torch"))
     return Monitor.load(d, weights=weights, device=device)
 
 
@@ -325,14 +386,18 @@ def recording_notes(clips: Sequence[Clip], audio: AudioSettings) -> None:
 
     short, rates = [], {}
     for c in clips:
-        try:
-            info = header(c.path)
-        except Exception:  # noqa: BLE001 - an unusable file is reported when it is read
-            continue
-        if audio.seconds and info.duration < audio.seconds - 1e-3:
-            short.append((Path(c.path).name, info.duration))
-        if info.samplerate != audio.sample_rate:
-            rates.setdefault(info.samplerate, []).append(c.path)
+        if c.in_memory:
+            seconds, rate = c.samples.seconds, c.samples.sample_rate
+        else:
+            try:
+                info = header(c.path)
+            except Exception:  # noqa: BLE001 - an unusable file is reported when it is read
+                continue
+            seconds, rate = info.duration, info.samplerate
+        if audio.seconds and seconds < audio.seconds - 1e-3:
+            short.append((Path(c.path).name, seconds))
+        if rate != audio.sample_rate:
+            rates.setdefault(rate, []).append(c.path)
     if short:
         first = ", ".join(f"{n} ({d:.1f} s)" for n, d in short[:3])
         log.warning("warning: %d recording(s) shorter than the %g s window are padded with silence: %s%s",

@@ -53,13 +53,13 @@ def choose_runtime(directory: str | Path, runtime: str = "auto") -> str:
 
 
 class OnnxMethod:
-    """The face of a fitted :class:`~humwatch.methods.Method` that a :class:`~humwatch.monitor.Monitor`
-    scores with (``context``, ``score``, ``readings``, ``info``), running the exported network."""
+    """What a :class:`~humwatch.monitor.Monitor` scores with (a :class:`~humwatch.methods.base.Scorer`:
+    ``audio``, ``score``, ``readings``, ``info``), running the exported network."""
 
-    runtime = "onnx"
+    backend = "onnx"
     natural_threshold = None
 
-    def __init__(self, directory: Path, doc: dict, method_doc: dict, context):
+    def __init__(self, directory: Path, doc: dict, method_doc: dict, audio):
         import onnxruntime as ort
 
         from humwatch.features import get_frontend
@@ -68,7 +68,7 @@ class OnnxMethod:
         self.doc = doc
         self.name = method_doc["method"]
         self.method_info = dict(method_doc.get("info") or {})
-        self.context = context
+        self.audio = audio
         fe = doc["frontend"]
         self.frontend = get_frontend(fe["name"], **fe["params"])
         if self.frontend.key != fe["key"]:
@@ -91,12 +91,14 @@ class OnnxMethod:
     def _run(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0])
 
-    def readings(self, clips) -> dict[str, np.ndarray]:
+    def readings(self, clips, runtime=None) -> dict[str, np.ndarray]:
         from humwatch.methods.base import scores_at
+        from humwatch.runtime import Runtime, current
 
         clips = list(clips)
+        reader = (runtime or current() or Runtime()).reader(self.audio)
         kept, outs = [], []
-        for k, xs in self.context.reader.batches(clips, self.doc["batch_size"], "scoring (onnx)", self.frontend):
+        for k, xs in reader.batches(clips, self.doc["batch_size"], "scoring (onnx)", self.frontend):
             kept += k
             outs.append(self._run(np.stack(xs)))
         if not outs:
@@ -106,8 +108,8 @@ class OnnxMethod:
             return {"score": scores_at(clips, kept, y.reshape(-1))}
         return {k: scores_at(clips, kept, v) for k, v in self.detector.readings(y, kept).items()}
 
-    def score(self, clips) -> np.ndarray:
-        return self.readings(clips)["score"]
+    def score(self, clips, runtime=None) -> np.ndarray:
+        return self.readings(clips, runtime)["score"]
 
     def info(self) -> dict:
         return {**self.method_info, "runtime": "onnx", "precision": self.doc["precision"]}
@@ -117,11 +119,11 @@ class OnnxMethod:
         return f"{self.name} (onnx {self.doc['precision']})"
 
 
-def load_onnx_method(directory: str | Path, reader) -> OnnxMethod:
+def load_onnx_method(directory: str | Path, audio) -> OnnxMethod:
     """The exported network of the monitor folder ``directory`` (whose manifest the caller checked),
-    reading clips with ``reader``."""
+    reading clips with ``audio`` (the monitor's :class:`~humwatch.audio.AudioSettings`)."""
     from humwatch.io import read_json_doc
-    from humwatch.methods.base import Context, check_method_doc, read_method_json
+    from humwatch.methods.base import check_method_doc, read_method_json
 
     d = Path(directory)
     doc = read_json_doc(d / EXPORT_FILE, FORMAT,
@@ -143,6 +145,6 @@ def load_onnx_method(directory: str | Path, reader) -> OnnxMethod:
     if file_sha256(model) != doc["model_sha256"]:
         raise ConfigError(f"{model}: the network differs from the SHA-256 {EXPORT_FILE} records (changed after export)")
     method_doc = read_method_json(d / "method")
-    if check_method_doc(d / "method", method_doc) != reader.audio:
+    if check_method_doc(d / "method", method_doc) != audio:
         raise ConfigError(f"{d / 'method'}: the method was fitted on other audio settings than the monitor's")
-    return OnnxMethod(d, doc, method_doc, Context(reader=reader))
+    return OnnxMethod(d, doc, method_doc, audio)

@@ -195,15 +195,15 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True, overwrite: bool 
 def _run(cfg: RunConfig, settings, clips: list[Clip], rd: RunDir, progress: bool, t0: float, engine=None) -> RunResult:
     from humwatch.embed import EmbeddingSet
     from humwatch.methods import Context, create_method
-    from humwatch.reader import ClipReader
     from humwatch.runinfo import environment
+    from humwatch.runtime import Runtime
 
     rd.write_split(clips)
-    reader = ClipReader(cfg.audio, "skip" if cfg.skip_bad else "error", progress)
-    ctx = Context(reader=reader, cache_dir=cfg.cache_dir, seed=cfg.seed, device=cfg.device,
+    # one runtime for the whole run: one skip count, and the embeddings kept for the run's t-SNE
+    rt = Runtime(on_bad="skip" if cfg.skip_bad else "error", progress=progress, cache_dir=cfg.cache_dir,
+                 keep_embeddings=True, **({"engine": engine} if engine is not None else {}))
+    ctx = Context(audio=cfg.audio, seed=cfg.seed, device=cfg.device,
                   run_clips=[c for c in clips if c.split in ("train", "val")])
-    if engine is not None:
-        ctx.engine = engine
     readings: dict[str, dict[str, float]] = {}
     embeddings: dict[str, list] = {}
     info: dict = {}
@@ -212,15 +212,15 @@ def _run(cfg: RunConfig, settings, clips: list[Clip], rd: RunDir, progress: bool
     train_scores: dict[tuple[str, str], list[float]] = {}
     for name, group in training_groups(clips, cfg.per_id).items():
         method = create_method(cfg.method, settings, ctx, title=name)
-        method.fit([c for c in group if c.split == "train"], val=[c for c in group if c.split == "val"])
+        method.fit([c for c in group if c.split == "train"], val=[c for c in group if c.split == "val"], runtime=rt)
         test = [c for c in group if c.split == "test"]
-        for key, values in method.readings(test).items():
+        for key, values in method.readings(test, runtime=rt).items():
             readings.setdefault(key, {}).update({c.path: float(v) for c, v in zip(test, values) if np.isfinite(v)})
         for bname, emb in method.embeddings().items():
             embeddings.setdefault(bname, []).append(emb)
         if cfg.dcase_output:  # the DCASE baselines' decision threshold comes from normal training scores
             normal = [c for c in group if c.split == "train" and not c.is_anomalous]
-            for c, v in zip(normal, method.score(normal)):
+            for c, v in zip(normal, method.score(normal, runtime=rt)):
                 train_scores.setdefault((c.machine_type, c.machine_id), []).append(float(v))
         if cfg.save_models or method.keeps_models:
             method.save(rd.model_dir(name))
@@ -255,13 +255,13 @@ def _run(cfg: RunConfig, settings, clips: list[Clip], rd: RunDir, progress: bool
         "groups": groups,
         "n_clips": len(clips),
         "n_scored": len(scored),
-        "skipped": [{"file": p, "reason": r} for p, r in reader.skipped],
+        "skipped": [{"file": p, "reason": r} for p, r in rt.skipped],
         "seconds": round(time.time() - t0, 2),
-        "engine": ctx.engine.describe(),
+        "engine": rt.engine.describe(),
         **env,
     }
     rd.write_results(asdict(cfg), env, info, rows, results_markdown(info, rows))
-    return RunResult(rows, scores, clips, list(reader.skipped), info)
+    return RunResult(rows, scores, clips, rt.skipped, info)
 
 
 def result_rows(scored: Sequence[Clip], readings: dict[str, dict[str, float]], per_id: bool) -> list[dict]:

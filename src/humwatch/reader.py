@@ -22,6 +22,7 @@ batch of signals (or model inputs) at a time::
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -63,45 +64,65 @@ def collect(batches) -> tuple[list[Clip], list[np.ndarray]]:
     return kept, arrays
 
 
-class ClipReader:
-    """Reads clips as the models see them, with one bad-file policy and one skip count."""
+class Skips:
+    """One count of skipped clips: ``(key, reason)`` once per clip, in the order they were met
+    (thread-safe: the readers of one call may share it across an engine's threads)."""
 
-    def __init__(self, audio: AudioSettings | None = None, on_bad: str = "error", progress: bool = True):
+    def __init__(self):
+        self.items: list[tuple[str, str]] = []
+        self.keys: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, key: str, reason: str) -> bool:
+        """Record a skip; False when ``key`` was already recorded."""
+        with self._lock:
+            if key in self.keys:
+                return False
+            self.keys.add(key)
+            self.items.append((key, reason))
+            return True
+
+
+class ClipReader:
+    """Reads clips as the models see them, with one bad-file policy and one skip count
+    (``skips``: shared with the other readers of one call, see :class:`humwatch.runtime.Runtime`)."""
+
+    def __init__(self, audio: AudioSettings | None = None, on_bad: str = "error", progress: bool = True,
+                 skips: Skips | None = None):
         if on_bad not in ON_BAD:
             raise ConfigError(f"on_bad must be one of {', '.join(ON_BAD)}, got {on_bad!r}")
         self.audio = audio or AudioSettings()
         self.on_bad = on_bad
         self.progress = progress
-        self.skipped: list[tuple[str, str]] = []
-        self._bad: set[str] = set()
+        self.skips = skips if skips is not None else Skips()
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return self.skips.items
 
     def is_bad(self, clip: Clip) -> bool:
-        return clip.key in self._bad
+        return clip.key in self.skips.keys
 
     def fail(self, clip: Clip, err: AudioError) -> None:
         """Apply the policy to ``err`` about ``clip``: raise it, or record the skip (once per clip)."""
         if self.on_bad == "error":
             raise err
-        if clip.key not in self._bad:
-            self._bad.add(clip.key)
-            self.skipped.append((clip.key, str(err)))
+        if self.skips.add(clip.key, str(err)):
             log.warning("skipped %s", err)
 
     def absorb(self, skipped) -> None:
         """Record the skips of another reader of the same clips (a worker process's ``skipped``),
         once per clip, as :meth:`fail` would have."""
         for key, reason in skipped:
-            if key not in self._bad:
-                self._bad.add(key)
-                self.skipped.append((key, reason))
+            if self.skips.add(key, reason):
                 log.warning("skipped %s", reason)
 
     def read(self, clip: Clip, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray | None:
         """The clip's signal (or ``transform`` of it); None when it is skipped as bad."""
-        if clip.key in self._bad:
+        if clip.key in self.skips.keys:
             return None
         try:
-            y = load_audio(clip.path, self.audio, start=clip.start)
+            y = clip.load(self.audio) if clip.in_memory else load_audio(clip.path, self.audio, start=clip.start)
             return checked(transform, y, clip) if transform is not None else y
         except AudioError as e:
             self.fail(clip, e)

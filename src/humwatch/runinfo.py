@@ -43,7 +43,7 @@ def cpu_bf16_flags() -> list[str]:
 
 def environment() -> dict:
     """Versions of humwatch and the libraries behind its numbers, and the machine."""
-    from humwatch import __version__
+    from humwatch._version import __version__
 
     versions = {"humwatch": __version__, "python": platform.python_version()}
     for name in _PACKAGES:

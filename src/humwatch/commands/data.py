@@ -123,7 +123,7 @@ def embed_cmd(
     spec = BackboneSettings.from_dict({k: v for k, v in opts.items() if v is not None}, where="embed")
     clips = load_dataset(data, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr)
     reader = ClipReader(AudioSettings(channel=channel), "skip" if skip_bad else "error", not quiet)
-    bb = Context(reader=reader, device=device).backbone(spec)
+    bb = Context(device=device).backbone(spec)
     con = o.console()
     if bb.weights.random_init:
         con.print(f"[bold red]{bb.name}: {bb.weights.describe()}[/]")

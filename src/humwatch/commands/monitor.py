@@ -54,7 +54,7 @@ def fit_cmd(
     from humwatch.audio import AudioSettings
     from humwatch.data import load_dataset
     from humwatch.io import check_holds_none
-    from humwatch.monitor import fit_monitor
+    from humwatch.calibrate import fit_monitor
 
     defaults, note = {}, None
     if method is None:  # no pretrained weights here: the weight-free features, never a random network
@@ -123,8 +123,6 @@ def score_cmd(
     if target is not None:  # before any work: a result that cannot be written is said now, not after scoring
         check_out_file(target, inputs=[monitor, *inputs, weights])
     mon = load_monitor(monitor, weights=weights, device=device, runtime=runtime)
-    load = dict(directory=str(monitor), weights=weights, device=device,
-                runtime="onnx" if getattr(mon.method, "runtime", "torch") == "onnx" else "torch")
     files: list[Path] = []
     for p in inputs:
         if p.is_dir():
@@ -137,7 +135,7 @@ def score_cmd(
     clips = [Clip(str(f), "unknown", "unknown", 0) for f in files]
     progress = not quiet and out != "-"
     with get_engine(engine, ray_address) as eng:
-        rows, alarms, skipped = _rows(mon, clips, windows, skip_bad, progress, cache or o.default_cache_dir(), eng, load)
+        rows, alarms, skipped = _rows(mon, clips, windows, skip_bad, progress, cache or o.default_cache_dir(), eng)
     _write(rows, target, json_lines)
     con = o.console(stderr=to_stdout)
     if con.is_terminal and not to_stdout:
@@ -153,12 +151,13 @@ def score_cmd(
     raise typer.Exit(1 if alarms else 0)
 
 
-def _rows(mon, clips, per_window: bool, skip_bad: bool, progress: bool, cache, engine, load: dict) -> tuple[list[dict], int, list]:
+def _rows(mon, clips, per_window: bool, skip_bad: bool, progress: bool, cache, engine) -> tuple[list[dict], int, list]:
     """Result rows (per recording, or per window), the number of recordings that alarm, and the skipped
-    files; the windows are scored by ``engine`` (:mod:`humwatch.engine`; ``load``: how a worker loads the monitor)."""
+    files; the windows are scored by ``engine`` (:mod:`humwatch.engine`; a worker rebuilds the
+    monitor from its recipe)."""
     from humwatch.monitor import max_per_recording
 
-    wins, scores, skipped = engine.score_windows(mon, clips, load=load, skip_bad=skip_bad, progress=progress, cache_dir=cache)
+    wins, scores, skipped = engine.score_windows(mon, clips, skip_bad=skip_bad, progress=progress, cache_dir=cache)
     thr = mon.threshold
     per = max_per_recording(wins, scores)
     alarms = sum(1 for v in per.values() if v > thr)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import asdict, dataclass, fields, replace
+import hashlib
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+
+import numpy as np
 
 from humwatch.errors import DatasetError
 from humwatch.errors import one_line
@@ -13,6 +16,31 @@ from humwatch.io import write_csv
 
 NORMAL, ANOMALOUS = 0, 1
 SPLITS = ("train", "val", "test")
+MEMORY = "<memory>"
+"""The folder part of an in-memory clip's name (:meth:`Clip.from_array`): no file is ever there."""
+
+
+class Samples:
+    """Decoded audio held by an in-memory clip: a read-only float32 copy of the samples (frames, or
+    frames x channels) and their sample rate; ``digest`` is the SHA-256 of both (what the
+    embedding cache keys on)."""
+
+    __slots__ = ("data", "sample_rate", "_digest")
+
+    def __init__(self, data: np.ndarray, sample_rate: int):
+        self.data, self.sample_rate, self._digest = data, sample_rate, None
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            h = hashlib.sha256(f"{self.sample_rate}:{self.data.dtype}:{self.data.shape}:".encode())
+            h.update(np.ascontiguousarray(self.data).tobytes())
+            self._digest = h.hexdigest()
+        return self._digest
+
+    @property
+    def seconds(self) -> float:
+        return self.data.shape[0] / self.sample_rate
 
 
 @dataclass(frozen=True)
@@ -34,6 +62,49 @@ class Clip:
     split: str = ""
     domain: str = ""
     start: float = 0.0
+    samples: Samples | None = field(default=None, compare=False, repr=False)
+    """The decoded audio of an in-memory clip (:meth:`from_array`); None for a file."""
+
+    @classmethod
+    def from_array(cls, samples: np.ndarray, sample_rate: int, name: str, machine_type: str = "",
+                   machine_id: str = "", label: int = 0) -> "Clip":
+        """A clip whose audio is in memory: ``samples`` (frames, or frames x channels) at
+        ``sample_rate``, named ``name`` (its path is ``<memory>/name``, never a file). It is read
+        with the same channel, resampling, padding and cutting rules and errors as a file
+        (:func:`humwatch.audio.decode_array`); the array is copied, so later changes to it do not
+        change the clip."""
+        from humwatch.audio import check_samples
+
+        if not isinstance(name, str) or not name or "/" in name or "#" in name:
+            raise DatasetError(f"an in-memory clip needs a name without '/' or '#', got {name!r}")
+        where = f"{MEMORY}/{name}"
+        data, sr = check_samples(samples, sample_rate, where)
+        data = np.array(data, dtype=np.float32, copy=True)
+        data.setflags(write=False)
+        return cls(where, machine_type, machine_id, int(label), samples=Samples(data, sr))
+
+    @property
+    def in_memory(self) -> bool:
+        return self.samples is not None
+
+    def load(self, audio=None, notes: list[str] | None = None) -> np.ndarray:
+        """The clip's signal as ``audio`` (:class:`~humwatch.audio.AudioSettings`) says: the file
+        read, or the in-memory samples decoded, with the same rules and errors."""
+        from humwatch.audio import decode_array, load_audio
+
+        if self.samples is not None:
+            return decode_array(self.samples.data, self.samples.sample_rate, audio, name=self.key, notes=notes,
+                                start=self.start)
+        return load_audio(self.path, audio, notes=notes, start=self.start)
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds of audio (from a file's header; None when it cannot be read)."""
+        if self.samples is not None:
+            return self.samples.seconds
+        from humwatch.audio import duration
+
+        return duration(self.path)
 
     @property
     def key(self) -> str:
@@ -53,12 +124,16 @@ class Clip:
         return replace(self, split=split)
 
 
-CLIP_FIELDS = tuple(f.name for f in fields(Clip))
+CLIP_FIELDS = tuple(f.name for f in fields(Clip) if f.name != "samples")
 
 
 def write_clips_csv(clips: list[Clip], path: str | os.PathLike) -> None:
-    """Save clips (with their split) so a run can be repeated exactly."""
-    write_csv(path, CLIP_FIELDS, ([asdict(c)[k] for k in CLIP_FIELDS] for c in clips))
+    """Save clips (with their split) so a run can be repeated exactly; an in-memory clip has no
+    file to name, and is refused."""
+    mem = next((c for c in clips if c.in_memory), None)
+    if mem is not None:
+        raise DatasetError(f"{mem.path}: an in-memory clip cannot be written to a manifest (it has no file)")
+    write_csv(path, CLIP_FIELDS, ([getattr(c, k) for k in CLIP_FIELDS] for c in clips))
 
 
 def read_clips_csv(path: str | os.PathLike) -> list[Clip]:
@@ -121,11 +196,11 @@ def _parse_start(value, path: Path, line: int) -> float:
 def expand_windows(clips: list[Clip], seconds: float, hop: float) -> list[Clip]:
     """Each recording as its ``seconds``-long windows ``hop`` apart (:func:`humwatch.audio.window_starts`);
     a file whose header cannot be read stays one clip (reading it will say what is wrong)."""
-    from humwatch.audio import duration, window_starts
+    from humwatch.audio import window_starts
 
     out = []
     for c in clips:
-        total = duration(c.path)
+        total = c.duration
         starts = window_starts(total, seconds, hop) if total else [0.0]
         out += [replace(c, start=s) for s in starts]
     return out

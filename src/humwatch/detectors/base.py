@@ -88,6 +88,8 @@ class Detector(BaseEstimator):
     """
 
     name: ClassVar[str] = ""
+    registry: ClassVar[dict[str, type["Detector"]]] = {}
+    """name -> detector class: :data:`humwatch.detectors.DETECTORS`, which fills it."""
     has_decision: ClassVar[bool] = False
     #: hyper-parameters that are tuples in Python and lists in JSON
     _tuple_params: ClassVar[tuple[str, ...]] = ()
@@ -224,12 +226,27 @@ class Detector(BaseEstimator):
         return meta, arrays
 
     @classmethod
+    def create(cls, **params) -> "Detector":
+        """A new, unfitted detector of this class with hyper-parameters ``params``, checked now
+        (:func:`humwatch.detectors.create_detector` by name)."""
+        accepted = cls._get_param_names()
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            raise ConfigError(
+                f"detector '{cls.name}': unknown parameter(s) {', '.join(unknown)} "
+                f"(accepted: {', '.join(accepted)})"
+            )
+        det = cls(**params)
+        det._check_params()
+        return det
+
+    @classmethod
     def from_state(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "Detector":
         """Rebuild a fitted detector from :meth:`state`'s output. Called on :class:`Detector`
         it picks the class from ``meta["name"]``; on a subclass the name must match."""
-        # The registry is built in humwatch.detectors from the subclasses, which import this module:
-        # it is complete by the time a state can be loaded.
-        from humwatch.detectors import DETECTORS, create_detector
+        # The registry is humwatch.detectors' (built from the subclasses, which import this module): it
+        # hands itself to this class (Detector.registry), complete by the time a state can be loaded.
+        DETECTORS = Detector.registry
 
         if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
             got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
@@ -244,7 +261,7 @@ class Detector(BaseEstimator):
         for key in klass._tuple_params:
             if isinstance(params.get(key), list):
                 params[key] = tuple(params[key])
-        det = create_detector(name, **params)
+        det = klass.create(**params)
         try:
             det.n_features_in_ = int(meta["n_features_in_"])
             det.n_samples_fit_ = int(meta["n_samples_fit_"])

@@ -10,9 +10,9 @@ The interface the callers use (:class:`Engine`)::
     with get_engine("ray", address="ray://head:10001") as engine:     # or "local"
         emb = engine.embed(clips, backbone, cache_dir=..., batch_size=8, reader=reader)   # EmbeddingSet
         for kept, arrays in engine.batches(reader, clips, 64, "features", transform=frontend): ...
-        windows, scores, skipped = engine.score_windows(monitor, recordings, load={...}, skip_bad=True, ...)
+        windows, scores, skipped = engine.score_windows(monitor, recordings, skip_bad=True, ...)
 
-A method reaches the engine through its :class:`~humwatch.methods.Context` (``context.engine``); the
+A method reaches the engine through its :class:`~humwatch.runtime.Runtime` (``runtime.engine``); the
 command line chooses it with ``--engine local|ray`` and ``--ray-address`` (or ``RAY_ADDRESS``).
 Bad clips follow the caller's reader policy in both engines: skipped ones are counted once each in
 clip order, and with ``on_bad="error"`` the first bad clip in clip order raises.

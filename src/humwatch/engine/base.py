@@ -30,12 +30,12 @@ class Engine:
         """Every readable clip and its array (memory holds them all: for small per-clip arrays)."""
         return collect(self.batches(reader, clips, 64, description, transform))
 
-    def score_windows(self, monitor, clips: Sequence[Clip], *, load: dict, skip_bad: bool = False,
+    def score_windows(self, monitor, clips: Sequence[Clip], *, skip_bad: bool = False,
                       progress: bool = True, cache_dir=None):
         """``monitor.score_windows(clips, ...)``: every window of the recordings ``clips`` and its
-        score, in the recordings' order: (windows, scores, skipped [(key, reason)]). ``load`` is what
-        :func:`humwatch.monitor.load_monitor` was given (``directory``, ``weights``, ``device``,
-        ``runtime``), so that a worker can load the same monitor."""
+        score, in the recordings' order: (windows, scores, skipped [(key, reason)]). A worker
+        rebuilds the monitor from ``monitor.recipe`` (:class:`humwatch.monitor.MonitorRecipe`: its
+        folder and how it was loaded; ``recipe.build()``), so the engine never imports the monitor."""
         raise NotImplementedError  # pragma: no cover
 
     def describe(self) -> str:

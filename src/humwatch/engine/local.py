@@ -18,5 +18,5 @@ class LocalEngine(Engine):
     def batches(self, reader, clips, size, description, transform=None):
         return reader.batches(clips, size, description, transform)
 
-    def score_windows(self, monitor, clips, *, load, skip_bad=False, progress=True, cache_dir=None):
+    def score_windows(self, monitor, clips, *, skip_bad=False, progress=True, cache_dir=None):
         return monitor.score_windows(clips, skip_bad=skip_bad, progress=progress, cache_dir=cache_dir)

@@ -145,7 +145,7 @@ class RayEngine(Engine):
         if recipe is None:
             raise ConfigError(f"the ray engine rebuilds the backbone in each worker: {backbone.name} must come from "
                               "create_backbone or plan_backbone (a backbone changed in memory cannot be shipped)")
-        clips = list(clips)
+        clips = _files_only(clips)
         n, dim = len(clips), int(backbone.embedding_dim)
         if backbone.weights.random_init:
             log.warning("embedding with %s: %s", backbone.name, backbone.weights.describe())
@@ -179,7 +179,7 @@ class RayEngine(Engine):
         return EmbeddingSet(X[kept], [clips[i] for i in kept], reader.skipped[n_skipped:], stats)
 
     def batches(self, reader, clips, size, description, transform=None):
-        clips = list(clips)
+        clips = _files_only(clips)
         todo, ds = self._paths(clips, reader)
         if ds is None:
             return
@@ -206,8 +206,11 @@ class RayEngine(Engine):
         if kept:
             yield kept, arrays
 
-    def score_windows(self, monitor, clips, *, load, skip_bad=False, progress=True, cache_dir=None):
-        clips = list(clips)
+    def score_windows(self, monitor, clips, *, skip_bad=False, progress=True, cache_dir=None):
+        recipe = getattr(monitor, "recipe", None)
+        if recipe is None:
+            raise ConfigError("the ray engine scores a monitor loaded from its folder (save it, then load it)")
+        clips = _files_only(clips)
         n = len(clips)
         found: dict[int, list[tuple[float, float]]] = {}
         reasons: dict[int, list[tuple[str, str]]] = {}
@@ -215,9 +218,9 @@ class RayEngine(Engine):
             _, data = self._ray()
             items = [{"i": i, "path": c.path, "start": float(c.start)} for i, c in enumerate(clips)]
             ds = data.from_items(items, override_num_blocks=max(1, min(n, 200)))
-            worker = dict(load=dict(load), cache_dir=str(cache_dir) if cache_dir is not None else None)
+            worker = dict(recipe=recipe, cache_dir=str(cache_dir) if cache_dir is not None else None)
             for b in self._run(ds, _ScoreWorker, description="scoring (ray)", total=n, progress=progress,
-                               fn_constructor_kwargs=worker, batch_size=4, **self._pool(load.get("device") or "cpu")):
+                               fn_constructor_kwargs=worker, batch_size=4, **self._pool(recipe.device or "cpu")):
                 for k, i in enumerate(b["i"]):  # one row per window scored, or per bad window
                     if b["ok"][k]:
                         found.setdefault(int(i), []).append((float(b["start"][k]), float(b["score"][k])))
@@ -320,11 +323,9 @@ def _unpack(b: dict, k: int) -> np.ndarray:
 class _ScoreWorker:
     """An actor: the whole monitor, loaded once, scoring the windows of batches of recordings."""
 
-    def __init__(self, load: dict, cache_dir: str | None):
-        from humwatch.monitor import load_monitor
-
+    def __init__(self, recipe, cache_dir: str | None):
         _quiet_worker()
-        self.monitor = load_monitor(**load)
+        self.monitor = recipe.build()  # humwatch.monitor.MonitorRecipe: the monitor's folder and how it was loaded
         self.cache_dir = cache_dir
 
     def __call__(self, batch: dict) -> dict:
@@ -342,6 +343,16 @@ class _ScoreWorker:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _files_only(clips) -> list:
+    """``clips`` as a list; a ConfigError for an in-memory clip (the workers read files by path)."""
+    clips = list(clips)
+    mem = next((c for c in clips if c.in_memory), None)
+    if mem is not None:
+        raise ConfigError(f"{mem.path}: the ray engine reads files in its workers; score in-memory clips with the "
+                          "local engine")
+    return clips
+
+
 def _ray_modules():
     try:
         import ray

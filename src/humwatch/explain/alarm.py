@@ -91,19 +91,19 @@ class AlarmExplanation:
     path: Path | None = None
 
 
-def explain_alarm(monitor, path: str | Path, out: str | Path | None = None, top_bands: int = 3) -> AlarmExplanation:
-    """Score ``path`` with ``monitor`` window by window and draw why it alarmed (or did not)."""
-    from humwatch.audio import load_audio
+def explain_alarm(monitor, path, out: str | Path | None = None, top_bands: int = 3) -> AlarmExplanation:
+    """Score ``path`` (a file, or a :class:`~humwatch.data.clips.Clip`: an in-memory one shows its
+    own name) with ``monitor`` window by window and draw why it alarmed (or did not)."""
     from humwatch.data.clips import Clip
     from humwatch.errors import ConfigError
 
     ref = getattr(monitor, "reference", None)
     if ref is None:
         raise ConfigError("this monitor has no normal reference (fit it again with this humwatch)")
-    clip = Clip(str(path), "clip", "", 0)
+    clip = path if isinstance(path, Clip) else Clip(str(path), "clip", "", 0)
     windows, scores, _ = monitor.score_windows([clip], skip_bad=False, progress=False)
     audio = monitor.audio
-    y = load_audio(path, AudioSettings(audio.sample_rate, None, audio.channel))
+    y = clip.load(AudioSettings(audio.sample_rate, None, audio.channel))
     m = logmel(y, audio.sample_rate)
     z = (m - ref.mean[:, None]) / ref.std[:, None]
     delta = (m - ref.mean[:, None]).mean(axis=1)
@@ -120,7 +120,7 @@ def explain_alarm(monitor, path: str | Path, out: str | Path | None = None, top_
                f"{f' in {windows[best].start:g}-{windows[best].start + seconds:g} s' if len(windows) > 1 else ''}; "
                f"most different: {b['low_hz']:.0f}-{b['high_hz']:.0f} Hz, {b['delta_db']:+.1f} dB against normal")
     res = AlarmExplanation(summary, alarm, score, thr, per_window, bands)
-    fig = alarm_figure(m, ref, z, per_window, thr, seconds, len(y) / audio.sample_rate, edges, bands, summary, Path(path).name)
+    fig = alarm_figure(m, ref, z, per_window, thr, seconds, len(y) / audio.sample_rate, edges, bands, summary, Path(clip.path).name)
     from humwatch.explain._plot import figure_png
 
     res.png = figure_png(fig, dpi=90)

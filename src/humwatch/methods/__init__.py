@@ -23,32 +23,10 @@ from typing import Any
 
 from humwatch.errors import ConfigError
 from humwatch.methods.base import METHOD_FILE, BackboneSettings, Context, Method, load_saved, read_method_json
-
-METHODS: dict[str, str] = {
-    "autoencoder": "humwatch.methods.autoencoder:AutoencoderMethod",
-    "embed-detect": "humwatch.methods.embed_detect:EmbedDetectMethod",
-    "finetune": "humwatch.methods.finetune:FinetuneMethod",
-    "idnet": "humwatch.methods.idnet:IdNetMethod",
-    "aux-finetune": "humwatch.methods.aux_finetune:AuxFinetuneMethod",
-    "embed-fusion": "humwatch.methods.fusion:EmbedFusionMethod",
-    "score-fusion": "humwatch.methods.fusion:ScoreFusionMethod",
-}
-"""Method name -> ``module:class``, in the order the command line lists them."""
+from humwatch.methods.registry import METHODS, list_methods, method_class
 
 __all__ = ["METHODS", "METHOD_FILE", "BackboneSettings", "Context", "Method", "create_method", "list_methods",
            "load_method", "method_class", "method_settings"]
-
-
-def list_methods() -> list[str]:
-    return list(METHODS)
-
-
-def method_class(name: str) -> type[Method]:
-    """The class of method ``name`` (a one-line error naming the choices when unknown)."""
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r} (choose from {', '.join(METHODS)})")
-    module, cls = METHODS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
 
 
 def method_settings(name: str, values: Any = None):

@@ -40,13 +40,13 @@ class AutoencoderMethod(Method):
         from humwatch.models.autoencoder import AutoencoderDetector
 
         s = self.settings
-        kept, X = self.context.engine.read_all(self.reader, clips, f"{self.title}: train features", self.frontend)
+        kept, X = self.runtime.engine.read_all(self.reader, clips, f"{self.title}: train features", self.frontend)
         if not kept:
             from humwatch.errors import DatasetError
 
             raise DatasetError(f"{self.title}: no normal training clips could be read")
         self.detector_ = AutoencoderDetector(s.epochs, s.lr, s.batch_size, self.context.seed)
-        self.detector_.fit(X, progress=self.context.progress, description=f"{self.title}: autoencoder")
+        self.detector_.fit(X, progress=self.runtime.progress, description=f"{self.title}: autoencoder")
         V = np.concatenate(X).astype(np.float64)
         self._spread = (V.mean(axis=0), V.std(axis=0) + 1e-6)
         return len(kept)
@@ -60,7 +60,7 @@ class AutoencoderMethod(Method):
 
     def _score(self, clips):
         kept, scores = [], []
-        for k, X in self.context.engine.batches(self.reader, clips, SCORE_BATCH, f"{self.title}: test features", self.frontend):
+        for k, X in self.runtime.engine.batches(self.reader, clips, SCORE_BATCH, f"{self.title}: test features", self.frontend):
             kept += k
             scores.append(self.detector_.score_clips(X))
         return {"score": scores_at(clips, kept, np.concatenate(scores) if scores else [])}

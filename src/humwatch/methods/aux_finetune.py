@@ -58,8 +58,8 @@ class AuxFinetuneMethod(IdNetMethod):
         from humwatch.progress import console
 
         s, ctx = self.settings, self.context
-        data = id_data(own, val, pool, s, cache_dir=ctx.cache_dir, audio=self.reader.audio, seed=ctx.seed,
-                       progress=ctx.progress)
+        data = id_data(own, val, pool, s, cache_dir=self.runtime.cache_dir, audio=self.audio, seed=ctx.seed,
+                       progress=self.runtime.progress)
         try:
             say_outliers(description, data.outliers)
             bb = ctx.backbone(s, shared=False)  # its weights are trained in place
@@ -92,7 +92,7 @@ class AuxFinetuneMethod(IdNetMethod):
                 report = train_id(modules, embed, head, groups, batches(data.train, True),
                                   math.ceil(len(data.train) / s.batch_size), s.epochs, s,
                                   val_batches=batches(data.held_out, False) if data.held_out else None,
-                                  train_mode=lambda: _train_mode(modules), seed=ctx.seed, progress=ctx.progress,
+                                  train_mode=lambda: _train_mode(modules), seed=ctx.seed, progress=self.runtime.progress,
                                   description=description)
         finally:
             if data.cleanup:

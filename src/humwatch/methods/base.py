@@ -3,16 +3,19 @@ and ``load(dir)``.
 
 A method turns clips into anomaly scores (higher = more anomalous). It is built from its settings
 (a :class:`~humwatch.settings.Settings` dataclass, checked before any audio is read or any model is
-built) and a :class:`Context` (what every method of a run shares: the clip reader with its bad-file
-policy and skip count, the embedding cache, the seed, the device).
+built) and a :class:`Context` (what a fit leaves and the methods of a run share: the audio settings,
+the seed, the device, the shared backbones). How one call runs (the bad-file policy and its skip
+count, progress bars, the engine, the embedding cache, whether to keep embeddings) is not the
+method's: it is a :class:`~humwatch.runtime.Runtime` handed to ``fit`` and ``score`` (a default one
+when not given), so one fitted method can score from several threads at once.
 
 A subclass writes ``_fit``, ``_score`` and ``_save`` / ``_load``; this base class does the rest:
 
 * ``fit(clips, val=())`` keeps the clips the method learns from (the normal ones, unless the method
   is ``supervised``) and refuses an empty set;
-* ``score(clips)`` returns one float64 score per clip, NaN where the reader skipped a bad clip
-  (:attr:`Context.reader` has the reasons); ``readings(clips)`` also returns other named scores a
-  method can give (``lof-vote``'s vote count);
+* ``score(clips, runtime=...)`` returns one float64 score per clip, NaN where a bad clip was
+  skipped (``runtime.skipped`` has the reasons); ``readings(clips)`` also returns other named
+  scores a method can give (``lof-vote``'s vote count);
 * ``save(dir)`` writes the method's files and then ``method.json`` (name, settings, humwatch version,
   the method's state, the SHA-256 of each weights file), last, so a half-written folder is never
   taken for a whole one; :func:`load_method` reads it back, never through pickle, after checking
@@ -24,13 +27,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip
 from humwatch.errors import ConfigError, DatasetError
 from humwatch.reader import ClipReader
+from humwatch.runtime import Runtime, active, current
 from humwatch.settings import Bool, Int, Mapping, OneOf, Optional, Pattern, Settings, Text, check_fields, check_value, setting
 
 METHOD_FILE = "method.json"
@@ -72,18 +77,13 @@ class BackboneSettings(Settings):
         return {"weights": self.weights, "precision": self.precision, "config": self.backbone_config}
 
 
-def _local_engine():
-    from humwatch.engine import LocalEngine
-
-    return LocalEngine()
-
-
 @dataclass
 class Context:
-    """What every method of one run (or monitor) shares."""
+    """What a fit leaves and every method of one run (or monitor) shares; how a call runs is a
+    :class:`~humwatch.runtime.Runtime` instead."""
 
-    reader: ClipReader = field(default_factory=ClipReader)
-    cache_dir: str | None = None
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    """The audio settings the method reads clips with (it is fitted on them)."""
     seed: int = 0
     device: str = "cpu"
     run_clips: list = field(default_factory=list, repr=False)
@@ -91,13 +91,7 @@ class Context:
     methods that also learn from the other machines (``idnet``: outlier exposure, one network per run)."""
     shared: dict = field(default_factory=dict, repr=False)
     """What a method fitted once for the whole run keeps for the run's other groups (keyed by the method)."""
-    engine: Any = field(default_factory=_local_engine)
-    """Where per-clip work (reading, frontend, network) runs: :mod:`humwatch.engine` (local or Ray)."""
     _backbones: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def progress(self) -> bool:
-        return self.reader.progress
 
     def backbone(self, s: BackboneSettings, shared: bool = True):
         """The backbone of ``s``: shared by the run's methods and built only when first needed
@@ -111,6 +105,27 @@ class Context:
         if key not in self._backbones:
             self._backbones[key] = plan_backbone(s.backbone, seed=self.seed, device=self.device, **s.backbone_kwargs())
         return self._backbones[key]
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What a :class:`~humwatch.monitor.Monitor` scores with: a fitted :class:`Method`, or an exported
+    monitor's network on ONNX Runtime (:class:`humwatch.onnxrun.OnnxMethod`)."""
+
+    name: str
+    natural_threshold: float | None
+
+    @property
+    def audio(self) -> AudioSettings: ...
+
+    @property
+    def label(self) -> str: ...
+
+    def score(self, clips: Sequence[Clip], runtime: Runtime | None = None) -> np.ndarray: ...
+
+    def readings(self, clips: Sequence[Clip], runtime: Runtime | None = None) -> dict[str, np.ndarray]: ...
+
+    def info(self) -> dict: ...
 
 
 class Method:
@@ -167,28 +182,21 @@ class Method:
         be crossed (a monitor refuses one that cannot alarm). By default four synthetic recordings
         scored end to end: full-scale white noise, a full-scale 3 kHz square wave, a click train and
         a loud chirp. Methods override this with inputs far from their own training data."""
-        import tempfile
+        from dataclasses import replace
 
-        from humwatch.audio import write_audio
-
-        sr = self.reader.audio.sample_rate
-        n = int(round((self.reader.audio.seconds or 10.0) * sr))
+        sr = self.audio.sample_rate
+        n = int(round((self.audio.seconds or 10.0) * sr))
         t = np.arange(n) / sr
         rng = np.random.default_rng(0)
         clicks = np.zeros(n)
         clicks[:: max(1, sr // 25)] = 0.95
         probes = [0.9 * np.clip(rng.standard_normal(n) / 3, -1, 1), 0.9 * np.sign(np.sin(2 * np.pi * 3000 * t)), clicks,
                   0.9 * np.sin(2 * np.pi * (50 + (sr / 2 - 100) * t / t[-1] / 2) * t)]
-        cache, self.context.cache_dir = self.context.cache_dir, None  # probes are not worth caching
-        try:
-            with tempfile.TemporaryDirectory(prefix="humwatch-probe-") as tmp:
-                clips = []
-                for i, y in enumerate(probes):
-                    write_audio(Path(tmp) / f"probe{i}.wav", y.astype(np.float32), sr)
-                    clips.append(Clip(str(Path(tmp) / f"probe{i}.wav"), "probe", "probe", 1))
-                return self.score(clips)
-        finally:
-            self.context.cache_dir = cache
+        # as 16-bit PCM, as the probe files written before were: the same samples, the same scores
+        clips = [Clip.from_array(np.rint(y.astype(np.float32) * np.float32(32767)).astype(np.int16), sr, f"probe{i}.wav",
+                                 "probe", "probe", 1) for i, y in enumerate(probes)]
+        rt = current() or Runtime()
+        return self.score(clips, runtime=replace(rt, cache_dir=None, keep_embeddings=False))  # probes are not cached
 
     def embeddings(self) -> dict:
         """``{backbone name: EmbeddingSet}`` of the clips fitted and scored (kept for t-SNE)."""
@@ -209,37 +217,50 @@ class Method:
 
     # -- the contract ------------------------------------------------------------------------------
     @property
-    def reader(self) -> ClipReader:
-        return self.context.reader
+    def audio(self) -> AudioSettings:
+        """The audio settings the method reads clips with."""
+        return self.context.audio
 
-    def fit(self, clips: Sequence[Clip], val: Sequence[Clip] = ()) -> "Method":
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime of the call in progress (:mod:`humwatch.runtime`; a default one outside a call)."""
+        return current() or Runtime()
+
+    @property
+    def reader(self) -> ClipReader:
+        """A reader of the method's audio settings with the call's policy and skip count."""
+        return self.runtime.reader(self.audio)
+
+    def fit(self, clips: Sequence[Clip], val: Sequence[Clip] = (), runtime: Runtime | None = None) -> "Method":
         """Learn from ``clips`` (the normal ones, unless the method is supervised); ``val`` is for
-        methods that report on held-out clips while training."""
+        methods that report on held-out clips while training; ``runtime``: how the call runs."""
         clips = list(clips) if self.supervised else [c for c in clips if not c.is_anomalous]
         if not clips:
             raise DatasetError(f"{self.title}: no normal training clips to learn from")
-        self.n_train_ = self._fit(clips, list(val))
+        with active(runtime):
+            self.n_train_ = self._fit(clips, list(val))
         self.fitted_ = True
         return self
 
-    def readings(self, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
+    def readings(self, clips: Sequence[Clip], runtime: Runtime | None = None) -> dict[str, np.ndarray]:
         """``{"score": ..., other named scores}``; NaN where a clip was skipped as bad."""
         if not self.fitted_:
             raise ConfigError(f"{self.title}: the method is not fitted yet")
         clips = list(clips)
         if not clips:
             return {"score": np.empty(0)}
-        out = self._score(clips)
+        with active(runtime):
+            out = self._score(clips)
         return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
-    def score(self, clips: Sequence[Clip]) -> np.ndarray:
+    def score(self, clips: Sequence[Clip], runtime: Runtime | None = None) -> np.ndarray:
         """One anomaly score per clip (float64, higher = more anomalous; NaN where skipped)."""
-        return self.readings(clips)["score"]
+        return self.readings(clips, runtime)["score"]
 
     def save(self, directory: str | Path) -> Path:
         """Write the fitted method into ``directory``: its files, ``method.json``, then
         ``manifest.json`` (the SHA-256 of every file; :func:`load_method` refuses a changed folder)."""
-        from humwatch import __version__
+        from humwatch._version import __version__
         from humwatch.io import weight_fingerprints, write_json, write_manifest
 
         if not self.fitted_:
@@ -250,7 +271,7 @@ class Method:
         d.mkdir(parents=True, exist_ok=True)
         state = self._save(d)
         write_json(d / METHOD_FILE, {"format": FORMAT, "method": self.name, "settings": self.settings.to_dict(),
-                                     "humwatch_version": __version__, "audio": asdict(self.reader.audio),
+                                     "humwatch_version": __version__, "audio": asdict(self.audio),
                                      "n_train": self.n_train_, "info": self.info(), "state": state,
                                      "fingerprints": weight_fingerprints(d)})
         write_manifest(d)
@@ -278,7 +299,7 @@ VERSION = Pattern(r"\d+(\.\d+){0,3}([.+-]?[0-9A-Za-z.+-]*)?", "a version such as
 
 
 def _method_names() -> list[str]:
-    from humwatch.methods import list_methods
+    from humwatch.methods.registry import list_methods
 
     return list_methods()
 
@@ -313,7 +334,7 @@ def warn_if_newer(version: str, where) -> bool:
     this humwatch (it may hold what this one does not know); True when it is."""
     import logging
 
-    from humwatch import __version__
+    from humwatch._version import __version__
 
     if version_tuple(version) <= version_tuple(__version__):
         return False
@@ -331,10 +352,10 @@ def load_saved(cls: type[Method], directory: Path, doc: dict, context: Context |
     audio = check_method_doc(directory, doc)
     settings = cls.Settings.from_dict(doc["settings"], where=f"{directory / METHOD_FILE}: settings")
     if context is None:
-        context = Context(reader=ClipReader(audio), device=device)
-    elif context.reader.audio != audio:
+        context = Context(audio=audio, device=device)
+    elif context.audio != audio:
         raise ConfigError(f"{directory / METHOD_FILE}: the method was fitted on audio {asdict(audio)}, "
-                          f"not the {asdict(context.reader.audio)} it is loaded with")
+                          f"not the {asdict(context.audio)} it is loaded with")
     m = cls._load(directory, settings, context, doc["state"], doc, **overrides)
     m.n_train_ = doc["n_train"]
     m.fitted_ = True

@@ -103,7 +103,7 @@ class EmbedDetectMethod(EmbeddingMethod):
     def _embed(self, clips):
         if self.backbone_ is None:
             self.backbone_ = self.context.backbone(self.settings)
-        return self._kept(self.context.engine.embed(clips, self.backbone_, cache_dir=self.context.cache_dir,
+        return self._kept(self.runtime.engine.embed(clips, self.backbone_, cache_dir=self.runtime.cache_dir,
                                                     batch_size=self.settings.batch_size, reader=self.reader))
 
     def export_network(self) -> dict:

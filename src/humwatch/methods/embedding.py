@@ -6,7 +6,7 @@ A subclass says how clips become embeddings (``_embed``; ``_train_embeddings`` w
 itself learns from the training clips first, as ``idnet`` and ``aux-finetune`` do); the base
 class fits a :class:`~humwatch.sections.SectionDetector` on the training embeddings, scores test
 embeddings with it (``score``, and ``votes`` for ``lof-vote``), keeps every embedding set for
-t-SNE, and saves the detector(s) as ``detector.safetensors`` plus their JSON state.
+t-SNE when the call's runtime says so (``keep_embeddings``: a run's; never a monitor's), and saves the detector(s) as ``detector.safetensors`` plus their JSON state.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ class EmbeddingMethod(Method):
     def __init__(self, settings, context=None, title=""):
         super().__init__(settings, context, title)
         self.scorer_ = None
-        self._seen: list = []
+        self._seen: list = []  # embedding sets kept for t-SNE (only by a runtime with keep_embeddings)
+        self.far_basis_ = None  # (mean, spread) of the training embeddings: far_scores' probes
 
     # -- for subclasses ----------------------------------------------------------------------------
     def _embed(self, clips):
@@ -84,15 +85,21 @@ class EmbeddingMethod(Method):
 
     # -- the method --------------------------------------------------------------------------------
     def _kept(self, emb):
-        self._seen.append(emb)
+        if self.runtime.keep_embeddings:
+            self._seen.append(emb)
         return emb
 
     def _fit(self, clips, val):
         emb = self._train_embeddings(clips, val)
         if len(emb) == 0:
             raise DatasetError(f"{self.title}: no normal training clips could be read")
-        self.scorer_ = self.new_detector(emb.X, emb.clips)
+        self._fitted_on(emb)
         return len(emb)
+
+    def _fitted_on(self, emb) -> None:
+        self.scorer_ = self.new_detector(emb.X, emb.clips)
+        X = emb.X.astype(np.float64)
+        self.far_basis_ = (X.mean(axis=0), X.std(axis=0) + 1e-6)
 
     # -- embed once, fit the detector many times (a monitor's calibration folds: humwatch.folds) -------
     @property
@@ -102,9 +109,12 @@ class EmbeddingMethod(Method):
         may embed every clip once and refit only the detector."""
         return type(self)._train_embeddings is EmbeddingMethod._train_embeddings and not self.supervised
 
-    def embed(self, clips):
+    def embed(self, clips, runtime=None):
         """The :class:`~humwatch.embed.EmbeddingSet` of ``clips`` as fitting and scoring compute it."""
-        return self._embed(list(clips))
+        from humwatch.runtime import active
+
+        with active(runtime):
+            return self._embed(list(clips))
 
     def new_detector(self, X, clips):
         """A new section detector of these settings fitted on embeddings ``X`` of ``clips``."""
@@ -121,7 +131,7 @@ class EmbeddingMethod(Method):
             raise ConfigError(f"{self.title}: its embeddings depend on the training clips; use fit()")
         if len(emb) == 0:
             raise DatasetError(f"{self.title}: no normal training clips could be read")
-        self.scorer_ = self.new_detector(emb.X, emb.clips)
+        self._fitted_on(emb)
         self.n_train_ = len(emb)
         self.fitted_ = True
         return self
@@ -138,9 +148,10 @@ class EmbeddingMethod(Method):
         mean, in three directions (all up, all down, alternating); they belong to no known section."""
         from humwatch.data.clips import Clip
 
-        X = self._seen[0].X.astype(np.float64)
-        mu, sd = X.mean(axis=0), X.std(axis=0) + 1e-6
-        alt = np.where(np.arange(X.shape[1]) % 2 == 0, 1.0, -1.0)
+        if self.far_basis_ is None:
+            raise ConfigError(f"{self.title}: far_scores needs the method as fitted here (not loaded)")
+        mu, sd = self.far_basis_
+        alt = np.where(np.arange(len(mu)) % 2 == 0, 1.0, -1.0)
         far = np.stack([mu + 1e3 * sd, mu - 1e3 * sd, mu + 1e3 * sd * alt])
         return self.scorer_.anomaly_score(far, [Clip(f"far{i}", "probe", "probe", 1) for i in range(3)])
 

@@ -136,8 +136,14 @@ class ScoreFusionMethod(Method):
 
         return max(create_method(sp.method, sp.settings, self.context).min_fit_clips() for sp in self.settings.specs())
 
-    def fit(self, clips, val=()):
+    def fit(self, clips, val=(), runtime=None):
         """Every member fits on ``clips`` (each keeps the clips it learns from); then the reference scores."""
+        from humwatch.runtime import active
+
+        with active(runtime):
+            return self._fit_members(clips, val)
+
+    def _fit_members(self, clips, val):
         from humwatch.methods import create_method
 
         clips, val = list(clips), list(val)
@@ -249,7 +255,7 @@ class EmbedFusionMethod(EmbeddingMethod):
         """Every backbone's embeddings of the clips every backbone could read."""
         if not self.backbones_:
             self.backbones_ = [self.context.backbone(self._settings_of(b)) for b in self.settings.backbones]
-        sets = [self.context.engine.embed(clips, bb, cache_dir=self.context.cache_dir, batch_size=self.settings.batch_size,
+        sets = [self.runtime.engine.embed(clips, bb, cache_dir=self.runtime.cache_dir, batch_size=self.settings.batch_size,
                                           reader=self.reader) for bb in self.backbones_]
         keep = set.intersection(*({c.key for c in s.clips} for s in sets))
         kept = [c for c in sets[0].clips if c.key in keep]

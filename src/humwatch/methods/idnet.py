@@ -121,10 +121,10 @@ class IdNetMethod(EmbeddingMethod):
         from humwatch.models import create_backbone
 
         s, ctx = self.settings, self.context
-        if self.reader.audio.seconds is None:
+        if self.audio.seconds is None:
             raise ConfigError("idnet: clips must have one length (audio seconds), not each file's own")
-        data = id_data(own, val, pool, s, cache_dir=ctx.cache_dir, audio=self.reader.audio, seed=ctx.seed,
-                       progress=ctx.progress)
+        data = id_data(own, val, pool, s, cache_dir=self.runtime.cache_dir, audio=self.audio, seed=ctx.seed,
+                       progress=self.runtime.progress)
         try:
             say_outliers(description, data.outliers)
             bb = create_backbone("idnet", weights="none", precision=s.precision, config=s.backbone_config, seed=ctx.seed,
@@ -159,7 +159,7 @@ class IdNetMethod(EmbeddingMethod):
                 report = train_id(modules, net.crop_embedding, head, [{"params": list(modules.parameters())}],
                                   train_batches, math.ceil(n_epoch / s.batch_size), s.epochs, s,
                                   val_batches=val_batches if data.held_out else None, val_embed=net,
-                                  seed=ctx.seed, progress=ctx.progress, description=description)
+                                  seed=ctx.seed, progress=self.runtime.progress, description=description)
         finally:
             if data.cleanup:
                 data.cleanup()

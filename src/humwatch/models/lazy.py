@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from typing import Any, Callable
 
 CACHE_FORMAT = 1
@@ -70,6 +71,10 @@ class BackboneIdentity:
         return f"{self.name} ({self.embedding_dim}-d, {self.precision}, {self.weights.describe()})"
 
 
+_BUILD_LOCK = threading.RLock()
+"""Held while a lazy backbone builds its network (rare: once per backbone)."""
+
+
 class LazyBackbone(BackboneIdentity):
     """A backbone's identity (:data:`IDENTITY` attributes and ``cache_key``) plus how to build it.
 
@@ -106,15 +111,21 @@ class LazyBackbone(BackboneIdentity):
 
     def get(self):
         """The built backbone (built now if it is not yet)."""
-        if self._backbone is None:
-            key = self.cache_key
-            bb = self._build()
-            if bb.cache_key != key:  # the factory's identity and its network disagree
-                raise RuntimeError(f"{self.name}: built backbone's cache key {bb.cache_key} differs from its plan's {key}")
-            if self.recipe is not None and getattr(bb, "recipe", None) is None:
-                bb.recipe = self.recipe
-            self._backbone = bb
+        if self._backbone is not None:
+            return self._backbone
+        with _BUILD_LOCK:  # one build, however many threads score at once
+            if self._backbone is None:
+                self._backbone = self._build_checked()
         return self._backbone
+
+    def _build_checked(self):
+        key = self.cache_key
+        bb = self._build()
+        if bb.cache_key != key:  # the factory's identity and its network disagree
+            raise RuntimeError(f"{self.name}: built backbone's cache key {bb.cache_key} differs from its plan's {key}")
+        if self.recipe is not None and getattr(bb, "recipe", None) is None:
+            bb.recipe = self.recipe
+        return bb
 
     def embed(self, x):
         return self.get().embed(x)

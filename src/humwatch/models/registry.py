@@ -352,7 +352,7 @@ class Backbone(BackboneIdentity):
     def save(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` + ``humwatch_backbone.json`` (no pickle) to ``directory``;
         ``create_backbone(self.name, weights=directory)`` loads it back with identical embeddings."""
-        from humwatch import __version__
+        from humwatch._version import __version__
         from humwatch.io import write_json, write_manifest
 
         directory = Path(directory)

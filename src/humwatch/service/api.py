@@ -111,8 +111,7 @@ async def post_clip(request: Request, machine: MachineName, background: Backgrou
     if svc.pool.get(machine) is None:
         raise HTTPException(404, f"no monitor for machine {machine!r} (this server has: {', '.join(svc.pool.names())})")
     with svc.metrics.timing_ingest():
-        up = await receive_upload(request, await run_in_threadpool(lambda: svc.ingestor.tmp_dir),
-                                  int(svc.settings.max_upload_mb * 1e6))
+        up = await receive_upload(request, int(svc.settings.max_upload_mb * 1e6))
         doc = await run_in_threadpool(svc.ingestor.ingest, machine, up)
     background.add_task(run_in_threadpool, svc.ingestor.maybe_prune)
     return doc

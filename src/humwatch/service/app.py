@@ -194,7 +194,7 @@ def create_app(settings: ServiceSettings, service: Service | None = None):
     ``settings`` now (loading every monitor) and closed on shutdown."""
     from fastapi import FastAPI
 
-    from humwatch import __version__
+    from humwatch._version import __version__
     from humwatch.service import api, dashboard
 
     settings.validate()

@@ -9,8 +9,10 @@ and the other is answered with the winner's row.
 
 Every refusal is an :class:`UploadError` with an HTTP status and one line: 413 (too large), 415
 (not WAV or FLAC), 422 (unusable audio, too long, a bad recording time). Unusable audio is what
-:func:`humwatch.audio.load_audio` refuses (it raises AudioError with one line for every such file);
-the line names the upload's file name, never the server's temporary path.
+:func:`humwatch.audio.decode_bytes` and :func:`humwatch.audio.load_audio` refuse (AudioError, one
+line); the line names the upload's file name. The upload is decoded in memory and scored as an
+in-memory clip (:meth:`humwatch.data.clips.Clip.from_array`): no temporary file; its bytes are
+written only where the store keeps the audio (an anomalous clip, with ``keep_audio``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
-import os
 import re
 import tempfile
 import threading
@@ -29,8 +30,10 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from humwatch.audio import header
+from humwatch.audio import decode_bytes
+from humwatch.data.clips import MEMORY, Clip
 from humwatch.errors import HumwatchError, AudioError
+from humwatch.io import atomic_path
 from humwatch.service.alerts import machine_rule, on_clip
 from humwatch.service.store import Alert, ClipRow, Machine, Store, utcnow
 
@@ -48,13 +51,15 @@ class UploadError(HumwatchError):
 
 @dataclass
 class Upload:
-    """A received upload, in a temporary file."""
+    """A received upload, in memory (its size is bounded by the upload limit)."""
 
-    path: Path
+    data: bytes
     sha256: str
     size: int
     filename: str
     recorded_at: _dt.datetime | None
+    suffix: str = ".wav"
+    """``.wav`` or ``.flac``, from its first bytes (the name a kept copy gets)."""
 
 
 def parse_time(text: str | None) -> _dt.datetime | None:
@@ -92,10 +97,10 @@ def clip_key(machine: str, recorded_at: _dt.datetime | None, audio_sha256: str) 
     return hashlib.sha256(f"{machine}\n{when}\n{audio_sha256}".encode()).hexdigest()
 
 
-async def receive_upload(request, tmp_dir: Path, limit: int) -> Upload:
-    """Write the request's audio (raw body, or the ``file`` part of a multipart form) to a temporary
-    file in ``tmp_dir``, hashing it on the way; the recording time comes from the ``recorded_at``
-    query parameter or form field."""
+async def receive_upload(request, limit: int) -> Upload:
+    """The request's audio (raw body, or the ``file`` part of a multipart form), read into memory
+    (at most ``limit`` bytes) and hashed; the recording time comes from the ``recorded_at`` query
+    parameter or form field."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     recorded = request.query_params.get("recorded_at")
     filename = request.query_params.get("filename", "")
@@ -115,29 +120,20 @@ async def receive_upload(request, tmp_dir: Path, limit: int) -> Upload:
         source = request.stream()
     recorded_at = parse_time(recorded)
     filename = safe_filename(filename)
-    h, size = hashlib.sha256(), 0
-    fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=tmp_dir)
-    path = Path(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            async for block in source:
-                size += len(block)
-                if size > limit:
-                    raise UploadError(413, f"{filename}: larger than the {limit / 1e6:g} MB upload limit")
-                h.update(block)
-                f.write(block)
-        if size == 0:
-            raise UploadError(422, f"{filename}: empty upload")
-        with open(path, "rb") as f:
-            suffix = sniff_suffix(f.read(12))
-        if suffix is None:
-            raise UploadError(415, f"{filename}: not WAV or FLAC audio")
-        final = path.with_suffix(suffix)
-        os.replace(path, final)
-        return Upload(final, h.hexdigest(), size, filename, recorded_at)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    h, size, blocks = hashlib.sha256(), 0, []
+    async for block in source:
+        size += len(block)
+        if size > limit:
+            raise UploadError(413, f"{filename}: larger than the {limit / 1e6:g} MB upload limit")
+        h.update(block)
+        blocks.append(block)
+    if size == 0:
+        raise UploadError(422, f"{filename}: empty upload")
+    data = b"".join(blocks)
+    suffix = sniff_suffix(data[:12])
+    if suffix is None:
+        raise UploadError(415, f"{filename}: not WAV or FLAC audio")
+    return Upload(data, h.hexdigest(), size, filename, recorded_at, suffix)
 
 
 def clip_document(row: ClipRow, machine: str) -> dict:
@@ -199,29 +195,28 @@ class Ingestor:
 
     def ingest(self, machine: str, up: Upload) -> dict:
         """Score ``up`` with the machine's monitor and store it (or find it stored); its document."""
+        key = clip_key(machine, up.recorded_at, up.sha256)
+        found = self._existing(key, machine)
+        if found is not None:
+            return found
         try:
-            key = clip_key(machine, up.recorded_at, up.sha256)
+            samples, rate = decode_bytes(up.data, up.filename)
+            seconds = samples.shape[0] / rate
+            limit = self.settings.max_seconds
+            if seconds > limit:
+                raise UploadError(422, f"{up.filename}: {seconds:.1f} s of audio, longer than the {limit:g} s limit")
+            clip = Clip.from_array(samples, rate, up.filename, "service", machine)
+            del samples
+            score, threshold, anomalous = self.pool.score(machine, clip)
+        except AudioError as e:
+            raise UploadError(422, str(e).replace(f"{MEMORY}/", "")) from None
+        try:
+            return self._store(machine, up, key, seconds, score, threshold, anomalous)
+        except IntegrityError:  # the same clip, stored by a request that ran alongside this one
             found = self._existing(key, machine)
-            if found is not None:
-                return found
-            try:
-                info = header(up.path)
-                seconds = float(info.frames) / float(info.samplerate or 1)
-                limit = self.settings.max_seconds
-                if seconds > limit:
-                    raise UploadError(422, f"{up.filename}: {seconds:.1f} s of audio, longer than the {limit:g} s limit")
-                score, threshold, anomalous = self.pool.score(machine, up.path)
-            except AudioError as e:
-                raise UploadError(422, str(e).replace(str(up.path), up.filename)) from None
-            try:
-                return self._store(machine, up, key, seconds, score, threshold, anomalous)
-            except IntegrityError:  # the same clip, stored by a request that ran alongside this one
-                found = self._existing(key, machine)
-                if found is None:
-                    raise
-                return found
-        finally:
-            up.path.unlink(missing_ok=True)
+            if found is None:
+                raise
+            return found
 
     def _store(self, machine, up: Upload, key, seconds, score, threshold, anomalous) -> dict:
         kept: Path | None = None
@@ -233,10 +228,11 @@ class Ingestor:
                               anomalous=anomalous, filename=up.filename, seconds=seconds)
                 s.add(row)
                 s.flush()
-                if anomalous and self.settings.keep_audio:
-                    kept = self.audio_dir / machine / f"{row.id}-{key[:12]}{up.path.suffix}"
+                if anomalous and self.settings.keep_audio:  # the only place an upload's bytes are written
+                    kept = self.audio_dir / machine / f"{row.id}-{key[:12]}{up.suffix}"
                     kept.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(up.path, kept)
+                    with atomic_path(kept, suffix=up.suffix) as tmp:  # whole or not at all
+                        tmp.write_bytes(up.data)
                     row.audio_path, row.audio_bytes = str(kept), up.size
                 alert = on_clip(s, m, row, machine_rule(m, self.rule), self.notifier.outbox if self.notifier else None)
                 doc = self._answer(s, row, machine, duplicate=False, opened=alert is not None)

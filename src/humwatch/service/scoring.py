@@ -5,18 +5,17 @@
 a monitor serves one machine named after it. Other files and folders (the default SQLite store,
 kept audio, hidden folders such as a monitor ``humwatch fit`` is still writing) are left alone.
 
-Scoring is blocking work (reading audio, a model's forward pass) and runs in the server's worker
-threads, never on the event loop. A monitor's scoring is not thread-safe (it sets its method's
-clip reader for each call), so each monitor has a lock: clips of one machine are scored one at a
-time, clips of different machines at the same time.
+Scoring is blocking work (decoding audio, a model's forward pass) and runs in the server's worker
+threads, never on the event loop. A monitor's scoring is thread-safe (each call hands the method a
+:class:`~humwatch.runtime.Runtime` of its own, and nothing is kept while scoring), so clips of one
+machine are scored at the same time as well as clips of different machines; no lock.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from humwatch.errors import AudioError, ConfigError
@@ -28,12 +27,11 @@ MACHINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 @dataclass
 class Entry:
-    """One machine's monitor and its lock."""
+    """One machine's monitor."""
 
     name: str
     path: Path
     monitor: object
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def threshold(self) -> float:
@@ -41,7 +39,7 @@ class Entry:
 
     def describe(self) -> dict:
         m = self.monitor
-        return {"method": m.settings.get("method", ""), "label": m.settings.get("label", m.settings.get("method", "")),
+        return {"method": m.settings.method, "label": m.settings.label or m.settings.method,
                 "threshold": self.threshold, "random_init": bool(m.random_init),
                 "seconds": m.audio.seconds, "sample_rate": m.audio.sample_rate}
 
@@ -79,25 +77,20 @@ class MonitorPool:
         for name, path in find_monitors(folder).items():
             mon = load_monitor(path, device=self.device)
             self.entries[name] = Entry(name, path, mon)
-            log.info("monitor %s: %s, threshold %.4g%s", name, mon.settings.get("label", ""), mon.threshold,
+            log.info("monitor %s: %s, threshold %.4g%s", name, mon.settings.label, mon.threshold,
                      " (RANDOM INIT)" if mon.random_init else "")
 
     def warm_up(self) -> None:
         """Score a generated clip with every monitor once, so that the first real clip does not
         pay for the lazy imports and first-call compilation (librosa, numba, torch) behind it."""
-        import tempfile
-
         import numpy as np
 
-        from humwatch.audio import write_audio
+        from humwatch.data.clips import Clip
 
-        with tempfile.TemporaryDirectory(prefix="humwatch-warm-") as d:
-            for name, e in self.entries.items():
-                sr, seconds = e.monitor.audio.sample_rate, e.monitor.audio.seconds or 10.0
-                noise = 0.01 * np.random.default_rng(0).standard_normal(int(sr * seconds)).astype(np.float32)
-                path = Path(d) / f"{name}.wav"
-                write_audio(path, noise, sr)
-                self.score(name, path)
+        for name, e in self.entries.items():
+            sr, seconds = e.monitor.audio.sample_rate, e.monitor.audio.seconds or 10.0
+            noise = 0.01 * np.random.default_rng(0).standard_normal(int(sr * seconds)).astype(np.float32)
+            self.score(name, Clip.from_array(noise, sr, f"{name}.wav", "service", name))
 
     def names(self) -> list[str]:
         return sorted(self.entries)
@@ -105,30 +98,37 @@ class MonitorPool:
     def get(self, machine: str) -> Entry | None:
         return self.entries.get(machine)
 
-    def score(self, machine: str, path: str | Path) -> tuple[float, float, bool]:
-        """(score, threshold, anomalous) of the audio file at ``path``; AudioError when unusable."""
+    def score(self, machine: str, clip) -> tuple[float, float, bool]:
+        """(score, threshold, anomalous) of ``clip`` (a :class:`~humwatch.data.clips.Clip`, in memory
+        or a file, or an audio file's path); AudioError when unusable."""
         from humwatch.data.clips import Clip
 
         e = self.entries[machine]
-        with e.lock:
-            kept, scores, skipped = e.monitor.score_clips([Clip(str(path), "service", machine, 0)], progress=False)
+        if not isinstance(clip, Clip):
+            clip = Clip(str(clip), "service", machine, 0)
+        kept, scores, skipped = e.monitor.score_clips([clip], progress=False)
         if not len(scores):  # pragma: no cover - score_clips raises first (on_bad="error")
-            raise AudioError(skipped[0][1] if skipped else f"{path}: could not be scored")
+            raise AudioError(skipped[0][1] if skipped else f"{clip.path}: could not be scored")
         score = float(scores[0])
         return score, e.threshold, bool(e.monitor.decide([score])[0])
 
     def explain(self, machine: str, path: str | Path, name: str | None = None):
         """The "why did it alarm" figure of a clip (:func:`humwatch.explain.alarm.explain_alarm`: an
         object with ``.png`` and ``.summary``); ``name`` is the file name the figure shows (the
-        clip's own, not the name it is kept under)."""
-        import os
-        import tempfile
-
+        clip's own, not the name it is kept under): the kept file is read into an in-memory clip
+        of that name."""
+        from humwatch.audio import check_file, decode_bytes
+        from humwatch.data.clips import Clip
         from humwatch.explain.alarm import explain_alarm
+        from humwatch.service.ingest import safe_filename
 
         e = self.entries[machine]
-        with tempfile.TemporaryDirectory(prefix="humwatch-why-") as d:
-            shown = Path(d) / (Path(name).name if name else Path(path).name)
-            os.symlink(Path(path).resolve(), shown)
-            with e.lock:
-                return explain_alarm(e.monitor, shown)
+        shown = safe_filename(Path(name).name if name else Path(path).name)
+        try:
+            blob = check_file(path).read_bytes()
+        except AudioError as err:  # named as the clip is shown, not where it is kept
+            raise AudioError(str(err).replace(str(Path(path)), shown)) from None
+        except OSError as err:
+            raise AudioError(f"{shown}: not readable ({err.strerror or type(err).__name__})") from None
+        samples, rate = decode_bytes(blob, shown)
+        return explain_alarm(e.monitor, Clip.from_array(samples, rate, shown, "service", machine))

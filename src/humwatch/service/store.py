@@ -281,7 +281,7 @@ class Store:
         """Create or upgrade the schema to the newest revision; returns it."""
         from alembic import command
 
-        from humwatch import __version__
+        from humwatch._version import __version__
 
         self._refuse_newer(self.current_revision())
         try:
@@ -298,7 +298,7 @@ class Store:
         from alembic.script import ScriptDirectory
         from alembic.util import CommandError
 
-        from humwatch import __version__
+        from humwatch._version import __version__
 
         if current is None:
             return
