@@ -165,7 +165,7 @@ def decode_bytes(blob: bytes, name: str) -> tuple[np.ndarray, int]:
                              f"{MIN_SAMPLE_RATE // 1000}-{MAX_SAMPLE_RATE // 1000} kHz humwatch reads (a damaged header?)")
         data, sr = sf.read(io.BytesIO(blob), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = one_line(e)
         raise AudioError(f"{name}: not readable audio ({reason})") from None
     if info.format in ("WAV", "WAVEX"):
         short = _wav_shortfall(io.BytesIO(blob), len(blob))
