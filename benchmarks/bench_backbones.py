@@ -130,8 +130,7 @@ def memory_worker(name: str, precision: str, batch: int, threads: int) -> dict:
     bb, x, _, _ = _setup(name, batch, threads, precision)
     for _ in range(2):
         bb.embed(x)
-    return {"backbone": name, "precision": precision,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"backbone": name, "precision": precision, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def cpu_model() -> str:
@@ -173,8 +172,13 @@ def main(argv=None) -> int:
 
     import tempfile
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads),
-           "HF_HUB_OFFLINE": "1", "HUMWATCH_PROGRESS": "0"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(a.threads),
+        "MKL_NUM_THREADS": str(a.threads),
+        "HF_HUB_OFFLINE": "1",
+        "HUMWATCH_PROGRESS": "0",
+    }
     common = ["--batch", str(a.batch), "--repeats", str(a.repeats), "--threads", str(a.threads)]
     load_start = os.getloadavg()[0]
     speed, memory, rows = [], [], []
@@ -192,17 +196,19 @@ def main(argv=None) -> int:
                 print(f"peak memory of {name} {prec} ...", file=sys.stderr, flush=True)
                 memory.append(_run(["--memory-worker", name, prec, *common], env))
             mem = {m["precision"]: m["peak_rss_mib"] for m in memory if m["backbone"] == name}
-            rows.append({
-                "backbone": name,
-                "fp32_clips_per_s": s["clips_per_s"]["fp32"],
-                "bf16_clips_per_s": s["clips_per_s"]["bf16"],
-                "speedup": s["speedup_median_pair"],
-                "cosine_min": float(cos.min()),
-                "cosine_mean": float(cos.mean()),
-                "fp32_peak_rss_mib": mem["fp32"],
-                "bf16_peak_rss_mib": mem["bf16"],
-                "frontend_s_per_clip": s["frontend_s_per_clip"],
-            })
+            rows.append(
+                {
+                    "backbone": name,
+                    "fp32_clips_per_s": s["clips_per_s"]["fp32"],
+                    "bf16_clips_per_s": s["clips_per_s"]["bf16"],
+                    "speedup": s["speedup_median_pair"],
+                    "cosine_min": float(cos.min()),
+                    "cosine_mean": float(cos.mean()),
+                    "fp32_peak_rss_mib": mem["fp32"],
+                    "bf16_peak_rss_mib": mem["bf16"],
+                    "frontend_s_per_clip": s["frontend_s_per_clip"],
+                }
+            )
     import torch
 
     doc = {
@@ -224,21 +230,29 @@ def main(argv=None) -> int:
         Path(a.json).write_text(json.dumps(doc, indent=2) + "\n")
 
     la = doc["loadavg_1min_start_end"]
-    print(f"\n{doc['date']}  {doc['cpu']}  ({doc['cores']} cores, torch {doc['torch']}, batch {a.batch}, "
-          f"{a.repeats} repeats, {a.threads} threads; load average {la[0]} at start, {la[1]} at end)\n")
-    print("| backbone | fp32 clips/s | bf16 clips/s | bf16/fp32 speed | cosine bf16 vs fp32 (min / mean) "
-          "| peak RSS fp32 / bf16 (MiB) | frontend s/clip |")
+    print(
+        f"\n{doc['date']}  {doc['cpu']}  ({doc['cores']} cores, torch {doc['torch']}, batch {a.batch}, "
+        f"{a.repeats} repeats, {a.threads} threads; load average {la[0]} at start, {la[1]} at end)\n"
+    )
+    print(
+        "| backbone | fp32 clips/s | bf16 clips/s | bf16/fp32 speed | cosine bf16 vs fp32 (min / mean) "
+        "| peak RSS fp32 / bf16 (MiB) | frontend s/clip |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['backbone']} | {r['fp32_clips_per_s']:.2f} | {r['bf16_clips_per_s']:.2f} | {r['speedup']:.2f}x "
-              f"| {r['cosine_min']:.5f} / {r['cosine_mean']:.5f} | {r['fp32_peak_rss_mib']:.0f} / {r['bf16_peak_rss_mib']:.0f} "
-              f"| {r['frontend_s_per_clip']:.3f} |")
+        print(
+            f"| {r['backbone']} | {r['fp32_clips_per_s']:.2f} | {r['bf16_clips_per_s']:.2f} | {r['speedup']:.2f}x "
+            f"| {r['cosine_min']:.5f} / {r['cosine_mean']:.5f} | {r['fp32_peak_rss_mib']:.0f} / {r['bf16_peak_rss_mib']:.0f} "
+            f"| {r['frontend_s_per_clip']:.3f} |"
+        )
     print("\nper-batch seconds:")
     for s in speed:
         print(f"  {s['backbone']}: " + "; ".join(f"{p} {', '.join(f'{t:.2f}' for t in s['batch_s'][p])}" for p in PRECISIONS))
     if "ast_target_met" in doc:
-        print(f"\nAST target (bf16 >= {AST_TARGET_SPEEDUP}x fp32, cosine >= {AST_TARGET_COSINE}): "
-              f"{'MET' if doc['ast_target_met'] else 'NOT MET'}")
+        print(
+            f"\nAST target (bf16 >= {AST_TARGET_SPEEDUP}x fp32, cosine >= {AST_TARGET_COSINE}): "
+            f"{'MET' if doc['ast_target_met'] else 'NOT MET'}"
+        )
     return 0
 
 

@@ -101,8 +101,9 @@ def onnx_runner(model: str, batch: int, threads: int):
 
     def run(paths):
         clips = [Clip(p, "fan", "id_00", 0) for p in paths]
-        return np.concatenate([sess.run(None, {"input": np.stack(xs)})[0]
-                               for _, xs in ClipReader(progress=False).batches(clips, batch, "", fe)])
+        return np.concatenate(
+            [sess.run(None, {"input": np.stack(xs)})[0] for _, xs in ClipReader(progress=False).batches(clips, batch, "", fe)]
+        )
 
     return run
 
@@ -144,8 +145,9 @@ def matmul_peak(dtype: str, n: int = 2048, reps: int = 5) -> dict:
         g = h.make_graph([h.make_node("MatMul", ["A", "B"], ["C"])], "mm", spec[:2], spec[2:])
         so = ort.SessionOptions()
         so.intra_op_num_threads = torch.get_num_threads()
-        sess = ort.InferenceSession(h.make_model(g, opset_imports=[h.make_opsetid("", 18)]).SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            h.make_model(g, opset_imports=[h.make_opsetid("", 18)]).SerializeToString(), so, providers=["CPUExecutionProvider"]
+        )
         out["onnxruntime"] = best(lambda: sess.run(None, {"A": an, "B": bn}))
     return out
 
@@ -166,7 +168,6 @@ def flops_per_clip() -> float:
 
 def profile_split(precision: str, paths: list[str], batch: int) -> dict:
     """Share of the model's CPU time in linear layers, attention, copies/casts and the rest."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from humwatch.models import create_backbone
@@ -178,8 +179,11 @@ def profile_split(precision: str, paths: list[str], batch: int) -> dict:
     bb.embed(x)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         bb.embed(x)
-    groups = {"linear": ("addmm", "mm", "matmul", "bmm", "linear"), "attention": ("scaled_dot_product", "softmax"),
-              "copies and casts": ("copy_", "_to_copy", "clone", "contiguous")}
+    groups = {
+        "linear": ("addmm", "mm", "matmul", "bmm", "linear"),
+        "attention": ("scaled_dot_product", "softmax"),
+        "copies and casts": ("copy_", "_to_copy", "clone", "contiguous"),
+    }
     out = {k: 0.0 for k in (*groups, "other")}
     for e in prof.key_averages():
         name = e.key.split("::")[-1]
@@ -199,7 +203,7 @@ def speed_worker(a, paths: list[str], models: dict) -> dict:
     cpu = {row: [] for row in ROWS}
     emb = {}
     for r in range(a.rounds):
-        for row in ROWS[r % len(ROWS):] + ROWS[:r % len(ROWS)]:
+        for row in ROWS[r % len(ROWS) :] + ROWS[: r % len(ROWS)]:
             t, c = time.perf_counter(), time.process_time()
             emb[row] = runs[row](paths)
             times[row].append(time.perf_counter() - t)
@@ -210,8 +214,14 @@ def speed_worker(a, paths: list[str], models: dict) -> dict:
         peaks[p].append(matmul_peak(p))
     ref = emb["humwatch-fp32"].astype(np.float64)
     spread = float(np.linalg.norm(ref - ref.mean(0), axis=1).mean())
-    out = {"times": times, "cpu_times": cpu, "peaks": {p: max(max(m.values()) for m in v) for p, v in peaks.items()}, "peaks_all": peaks,
-           "cosine": {}, "deviation": {}}
+    out = {
+        "times": times,
+        "cpu_times": cpu,
+        "peaks": {p: max(max(m.values()) for m in v) for p, v in peaks.items()},
+        "peaks_all": peaks,
+        "cosine": {},
+        "deviation": {},
+    }
     for row, e in emb.items():
         e = e.astype(np.float64)
         out["cosine"][row] = float(((e * ref).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(ref, axis=1)).min())
@@ -242,12 +252,16 @@ def grow_worker(a, paths: list[str]) -> dict:
     def peak() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    embed_clips(clips[:a.grow_from], bb, batch_size=a.batch, reader=ClipReader(progress=False))
+    embed_clips(clips[: a.grow_from], bb, batch_size=a.batch, reader=ClipReader(progress=False))
     first = peak()
     t = time.perf_counter()
     embed_clips(clips, bb, batch_size=a.batch, reader=ClipReader(progress=False))
-    return {"clips": [a.grow_from, len(clips)], "peak_rss_mib": [first, peak()], "precision": bb.precision,
-            "clips_per_s": len(clips) / (time.perf_counter() - t)}
+    return {
+        "clips": [a.grow_from, len(clips)],
+        "peak_rss_mib": [first, peak()],
+        "precision": bb.precision,
+        "clips_per_s": len(clips) / (time.perf_counter() - t),
+    }
 
 
 def export_worker(a, paths: list[str], out: str) -> dict:
@@ -283,25 +297,53 @@ def machine() -> dict:
     from humwatch.models.precision import resolve_precision
     from humwatch.runinfo import cpu_flags
 
-    model = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-                  .splitlines() if ln.startswith("Model name:")), platform.processor())
+    model = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if ln.startswith("Model name:")
+        ),
+        platform.processor(),
+    )
     flags = cpu_flags()
     import onnxruntime
     import torch
     import transformers
 
-    return {"cpu": model, "flags": [f for f in FLAGS if f in flags], "cores": os.cpu_count(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "auto_precision": resolve_precision("auto", "cpu"), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__}
+    return {
+        "cpu": model,
+        "flags": [f for f in FLAGS if f in flags],
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "auto_precision": resolve_precision("auto", "cpu"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def cli_runs(data: Path, cache: Path, env: dict) -> dict:
     """`humwatch embed` twice with the same cache: start-up included; the second finds every clip cached."""
     out = {}
     for name in ("first", "cached"):
-        argv = [sys.executable, "-m", "humwatch.cli", "embed", "--data", str(data), "--out", str(cache.parent / f"{name}.npz"),
-                "--backbone", "ast", "--weights", "none", "--cache", str(cache), "-q"]
+        argv = [
+            sys.executable,
+            "-m",
+            "humwatch.cli",
+            "embed",
+            "--data",
+            str(data),
+            "--out",
+            str(cache.parent / f"{name}.npz"),
+            "--backbone",
+            "ast",
+            "--weights",
+            "none",
+            "--cache",
+            str(cache),
+            "-q",
+        ]
         t = time.perf_counter()
         p = subprocess.run(argv, capture_output=True, text=True, env=env)
         if p.returncode != 0:
@@ -316,8 +358,11 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="humwatch's and ONNX Runtime's batch (the plain pipeline: 1)")
     ap.add_argument("--rounds", type=int, default=4, help="rounds; the rows take turns, the median round counts")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--grow-from", type=int, help="memory growth: this many clips, then 10x (default: one batch, so "
-                                                   "that both runs hold batches of the same size)")
+    ap.add_argument(
+        "--grow-from",
+        type=int,
+        help="memory growth: this many clips, then 10x (default: one batch, so that both runs hold batches of the same size)",
+    )
     ap.add_argument("--no-profile", dest="profile", action="store_false")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -328,10 +373,12 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(a.threads)
         kind, spec = a.worker[0], json.loads(a.worker[1])
-        fn = {"speed": lambda: speed_worker(a, spec["paths"], spec["models"]),
-              "memory": lambda: memory_worker(a, spec["row"], spec["paths"], spec["models"]),
-              "grow": lambda: grow_worker(a, spec["paths"]),
-              "export": lambda: export_worker(a, spec["paths"], spec["out"])}[kind]
+        fn = {
+            "speed": lambda: speed_worker(a, spec["paths"], spec["models"]),
+            "memory": lambda: memory_worker(a, spec["row"], spec["paths"], spec["models"]),
+            "grow": lambda: grow_worker(a, spec["paths"]),
+            "export": lambda: export_worker(a, spec["paths"], spec["out"]),
+        }[kind]
         print("RESULT " + json.dumps(fn()))
         return 0
 
@@ -339,16 +386,30 @@ def main(argv=None) -> int:
 
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "HF_HUB_OFFLINE": "1", "HUMWATCH_PROGRESS": "0"}
     common = ["--batch", str(a.batch), "--rounds", str(a.rounds), "--threads", str(a.threads)] + ([] if a.profile else ["--no-profile"])
-    doc = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"), "machine": machine(),
-           "settings": {"clips": a.clips, "batch": a.batch, "rounds": a.rounds, "threads": a.threads}, "load": {}}
+    doc = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+        "machine": machine(),
+        "settings": {"clips": a.clips, "batch": a.batch, "rounds": a.rounds, "threads": a.threads},
+        "load": {},
+    }
     doc["load"]["start"] = _load()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         n_grow = a.grow_from * 10
-        clips = synthesize(tmp / "data", machines=["fan"], ids=["00"], n_normal=max(a.clips, n_grow), n_anomalous=0,
-                           snr_db=6.0, seed=0, seconds=10.0, channels=1, progress=False)
+        clips = synthesize(
+            tmp / "data",
+            machines=["fan"],
+            ids=["00"],
+            n_normal=max(a.clips, n_grow),
+            n_anomalous=0,
+            snr_db=6.0,
+            seed=0,
+            seconds=10.0,
+            channels=1,
+            progress=False,
+        )
         paths = [c.path for c in clips]
-        some = paths[:a.clips]
+        some = paths[: a.clips]
         print("exporting the AST to ONNX (fp32, int8) ...", file=sys.stderr, flush=True)
         exp = _worker(["--worker", "export", json.dumps({"paths": some, "out": str(tmp)}), *common], env)
         doc["onnx_checks"] = exp["checks"]
@@ -384,47 +445,81 @@ def summary(doc: dict) -> list[dict]:
     for row in ROWS:
         peak = s["peaks"][PEAK_OF[row]]
         cpu_s = statistics.median(s["cpu_times"][row]) / n
-        rows.append({"row": row, "clips_per_s": rate[row], "ratio": rate[row] / rate["plain"], "cpu_s_per_clip": cpu_s,
-                     "cpu_ratio": statistics.median(s["cpu_times"]["plain"]) / n / cpu_s,
-                     "peak_rss_mib": doc["memory"][row], "cosine": s["cosine"][row], "deviation": s["deviation"][row],
-                     "peak_fraction": s["flops_per_clip"] * rate[row] / (peak * 1e9), "peak_of": PEAK_OF[row]})
+        rows.append(
+            {
+                "row": row,
+                "clips_per_s": rate[row],
+                "ratio": rate[row] / rate["plain"],
+                "cpu_s_per_clip": cpu_s,
+                "cpu_ratio": statistics.median(s["cpu_times"]["plain"]) / n / cpu_s,
+                "peak_rss_mib": doc["memory"][row],
+                "cosine": s["cosine"][row],
+                "deviation": s["deviation"][row],
+                "peak_fraction": s["flops_per_clip"] * rate[row] / (peak * 1e9),
+                "peak_of": PEAK_OF[row],
+            }
+        )
     return rows
 
 
 def print_report(doc: dict) -> None:
     m, st, s = doc["machine"], doc["settings"], doc["speed"]
-    print(f"\n{doc['date']}: {m['cpu']}, {m['cores']} cores, flags {', '.join(m['flags'])}; {m['memory_gib']} GiB; "
-          f"torch {m['torch']}, transformers {m['transformers']}, onnxruntime {m['onnxruntime']}; "
-          f"precision auto = {m['auto_precision']} here")
-    print(f"{st['clips']} clips of 10 s, batch {st['batch']} (plain: 1), {st['rounds']} rounds, {st['threads']} threads; "
-          f"load average (1, 5, 15 min): {doc['load']['start']} at start, {doc['load']['speed_end']} after timing, "
-          f"{doc['load']['end']} at end")
+    print(
+        f"\n{doc['date']}: {m['cpu']}, {m['cores']} cores, flags {', '.join(m['flags'])}; {m['memory_gib']} GiB; "
+        f"torch {m['torch']}, transformers {m['transformers']}, onnxruntime {m['onnxruntime']}; "
+        f"precision auto = {m['auto_precision']} here"
+    )
+    print(
+        f"{st['clips']} clips of 10 s, batch {st['batch']} (plain: 1), {st['rounds']} rounds, {st['threads']} threads; "
+        f"load average (1, 5, 15 min): {doc['load']['start']} at start, {doc['load']['speed_end']} after timing, "
+        f"{doc['load']['end']} at end"
+    )
     libs = ", ".join(f"{lib} {max(m[lib] for m in s['peaks_all']['fp32']):.0f}" for lib in s["peaks_all"]["fp32"][0])
-    print(f"matmul peak (2048 x 2048, best of 5, before and after): fp32 {s['peaks']['fp32']:.0f} GFLOP/s ({libs}), "
-          f"bf16 {s['peaks']['bf16']:.0f} GFLOP/s (torch); AST: {s['flops_per_clip'] / 1e9:.0f} GFLOP per clip\n")
-    print("| pipeline | clips/s | vs plain | CPU s/clip (vs plain) | peak RSS (MiB) | cosine to fp32 (min) "
-          "| deviation / between-clip spread | share of matmul peak |")
+    print(
+        f"matmul peak (2048 x 2048, best of 5, before and after): fp32 {s['peaks']['fp32']:.0f} GFLOP/s ({libs}), "
+        f"bf16 {s['peaks']['bf16']:.0f} GFLOP/s (torch); AST: {s['flops_per_clip'] / 1e9:.0f} GFLOP per clip\n"
+    )
+    print(
+        "| pipeline | clips/s | vs plain | CPU s/clip (vs plain) | peak RSS (MiB) | cosine to fp32 (min) "
+        "| deviation / between-clip spread | share of matmul peak |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    names = {"plain": "plain HF pipeline (fp32, one clip at a time)", "humwatch-fp32": "humwatch fp32",
-             "humwatch-bf16": "humwatch bf16", "onnx-fp32": "ONNX Runtime fp32", "onnx-int8": "ONNX Runtime int8"}
+    names = {
+        "plain": "plain HF pipeline (fp32, one clip at a time)",
+        "humwatch-fp32": "humwatch fp32",
+        "humwatch-bf16": "humwatch bf16",
+        "onnx-fp32": "ONNX Runtime fp32",
+        "onnx-int8": "ONNX Runtime int8",
+    }
     for r in doc["rows"]:
-        print(f"| {names[r['row']]} | {r['clips_per_s']:.3f} | {r['ratio']:.2f}x | {r['cpu_s_per_clip']:.1f} "
-              f"({r['cpu_ratio']:.2f}x) | {r['peak_rss_mib']:.0f} | "
-              f"{r['cosine']:.5f} | {r['deviation']:.3f} | {100 * r['peak_fraction']:.0f} % of {r['peak_of']} |")
+        print(
+            f"| {names[r['row']]} | {r['clips_per_s']:.3f} | {r['ratio']:.2f}x | {r['cpu_s_per_clip']:.1f} "
+            f"({r['cpu_ratio']:.2f}x) | {r['peak_rss_mib']:.0f} | "
+            f"{r['cosine']:.5f} | {r['deviation']:.3f} | {100 * r['peak_fraction']:.0f} % of {r['peak_of']} |"
+        )
     c, n = doc["cli"], st["clips"]
-    print(f"\n`humwatch embed` ({n} clips, start-up included): first run {c['first']['seconds']:.1f} s "
-          f"({n / c['first']['seconds']:.3f} clips/s), cached rerun {c['cached']['seconds']:.1f} s "
-          f"({c['first']['seconds'] / c['cached']['seconds']:.1f}x faster; it said: {c['cached']['said']})")
+    print(
+        f"\n`humwatch embed` ({n} clips, start-up included): first run {c['first']['seconds']:.1f} s "
+        f"({n / c['first']['seconds']:.3f} clips/s), cached rerun {c['cached']['seconds']:.1f} s "
+        f"({c['first']['seconds'] / c['cached']['seconds']:.1f}x faster; it said: {c['cached']['said']})"
+    )
     g = doc["grow"]
-    print(f"memory as clips grow (one process, {g['precision']}): peak RSS {g['peak_rss_mib'][0]:.0f} MiB after "
-          f"{g['clips'][0]} clips, {g['peak_rss_mib'][1]:.0f} MiB after {g['clips'][1]} more ({g['clips_per_s']:.2f} clips/s)")
+    print(
+        f"memory as clips grow (one process, {g['precision']}): peak RSS {g['peak_rss_mib'][0]:.0f} MiB after "
+        f"{g['clips'][0]} clips, {g['peak_rss_mib'][1]:.0f} MiB after {g['clips'][1]} more ({g['clips_per_s']:.2f} clips/s)"
+    )
     for p, split in s.get("profile", {}).items():
-        print(f"where {p} time goes: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in split.items() if k != "seconds_per_clip")
-              + f" ({split['seconds_per_clip']:.2f} s/clip under the profiler)")
+        print(
+            f"where {p} time goes: "
+            + ", ".join(f"{k} {100 * v:.0f} %" for k, v in split.items() if k != "seconds_per_clip")
+            + f" ({split['seconds_per_clip']:.2f} s/clip under the profiler)"
+        )
     best = max((r for r in doc["rows"] if r["row"] != "plain" and r["cosine"] >= TARGET_COSINE), key=lambda r: r["ratio"], default=None)
     if best:
-        print(f"\ntarget (>= {TARGET_RATIO}x plain, cosine >= {TARGET_COSINE}): best {best['row']} {best['ratio']:.2f}x: "
-              f"{'MET' if best['ratio'] >= TARGET_RATIO else 'NOT MET'}")
+        print(
+            f"\ntarget (>= {TARGET_RATIO}x plain, cosine >= {TARGET_COSINE}): best {best['row']} {best['ratio']:.2f}x: "
+            f"{'MET' if best['ratio'] >= TARGET_RATIO else 'NOT MET'}"
+        )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,16 @@ import tempfile
 import time
 from pathlib import Path
 
-WARM = ("librosa", "sklearn.covariance", "scipy.stats", "torch", "humwatch.features", "humwatch.metrics",
-        "humwatch.monitor", "humwatch.explain.alarm")
+WARM = (
+    "librosa",
+    "sklearn.covariance",
+    "scipy.stats",
+    "torch",
+    "humwatch.features",
+    "humwatch.metrics",
+    "humwatch.monitor",
+    "humwatch.explain.alarm",
+)
 
 
 def _worker(row: dict, data: str, result: str) -> None:
@@ -76,10 +84,14 @@ def _worker(row: dict, data: str, result: str) -> None:
 
         humwatch.calibrate.cross_fit = keep
         t = time.perf_counter()
-        _, summary = fit_monitor(clips, row["method"], row["settings"], cache_dir=cache, progress=False,
-                                 jobs=row.get("jobs"))
-        out.update(seconds=time.perf_counter() - t, threshold=summary["threshold"], label=summary["label"],
-                   n_windows=summary["n_windows"], oof=[float(v) for v in np.asarray(oof["scores"])])
+        _, summary = fit_monitor(clips, row["method"], row["settings"], cache_dir=cache, progress=False, jobs=row.get("jobs"))
+        out.update(
+            seconds=time.perf_counter() - t,
+            threshold=summary["threshold"],
+            label=summary["label"],
+            n_windows=summary["n_windows"],
+            oof=[float(v) for v in np.asarray(oof["scores"])],
+        )
     write_json(result, out)
 
 
@@ -91,8 +103,7 @@ def threshold_spread(scores, rate: float = 0.05, method: str = "gamma", n: int =
 
     s = np.asarray([v for v in scores if np.isfinite(v)])
     rng = np.random.default_rng(0)
-    return float(np.std([threshold_from_scores(rng.choice(s, len(s)), false_alarm_rate=rate, method=method)
-                         for _ in range(n)]))
+    return float(np.std([threshold_from_scores(rng.choice(s, len(s)), false_alarm_rate=rate, method=method) for _ in range(n)]))
 
 
 def main() -> None:
@@ -113,22 +124,51 @@ def main() -> None:
     args = ap.parse_args()
     jobs = args.jobs or min(available_cores(), 6)
     ae = {"epochs": args.epochs}
-    rows = [{"name": "embed once", "kind": "embed", "clips": args.clips, "settings": WEIGHT_FREE},
-            {"name": "fit (default)", "kind": "fit", "clips": args.clips, "method": "embed-detect",
-             "settings": WEIGHT_FREE}] if args.clips else []
+    rows = (
+        [
+            {"name": "embed once", "kind": "embed", "clips": args.clips, "settings": WEIGHT_FREE},
+            {"name": "fit (default)", "kind": "fit", "clips": args.clips, "method": "embed-detect", "settings": WEIGHT_FREE},
+        ]
+        if args.clips
+        else []
+    )
     if args.clips and args.generic:
-        rows.append({"name": "fit (default, generic folds)", "kind": "fit", "clips": args.clips, "method": "embed-detect",
-                     "settings": WEIGHT_FREE, "shortcuts": False})
+        rows.append(
+            {
+                "name": "fit (default, generic folds)",
+                "kind": "fit",
+                "clips": args.clips,
+                "method": "embed-detect",
+                "settings": WEIGHT_FREE,
+                "shortcuts": False,
+            }
+        )
     if args.ae_clips:
-        rows += [{"name": "autoencoder fit, jobs 1", "kind": "fit", "clips": args.ae_clips, "method": "autoencoder",
-                  "settings": ae, "jobs": 1},
-                 {"name": f"autoencoder fit, jobs {jobs}", "kind": "fit", "clips": args.ae_clips, "method": "autoencoder",
-                  "settings": ae, "jobs": jobs}]
+        rows += [
+            {"name": "autoencoder fit, jobs 1", "kind": "fit", "clips": args.ae_clips, "method": "autoencoder", "settings": ae, "jobs": 1},
+            {
+                "name": f"autoencoder fit, jobs {jobs}",
+                "kind": "fit",
+                "clips": args.ae_clips,
+                "method": "autoencoder",
+                "settings": ae,
+                "jobs": jobs,
+            },
+        ]
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-fit-") as tmp:
         t = time.perf_counter()
-        synthesize(Path(tmp) / "data", machines=("fan",), ids=("00",), n_normal=max(args.clips, args.ae_clips),
-                   n_anomalous=0, snr_db=6.0, seed=0, channels=1, progress=False)
+        synthesize(
+            Path(tmp) / "data",
+            machines=("fan",),
+            ids=("00",),
+            n_normal=max(args.clips, args.ae_clips),
+            n_anomalous=0,
+            snr_db=6.0,
+            seed=0,
+            channels=1,
+            progress=False,
+        )
         print(f"generated the clips in {time.perf_counter() - t:.0f} s", flush=True)
         for row in rows:
             res = Path(tmp) / "result.json"
@@ -141,8 +181,11 @@ def main() -> None:
                 continue
             r = {**{k: v for k, v in row.items() if k != "settings"}, **json.loads(res.read_text())}
             results.append(r)
-            print(f"{r['name']}: {r['seconds']:.1f} s on {r['n_clips']} clips"
-                  + (f", threshold {r['threshold']:.6g}" if "threshold" in r else ""), flush=True)
+            print(
+                f"{r['name']}: {r['seconds']:.1f} s on {r['n_clips']} clips"
+                + (f", threshold {r['threshold']:.6g}" if "threshold" in r else ""),
+                flush=True,
+            )
     by = {r["name"]: r for r in results}
     summary = {}
     if "embed once" in by and "fit (default)" in by:
@@ -151,25 +194,44 @@ def main() -> None:
     if "fit (default, generic folds)" in by and "fit (default)" in by:
         g, f = by["fit (default, generic folds)"], by["fit (default)"]
         summary["generic_over_fit"] = g["seconds"] / f["seconds"]
-        print(f"generic folds / embed once: {summary['generic_over_fit']:.2f}x slower; thresholds {g['threshold']:.10g} "
-              f"and {f['threshold']:.10g}")
+        print(
+            f"generic folds / embed once: {summary['generic_over_fit']:.2f}x slower; thresholds {g['threshold']:.10g} "
+            f"and {f['threshold']:.10g}"
+        )
     serial, parallel = by.get("autoencoder fit, jobs 1"), by.get(f"autoencoder fit, jobs {jobs}")
     if serial and parallel:
         spread = threshold_spread(serial["oof"])
-        summary.update(ae_speedup=serial["seconds"] / parallel["seconds"], ae_threshold_spread=spread,
-                       ae_threshold_difference=abs(parallel["threshold"] - serial["threshold"]))
-        print(f"autoencoder: jobs {jobs} is {summary['ae_speedup']:.2f}x faster than jobs 1 (target: at least 2x); "
-              f"thresholds differ by {summary['ae_threshold_difference']:.3g}, the threshold's own spread "
-              f"(bootstrap std) is {spread:.3g}")
+        summary.update(
+            ae_speedup=serial["seconds"] / parallel["seconds"],
+            ae_threshold_spread=spread,
+            ae_threshold_difference=abs(parallel["threshold"] - serial["threshold"]),
+        )
+        print(
+            f"autoencoder: jobs {jobs} is {summary['ae_speedup']:.2f}x faster than jobs 1 (target: at least 2x); "
+            f"thresholds differ by {summary['ae_threshold_difference']:.3g}, the threshold's own spread "
+            f"(bootstrap std) is {spread:.3g}"
+        )
     load = os.getloadavg()
-    print(f"machine: {cpu_model()}, {available_cores()} cores for this process; load average {load[0]:.2f} / "
-          f"{load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min) at the end")
+    print(
+        f"machine: {cpu_model()}, {available_cores()} cores for this process; load average {load[0]:.2f} / "
+        f"{load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min) at the end"
+    )
     if args.json:
         for r in results:
             r.pop("oof", None)
-        args.json.write_text(json.dumps({"rows": results, "summary": summary, "machine": cpu_model(),
-                                         "cores": available_cores(), "load": load,
-                                         "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "rows": results,
+                    "summary": summary,
+                    "machine": cpu_model(),
+                    "cores": available_cores(),
+                    "load": load,
+                    "date": time.strftime("%Y-%m-%d %H:%M"),
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

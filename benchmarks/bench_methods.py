@@ -45,8 +45,10 @@ def _worker(spec: dict, data: str, threads: int, result: str) -> None:
 
     torch.set_num_threads(threads)
     # one training group of four machines (as one machine type with four ids)
-    train, test = ([Clip(c.path, "machines", f"{c.machine_type}_{c.machine_id}", c.label) for c in load_dataset(Path(data) / part)]
-                   for part in ("train", "test"))
+    train, test = (
+        [Clip(c.path, "machines", f"{c.machine_type}_{c.machine_id}", c.label) for c in load_dataset(Path(data) / part)]
+        for part in ("train", "test")
+    )
     m = create_method(spec["method"], spec["settings"], Context(reader=ClipReader(progress=False)), title=spec["name"])
     t = time.perf_counter()
     m.fit(train)
@@ -56,10 +58,18 @@ def _worker(spec: dict, data: str, threads: int, result: str) -> None:
     score = time.perf_counter() - t
     from humwatch.metrics import auc
 
-    write_json(result, {"fit_s": fit, "score_s": score, "n_train": len(train), "n_test": len(test),
-                        "auc": auc([c.label for c in test], s),
-                        "training": m.info().get("training"),
-                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0})
+    write_json(
+        result,
+        {
+            "fit_s": fit,
+            "score_s": score,
+            "n_train": len(train),
+            "n_test": len(test),
+            "auc": auc([c.label for c in test], s),
+            "training": m.info().get("training"),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        },
+    )
 
 
 def make_data(root: Path, n_train: int, n_test: int) -> None:
@@ -68,8 +78,17 @@ def make_data(root: Path, n_train: int, n_test: int) -> None:
 
     per = max(1, n_train // 4)
     for part, n_normal, n_anom, seed in (("train", per, 0, 0), ("test", max(1, n_test // 8), max(1, n_test // 8), 1)):
-        synthesize(root / part, machines=("fan", "pump"), ids=("00", "02"), n_normal=n_normal, n_anomalous=n_anom,
-                   snr_db=6.0, seed=seed, channels=1, progress=False)
+        synthesize(
+            root / part,
+            machines=("fan", "pump"),
+            ids=("00", "02"),
+            n_normal=n_normal,
+            n_anomalous=n_anom,
+            snr_db=6.0,
+            seed=seed,
+            channels=1,
+            progress=False,
+        )
 
 
 def main() -> None:
@@ -93,34 +112,48 @@ def main() -> None:
         for text in args.methods:
             sp = spec_from_entry(text)
             res = Path(tmp) / f"{sp.name}.json"
-            p = mp.get_context("spawn").Process(target=_worker, args=(sp.to_dict(), str(Path(tmp) / "data"), args.threads,
-                                                                     str(res)))
+            p = mp.get_context("spawn").Process(target=_worker, args=(sp.to_dict(), str(Path(tmp) / "data"), args.threads, str(res)))
             p.start()
             p.join()
             if not res.is_file():
                 print(f"{sp.name}: failed (exit code {p.exitcode})", flush=True)
                 continue
             r = json.loads(res.read_text())
-            r.update(name=sp.name, spec=text, fit_clips_per_s=r["n_train"] / r["fit_s"],
-                     score_clips_per_s=r["n_test"] / r["score_s"], fit_min_per_1000=r["fit_s"] / r["n_train"] * 1000 / 60,
-                     score_min_per_1000=r["score_s"] / r["n_test"] * 1000 / 60)
+            r.update(
+                name=sp.name,
+                spec=text,
+                fit_clips_per_s=r["n_train"] / r["fit_s"],
+                score_clips_per_s=r["n_test"] / r["score_s"],
+                fit_min_per_1000=r["fit_s"] / r["n_train"] * 1000 / 60,
+                score_min_per_1000=r["score_s"] / r["n_test"] * 1000 / 60,
+            )
             rows.append(r)
             tr = r.get("training") or {}
-            print(f"{sp.name}: fit {r['fit_s']:.0f} s ({r['fit_min_per_1000']:.2f} min per 1,000 clips"
-                  + (f"; {tr.get('epochs')} epochs, best {tr.get('best_epoch')}" if tr.get("epochs") else "")
-                  + f"), score {r['score_clips_per_s']:.1f} clips/s, peak {r['peak_rss_mb']:.0f} MB, AUC {r['auc']:.3f}",
-                  flush=True)
+            print(
+                f"{sp.name}: fit {r['fit_s']:.0f} s ({r['fit_min_per_1000']:.2f} min per 1,000 clips"
+                + (f"; {tr.get('epochs')} epochs, best {tr.get('best_epoch')}" if tr.get("epochs") else "")
+                + f"), score {r['score_clips_per_s']:.1f} clips/s, peak {r['peak_rss_mb']:.0f} MB, AUC {r['auc']:.3f}",
+                flush=True,
+            )
     load = os.getloadavg()
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; torch threads {args.threads}; "
-          f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min) at the end")
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} cores; torch threads {args.threads}; "
+        f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min) at the end"
+    )
     print("| method | train clips | fit s | fit clips/s | fit min / 1,000 clips | score clips/s | score min / 1,000 clips | peak MB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['name']} | {r['n_train']} | {r['fit_s']:.0f} | {r['fit_clips_per_s']:.2f} | {r['fit_min_per_1000']:.2f} | "
-              f"{r['score_clips_per_s']:.2f} | {r['score_min_per_1000']:.2f} | {r['peak_rss_mb']:.0f} |")
+        print(
+            f"| {r['name']} | {r['n_train']} | {r['fit_s']:.0f} | {r['fit_clips_per_s']:.2f} | {r['fit_min_per_1000']:.2f} | "
+            f"{r['score_clips_per_s']:.2f} | {r['score_min_per_1000']:.2f} | {r['peak_rss_mb']:.0f} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "machine": cpu_model(), "threads": args.threads,
-                                         "load": load, "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"rows": rows, "machine": cpu_model(), "threads": args.threads, "load": load, "date": time.strftime("%Y-%m-%d %H:%M")},
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

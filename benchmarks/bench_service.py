@@ -39,10 +39,7 @@ import threading
 import time
 from pathlib import Path
 
-SETTINGS = {
-    "autoencoder": {"epochs": 5},
-    "ast": {"backbone": "ast", "weights": "none", "detector": "lof-vote"},
-}
+SETTINGS = {"autoencoder": {"epochs": 5}, "ast": {"backbone": "ast", "weights": "none", "detector": "lof-vote"}}
 DEFAULT_CLIPS = {"autoencoder": 200, "ast": 24}
 
 
@@ -55,18 +52,33 @@ def fit(kind: str, data: Path, out: Path, precision: str) -> dict:
         settings["precision"] = precision
     method = "autoencoder" if kind == "autoencoder" else "embed-detect"
     t = time.perf_counter()
-    mon, summary = fit_monitor(load_dataset(data), method, settings, folds=2, progress=False,
-                               cache_dir=out.parent / "cache")
+    mon, summary = fit_monitor(load_dataset(data), method, settings, folds=2, progress=False, cache_dir=out.parent / "cache")
     mon.save(out)
-    return {"label": summary["label"], "weights": summary["weights"], "random_init": summary["random_init"],
-            "fit_s": round(time.perf_counter() - t, 1)}
+    return {
+        "label": summary["label"],
+        "weights": summary["weights"],
+        "random_init": summary["random_init"],
+        "fit_s": round(time.perf_counter() - t, 1),
+    }
 
 
 def start_server(monitors: Path, port: int, workers: int, log: Path) -> subprocess.Popen:
     import httpx
 
-    cmd = [sys.executable, "-m", "humwatch.cli", "serve", str(monitors), "--port", str(port), "--workers", str(workers),
-           "--no-access-log", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "humwatch.cli",
+        "serve",
+        str(monitors),
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     for _ in range(600):
         if proc.poll() is not None:
@@ -100,8 +112,7 @@ def load(url: str, token: str, machines: list[str], payloads: list[bytes], clien
                 k, data = item
                 when = (base + datetime.timedelta(seconds=10 * (offset + k))).isoformat()
                 t = time.perf_counter()
-                r = c.post(f"{url}/api/v1/machines/{machines[k % len(machines)]}/clips", content=data,
-                           params={"recorded_at": when})
+                r = c.post(f"{url}/api/v1/machines/{machines[k % len(machines)]}/clips", content=data, params={"recorded_at": when})
                 dt = time.perf_counter() - t
                 with lock:
                     (latencies if r.status_code == 200 else errors).append(dt if r.status_code == 200 else r.text[:200])
@@ -114,9 +125,15 @@ def load(url: str, token: str, machines: list[str], payloads: list[bytes], clien
         th.join()
     wall = time.perf_counter() - t
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
-    return {"clips": len(latencies), "errors": len(errors), "wall_s": round(wall, 2),
-            "clips_per_s": round(len(latencies) / wall, 2), "p50_ms": round(1000 * statistics.median(latencies), 1),
-            "p99_ms": round(1000 * q[98], 1), "first_error": errors[0] if errors else None}
+    return {
+        "clips": len(latencies),
+        "errors": len(errors),
+        "wall_s": round(wall, 2),
+        "clips_per_s": round(len(latencies) / wall, 2),
+        "p50_ms": round(1000 * statistics.median(latencies), 1),
+        "p99_ms": round(1000 * q[98], 1),
+        "first_error": errors[0] if errors else None,
+    }
 
 
 def main() -> None:
@@ -141,8 +158,7 @@ def main() -> None:
     results = []
     try:
         synthesize(root / "train", machines=("fan",), ids=("00",), n_normal=24, n_anomalous=0, channels=1, progress=False)
-        test = synthesize(root / "test", machines=("fan",), ids=("02",), n_normal=12, n_anomalous=4, channels=1,
-                          seed=1, progress=False)
+        test = synthesize(root / "test", machines=("fan",), ids=("02",), n_normal=12, n_anomalous=4, channels=1, seed=1, progress=False)
         payloads = [Path(c.path).read_bytes() for c in test]
         for kind in args.monitors:
             monitors = root / kind / "monitors"
@@ -166,19 +182,33 @@ def main() -> None:
                     # each run sends its own recording times: every clip is a new row, scored
                     sent = [payloads[k % len(payloads)] for k in range(n)]
                     r = load(url, token, machines, sent, clients, offset=(run + 1) * 100_000)
-                    row = {"monitor": kind, **info, "precision": args.precision if kind == "ast" else "fp32",
-                           "clients": clients, "machines": args.machines, "workers": args.workers, **r}
+                    row = {
+                        "monitor": kind,
+                        **info,
+                        "precision": args.precision if kind == "ast" else "fp32",
+                        "clients": clients,
+                        "machines": args.machines,
+                        "workers": args.workers,
+                        **r,
+                    }
                     results.append(row)
                     flag = "  (RANDOM INIT)" if info["random_init"] else ""
-                    print(f"{kind}{flag}: {r['clips']} clips, {clients} client(s): {r['clips_per_s']} clips/s, "
-                          f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, errors {r['errors']}", flush=True)
+                    print(
+                        f"{kind}{flag}: {r['clips']} clips, {clients} client(s): {r['clips_per_s']} clips/s, "
+                        f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, errors {r['errors']}",
+                        flush=True,
+                    )
             finally:
                 proc.terminate()
                 proc.wait(30)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    doc = {"date": datetime.date.today().isoformat(), "machine": f"{cpu_model()}, {os.cpu_count()} cores",
-           "httpx": httpx.__version__, "results": results}
+    doc = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "httpx": httpx.__version__,
+        "results": results,
+    }
     print(json.dumps(doc, indent=2))
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2) + "\n")

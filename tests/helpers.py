@@ -8,8 +8,9 @@ import numpy as np
 import soundfile as sf
 
 
-def make_clip(rng: np.random.Generator, anomalous: bool, seconds: float = 10.0, sr: int = 16000,
-              channels: int = 2, f0: float = 300.0) -> np.ndarray:
+def make_clip(
+    rng: np.random.Generator, anomalous: bool, seconds: float = 10.0, sr: int = 16000, channels: int = 2, f0: float = 300.0
+) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     y = 0.2 * np.sin(2 * np.pi * (f0 + rng.normal(0, 3)) * t) + 0.02 * rng.standard_normal(t.size)
     if anomalous:
@@ -19,8 +20,9 @@ def make_clip(rng: np.random.Generator, anomalous: bool, seconds: float = 10.0, 
     return np.stack([y] * channels, axis=1).astype(np.float32)
 
 
-def make_mimii_tree(root: Path, machines=("fan", "pump"), ids=("00", "02"), n_normal=8, n_anomalous=4,
-                    seed=0, seconds: float = 10.0) -> Path:
+def make_mimii_tree(
+    root: Path, machines=("fan", "pump"), ids=("00", "02"), n_normal=8, n_anomalous=4, seed=0, seconds: float = 10.0
+) -> Path:
     rng = np.random.default_rng(seed)
     for m_i, m in enumerate(machines):
         for id_ in ids:

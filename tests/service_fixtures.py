@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from helpers import make_clip, make_mimii_tree
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -37,8 +36,7 @@ MACHINES = ("api-1", "api-2", "web-1", "listen-1", "listen-2", "store-1")
 # ------------------------------------------------------------------------------------------ clips
 
 
-def write_clip(path: Path, kind: str = "normal", seed: int = 0, seconds: float = CLIP_SECONDS, sr: int = 16000,
-               fmt: str = "WAV") -> Path:
+def write_clip(path: Path, kind: str = "normal", seed: int = 0, seconds: float = CLIP_SECONDS, sr: int = 16000, fmt: str = "WAV") -> Path:
     """``normal``: like the monitors' training clips (helpers.make_clip: a 200 Hz hum and noise);
     ``anomalous``: a loud 5 kHz tone (it scores about 50 times higher)."""
     rng = np.random.default_rng(seed)
@@ -131,8 +129,7 @@ class LiveServer:
     def start(self, timeout: float = 120.0) -> "LiveServer":
         import httpx
 
-        cmd = [sys.executable, "-m", "humwatch.cli", "serve", str(self.monitors), "--port", str(self.port),
-               "--device", "cpu", *self.args]
+        cmd = [sys.executable, "-m", "humwatch.cli", "serve", str(self.monitors), "--port", str(self.port), "--device", "cpu", *self.args]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env_with_src())
         deadline = time.monotonic() + timeout
@@ -199,8 +196,19 @@ class PostgresCluster:
     def start(self) -> "PostgresCluster":
         b = self.bin
         self._run(str(b / "initdb"), "-D", str(self.data), "-U", "humwatch", "--auth=trust", "-E", "UTF8", "--no-sync")
-        self._run(str(b / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-t", "60", "-o",
-                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        self._run(
+            str(b / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
         return self
 
     def url(self, database: str = "postgres") -> str:
@@ -232,19 +240,16 @@ def service_monitors(tmp_path_factory) -> Path:
     2 s clips, copied): MONITORS/<machine>/. Its threshold is set to 3 times the highest score of
     20 normal test clips, so that every test clip's decision is certain (normal clips score within
     a few tens of per cent of each other, the anomalous tone about 50 times higher)."""
+    from humwatch.calibrate import fit_monitor
     from humwatch.data import load_dataset
     from humwatch.data.clips import Clip
-    from humwatch.calibrate import fit_monitor
 
     root = tmp_path_factory.mktemp("service")
-    data = make_mimii_tree(root / "data", machines=("fan",), ids=("00",), n_normal=25, n_anomalous=0,
-                           seconds=CLIP_SECONDS)
-    mon, _ = fit_monitor(load_dataset(data), "autoencoder", {"epochs": 10, "lr": 0.01}, seconds=CLIP_SECONDS, folds=2,
-                         progress=False)
+    data = make_mimii_tree(root / "data", machines=("fan",), ids=("00",), n_normal=25, n_anomalous=0, seconds=CLIP_SECONDS)
+    mon, _ = fit_monitor(load_dataset(data), "autoencoder", {"epochs": 10, "lr": 0.01}, seconds=CLIP_SECONDS, folds=2, progress=False)
     probes = [Clip(str(write_clip(root / "probe" / f"{s}.wav", "normal", s)), "fan", "id_00", 0) for s in range(20)]
     normal = mon.score_clips(probes, progress=False)[1]
-    anomalous = mon.score_clips([Clip(str(write_clip(root / "probe" / "a.wav", "anomalous")), "fan", "id_00", 1)],
-                                progress=False)[1]
+    anomalous = mon.score_clips([Clip(str(write_clip(root / "probe" / "a.wav", "anomalous")), "fan", "id_00", 1)], progress=False)[1]
     mon.threshold = 3.0 * float(normal.max())
     assert anomalous[0] > 5 * mon.threshold, f"the test monitor does not tell the test clips apart: {normal} {anomalous}"
     first = root / "monitors" / MACHINES[0]

@@ -21,8 +21,7 @@ FIT = dict(seconds=2, false_alarm_rate=0.1)
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
     synthesize(root / "data", machines=["fan"], ids=["00"], n_normal=12, n_anomalous=2, seconds=2, channels=1, progress=False)
-    synthesize(root / "new", machines=["fan"], ids=["00"], n_normal=3, n_anomalous=3, seconds=2, channels=1, seed=1,
-               progress=False)
+    synthesize(root / "new", machines=["fan"], ids=["00"], n_normal=3, n_anomalous=3, seconds=2, channels=1, seed=1, progress=False)
     return root
 
 
@@ -43,13 +42,27 @@ def _one_line_error(call):
 
 
 def test_import_humwatch_is_cheap_and_all_names_are_there():
-    code = ("import sys, humwatch; assert 'torch' not in sys.modules and 'humwatch.api' not in sys.modules; "
-            "names = sorted(humwatch.__all__); [getattr(humwatch, n) for n in names]; "
-            "print(json.dumps([names, 'torch' in sys.modules]))")
+    code = (
+        "import sys, humwatch; assert 'torch' not in sys.modules and 'humwatch.api' not in sys.modules; "
+        "names = sorted(humwatch.__all__); [getattr(humwatch, n) for n in names]; "
+        "print(json.dumps([names, 'torch' in sys.modules]))"
+    )
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     names, torch_after = json.loads(out.stdout)
-    assert names == ["HumwatchError", "Monitor", "Result", "Scores", "Skipped", "Window", "__version__", "backbones",
-                     "detectors", "fit", "load_monitor", "methods"]
+    assert names == [
+        "HumwatchError",
+        "Monitor",
+        "Result",
+        "Scores",
+        "Skipped",
+        "Window",
+        "__version__",
+        "backbones",
+        "detectors",
+        "fit",
+        "load_monitor",
+        "methods",
+    ]
     assert not torch_after  # resolving every public name imports no torch either
     with pytest.raises(AttributeError):
         humwatch.no_such_name  # noqa: B018
@@ -119,17 +132,20 @@ def test_bad_recordings_are_one_line_errors_or_skipped_with_reasons(fitted, data
     assert all(isinstance(s, Skipped) and s.reason and s.start == 0.0 for s in some.skipped)
 
 
-@pytest.mark.parametrize("given, words", [
-    (42, "cannot use int"),
-    ([], "no recordings given"),
-    (np.zeros(100), "needs its sample rate"),
-    ([np.zeros(100)], "needs its sample rate"),
-    ({"a": np.zeros(100)}, "a: expected an (array, sample_rate) pair"),
-    ({"a": (np.zeros(100), 16000.5)}, "a: expected an (array, sample_rate) pair"),
-    ({1: (np.zeros(100), 16000)}, "names must be text"),
-    (b"a.wav", "cannot use bytes"),
-    ([None], "cannot use NoneType"),
-])
+@pytest.mark.parametrize(
+    "given, words",
+    [
+        (42, "cannot use int"),
+        ([], "no recordings given"),
+        (np.zeros(100), "needs its sample rate"),
+        ([np.zeros(100)], "needs its sample rate"),
+        ({"a": np.zeros(100)}, "a: expected an (array, sample_rate) pair"),
+        ({"a": (np.zeros(100), 16000.5)}, "a: expected an (array, sample_rate) pair"),
+        ({1: (np.zeros(100), 16000)}, "names must be text"),
+        (b"a.wav", "cannot use bytes"),
+        ([None], "cannot use NoneType"),
+    ],
+)
 def test_what_score_cannot_use_is_a_one_line_error(fitted, given, words):
     assert words in _one_line_error(lambda: fitted.score(given))
 

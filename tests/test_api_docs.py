@@ -14,8 +14,17 @@ BLOCKS = re.findall(r"^```python\n(.*?)^```$", DOC.read_text(), flags=re.S | re.
 def test_the_page_has_examples_of_every_part_of_the_api():
     text = "\n".join(BLOCKS)
     assert len(BLOCKS) >= 6
-    for used in ("humwatch.fit(", "humwatch.load_monitor(", ".score(", "humwatch.methods()", "humwatch.backbones()",
-                 "humwatch.detectors()", "skip_bad=True", "(samples, rate)", ".windows"):
+    for used in (
+        "humwatch.fit(",
+        "humwatch.load_monitor(",
+        ".score(",
+        "humwatch.methods()",
+        "humwatch.backbones()",
+        "humwatch.detectors()",
+        "skip_bad=True",
+        "(samples, rate)",
+        ".windows",
+    ):
         assert used in text, used
 
 

@@ -210,4 +210,3 @@ def test_truncated_wav(tmp_path):
         load_audio(path, SHORT)
     msg = str(e.value)
     assert str(path) in msg and "truncated" in msg and "\n" not in msg
-

@@ -10,9 +10,9 @@ from humwatch.models.autoencoder import Autoencoder, AutoencoderDetector
 
 def test_architecture_is_the_mimii_baseline():
     m = Autoencoder(320)
-    linears = [l for l in m.net if isinstance(l, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(320, 64), (64, 64), (64, 8), (8, 64), (64, 64), (64, 320)]
-    relus = [l for l in m.net if isinstance(l, torch.nn.ReLU)]
+    linears = [layer for layer in m.net if isinstance(layer, torch.nn.Linear)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(320, 64), (64, 64), (64, 8), (8, 64), (64, 64), (64, 320)]
+    relus = [layer for layer in m.net if isinstance(layer, torch.nn.ReLU)]
     assert len(relus) == 5 and isinstance(m.net[-1], torch.nn.Linear)  # linear output
     assert m.encode(torch.zeros(3, 320)).shape == (3, 8)
 

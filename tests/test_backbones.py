@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from humwatch.errors import ConfigError, DamagedFileError
-from humwatch.models import RANDOM_INIT_BANNER, Backbone, WeightsInfo, create_backbone, list_backbones, register_backbone
-from humwatch.models import registry
+from humwatch.models import RANDOM_INIT_BANNER, Backbone, WeightsInfo, create_backbone, list_backbones, register_backbone, registry
 
 TINY_AST = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_length=128)
 TINY_RX = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], cardinality=4, base_width=32, stem_width=8)
@@ -107,8 +106,15 @@ def test_register_backbone_adds_a_factory():
         mod = torch.nn.Flatten()
         from humwatch.features import get_frontend
 
-        return Dummy(name="test-dummy", frontend=get_frontend("ae"), module=mod, embedding_dim=width,
-                     precision=precision, weights=WeightsInfo("none", True, "dummy"), config={"width": width})
+        return Dummy(
+            name="test-dummy",
+            frontend=get_frontend("ae"),
+            module=mod,
+            embedding_dim=width,
+            precision=precision,
+            weights=WeightsInfo("none", True, "dummy"),
+            config={"width": width},
+        )
 
     @register_backbone("test-minimal")
     def build_minimal(*, weights, precision, config):
@@ -184,8 +190,9 @@ def test_ast_save_and_load_round_trip_is_identical(tiny_ast, ast_x, tmp_path):
 
     hf = ASTModel.from_pretrained(str(d))
     with torch.no_grad():
-        np.testing.assert_allclose(hf(input_values=torch.from_numpy(ast_x)).pooler_output.numpy(),
-                                   tiny_ast.embed(ast_x), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            hf(input_values=torch.from_numpy(ast_x)).pooler_output.numpy(), tiny_ast.embed(ast_x), rtol=1e-5, atol=1e-6
+        )
     # an AST folder is not a ResNeXt
     with pytest.raises(ConfigError, match="holds a 'ast' backbone"):
         create_backbone(RX, weights=str(d))
@@ -196,10 +203,15 @@ def test_ast_loads_the_original_hub_layout_and_drops_the_classifier(tiny_ast, as
     built here offline with the same layout (encoder.layer.N.attention.attention.query, classifier.*)."""
     from safetensors.torch import save_file
 
-    rename = [("layers.", "encoder.layer."), ("attention.q_proj", "attention.attention.query"),
-              ("attention.k_proj", "attention.attention.key"), ("attention.v_proj", "attention.attention.value"),
-              ("attention.o_proj", "attention.output.dense"), ("mlp.fc1", "intermediate.dense"),
-              ("mlp.fc2", "output.dense")]
+    rename = [
+        ("layers.", "encoder.layer."),
+        ("attention.q_proj", "attention.attention.query"),
+        ("attention.k_proj", "attention.attention.key"),
+        ("attention.v_proj", "attention.attention.value"),
+        ("attention.o_proj", "attention.output.dense"),
+        ("mlp.fc1", "intermediate.dense"),
+        ("mlp.fc2", "output.dense"),
+    ]
     legacy = {}
     for k, v in tiny_ast.model.state_dict().items():
         for a, b in rename:

@@ -41,14 +41,17 @@ def test_every_option_has_help():
                 assert p.help, f"{name} {p.opts} has no help text"
 
 
-@pytest.mark.parametrize("argv, expect", [
-    (["run", "--data", "x", "--out", "y", "--method", "magic"], "magic"),
-    (["run", "--data", "x"], "--out"),
-    (["nope"], "No such command"),
-    (["run", "--data", "x", "--out", "y", "--epochs", "many"], "--epochs"),
-    (["fit", "--data", "x", "--out", "y", "--threshold-method", "median"], "median"),
-    (["run", "--data", "x", "--out", "y", "--bogus"], "--bogus"),
-])
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["run", "--data", "x", "--out", "y", "--method", "magic"], "magic"),
+        (["run", "--data", "x"], "--out"),
+        (["nope"], "No such command"),
+        (["run", "--data", "x", "--out", "y", "--epochs", "many"], "--epochs"),
+        (["fit", "--data", "x", "--out", "y", "--threshold-method", "median"], "median"),
+        (["run", "--data", "x", "--out", "y", "--bogus"], "--bogus"),
+    ],
+)
 def test_usage_errors_are_one_error_line(argv, expect, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -111,8 +114,9 @@ def test_tables_are_plain_lines_when_the_output_is_not_a_terminal(capsys):
     con = Console(file=__import__("io").StringIO(), force_terminal=False)
     from rich.markup import escape
 
-    opts.print_table(con, "t", ["a", "b"], [["[bold red]ANOMALOUS[/]", "1.0"], ["x\ny", "2"],
-                                            [escape("pump[a].wav"), "3"]])  # escaped text comes out as it was
+    opts.print_table(
+        con, "t", ["a", "b"], [["[bold red]ANOMALOUS[/]", "1.0"], ["x\ny", "2"], [escape("pump[a].wav"), "3"]]
+    )  # escaped text comes out as it was
     text = con.file.getvalue()
     assert text.splitlines() == ["# t", "a\tb", "ANOMALOUS\t1.0", "x y\t2", "pump[a].wav\t3"] and "┃" not in text
     con = Console(file=__import__("io").StringIO(), force_terminal=True, width=60)

@@ -5,17 +5,18 @@ import json
 
 import numpy as np
 import pytest
+from helpers import make_mimii_tree
 
 from humwatch.errors import ConfigError
-from helpers import make_mimii_tree
 
 FEATURES = "embed-detect:backbone=features,detector=mahalanobis,standardize=true"
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    return make_mimii_tree(tmp_path_factory.mktemp("cmp"), machines=("fan", "pump"), ids=("00", "02"), n_normal=10,
-                           n_anomalous=4, seconds=2.0)
+    return make_mimii_tree(
+        tmp_path_factory.mktemp("cmp"), machines=("fan", "pump"), ids=("00", "02"), n_normal=10, n_anomalous=4, seconds=2.0
+    )
 
 
 def test_method_lists_split_where_a_method_name_starts(monkeypatch):
@@ -104,8 +105,21 @@ def test_compare_command_line(tree, tmp_path, capsys):
     from humwatch.cli import main
 
     with pytest.raises(SystemExit) as e:
-        main(["compare", "--data", str(tree), "--out", str(tmp_path / "c"), "--machines", "fan", "--in-process",
-              "--methods", f"{FEATURES},ae=autoencoder:epochs=1", "-q"])
+        main(
+            [
+                "compare",
+                "--data",
+                str(tree),
+                "--out",
+                str(tmp_path / "c"),
+                "--machines",
+                "fan",
+                "--in-process",
+                "--methods",
+                f"{FEATURES},ae=autoencoder:epochs=1",
+                "-q",
+            ]
+        )
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "features-mahalanobis" in out and "leaderboard in" in out
@@ -113,7 +127,7 @@ def test_compare_command_line(tree, tmp_path, capsys):
     # not a terminal: plain tab-separated rows, one per method, numbers in full (no truncated box cells)
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("rank\tmethod\t"))
-    rows = [line.split("\t") for line in lines[header + 1:header + 3]]
+    rows = [line.split("\t") for line in lines[header + 1 : header + 3]]
     assert sorted(r[1] for r in rows) == ["ae", "features-mahalanobis"]
     assert all(0.0 <= float(r[3]) <= 1.0 for r in rows), rows  # mean AUC
 
@@ -123,8 +137,17 @@ def test_many_methods_are_drawn_as_a_table_of_cells(tmp_path):
 
     from humwatch.compare_report import BARS_UP_TO, draw_figure
 
-    recs = [{"name": f"m{i}", "status": "ok", "random_init": i == 0, "mean_auc": 0.5 + i / 20, "mean_pauc": 0.6,
-             "official_score": 0.5 + i / 20, "by_type": {"fan": {"auc": 0.7, "pauc": None}, "pump": {"auc": 0.9, "pauc": 0.8}}}
-            for i in range(BARS_UP_TO + 3)]
+    recs = [
+        {
+            "name": f"m{i}",
+            "status": "ok",
+            "random_init": i == 0,
+            "mean_auc": 0.5 + i / 20,
+            "mean_pauc": 0.6,
+            "official_score": 0.5 + i / 20,
+            "by_type": {"fan": {"auc": 0.7, "pauc": None}, "pump": {"auc": 0.9, "pauc": 0.8}},
+        }
+        for i in range(BARS_UP_TO + 3)
+    ]
     w, h = Image.open(draw_figure(recs, {"title": "t"}, tmp_path / "f.png")).size
     assert w > h > 300  # one row per method, readable at its own size

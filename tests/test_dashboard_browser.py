@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from service_fixtures import clip_bytes
 
 MACHINE = "web-1"
@@ -29,8 +28,11 @@ def shot(page, name: str) -> None:
 def send(server, kind: str, seed: int, minutes_ago: float) -> dict:
     when = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=minutes_ago)).isoformat()
     with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {server.tokens['ingest']}"}, timeout=60) as c:
-        r = c.post(f"/api/v1/machines/{MACHINE}/clips", content=clip_bytes(kind, seed),
-                   params={"recorded_at": when, "filename": f"{kind}-{seed}.wav"})
+        r = c.post(
+            f"/api/v1/machines/{MACHINE}/clips",
+            content=clip_bytes(kind, seed),
+            params={"recorded_at": when, "filename": f"{kind}-{seed}.wav"},
+        )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -103,8 +105,9 @@ def test_dashboard_fleet_chart_alert_and_acknowledge(live_service, browser):
     # an anomalous clip's page: its spectrogram and the "why did it alarm" figure are drawn
     page.goto(server.url + f"/clips/{bad[0]['clip_id']}")
     for figure in ("spectrogram", "why"):
-        page.wait_for_function(f"() => {{ const i = document.getElementById('{figure}'); "
-                               "return i && i.complete && i.naturalWidth > 300; }")
+        page.wait_for_function(
+            f"() => {{ const i = document.getElementById('{figure}'); return i && i.complete && i.naturalWidth > 300; }}"
+        )
     assert page.inner_text("#why-summary").startswith("ALARM: score")
     assert page.locator("audio").count() == 1
     shot(page, "3-clip")

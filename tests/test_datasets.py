@@ -266,11 +266,7 @@ def test_dcase2021_source_and_target_test_folders(tmp_path):
     touch(tmp_path / "pump" / "source_test" / "section_00_source_test_anomaly_0000.wav")
     touch(tmp_path / "pump" / "target_test" / "section_00_target_test_normal_0000.wav")
     clips = load_dataset(tmp_path, keep_split=True)
-    assert [(c.split, c.domain, c.label) for c in clips] == [
-        ("test", "source", 1),
-        ("test", "target", 0),
-        ("train", "source", 0),
-    ]
+    assert [(c.split, c.domain, c.label) for c in clips] == [("test", "source", 1), ("test", "target", 0), ("train", "source", 0)]
 
 
 def test_dcase_unlabelled_eval_files(tmp_path):
@@ -330,8 +326,7 @@ def test_folder_with_id_subfolders(tmp_path):
             touch(root / mid / "normal" / f"{i}.wav")
         touch(root / mid / "anomaly" / "x.wav")
     clips = load_folder(root)
-    assert Counter((c.machine_id, c.label) for c in clips) == {
-        ("line1", 0): 2, ("line1", 1): 1, ("line2", 0): 1, ("line2", 1): 1}
+    assert Counter((c.machine_id, c.label) for c in clips) == {("line1", 0): 2, ("line1", 1): 1, ("line2", 0): 1, ("line2", 1): 1}
     assert {c.machine_id for c in load_dataset(root, ids="line2")} == {"line2"}
 
 
@@ -422,8 +417,19 @@ def test_layout_name_case_and_forced_layout(mimii_root):
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(6, "6dB"), ("6", "6dB"), ("6dB", "6dB"), ("6_dB", "6dB"), ("+6 dB", "6dB"), (-6, "-6dB"),
-     ("-6dB", "-6dB"), (6.0, "6dB"), ("0dB", "0dB"), ("-0", "0dB"), ("2.5dB", "2.5dB")],
+    [
+        (6, "6dB"),
+        ("6", "6dB"),
+        ("6dB", "6dB"),
+        ("6_dB", "6dB"),
+        ("+6 dB", "6dB"),
+        (-6, "-6dB"),
+        ("-6dB", "-6dB"),
+        (6.0, "6dB"),
+        ("0dB", "0dB"),
+        ("-0", "0dB"),
+        ("2.5dB", "2.5dB"),
+    ],
 )
 def test_snr_spellings(value, expected):
     from humwatch.data.common import normalize_snr

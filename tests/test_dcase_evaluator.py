@@ -21,11 +21,19 @@ T3 = 3.182446305284263  # Student's t, 3 degrees of freedom, two-sided 95 % (t-t
 # Section 00 of "fan" (labels 1 = anomalous; decisions: score > 0.55):
 #   source normals 0.1 0.2 0.6   source anomalies 0.5 0.9
 #   target normals 0.3 0.7 0.8   target anomalies 0.75 0.95
-S00 = dict(labels=[0, 0, 0, 1, 1, 0, 0, 0, 1, 1], scores=[0.1, 0.2, 0.6, 0.5, 0.9, 0.3, 0.7, 0.8, 0.75, 0.95],
-           decisions=[0, 0, 1, 0, 1, 0, 1, 1, 1, 1], domains=["source"] * 5 + ["target"] * 5)
+S00 = dict(
+    labels=[0, 0, 0, 1, 1, 0, 0, 0, 1, 1],
+    scores=[0.1, 0.2, 0.6, 0.5, 0.9, 0.3, 0.7, 0.8, 0.75, 0.95],
+    decisions=[0, 0, 1, 0, 1, 0, 1, 1, 1, 1],
+    domains=["source"] * 5 + ["target"] * 5,
+)
 # Section 01: every anomaly above every normal; the source decisions are all right, the target ones all 0.
-S01 = dict(labels=[0, 0, 0, 1, 1, 0, 0, 0, 1, 1], scores=[0.1, 0.2, 0.3, 0.8, 0.9, 0.4, 0.5, 0.6, 0.7, 0.85],
-           decisions=[0, 0, 0, 1, 1, 0, 0, 0, 0, 0], domains=["source"] * 5 + ["target"] * 5)
+S01 = dict(
+    labels=[0, 0, 0, 1, 1, 0, 0, 0, 1, 1],
+    scores=[0.1, 0.2, 0.3, 0.8, 0.9, 0.4, 0.5, 0.6, 0.7, 0.85],
+    decisions=[0, 0, 0, 1, 1, 0, 0, 0, 0, 0],
+    domains=["source"] * 5 + ["target"] * 5,
+)
 
 # Section 00 by hand:
 #   AUC (source): source normals {.1 .2 .6} against ALL anomalies {.5 .9 .75 .95}: pairs won 2+3+3+3 = 11 of 12
@@ -55,8 +63,19 @@ def test_section_rows_are_the_evaluators_definitions():
     rows = _rows([("00", S00), ("01", S01)])
     assert rows[0] == ["fan"]
     assert rows[1] == ["section", *COLUMNS]
-    assert rows[1] == ["section", "AUC (all)", "AUC (source)", "AUC (target)", "pAUC", "precision (source)",
-                       "precision (target)", "recall (source)", "recall (target)", "F1 score (source)", "F1 score (target)"]
+    assert rows[1] == [
+        "section",
+        "AUC (all)",
+        "AUC (source)",
+        "AUC (target)",
+        "pAUC",
+        "precision (source)",
+        "precision (target)",
+        "recall (source)",
+        "recall (target)",
+        "F1 score (source)",
+        "F1 score (target)",
+    ]
     assert [float(v) for v in rows[2][1:]] == pytest.approx(ROW00, abs=1e-12)
     assert [float(v) for v in rows[3][1:]] == pytest.approx(ROW01, abs=1e-12)
     # written as the evaluator writes it: sklearn's float to the last digit (0.9166666666666667, not 11/12's ...66)
@@ -117,8 +136,12 @@ def test_jackknife_ci95_by_hand():
     assert a == pytest.approx(T3 * (1 / 48) ** 0.5, rel=1e-12)
     assert p == pytest.approx(T3 * (1100 / 5776 / 12) ** 0.5, rel=1e-12)
     # result.csv's ci95 is the mean of the two, over every clip of every section pooled
-    rows = result_rows([Section("fan", "00", [0, 1], [0.1, 0.35], [0, 1], ["source", "target"]),
-                        Section("fan", "01", [0, 1], [0.4, 0.8], [0, 1], ["source", "target"])])
+    rows = result_rows(
+        [
+            Section("fan", "00", [0, 1], [0.1, 0.35], [0, 1], ["source", "target"]),
+            Section("fan", "01", [0, 1], [0.4, 0.8], [0, 1], ["source", "target"]),
+        ]
+    )
     assert float(_find(rows, "official score ci95")[2]) == pytest.approx((a + p) / 2, rel=1e-12)
 
 
@@ -127,6 +150,7 @@ def _evaluator_jackknife(y, s, fn):
     n = len(y)
     est = np.array([fn(np.delete(y, i), np.delete(s, i)) for i in range(n)])
     from scipy import stats
+
     return abs(stats.t.ppf(0.025, n - 1)) * np.sqrt(np.sum((est - est.mean()) ** 2) / (n * (n - 1)))
 
 
@@ -171,9 +195,17 @@ def test_an_undefined_value_is_nan_not_left_out():
 
 
 def test_write_dcase_files_and_result_from_clips(tmp_path):
-    clips = [Clip(f"/d/fan/test/section_00_{dom}_test_{'anomaly' if y else 'normal'}_{i:04d}.wav", "fan", "section_00",
-                  y, split="test", domain=dom)
-             for i, (y, dom) in enumerate(zip(S00["labels"], S00["domains"]))]
+    clips = [
+        Clip(
+            f"/d/fan/test/section_00_{dom}_test_{'anomaly' if y else 'normal'}_{i:04d}.wav",
+            "fan",
+            "section_00",
+            y,
+            split="test",
+            domain=dom,
+        )
+        for i, (y, dom) in enumerate(zip(S00["labels"], S00["domains"]))
+    ]
     scores = {c.key: v for c, v in zip(clips, S00["scores"])}
     path = write_dcase(tmp_path, clips, scores, {("fan", "section_00"): [0.55]})  # threshold: 0.9 quantile of [.55]
     decisions = dict(csv.reader(open(tmp_path / "decision_result_fan_section_00_test.csv")))
@@ -252,14 +284,31 @@ def test_mimii_and_folders_keep_the_study_split_by_default(tmp_path):
 
 
 def _record(name, **kw):
-    return {"name": name, "status": "ok", "official_score": 0.8, "mean_auc": 0.85, "mean_pauc": 0.7,
-            "auc_source": 0.9, "auc_target": 0.8, "by_type": {"fan": {"auc": 0.85}}, "seconds": 1, **kw}
+    return {
+        "name": name,
+        "status": "ok",
+        "official_score": 0.8,
+        "mean_auc": 0.85,
+        "mean_pauc": 0.7,
+        "auc_source": 0.9,
+        "auc_target": 0.8,
+        "by_type": {"fan": {"auc": 0.85}},
+        "seconds": 1,
+        **kw,
+    }
 
 
 def test_compare_labels_every_mean():
     head, rows = leaderboard([_record("a")])
-    assert head[2:9] == ["score (hmean)", "AUC (amean of ids)", "pAUC (amean of ids)", "source AUC (amean of ids)",
-                         "target AUC (amean of ids)", "fan AUC (pooled)", "seconds"]
+    assert head[2:9] == [
+        "score (hmean)",
+        "AUC (amean of ids)",
+        "pAUC (amean of ids)",
+        "source AUC (amean of ids)",
+        "target AUC (amean of ids)",
+        "fan AUC (pooled)",
+        "seconds",
+    ]
     head, _ = leaderboard([_record("a")], per_id=True)
     assert "fan AUC (amean of ids)" in head
 
@@ -277,13 +326,19 @@ def small_tree(tmp_path_factory):
     for sub in ("train", "test"):
         (root / "fan" / sub).mkdir(parents=True)
     for k in range(6):
-        sf.write(str(root / "fan" / "train" / f"section_00_source_train_normal_{k:04d}_a.wav"),
-                 make_clip(rng, False, seconds=1.0, channels=1), 16000)
+        sf.write(
+            str(root / "fan" / "train" / f"section_00_source_train_normal_{k:04d}_a.wav"),
+            make_clip(rng, False, seconds=1.0, channels=1),
+            16000,
+        )
     for dom in ("source", "target"):
         for label in ("normal", "anomaly"):
             for k in range(3):
-                sf.write(str(root / "fan" / "test" / f"section_00_{dom}_test_{label}_{k:04d}_a.wav"),
-                         make_clip(rng, label == "anomaly", seconds=1.0, channels=1), 16000)
+                sf.write(
+                    str(root / "fan" / "test" / f"section_00_{dom}_test_{label}_{k:04d}_a.wav"),
+                    make_clip(rng, label == "anomaly", seconds=1.0, channels=1),
+                    16000,
+                )
     return root
 
 
@@ -313,12 +368,12 @@ def test_the_official_test_note_judges_by_the_dcase_folders():
     from humwatch.dcase_format import official_test_note
 
     def clip(folder, k, split):
-        return Clip(f"/d/fan/{folder}/section_00_source_{folder}_normal_{k:04d}.wav", "fan", "section_00", 0,
-                    split=split, domain="source")
+        return Clip(f"/d/fan/{folder}/section_00_source_{folder}_normal_{k:04d}.wav", "fan", "section_00", 0, split=split, domain="source")
 
     clips = [clip("train", 0, "train"), clip("train", 1, "test"), clip("test", 0, "test"), clip("test", 1, "train")]
     assert official_test_note(clips, [c for c in clips if c.split == "test"]).startswith(
-        "the DCASE files hold 1 of the 2 clips of the dataset's test folders and 1 training clip(s)")
+        "the DCASE files hold 1 of the 2 clips of the dataset's test folders and 1 training clip(s)"
+    )
     assert official_test_note(clips, [clips[2], clips[3]]) == ""  # e.g. a saved official split: no warning
     assert official_test_note([Clip("/d/pump/normal/a.wav", "pump", "id_00", 0, split="test")], []) == ""
 
@@ -343,8 +398,7 @@ def test_run_says_when_early_stopping_took_training_clips(monkeypatch, tmp_path,
 
     def fake_run(cfg, out, **kw):
         clips = prepare_clips(cfg)
-        info = {"label": "idnet", "split": split_description(cfg, clips),
-                "groups": {"fan": {"n_train": 9, "training": {"n_held_out": 1}}}}
+        info = {"label": "idnet", "split": split_description(cfg, clips), "groups": {"fan": {"n_train": 9, "training": {"n_held_out": 1}}}}
         return pipeline.RunResult([], {}, clips, [], info)
 
     monkeypatch.setattr(pipeline, "run", fake_run)

@@ -5,10 +5,10 @@ import csv
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import make_clip
 
 from humwatch.cli import main
 from humwatch.metrics import auc, pauc
-from helpers import make_clip
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,7 @@ def dcase_tree(tmp_path_factory):
 def test_dcase_files_follow_the_task_conventions(dcase_tree, tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
-        main(["run", "--data", str(dcase_tree), "--out", str(out), "--method", "autoencoder", "--epochs", "2",
-              "--format", "dcase", "-q"])
+        main(["run", "--data", str(dcase_tree), "--out", str(out), "--method", "autoencoder", "--epochs", "2", "--format", "dcase", "-q"])
     assert e.value.code == 0, capsys.readouterr().err
     d = out / "dcase"
     scores = {}

@@ -321,21 +321,24 @@ def test_unknown_detector_and_parameters():
     _one_line(e)
 
 
-@pytest.mark.parametrize("name,params,match", [
-    ("lof-vote", {"n_neighbors": 0}, "n_neighbors"),
-    ("lof-vote", {"contaminations": (0.1, 0.7)}, "contaminations"),
-    ("lof-vote", {"contaminations": ()}, "contaminations"),
-    ("lof-vote", {"min_votes": 5}, "min_votes"),
-    ("lof", {"contamination": 0.0}, "contamination"),
-    ("lof", {"metric": "jaccard"}, "metric"),
-    ("lof", {"n_neighbors": True}, "n_neighbors"),
-    ("knn", {"n_neighbors": 2.5}, "n_neighbors"),
-    ("mahalanobis", {"standardize": "yes"}, "standardize"),
-    ("gmm", {"covariance_type": "huge"}, "covariance_type"),
-    ("gmm", {"reg_covar": -1.0}, "reg_covar"),
-    ("iforest", {"max_samples": 1.5}, "max_samples"),
-    ("iforest", {"random_state": "seven"}, "random_state"),
-])
+@pytest.mark.parametrize(
+    "name,params,match",
+    [
+        ("lof-vote", {"n_neighbors": 0}, "n_neighbors"),
+        ("lof-vote", {"contaminations": (0.1, 0.7)}, "contaminations"),
+        ("lof-vote", {"contaminations": ()}, "contaminations"),
+        ("lof-vote", {"min_votes": 5}, "min_votes"),
+        ("lof", {"contamination": 0.0}, "contamination"),
+        ("lof", {"metric": "jaccard"}, "metric"),
+        ("lof", {"n_neighbors": True}, "n_neighbors"),
+        ("knn", {"n_neighbors": 2.5}, "n_neighbors"),
+        ("mahalanobis", {"standardize": "yes"}, "standardize"),
+        ("gmm", {"covariance_type": "huge"}, "covariance_type"),
+        ("gmm", {"reg_covar": -1.0}, "reg_covar"),
+        ("iforest", {"max_samples": 1.5}, "max_samples"),
+        ("iforest", {"random_state": "seven"}, "random_state"),
+    ],
+)
 def test_bad_parameter_values(name, params, match):
     with pytest.raises(ConfigError, match=match) as e:
         create_detector(name, **params)
@@ -356,8 +359,11 @@ def test_gmm_components_capped_by_samples():
 def test_lof_vote_is_the_class_behind_the_name():
     assert DETECTORS["lof-vote"] is LofVoteDetector
     assert LofVoteDetector().get_params() == {
-        "n_neighbors": 4, "contaminations": (0.1, 0.2, 0.3, 0.4), "min_votes": None,
-        "metric": "minkowski", "standardize": False,
+        "n_neighbors": 4,
+        "contaminations": (0.1, 0.2, 0.3, 0.4),
+        "min_votes": None,
+        "metric": "minkowski",
+        "standardize": False,
     }
 
 

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-
 from helpers import make_clip
 
 
@@ -18,33 +17,53 @@ def dcase_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("dcase") / "fan"
     rng = np.random.default_rng(0)
     for sec, f0 in (("00", 250.0), ("01", 500.0)):
-        for split, dom, label, n in (("train", "source", "normal", 12), ("train", "target", "normal", 3),
-                                     ("test", "source", "normal", 4), ("test", "target", "normal", 4),
-                                     ("test", "source", "anomaly", 3), ("test", "target", "anomaly", 3)):
+        for split, dom, label, n in (
+            ("train", "source", "normal", 12),
+            ("train", "target", "normal", 3),
+            ("test", "source", "normal", 4),
+            ("test", "target", "normal", 4),
+            ("test", "source", "anomaly", 3),
+            ("test", "target", "anomaly", 3),
+        ):
             d = root / split
             d.mkdir(parents=True, exist_ok=True)
             for k in range(n):
                 y = make_clip(rng, label == "anomaly", seconds=2.0, channels=1, f0=f0 * (1.3 if dom == "target" else 1.0))
-                sf.write(str(d / f"section_{sec}_{dom}_{split}_{label}_{k:04d}_speed_{'b' if dom == 'target' else 'a'}.wav"),
-                         y, 16000, subtype="PCM_16")
+                sf.write(
+                    str(d / f"section_{sec}_{dom}_{split}_{label}_{k:04d}_speed_{'b' if dom == 'target' else 'a'}.wav"),
+                    y,
+                    16000,
+                    subtype="PCM_16",
+                )
     return root.parent
 
 
 def test_per_section_domain_shift_run_reports_source_and_target(dcase_tree, tmp_path):
     from humwatch.pipeline import RunConfig, run
 
-    s = {"backbone": "features", "detector": "knn", "detector_params": {"n_neighbors": 1},
-         "per_section": True, "source_centres": 4, "normalize": True}
-    res = run(RunConfig(data=str(dcase_tree), method="embed-detect", settings=s, dataset_split=True, save_models=True),
-              tmp_path / "run", progress=False)
+    s = {
+        "backbone": "features",
+        "detector": "knn",
+        "detector_params": {"n_neighbors": 1},
+        "per_section": True,
+        "source_centres": 4,
+        "normalize": True,
+    }
+    res = run(
+        RunConfig(data=str(dcase_tree), method="embed-detect", settings=s, dataset_split=True, save_models=True),
+        tmp_path / "run",
+        progress=False,
+    )
     test = [c for c in res.clips if c.split == "test"]
     assert len(test) == 2 * 14 and {c.domain for c in test} == {"source", "target"}  # DCASE's own test folder
     sec = [r for r in res.rows if r["machine_id"] == "section_00"][0]
     assert {"auc_source", "auc_target", "pauc"} <= set(sec) and min(sec["auc_source"], sec["auc_target"]) > 0.9
     model = json.loads((tmp_path / "run/models/fan/method.json").read_text())["state"]
     mem = {x["key"]: x["n_memory"] for x in model["sections"]}
-    targets = {f"fan/{m}": sum(c.domain == "target" for c in res.clips if c.split == "train" and c.machine_id == m)
-               for m in ("section_00", "section_01")}
+    targets = {
+        f"fan/{m}": sum(c.domain == "target" for c in res.clips if c.split == "train" and c.machine_id == m)
+        for m in ("section_00", "section_01")
+    }
     assert mem == {k: 4 + n for k, n in targets.items()}  # 4 centres of the source clips + every target clip
     from humwatch.metrics import official_score
 
@@ -56,8 +75,12 @@ def test_attributes_in_dcase_names_become_id_classes(dcase_tree):
     from humwatch.idtrain import id_label
 
     clips = load_dataset(dcase_tree)
-    assert sorted({id_label(c) for c in clips}) == ["fan/section_00/speed_a", "fan/section_00/speed_b",
-                                                    "fan/section_01/speed_a", "fan/section_01/speed_b"]
+    assert sorted({id_label(c) for c in clips}) == [
+        "fan/section_00/speed_a",
+        "fan/section_00/speed_b",
+        "fan/section_01/speed_a",
+        "fan/section_01/speed_b",
+    ]
     assert {id_label(c, attributes=False) for c in clips} == {"fan/section_00", "fan/section_01"}
 
 

@@ -29,8 +29,7 @@ def _flagged(det, train, ref, test) -> float:
 def test_a_click_in_one_segment_is_kept_by_max_and_gem_and_averaged_away_by_mean():
     rng = np.random.default_rng(1)
     train, ref, test = _clips(rng, 30), _clips(rng, 100), _clips(rng, 30, click=6.0)
-    got = {pool: _flagged(create_detector("knn-ldn", segments=S, pool=pool), train, ref, test)
-           for pool in ("max", "gem", "mean")}
+    got = {pool: _flagged(create_detector("knn-ldn", segments=S, pool=pool), train, ref, test) for pool in ("max", "gem", "mean")}
     assert got["max"] >= 0.9 and got["gem"] >= 0.9, got
     assert got["mean"] <= 0.75, got
 
@@ -59,8 +58,7 @@ def test_the_offline_default_is_the_measured_one():
 
     assert WEIGHT_FREE["detector"] == "knn-ldn" and WEIGHT_FREE["backbone"] == "features"
     train, ref_a, held_b, faults = _mixed_folder(seed=3)
-    det = create_detector(WEIGHT_FREE["detector"], standardize=WEIGHT_FREE["standardize"],
-                          **WEIGHT_FREE.get("detector_params", {}))
+    det = create_detector(WEIGHT_FREE["detector"], standardize=WEIGHT_FREE["standardize"], **WEIGHT_FREE.get("detector_params", {}))
     assert _flagged(det, train, ref_a, held_b) <= 0.15
     assert _flagged(det, train, ref_a, faults) >= 0.9
 
@@ -86,13 +84,16 @@ def test_state_round_trip_gives_the_same_scores(params):
     assert np.allclose(det.anomaly_score(Q), again.anomaly_score(Q))
 
 
-@pytest.mark.parametrize("params,match", [
-    ({"metric": "hamming"}, "metric must be one of mahalanobis, euclidean, cosine"),
-    ({"pool": "median"}, "pool must be one of max, gem, mean"),
-    ({"gem_p": 0.5}, "gem_p must be a number at least 1 and at most 100"),
-    ({"segments": 0}, "segments must be a whole number 1 or more"),
-    ({"n_neighbors": True}, "n_neighbors must be a whole number"),
-])
+@pytest.mark.parametrize(
+    "params,match",
+    [
+        ({"metric": "hamming"}, "metric must be one of mahalanobis, euclidean, cosine"),
+        ({"pool": "median"}, "pool must be one of max, gem, mean"),
+        ({"gem_p": 0.5}, "gem_p must be a number at least 1 and at most 100"),
+        ({"segments": 0}, "segments must be a whole number 1 or more"),
+        ({"n_neighbors": True}, "n_neighbors must be a whole number"),
+    ],
+)
 def test_bad_parameters_are_one_line_config_errors(params, match):
     with pytest.raises(ConfigError, match=match) as e:
         create_detector("knn-ldn", **params)
@@ -120,7 +121,7 @@ def test_features_segments_backbone_puts_a_click_in_its_own_segment():
     rng = np.random.default_rng(0)
     y = (0.01 * rng.normal(size=16000 * 10)).astype(np.float32)
     clicked = y.copy()
-    clicked[16000 * 5 + 4000:16000 * 5 + 4000 + 3200] += 0.5 * rng.normal(size=3200).astype(np.float32)  # 200 ms
+    clicked[16000 * 5 + 4000 : 16000 * 5 + 4000 + 3200] += 0.5 * rng.normal(size=3200).astype(np.float32)  # 200 ms
     E = bb.embed(bb.frontend.batch([y, clicked])).reshape(2, 10, 3, 64)
     rise = (E[1] - E[0])[:, 2].mean(axis=1)  # per segment: mean rise of the band maxima (dB)
     assert int(np.argmax(rise)) == 5 and rise[5] > 10.0

@@ -159,8 +159,8 @@ def test_damaged_entries_are_detected_and_recomputed(backbone, clips, tmp_path, 
     files[1].write_bytes(bytes(b))
     data = files[2].read_bytes()
     n = len(E.MAGIC)
-    (hlen,) = struct.unpack("<I", data[n:n + 4])
-    head = json.loads(data[n + 4:n + 4 + hlen])
+    (hlen,) = struct.unpack("<I", data[n : n + 4])
+    head = json.loads(data[n + 4 : n + 4 + hlen])
     payload = np.ones(257, dtype="<f4").tobytes()
     head.update(dim=257, sha256=hashlib.sha256(payload).hexdigest())
     h = json.dumps(head).encode()
@@ -255,8 +255,10 @@ def test_two_processes_writing_the_same_entries_do_not_corrupt_the_cache(tmp_pat
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     cache, go = tmp_path / "cache", tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, str(script), str(cache), str(go)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(cache), str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     go.touch()
     hits = 0
     for p in procs:
@@ -268,9 +270,15 @@ def test_two_processes_writing_the_same_entries_do_not_corrupt_the_cache(tmp_pat
     assert hits >= 2 * 3 * 150  # rounds 2-4 of each process read what was written
     files = _entries(cache)
     assert len(files) == 150 and not list(cache.rglob("*.tmp"))
-    bb = SimpleNamespace(name="fake", cache_key="fake-0123", embedding_dim=512, precision="fp32", config={},
-                         frontend=SimpleNamespace(name="cnn", key="k"),
-                         weights=SimpleNamespace(describe=lambda: "fake", random_init=False))
+    bb = SimpleNamespace(
+        name="fake",
+        cache_key="fake-0123",
+        embedding_dim=512,
+        precision="fp32",
+        config={},
+        frontend=SimpleNamespace(name="cnn", key="k"),
+        weights=SimpleNamespace(describe=lambda: "fake", random_init=False),
+    )
     c = E.EmbeddingCache(cache, bb, AudioSettings())
     for i in range(150):
         np.testing.assert_array_equal(c.get(c.key(f"{i:064x}")), np.arange(512, dtype=np.float32) * (i + 1))
@@ -283,8 +291,15 @@ def _bad_clips(folder, clips):
     (folder / "junk.wav").write_bytes(b"RIFF not really a wav file at all" * 10)
     write_audio(folder / "silent.wav", np.zeros(16000, np.float32))
     bad = [folder / "missing.wav", folder / "empty.wav", folder / "junk.wav", folder / "silent.wav"]
-    mixed = [clips[0], Clip(str(bad[0]), "fan", "id_00", 0), clips[1], Clip(str(bad[1]), "fan", "id_00", 0),
-             Clip(str(bad[2]), "fan", "id_00", 0), clips[2], Clip(str(bad[3]), "fan", "id_00", 1)]
+    mixed = [
+        clips[0],
+        Clip(str(bad[0]), "fan", "id_00", 0),
+        clips[1],
+        Clip(str(bad[1]), "fan", "id_00", 0),
+        Clip(str(bad[2]), "fan", "id_00", 0),
+        clips[2],
+        Clip(str(bad[3]), "fan", "id_00", 1),
+    ]
     return mixed, [str(p) for p in bad]
 
 

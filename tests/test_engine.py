@@ -31,8 +31,9 @@ def ray_engine():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = make_mimii_tree(tmp_path_factory.mktemp("engine") / "d", machines=("fan",), ids=("00", "02"), n_normal=6,
-                           n_anomalous=2, seconds=2.0)
+    root = make_mimii_tree(
+        tmp_path_factory.mktemp("engine") / "d", machines=("fan",), ids=("00", "02"), n_normal=6, n_anomalous=2, seconds=2.0
+    )
     bad = root / "6dB_fan" / "fan" / "id_00" / "normal" / "00000099.wav"
     bad.write_bytes(b"RIFF this is not audio")
     return root
@@ -121,11 +122,16 @@ def _scores(run_dir):
         return [(r["file"], float(r["score"])) for r in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("method,settings", [
-    ("embed-detect", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "detector": "knn",
-                      "detector_params": {"n_neighbors": 2}}),
-    ("autoencoder", {"epochs": 2}),
-])
+@pytest.mark.parametrize(
+    "method,settings",
+    [
+        (
+            "embed-detect",
+            {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "detector": "knn", "detector_params": {"n_neighbors": 2}},
+        ),
+        ("autoencoder", {"epochs": 2}),
+    ],
+)
 def test_a_run_on_ray_writes_what_the_local_run_writes(ray_engine, data, tmp_path, method, settings):
     def cfg():
         return RunConfig(str(data), method, dict(settings), skip_bad=True, cache_dir=str(tmp_path / "cache"))
@@ -135,8 +141,9 @@ def test_a_run_on_ray_writes_what_the_local_run_writes(ray_engine, data, tmp_pat
     a, b = _scores(tmp_path / "local"), _scores(tmp_path / "ray")
     assert [f for f, _ in a] == [f for f, _ in b]
     np.testing.assert_allclose([s for _, s in b], [s for _, s in a], rtol=1e-5)
-    assert [(r["machine_id"], r["n_normal"], r["n_anomalous"]) for r in remote.rows] == \
-        [(r["machine_id"], r["n_normal"], r["n_anomalous"]) for r in local.rows]
+    assert [(r["machine_id"], r["n_normal"], r["n_anomalous"]) for r in remote.rows] == [
+        (r["machine_id"], r["n_normal"], r["n_anomalous"]) for r in local.rows
+    ]
     np.testing.assert_allclose([r["auc"] for r in remote.rows], [r["auc"] for r in local.rows])
     assert remote.skipped == local.skipped
     assert json.loads((tmp_path / "ray" / "results.json").read_text())["engine"].startswith("ray")
@@ -151,17 +158,38 @@ def test_cli_score_on_ray_equals_local(ray_engine, data, tmp_path):
         assert e.value.code in ((0, 1) if argv[0] == "score" else (0,))  # score: 1 when something alarms
 
     fan = data / "6dB_fan" / "fan"
-    cli("fit", "--data", str(fan), "--skip-bad", "--out", str(tmp_path / "mon"), "--backbone", "ast", "--weights", "none",
-        "--backbone-config", json.dumps(TINY_AST), "--detector", "knn", "--detector-params", '{"n_neighbors": 2}',
-        "--cache", str(tmp_path / "cache"), "-q", "--threshold-method", "percentile", "--false-alarm-rate", "0.5")
+    cli(
+        "fit",
+        "--data",
+        str(fan),
+        "--skip-bad",
+        "--out",
+        str(tmp_path / "mon"),
+        "--backbone",
+        "ast",
+        "--weights",
+        "none",
+        "--backbone-config",
+        json.dumps(TINY_AST),
+        "--detector",
+        "knn",
+        "--detector-params",
+        '{"n_neighbors": 2}',
+        "--cache",
+        str(tmp_path / "cache"),
+        "-q",
+        "--threshold-method",
+        "percentile",
+        "--false-alarm-rate",
+        "0.5",
+    )
     from humwatch.audio import write_audio
 
     long = tmp_path / "long.wav"  # a 25 s recording: scored as windows (0, 10, 15 s with the default hop)
     write_audio(long, (0.1 * np.sin(np.arange(25 * 16000) * 0.05)).astype(np.float32), 16000)
     files = [str(fan / "id_00" / "abnormal"), str(fan / "id_00" / "normal"), str(long)]
     cli("score", str(tmp_path / "mon"), *files, "--out", str(tmp_path / "local.csv"), "-q", "--skip-bad", "--windows")
-    cli("score", str(tmp_path / "mon"), *files, "--out", str(tmp_path / "ray.csv"), "-q", "--skip-bad", "--windows",
-        "--engine", "ray")
+    cli("score", str(tmp_path / "mon"), *files, "--out", str(tmp_path / "ray.csv"), "-q", "--skip-bad", "--windows", "--engine", "ray")
     with open(tmp_path / "local.csv") as a, open(tmp_path / "ray.csv") as b:
         local, remote = list(csv.DictReader(a)), list(csv.DictReader(b))
     key = [(r["file"], r["start"], r["decision"]) for r in local]
@@ -191,8 +219,24 @@ def test_compare_on_ray_ranks_as_the_local_engine(ray_engine, data, tmp_path):
     run_doc = json.loads((tmp_path / "iso" / "runs" / "features-mahalanobis" / "results.json").read_text())
     assert run_doc["engine"].startswith("ray (")  # the method's own process ran on the Ray
     with pytest.raises(SystemExit) as e:
-        main(["compare", "--data", str(data), "--methods", specs[0], "--out", str(tmp_path / "cli"), "--skip-bad",
-              "--cache", str(tmp_path / "c3"), "--in-process", "--engine", "ray", "-q"])
+        main(
+            [
+                "compare",
+                "--data",
+                str(data),
+                "--methods",
+                specs[0],
+                "--out",
+                str(tmp_path / "cli"),
+                "--skip-bad",
+                "--cache",
+                str(tmp_path / "c3"),
+                "--in-process",
+                "--engine",
+                "ray",
+                "-q",
+            ]
+        )
     assert e.value.code == 0
     assert json.loads((tmp_path / "cli" / "compare.json").read_text())["engine"].startswith("ray")
     cli_rec = json.loads((tmp_path / "cli" / "methods" / "features-mahalanobis.json").read_text())

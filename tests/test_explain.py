@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from humwatch.errors import HumwatchError, ConfigError
+from humwatch.errors import ConfigError, HumwatchError
 from humwatch.explain.attention import (
     PatchGrid,
     attention_rollout,
@@ -234,8 +234,12 @@ def test_gradcam_maps_match_the_input_shape_in_unit_range(tiny_cnn):
     for p in tiny_cnn.module.parameters():
         p.requires_grad_(False)
     try:
-        out = gradcam_maps(tiny_cnn, np.stack([x, x[:, :, ::-1].copy()]), layers=["layer3"],
-                           target=EmbeddingDistanceTarget(np.zeros(tiny_cnn.embedding_dim)))
+        out = gradcam_maps(
+            tiny_cnn,
+            np.stack([x, x[:, :, ::-1].copy()]),
+            layers=["layer3"],
+            target=EmbeddingDistanceTarget(np.zeros(tiny_cnn.embedding_dim)),
+        )
     finally:
         for p in tiny_cnn.module.parameters():
             p.requires_grad_(True)
@@ -291,16 +295,22 @@ def test_spectrogram_axes_are_hz_to_nyquist_and_seconds_to_clip_length():
 def test_examples_pick_a_normal_and_an_anomalous_test_clip_per_machine():
     from humwatch.explain.run import ClipRef, clip_from_path, pick_examples
 
-    clips = [ClipRef(f"/d/{m}/{i}.wav", m, "id_00", lab, split) for m in ("fan", "pump")
-             for i, (lab, split) in enumerate([(0, "train"), (0, "test"), (1, "test"), (1, "val")])]
+    clips = [
+        ClipRef(f"/d/{m}/{i}.wav", m, "id_00", lab, split)
+        for m in ("fan", "pump")
+        for i, (lab, split) in enumerate([(0, "train"), (0, "test"), (1, "test"), (1, "val")])
+    ]
     ex = pick_examples(clips)
     assert list(ex) == ["fan", "pump"]
     for m, (normal, anomalous) in ex.items():
         assert (normal.label, anomalous.label) == (0, 1)
         assert normal.split == anomalous.split == "test" and normal.machine_type == m
     # the pair comes from one machine id that has both labels
-    mixed = [ClipRef("/d/fan/n2.wav", "fan", "id_02", 0, "test"), ClipRef("/d/fan/a4.wav", "fan", "id_04", 1, "test"),
-             ClipRef("/d/fan/n4.wav", "fan", "id_04", 0, "test")]
+    mixed = [
+        ClipRef("/d/fan/n2.wav", "fan", "id_02", 0, "test"),
+        ClipRef("/d/fan/a4.wav", "fan", "id_04", 1, "test"),
+        ClipRef("/d/fan/n4.wav", "fan", "id_04", 0, "test"),
+    ]
     for seed in range(5):
         normal, anomalous = pick_examples(mixed, seed=seed)["fan"]
         assert normal.machine_id == anomalous.machine_id == "id_04"
@@ -320,9 +330,15 @@ def _write_npz(path, rng, types=("fan", "pump"), n=8, dim=6, anomaly_shift=4.0):
     X = rng.standard_normal((len(rows), dim)).astype(np.float32)
     X[[r[2] == 1 for r in rows]] += anomaly_shift
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, X=X, path=np.array([f"/d/{m}/{i}/{k}.wav" for k, (m, i, _) in enumerate(rows)]),
-             label=np.array([r[2] for r in rows]), machine_type=np.array([r[0] for r in rows]),
-             machine_id=np.array([r[1] for r in rows]), split=np.array(["test"] * len(rows)))
+    np.savez(
+        path,
+        X=X,
+        path=np.array([f"/d/{m}/{i}/{k}.wav" for k, (m, i, _) in enumerate(rows)]),
+        label=np.array([r[2] for r in rows]),
+        machine_type=np.array([r[0] for r in rows]),
+        machine_id=np.array([r[1] for r in rows]),
+        split=np.array(["test"] * len(rows)),
+    )
     results = path.parent.parent / "results.json"  # a run is a folder with results.json
     if not results.exists():
         results.write_text('{"rows": []}')
@@ -353,7 +369,11 @@ def test_tsne_reads_the_saved_embeddings_and_builds_no_model(tmp_path, monkeypat
     assert set(figs) == {"tsne_label", "tsne_machine_id"} and all(p.is_file() for p in figs.values())
     assert list(data["files"]) == ["ast", "resnext101_32x8d"]  # the transformer first
     assert sorted((p["backbone"], p["machine_type"], p["n"]) for p in data["panels"]) == [
-        ("ast", "fan", 8), ("ast", "pump", 8), ("resnext101_32x8d", "fan", 8), ("resnext101_32x8d", "pump", 8)]
+        ("ast", "fan", 8),
+        ("ast", "pump", 8),
+        ("resnext101_32x8d", "fan", 8),
+        ("resnext101_32x8d", "pump", 8),
+    ]
     # the panel is the t-SNE of exactly that machine type's saved rows
     from humwatch.explain.tsne import tsne_panels
 
@@ -383,8 +403,15 @@ def test_tsne_merges_reproduce_cells_and_refuses_bad_files(tmp_path):
     with pytest.raises(HumwatchError, match="lacks"):
         load_embeddings(bad)
     obj = tmp_path / "obj.npz"
-    np.savez(obj, X=np.zeros((1, 2)), path=np.array([{"a": 1}], dtype=object), label=np.zeros(1), machine_type=np.array(["f"]),
-             machine_id=np.array(["i"]), split=np.array(["test"]))
+    np.savez(
+        obj,
+        X=np.zeros((1, 2)),
+        path=np.array([{"a": 1}], dtype=object),
+        label=np.zeros(1),
+        machine_type=np.array(["f"]),
+        machine_id=np.array(["i"]),
+        split=np.array(["test"]),
+    )
     with pytest.raises(HumwatchError):
         load_embeddings(obj)  # pickled objects are never loaded
     (tmp_path / "junk.npz").write_bytes(b"not a zip")

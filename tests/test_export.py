@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 import humwatch
+from humwatch.calibrate import fit_monitor
 from humwatch.data import load_dataset
 from humwatch.errors import ConfigError
 from humwatch.export import TOLERANCE, export_monitor
 from humwatch.metrics import auc
-from humwatch.calibrate import fit_monitor
 from humwatch.monitor import MonitorError, load_monitor
 
 TINY_AST = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -29,14 +29,27 @@ nearly equal embeddings, so the embeddings' float rounding weighs more in it."""
 
 MONITORS = {
     "ast-knn": ("embed-detect", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "detector": "knn"}),
-    "resnext-lofvote": ("embed-detect", {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_RX,
-                                         "detector": "lof-vote", "detector_params": {"n_neighbors": 4}}),
+    "resnext-lofvote": (
+        "embed-detect",
+        {
+            "backbone": "resnext101_32x8d",
+            "weights": "none",
+            "backbone_config": TINY_RX,
+            "detector": "lof-vote",
+            "detector_params": {"n_neighbors": 4},
+        },
+    ),
     "autoencoder": ("autoencoder", {"epochs": 20}),
     "finetune": ("finetune", {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_RX}),
     "features-mahalanobis": ("embed-detect", {"backbone": "features", "detector": "mahalanobis", "standardize": True}),
 }
-TINY_IDNET = {"epochs": 1, "epoch_crops": 32, "batch_size": 16, "outlier_clips": 1,
-              "backbone_config": {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16}}
+TINY_IDNET = {
+    "epochs": 1,
+    "epoch_crops": 32,
+    "batch_size": 16,
+    "outlier_clips": 1,
+    "backbone_config": {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16},
+}
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +101,20 @@ def test_onnx_scores_equal_torch_scores(exported, data, name):
     np.testing.assert_allclose(_scores(exp, test, "torch"), want["score"], rtol=1e-6)  # still a monitor PyTorch runs
 
 
-@pytest.mark.parametrize("method,settings", [
-    ("idnet", {**TINY_IDNET, "per_section": True}),
-    ("aux-finetune", {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_RX, "epochs": 1,
-                      "outlier_clips": 1}),
-])
+@pytest.mark.parametrize(
+    "method,settings",
+    [
+        ("idnet", {**TINY_IDNET, "per_section": True}),
+        ("aux-finetune", {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_RX, "epochs": 1, "outlier_clips": 1}),
+    ],
+)
 def test_trained_id_networks_export_and_score_as_with_torch(data, tmp_path, method, settings):
     """The ID network trained from scratch (and a backbone fine-tuned on the ID task): ONNX embeddings
     scored by the saved detector(s) (here one per section) give the torch monitor's scores."""
     from dataclasses import replace
 
     train, test, _ = data
-    mon, _ = fit_monitor(train[:14], method, settings, folds=2, progress=False, false_alarm_rate=0.2,
-                         threshold_method="percentile")
+    mon, _ = fit_monitor(train[:14], method, settings, folds=2, progress=False, false_alarm_rate=0.2, threshold_method="percentile")
     mon.save(tmp_path / "m")
     doc = export_monitor(tmp_path / "m", tmp_path / "x")
     assert doc["output"] == "embedding" and doc["detector_state"] == "scorer" and doc["method"] == method
@@ -194,8 +208,7 @@ def test_cli_export_and_score_with_onnx(exported, data, tmp_path, capsys):
     folder = root / "test" / "6dB_fan" / "fan" / "id_00" / "abnormal"
     for runtime in ("onnx", "torch"):
         with pytest.raises(SystemExit) as e:
-            main(["score", str(tmp_path / "exp"), str(folder), "--runtime", runtime, "-q",
-                  "--out", str(tmp_path / f"{runtime}.csv")])
+            main(["score", str(tmp_path / "exp"), str(folder), "--runtime", runtime, "-q", "--out", str(tmp_path / f"{runtime}.csv")])
         assert e.value.code in (0, 1)
     assert len((tmp_path / "onnx.csv").read_text().splitlines()) == 13
 
@@ -222,8 +235,9 @@ def test_score_runs_without_pytorch(exported, data, tmp_path):
 
     assert python("-c", "import torch").returncode != 0  # really no PyTorch there
     folder = root / "test" / "6dB_fan" / "fan" / "id_00"
-    r = python("-m", "humwatch.cli", "score", str(exp), str(folder / "abnormal"), str(folder / "normal"), "-q",
-               "--out", str(tmp_path / "s.csv"))
+    r = python(
+        "-m", "humwatch.cli", "score", str(exp), str(folder / "abnormal"), str(folder / "normal"), "-q", "--out", str(tmp_path / "s.csv")
+    )
     assert r.returncode in (0, 1), r.stderr
     assert "torch" not in r.stderr.lower()
     got = {line.split(",")[0]: float(line.split(",")[1]) for line in (tmp_path / "s.csv").read_text().splitlines()[1:]}

@@ -48,8 +48,10 @@ def test_ast_frontend_matches_hf_extractor(tone_clip):
     ref = ASTFeatureExtractor()(tone_clip, sampling_rate=16000, return_tensors="np")["input_values"][0]
     np.testing.assert_array_equal(x, ref)  # the same numbers, computed without PyTorch
     y64 = tone_clip.astype(np.float64) * 0.5
-    np.testing.assert_array_equal(ast_features(y64, max_length=512),
-                                  ASTFeatureExtractor(max_length=512)(y64, sampling_rate=16000, return_tensors="np")["input_values"][0])
+    np.testing.assert_array_equal(
+        ast_features(y64, max_length=512),
+        ASTFeatureExtractor(max_length=512)(y64, sampling_rate=16000, return_tensors="np")["input_values"][0],
+    )
     # 10 s at a 10 ms shift is 998 frames; the rest is padding, normalised like the extractor pads
     raw = ASTFeatureExtractor(do_normalize=False)(tone_clip, sampling_rate=16000, return_tensors="np")["input_values"][0]
     np.testing.assert_allclose(x, (raw + 4.2677393) / (2 * 4.5689974), atol=1e-4)

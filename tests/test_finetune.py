@@ -11,15 +11,7 @@ from torch import nn
 from humwatch.audio import AudioSettings, write_audio
 from humwatch.data.clips import Clip
 from humwatch.errors import ConfigError, DatasetError
-from humwatch.finetune import (
-    FinetuneSettings,
-    backbone_blocks,
-    build_param_groups,
-    finetune,
-    load_finetuned,
-    make_head,
-    save_finetuned,
-)
+from humwatch.finetune import FinetuneSettings, backbone_blocks, build_param_groups, finetune, load_finetuned, make_head, save_finetuned
 from humwatch.metrics import auc
 from humwatch.models import create_backbone
 
@@ -84,8 +76,17 @@ def test_head_is_the_studys_layers_and_shapes():
 
 def test_settings_defaults_and_validation():
     s = FinetuneSettings()
-    assert (s.epochs, s.lr, s.batch_size, s.trainable_blocks, s.block_unit, s.precision, s.seed, s.head_hidden,
-            s.dropout) == (1, 1e-3, 8, 2, "stage", "fp32", 0, 256, 0.1)
+    assert (s.epochs, s.lr, s.batch_size, s.trainable_blocks, s.block_unit, s.precision, s.seed, s.head_hidden, s.dropout) == (
+        1,
+        1e-3,
+        8,
+        2,
+        "stage",
+        "fp32",
+        0,
+        256,
+        0.1,
+    )
     with pytest.raises(ConfigError, match="epochs"):
         FinetuneSettings(epochs=0).validate()
     with pytest.raises(ConfigError, match="precision"):
@@ -185,8 +186,7 @@ def test_needs_both_labels(clips):
 @pytest.fixture(scope="module")
 def trained(clips):
     settings = FinetuneSettings(epochs=4, lr=3e-3, batch_size=8, seed=0)
-    return finetune(tiny("resnext101_32x8d"), part(clips, "train"), settings, val=part(clips, "val"),
-                    audio=AUDIO, progress=False)
+    return finetune(tiny("resnext101_32x8d"), part(clips, "train"), settings, val=part(clips, "val"), audio=AUDIO, progress=False)
 
 
 def test_end_to_end_learns_a_separable_set(clips, trained):
@@ -256,8 +256,7 @@ def test_bottleneck_reading_trains_the_top_two_bottlenecks_of_layer4():
     head = make_head(bb.embedding_dim)
     s = FinetuneSettings(trainable_blocks=2, block_unit="bottleneck")
     groups = build_param_groups(bb, head, s)
-    assert [(g["name"], g["lr"]) for g in groups] == [("head", 1e-3), ("layer4.2", pytest.approx(1e-4)),
-                                                      ("layer4.1", pytest.approx(1e-5))]
+    assert [(g["name"], g["lr"]) for g in groups] == [("head", 1e-3), ("layer4.2", pytest.approx(1e-4)), ("layer4.1", pytest.approx(1e-5))]
     trainable = {n for n, p in bb.module.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("layer4.2.", "layer4.1.")) for n in trainable)
     assert any(n.startswith("layer4.1.") for n in trainable) and any(n.startswith("layer4.2.") for n in trainable)
@@ -271,8 +270,7 @@ def test_finetune_method_fits_scores_saves_and_reports_trainable_parameters(clip
     from humwatch.methods import Context, create_method, load_method
 
     ctx = Context(audio=AUDIO)
-    m = create_method("finetune", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "epochs": 1}, ctx,
-                      title="fan")
+    m = create_method("finetune", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "epochs": 1}, ctx, title="fan")
     m.fit(part(clips, "train"), val=part(clips, "val"))
     rep = m.info()["training"]
     assert rep["n_train"] == 24 and rep["val"]["n"] == 4
@@ -308,8 +306,24 @@ def test_finetune_command_end_to_end(tmp_path):
     app.command("finetune")(finetune_cmd)
     app.command("other")(lambda: None)
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["finetune", "--data", str(root), "--out", str(out), "--backbone", "ast",
-                                   "--weights", str(weights), "--epochs", "2", "--save-model", "-q"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "--data",
+            str(root),
+            "--out",
+            str(out),
+            "--backbone",
+            "ast",
+            "--weights",
+            str(weights),
+            "--epochs",
+            "2",
+            "--save-model",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == "finetune" and results["settings"]["epochs"] == 2

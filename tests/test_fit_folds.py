@@ -5,8 +5,10 @@ network in parallel processes (the serial run's threshold)."""
 
 import numpy as np
 import pytest
+from helpers import make_mimii_tree
 
 import humwatch.embed
+from humwatch.calibrate import fit_monitor
 from humwatch.cli import main
 from humwatch.data import load_dataset
 from humwatch.data.clips import expand_windows
@@ -15,8 +17,6 @@ from humwatch.errors import ConfigError
 from humwatch.folds import cross_fit, fold_jobs
 from humwatch.methods import Context, create_method
 from humwatch.methods.embedding import EmbeddingMethod
-from humwatch.calibrate import fit_monitor
-from helpers import make_mimii_tree
 
 FEATURES = {"backbone": "features", "backbone_config": {"n_mels": 16}}
 """160-d statistics: more features than a fold's windows (where the Mahalanobis shortcut applies), cheap to fit."""
@@ -24,8 +24,7 @@ FEATURES = {"backbone": "features", "backbone_config": {"n_mels": 16}}
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    return make_mimii_tree(tmp_path_factory.mktemp("folds"), machines=("fan",), ids=("00",), n_normal=12,
-                           n_anomalous=2, seconds=2.0)
+    return make_mimii_tree(tmp_path_factory.mktemp("folds"), machines=("fan",), ids=("00",), n_normal=12, n_anomalous=2, seconds=2.0)
 
 
 @pytest.fixture()
@@ -52,16 +51,27 @@ def _folds(tree, settings, shortcuts):
     windows = expand_windows([c for c in load_dataset(tree) if not c.is_anomalous], 1.0, 1.0)
     groups = fold_groups(windows, 5)
     m = create_method("embed-detect", {**FEATURES, **settings}, ctx, title="monitor")
-    oof, _ = cross_fit(m, lambda f: create_method("embed-detect", {**FEATURES, **settings}, ctx, title=f"fold {f}"),
-                       windows, groups, [], np.zeros(0, int), 5, shortcuts=shortcuts)
+    oof, _ = cross_fit(
+        m,
+        lambda f: create_method("embed-detect", {**FEATURES, **settings}, ctx, title=f"fold {f}"),
+        windows,
+        groups,
+        [],
+        np.zeros(0, int),
+        5,
+        shortcuts=shortcuts,
+    )
     return oof, m, windows
 
 
-@pytest.mark.parametrize("settings", [
-    {"detector": "mahalanobis", "standardize": True},
-    {"detector": "knn", "detector_params": {"n_neighbors": 2}},
-    {"detector": "lof-vote", "per_section": True, "normalize": True},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"detector": "mahalanobis", "standardize": True},
+        {"detector": "knn", "detector_params": {"n_neighbors": 2}},
+        {"detector": "lof-vote", "per_section": True, "normalize": True},
+    ],
+)
 def test_embedding_once_gives_the_out_of_fold_scores_of_a_new_method_per_fold(tree, counted, settings):
     fast, m_fast, windows = _folds(tree, settings, shortcuts=True)
     assert counted["n"] == len(windows) == 24  # every window embedded once: the folds and the final fit
@@ -154,5 +164,6 @@ def test_parallel_folds_give_the_serial_threshold(tmp_path, caplog):
     assert parallel["threshold"] == pytest.approx(serial["threshold"], rel=1e-6)
     assert parallel["n_calibration"] == serial["n_calibration"] == 10 and parallel["n_train"] == 10
     assert parallel["skipped"] == serial["skipped"] and len(serial["skipped"]) == 1  # skipped once, wherever it was read
-    np.testing.assert_allclose(mon2.method.score(expand_windows(clips[:2], 1.0, 1.0)),
-                               mon1.method.score(expand_windows(clips[:2], 1.0, 1.0)), rtol=1e-6)
+    np.testing.assert_allclose(
+        mon2.method.score(expand_windows(clips[:2], 1.0, 1.0)), mon1.method.score(expand_windows(clips[:2], 1.0, 1.0)), rtol=1e-6
+    )

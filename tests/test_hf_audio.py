@@ -13,15 +13,29 @@ from humwatch.models import create_backbone, plan_backbone
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-W2V = {"model_type": "wav2vec2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-       "intermediate_size": 64, "conv_dim": [16, 16], "conv_stride": [5, 4], "conv_kernel": [10, 8],
-       "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2}
+W2V = {
+    "model_type": "wav2vec2",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "conv_dim": [16, 16],
+    "conv_stride": [5, 4],
+    "conv_kernel": [10, 8],
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 2,
+}
 HUBERT = {**W2V, "model_type": "hubert"}
 WAVLM = {**W2V, "model_type": "wavlm"}
-WHISPER = {"model_type": "whisper", "d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2,
-           "encoder_ffn_dim": 64, "max_source_positions": 50}  # 1 s input (100 mel frames)
-AST = {"model_type": "ast", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-       "max_length": 128}
+WHISPER = {
+    "model_type": "whisper",
+    "d_model": 32,
+    "encoder_layers": 2,
+    "encoder_attention_heads": 2,
+    "encoder_ffn_dim": 64,
+    "max_source_positions": 50,
+}  # 1 s input (100 mel frames)
+AST = {"model_type": "ast", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_length": 128}
 
 
 def _clips(n=2, seconds=1.0):
@@ -68,8 +82,11 @@ def test_every_pooling_is_what_its_docstring_says_and_ignores_padding():
 
 
 # -- model types, layers -----------------------------------------------------------------------------
-@pytest.mark.parametrize("config,pooling", [(W2V, "mean"), (HUBERT, "max"), (WAVLM, "gem"), (WHISPER, "attentive-stats"),
-                                            (AST, "mean")], ids=["wav2vec2", "hubert", "wavlm", "whisper", "ast"])
+@pytest.mark.parametrize(
+    "config,pooling",
+    [(W2V, "mean"), (HUBERT, "max"), (WAVLM, "gem"), (WHISPER, "attentive-stats"), (AST, "mean")],
+    ids=["wav2vec2", "hubert", "wavlm", "whisper", "ast"],
+)
 def test_each_model_type_embeds_its_chosen_layer_and_says_random_init(config, pooling):
     from humwatch.models.hf_audio import pool
 
@@ -95,15 +112,18 @@ def test_whisper_pools_only_the_frames_that_hold_the_clip():
     np.testing.assert_allclose(bb.embed(x)[0], h[0, :25].mean(0), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("config,message", [
-    ({**W2V, "pooling": "median"}, "unknown pooling 'median'"),
-    ({**W2V, "layer": 3}, "layer 3 does not exist"),
-    ({**W2V, "layer": "last"}, "layer must be an integer"),
-    ({k: v for k, v in W2V.items() if k != "model_type"}, "need a model_type"),
-    ({**W2V, "hidden_sise": 8}, "no config setting 'hidden_sise'"),
-    ({"model_type": "clap"}, "model_type 'clap' is not supported"),
-    ({**WHISPER, "max_source_positions": 40}, "multiple of 50"),
-])
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({**W2V, "pooling": "median"}, "unknown pooling 'median'"),
+        ({**W2V, "layer": 3}, "layer 3 does not exist"),
+        ({**W2V, "layer": "last"}, "layer must be an integer"),
+        ({k: v for k, v in W2V.items() if k != "model_type"}, "need a model_type"),
+        ({**W2V, "hidden_sise": 8}, "no config setting 'hidden_sise'"),
+        ({"model_type": "clap"}, "model_type 'clap' is not supported"),
+        ({**WHISPER, "max_source_positions": 40}, "multiple of 50"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(config, message):
     with pytest.raises(ConfigError, match=message) as e:
         plan_backbone("hf-audio", weights="none", config=config)
@@ -145,8 +165,17 @@ def test_a_save_pretrained_folder_loads_by_path_without_the_random_init_notice(t
 def test_a_whisper_checkpoint_gives_its_encoder_and_a_saved_backbone_loads_back(tmp_path):
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
-    cfg = WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                        encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=50, vocab_size=51865)
+    cfg = WhisperConfig(
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=50,
+        vocab_size=51865,
+    )
     torch.manual_seed(2)
     full = WhisperModel(cfg).eval()
     full.save_pretrained(str(tmp_path / "wh"))  # encoder.* and decoder.* tensors
@@ -188,8 +217,7 @@ def test_a_missing_or_damaged_folder_is_one_line(tmp_path):
 def tree(tmp_path_factory):
     from tests.helpers import make_mimii_tree
 
-    return make_mimii_tree(tmp_path_factory.mktemp("hfa"), machines=("fan",), ids=("00",), n_normal=8, n_anomalous=4,
-                           seconds=1.0)
+    return make_mimii_tree(tmp_path_factory.mktemp("hfa"), machines=("fan",), ids=("00",), n_normal=8, n_anomalous=4, seconds=1.0)
 
 
 def _cli(*argv, code=0):
@@ -212,16 +240,52 @@ def test_embed_run_fit_and_compare_take_an_hf_audio_backbone(tree, tmp_path, cap
     assert "RANDOM INIT" in out and "12 embeddings of 32 values" in out
     assert EmbeddingSet.load_npz(tmp_path / "e.npz").X.shape == (12, 32)
 
-    _cli("run", "--data", tree, "--out", tmp_path / "run", "--method", "embed-detect", "--detector", "knn",
-         "--detector-params", '{"n_neighbors": 2}', "--cache", cache, "-q", *MODEL)
+    _cli(
+        "run",
+        "--data",
+        tree,
+        "--out",
+        tmp_path / "run",
+        "--method",
+        "embed-detect",
+        "--detector",
+        "knn",
+        "--detector-params",
+        '{"n_neighbors": 2}',
+        "--cache",
+        cache,
+        "-q",
+        *MODEL,
+    )
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert "RANDOM INIT" in json.dumps(res) and (tmp_path / "run" / "scores.csv").is_file()
     assert "RANDOM INIT" in capsys.readouterr().out
 
     _save_tiny_wav2vec2(tmp_path / "w2v")  # a monitor on pretrained (here: saved) weights
-    _cli("fit", "--data", tree, "--out", tmp_path / "mon", "--detector", "knn", "--detector-params", '{"n_neighbors": 2}',
-         "--cache", cache, "-q", "--threshold-method", "percentile", "--false-alarm-rate", "0.5",
-         "--backbone", "hf-audio", "--weights", tmp_path / "w2v", "--backbone-config", '{"pooling": "max", "layer": 1}')
+    _cli(
+        "fit",
+        "--data",
+        tree,
+        "--out",
+        tmp_path / "mon",
+        "--detector",
+        "knn",
+        "--detector-params",
+        '{"n_neighbors": 2}',
+        "--cache",
+        cache,
+        "-q",
+        "--threshold-method",
+        "percentile",
+        "--false-alarm-rate",
+        "0.5",
+        "--backbone",
+        "hf-audio",
+        "--weights",
+        tmp_path / "w2v",
+        "--backbone-config",
+        '{"pooling": "max", "layer": 1}',
+    )
     assert "RANDOM INIT" not in capsys.readouterr().out
     from humwatch.monitor import MonitorError, load_monitor
 
@@ -240,8 +304,9 @@ def test_embed_run_fit_and_compare_take_an_hf_audio_backbone(tree, tmp_path, cap
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert [r["file"] for r in rows] == [str(f) for f in files] and all(np.isfinite(float(r["score"])) for r in rows)
 
-    spec = "hfa=embed-detect:backbone=hf-audio,weights=none,detector=knn,detector_params={n_neighbors: 2}," \
-           "backbone_config=" + json.dumps({**AST, "pooling": "attentive-stats"})
+    spec = "hfa=embed-detect:backbone=hf-audio,weights=none,detector=knn,detector_params={n_neighbors: 2},backbone_config=" + json.dumps(
+        {**AST, "pooling": "attentive-stats"}
+    )
     _cli("compare", "--data", tree, "--out", tmp_path / "cmp", "--in-process", "--methods", spec, "--cache", cache, "-q")
     doc = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     [m] = doc["methods"]

@@ -25,8 +25,15 @@ TIMEOUT = 120
 
 def humwatch(*args, cwd=None, timeout=TIMEOUT) -> tuple[int, str, str]:
     env = {**os.environ, "HUMWATCH_PROGRESS": "0", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-m", "humwatch.cli", *map(str, args)], capture_output=True, timeout=timeout,
-                       cwd=cwd, env=env, text=True, errors="surrogateescape")
+    p = subprocess.run(
+        [sys.executable, "-m", "humwatch.cli", *map(str, args)],
+        capture_output=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+        text=True,
+        errors="surrogateescape",
+    )
     return p.returncode, p.stdout, p.stderr
 
 
@@ -63,8 +70,9 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     good = _tree(root / "good")
     mon = root / "monitor"
-    code, out, err = humwatch("fit", "--data", good / "fan" / "id_00" / "normal", "--out", mon, *MODEL, *FIT, "-q",
-                            "--cache", root / "cache")
+    code, out, err = humwatch(
+        "fit", "--data", good / "fan" / "id_00" / "normal", "--out", mon, *MODEL, *FIT, "-q", "--cache", root / "cache"
+    )
     assert code == 0, err
     return root, good, mon
 
@@ -174,15 +182,18 @@ def _reseal(folder: Path) -> None:
         write_manifest(d)
 
 
-@pytest.mark.parametrize("edit, words", [
-    (lambda d: d.update(threshold=float("nan")), "threshold must be a finite number"),
-    (lambda d: d["audio"].update(seconds=-5), "audio.seconds must be"),
-    (lambda d: d["audio"].update(seconds=1e9), "audio.seconds must be"),
-    (lambda d: d.pop("audio"), "field 'audio' is missing"),
-    (lambda d: d["threshold_rule"].update(method="median"), "threshold_rule.method"),
-    (lambda d: d.update(hop=0), "hop must be"),
-    (lambda d: d.update(method="magic"), "method must be one of"),
-])
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda d: d.update(threshold=float("nan")), "threshold must be a finite number"),
+        (lambda d: d["audio"].update(seconds=-5), "audio.seconds must be"),
+        (lambda d: d["audio"].update(seconds=1e9), "audio.seconds must be"),
+        (lambda d: d.pop("audio"), "field 'audio' is missing"),
+        (lambda d: d["threshold_rule"].update(method="median"), "threshold_rule.method"),
+        (lambda d: d.update(hop=0), "hop must be"),
+        (lambda d: d.update(method="magic"), "method must be one of"),
+    ],
+)
 def test_every_field_of_monitor_json_is_checked_even_when_the_manifest_is_rewritten(base, tmp_path, edit, words):
     import shutil
 
@@ -219,8 +230,7 @@ def test_method_state_fields_and_other_weights_are_refused(base, tmp_path, capsy
     from humwatch.models import create_backbone
 
     other = create_backbone("resnext101_32x8d", weights="none", config=TINY_CNN, seed=7).save(tmp_path / "other")
-    refused(humwatch("score", mon, good / "fan/id_00/normal/00000000.wav", "--weights", other, "--out", tmp_path / "s.csv"),
-            "not the ones")
+    refused(humwatch("score", mon, good / "fan/id_00/normal/00000000.wav", "--weights", other, "--out", tmp_path / "s.csv"), "not the ones")
 
 
 def test_a_fine_tuned_folder_is_sealed(base, tmp_path):
@@ -337,8 +347,10 @@ def test_errors_come_at_once_and_say_what_is_wrong(base, tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF0000WAVEjunk")
     refused(humwatch("explain", "--clips", bad, "--out", tmp_path / "x", "--no-models"), "bad.wav")
-    refused(humwatch("explain", "--clips", good / "fan/id_00/normal/00000000.wav", "--out", tmp_path / "x",
-                   "--backbone", "vit"), "unknown backbone 'vit'")
+    refused(
+        humwatch("explain", "--clips", good / "fan/id_00/normal/00000000.wav", "--out", tmp_path / "x", "--backbone", "vit"),
+        "unknown backbone 'vit'",
+    )
     quiet = _tone(tmp_path / "quiet.wav", amp=0.0)
     sf.write(str(quiet), np.full(16000, 1e-7, np.float32), 16000, subtype="FLOAT")
     with pytest.raises(AudioError, match="peak amplitude 1e-07") as e:

@@ -18,9 +18,9 @@ import urllib.parse
 
 import httpx
 import pytest
+from service_fixtures import LiveServer, env_with_src, make_token, write_clip
 
 from humwatch.service.listen import FolderSource, ListenError, ListenSettings, Sender, Spool, listen
-from service_fixtures import LiveServer, env_with_src, make_token, write_clip
 
 T0 = dt.datetime(2030, 3, 1, tzinfo=dt.timezone.utc)
 
@@ -53,15 +53,31 @@ class FakeService:
                 parts = urllib.parse.urlsplit(self.path).path.split("/")
                 machine = urllib.parse.unquote(parts[-2]) if len(parts) >= 6 else ""
                 if machine.startswith("ok") or machine not in ("html",) and not machine.startswith("code-"):
-                    self._answer(200, "application/json", json.dumps(
-                        {"clip_id": len(outer.paths), "machine": machine, "score": 1.0, "threshold": 2.0,
-                         "decision": "normal", "duplicate": False, "alert_opened": False}))
+                    self._answer(
+                        200,
+                        "application/json",
+                        json.dumps(
+                            {
+                                "clip_id": len(outer.paths),
+                                "machine": machine,
+                                "score": 1.0,
+                                "threshold": 2.0,
+                                "decision": "normal",
+                                "duplicate": False,
+                                "alert_opened": False,
+                            }
+                        ),
+                    )
                 elif machine == "html":
                     self._answer(200, "text/html", "<html><body>Sign in to the plant network</body></html>")
                 else:
                     code = int(machine[5:])
-                    self._answer(code, "application/json", json.dumps({"detail": f"refused with {code}"}),
-                                 {"location": "https://elsewhere.example/"} if 300 <= code < 400 else {})
+                    self._answer(
+                        code,
+                        "application/json",
+                        json.dumps({"detail": f"refused with {code}"}),
+                        {"location": "https://elsewhere.example/"} if 300 <= code < 400 else {},
+                    )
 
             def _answer(self, code, ctype, body, headers=None):
                 data = body.encode()
@@ -97,10 +113,25 @@ def test_every_answer_is_sorted_into_sent_set_aside_held_or_retried(fake, tmp_pa
     spool = Spool(tmp_path / "spool")
     clip = write_clip(tmp_path / "c.wav")
     sender = sender_for(fake.url, spool)
-    expected = {"ok-1": "sent", "html": "retry", "code-302": "hold", "code-401": "hold", "code-403": "hold",
-                "code-400": "rejected", "code-404": "rejected", "code-405": "rejected", "code-409": "rejected",
-                "code-413": "rejected", "code-415": "rejected", "code-422": "rejected",
-                "code-408": "retry", "code-429": "retry", "code-500": "retry", "code-502": "retry", "code-503": "retry"}
+    expected = {
+        "ok-1": "sent",
+        "html": "retry",
+        "code-302": "hold",
+        "code-401": "hold",
+        "code-403": "hold",
+        "code-400": "rejected",
+        "code-404": "rejected",
+        "code-405": "rejected",
+        "code-409": "rejected",
+        "code-413": "rejected",
+        "code-415": "rejected",
+        "code-422": "rejected",
+        "code-408": "retry",
+        "code-429": "retry",
+        "code-500": "retry",
+        "code-502": "retry",
+        "code-503": "retry",
+    }
     got, errors = {}, {}
     with httpx.Client(timeout=10) as client:
         for machine in expected:
@@ -153,9 +184,16 @@ def test_a_refused_clip_is_set_aside_with_its_reason_and_holds_up_no_one(fake, t
     assert (spool.rejected_dir / f"{stem}.reason.txt").read_text() == "HTTP 405: refused with 405\n"
 
 
-@pytest.mark.parametrize("sidecar", ['{"recorded_at": "2030-03-01T00:00:00+00:00", "filename": "x.wav"}',
-                                     '{"machine": 7, "recorded_at": "2030-03-01T00:00:00+00:00"}',
-                                     '["a", "list"]', '{"machine": "ok-1", "recorded_at":', ""])
+@pytest.mark.parametrize(
+    "sidecar",
+    [
+        '{"recorded_at": "2030-03-01T00:00:00+00:00", "filename": "x.wav"}',
+        '{"machine": 7, "recorded_at": "2030-03-01T00:00:00+00:00"}',
+        '["a", "list"]',
+        '{"machine": "ok-1", "recorded_at":',
+        "",
+    ],
+)
 def test_a_damaged_sidecar_is_set_aside_and_the_sender_goes_on(fake, tmp_path, sidecar):
     spool = Spool(tmp_path / "spool")
     damaged = spool.put_file(write_clip(tmp_path / "a.wav", seed=3), "ok-1", T0)
@@ -205,10 +243,23 @@ def test_a_dead_sender_ends_the_listener_with_one_error(fake, tmp_path):
 def test_on_the_command_line_a_dead_sender_is_one_error_line_and_exit_2(fake, tmp_path):
     watch, spool = tmp_path / "watch", tmp_path / "spool"
     watch.mkdir()
-    cmd = [sys.executable, "-m", "humwatch.cli", "listen", "--server", fake.url, "--watch", str(watch),
-           "--machine", "ok-1", "--spool", str(spool)]
-    proc = subprocess.Popen(cmd, env={**env_with_src(), "HUMWATCH_TOKEN": "hw_t"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "humwatch.cli",
+        "listen",
+        "--server",
+        fake.url,
+        "--watch",
+        str(watch),
+        "--machine",
+        "ok-1",
+        "--spool",
+        str(spool),
+    ]
+    proc = subprocess.Popen(
+        cmd, env={**env_with_src(), "HUMWATCH_TOKEN": "hw_t"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert wait_for(lambda: (spool / "pending").is_dir(), 60)
         time.sleep(1.0)
@@ -234,10 +285,22 @@ def test_a_folder_named_bad_query_is_refused_by_the_service_and_the_others_go_on
     watch, spool = tmp_path / "watch", tmp_path / "spool"
     bad = write_clip(watch / "bad?x" / "odd.wav", "normal", 90)
     write_clip(watch / "hostile-l1" / "first.wav", "normal", 91)
-    cmd = [sys.executable, "-m", "humwatch.cli", "listen", "--server", server.url, "--watch", str(watch),
-           "--existing", "--spool", str(spool)]
-    proc = subprocess.Popen(cmd, env={**env_with_src(), "HUMWATCH_TOKEN": token}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "humwatch.cli",
+        "listen",
+        "--server",
+        server.url,
+        "--watch",
+        str(watch),
+        "--existing",
+        "--spool",
+        str(spool),
+    ]
+    proc = subprocess.Popen(
+        cmd, env={**env_with_src(), "HUMWATCH_TOKEN": token}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
     def filenames():
         r = httpx.get(f"{server.url}/api/v1/machines/hostile-l1/scores", headers={"authorization": f"Bearer {token}"})

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
-from humwatch.cli import main
-from humwatch.io import weight_fingerprints, write_manifest
-from humwatch.calibrate import fit_monitor
-from humwatch.monitor import Monitor, MonitorError
 from helpers import make_mimii_tree
 from test_hostile import humwatch, refused
+
+from humwatch.calibrate import fit_monitor
+from humwatch.cli import main
+from humwatch.io import weight_fingerprints, write_manifest
+from humwatch.monitor import Monitor, MonitorError
 
 SECONDS = 2.0
 
@@ -40,8 +40,16 @@ def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("hmon")
     tree = make_mimii_tree(root / "data", machines=("fan",), ids=("00",), n_normal=8, n_anomalous=2, seconds=SECONDS)
     clips = load_dataset(tree)
-    mon, _ = fit_monitor(clips, "embed-detect", {"backbone": "features", "detector": "mahalanobis", "standardize": True},
-                         false_alarm_rate=0.25, threshold_method="percentile", folds=2, seconds=SECONDS, progress=False)
+    mon, _ = fit_monitor(
+        clips,
+        "embed-detect",
+        {"backbone": "features", "detector": "mahalanobis", "standardize": True},
+        false_alarm_rate=0.25,
+        threshold_method="percentile",
+        folds=2,
+        seconds=SECONDS,
+        progress=False,
+    )
     mon.save(root / "monitor")
     wavs = sorted(str(c.path) for c in clips)[:3]
     _, scores, _ = Monitor.load(root / "monitor").score_clips([c for c in clips if str(c.path) in wavs], progress=False)
@@ -85,6 +93,7 @@ def _score_refused(mon: Path, wav: str, tmp_path: Path, capsys, *words) -> str:
 
 def _set(path: str, value):
     """An edit of monitor.json or method.json: ``a.b.c`` set to ``value`` (``...`` deletes it)."""
+
     def change(doc):
         *parents, last = path.split(".")
         d = doc
@@ -94,6 +103,7 @@ def _set(path: str, value):
             del d[last]
         else:
             d[last] = value
+
     return change
 
 
@@ -118,7 +128,7 @@ MONITOR_EDITS = {
     "rule unknown field": ("threshold_rule.boost", 2, "threshold_rule.boost"),
     "sample rate 8 kHz": ("audio.sample_rate", 8000, "16000"),
     "sample rate 1 Hz": ("audio.sample_rate", 1, "audio.sample_rate"),
-    "sample rate 1e9": ("audio.sample_rate", 10 ** 9, "audio.sample_rate"),
+    "sample rate 1e9": ("audio.sample_rate", 10**9, "audio.sample_rate"),
     "sample rate text": ("audio.sample_rate", "16000", "audio.sample_rate"),
     "seconds 0": ("audio.seconds", 0, "audio.seconds"),
     "seconds 1e308": ("audio.seconds", 1e308, "audio.seconds"),
@@ -206,8 +216,7 @@ def test_harmless_edits_give_the_same_scores(fitted, tmp_path):
     """Fields that only describe (when it was made, its label) may be rewritten with valid values."""
     root, src, wavs, scores = fitted
     mon = _copy(src, tmp_path / "m")
-    _edit_json(mon, "monitor.json", lambda d: d.update(created="2030-01-01T00:00:00+00:00", label="my fan",
-                                                         machines=["fan id_07"]))
+    _edit_json(mon, "monitor.json", lambda d: d.update(created="2030-01-01T00:00:00+00:00", label="my fan", machines=["fan id_07"]))
     from humwatch.data.clips import Clip
 
     _, again, _ = Monitor.load(mon).score_clips([Clip(w, "x", "x", 0) for w in wavs], progress=False)
@@ -349,9 +358,28 @@ def test_a_one_hz_wav_is_refused_by_every_command_and_counted_under_skip_bad(fit
     for i, w in enumerate(wavs):
         shutil.copy(w, data / f"{i}.wav")
     shutil.copy(bad, data / "onehz.wav")
-    refused(humwatch("fit", "--data", data, "--out", tmp_path / "m", "--backbone", "features", "--detector", "mahalanobis",
-                     "--folds", "2", "--false-alarm-rate", "0.5", "--threshold-method", "percentile",
-                     "--window-seconds", "2"), "onehz.wav")
+    refused(
+        humwatch(
+            "fit",
+            "--data",
+            data,
+            "--out",
+            tmp_path / "m",
+            "--backbone",
+            "features",
+            "--detector",
+            "mahalanobis",
+            "--folds",
+            "2",
+            "--false-alarm-rate",
+            "0.5",
+            "--threshold-method",
+            "percentile",
+            "--window-seconds",
+            "2",
+        ),
+        "onehz.wav",
+    )
     assert not (tmp_path / "m").exists()
 
 

@@ -15,11 +15,20 @@ import stat
 from pathlib import Path
 
 import pytest
+from test_hostile import MODEL, _tree, humwatch, refused
 
-from test_hostile import MODEL, _tone, _tree, humwatch, refused
-
-FEATURES = ["--backbone", "features", "--detector", "mahalanobis", "--folds", "2", "--false-alarm-rate", "0.25",
-            "--threshold-method", "percentile"]
+FEATURES = [
+    "--backbone",
+    "features",
+    "--detector",
+    "mahalanobis",
+    "--folds",
+    "2",
+    "--false-alarm-rate",
+    "0.25",
+    "--threshold-method",
+    "percentile",
+]
 LONG = "n" * 256  # one byte over what a file system takes
 
 
@@ -36,8 +45,11 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file below ``folder`` (dot-files too) with the SHA-256 of its bytes."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +57,9 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("outputs")
     good = _tree(root / "good")
     mon = root / "monitor"
-    code, _, err = humwatch("fit", "--data", good / "fan/id_00/normal", "--out", mon, *FEATURES, "-q",
-                            "--cache", root / "cache", timeout=600)
+    code, _, err = humwatch(
+        "fit", "--data", good / "fan/id_00/normal", "--out", mon, *FEATURES, "-q", "--cache", root / "cache", timeout=600
+    )
     assert code == 0, err
     run = root / "run"
     code, _, err = humwatch("run", "--data", good, "--out", run, "--epochs", "1", "-q", "--cache", root / "cache", timeout=600)
@@ -105,15 +118,20 @@ def test_overwrite_replaces_only_a_folder_humwatch_wrote_of_the_same_kind(base, 
         refused(cli(capsys, *args, "--out", mine, "--overwrite"), "humwatch did not write", MARKER)
     refused(cli(capsys, "fit", "--data", good, *FEATURES, "--out", run, "--overwrite"), "is a run directory, not a monitor")
     refused(cli(capsys, "run", "--data", good, "--epochs", "1", "--out", mon, "--overwrite"), "is a monitor, not a run directory")
-    for args in (("compare", "--data", good, "--methods", "autoencoder:epochs=1"), ("reproduce", "--data", good),
-                 ("explain", "--clips", good / "fan/id_00/normal/00000000.wav", "--no-models"), ("synth",)):
+    for args in (
+        ("compare", "--data", good, "--methods", "autoencoder:epochs=1"),
+        ("reproduce", "--data", good),
+        ("explain", "--clips", good / "fan/id_00/normal/00000000.wav", "--no-models"),
+        ("synth",),
+    ):
         where = [mine] if args[0] == "synth" else ["--out", mine]
         refused(cli(capsys, *args, *where), "humwatch did not write")
     assert snapshot(mine) == {"thesis.tex": hashlib.sha256(b"years of work").hexdigest()}
     # a folder humwatch wrote, of the same kind, is replaced whole
     before = snapshot(run)
-    code, _, err = humwatch("run", "--data", good, "--out", run, "--epochs", "2", "--overwrite", "-q",
-                            "--cache", root / "cache", timeout=600)
+    code, _, err = humwatch(
+        "run", "--data", good, "--out", run, "--epochs", "2", "--overwrite", "-q", "--cache", root / "cache", timeout=600
+    )
     assert code == 0, err
     assert snapshot(run) != before and folder_kind(run) == "run"
     assert json.loads((run / "config.json").read_text())["config"]["settings"]["epochs"] == 2

@@ -13,9 +13,8 @@ import re
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
-
 from service_fixtures import clip_bytes, fresh_monitors, iso, make_token
+from sqlalchemy import func, select, text
 
 MACHINE = "api-1"
 BIG = [2**63, 2**64, 10**30]
@@ -44,9 +43,12 @@ class App:
         return {**h, "accept": "text/html"} if html else h
 
     def post_clip(self, data: bytes, token: str | None = None, **params):
-        return self.client.post(f"/api/v1/machines/{MACHINE}/clips", content=data, params=params,
-                                headers={"authorization": f"Bearer {token or self.tokens['ingest']}",
-                                         "content-type": "audio/wav"})
+        return self.client.post(
+            f"/api/v1/machines/{MACHINE}/clips",
+            content=data,
+            params=params,
+            headers={"authorization": f"Bearer {token or self.tokens['ingest']}", "content-type": "audio/wav"},
+        )
 
     def n_clips(self) -> int:
         from humwatch.service.store import ClipRow
@@ -98,11 +100,18 @@ def test_html_error_pages_carry_their_own_status(app):
 @pytest.mark.parametrize("big", BIG)
 def test_ids_and_offsets_beyond_64_bits_are_422_not_500(app, big):
     read = app.auth("read")
-    endpoints = [("GET", f"/api/v1/clips/{big}"), ("GET", f"/api/v1/clips/{big}/audio"),
-                 ("POST", f"/api/v1/alerts/{big}/ack"), ("GET", f"/clips/{big}"),
-                 ("GET", f"/clips/{big}/spectrogram.png"), ("GET", f"/clips/{big}/why.png"),
-                 ("GET", f"/clips/{big}/audio"), ("POST", f"/alerts/{big}/ack"),
-                 ("GET", f"/api/v1/machines/{MACHINE}/scores?offset={big}"), ("GET", f"/api/v1/alerts?offset={big}")]
+    endpoints = [
+        ("GET", f"/api/v1/clips/{big}"),
+        ("GET", f"/api/v1/clips/{big}/audio"),
+        ("POST", f"/api/v1/alerts/{big}/ack"),
+        ("GET", f"/clips/{big}"),
+        ("GET", f"/clips/{big}/spectrogram.png"),
+        ("GET", f"/clips/{big}/why.png"),
+        ("GET", f"/clips/{big}/audio"),
+        ("POST", f"/alerts/{big}/ack"),
+        ("GET", f"/api/v1/machines/{MACHINE}/scores?offset={big}"),
+        ("GET", f"/api/v1/alerts?offset={big}"),
+    ]
     for method, url in endpoints:
         r = app.client.request(method, url, headers=read)
         one_line_problem(r, 422, "less than or equal to")
@@ -214,8 +223,7 @@ def test_a_full_disk_answers_503_with_the_reason_and_health_says_the_store_canno
     monkeypatch.setattr(Path, "write_bytes", full_write_bytes)
     r = fresh.post_clip(clip_bytes("anomalous", 1), recorded_at=iso(1))
     one_line_problem(r, 503, "cannot write", "the disk is full")
-    assert fresh.n_clips() == 0 and not [p for p in fresh.settings.audio_path.rglob("*") if p.is_file()
-                                         and ".incoming" not in p.parts]
+    assert fresh.n_clips() == 0 and not [p for p in fresh.settings.audio_path.rglob("*") if p.is_file() and ".incoming" not in p.parts]
     one_line_problem(c.get("/health"), 503, "the store cannot write", "the disk is full")
     monkeypatch.setattr(guard, "PROBE_EVERY_S", 0.0)  # the next probe writes for real: still full
     one_line_problem(c.get("/health"), 503, "the store cannot write", "the upload folder: the disk is full")
@@ -279,8 +287,11 @@ def test_a_database_from_a_newer_humwatch_is_refused_in_one_line(written_by, wor
     monitors = fresh_monitors(service_monitors, tmp_path / "monitors", names=(MACHINE,))
     url = default_db_url(monitors)
     _newer(url, written_by)
-    for args in (["token", "list", "--monitors", str(monitors)], ["token", "create", "x", "--db", url],
-                 ["serve", str(monitors), "--device", "cpu", "--port", "1"]):
+    for args in (
+        ["token", "list", "--monitors", str(monitors)],
+        ["token", "create", "x", "--db", url],
+        ["serve", str(monitors), "--device", "cpu", "--port", "1"],
+    ):
         with pytest.raises(SystemExit) as e:
             main(args)
         out = capsys.readouterr()
@@ -314,11 +325,17 @@ def test_every_answer_carries_the_security_headers(app):
     from humwatch.service.guard import SECURITY_HEADERS
 
     c = app.client
-    answers = [c.get("/health"), c.get("/login"), c.get("/", headers=app.auth("read", html=True)),
-               c.get("/api/v1/machines", headers=app.auth("read")), c.get("/api/v1/machines"),
-               c.get("/clips/999", headers=app.auth("read", html=True)), c.get("/static/chart.js"),
-               c.get("/docs", headers=app.auth("read")),
-               c.post(f"/api/v1/machines/{MACHINE}/clips", content=b"x", headers={"content-length": "999999999999"})]
+    answers = [
+        c.get("/health"),
+        c.get("/login"),
+        c.get("/", headers=app.auth("read", html=True)),
+        c.get("/api/v1/machines", headers=app.auth("read")),
+        c.get("/api/v1/machines"),
+        c.get("/clips/999", headers=app.auth("read", html=True)),
+        c.get("/static/chart.js"),
+        c.get("/docs", headers=app.auth("read")),
+        c.post(f"/api/v1/machines/{MACHINE}/clips", content=b"x", headers={"content-length": "999999999999"}),
+    ]
     for r in answers:
         for name, value in SECURITY_HEADERS.items():
             assert r.headers.get(name.decode()) == value.decode(), (r.url, r.status_code, name)
@@ -360,8 +377,7 @@ def test_failed_sign_ins_are_limited_per_client_address(service_monitors, tmp_pa
         assert 1 <= int(r.headers["retry-after"]) <= 60
         # while blocked, the address is refused whatever token it shows, also on the sign-in form
         assert c.get("/api/v1/machines", headers=a.auth("read")).status_code == 429
-        r = c.post("/login", data={"token": a.tokens["read"], "next": "/"}, headers={"accept": "text/html"},
-                   follow_redirects=False)
+        r = c.post("/login", data={"token": a.tokens["read"], "next": "/"}, headers={"accept": "text/html"}, follow_redirects=False)
         assert r.status_code == 429 and "too many" in r.text and r.headers["retry-after"]
         # another address is not held up by it
         other = TestClient(a.app, raise_server_exceptions=False, client=("10.1.2.3", 5000))
@@ -411,7 +427,6 @@ def test_a_browser_runs_every_page_under_the_policy_without_a_violation(service_
     event): signing in, the fleet, a machine's chart, the alerts, a clip's figures and /docs (Swagger
     UI) all work with none."""
     import httpx
-
     from service_fixtures import LiveServer
 
     monitors = fresh_monitors(service_monitors, tmp_path / "monitors", names=("web-1",))
@@ -421,12 +436,16 @@ def test_a_browser_runs_every_page_under_the_policy_without_a_violation(service_
     server = LiveServer(monitors, tmp_path / "serve.log").start()
     try:
         with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {tokens['ingest']}"}, timeout=60) as c:
-            docs = [c.post("/api/v1/machines/web-1/clips", content=clip_bytes(kind, k), params={"recorded_at": iso(-k)}).json()
-                    for k, kind in enumerate(["normal", "anomalous", "anomalous", "anomalous"])]
+            docs = [
+                c.post("/api/v1/machines/web-1/clips", content=clip_bytes(kind, k), params={"recorded_at": iso(-k)}).json()
+                for k, kind in enumerate(["normal", "anomalous", "anomalous", "anomalous"])
+            ]
         page = browser.new_page()
         page.set_default_timeout(20_000)
-        page.add_init_script("window.__csp = []; document.addEventListener('securitypolicyviolation', "
-                             "e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
+        page.add_init_script(
+            "window.__csp = []; document.addEventListener('securitypolicyviolation', "
+            "e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
+        )
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(server.url + "/login")
@@ -441,16 +460,18 @@ def test_a_browser_runs_every_page_under_the_policy_without_a_violation(service_
         page.goto(server.url + "/alerts")
         assert page.evaluate("window.__csp") == []
         page.goto(server.url + f"/clips/{docs[1]['clip_id']}")
-        page.wait_for_function("() => { const i = document.getElementById('spectrogram'); return i && i.complete && i.naturalWidth > 300; }",
-                               timeout=60_000)
+        page.wait_for_function(
+            "() => { const i = document.getElementById('spectrogram'); return i && i.complete && i.naturalWidth > 300; }", timeout=60_000
+        )
         assert page.evaluate("window.__csp") == []
         page.goto(server.url + "/docs")
         page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
         assert page.locator(".swagger-ui .opblock").count() >= 10
         assert page.evaluate("window.__csp") == [] and errors == [], errors
         # and the policy is in force: an inline script (what an injected one would be) does not run
-        page.evaluate("() => { const s = document.createElement('script'); s.textContent = 'window.__ran = 1'; "
-                      "document.body.appendChild(s); }")
+        page.evaluate(
+            "() => { const s = document.createElement('script'); s.textContent = 'window.__ran = 1'; document.body.appendChild(s); }"
+        )
         page.wait_for_function("window.__csp.length > 0")
         assert page.evaluate("window.__ran") is None and "script-src" in page.evaluate("window.__csp")[0]
         page.close()

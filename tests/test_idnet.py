@@ -22,8 +22,18 @@ def two_fans(tmp_path_factory):
     """Two generated fans (two products: different speeds, blades, resonances), 2 s clips."""
     from humwatch.data.synth import synthesize
 
-    clips = synthesize(tmp_path_factory.mktemp("fans"), machines=["fan"], ids=["00", "02"], n_normal=20, n_anomalous=0,
-                       snr_db=6.0, seed=3, seconds=SECONDS, channels=1, progress=False)
+    clips = synthesize(
+        tmp_path_factory.mktemp("fans"),
+        machines=["fan"],
+        ids=["00", "02"],
+        n_normal=20,
+        n_anomalous=0,
+        snr_db=6.0,
+        seed=3,
+        seconds=SECONDS,
+        channels=1,
+        progress=False,
+    )
     by_id = {i: [c for c in clips if c.machine_id == i] for i in ("id_00", "id_02")}
     train = [c for i in by_id for c in by_id[i][:14]]
     test = [c for i in by_id for c in by_id[i][14:]]
@@ -45,9 +55,9 @@ def test_idnet_learns_to_tell_two_machines_apart_and_scores_by_section(two_fans,
 
     emb = m._embed(test)
     own = classifier_scores(m.model_.head, emb.X, [f"fan/{c.machine_id}" for c in emb.clips], m.model_.classes, [])
-    other = classifier_scores(m.model_.head, emb.X,
-                              [f"fan/{'id_02' if c.machine_id == 'id_00' else 'id_00'}" for c in emb.clips],
-                              m.model_.classes, [])
+    other = classifier_scores(
+        m.model_.head, emb.X, [f"fan/{'id_02' if c.machine_id == 'id_00' else 'id_00'}" for c in emb.clips], m.model_.classes, []
+    )
     assert np.mean(own < other) >= 0.8
     # per-section kNN: a clip of fan 02 presented as fan 00 lies far from fan 00's training embeddings
     swapped = [replace(c, machine_id="id_00" if c.machine_id == "id_02" else "id_02") for c in test]
@@ -82,8 +92,7 @@ def test_one_network_per_run_uses_the_other_machines_of_the_run(two_fans):
     b = create_method("idnet", {**TINY_TRAINING, "epochs": 1}, c, title="b").fit([x for x in train if x.machine_id == "id_02"])
     assert a.model_ is b.model_ and a.info()["training"]["n_classes"] == 2  # trained once, shared
     g = Context(audio=c.audio, run_clips=c.run_clips)
-    one = create_method("idnet", {**TINY_TRAINING, "epochs": 1, "scope": "group"}, g).fit(
-        [x for x in train if x.machine_id == "id_00"])
+    one = create_method("idnet", {**TINY_TRAINING, "epochs": 1, "scope": "group"}, g).fit([x for x in train if x.machine_id == "id_00"])
     assert one.info()["outlier_exposure"].startswith("data: 14 clips of 1 other machines")
 
 
@@ -100,8 +109,14 @@ def test_aux_finetune_trains_a_random_tiny_backbone_on_the_id_task(two_fans, tmp
     from humwatch.models import TINY_CONFIGS
 
     train, test = two_fans
-    s = {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_CONFIGS["resnext101_32x8d"],
-         "epochs": 1, "batch_size": 8, "scope": "group"}
+    s = {
+        "backbone": "resnext101_32x8d",
+        "weights": "none",
+        "backbone_config": TINY_CONFIGS["resnext101_32x8d"],
+        "epochs": 1,
+        "batch_size": 8,
+        "scope": "group",
+    }
     m = create_method("aux-finetune", s, ctx()).fit(train)
     info = m.info()
     assert info["random_init"] and "RANDOM INIT" in info["weights"] and info["training"]["trainable_params"] > 0
@@ -129,24 +144,36 @@ def test_features_backbone_statistics_by_hand_and_round_trip(tmp_path):
     with pytest.raises(ConfigError, match="modulation_hz"):
         create_backbone("features", config={"modulation_hz": [[10, 90]]})
     torch.manual_seed(0)  # the statistics are deterministic: no weights, no randomness
-    np.testing.assert_array_equal(create_backbone("features", config={"n_mels": 4, "percentiles": [50],
-                                                                       "modulation_hz": [[1.0, 5.0]]}).embed(x), bb.embed(x))
+    np.testing.assert_array_equal(
+        create_backbone("features", config={"n_mels": 4, "percentiles": [50], "modulation_hz": [[1.0, 5.0]]}).embed(x), bb.embed(x)
+    )
 
 
-@pytest.mark.parametrize("method, settings", [
-    ("idnet", {**TINY_TRAINING, "epochs": 1, "outlier_clips": 1}),
-    ("embed-fusion", {"backbones": ["features", {"backbone": "features", "backbone_config": {"n_mels": 32}}]}),
-    ("score-fusion", {"members": ["embed-detect:backbone=features,detector=mahalanobis,standardize=true",
-                                  "autoencoder:epochs=1"]}),
-])
+@pytest.mark.parametrize(
+    "method, settings",
+    [
+        ("idnet", {**TINY_TRAINING, "epochs": 1, "outlier_clips": 1}),
+        ("embed-fusion", {"backbones": ["features", {"backbone": "features", "backbone_config": {"n_mels": 32}}]}),
+        ("score-fusion", {"members": ["embed-detect:backbone=features,detector=mahalanobis,standardize=true", "autoencoder:epochs=1"]}),
+    ],
+)
 def test_every_new_method_makes_a_monitor(two_fans, tmp_path, method, settings):
     from humwatch.calibrate import fit_monitor
     from humwatch.monitor import Monitor
 
     train, test = two_fans
     one = [c for c in train if c.machine_id == "id_00"]
-    mon, summary = fit_monitor(one, method, settings, folds=2, seconds=SECONDS, false_alarm_rate=0.2,
-                               threshold_method="gamma", cache_dir=tmp_path / "cache", progress=False)
+    mon, summary = fit_monitor(
+        one,
+        method,
+        settings,
+        folds=2,
+        seconds=SECONDS,
+        false_alarm_rate=0.2,
+        threshold_method="gamma",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     mon.save(tmp_path / "mon")
     back = Monitor.load(tmp_path / "mon")
     kept, scores, _ = back.score_clips(test, progress=False)

@@ -16,11 +16,10 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from service_fixtures import LiveServer, env_with_src, fresh_monitors, make_token, write_clip
 
 from humwatch.errors import ConfigError
-from humwatch.service.listen import (FolderSource, ListenSettings, MicSource, Sender, Spool, clip_pieces, listen,
-                                   spool_file)
-from service_fixtures import LiveServer, env_with_src, fresh_monitors, make_token, write_clip
+from humwatch.service.listen import FolderSource, ListenSettings, MicSource, Sender, Spool, clip_pieces, listen, spool_file
 
 
 def wait_for(predicate, timeout=60.0):
@@ -81,8 +80,7 @@ def test_files_dropped_in_a_watched_folder_become_scored_rows(live_service, tmp_
     watch = tmp_path / "incoming"
     (watch / "listen-1").mkdir(parents=True)
     (watch / "no-monitor").mkdir()
-    s = ListenSettings(server=live_service.url, spool=str(tmp_path / "spool"), seconds=2.0, settle=0.3,
-                       retry_max=1.0).validate()
+    s = ListenSettings(server=live_service.url, spool=str(tmp_path / "spool"), seconds=2.0, settle=0.3, retry_max=1.0).validate()
     spool = Spool(s.spool)
     source, sender = FolderSource(watch, spool, s), Sender(s, live_service.tokens["ingest"], spool)
     stop = threading.Event()
@@ -143,15 +141,30 @@ def test_humwatch_listen_on_the_command_line(live_service, tmp_path):
     watch, spool = tmp_path / "drop", tmp_path / "spool"
     watch.mkdir()
     env = {**env_with_src(), "HUMWATCH_TOKEN": live_service.tokens["ingest"]}
-    cmd = [sys.executable, "-m", "humwatch.cli", "listen", "--server", live_service.url, "--watch", str(watch),
-           "--machine", "listen-2", "--spool", str(spool), "--existing"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "humwatch.cli",
+        "listen",
+        "--server",
+        live_service.url,
+        "--watch",
+        str(watch),
+        "--machine",
+        "listen-2",
+        "--spool",
+        str(spool),
+        "--existing",
+    ]
     write_clip(watch / "before.wav", "normal", 80)  # there before it starts: --existing sends it
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(3.0)
         write_clip(watch / "after.wav", "normal", 81)
-        ok = wait_for(lambda: {"before.wav", "after.wav"} <= {r["filename"] for r in scores(
-            live_service, "listen-2", live_service.tokens["read"])}, 90)
+        ok = wait_for(
+            lambda: {"before.wav", "after.wav"} <= {r["filename"] for r in scores(live_service, "listen-2", live_service.tokens["read"])},
+            90,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=30)[0]
@@ -163,12 +176,14 @@ def test_listen_usage_errors_are_one_line(tmp_path, capsys, monkeypatch):
     from humwatch.cli import main
 
     monkeypatch.delenv("HUMWATCH_TOKEN", raising=False)
-    cases = ((["listen"], "choose one source"),
-             (["listen", "--watch", str(tmp_path), "--mic"], "choose one source"),
-             (["listen", "--watch", str(tmp_path)], "ingest scope is needed"),
-             (["listen", "--watch", str(tmp_path / "nope"), "--token", "t"], "no such folder"),
-             (["listen", "--mic", "--token", "t", "--spool", str(tmp_path / "s")], "--mic needs --machine"),
-             (["listen", "--watch", str(tmp_path), "--token", "t", "--server", "ftp://x"], "http:// or https://"))
+    cases = (
+        (["listen"], "choose one source"),
+        (["listen", "--watch", str(tmp_path), "--mic"], "choose one source"),
+        (["listen", "--watch", str(tmp_path)], "ingest scope is needed"),
+        (["listen", "--watch", str(tmp_path / "nope"), "--token", "t"], "no such folder"),
+        (["listen", "--mic", "--token", "t", "--spool", str(tmp_path / "s")], "--mic needs --machine"),
+        (["listen", "--watch", str(tmp_path), "--token", "t", "--server", "ftp://x"], "http:// or https://"),
+    )
     for args, words in cases:
         with pytest.raises(SystemExit) as e:
             main(args)

@@ -7,13 +7,13 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from helpers import make_mimii_tree
 
 from humwatch.errors import AudioError, ConfigError
 from humwatch.methods import METHODS, Context, create_method, load_method
 from humwatch.methods.base import Method, scores_at
 from humwatch.runtime import Runtime
 from humwatch.settings import OneOf, Settings, setting
-from helpers import make_mimii_tree
 
 
 @dataclass
@@ -64,20 +64,20 @@ def tree(tmp_path_factory):
 
 def test_a_new_method_runs_everywhere_with_one_registry_line(loudness, tree, tmp_path):
     from humwatch.calibrate import fit_monitor
+    from humwatch.data import load_dataset
     from humwatch.monitor import Monitor
     from humwatch.pipeline import RunConfig, run
-    from humwatch.data import load_dataset
 
-    res = run(RunConfig(data=str(tree), method="loudness", settings={"statistic": "peak"}, save_models=True),
-              tmp_path / "run", progress=False)
+    res = run(
+        RunConfig(data=str(tree), method="loudness", settings={"statistic": "peak"}, save_models=True), tmp_path / "run", progress=False
+    )
     assert res.info["settings"] == {"statistic": "peak"} and res.rows[0]["auc"] > 0.5  # bursts are loud
     back = load_method(tmp_path / "run/models/fan")
     test = [c for c in res.clips if c.split == "test"]
     np.testing.assert_allclose(back.score(test), [res.scores[c.path] for c in test])
     with pytest.raises(ConfigError, match="loudness: statistic must be one of rms, peak"):
         RunConfig(data=str(tree), method="loudness", settings={"statistic": "median"}).validate()
-    mon, summary = fit_monitor(load_dataset(tree), "loudness", false_alarm_rate=0.34, threshold_method="percentile",
-                               progress=False)
+    mon, summary = fit_monitor(load_dataset(tree), "loudness", false_alarm_rate=0.34, threshold_method="percentile", progress=False)
     mon.save(tmp_path / "mon")
     assert Monitor.load(tmp_path / "mon").threshold == pytest.approx(summary["threshold"])
 

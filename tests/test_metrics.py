@@ -11,16 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from humwatch.data.clips import Clip
 from humwatch.errors import ConfigError
-from humwatch.metrics import (
-    TABLE_COLUMNS,
-    auc,
-    auc_interval,
-    group_table,
-    markdown_table,
-    pauc,
-    threshold_from_scores,
-)
-
+from humwatch.metrics import TABLE_COLUMNS, auc, auc_interval, group_table, markdown_table, pauc, threshold_from_scores
 
 # --------------------------------------------------------------------------------- auc / pauc
 
@@ -88,12 +79,15 @@ def test_single_class_gives_nan():
     assert math.isnan(auc([], []))
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: auc([0, 1], [0.1]), "2 labels but 1 scores"),
-    (lambda: auc([0, 2], [0.1, 0.2]), "labels must be 0"),
-    (lambda: auc([0, 1], [0.1, np.nan]), "NaN"),
-    (lambda: pauc([0, 1], [0.1, 0.2], max_fpr=0.0), "max_fpr"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: auc([0, 1], [0.1]), "2 labels but 1 scores"),
+        (lambda: auc([0, 2], [0.1, 0.2]), "labels must be 0"),
+        (lambda: auc([0, 1], [0.1, np.nan]), "NaN"),
+        (lambda: pauc([0, 1], [0.1, 0.2], max_fpr=0.0), "max_fpr"),
+    ],
+)
 def test_metric_input_errors(call, match):
     with pytest.raises(ConfigError, match=match) as e:
         call()
@@ -112,11 +106,14 @@ def table_case():
     records, scores = [], []
     # pump first and ids out of order on purpose
     for i, (lab, sc) in enumerate([(0, 0.1), (1, 0.9), (0, 0.2)]):
-        records.append(_clip("pump", "id_00", lab, i)); scores.append(sc)
+        records.append(_clip("pump", "id_00", lab, i))
+        scores.append(sc)
     for i, sc in enumerate([0.3, 0.2]):  # fan id_02: normals only
-        records.append(_clip("fan", "id_02", 0, i)); scores.append(sc)
+        records.append(_clip("fan", "id_02", 0, i))
+        scores.append(sc)
     for i, (lab, sc) in enumerate([(0, 0.1), (0, 0.4), (0, 0.2), (1, 0.35), (1, 0.8)]):
-        records.append(_clip("fan", "id_00", lab, i)); scores.append(sc)
+        records.append(_clip("fan", "id_00", lab, i))
+        scores.append(sc)
     return records, np.array(scores)
 
 
@@ -124,7 +121,12 @@ def test_group_table_rows_counts_and_order(table_case):
     records, scores = table_case
     rows = group_table(records, scores)
     assert [(r["machine_type"], r["machine_id"]) for r in rows] == [
-        ("fan", "all"), ("fan", "id_00"), ("fan", "id_02"), ("pump", "all"), ("pump", "id_00")]
+        ("fan", "all"),
+        ("fan", "id_00"),
+        ("fan", "id_02"),
+        ("pump", "all"),
+        ("pump", "id_00"),
+    ]
     assert all(tuple(r) == TABLE_COLUMNS for r in rows)
     by = {(r["machine_type"], r["machine_id"]): r for r in rows}
     assert (by["fan", "all"]["n_normal"], by["fan", "all"]["n_anomalous"]) == (5, 2)
@@ -188,15 +190,18 @@ def test_gamma_threshold_with_negative_scores_shifts_the_support():
     assert threshold_from_scores(scores - 7.0, 0.05, "gamma") == pytest.approx(thr - 7.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("args,match", [
-    (dict(normal_scores=np.arange(100.0), false_alarm_rate=0.0), "false_alarm_rate must be a number above 0 and below 1"),
-    (dict(normal_scores=np.arange(100.0), false_alarm_rate=1.0), "false_alarm_rate must be a number above 0 and below 1"),
-    (dict(normal_scores=np.arange(19.0), false_alarm_rate=0.05), "at least 20 normal scores"),
-    (dict(normal_scores=np.arange(1.0, 5.0), method="gamma"), "at least 5"),
-    (dict(normal_scores=np.ones(10), method="gamma"), "all normal scores are equal"),
-    (dict(normal_scores=np.arange(100.0), method="kde"), "method"),
-    (dict(normal_scores=np.r_[np.arange(100.0), np.nan]), "NaN"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (dict(normal_scores=np.arange(100.0), false_alarm_rate=0.0), "false_alarm_rate must be a number above 0 and below 1"),
+        (dict(normal_scores=np.arange(100.0), false_alarm_rate=1.0), "false_alarm_rate must be a number above 0 and below 1"),
+        (dict(normal_scores=np.arange(19.0), false_alarm_rate=0.05), "at least 20 normal scores"),
+        (dict(normal_scores=np.arange(1.0, 5.0), method="gamma"), "at least 5"),
+        (dict(normal_scores=np.ones(10), method="gamma"), "all normal scores are equal"),
+        (dict(normal_scores=np.arange(100.0), method="kde"), "method"),
+        (dict(normal_scores=np.r_[np.arange(100.0), np.nan]), "NaN"),
+    ],
+)
 def test_threshold_errors(args, match):
     with pytest.raises(ConfigError, match=match) as e:
         threshold_from_scores(**args)
@@ -212,8 +217,15 @@ def test_percentile_threshold_minimum_is_enough():
 
 def test_markdown_table_formatting():
     rows = [
-        {"machine_type": "fan", "machine_id": "all", "auc": 0.91234567, "auc_ci": [0.8, 0.95], "pauc": float("nan"),
-         "n_normal": np.int64(3), "n_anomalous": 0},
+        {
+            "machine_type": "fan",
+            "machine_id": "all",
+            "auc": 0.91234567,
+            "auc_ci": [0.8, 0.95],
+            "pauc": float("nan"),
+            "n_normal": np.int64(3),
+            "n_anomalous": 0,
+        },
         {"machine_type": "a|b", "machine_id": "id_00", "auc": 1.0, "auc_ci": [float("nan")] * 2, "pauc": None, "n_normal": 1},
     ]
     assert markdown_table(rows) == (

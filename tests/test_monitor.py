@@ -5,13 +5,13 @@ import json
 
 import numpy as np
 import pytest
+from helpers import make_mimii_tree
 
+from humwatch.calibrate import fit_monitor
 from humwatch.cli import main
 from humwatch.data import load_dataset
-from humwatch.calibrate import fit_monitor
 from humwatch.errors import DamagedFileError
 from humwatch.monitor import Monitor, MonitorError
-from helpers import make_mimii_tree
 
 TINY_AST = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_length=128)
 TINY_CNN = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], cardinality=4, base_width=32, stem_width=8)
@@ -26,9 +26,15 @@ def tree(tmp_path_factory):
 def fitted(tree, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     clips = load_dataset(tree)
-    mon, summary = fit_monitor(clips, "embed-detect", {"backbone": "ast", "detector": "knn", "weights": "none",
-                                                       "backbone_config": TINY_AST},
-                               false_alarm_rate=0.2, threshold_method="percentile", cache_dir=cache, progress=False)
+    mon, summary = fit_monitor(
+        clips,
+        "embed-detect",
+        {"backbone": "ast", "detector": "knn", "weights": "none", "backbone_config": TINY_AST},
+        false_alarm_rate=0.2,
+        threshold_method="percentile",
+        cache_dir=cache,
+        progress=False,
+    )
     return mon, summary, clips, cache
 
 
@@ -126,15 +132,34 @@ def test_a_monitor_written_by_another_program_is_refused_in_one_line(fitted, tmp
         Monitor.load(tmp_path / "m2")
 
 
-@pytest.mark.parametrize("method,settings", [
-    ("autoencoder", {"epochs": 3}),
-    ("embed-detect", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "detector": "lof"}),
-    ("finetune", {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_CNN, "epochs": 3}),
-])
+@pytest.mark.parametrize(
+    "method,settings",
+    [
+        ("autoencoder", {"epochs": 3}),
+        ("embed-detect", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "detector": "lof"}),
+        ("finetune", {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_CNN, "epochs": 3}),
+    ],
+)
 def test_cli_fit_with_every_method_gives_a_monitor_score_loads(tree, tmp_path, method, settings, capsys):
     """`humwatch fit --method NAME` for each method; `humwatch score` loads the monitor and scores."""
-    argv = ["fit", "--data", str(tree), "--out", str(tmp_path / "mon"), "--method", method, "-q", "--folds", "3",
-            "--false-alarm-rate", "0.2", "--threshold-method", "percentile", "--cache", str(tmp_path / "cache")]
+    argv = [
+        "fit",
+        "--data",
+        str(tree),
+        "--out",
+        str(tmp_path / "mon"),
+        "--method",
+        method,
+        "-q",
+        "--folds",
+        "3",
+        "--false-alarm-rate",
+        "0.2",
+        "--threshold-method",
+        "percentile",
+        "--cache",
+        str(tmp_path / "cache"),
+    ]
     for k, v in settings.items():
         argv += [f"--{k.replace('_', '-')}", json.dumps(v) if isinstance(v, dict) else str(v)]
     with pytest.raises(SystemExit) as e:
@@ -148,16 +173,32 @@ def test_cli_fit_with_every_method_gives_a_monitor_score_loads(tree, tmp_path, m
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert e.value.code == (1 if any(r["decision"] == "anomalous" for r in rows) else 0), capsys.readouterr().err
     assert [r["file"] for r in rows] == [str(f) for f in files]
-    assert all(np.isfinite(float(r["score"])) and float(r["threshold"]) == pytest.approx(doc["threshold"], rel=1e-5)
-               for r in rows)
+    assert all(np.isfinite(float(r["score"])) and float(r["threshold"]) == pytest.approx(doc["threshold"], rel=1e-5) for r in rows)
 
 
 def test_cli_fit_and_score(tree, tmp_path, capsys):
     cfg = tmp_path / "cache"
     with pytest.raises(SystemExit) as e:
-        main(["fit", "--data", str(tree), "--out", str(tmp_path / "mon"), "--backbone", "resnext101_32x8d",
-              "--weights", "none", "--detector", "mahalanobis", "--cache", str(cfg), "-q",
-              "--backbone-config", json.dumps(TINY_CNN)])
+        main(
+            [
+                "fit",
+                "--data",
+                str(tree),
+                "--out",
+                str(tmp_path / "mon"),
+                "--backbone",
+                "resnext101_32x8d",
+                "--weights",
+                "none",
+                "--detector",
+                "mahalanobis",
+                "--cache",
+                str(cfg),
+                "-q",
+                "--backbone-config",
+                json.dumps(TINY_CNN),
+            ]
+        )
     assert e.value.code == 0, capsys.readouterr().err
     assert "RANDOM INIT" in capsys.readouterr().out
     files = sorted((tree / "6dB_fan/fan/id_00/abnormal").glob("*.wav"))[:2]
@@ -168,7 +209,20 @@ def test_cli_fit_and_score(tree, tmp_path, capsys):
     assert e.value.code == 2 and "bad.wav" in capsys.readouterr().err
     assert not (tmp_path / "s.csv").exists()
     with pytest.raises(SystemExit) as e:
-        main(["score", str(tmp_path / "mon"), *map(str, files), str(bad), "--skip-bad", "--out", str(tmp_path / "s.csv"), "--cache", str(cfg), "-q"])
+        main(
+            [
+                "score",
+                str(tmp_path / "mon"),
+                *map(str, files),
+                str(bad),
+                "--skip-bad",
+                "--out",
+                str(tmp_path / "s.csv"),
+                "--cache",
+                str(cfg),
+                "-q",
+            ]
+        )
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert e.value.code == (1 if any(r["decision"] == "anomalous" for r in rows) else 0)
     assert [r["file"] for r in rows] == [str(f) for f in files]
@@ -217,9 +271,12 @@ def test_the_case_of_few_short_clips_alarms_on_a_clearly_anomalous_clip(tmp_path
     _tone_folder(tmp_path / "healthy", 24, seconds=[4.0])
     clips = load_dataset(tmp_path / "healthy")
     assert len(clips) == 24 and all(c.label == 0 for c in clips)
-    mon, summary = fit_monitor(clips, "embed-detect", {"backbone": "resnext101_32x8d", "weights": "none",
-                                                       "backbone_config": TINY_CNN, "detector": "lof-vote"},
-                               progress=False)
+    mon, summary = fit_monitor(
+        clips,
+        "embed-detect",
+        {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_CNN, "detector": "lof-vote"},
+        progress=False,
+    )
     rng = np.random.default_rng(5)
     loud = tmp_path / "broken.wav"
     sf.write(str(loud), np.clip(rng.standard_normal(16000 * 4) * 0.5, -1, 1).astype(np.float32), 16000)
@@ -238,11 +295,18 @@ def test_too_few_normal_clips_is_a_clear_error_before_any_embedding(tmp_path, mo
     monkeypatch.setattr(humwatch.embed, "embed_clips", lambda *a, **k: pytest.fail("embedded before checking"))
     clips = load_dataset(tmp_path / "few")
     with pytest.raises(Exception, match=r"needs at least 20 normal windows of 10 s, these 6 recording\(s\) give 6"):
-        fit_monitor(clips, "embed-detect", {"weights": "none", "backbone_config": TINY_AST}, false_alarm_rate=0.05,
-                    threshold_method="percentile", progress=False)
+        fit_monitor(
+            clips,
+            "embed-detect",
+            {"weights": "none", "backbone_config": TINY_AST},
+            false_alarm_rate=0.05,
+            threshold_method="percentile",
+            progress=False,
+        )
     with pytest.raises(Exception, match="each of the 5 calibration folds trains on 4 normal windows, it needs at least 5"):
-        fit_monitor(clips, "embed-detect", {"weights": "none", "backbone_config": TINY_AST, "detector": "lof"},
-                    false_alarm_rate=0.2, progress=False)
+        fit_monitor(
+            clips, "embed-detect", {"weights": "none", "backbone_config": TINY_AST, "detector": "lof"}, false_alarm_rate=0.2, progress=False
+        )
 
 
 def test_a_monitor_that_cannot_alarm_is_refused(tmp_path, monkeypatch):
@@ -251,9 +315,12 @@ def test_a_monitor_that_cannot_alarm_is_refused(tmp_path, monkeypatch):
     _tone_folder(tmp_path / "h", 12, seconds=[2.0])
     monkeypatch.setattr(EmbedDetectMethod, "far_scores", lambda self: np.array([0.0]))  # a score with a ceiling
     with pytest.raises(Exception, match="could never alarm"):
-        fit_monitor(load_dataset(tmp_path / "h"), "embed-detect", {"weights": "none", "backbone_config": TINY_CNN,
-                                                                    "backbone": "resnext101_32x8d", "detector": "knn"},
-                    progress=False)
+        fit_monitor(
+            load_dataset(tmp_path / "h"),
+            "embed-detect",
+            {"weights": "none", "backbone_config": TINY_CNN, "backbone": "resnext101_32x8d", "detector": "knn"},
+            progress=False,
+        )
 
 
 def test_mixed_lengths_and_rates_fit_and_score_window_by_window(tmp_path, capsys, caplog):
@@ -265,9 +332,28 @@ def test_mixed_lengths_and_rates_fit_and_score_window_by_window(tmp_path, capsys
     root = tmp_path / "pump_07"
     _tone_folder(root, 10, seconds=[3.0, 12.0, 25.0, 60.0, 8.0], sr=(16000, 44100))
     mon_dir = tmp_path / "mon"
-    argv = ["fit", "--data", str(root), "--out", str(mon_dir), "--backbone", "resnext101_32x8d", "--weights", "none",
-            "--backbone-config", json.dumps(TINY_CNN), "--detector", "knn", "--hop", "5", "-q",
-            "--cache", str(tmp_path / "c"), "--false-alarm-rate", "0.1"]
+    argv = [
+        "fit",
+        "--data",
+        str(root),
+        "--out",
+        str(mon_dir),
+        "--backbone",
+        "resnext101_32x8d",
+        "--weights",
+        "none",
+        "--backbone-config",
+        json.dumps(TINY_CNN),
+        "--detector",
+        "knn",
+        "--hop",
+        "5",
+        "-q",
+        "--cache",
+        str(tmp_path / "c"),
+        "--false-alarm-rate",
+        "0.1",
+    ]
     with caplog.at_level(logging.WARNING, logger="humwatch"):
         with pytest.raises(SystemExit) as e:
             main(argv)
@@ -282,7 +368,7 @@ def test_mixed_lengths_and_rates_fit_and_score_window_by_window(tmp_path, capsys
     rng = np.random.default_rng(1)
     t = np.arange(60 * 16000) / 16000
     y = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(t.size)
-    y[30 * 16000:40 * 16000] += 0.6 * rng.standard_normal(10 * 16000)
+    y[30 * 16000 : 40 * 16000] += 0.6 * rng.standard_normal(10 * 16000)
     sf.write(str(tmp_path / "long.wav"), np.clip(y, -1, 1).astype(np.float32), 16000)
     with pytest.raises(SystemExit) as e:
         main(["score", str(mon_dir), str(tmp_path / "long.wav"), "--windows", "--out", "-", "-q"])
@@ -326,9 +412,30 @@ def test_explain_says_why_a_monitor_alarmed(tmp_path, capsys):
     y[(t30 > 21) & (t30 < 28)] += 0.2 * np.sin(2 * np.pi * 3100 * t30[(t30 > 21) & (t30 < 28)])
     sf.write(str(tmp_path / "suspect.wav"), y.astype(np.float32), sr)
     with pytest.raises(SystemExit) as e:
-        main(["fit", "--data", str(tmp_path / "h"), "--out", str(tmp_path / "m"), "--backbone", "resnext101_32x8d",
-              "--weights", "none", "--backbone-config", json.dumps(TINY_CNN), "--detector", "knn", "-q",
-              "--threshold-method", "percentile", "--false-alarm-rate", "0.1", "--cache", str(tmp_path / "c")])
+        main(
+            [
+                "fit",
+                "--data",
+                str(tmp_path / "h"),
+                "--out",
+                str(tmp_path / "m"),
+                "--backbone",
+                "resnext101_32x8d",
+                "--weights",
+                "none",
+                "--backbone-config",
+                json.dumps(TINY_CNN),
+                "--detector",
+                "knn",
+                "-q",
+                "--threshold-method",
+                "percentile",
+                "--false-alarm-rate",
+                "0.1",
+                "--cache",
+                str(tmp_path / "c"),
+            ]
+        )
     assert e.value.code == 0, capsys.readouterr().err
     assert (tmp_path / "m" / "reference.safetensors").is_file()
     capsys.readouterr()
@@ -347,16 +454,19 @@ def test_explain_says_why_a_monitor_alarmed(tmp_path, capsys):
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--detector", "knn", "--detector-params", '{"n_neighbours": 3}'], "n_neighbours"),
-    (["--detector", "magic"], "detector"),
-    (["--epochs", "3"], "--epochs does not apply to --method embed-detect"),
-    (["--method", "autoencoder", "--epochs", "0"], "epochs"),
-    (["--hop", "20"], "hop must be"),
-    (["--folds", "1"], "--folds"),
-    (["--false-alarm-rate", "1.5"], "--false-alarm-rate"),
-    (["--backbone", "vit"], "backbone"),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--detector", "knn", "--detector-params", '{"n_neighbours": 3}'], "n_neighbours"),
+        (["--detector", "magic"], "detector"),
+        (["--epochs", "3"], "--epochs does not apply to --method embed-detect"),
+        (["--method", "autoencoder", "--epochs", "0"], "epochs"),
+        (["--hop", "20"], "hop must be"),
+        (["--folds", "1"], "--folds"),
+        (["--false-alarm-rate", "1.5"], "--false-alarm-rate"),
+        (["--backbone", "vit"], "backbone"),
+    ],
+)
 def test_fit_checks_every_option_before_reading_audio(tree, tmp_path, monkeypatch, capsys, extra, words):
     import humwatch.audio
     import humwatch.reader

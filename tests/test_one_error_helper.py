@@ -43,17 +43,17 @@ def _first_line_by_hand(tree: ast.AST) -> list[tuple[int, str]]:
     stand in for :func:`one_line` under another name."""
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Call) \
-                and isinstance(node.value.func, ast.Attribute):
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Attribute):
             call, part = node.value, node.slice
             first = (isinstance(part, ast.Constant) and part.value == 0) or (
-                isinstance(part, ast.Slice) and part.lower is None and isinstance(part.upper, ast.Constant)
-                and part.upper.value == 1)
+                isinstance(part, ast.Slice) and part.lower is None and isinstance(part.upper, ast.Constant) and part.upper.value == 1
+            )
             newline = any(isinstance(a, ast.Constant) and a.value == "\n" for a in call.args)
             if first and (call.func.attr == "splitlines" or (call.func.attr in ("split", "partition") and newline)):
                 found.append((node.lineno, ast.unparse(node)))
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
-                "first_line" in node.name or node.name in ("_one_line", "one_line", "_reason", "reason")):
+            "first_line" in node.name or node.name in ("_one_line", "one_line", "_reason", "reason")
+        ):
             found.append((node.lineno, f"def {node.name}"))
     return found
 
@@ -110,6 +110,7 @@ def _run_file(name: str):
         (run / "config.json").write_text('{"config": {}}')
         f = _damage(run / name, how)
         return f, (lambda: RunDir(run).results()) if name == "results.json" else (lambda: RunDir(run).config())
+
     return make
 
 
@@ -128,6 +129,7 @@ def _backbone(name: str, file: str):
 
         f = _damage(tmp / "weights" / file, how)
         return f, lambda: create_backbone(name, weights=str(f.parent))
+
     return make
 
 
@@ -234,4 +236,3 @@ def test_a_damaged_output_marker_is_said_and_the_folder_is_not_replaced(tmp_path
             check_out_folder(out, overwrite=True, kind="run")
     assert any(r.getMessage().startswith(f"{out / MARKER}: damaged (") for r in caplog.records)
     assert (out / "results.json").read_text() == "{}"
-

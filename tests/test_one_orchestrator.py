@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import make_mimii_tree
 
 import humwatch.reproduce.cells as rp_cells
 from humwatch import orchestrator
 from humwatch.errors import ConfigError
 from humwatch.methods.spec import MethodSpec
 from humwatch.reproduce import load_study_config, parse_study_config, plan_cells, reproduce
-from helpers import make_mimii_tree
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "humwatch"
 OLD_STUDY = Path(__file__).parent / "study_old_dialect.yaml"
@@ -28,8 +28,7 @@ FEATURES = "f=embed-detect:backbone=features,detector=mahalanobis,standardize=tr
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    return make_mimii_tree(tmp_path_factory.mktemp("one"), machines=("fan",), ids=("00", "02"), n_normal=6,
-                           n_anomalous=3, seconds=1.0)
+    return make_mimii_tree(tmp_path_factory.mktemp("one"), machines=("fan",), ids=("00", "02"), n_normal=6, n_anomalous=3, seconds=1.0)
 
 
 class FakeCell:
@@ -40,8 +39,7 @@ class FakeCell:
 
     def __call__(self, cell, run_dir, progress=True):
         self.calls.append(cell.key)
-        return {"auc": 0.75, "pauc": 0.6, "auc_ci": [0.5, 0.9], "n_normal": 4, "n_anomalous": 2, "weights": "x",
-                "random_init": False}
+        return {"auc": 0.75, "pauc": 0.6, "auc_ci": [0.5, 0.9], "n_normal": 4, "n_anomalous": 2, "weights": "x", "random_init": False}
 
 
 def _spy(monkeypatch) -> list[dict]:
@@ -114,12 +112,22 @@ def test_one_fingerprint_of_what_decides_a_number():
     assert orchestrator.fingerprint(MethodSpec(sp.method, dict(sp.settings), "other-name"), rc) == fp
     # the method, its settings, the data and split, and the seed do
     assert orchestrator.fingerprint(MethodSpec(sp.method, {**sp.settings, "detector": "lof"}, "m"), rc) != fp
-    for kw in ({"seed": 1}, {"machines": ["pump"]}, {"ids": ["00"]}, {"snr": "0dB"}, {"test_fraction": 0.3},
-               {"data": "/other"}, {"skip_bad": True}, {"per_id": True}):
+    for kw in (
+        {"seed": 1},
+        {"machines": ["pump"]},
+        {"ids": ["00"]},
+        {"snr": "0dB"},
+        {"test_fraction": 0.3},
+        {"data": "/other"},
+        {"skip_bad": True},
+        {"per_id": True},
+    ):
         assert changed(**kw) != fp, kw
     # a shared saved split: its hash is the data's identity
     assert orchestrator.fingerprint(sp, rc, "a" * 64) != orchestrator.fingerprint(sp, rc, "b" * 64)
-    assert orchestrator.fingerprint(sp, rc, "a" * 64) == orchestrator.fingerprint(sp, RunConfig(**{**asdict(rc), "data": "/moved"}), "a" * 64)
+    assert orchestrator.fingerprint(sp, rc, "a" * 64) == orchestrator.fingerprint(
+        sp, RunConfig(**{**asdict(rc), "data": "/moved"}), "a" * 64
+    )
 
 
 def test_resume_keeps_a_finished_cell_and_reruns_a_changed_one(tmp_path, monkeypatch):
@@ -166,8 +174,10 @@ def test_study_rows_are_method_specs(tmp_path):
     assert all(isinstance(sp, MethodSpec) and sp.name == row for row, sp in c.rows.items())
     # a row may be written as a one-line spec, as `humwatch compare --methods` takes it
     p = tmp_path / "mine.yaml"
-    p.write_text("seed: 2\nrows:\n  ae: autoencoder:epochs=3\n  feats: embed-detect:backbone=features,detector=knn\n"
-                 "columns:\n  fan_00: {machine: fan, ids: ['00']}\n")
+    p.write_text(
+        "seed: 2\nrows:\n  ae: autoencoder:epochs=3\n  feats: embed-detect:backbone=features,detector=knn\n"
+        "columns:\n  fan_00: {machine: fan, ids: ['00']}\n"
+    )
     mine = load_study_config(p)
     assert mine.rows["ae"].settings == {"epochs": 3} and mine.rows["feats"].method == "embed-detect"
     cells = plan_cells(mine, tmp_path, tmp_path / "out")

@@ -58,11 +58,14 @@ def test_every_place_refuses_the_same_window_length_in_the_same_words(tmp_path, 
         _cli_error(["fit", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--window-seconds", "700"], capsys),
         _cli_error(["listen", "--seconds", "700", "--watch", str(tmp_path)], capsys),
     ]
-    for call in (lambda: ListenSettings.from_dict({"seconds": 700, "spool": str(tmp_path)}),            # the service's client
-                 lambda: fit_monitor([], seconds=700),                          # fitting a monitor
-                 lambda: saved_audio_settings({"sample_rate": 16000, "seconds": 700, "channel": None},
-                                              "m/monitor.json", seconds_required=True),  # a saved monitor
-                 lambda: synthesize(tmp_path / "synth", seconds=700, progress=False)):  # the built-in data
+    for call in (
+        lambda: ListenSettings.from_dict({"seconds": 700, "spool": str(tmp_path)}),  # the service's client
+        lambda: fit_monitor([], seconds=700),  # fitting a monitor
+        lambda: saved_audio_settings(
+            {"sample_rate": 16000, "seconds": 700, "channel": None}, "m/monitor.json", seconds_required=True
+        ),  # a saved monitor
+        lambda: synthesize(tmp_path / "synth", seconds=700, progress=False),
+    ):  # the built-in data
         with pytest.raises(ConfigError) as e:
             call()
         messages.append(str(e.value))
@@ -85,8 +88,7 @@ def test_false_alarm_rate_folds_and_seed_are_one_rule_each(tmp_path, capsys):
     # 1.0 was let through by the option (max=1.0) and refused later by the calibration: now by both alike
     for err in (_cli_error([*data, "--false-alarm-rate", "1.0"], capsys),):
         assert err.startswith("error: --false-alarm-rate " + _wants(FALSE_ALARM_RATE))
-    for call in (lambda: fit_monitor([], false_alarm_rate=1.0),
-                 lambda: threshold_from_scores(np.arange(100.0), 1.0)):
+    for call in (lambda: fit_monitor([], false_alarm_rate=1.0), lambda: threshold_from_scores(np.arange(100.0), 1.0)):
         with pytest.raises(ConfigError, match=_wants(FALSE_ALARM_RATE)):
             call()
     assert _wants(FOLDS) in _cli_error([*data, "--folds", "1"], capsys)
@@ -169,10 +171,12 @@ def test_audio_settings_are_settings_checked_when_made():
     assert hash(a) == hash(AudioSettings(16000, 10, None)) and a == AudioSettings(16000, 10, None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.seconds = 5.0
-    for kw, words in ((dict(channel=-1), "audio: channel " + _wants(CHANNEL)),
-                      (dict(sample_rate=10), "audio: sample_rate " + _wants(SAMPLE_RATE_HZ)),
-                      (dict(seconds=601), "audio: seconds must be a number above 0 and at most 600"),
-                      (dict(seconds=True), "audio: seconds must be")):
+    for kw, words in (
+        (dict(channel=-1), "audio: channel " + _wants(CHANNEL)),
+        (dict(sample_rate=10), "audio: sample_rate " + _wants(SAMPLE_RATE_HZ)),
+        (dict(seconds=601), "audio: seconds must be a number above 0 and at most 600"),
+        (dict(seconds=True), "audio: seconds must be"),
+    ):
         with pytest.raises(ConfigError) as e:
             AudioSettings(**kw)
         assert str(e.value).startswith(words), str(e.value)
@@ -222,13 +226,16 @@ def _bound_pairs():
                 yield path.relative_to(SRC).as_posix(), node.lineno, nums
 
 
-@pytest.mark.parametrize("low,high,home", [
-    (0.5, 600, "settings.py"),         # a window's length
-    (1000, 384000, "settings.py"),     # the sample rates humwatch reads
-    (1, 1000, "settings.py"),          # K, N, M of an alert rule
-    (1, 65535, "service/config.py"),   # a TCP port
-    (0, 20, "service/config.py"),      # notification retries
-])
+@pytest.mark.parametrize(
+    "low,high,home",
+    [
+        (0.5, 600, "settings.py"),  # a window's length
+        (1000, 384000, "settings.py"),  # the sample rates humwatch reads
+        (1, 1000, "settings.py"),  # K, N, M of an alert rule
+        (1, 65535, "service/config.py"),  # a TCP port
+        (0, 20, "service/config.py"),  # notification retries
+    ],
+)
 def test_each_shared_range_is_written_once(low, high, home):
     found = [(f, line) for f, line, nums in _bound_pairs() if low in nums and high in nums]
     assert len(found) == 1 and found[0][0] == home, found

@@ -5,12 +5,12 @@ import json
 
 import numpy as np
 import pytest
+from helpers import make_mimii_tree
 
 from humwatch.cli import main
 from humwatch.data.clips import read_clips_csv
 from humwatch.errors import AudioError, ConfigError
 from humwatch.pipeline import RunConfig, run
-from helpers import make_mimii_tree
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,16 @@ def tree(tmp_path_factory):
 
 def test_autoencoder_run_writes_every_output(tree, tmp_path):
     out = tmp_path / "run"
-    res = run(RunConfig(data=str(tree), method="autoencoder", settings={"epochs": 8, "batch_size": 256}), out, progress=False)
-    for name in ("results.json", "results.md", "scores.csv", "split.csv", "config.json", "models/fan/model.safetensors", "models/pump/humwatch_backbone.json"):
+    run(RunConfig(data=str(tree), method="autoencoder", settings={"epochs": 8, "batch_size": 256}), out, progress=False)
+    for name in (
+        "results.json",
+        "results.md",
+        "scores.csv",
+        "split.csv",
+        "config.json",
+        "models/fan/model.safetensors",
+        "models/pump/humwatch_backbone.json",
+    ):
         assert (out / name).is_file(), name
     doc = json.loads((out / "results.json").read_text())
     rows = {(r["machine_type"], r["machine_id"]): r for r in doc["rows"]}
@@ -45,7 +53,11 @@ def test_autoencoder_run_writes_every_output(tree, tmp_path):
 
 def test_saved_split_repeats_the_run(tree, tmp_path):
     a = run(RunConfig(data=str(tree), settings={"epochs": 3}, machines=["fan"]), tmp_path / "a", progress=False)
-    b = run(RunConfig(data=str(tree), settings={"epochs": 3}, machines=["fan"], split_csv=str(tmp_path / "a" / "split.csv")), tmp_path / "b", progress=False)
+    b = run(
+        RunConfig(data=str(tree), settings={"epochs": 3}, machines=["fan"], split_csv=str(tmp_path / "a" / "split.csv")),
+        tmp_path / "b",
+        progress=False,
+    )
     assert a.scores == b.scores
 
 
@@ -74,7 +86,10 @@ def test_cli_run_and_errors(tree, tmp_path, capsys):
     for argv, expect in [
         (["run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")], "nope"),
         (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--method", "magic"], "magic"),
-        (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--detector", "knn"], "--detector does not apply to --method autoencoder"),
+        (
+            ["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--detector", "knn"],
+            "--detector does not apply to --method autoencoder",
+        ),
         (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--method", "embed-detect", "--detector", "magic"], "detector"),
         (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--set", "nope=1"], "no such setting"),
         (["run", "--data", str(tree), "--out", str(tmp_path / "x"), "--machines", "drill"], "drill"),
@@ -123,8 +138,13 @@ def test_embed_detect_run_records_weights_and_embeddings(tree, tmp_path):
     from humwatch.embed import EmbeddingSet
 
     tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_length=128)
-    cfg = RunConfig(data=str(tree), method="embed-detect", machines=["fan"], cache_dir=str(tmp_path / "cache"),
-                    settings={"backbone": "ast", "weights": "none", "backbone_config": tiny, "detector": "lof-vote"})
+    cfg = RunConfig(
+        data=str(tree),
+        method="embed-detect",
+        machines=["fan"],
+        cache_dir=str(tmp_path / "cache"),
+        settings={"backbone": "ast", "weights": "none", "backbone_config": tiny, "detector": "lof-vote"},
+    )
     res = run(cfg, tmp_path / "r", progress=False)
     doc = json.loads((tmp_path / "r/results.json").read_text())
     assert doc["random_init"] is True and "RANDOM INIT" in doc["weights"]

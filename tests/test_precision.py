@@ -88,8 +88,7 @@ def test_a_monitor_fitted_with_auto_keeps_the_precision_it_chose(monkeypatch, tm
     clips = _clips(tmp_path / "a", 25)
     settings = {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "detector": "knn"}
     monkeypatch.setenv(P.ENV, "1")
-    mon, _ = fit_monitor(clips, "embed-detect", settings, audio=AUDIO, progress=False, false_alarm_rate=0.2,
-                         threshold_method="percentile")
+    mon, _ = fit_monitor(clips, "embed-detect", settings, audio=AUDIO, progress=False, false_alarm_rate=0.2, threshold_method="percentile")
     mon.save(tmp_path / "mon")
     doc = json.loads((tmp_path / "mon" / "method" / "method.json").read_text())
     assert doc["settings"]["precision"] == "auto" and doc["info"]["precision"] == "bf16"
@@ -100,21 +99,34 @@ def test_a_monitor_fitted_with_auto_keeps_the_precision_it_chose(monkeypatch, tm
     np.testing.assert_allclose(again.score_clips(clips, progress=False)[1], want, rtol=1e-6)
 
 
-@pytest.mark.parametrize("method,settings,precision_of", [
-    ("idnet", {"epochs": 1, "epoch_crops": 16, "batch_size": 8, "outlier_clips": 1,
-               "backbone_config": {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16}},
-     lambda m: [m.model_.backbone.precision]),
-    ("embed-fusion", {"backbones": ["features", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST}],
-                      "detector": "knn"}, lambda m: [bb.precision for bb in m.backbones_]),
-])
+@pytest.mark.parametrize(
+    "method,settings,precision_of",
+    [
+        (
+            "idnet",
+            {
+                "epochs": 1,
+                "epoch_crops": 16,
+                "batch_size": 8,
+                "outlier_clips": 1,
+                "backbone_config": {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16},
+            },
+            lambda m: [m.model_.backbone.precision],
+        ),
+        (
+            "embed-fusion",
+            {"backbones": ["features", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST}], "detector": "knn"},
+            lambda m: [bb.precision for bb in m.backbones_],
+        ),
+    ],
+)
 def test_new_methods_keep_the_precision_auto_chose(monkeypatch, tmp_path, method, settings, precision_of):
     from humwatch.calibrate import fit_monitor
     from humwatch.monitor import load_monitor
 
     clips = _clips(tmp_path / "a", 12)
     monkeypatch.setenv(P.ENV, "1")
-    mon, _ = fit_monitor(clips, method, settings, audio=AUDIO, folds=2, progress=False, false_alarm_rate=0.2,
-                         threshold_method="percentile")
+    mon, _ = fit_monitor(clips, method, settings, audio=AUDIO, folds=2, progress=False, false_alarm_rate=0.2, threshold_method="percentile")
     assert precision_of(mon.method) == ["bf16"] * len(precision_of(mon.method))
     mon.save(tmp_path / "mon")
     want = mon.score_clips(clips, progress=False)[1]
@@ -129,16 +141,23 @@ def test_run_results_record_the_resolved_precision(monkeypatch, tmp_path):
 
     data = make_mimii_tree(tmp_path / "d", machines=("fan",), ids=("00",), n_normal=10, n_anomalous=2, seconds=2.0)
     monkeypatch.setenv(P.ENV, "1")
-    cfg = RunConfig(str(data), "embed-detect", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST,
-                                                "detector": "knn"})
+    cfg = RunConfig(str(data), "embed-detect", {"backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "detector": "knn"})
     run(cfg, tmp_path / "run", progress=False)
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["settings"]["precision"] == "auto" and res["precision"] == "bf16"
 
 
 # -- lazy backbones ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,config", [("ast", TINY_AST), ("resnext101_32x8d", TINY_RX), ("autoencoder", {}), ("features", {}),
-                                         ("idnet", {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16})])
+@pytest.mark.parametrize(
+    "name,config",
+    [
+        ("ast", TINY_AST),
+        ("resnext101_32x8d", TINY_RX),
+        ("autoencoder", {}),
+        ("features", {}),
+        ("idnet", {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16}),
+    ],
+)
 def test_the_plan_knows_the_cache_key_of_the_built_backbone(name, config, tmp_path):
     lazy = plan_backbone(name, weights="none", config=config, seed=3)
     assert isinstance(lazy, LazyBackbone) and not lazy.built
@@ -181,8 +200,9 @@ def test_a_fully_cached_rerun_builds_no_network(tmp_path, monkeypatch):
     assert builds == ["ast"] and not again.built, "the rerun built the network"
     assert second.stats["cache_hits"] == 5 and second.stats["computed"] == 0
     np.testing.assert_array_equal(first.X, second.X)
-    third = embed_clips(clips + _clips(tmp_path / "b", 1, start=9), again, cache_dir=tmp_path / "c",
-                        reader=ClipReader(AUDIO, progress=False))
+    third = embed_clips(
+        clips + _clips(tmp_path / "b", 1, start=9), again, cache_dir=tmp_path / "c", reader=ClipReader(AUDIO, progress=False)
+    )
     assert again.built and third.stats["computed"] == 1  # one clip not cached: built then
 
 
@@ -196,8 +216,22 @@ def test_cli_embed_rerun_builds_no_network(tmp_path, monkeypatch):
     for i, c in enumerate(_clips(tmp_path / "raw", 4)):
         (data / "normal").mkdir(parents=True, exist_ok=True)
         Path(c.path).rename(data / "normal" / f"c{i}.wav")
-    argv = ["embed", "--data", str(data), "--backbone", "ast", "--weights", "none", "--backbone-config",
-            json.dumps(TINY_AST), "--cache", str(tmp_path / "cache"), "-q", "--precision", "auto"]
+    argv = [
+        "embed",
+        "--data",
+        str(data),
+        "--backbone",
+        "ast",
+        "--weights",
+        "none",
+        "--backbone-config",
+        json.dumps(TINY_AST),
+        "--cache",
+        str(tmp_path / "cache"),
+        "-q",
+        "--precision",
+        "auto",
+    ]
     for out in ("e1.npz", "e2.npz"):
         with pytest.raises(SystemExit) as e:
             main(argv + ["--out", str(tmp_path / out)])

@@ -44,20 +44,41 @@ def make_run(root: Path, types=("fan", "pump"), ids=("00", "02"), n_normal=3, n_
     run.mkdir()
     write_clips_csv(clips, run / "split.csv")
     rows = [{"machine_type": m, "machine_id": "all", "auc": 0.8125, "pauc": 0.5625, "n_normal": 4, "n_anomalous": 4} for m in types]
-    (run / "results.json").write_text(json.dumps({"method": "embed-detect", "label": "ast+lof-vote", "random_init": True,
-                                                  "weights": "RANDOM INIT (no pretrained weights): seed 0", "rows": rows}))
-    (run / "results.md").write_text("# humwatch run: ast+lof-vote\n\n**RANDOM INIT: no pretrained weights.**\n\n"
-                                    "| machine_type | machine_id | auc | pauc |\n|---|---|---|---|\n"
-                                    + "\n".join(f"| {r['machine_type']} | all | 0.8125 | 0.5625 |" for r in rows) + "\n")
-    (run / "config.json").write_text(json.dumps({"config": {"method": "embed-detect", "backbone": "ast", "weights": "none",
-                                                            "backbone_config": TINY_AST, "channel": None}}))
+    (run / "results.json").write_text(
+        json.dumps(
+            {
+                "method": "embed-detect",
+                "label": "ast+lof-vote",
+                "random_init": True,
+                "weights": "RANDOM INIT (no pretrained weights): seed 0",
+                "rows": rows,
+            }
+        )
+    )
+    (run / "results.md").write_text(
+        "# humwatch run: ast+lof-vote\n\n**RANDOM INIT: no pretrained weights.**\n\n"
+        "| machine_type | machine_id | auc | pauc |\n|---|---|---|---|\n"
+        + "\n".join(f"| {r['machine_type']} | all | 0.8125 | 0.5625 |" for r in rows)
+        + "\n"
+    )
+    (run / "config.json").write_text(
+        json.dumps(
+            {"config": {"method": "embed-detect", "backbone": "ast", "weights": "none", "backbone_config": TINY_AST, "channel": None}}
+        )
+    )
     for bb, dim in (("ast", 16), ("resnext101_32x8d", 24)):
         X = rng.standard_normal((len(clips), dim)).astype(np.float32)
         X[[c.label == 1 for c in clips]] += 3.0
         (run / "embeddings").mkdir(exist_ok=True)
-        np.savez(run / "embeddings" / f"{bb}.npz", X=X, path=np.array([c.path for c in clips]),
-                 label=np.array([c.label for c in clips]), machine_type=np.array([c.machine_type for c in clips]),
-                 machine_id=np.array([c.machine_id for c in clips]), split=np.array([c.split for c in clips]))
+        np.savez(
+            run / "embeddings" / f"{bb}.npz",
+            X=X,
+            path=np.array([c.path for c in clips]),
+            label=np.array([c.label for c in clips]),
+            machine_type=np.array([c.machine_type for c in clips]),
+            machine_id=np.array([c.machine_id for c in clips]),
+            split=np.array([c.split for c in clips]),
+        )
     return run, clips
 
 
@@ -91,8 +112,11 @@ def test_write_report_embeds_figures_escapes_text_and_stays_offline(tmp_path):
     a = _png(out / "a.png")
     b = _png(tmp_path / "elsewhere" / "b.png")  # outside the folder: linked relatively
     sections = [
-        Section("Tables", text="first <script>alert(1)</script>\n\nsecond paragraph",
-                markdown="| method | AUC |\n|---|---|\n| ast | 0.91 |\n| cnn | 0.85 |\n"),
+        Section(
+            "Tables",
+            text="first <script>alert(1)</script>\n\nsecond paragraph",
+            markdown="| method | AUC |\n|---|---|\n| ast | 0.91 |\n| cnn | 0.85 |\n",
+        ),
         Section("Figures", figures=[Figure("a.png", "what a shows", "Figure A"), Figure(b, "what b shows")]),
     ]
     path = write_report(out, sections, title="t & t", banner="RANDOM INIT")
@@ -219,8 +243,22 @@ def test_explain_command_run_and_clips(tmp_path, cli):
     assert (tmp_path / "o1" / "report.html").is_file() and "report:" in r.output
 
     files = [clips[0].path, clips[-1].path]
-    r = runner.invoke(app, ["explain", "--clips", files[0], files[1], "--out", str(tmp_path / "o2"), "--tiny",
-                            "--backbone", "resnext101_32x8d", "--map-clips", "1"])
+    r = runner.invoke(
+        app,
+        [
+            "explain",
+            "--clips",
+            files[0],
+            files[1],
+            "--out",
+            str(tmp_path / "o2"),
+            "--tiny",
+            "--backbone",
+            "resnext101_32x8d",
+            "--map-clips",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     html = (tmp_path / "o2" / "report.html").read_text()
     assert "RANDOM INIT" in html and "attention_maps.png" in html and "attention_distance.png" not in html

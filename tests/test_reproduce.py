@@ -201,10 +201,16 @@ class FakeCells:
         if cell.error:
             raise ConfigError(cell.error)
         votes = {"auc_votes": self.auc - 0.1, "pauc_votes": 0.5} if cell.method == "lof" else {}
-        return {"auc": self.auc, "pauc": 0.8, "auc_ci": [self.auc - 0.1, min(1.0, self.auc + 0.05)], "n_normal": 10,
-                "n_anomalous": 5, **votes,
-                "weights": "RANDOM INIT (no pretrained weights): seed 0" if self.random_init else "hub:x@y",
-                "random_init": self.random_init}
+        return {
+            "auc": self.auc,
+            "pauc": 0.8,
+            "auc_ci": [self.auc - 0.1, min(1.0, self.auc + 0.05)],
+            "n_normal": 10,
+            "n_anomalous": 5,
+            **votes,
+            "weights": "RANDOM INIT (no pretrained weights): seed 0" if self.random_init else "hub:x@y",
+            "random_init": self.random_init,
+        }
 
 
 def test_table_failed_cells_and_resume(tmp_path, monkeypatch):
@@ -310,7 +316,19 @@ def test_command_exit_status(tmp_path, monkeypatch):
     data = tmp_path / "mimii"
     data.mkdir()
     monkeypatch.setattr(rp_cells, "run_cell", FakeCells(fail={"autoencoder__fan_00"}))
-    args = ["reproduce", "--data", str(data), "--out", str(tmp_path / "o"), "--rows", "autoencoder", "--machines", "fan", "-q", "--no-report"]
+    args = [
+        "reproduce",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "o"),
+        "--rows",
+        "autoencoder",
+        "--machines",
+        "fan",
+        "-q",
+        "--no-report",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 1 and "1 cell(s) failed" in res.output
     monkeypatch.setattr(rp_cells, "run_cell", FakeCells())
@@ -324,8 +342,7 @@ def test_command_exit_status(tmp_path, monkeypatch):
 
 def test_synthetic_run_is_repeatable(tmp_path):
     """A tiny --synthetic table, twice in separate folders: the same AUCs (to 1e-6)."""
-    small = reproduce_synthetic_defaults(machines=("fan",), ids=("00", "02"), n_normal=8, n_anomalous=4,
-                                         autoencoder_epochs=2)
+    small = reproduce_synthetic_defaults(machines=("fan",), ids=("00", "02"), n_normal=8, n_anomalous=4, autoencoder_epochs=2)
     rows = ["autoencoder", "ast-supervised", "ast-lof"]
     tables = [reproduce(None, tmp_path / f"run{i}", synthetic=small, rows=rows, progress=False, report=False) for i in (1, 2)]
     a, b = tables
@@ -397,8 +414,16 @@ def test_weights_dir_cells_for_real(tmp_path):
     tiny = reproduce_synthetic_defaults().backbone_configs
     create_backbone("ast", weights="none", config=tiny["ast"]).save(wd / "ast")
     create_backbone("resnext101_32x8d", weights="none", config=tiny["resnext101_32x8d"]).save(wd / "resnext101_32x8d")
-    t = reproduce(data, tmp_path / "out", rows=["ast-lof", "cnn-supervised"], machines=["fan"], weights_dir=wd,
-                  progress=False, threads=1, report=False)
+    t = reproduce(
+        data,
+        tmp_path / "out",
+        rows=["ast-lof", "cnn-supervised"],
+        machines=["fan"],
+        weights_dir=wd,
+        progress=False,
+        threads=1,
+        report=False,
+    )
     assert not t.failed, [c["reason"] for c in t.failed]
     lof = t.cell("ast-lof", "fan_00")
     assert str(wd / "ast") in lof["weights"] and lof["random_init"] is True

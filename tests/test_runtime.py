@@ -23,8 +23,11 @@ from humwatch.runtime import Runtime
 
 SR = 4000  # a low rate keeps 10,000 windows quick; the reading rules are those of any rate
 SECONDS = 0.5
-SETTINGS = {"backbone": "features", "detector": "knn-ldn",  # the weight-free default, small and fast
-            "backbone_config": {"n_mels": 8, "n_fft": 256, "hop_length": 160}}
+SETTINGS = {
+    "backbone": "features",
+    "detector": "knn-ldn",  # the weight-free default, small and fast
+    "backbone_config": {"n_mels": 8, "n_fft": 256, "hop_length": 160},
+}
 
 
 def hum(seed: int, seconds: float, f0: float = 200.0) -> np.ndarray:
@@ -40,8 +43,17 @@ def served(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("runtime")
     train = [Clip.from_array(hum(i, 5.0), SR, f"n{i}.wav", "fan", "id_00") for i in range(4)]
-    mon, summary = fit_monitor(train, "embed-detect", SETTINGS, seconds=SECONDS, folds=2, progress=False,
-                               false_alarm_rate=0.2, threshold_method="percentile", audio=AudioSettings(sample_rate=SR))
+    mon, summary = fit_monitor(
+        train,
+        "embed-detect",
+        SETTINGS,
+        seconds=SECONDS,
+        folds=2,
+        progress=False,
+        false_alarm_rate=0.2,
+        threshold_method="percentile",
+        audio=AudioSettings(sample_rate=SR),
+    )
     assert summary["skipped"] == []
     mon.save(root / "fan")
     return root / "fan"

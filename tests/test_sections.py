@@ -53,8 +53,14 @@ def test_normalisation_puts_sections_on_one_scale_and_round_trips():
 
 
 def test_domain_aucs_follow_dcase_2022_and_the_official_score_is_a_harmonic_mean():
-    recs = [clip("s0", "source", 0), clip("s0", "source", 0), clip("s0", "target", 0), clip("s0", "target", 0),
-            clip("s0", "source", 1), clip("s0", "target", 1)]
+    recs = [
+        clip("s0", "source", 0),
+        clip("s0", "source", 0),
+        clip("s0", "target", 0),
+        clip("s0", "target", 0),
+        clip("s0", "source", 1),
+        clip("s0", "target", 1),
+    ]
     scores = np.array([0.1, 0.2, 0.8, 0.9, 0.5, 0.6])
     rows = add_domain_columns(group_table(recs, scores), recs, scores)
     sec = [r for r in rows if r["machine_id"] == "s0"][0]

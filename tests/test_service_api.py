@@ -11,7 +11,6 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-
 from service_fixtures import clip_bytes, iso
 
 READ, INGEST, ADMIN = "read", "ingest", "admin"
@@ -23,8 +22,7 @@ def client(server, scope: str | None = None, token: str | None = None) -> httpx.
 
 
 def post_clip(c: httpx.Client, machine: str, data: bytes, **params) -> httpx.Response:
-    return c.post(f"/api/v1/machines/{machine}/clips", content=data, params=params,
-                  headers={"content-type": "audio/wav"})
+    return c.post(f"/api/v1/machines/{machine}/clips", content=data, params=params, headers={"content-type": "audio/wav"})
 
 
 # ---------------------------------------------------------------------------------------- auth
@@ -63,8 +61,12 @@ def test_every_endpoint_refuses_no_token_401_and_a_token_without_its_scope_403(l
         if scope is None:
             continue
         url = _fill(path)
-        for headers in ({}, {"authorization": "Bearer hw_not-a-token"}, {"authorization": "Basic dXNlcjpwYXNz"},
-                        {"cookie": "humwatch_token=hw_wrong"}):
+        for headers in (
+            {},
+            {"authorization": "Bearer hw_not-a-token"},
+            {"authorization": "Basic dXNlcjpwYXNz"},
+            {"cookie": "humwatch_token=hw_wrong"},
+        ):
             r = httpx.request(method, live_service.url + url, headers=headers, timeout=30)
             assert r.status_code == 401, (method, url, headers, r.status_code, r.text[:200])
         with client(live_service, other[scope]) as c:
@@ -114,8 +116,11 @@ def test_ingest_raw_multipart_and_flac_and_the_same_clip_is_stored_once(live_ser
         assert again["duplicate"] is True and again["clip_id"] == doc["clip_id"]
         other_time = post_clip(c, "api-1", wav, recorded_at=iso(1)).json()
         assert other_time["duplicate"] is False and other_time["clip_id"] != doc["clip_id"]
-        multi = c.post("/api/v1/machines/api-1/clips", files={"file": ("m.wav", clip_bytes("anomalous", 12), "audio/wav")},
-                       data={"recorded_at": iso(2)})
+        multi = c.post(
+            "/api/v1/machines/api-1/clips",
+            files={"file": ("m.wav", clip_bytes("anomalous", 12), "audio/wav")},
+            data={"recorded_at": iso(2)},
+        )
         assert multi.status_code == 200 and multi.json()["decision"] == "anomalous" and multi.json()["filename"] == "m.wav"
         flac = post_clip(c, "api-1", clip_bytes("normal", 13, fmt="FLAC"), recorded_at=iso(3))
         assert flac.status_code == 200 and flac.json()["decision"] == "normal"
@@ -187,8 +192,7 @@ def test_other_refusals_are_one_line_4xx_too(live_service):
 
 def test_scores_come_in_pages_and_time_ranges(live_service):
     with client(live_service, INGEST) as c:
-        ids = [post_clip(c, "api-2", clip_bytes("normal", 100 + k), recorded_at=iso(100 + k)).json()["clip_id"]
-               for k in range(5)]
+        ids = [post_clip(c, "api-2", clip_bytes("normal", 100 + k), recorded_at=iso(100 + k)).json()["clip_id"] for k in range(5)]
     with client(live_service, READ) as c:
         page = c.get("/api/v1/machines/api-2/scores", params={"limit": 2, "since": iso(100)}).json()
         assert [i["clip_id"] for i in page["items"]] == ids[::-1][:2] and page["next_offset"] == 2
@@ -278,11 +282,13 @@ def test_the_server_listens_on_the_loopback_address_only(live_service):
 def test_serve_refuses_bad_settings_with_one_line(tmp_path, service_monitors, capsys):
     from humwatch.cli import main
 
-    for args, words in ((["serve", str(tmp_path / "none")], "no such folder of monitors"),
-                        (["serve", str(tmp_path)], "no monitors in this folder"),
-                        (["serve", str(service_monitors), "--alert-rule", "5/3/1"], "cannot be more than N"),
-                        (["serve", str(service_monitors), "--webhook", "ftp://x"], "http:// or https://"),
-                        (["serve", str(service_monitors), "--max-upload-mb", "0"], "max_upload_mb")):
+    for args, words in (
+        (["serve", str(tmp_path / "none")], "no such folder of monitors"),
+        (["serve", str(tmp_path)], "no monitors in this folder"),
+        (["serve", str(service_monitors), "--alert-rule", "5/3/1"], "cannot be more than N"),
+        (["serve", str(service_monitors), "--webhook", "ftp://x"], "http:// or https://"),
+        (["serve", str(service_monitors), "--max-upload-mb", "0"], "max_upload_mb"),
+    ):
         with pytest.raises(SystemExit) as e:
             main(args)
         err = capsys.readouterr().err

@@ -36,12 +36,15 @@ def test_token_create_list_revoke(tmp_path, capsys):
     assert "revoked" in run(["token", "list", *where], capsys)[1].splitlines()[0]
 
 
-@pytest.mark.parametrize("args, words", [
-    (["token", "create", "x"], "--monitors MONITORS"),
-    (["token", "create", "x", "--scope", "root", "--monitors", "{M}"], "choose from ingest, read, admin"),
-    (["token", "revoke", "nobody", "--monitors", "{M}"], "no token named"),
-    (["token", "create", "x", "--db", "mysql+nodriver://h/db"], "--db"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["token", "create", "x"], "--monitors MONITORS"),
+        (["token", "create", "x", "--scope", "root", "--monitors", "{M}"], "choose from ingest, read, admin"),
+        (["token", "revoke", "nobody", "--monitors", "{M}"], "no token named"),
+        (["token", "create", "x", "--db", "mysql+nodriver://h/db"], "--db"),
+    ],
+)
 def test_token_errors_are_one_line(args, words, tmp_path, capsys):
     code, _, err = run([a.replace("{M}", str(tmp_path)) for a in args], capsys)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, err
@@ -58,8 +61,11 @@ def test_every_file_the_service_needs_is_declared_to_ship():
     root = Path(__file__).resolve().parents[1]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["humwatch"]
     pkg = root / "src" / "humwatch"
-    files = [p.relative_to(pkg).as_posix() for p in (pkg / "service").rglob("*")
-             if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    files = [
+        p.relative_to(pkg).as_posix()
+        for p in (pkg / "service").rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+    ]
     assert len(files) >= 15
     missing = [f for f in files if not any(fnmatch.fnmatchcase(f, pat) and f.count("/") == pat.count("/") for pat in patterns)]
     assert not missing, missing

@@ -8,9 +8,8 @@ import time
 
 import httpx
 import pytest
-from sqlalchemy import func, select
-
 from service_fixtures import LiveServer, clip_bytes, fresh_monitors, iso, make_token
+from sqlalchemy import func, select
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from service_fixtures import LiveServer, clip_bytes, env_with_src, free_port, fresh_monitors, iso, make_token
 
 MACHINES = ("api-1", "api-2")
@@ -39,9 +38,12 @@ class App:
         self.client = TestClient(create_app(self.settings, self.svc), raise_server_exceptions=False)
 
     def post(self, kind: str, seed: int, machine: str = MACHINES[0]) -> dict:
-        r = self.client.post(f"/api/v1/machines/{machine}/clips", content=clip_bytes(kind, seed),
-                             params={"recorded_at": iso(seed)},
-                             headers={"authorization": f"Bearer {self.tokens['ingest']}", "content-type": "audio/wav"})
+        r = self.client.post(
+            f"/api/v1/machines/{machine}/clips",
+            content=clip_bytes(kind, seed),
+            params={"recorded_at": iso(seed)},
+            headers={"authorization": f"Bearer {self.tokens['ingest']}", "content-type": "audio/wav"},
+        )
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -59,8 +61,7 @@ def samples(text: str) -> dict:
     """(sample name, sorted labels) -> value, from the text format, by prometheus-client's parser."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
 def value(found: dict, name: str, **labels):
@@ -116,15 +117,18 @@ def test_the_exposition_follows_clips_alerts_and_acknowledging(app):
     assert value(got, "humwatch_score", machine=m) == pytest.approx(last["score"])
     assert value(got, "humwatch_threshold", machine=m) == pytest.approx(last["threshold"])
     assert value(got, "humwatch_alert_open", machine=m) == 1 and value(got, "humwatch_alert_open", machine=other) == 0
-    assert {s: value(got, "humwatch_machine_state", machine=m, state=s)
-            for s in ("ok", "alarm", "acknowledged", "no data")} == {"ok": 0, "alarm": 1, "acknowledged": 0, "no data": 0}
+    assert {s: value(got, "humwatch_machine_state", machine=m, state=s) for s in ("ok", "alarm", "acknowledged", "no data")} == {
+        "ok": 0,
+        "alarm": 1,
+        "acknowledged": 0,
+        "no data": 0,
+    }
     assert value(got, "humwatch_machine_state", machine=other, state="ok") == 1
     assert value(got, "humwatch_ingest_seconds_count") == 7  # every accepted upload, the duplicate too
     assert value(got, "humwatch_ingest_seconds_sum") > 0
     assert value(got, "humwatch_ingest_seconds_bucket", le="+Inf") == 7
 
-    r = app.client.post(f"/api/v1/alerts/{last['alert']['id']}/ack",
-                        headers={"authorization": f"Bearer {app.tokens['read']}"})
+    r = app.client.post(f"/api/v1/alerts/{last['alert']['id']}/ack", headers={"authorization": f"Bearer {app.tokens['read']}"})
     assert r.status_code == 200, r.text
     acked = app.scrape()
     assert value(acked, "humwatch_machine_state", machine=m, state="acknowledged") == 1
@@ -138,6 +142,7 @@ def test_database_errors_are_counted_by_kind(app, monkeypatch):
     def failing(why):
         def ingest(machine, up):
             raise OperationalError("INSERT INTO clips", {}, Exception(why))
+
         return ingest
 
     headers = {"authorization": f"Bearer {app.tokens['ingest']}", "content-type": "audio/wav"}
@@ -192,8 +197,11 @@ def test_workers_counters_are_summed_in_multiprocess_mode(tmp_path):
     store.close()
     env = {**env_with_src(), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
     (tmp_path / "prom").mkdir()
-    run = lambda *a: subprocess.run([sys.executable, "-c", WORKER, db, *a], env=env, capture_output=True,  # noqa: E731
-                                    text=True, timeout=120, check=True).stdout
+
+    def run(*a):
+        p = subprocess.run([sys.executable, "-c", WORKER, db, *a], env=env, capture_output=True, text=True, timeout=120, check=True)
+        return p.stdout
+
     run("observe", "2")
     run("observe", "3")
     got = samples(run("scrape"))
@@ -206,11 +214,22 @@ def test_workers_counters_are_summed_in_multiprocess_mode(tmp_path):
 
 
 def _prometheus_config(path: Path, target: str, token: str) -> Path:
-    path.write_text(json.dumps({  # YAML is a superset of JSON
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-        "scrape_configs": [{"job_name": "humwatch", "scrape_interval": "1s", "metrics_path": "/metrics",
-                            "authorization": {"type": "Bearer", "credentials": token},
-                            "static_configs": [{"targets": [target]}]}]}))
+    path.write_text(
+        json.dumps(
+            {  # YAML is a superset of JSON
+                "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "humwatch",
+                        "scrape_interval": "1s",
+                        "metrics_path": "/metrics",
+                        "authorization": {"type": "Bearer", "credentials": token},
+                        "static_configs": [{"targets": [target]}],
+                    }
+                ],
+            }
+        )
+    )
     return path
 
 
@@ -247,21 +266,31 @@ def test_a_real_prometheus_scrapes_metrics(service_monitors, tmp_path):
     prom = None
     try:
         for seed in range(3):
-            r = httpx.post(f"{server.url}/api/v1/machines/{MACHINES[0]}/clips", content=clip_bytes("normal", seed),
-                           params={"recorded_at": iso(seed)}, timeout=60,
-                           headers={"authorization": f"Bearer {ingest}", "content-type": "audio/wav"})
+            r = httpx.post(
+                f"{server.url}/api/v1/machines/{MACHINES[0]}/clips",
+                content=clip_bytes("normal", seed),
+                params={"recorded_at": iso(seed)},
+                timeout=60,
+                headers={"authorization": f"Bearer {ingest}", "content-type": "audio/wav"},
+            )
             assert r.status_code == 200, r.text
-        prom = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                 f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=log, stderr=subprocess.STDOUT)
-        found = _wait_for(prom_url, 'humwatch_clips_scored_total{decision="normal"}',
-                          lambda res: any(x["metric"].get("machine") == MACHINES[0] and x["value"][1] == "3" for x in res))
+        prom = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        found = _wait_for(
+            prom_url,
+            'humwatch_clips_scored_total{decision="normal"}',
+            lambda res: any(x["metric"].get("machine") == MACHINES[0] and x["value"][1] == "3" for x in res),
+        )
         assert found and any(x["metric"].get("machine") == MACHINES[0] and x["value"][1] == "3" for x in found), (
-            f"Prometheus did not get the series: {found}\n{(tmp_path / 'prometheus.log').read_text()[-3000:]}")
+            f"Prometheus did not get the series: {found}\n{(tmp_path / 'prometheus.log').read_text()[-3000:]}"
+        )
         assert all(x["metric"]["job"] == "humwatch" for x in found)
         up = _wait_for(prom_url, "up", lambda res: bool(res))
         assert up and up[0]["value"][1] == "1"  # the token worked: the scrape itself succeeded
-        state = _wait_for(prom_url, f'humwatch_machine_state{{machine="{MACHINES[1]}",state="no data"}}',
-                          lambda res: bool(res))
+        state = _wait_for(prom_url, f'humwatch_machine_state{{machine="{MACHINES[1]}",state="no data"}}', lambda res: bool(res))
         assert state and state[0]["value"][1] == "1"
     finally:
         if prom is not None:
@@ -293,9 +322,12 @@ def test_serve_with_workers_sums_their_counters_and_removes_its_folder(service_m
         assert len(folders) == 1, server.log()
         with httpx.Client(base_url=server.url, timeout=60) as c:
             for seed in range(4):
-                r = c.post(f"/api/v1/machines/{MACHINES[0]}/clips", content=clip_bytes("normal", seed),
-                           params={"recorded_at": iso(seed)},
-                           headers={"authorization": f"Bearer {ingest}", "content-type": "audio/wav"})
+                r = c.post(
+                    f"/api/v1/machines/{MACHINES[0]}/clips",
+                    content=clip_bytes("normal", seed),
+                    params={"recorded_at": iso(seed)},
+                    headers={"authorization": f"Bearer {ingest}", "content-type": "audio/wav"},
+                )
                 assert r.status_code == 200, r.text
             for _ in range(6):  # whichever worker answers
                 r = httpx.get(server.url + "/metrics", headers={"authorization": f"Bearer {read}"}, timeout=30)

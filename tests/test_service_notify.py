@@ -14,8 +14,8 @@ import logging
 import time
 
 import pytest
-
-from service_fixtures import WebhookReceiver as Receiver, clip_bytes, free_port, fresh_monitors, iso, make_token, wait_for
+from service_fixtures import WebhookReceiver as Receiver
+from service_fixtures import clip_bytes, free_port, fresh_monitors, iso, make_token, wait_for
 
 aiosmtpd = pytest.importorskip("aiosmtpd", reason="pip install aiosmtpd (the dev extra)")
 
@@ -70,8 +70,12 @@ class InProcess:
         return {"authorization": f"Bearer {self.tokens[scope]}"}
 
     def clip(self, kind, seed, when):
-        r = self.client.post(f"/api/v1/machines/{MACHINE}/clips", content=clip_bytes(kind, seed),
-                             params={"recorded_at": when}, headers={**self.auth("ingest"), "content-type": "audio/wav"})
+        r = self.client.post(
+            f"/api/v1/machines/{MACHINE}/clips",
+            content=clip_bytes(kind, seed),
+            params={"recorded_at": when},
+            headers={**self.auth("ingest"), "content-type": "audio/wav"},
+        )
         assert r.status_code == 200, r.text
         assert r.json()["decision"] == kind
         return r.json()
@@ -104,9 +108,19 @@ def receiver():
 
 
 def test_opened_acknowledged_closed_reach_smtp_and_the_webhook_as_one_schema(service_monitors, tmp_path, mailbox, receiver):
-    hw = InProcess(service_monitors, tmp_path, alert_rule="1/1/1", webhook=receiver.url, webhook_secret=SECRET,
-                   webhook_backoff=0.1, smtp_host="127.0.0.1", smtp_port=mailbox.port, smtp_from="humwatch@example.com",
-                   notify_email=", ".join(TO), smtp_backoff=0.1)
+    hw = InProcess(
+        service_monitors,
+        tmp_path,
+        alert_rule="1/1/1",
+        webhook=receiver.url,
+        webhook_secret=SECRET,
+        webhook_backoff=0.1,
+        smtp_host="127.0.0.1",
+        smtp_port=mailbox.port,
+        smtp_from="humwatch@example.com",
+        notify_email=", ".join(TO),
+        smtp_backoff=0.1,
+    )
     try:
         opened = hw.clip("anomalous", 1, iso(0))
         assert opened["alert_opened"]
@@ -121,9 +135,11 @@ def test_opened_acknowledged_closed_reach_smtp_and_the_webhook_as_one_schema(ser
         assert len(mailbox.messages) == 3 and len(receiver.calls) == 3
 
         subjects = [m["subject"] for m in mailbox.messages]
-        assert subjects == [f"[humwatch] {MACHINE}: alert {alert} opened",
-                            f"[humwatch] {MACHINE}: alert {alert} acknowledged by n-read",
-                            f"[humwatch] {MACHINE}: alert {alert} closed"]
+        assert subjects == [
+            f"[humwatch] {MACHINE}: alert {alert} opened",
+            f"[humwatch] {MACHINE}: alert {alert} acknowledged by n-read",
+            f"[humwatch] {MACHINE}: alert {alert} closed",
+        ]
         for m, env in zip(mailbox.messages, mailbox.envelopes):
             assert sorted(env.rcpt_tos) == sorted(TO) and env.mail_from == "humwatch@example.com"
             assert m.get_content_type() == "text/plain"
@@ -156,9 +172,18 @@ def test_opened_acknowledged_closed_reach_smtp_and_the_webhook_as_one_schema(ser
 
 
 def test_a_silence_keeps_clips_stored_but_opens_no_alert_and_sends_nothing(service_monitors, tmp_path, mailbox, receiver):
-    hw = InProcess(service_monitors, tmp_path, alert_rule="2/3/2", webhook=receiver.url, webhook_backoff=0.1,
-                   smtp_host="127.0.0.1", smtp_port=mailbox.port, smtp_from="humwatch@example.com",
-                   notify_email=TO[0], smtp_backoff=0.1)
+    hw = InProcess(
+        service_monitors,
+        tmp_path,
+        alert_rule="2/3/2",
+        webhook=receiver.url,
+        webhook_backoff=0.1,
+        smtp_host="127.0.0.1",
+        smtp_port=mailbox.port,
+        smtp_from="humwatch@example.com",
+        notify_email=TO[0],
+        smtp_backoff=0.1,
+    )
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     at = lambda minutes: (now + dt.timedelta(minutes=minutes)).isoformat()  # noqa: E731
     url = f"/api/v1/machines/{MACHINE}/silences"
@@ -200,25 +225,34 @@ def test_a_silence_keeps_clips_stored_but_opens_no_alert_and_sends_nothing(servi
         hw.close()
 
 
-@pytest.mark.parametrize("body, says", [
-    ({"start": "2030-01-01T10:00:00Z", "end": "2030-01-01T09:00:00Z"}, "not after start"),
-    ({"start": "2030-01-01T10:00:00Z", "end": "2030-01-01T10:00:00Z"}, "not after start"),
-    ({"start": "yesterday", "end": "2030-01-01T09:00:00Z"}, "start 'yesterday': not an ISO 8601 time"),
-    ({"start": "2030-01-01T10:00:00Z", "end": "9999-12-31T23:00:00-05:00"}, "outside the years 1 to 9999"),
-    ({"start": "", "end": "2030-01-01T09:00:00Z"}, "both are needed"),
-    ({"start": "2030-01-01T10:00:00Z", "end": "2030-01-02T10:00:00Z", "reason": "x" * 201}, "reason"),
-    ({"start": "2030-01-01T10:00:00Z", "end": "2030-01-02T10:00:00Z", "reason": "a\nb"}, "printable"),
-    ({"start": 5, "end": "2030-01-02T10:00:00Z"}, "start"),
-    ({"end": "2030-01-02T10:00:00Z"}, "start"),
-])
+@pytest.mark.parametrize(
+    "body, says",
+    [
+        ({"start": "2030-01-01T10:00:00Z", "end": "2030-01-01T09:00:00Z"}, "not after start"),
+        ({"start": "2030-01-01T10:00:00Z", "end": "2030-01-01T10:00:00Z"}, "not after start"),
+        ({"start": "yesterday", "end": "2030-01-01T09:00:00Z"}, "start 'yesterday': not an ISO 8601 time"),
+        ({"start": "2030-01-01T10:00:00Z", "end": "9999-12-31T23:00:00-05:00"}, "outside the years 1 to 9999"),
+        ({"start": "", "end": "2030-01-01T09:00:00Z"}, "both are needed"),
+        ({"start": "2030-01-01T10:00:00Z", "end": "2030-01-02T10:00:00Z", "reason": "x" * 201}, "reason"),
+        ({"start": "2030-01-01T10:00:00Z", "end": "2030-01-02T10:00:00Z", "reason": "a\nb"}, "printable"),
+        ({"start": 5, "end": "2030-01-02T10:00:00Z"}, "start"),
+        ({"end": "2030-01-02T10:00:00Z"}, "start"),
+    ],
+)
 def test_bad_silences_are_422_with_one_line(service_monitors, tmp_path_factory, body, says):
     hw = _validation_service(service_monitors, tmp_path_factory)
     r = hw.client.post(f"/api/v1/machines/{MACHINE}/silences", json=body, headers=hw.auth("admin"))
     assert r.status_code == 422, r.text
     assert says in r.json()["detail"] and "\n" not in r.json()["detail"]
     assert hw.client.get(f"/api/v1/machines/{MACHINE}/silences", headers=hw.auth("read")).json() == []
-    assert hw.client.post("/api/v1/machines/nope/silences", json={"start": "2030-01-01T00:00:00Z", "end": "2031-01-01T00:00:00Z"},
-                          headers=hw.auth("admin")).status_code == 404
+    assert (
+        hw.client.post(
+            "/api/v1/machines/nope/silences",
+            json={"start": "2030-01-01T00:00:00Z", "end": "2031-01-01T00:00:00Z"},
+            headers=hw.auth("admin"),
+        ).status_code
+        == 404
+    )
 
 
 _VALIDATION: dict = {}
@@ -238,8 +272,17 @@ def teardown_module(module):
 
 def test_an_smtp_server_that_is_down_is_one_log_line_and_nothing_else(service_monitors, tmp_path, caplog):
     dead = free_port()  # nothing listens there
-    hw = InProcess(service_monitors, tmp_path, alert_rule="1/1/1", smtp_host="127.0.0.1", smtp_port=dead,
-                   smtp_from="humwatch@example.com", notify_email=TO[0], smtp_retries=2, smtp_backoff=0.1)
+    hw = InProcess(
+        service_monitors,
+        tmp_path,
+        alert_rule="1/1/1",
+        smtp_host="127.0.0.1",
+        smtp_port=dead,
+        smtp_from="humwatch@example.com",
+        notify_email=TO[0],
+        smtp_retries=2,
+        smtp_backoff=0.1,
+    )
     try:
         with caplog.at_level(logging.WARNING, logger="humwatch.service"):
             t = time.monotonic()
@@ -261,10 +304,12 @@ def test_email_settings_are_checked_before_anything_starts():
     from humwatch.errors import ConfigError
     from humwatch.service.config import ServiceSettings
 
-    for bad, says in [({"notify_email": "a@b.example"}, "needs --smtp-host and --smtp-from"),
-                      ({"notify_email": "not-an-address", "smtp_host": "h", "smtp_from": "x@y"}, "not an e-mail address"),
-                      ({"smtp_host": "h"}, "without --notify-email"),
-                      ({"public_url": "ftp://x"}, "--public-url")]:
+    for bad, says in [
+        ({"notify_email": "a@b.example"}, "needs --smtp-host and --smtp-from"),
+        ({"notify_email": "not-an-address", "smtp_host": "h", "smtp_from": "x@y"}, "not an e-mail address"),
+        ({"smtp_host": "h"}, "without --notify-email"),
+        ({"public_url": "ftp://x"}, "--public-url"),
+    ]:
         with pytest.raises(ConfigError, match=says):
             ServiceSettings(**bad).validate()
     ok = ServiceSettings(notify_email="a@b.example, c@d.example", smtp_host="h", smtp_from="x@y.example").validate()

@@ -16,7 +16,6 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis", reason="pip install hypothesis (the dev extra)")
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
 from service_fixtures import clip_bytes, fresh_monitors, make_token  # noqa: E402
 
 MACHINE = "api-2"
@@ -42,8 +41,12 @@ def service(service_monitors, tmp_path_factory):
     client.tokens = tokens
     # an alert to acknowledge and an anomalous clip with audio to look at
     for k in range(3):
-        client.post(f"/api/v1/machines/{MACHINE}/clips", content=CLIPS[1], params={"recorded_at": f"2030-01-01T00:0{k}:00Z"},
-                    headers={"authorization": f"Bearer {tokens['ingest']}"})
+        client.post(
+            f"/api/v1/machines/{MACHINE}/clips",
+            content=CLIPS[1],
+            params={"recorded_at": f"2030-01-01T00:0{k}:00Z"},
+            headers={"authorization": f"Bearer {tokens['ingest']}"},
+        )
     yield client
     client.close()
     svc.close()
@@ -57,11 +60,16 @@ times = st.one_of(
     st.datetimes(dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31)).map(lambda t: t.isoformat() + "Z"),
     st.text(max_size=40),
 )
-ids = st.one_of(st.integers(-2**70, 2**70), st.integers(0, 10), st.text(ASCII, max_size=30))
+ids = st.one_of(st.integers(-(2**70), 2**70), st.integers(0, 10), st.text(ASCII, max_size=30))
 machines = st.one_of(st.sampled_from([MACHINE, "nope", "api-1", "..", "a" * 65]), st.text(max_size=70))
-numbers = st.one_of(st.integers(-2**70, 2**70), st.integers(0, 6000), st.floats(allow_nan=True), st.text(ASCII, max_size=12))
-bodies = st.one_of(st.sampled_from(CLIPS), st.binary(max_size=2048), st.just(b""),
-                   st.sampled_from(CLIPS).map(lambda b: b[:44]), st.sampled_from(CLIPS).map(lambda b: b[:200] + b"\0" * 300))
+numbers = st.one_of(st.integers(-(2**70), 2**70), st.integers(0, 6000), st.floats(allow_nan=True), st.text(ASCII, max_size=12))
+bodies = st.one_of(
+    st.sampled_from(CLIPS),
+    st.binary(max_size=2048),
+    st.just(b""),
+    st.sampled_from(CLIPS).map(lambda b: b[:44]),
+    st.sampled_from(CLIPS).map(lambda b: b[:200] + b"\0" * 300),
+)
 
 
 def seg(value) -> str:
@@ -90,42 +98,97 @@ def headers_for(which: str, tokens: dict, junk: str) -> dict:
 def requests(draw):
     """(method, url, keyword arguments for httpx, the scope that makes it valid or None)."""
     m, i = seg(draw(machines)), seg(draw(ids))
-    kind = draw(st.sampled_from(["ingest", "machines", "machine", "scores", "rule", "alerts", "ack", "clip", "audio",
-                                 "tokens", "silence", "silences", "unsilence", "pages", "page-machine", "page-clip", "form-ack", "login", "logout",
-                                 "health", "docs", "random"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "ingest",
+                "machines",
+                "machine",
+                "scores",
+                "rule",
+                "alerts",
+                "ack",
+                "clip",
+                "audio",
+                "tokens",
+                "silence",
+                "silences",
+                "unsilence",
+                "pages",
+                "page-machine",
+                "page-clip",
+                "form-ack",
+                "login",
+                "logout",
+                "health",
+                "docs",
+                "random",
+            ]
+        )
+    )
     if kind == "ingest":
         body = draw(bodies)
         params = query(recorded_at=draw(st.none() | times), filename=draw(st.none() | st.text(max_size=300)))
         ctype = draw(st.sampled_from(["audio/wav", "audio/flac", "application/octet-stream", "text/plain", "multipart/form-data"]))
         if draw(st.booleans()):
-            return "POST", f"/api/v1/machines/{m}/clips", {"files": {"file": ("c.wav", body, "audio/wav")}, "params": params}, None
-        return "POST", f"/api/v1/machines/{m}/clips", {"content": body, "params": params, "headers": {"content-type": ctype}}, None
+            return ("POST", f"/api/v1/machines/{m}/clips", {"files": {"file": ("c.wav", body, "audio/wav")}, "params": params}, None)
+        return ("POST", f"/api/v1/machines/{m}/clips", {"content": body, "params": params, "headers": {"content-type": ctype}}, None)
     if kind == "machines":
         return "GET", "/api/v1/machines", {}, "read"
     if kind == "machine":
         return "GET", f"/api/v1/machines/{m}", {}, None
     if kind == "scores":
-        params = query(since=draw(st.none() | times), until=draw(st.none() | times), limit=draw(st.none() | numbers),
-                       offset=draw(st.none() | numbers), order=draw(st.none() | st.sampled_from(["asc", "desc", "up", ""])))
+        params = query(
+            since=draw(st.none() | times),
+            until=draw(st.none() | times),
+            limit=draw(st.none() | numbers),
+            offset=draw(st.none() | numbers),
+            order=draw(st.none() | st.sampled_from(["asc", "desc", "up", ""])),
+        )
         return "GET", f"/api/v1/machines/{m}/scores", {"params": params}, None
     if kind == "rule":
-        body = draw(st.one_of(st.fixed_dictionaries({"k": numbers, "n": numbers, "m": numbers}),
-                              st.dictionaries(st.text(max_size=5), numbers, max_size=4), st.lists(numbers, max_size=3),
-                              st.none(), st.text(max_size=20)))
-        return "PUT", f"/api/v1/machines/{m}/alert-rule", {"content": json.dumps(body), "headers": {"content-type": "application/json"}}, None
+        body = draw(
+            st.one_of(
+                st.fixed_dictionaries({"k": numbers, "n": numbers, "m": numbers}),
+                st.dictionaries(st.text(max_size=5), numbers, max_size=4),
+                st.lists(numbers, max_size=3),
+                st.none(),
+                st.text(max_size=20),
+            )
+        )
+        return (
+            "PUT",
+            f"/api/v1/machines/{m}/alert-rule",
+            {"content": json.dumps(body), "headers": {"content-type": "application/json"}},
+            None,
+        )
     if kind == "alerts":
-        params = query(state=draw(st.none() | st.sampled_from(["open", "closed", "all", "x"])),
-                       machine=draw(st.none() | machines), limit=draw(st.none() | numbers), offset=draw(st.none() | numbers))
+        params = query(
+            state=draw(st.none() | st.sampled_from(["open", "closed", "all", "x"])),
+            machine=draw(st.none() | machines),
+            limit=draw(st.none() | numbers),
+            offset=draw(st.none() | numbers),
+        )
         return "GET", "/api/v1/alerts", {"params": params}, None
     if kind == "ack":
         return "POST", f"/api/v1/alerts/{i}/ack", {}, None
     if kind in ("clip", "audio"):
         return "GET", f"/api/v1/clips/{i}" + ("/audio" if kind == "audio" else ""), {}, None
     if kind == "silence":
-        body = draw(st.one_of(st.fixed_dictionaries({"start": times, "end": times},
-                                                    optional={"reason": st.one_of(st.text(max_size=250), numbers)}),
-                              st.dictionaries(st.text(max_size=6), times | numbers, max_size=3), st.none(), st.text(max_size=20)))
-        return "POST", f"/api/v1/machines/{m}/silences", {"content": json.dumps(body), "headers": {"content-type": "application/json"}}, None
+        body = draw(
+            st.one_of(
+                st.fixed_dictionaries({"start": times, "end": times}, optional={"reason": st.one_of(st.text(max_size=250), numbers)}),
+                st.dictionaries(st.text(max_size=6), times | numbers, max_size=3),
+                st.none(),
+                st.text(max_size=20),
+            )
+        )
+        return (
+            "POST",
+            f"/api/v1/machines/{m}/silences",
+            {"content": json.dumps(body), "headers": {"content-type": "application/json"}},
+            None,
+        )
     if kind == "silences":
         return "GET", f"/api/v1/machines/{m}/silences", {}, None
     if kind == "unsilence":
@@ -148,8 +211,12 @@ def requests(draw):
     if kind == "login":
         if draw(st.booleans()):
             return "GET", "/login", {"params": query(next=draw(st.none() | st.text(max_size=40)))}, None
-        return "POST", "/login", {"data": {"token": draw(st.text(max_size=80)), "next": draw(st.text(max_size=40))},
-                                  "headers": {"accept": "text/html"}}, None
+        return (
+            "POST",
+            "/login",
+            {"data": {"token": draw(st.text(max_size=80)), "next": draw(st.text(max_size=40))}, "headers": {"accept": "text/html"}},
+            None,
+        )
     if kind == "logout":
         return "POST", "/logout", {}, None
     if kind == "health":
@@ -162,8 +229,11 @@ def requests(draw):
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(req=requests(), which=st.sampled_from(["ingest", "read", "admin", "none", "wrong", "garbage", "cookie", "basic"]),
-       junk=st.text(ASCII, max_size=40))
+@given(
+    req=requests(),
+    which=st.sampled_from(["ingest", "read", "admin", "none", "wrong", "garbage", "cookie", "basic"]),
+    junk=st.text(ASCII, max_size=40),
+)
 @example(req=("GET", "http://testserver////", {}, None), which="none", junk="")  # once failed in httpx, not here
 def test_no_request_gets_a_500(service, req, which, junk):
     method, url, kw, needs = req
@@ -184,19 +254,36 @@ def test_well_formed_requests_with_the_right_token_succeed(service):
     auth = headers_for("admin", service.tokens, "")
     for left in service.get(f"/api/v1/machines/{MACHINE}/silences", headers=auth).json():  # the property test's
         assert service.delete(f"/api/v1/machines/{MACHINE}/silences/{left['id']}", headers=auth).status_code == 200
-    ok = service.post(f"/api/v1/machines/{MACHINE}/clips", content=CLIPS[0], params={"recorded_at": "2031-05-01T12:00:00+02:00"},
-                      headers={**auth, "content-type": "audio/wav"})
+    ok = service.post(
+        f"/api/v1/machines/{MACHINE}/clips",
+        content=CLIPS[0],
+        params={"recorded_at": "2031-05-01T12:00:00+02:00"},
+        headers={**auth, "content-type": "audio/wav"},
+    )
     assert ok.status_code == 200, ok.text
     clip = ok.json()["clip_id"]
     for k in range(3):  # K anomalous clips in a row open an alert, whatever the property test left
-        bad = service.post(f"/api/v1/machines/{MACHINE}/clips", content=CLIPS[1], params={"recorded_at": f"2032-01-01T00:0{k}:00Z"},
-                           headers={**auth, "content-type": "audio/wav"})
+        bad = service.post(
+            f"/api/v1/machines/{MACHINE}/clips",
+            content=CLIPS[1],
+            params={"recorded_at": f"2032-01-01T00:0{k}:00Z"},
+            headers={**auth, "content-type": "audio/wav"},
+        )
         assert bad.status_code == 200 and bad.json()["decision"] == "anomalous"
-    for url in (f"/api/v1/machines/{MACHINE}", f"/api/v1/machines/{MACHINE}/scores?since=2031-05-01T00:00:00Z&order=asc",
-                f"/api/v1/clips/{clip}", "/api/v1/alerts?state=open", f"/machines/{MACHINE}?range=all", f"/clips/{clip}"):
+    for url in (
+        f"/api/v1/machines/{MACHINE}",
+        f"/api/v1/machines/{MACHINE}/scores?since=2031-05-01T00:00:00Z&order=asc",
+        f"/api/v1/clips/{clip}",
+        "/api/v1/alerts?state=open",
+        f"/machines/{MACHINE}?range=all",
+        f"/clips/{clip}",
+    ):
         assert service.get(url, headers=auth).status_code == 200, url
-    silence = service.post(f"/api/v1/machines/{MACHINE}/silences", headers=auth,
-                           json={"start": "2040-01-01T00:00:00Z", "end": "2040-01-02T00:00:00+02:00", "reason": "service"})
+    silence = service.post(
+        f"/api/v1/machines/{MACHINE}/silences",
+        headers=auth,
+        json={"start": "2040-01-01T00:00:00Z", "end": "2040-01-02T00:00:00+02:00", "reason": "service"},
+    )
     assert silence.status_code == 200, silence.text
     assert service.get(f"/api/v1/machines/{MACHINE}/silences", headers=auth).status_code == 200
     assert service.delete(f"/api/v1/machines/{MACHINE}/silences/{silence.json()['id']}", headers=auth).status_code == 200

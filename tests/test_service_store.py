@@ -10,17 +10,17 @@ import threading
 import uuid
 
 import pytest
+from service_fixtures import write_clip
 from sqlalchemy import func, select, text
 
 from humwatch.errors import ConfigError
 from humwatch.service.alerts import AlertRule, acknowledge, on_clip
-from humwatch.service.notify import Outbox
 from humwatch.service.auth import authenticate, create_token, list_tokens, revoke_token
 from humwatch.service.config import ServiceSettings
 from humwatch.service.ingest import Ingestor, Upload, clip_key
+from humwatch.service.notify import Outbox
 from humwatch.service.scoring import MonitorPool
 from humwatch.service.store import Alert, ClipRow, Machine, Store, StoreError, Token
-from service_fixtures import write_clip
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -139,8 +139,15 @@ def _feed(store, decisions: str, rule: AlertRule, start: int = 0):
                 m = Machine(name="m")
                 s.add(m)
                 s.flush()
-            row = ClipRow(machine_id=m.id, key=f"k{i}", audio_sha256="0" * 64, at=T0 + dt.timedelta(minutes=i),
-                          score=10.0 if ch == "A" else 1.0, threshold=5.0, anomalous=ch == "A")
+            row = ClipRow(
+                machine_id=m.id,
+                key=f"k{i}",
+                audio_sha256="0" * 64,
+                at=T0 + dt.timedelta(minutes=i),
+                score=10.0 if ch == "A" else 1.0,
+                threshold=5.0,
+                anomalous=ch == "A",
+            )
             s.add(row)
             s.flush()
             alert = on_clip(s, m, row, rule, Outbox(("webhook",)))
@@ -202,8 +209,10 @@ def test_anomalous_audio_is_kept_within_the_retention_limits(store, pool, tmp_pa
     with store.write() as s:
         s.get(ClipRow, kept[1]["clip_id"]).received_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=31)
     assert ing.prune() == 1
-    assert ingestor(store, pool, tmp_path, keep_audio=False).ingest(
-        "store-1", upload(tmp_path, "anomalous", 9, minutes=30))["audio_kept"] is False
+    assert (
+        ingestor(store, pool, tmp_path, keep_audio=False).ingest("store-1", upload(tmp_path, "anomalous", 9, minutes=30))["audio_kept"]
+        is False
+    )
 
 
 def test_tokens_are_stored_as_hashes_with_scopes_and_can_be_revoked(store):
@@ -257,12 +266,13 @@ def test_a_database_that_goes_away_is_a_503_never_a_500(pool):
     """Every request needs the database (the token is looked up there): when it cannot be reached,
     the answer is 503 with one line and Retry-After, and /health says so for the load balancer."""
     from fastapi.testclient import TestClient
-
-    from humwatch.service.app import Service, create_app
     from service_fixtures import free_port
 
-    settings = ServiceSettings(monitors=str(pool.folder), db=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none",
-                               keep_audio=False).validate()
+    from humwatch.service.app import Service, create_app
+
+    settings = ServiceSettings(
+        monitors=str(pool.folder), db=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none", keep_audio=False
+    ).validate()
     store = Store(settings.db_url)  # connects lazily: nothing listens on that port
     app = create_app(settings, service=Service(settings, store, pool, Ingestor(store, pool, settings), None))
     with TestClient(app, raise_server_exceptions=False) as c:

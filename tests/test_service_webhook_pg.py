@@ -10,7 +10,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-
 from service_fixtures import LiveServer, WebhookReceiver, clip_bytes, fresh_monitors, iso, make_token, wait_for
 
 SECRET = "s3cret"
@@ -31,8 +30,20 @@ def test_a_failing_webhook_is_retried_off_the_ingest_path_and_signed(service_mon
     db = default_db_url(monitors)
     tokens = {s: make_token(db, s, s) for s in ("ingest", "read")}
     receiver = WebhookReceiver(_slow_failing_first)
-    server = LiveServer(monitors, tmp_path / "serve.log", "--webhook", receiver.url, "--webhook-secret", SECRET,
-                        "--webhook-retries", "2", "--webhook-backoff", "0.2", "--alert-rule", "1/1/1").start()
+    server = LiveServer(
+        monitors,
+        tmp_path / "serve.log",
+        "--webhook",
+        receiver.url,
+        "--webhook-secret",
+        SECRET,
+        "--webhook-retries",
+        "2",
+        "--webhook-backoff",
+        "0.2",
+        "--alert-rule",
+        "1/1/1",
+    ).start()
     try:
         post = httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {tokens['ingest']}"}, timeout=30)
         read = httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {tokens['read']}"}, timeout=30)
@@ -55,8 +66,12 @@ def test_a_failing_webhook_is_retried_off_the_ingest_path_and_signed(service_mon
         for call in receiver.calls:
             by_alert.setdefault((call["doc"]["alert"]["id"], call["doc"]["event"]), []).append(call)
         # each alert opened and closed (rule 1/1/1): 1 try + 2 retries each for alert 1; 1 try each for alert 2
-        assert {k: len(v) for k, v in by_alert.items()} == {(1, "alert.opened"): 3, (1, "alert.closed"): 3,
-                                                             (2, "alert.opened"): 1, (2, "alert.closed"): 1}
+        assert {k: len(v) for k, v in by_alert.items()} == {
+            (1, "alert.opened"): 3,
+            (1, "alert.closed"): 3,
+            (2, "alert.opened"): 1,
+            (2, "alert.closed"): 1,
+        }
         call = by_alert[2, "alert.opened"][0]
         assert call["doc"]["event"] == "alert.opened" and call["doc"]["alert"]["machine"] == "api-1"
         expected = "sha256=" + hmac.new(SECRET.encode(), call["body"], hashlib.sha256).hexdigest()
@@ -79,8 +94,7 @@ def test_two_workers_on_postgresql_store_concurrent_clips_once_and_open_one_aler
 
         def send(p):
             machine, data, when = p
-            with httpx.Client(base_url=server.url, timeout=120,
-                              headers={"authorization": f"Bearer {tokens['ingest']}"}) as c:
+            with httpx.Client(base_url=server.url, timeout=120, headers={"authorization": f"Bearer {tokens['ingest']}"}) as c:
                 r = c.post(f"/api/v1/machines/{machine}/clips", content=data, params={"recorded_at": when})
                 assert r.status_code == 200, r.text
                 return r.json()
@@ -91,8 +105,7 @@ def test_two_workers_on_postgresql_store_concurrent_clips_once_and_open_one_aler
         ids = {d["clip_id"] for d in docs}
         assert len(ids) == len(normal) + len(burst) and sum(d["duplicate"] for d in docs) == 5
         with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {tokens['read']}"}) as c:
-            stored = {m: c.get(f"/api/v1/machines/{m}/scores", params={"limit": 100}).json()["items"]
-                      for m in ("api-1", "api-2")}
+            stored = {m: c.get(f"/api/v1/machines/{m}/scores", params={"limit": 100}).json()["items"] for m in ("api-1", "api-2")}
             assert len(stored["api-1"]) == 8 and len(stored["api-2"]) == 14
             alerts = c.get("/api/v1/alerts", params={"machine": "api-2"}).json()["items"]
             assert len(alerts) == 1 and alerts[0]["state"] == "open" and alerts[0]["n_anomalous"] >= 2

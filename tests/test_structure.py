@@ -27,9 +27,7 @@ def _modules() -> dict[str, Path]:
 
 
 def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def _imports(body: list[ast.stmt]):
@@ -104,7 +102,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -135,15 +133,12 @@ def test_no_import_cycles():
 
 def test_no_oversized_modules():
     sizes = {
-        path.relative_to(PACKAGE).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
-        for path in sorted(PACKAGE.rglob("*.py"))
+        path.relative_to(PACKAGE).as_posix(): len(path.read_text(encoding="utf-8").splitlines()) for path in sorted(PACKAGE.rglob("*.py"))
     }
     stale = sorted(rel for rel in OVERSIZED if sizes.get(rel, 0) <= MAX_LINES)
     assert not stale, f"OVERSIZED lists modules that are gone or no longer over {MAX_LINES} lines: {stale}"
     too_big = {rel: n for rel, n in sizes.items() if n > MAX_LINES and rel not in OVERSIZED}
-    assert not too_big, f"modules over {MAX_LINES} lines (split them): " + ", ".join(
-        f"{rel} ({n})" for rel, n in sorted(too_big.items())
-    )
+    assert not too_big, f"modules over {MAX_LINES} lines (split them): " + ", ".join(f"{rel} ({n})" for rel, n in sorted(too_big.items()))
 
 
 def test_no_module_imports_the_public_api():

@@ -14,15 +14,7 @@ import pytest
 import soundfile as sf
 
 from humwatch.data.clips import read_clips_csv
-from humwatch.data.synth import (
-    ANOMALY_KINDS,
-    MACHINES,
-    render_clip,
-    render_clip_parts,
-    render_source,
-    snr_folder_name,
-    synthesize,
-)
+from humwatch.data.synth import ANOMALY_KINDS, MACHINES, render_clip, render_clip_parts, render_source, snr_folder_name, synthesize
 from humwatch.errors import ConfigError
 from humwatch.features import ae_logmel
 
@@ -97,9 +89,7 @@ def test_manifest_keeps_rows_of_earlier_runs(tmp_path):
 
 
 def test_snr_folder_names():
-    assert [snr_folder_name(v) for v in (6, 0, -6, 6.0, -0.0, 2.5, -1.25)] == [
-        "6dB", "0dB", "-6dB", "6dB", "0dB", "2.5dB", "-1.25dB"
-    ]
+    assert [snr_folder_name(v) for v in (6, 0, -6, 6.0, -0.0, 2.5, -1.25)] == ["6dB", "0dB", "-6dB", "6dB", "0dB", "2.5dB", "-1.25dB"]
 
 
 def test_ids_spellings_are_the_same_product(tmp_path):
@@ -127,8 +117,7 @@ def test_file_format_default(tmp_path):
 
 
 def test_file_format_other_rate_and_channels(tmp_path):
-    clips = _synth(tmp_path, machines=("pump",), ids=("00",), n_normal=1, n_anomalous=1,
-                   seconds=1.0, sample_rate=22050, channels=4)
+    clips = _synth(tmp_path, machines=("pump",), ids=("00",), n_normal=1, n_anomalous=1, seconds=1.0, sample_rate=22050, channels=4)
     for c in clips:
         y, sr = sf.read(c.path, dtype="float32", always_2d=True)
         assert sr == 22050 and y.shape == (22050, 4)
@@ -223,6 +212,7 @@ def test_channels_differ_by_delay_and_gain():
     rms = np.sqrt(np.mean(m.astype(np.float64) ** 2, axis=0))
     assert rms.max() / rms.min() > 1.01  # gains differ (1/r and sensitivity)
     assert rms.max() / rms.min() < 1.5
+
     # the machine reaches the microphones at different times: cross-correlation peaks at sub-sample
     # to few-sample lags, not all zero, and the channels are strongly but not perfectly correlated
     def xcorr_peak(a, c):
@@ -234,6 +224,7 @@ def test_channels_differ_by_delay_and_gain():
         peak = up[k] / np.sqrt(np.dot(a, a) * np.dot(c, c))
         k = k - 2 * n * 8 if k > n * 8 else k
         return k / 8, peak
+
     x = m.astype(np.float64)
     peaks = [xcorr_peak(x[:, 0], x[:, c]) for c in range(8)]
     lags = [p[0] for p in peaks]
@@ -288,8 +279,7 @@ def test_every_anomaly_kind_is_measurable_at_full_severity(machine):
     centre = normals.mean(axis=0)
     d_normal = np.linalg.norm(normals - centre, axis=1).max()
     for kind in ANOMALY_KINDS[machine]:
-        d = np.mean([np.linalg.norm(_stats(render_source(machine, 2, kind, 1.0, seed=s, seconds=sec)) - centre)
-                     for s in range(2)])
+        d = np.mean([np.linalg.norm(_stats(render_source(machine, 2, kind, 1.0, seed=s, seconds=sec)) - centre) for s in range(2)])
         assert d > 1.5 * d_normal, (kind, d, d_normal)
 
 
@@ -297,8 +287,10 @@ def test_every_anomaly_kind_is_measurable_at_full_severity(machine):
 def test_anomalous_clips_differ_from_normal_clips_on_average(machine):
     """Written-as-is clips (random kinds and severities, 6 dB background): the anomalies are on
     average further from the normal centroid than held-out normal clips."""
+
     def st(label, i):
         return _stats(render_clip(machine, 0, label, i, snr_db=6.0, seconds=2.0)[0].mean(axis=1))
+
     train = np.array([st(0, i) for i in range(6)])
     centre, spread = train.mean(axis=0), train.std(axis=0) + 1e-3
     held = np.array([st(0, i) for i in range(6, 10)])

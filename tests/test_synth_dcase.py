@@ -28,8 +28,16 @@ NAME = re.compile(r"^section_(\d{2})_(source|target)_(train|test)_(normal|anomal
 
 
 def _make(out, **kw):
-    args = dict(year=2023, machines=("fan", "valve"), sections=("00", "01"), n_source_train=3, n_target_train=2,
-                n_test=2, seconds=1.0, progress=False)
+    args = dict(
+        year=2023,
+        machines=("fan", "valve"),
+        sections=("00", "01"),
+        n_source_train=3,
+        n_target_train=2,
+        n_test=2,
+        seconds=1.0,
+        progress=False,
+    )
     args.update(kw)
     return synthesize_dcase(out, **args)
 
@@ -110,7 +118,12 @@ def test_loads_as_a_dcase_development_set_with_domains_and_sections(tree):
     for c in clips:
         r = truth[str(Path(c.path).relative_to(root))]
         assert (c.machine_type, c.machine_id, c.domain, c.split, c.label) == (
-            r["machine_type"], r["section"], r["domain"], r["split"], int(r["label"]))
+            r["machine_type"],
+            r["section"],
+            r["domain"],
+            r["split"],
+            int(r["label"]),
+        )
         assert attributes_of(c.path) == r["attributes"]
         assert (r["anomaly_kind"] == "normal") == (c.label == 0)
     assert {c.machine_id for c in clips} == {"section_00", "section_01"}
@@ -119,8 +132,7 @@ def test_loads_as_a_dcase_development_set_with_domains_and_sections(tree):
 
 
 def test_dcase2024_hides_some_attributes(tmp_path):
-    _make(tmp_path, year=2024, machines=("fan", "pump", "slider"), sections=("00",), n_source_train=1,
-          n_target_train=1, n_test=1)
+    _make(tmp_path, year=2024, machines=("fan", "pump", "slider"), sections=("00",), n_source_train=1, n_target_train=1, n_test=1)
     for m in ("pump", "slider"):
         names = [p.name for s in ("train", "test") for p in (tmp_path / m / s).iterdir()]
         assert names and all(n.endswith("_noAttribute.wav") for n in names)
@@ -140,7 +152,7 @@ def _logspec(y: np.ndarray) -> np.ndarray:
 def _envelope_acf(y: np.ndarray) -> np.ndarray:
     e = np.sqrt((y[: len(y) // 160 * 160].reshape(-1, 160) ** 2).mean(1))  # 10 ms frames
     e = e - e.mean()
-    acf = np.correlate(e, e, "full")[len(e) - 1:]
+    acf = np.correlate(e, e, "full")[len(e) - 1 :]
     return acf[:200] / acf[0]
 
 
@@ -175,13 +187,16 @@ def _transience(y):
     return float(e.max() / np.median(e))
 
 
-@pytest.mark.parametrize("machine,kind,measure,factor", [
-    ("fan", "whine", _peakiness, 3.0),  # a new spectral line
-    ("fan", "rub", _hf_share, 1.0),  # more high-frequency band energy
-    ("fan", "knock", _transience, 2.0),  # a frame far louder than the clip's typical frame
-    ("pump", "knock", _transience, 2.0),
-    ("valve", "stuck", _transience, 1.5),  # more than the valve's own clicks
-])
+@pytest.mark.parametrize(
+    "machine,kind,measure,factor",
+    [
+        ("fan", "whine", _peakiness, 3.0),  # a new spectral line
+        ("fan", "rub", _hf_share, 1.0),  # more high-frequency band energy
+        ("fan", "knock", _transience, 2.0),  # a frame far louder than the clip's typical frame
+        ("pump", "knock", _transience, 2.0),
+        ("valve", "stuck", _transience, 1.5),  # more than the valve's own clicks
+    ],
+)
 def test_each_anomaly_family_shows(machine, kind, measure, factor):
     kinds = DCASE_ANOMALY_KINDS[machine]
     normal = [measure(render_dcase_clip(machine, 0, "source", "test", 0, k, seconds=3.0)[0]) for k in range(5)]
@@ -194,8 +209,9 @@ def test_each_anomaly_family_shows(machine, kind, measure, factor):
 
 
 def test_every_anomaly_kind_is_in_the_ground_truth(tmp_path):
-    _make(tmp_path, machines=("fan", "pump", "slider", "valve"), sections=("00",), n_source_train=0,
-          n_target_train=0, n_test=6, seconds=0.5)
+    _make(
+        tmp_path, machines=("fan", "pump", "slider", "valve"), sections=("00",), n_source_train=0, n_target_train=0, n_test=6, seconds=0.5
+    )
     rows = _csv(tmp_path / "ground_truth.csv")
     for m in ("fan", "pump", "slider", "valve"):
         for d in ("source", "target"):
@@ -230,8 +246,7 @@ def test_mimii_layout_is_unchanged(tmp_path):
     import json
 
     ref = json.loads((Path(__file__).parent / "regression" / "synth_mimii_reference.json").read_text())
-    synthesize(tmp_path, machines=("fan", "valve"), ids=("00", "02"), n_normal=2, n_anomalous=2, seconds=1.0,
-               channels=2, progress=False)
+    synthesize(tmp_path, machines=("fan", "valve"), ids=("00", "02"), n_normal=2, n_anomalous=2, seconds=1.0, channels=2, progress=False)
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith("."))
     assert files == sorted(ref)
     for rel, want in ref.items():
@@ -241,18 +256,21 @@ def test_mimii_layout_is_unchanged(tmp_path):
             continue
         y, sr = sf.read(p, dtype="float64", always_2d=True)
         assert (sr, list(y.shape), sf.info(p).subtype) == (want["sr"], want["shape"], want["subtype"]), rel
-        rms = [np.sqrt((s ** 2).mean(axis=0)) for s in np.array_split(y, 16)]
+        rms = [np.sqrt((s**2).mean(axis=0)) for s in np.array_split(y, 16)]
         np.testing.assert_allclose(rms, want["rms"], rtol=1e-3, err_msg=rel)
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(year=2025), "year must be 2023 or 2024"),
-    (dict(sections=("100",)), "bad section '100'"),
-    (dict(sections=("00", "section_00")), "listed twice"),
-    (dict(n_test=-1), "test clips must be"),
-    (dict(machines=("drill",)), "unknown machine type 'drill'"),
-    (dict(n_source_train=0, n_target_train=0, n_test=0), "nothing to generate"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(year=2025), "year must be 2023 or 2024"),
+        (dict(sections=("100",)), "bad section '100'"),
+        (dict(sections=("00", "section_00")), "listed twice"),
+        (dict(n_test=-1), "test clips must be"),
+        (dict(machines=("drill",)), "unknown machine type 'drill'"),
+        (dict(n_source_train=0, n_target_train=0, n_test=0), "nothing to generate"),
+    ],
+)
 def test_bad_arguments_are_refused_before_writing(tmp_path, kw, msg):
     with pytest.raises(ConfigError, match=msg):
         _make(tmp_path / "out", **kw)
@@ -261,8 +279,25 @@ def test_bad_arguments_are_refused_before_writing(tmp_path, kw, msg):
 
 def test_cli_writes_a_dcase_tree_and_refuses_options_of_the_other_layout(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["synth", str(tmp_path / "d"), "--layout", "dcase2024", "--machines", "valve", "--source-train", "2",
-              "--target-train", "1", "--test", "1", "--seconds", "0.5", "--quiet"])
+        main(
+            [
+                "synth",
+                str(tmp_path / "d"),
+                "--layout",
+                "dcase2024",
+                "--machines",
+                "valve",
+                "--source-train",
+                "2",
+                "--target-train",
+                "1",
+                "--test",
+                "1",
+                "--seconds",
+                "0.5",
+                "--quiet",
+            ]
+        )
     assert e.value.code == 0
     assert "wrote 7 clips (5 normal, 2 anomalous)" in capsys.readouterr().out
     assert len(load_dataset(tmp_path / "d")) == 7

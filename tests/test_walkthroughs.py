@@ -25,7 +25,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from service_fixtures import env_with_src, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +88,7 @@ def test_every_block_a_user_types_is_run_here_or_says_why_not():
     assert not unmarked, f"mark these <!-- walkthrough: NAME --> (run by this test) or <!-- walkthrough-skip: WHY -->: {unmarked}"
     found = walkthroughs()
     assert "service" in found and found["service"][0].doc.name == "README.md"
-    for name, (b, after) in found.items():
+    for b, after in found.values():
         assert after is None or after in found, f"{b.where}: after={after}: no such walkthrough"
     skips = [b for doc in DOCS for b in blocks(doc) if b.mark and b.mark[0] == "walkthrough-skip"]
     assert all(b.mark[1] for b in skips), [b.where for b in skips if not b.mark[1]]
@@ -115,8 +114,12 @@ def shell(tmp_path):
     launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m humwatch.cli "$@"\n')
     launcher.chmod(0o755)
     port = free_port()
-    env = {**env_with_src(), "HUMWATCH_PORT": str(port), "HUMWATCH_SERVER": f"http://127.0.0.1:{port}",
-           "XDG_STATE_HOME": str(tmp_path / ".state")}  # the listener's default spool: not the real home's
+    env = {
+        **env_with_src(),
+        "HUMWATCH_PORT": str(port),
+        "HUMWATCH_SERVER": f"http://127.0.0.1:{port}",
+        "XDG_STATE_HOME": str(tmp_path / ".state"),
+    }  # the listener's default spool: not the real home's
     env.pop("HUMWATCH_TOKEN", None)
     log = tmp_path / ".walkthrough.log"
     groups: list[int] = []  # one process group per block
@@ -128,8 +131,9 @@ def shell(tmp_path):
             out.write(f"\n==> {block.where}\n")
             out.flush()
             # not a pipe: `serve &` and `listen &` outlive the script and would hold a pipe open
-            proc = subprocess.Popen(["bash", "-e", str(script)], cwd=tmp_path, env=env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                ["bash", "-e", str(script)], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         groups.append(proc.pid)
         try:
             rc = proc.wait(timeout)
@@ -164,8 +168,7 @@ def test_the_readme_service_walkthrough_opens_an_alert_from_the_anomalous_clips(
     token_file = shell.dir / "token.txt"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600  # readable by its owner only
     token = token_file.read_text().strip()
-    api = httpx.Client(base_url=f"http://127.0.0.1:{shell.port}", headers={"authorization": f"Bearer {token}"},
-                       timeout=30)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{shell.port}", headers={"authorization": f"Bearer {token}"}, timeout=30)
     names = {f"1-normal-0000000{k}.wav" for k in range(5)} | {f"2-abnormal-0000000{k}.wav" for k in range(6)}
     rows, alerts, deadline = [], [], time.monotonic() + 300  # serve loads and warms up its monitor meanwhile
     while time.monotonic() < deadline:
@@ -202,8 +205,7 @@ def test_token_create_out_writes_a_file_only_its_owner_reads_and_never_a_token_n
     old_umask = os.umask(0o022)  # the usual one: without care the file would be 0644
     try:
         with pytest.raises(SystemExit) as e:
-            main(["token", "create", "plant", "--scope", "ingest,read", "--monitors", str(monitors),
-                  "--out", str(tmp_path / "token.txt")])
+            main(["token", "create", "plant", "--scope", "ingest,read", "--monitors", str(monitors), "--out", str(tmp_path / "token.txt")])
     finally:
         os.umask(old_umask)
     out, err = capsys.readouterr()
@@ -213,9 +215,11 @@ def test_token_create_out_writes_a_file_only_its_owner_reads_and_never_a_token_n
     token = token_file.read_text()
     assert token.endswith("\n") and len(token.strip()) > 40
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".token.txt")]  # no temporary left
-    refused = [(["--out", str(token_file)], "exists already"),  # another token's file is never replaced
-               (["--out", str(token_file / "under-a-file.txt")], "cannot write it"),
-               (["--out", str(monitors)], "exists already")]
+    refused = [
+        (["--out", str(token_file)], "exists already"),  # another token's file is never replaced
+        (["--out", str(token_file / "under-a-file.txt")], "cannot write it"),
+        (["--out", str(monitors)], "exists already"),
+    ]
     for args, words in refused:
         with pytest.raises(SystemExit) as e:
             main(["token", "create", "second", "--monitors", str(monitors), *args])

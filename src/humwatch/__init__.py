@@ -25,9 +25,13 @@ from humwatch._version import __version__
 from humwatch.errors import HumwatchError
 
 _LAZY = {
-    "fit": "humwatch.api", "load_monitor": "humwatch.api", "backbones": "humwatch.api",
+    "fit": "humwatch.api",
+    "load_monitor": "humwatch.api",
+    "backbones": "humwatch.api",
     "Monitor": "humwatch.monitor",
-    "Scores": "humwatch.recordings", "Result": "humwatch.recordings", "Window": "humwatch.recordings",
+    "Scores": "humwatch.recordings",
+    "Result": "humwatch.recordings",
+    "Window": "humwatch.recordings",
     "Skipped": "humwatch.recordings",
 }
 """Public name -> the module that defines it (imported on first use)."""
@@ -35,8 +39,20 @@ _LAZY = {
 _PACKAGES = ("methods", "detectors")
 """Registries that are packages of their own: ``humwatch.methods()`` calls the package (it lists its names)."""
 
-__all__ = ["HumwatchError", "Monitor", "Result", "Scores", "Skipped", "Window", "__version__", "backbones",
-           "detectors", "fit", "load_monitor", "methods"]
+__all__ = [
+    "HumwatchError",
+    "Monitor",
+    "Result",
+    "Scores",
+    "Skipped",
+    "Window",
+    "__version__",
+    "backbones",
+    "detectors",
+    "fit",
+    "load_monitor",
+    "methods",
+]
 
 
 def __getattr__(name: str) -> Any:

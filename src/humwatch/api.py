@@ -32,12 +32,27 @@ study's AST when its weights are here, else the weight-free ``features`` backbon
 (:data:`humwatch.methods.embed_detect.WEIGHT_FREE`), never a random network."""
 
 
-def fit(data: Any, method: str | None = None, settings: Mapping[str, Any] | None = None, *,
-        out: str | os.PathLike | None = None, overwrite: bool = False, false_alarm_rate: float = 0.05,
-        threshold_method: str = "gamma", folds: int = 5, seconds: float = 10.0, hop: float | None = None,
-        seed: int = 0, channel: int | None = None, layout: str = "auto", skip_bad: bool = False,
-        cache_dir: str | os.PathLike | None = None, progress: bool = False, device: str = "auto",
-        jobs: int | None = None) -> Monitor:
+def fit(
+    data: Any,
+    method: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    false_alarm_rate: float = 0.05,
+    threshold_method: str = "gamma",
+    folds: int = 5,
+    seconds: float = 10.0,
+    hop: float | None = None,
+    seed: int = 0,
+    channel: int | None = None,
+    layout: str = "auto",
+    skip_bad: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    device: str = "auto",
+    jobs: int | None = None,
+) -> Monitor:
     """A monitor fitted on healthy recordings, saved to ``out`` when given (as ``humwatch fit``).
 
     ``data``: a folder (any layout :func:`humwatch.data.load_dataset` reads, a plain folder of audio
@@ -66,9 +81,22 @@ def fit(data: Any, method: str | None = None, settings: Mapping[str, Any] | None
     if out is not None:
         check_holds_none(out, (c.path for c in clips if getattr(c, "samples", None) is None), option="out")  # files only
     mon, summary = fit_monitor(
-        clips, name, s, false_alarm_rate=false_alarm_rate, threshold_method=threshold_method, folds=folds,
-        seconds=seconds, hop=hop, seed=seed, audio=AudioSettings(channel=channel), skip_bad=skip_bad,
-        cache_dir=cache_dir, progress=progress, device=device, jobs=jobs)
+        clips,
+        name,
+        s,
+        false_alarm_rate=false_alarm_rate,
+        threshold_method=threshold_method,
+        folds=folds,
+        seconds=seconds,
+        hop=hop,
+        seed=seed,
+        audio=AudioSettings(channel=channel),
+        skip_bad=skip_bad,
+        cache_dir=cache_dir,
+        progress=progress,
+        device=device,
+        jobs=jobs,
+    )
     if summary["random_init"]:
         log.warning("warning: %s: %s", summary["label"], summary["weights"])
     if out is not None:
@@ -76,8 +104,7 @@ def fit(data: Any, method: str | None = None, settings: Mapping[str, Any] | None
     return mon
 
 
-def load_monitor(directory: str | os.PathLike, *, weights: str | None = None, device: str = "auto",
-                 runtime: str = "auto") -> Monitor:
+def load_monitor(directory: str | os.PathLike, *, weights: str | None = None, device: str = "auto", runtime: str = "auto") -> Monitor:
     """The monitor in ``directory`` (written by :func:`fit`, ``humwatch fit`` or ``humwatch export``;
     or a fine-tuned model's folder, with its own threshold), checked as ``humwatch score`` checks it;
     ``weights``: where its backbone's weights are now, if they moved (they must be the same)."""
@@ -88,8 +115,7 @@ def load_monitor(directory: str | os.PathLike, *, weights: str | None = None, de
         raise ConfigError(f"runtime must be auto, torch or onnx, got {runtime!r}")
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise ConfigError(f"weights must be a path or a hub id, got {type(weights).__name__}")
-    return _load(Path(directory), weights=None if weights is None else os.fspath(weights), device=device,
-                 runtime=runtime)
+    return _load(Path(directory), weights=None if weights is None else os.fspath(weights), device=device, runtime=runtime)
 
 
 def backbones() -> list[str]:

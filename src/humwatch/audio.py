@@ -19,10 +19,9 @@ from typing import ClassVar
 import numpy as np
 import soundfile as sf
 
-from humwatch.errors import AudioError
-from humwatch.settings import CHANNEL, SAMPLE_RATE_HZ, WINDOW_SECONDS, Optional, Real, Settings, check_fields, setting
-from humwatch.errors import one_line
+from humwatch.errors import AudioError, one_line
 from humwatch.io import AUDIO_SUFFIXES, atomic_path
+from humwatch.settings import CHANNEL, SAMPLE_RATE_HZ, WINDOW_SECONDS, Optional, Real, Settings, check_fields, setting
 
 log = logging.getLogger("humwatch")
 
@@ -74,11 +73,7 @@ def saved_audio_settings(doc, where, seconds_required: bool = False) -> AudioSet
 
 
 def load_audio(
-    path: str | os.PathLike,
-    settings: AudioSettings | None = None,
-    *,
-    notes: list[str] | None = None,
-    start: float = 0.0,
+    path: str | os.PathLike, settings: AudioSettings | None = None, *, notes: list[str] | None = None, start: float = 0.0
 ) -> np.ndarray:
     """Read ``path`` as a mono float32 signal at ``settings.sample_rate``; with ``start`` (seconds),
     the window of ``settings.seconds`` that begins there (a window of a long recording).
@@ -105,14 +100,19 @@ def load_audio(
     if data.shape[0] == 0:
         raise AudioError(f"{path}: holds no samples")
     if info.frames > 0 and data.shape[0] < (info.frames - first if count < 0 else count):
-        raise AudioError(
-            f"{path}: truncated (header says {info.frames} frames, file holds {data.shape[0]})"
-        )
+        raise AudioError(f"{path}: truncated (header says {info.frames} frames, file holds {data.shape[0]})")
     return _signal(data, sr, s, path, notes)
 
 
-def decode_array(samples, sample_rate: int, settings: AudioSettings | None = None, *, name: str = "<memory>",
-                 notes: list[str] | None = None, start: float = 0.0) -> np.ndarray:
+def decode_array(
+    samples,
+    sample_rate: int,
+    settings: AudioSettings | None = None,
+    *,
+    name: str = "<memory>",
+    notes: list[str] | None = None,
+    start: float = 0.0,
+) -> np.ndarray:
     """:func:`load_audio` of samples already in memory (``samples``: frames, or frames x channels, at
     ``sample_rate``): the same channel, resampling, padding and cutting rules and the same errors,
     naming the clip ``name``."""
@@ -123,7 +123,7 @@ def decode_array(samples, sample_rate: int, settings: AudioSettings | None = Non
     if first:
         if not 0 <= first < data.shape[0]:
             raise AudioError(f"{name}: no audio at {start:g} s (it is {data.shape[0] / sr:.2f} s long)")
-        data = data[first: first + (data.shape[0] if s.seconds is None else int(np.ceil(s.seconds * sr)))]
+        data = data[first : first + (data.shape[0] if s.seconds is None else int(np.ceil(s.seconds * sr)))]
     if data.shape[0] == 0:
         raise AudioError(f"{name}: holds no samples")
     return _signal(data, sr, s, name, notes)
@@ -138,12 +138,17 @@ def check_samples(samples, sample_rate, name: str) -> tuple[np.ndarray, int]:
     except (TypeError, ValueError):
         data = np.asarray(None)
     if data.dtype.kind not in "fi" or data.ndim not in (1, 2):
-        raise AudioError(f"{name}: samples must be a 1-D (frames) or 2-D (frames x channels) array of numbers, "
-                         f"got {data.dtype} of shape {data.shape}")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or \
-            not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise AudioError(f"{name}: sample rate {sample_rate!r} is outside the "
-                         f"{MIN_SAMPLE_RATE // 1000}-{MAX_SAMPLE_RATE // 1000} kHz humwatch reads")
+        raise AudioError(
+            f"{name}: samples must be a 1-D (frames) or 2-D (frames x channels) array of numbers, got {data.dtype} of shape {data.shape}"
+        )
+    if (
+        isinstance(sample_rate, bool)
+        or not isinstance(sample_rate, (int, np.integer))
+        or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE
+    ):
+        raise AudioError(
+            f"{name}: sample rate {sample_rate!r} is outside the {MIN_SAMPLE_RATE // 1000}-{MAX_SAMPLE_RATE // 1000} kHz humwatch reads"
+        )
     if data.dtype.kind == "i":  # integer PCM as soundfile scales it
         data = data.astype(np.float32) / float(2 ** (8 * data.dtype.itemsize - 1))
     return data.astype(np.float32, copy=False), int(sample_rate)
@@ -161,8 +166,10 @@ def decode_bytes(blob: bytes, name: str) -> tuple[np.ndarray, int]:
     try:
         info = sf.info(io.BytesIO(blob))
         if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
-            raise AudioError(f"{name}: sample rate {info.samplerate} Hz in its header is outside the "
-                             f"{MIN_SAMPLE_RATE // 1000}-{MAX_SAMPLE_RATE // 1000} kHz humwatch reads (a damaged header?)")
+            raise AudioError(
+                f"{name}: sample rate {info.samplerate} Hz in its header is outside the "
+                f"{MIN_SAMPLE_RATE // 1000}-{MAX_SAMPLE_RATE // 1000} kHz humwatch reads (a damaged header?)"
+            )
         data, sr = sf.read(io.BytesIO(blob), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
         reason = one_line(e)
@@ -193,8 +200,11 @@ def _signal(data: np.ndarray, sr: int, s: AudioSettings, path, notes: list[str] 
     y = np.ascontiguousarray(y, dtype=np.float32)
     peak = float(np.max(np.abs(y)))
     if peak < SILENCE_PEAK:
-        raise AudioError(f"{path}: silent (all samples are zero)" if peak == 0 else
-                         f"{path}: silent (peak amplitude {peak:.2g}, below {SILENCE_PEAK:g} of full scale)")
+        raise AudioError(
+            f"{path}: silent (all samples are zero)"
+            if peak == 0
+            else f"{path}: silent (peak amplitude {peak:.2g}, below {SILENCE_PEAK:g} of full scale)"
+        )
 
     def note(msg: str) -> None:
         log.info("%s: %s", path, msg)
@@ -216,8 +226,6 @@ def _signal(data: np.ndarray, sr: int, s: AudioSettings, path, notes: list[str] 
             note(f"cut from {len(y) / s.sample_rate:.2f} s to {n / s.sample_rate:.2f} s")
             y = y[:n]
     return y
-
-
 
 
 def write_audio(path: str | os.PathLike, y: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
@@ -242,7 +250,13 @@ def check_file(path: str | os.PathLike) -> Path:
     if stat.S_ISDIR(st.st_mode):
         raise AudioError(f"{path}: is a folder, not an audio file")
     if not stat.S_ISREG(st.st_mode):
-        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file"
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(st.st_mode)
+            else "a device"
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "not a regular file"
+        )
         raise AudioError(f"{path}: {kind}, not an audio file")
     if st.st_size == 0:
         raise AudioError(f"{path}: empty file")
@@ -264,8 +278,10 @@ def _header(path: Path):
         reason = one_line(e)
         raise AudioError(f"{path}: not readable audio ({reason})") from None
     if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
-        raise AudioError(f"{path}: sample rate {info.samplerate} Hz in its header is outside the "
-                         f"{MIN_SAMPLE_RATE // 1000}-{MAX_SAMPLE_RATE // 1000} kHz humwatch reads (a damaged header?)")
+        raise AudioError(
+            f"{path}: sample rate {info.samplerate} Hz in its header is outside the "
+            f"{MIN_SAMPLE_RATE // 1000}-{MAX_SAMPLE_RATE // 1000} kHz humwatch reads (a damaged header?)"
+        )
     return info
 
 
@@ -296,8 +312,9 @@ def find_audio(folder: str | os.PathLike) -> list[Path]:
     ``--skip-bad`` counts it) instead of it vanishing. (``rglob`` does not follow links to folders,
     so a link back up cannot loop.)"""
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES
-                  and (p.is_file() or (p.is_symlink() and not p.exists())))
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and (p.is_file() or (p.is_symlink() and not p.exists()))
+    )
 
 
 def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:

@@ -35,9 +35,9 @@ from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip, expand_windows
 from humwatch.errors import ConfigError, DatasetError
 from humwatch.folds import cross_fit, fold_jobs
-from humwatch.settings import FALSE_ALARM_RATE, FOLDS, WINDOW_SECONDS, OneOf, check_value
 from humwatch.monitor import THRESHOLD_METHODS, Monitor, MonitorSettings, max_per_recording, recording_notes
 from humwatch.runtime import Runtime, active
+from humwatch.settings import FALSE_ALARM_RATE, FOLDS, WINDOW_SECONDS, OneOf, check_value
 
 
 def windows_needed(false_alarm_rate: float, threshold_method: str) -> int:
@@ -100,8 +100,7 @@ def fit_monitor(
     base = audio or AudioSettings()
     audio = AudioSettings(base.sample_rate, float(seconds), base.channel)
     ctx = Context(audio=audio, seed=seed, device=device)
-    rt = Runtime(on_bad="skip" if skip_bad else "error", progress=progress,
-                 cache_dir=str(cache_dir) if cache_dir is not None else None)
+    rt = Runtime(on_bad="skip" if skip_bad else "error", progress=progress, cache_dir=str(cache_dir) if cache_dir is not None else None)
     m = create_method(method, s, ctx, title="monitor")
     normal = [c for c in clips if not c.is_anomalous]
     anomalous = [c for c in clips if c.is_anomalous]
@@ -113,13 +112,18 @@ def fit_monitor(
         raise DatasetError(
             f"a false-alarm rate of {false_alarm_rate:g} with the {threshold_method} threshold needs at least {need} "
             f"normal windows of {seconds:g} s, these {len(normal)} recording(s) give {len(windows)}: record more, or "
-            + ("raise --false-alarm-rate" if threshold_method == "gamma" else
-               f"raise --false-alarm-rate to {1 / len(windows):.2g}, or use --threshold-method gamma"))
+            + (
+                "raise --false-alarm-rate"
+                if threshold_method == "gamma"
+                else f"raise --false-alarm-rate to {1 / len(windows):.2g}, or use --threshold-method gamma"
+            )
+        )
     k = min(folds, len(windows))
     per_fold = len(windows) - math.ceil(len(windows) / k)
     if per_fold < m.min_fit_clips():
-        raise DatasetError(f"{method}: each of the {k} calibration folds trains on {per_fold} normal windows, "
-                           f"it needs at least {m.min_fit_clips()}: record more")
+        raise DatasetError(
+            f"{method}: each of the {k} calibration folds trains on {per_fold} normal windows, it needs at least {m.min_fit_clips()}: record more"
+        )
     if m.supervised and not anomalous:
         raise DatasetError(f"{method} learns from normal and anomalous recordings; found no anomalous ones")
     jobs = fold_jobs(jobs, k, device)
@@ -134,8 +138,15 @@ def fit_monitor(
     def make_fold(f: int):
         return create_method(method, s, ctx, title=f"monitor: fold {f + 1}/{k}")
 
-    worker = {"method": method, "settings": s, "audio": audio, "on_bad": rt.on_bad, "cache_dir": rt.cache_dir,
-              "seed": seed, "device": device}
+    worker = {
+        "method": method,
+        "settings": s,
+        "audio": audio,
+        "on_bad": rt.on_bad,
+        "cache_dir": rt.cache_dir,
+        "seed": seed,
+        "device": device,
+    }
     with active(rt):  # every fit and score of the calibration runs with this call's runtime (its skip count)
         oof, oof_bad = cross_fit(m, make_fold, windows, groups, bad, bad_groups, k, jobs=jobs, worker=worker)
     ok = np.isfinite(oof)
@@ -147,7 +158,8 @@ def fit_monitor(
     if not np.any(np.asarray(far) > threshold):
         raise ConfigError(
             f"this monitor could never alarm: inputs far from the training data score at most {np.nanmax(far):.4g}, "
-            f"not above the calibrated threshold {threshold:.4g} ({m.label}); choose another detector or method")
+            f"not above the calibrated threshold {threshold:.4g} ({m.label}); choose another detector or method"
+        )
     reference = _reference(rt.reader(audio), [w for w, g in zip(windows, ok) if g], audio)
     info = m.info()
 
@@ -173,9 +185,16 @@ def fit_monitor(
         random_init=bool(info.get("random_init", False)),
         audio=audio,
         hop=hop,
-        threshold_rule={"method": threshold_method, "false_alarm_rate": false_alarm_rate, "per": "window",
-                        "folds": k, "n_windows": int(ok.sum()), "n_recordings": len(normal), "seed": seed,
-                        "score_range": [float(oof[ok].min()), float(oof[ok].max())]},
+        threshold_rule={
+            "method": threshold_method,
+            "false_alarm_rate": false_alarm_rate,
+            "per": "window",
+            "folds": k,
+            "n_windows": int(ok.sum()),
+            "n_recordings": len(normal),
+            "seed": seed,
+            "score_range": [float(oof[ok].min()), float(oof[ok].max())],
+        },
         n_train=m.n_train_,
         reference_windows=reference.n_windows if reference is not None else 0,
     )

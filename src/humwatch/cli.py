@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="humwatch: tell from a machine's sound whether it is healthy. Every error is one line `error: ...` "
-         "and exit status 2; `humwatch score` exits 1 when a recording raises an alarm.",
+    "and exit status 2; `humwatch score` exits 1 when a recording raises an alarm.",
 )
 
 
@@ -33,10 +33,10 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """humwatch: tell from a machine's sound whether it is healthy."""
+
 
 for _name in MODULES:
     importlib.import_module(f"humwatch.commands.{_name}").register(app)

@@ -30,11 +30,7 @@ from humwatch.errors import ConfigError
 from humwatch.io import check_out_folder, file_sha256, mark_folder, read_json, write_json
 from humwatch.methods.spec import MethodSpec, check_unique, spec_from_entry
 
-DEFAULT_METHODS = (
-    "autoencoder",
-    "embed-detect:backbone=features,detector=mahalanobis,standardize=true",
-    "idnet",
-)
+DEFAULT_METHODS = ("autoencoder", "embed-detect:backbone=features,detector=mahalanobis,standardize=true", "idnet")
 """What ``humwatch compare`` runs when no method is named: the baseline and the two weight-free methods."""
 
 
@@ -102,13 +98,28 @@ def compare(
     methods = plan(specs)
     out = Path(out)
     check_out_folder(out, replace=False, kind="compare", inputs=[data], legacy=("compare-data.json",))
-    base = RunConfig(data=str(data), layout=layout, machines=list(machines) if machines else None,
-                     ids=list(ids) if ids else None, snr=snr, per_id=per_id, seed=seed, dataset_split=dataset_split,
-                     dataset_val_fraction=dataset_val_fraction, channel=channel, skip_bad=skip_bad, cache_dir=str(cache_dir) if cache_dir else None, device=device)
+    base = RunConfig(
+        data=str(data),
+        layout=layout,
+        machines=list(machines) if machines else None,
+        ids=list(ids) if ids else None,
+        snr=snr,
+        per_id=per_id,
+        seed=seed,
+        dataset_split=dataset_split,
+        dataset_val_fraction=dataset_val_fraction,
+        channel=channel,
+        skip_bad=skip_bad,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        device=device,
+    )
     base.validate()
     base.dataset_split = uses_dataset_split(base)  # resolved before the stamp: a DCASE tree's own split by default
-    source = {k: v for k, v in asdict(base).items() if k in ("data", "layout", "machines", "ids", "snr", "seed",
-                                                               "test_fraction", "val_fraction", "dataset_split")}
+    source = {
+        k: v
+        for k, v in asdict(base).items()
+        if k in ("data", "layout", "machines", "ids", "snr", "seed", "test_fraction", "val_fraction", "dataset_split")
+    }
     if base.dataset_val_fraction:
         source["dataset_val_fraction"] = base.dataset_val_fraction
     split_csv = out / "split.csv"
@@ -122,9 +133,16 @@ def compare(
         RunDir(out).write_split(clips)
         write_json(stamp, source)
     split_hash = file_sha256(split_csv)
-    jobs = [orchestrator.Job(sp, RunConfig(**{**asdict(base), "method": sp.method, "settings": dict(sp.settings),
-                                               "split_csv": str(split_csv), "dataset_split": False}), split_hash)
-            for sp in methods]
+    jobs = [
+        orchestrator.Job(
+            sp,
+            RunConfig(
+                **{**asdict(base), "method": sp.method, "settings": dict(sp.settings), "split_csv": str(split_csv), "dataset_split": False}
+            ),
+            split_hash,
+        )
+        for sp in methods
+    ]
 
     def run_one(job: orchestrator.Job, run_dir: Path) -> dict:
         t = time.time()
@@ -135,15 +153,32 @@ def compare(
     def failed(job: orchestrator.Job, reason: str, seconds: float) -> dict:
         return {**_identity(job.spec), "status": "failed", "reason": reason, "seconds": round(seconds, 2)}
 
-    records = orchestrator.run_jobs(jobs, out, records="methods", run=run_one, failed=failed, on_record=on_method,
-                                    title=lambda job: f"[bold]compare: {job.name}[/] ({job.spec.method})")
+    records = orchestrator.run_jobs(
+        jobs,
+        out,
+        records="methods",
+        run=run_one,
+        failed=failed,
+        on_record=on_method,
+        title=lambda job: f"[bold]compare: {job.name}[/] ({job.spec.method})",
+    )
     from humwatch.runinfo import environment
 
-    meta = {"title": title or f"humwatch compare: {data}", "data": str(data), "snr": snr, "seed": seed,
-            "machines": list(machines) if machines else None, "per_id": per_id, "dataset_split": base.dataset_split,
-            "isolated": isolate, "torch_threads": threads, "engine": engine.describe() if engine is not None else "local",
-            "seconds": round(time.time() - t0, 2),
-            "date": time.strftime("%Y-%m-%d"), **environment()}
+    meta = {
+        "title": title or f"humwatch compare: {data}",
+        "data": str(data),
+        "snr": snr,
+        "seed": seed,
+        "machines": list(machines) if machines else None,
+        "per_id": per_id,
+        "dataset_split": base.dataset_split,
+        "isolated": isolate,
+        "torch_threads": threads,
+        "engine": engine.describe() if engine is not None else "local",
+        "seconds": round(time.time() - t0, 2),
+        "date": time.strftime("%Y-%m-%d"),
+        **environment(),
+    }
     write_report(out, records, meta)
     return Comparison(records, out, meta)
 
@@ -168,13 +203,23 @@ def method_record(sp: MethodSpec, run_dir: Path, seconds: float, peak_rss_mb: fl
 
     readings = sorted({k[4:] for r in rows for k in r if k.startswith("auc_") and k not in ("auc_source", "auc_target", "auc_ci")})
     return {
-        **_identity(sp), "status": "ok", "label": res.get("label", sp.method),
-        "weights": res.get("weights", ""), "random_init": bool(res.get("random_init")),
-        "official_score": official_score(rows), "mean_auc": mean("auc", per_id), "mean_pauc": mean("pauc", per_id),
-        "auc_source": mean("auc_source", per_id), "auc_target": mean("auc_target", per_id),
+        **_identity(sp),
+        "status": "ok",
+        "label": res.get("label", sp.method),
+        "weights": res.get("weights", ""),
+        "random_init": bool(res.get("random_init")),
+        "official_score": official_score(rows),
+        "mean_auc": mean("auc", per_id),
+        "mean_pauc": mean("pauc", per_id),
+        "auc_source": mean("auc_source", per_id),
+        "auc_target": mean("auc_target", per_id),
         "by_type": {r["machine_type"]: {k: r.get(k) for k in ("auc", "pauc", "auc_source", "auc_target")} for r in types},
-        "rows": rows, "readings": {k: mean(f"auc_{k}", per_id) for k in readings},
-        "outlier_exposure": res.get("outlier_exposure"), "n_scored": res.get("n_scored"),
-        "skipped": len(res.get("skipped") or []), "seconds": round(float(seconds), 2),
-        "peak_rss_mb": None if peak_rss_mb is None else round(float(peak_rss_mb), 1), "run_dir": f"runs/{sp.name}",
+        "rows": rows,
+        "readings": {k: mean(f"auc_{k}", per_id) for k in readings},
+        "outlier_exposure": res.get("outlier_exposure"),
+        "n_scored": res.get("n_scored"),
+        "skipped": len(res.get("skipped") or []),
+        "seconds": round(float(seconds), 2),
+        "peak_rss_mb": None if peak_rss_mb is None else round(float(peak_rss_mb), 1),
+        "run_dir": f"runs/{sp.name}",
     }

@@ -27,6 +27,7 @@ def _f(v: Any, nd: int = 4) -> str:
 
 def ranked(records: Sequence[dict]) -> list[dict]:
     """Finished methods best first (official score, then mean AUC), failed ones last."""
+
     def key(r):
         s, a = r.get("official_score"), r.get("mean_auc")
         bad = lambda v: v is None or (isinstance(v, float) and math.isnan(v))  # noqa: E731
@@ -51,8 +52,9 @@ AMEAN = "amean of ids"
 """How the leaderboard labels an arithmetic mean over the machine ids (sections)."""
 
 
-def leaderboard(records: Sequence[dict], digits: int = 4,
-                mark: Callable[[str], str] = lambda text: text, per_id: bool = False) -> tuple[list[str], list[list[str]]]:
+def leaderboard(
+    records: Sequence[dict], digits: int = 4, mark: Callable[[str], str] = lambda text: text, per_id: bool = False
+) -> tuple[list[str], list[list[str]]]:
     """The ranking as ``(columns, rows)`` of text cells, one row per method, best first: what
     compare.md and the console show; every mean is labelled (module doc; ``per_id``: the runs
     were per id, so a type's AUC is the mean of its ids'). ``mark`` wraps the RANDOM INIT and
@@ -61,9 +63,17 @@ def leaderboard(records: Sequence[dict], digits: int = 4,
     types = machine_types(recs)
     dom = has_domains(recs)
     by_type = AMEAN if per_id else "pooled"
-    head = ["rank", "method", "score (hmean)", f"AUC ({AMEAN})", f"pAUC ({AMEAN})",
-            *([f"source AUC ({AMEAN})", f"target AUC ({AMEAN})"] if dom else []),
-            *[f"{t} AUC ({by_type})" for t in types], "seconds", "peak MB"]
+    head = [
+        "rank",
+        "method",
+        "score (hmean)",
+        f"AUC ({AMEAN})",
+        f"pAUC ({AMEAN})",
+        *([f"source AUC ({AMEAN})", f"target AUC ({AMEAN})"] if dom else []),
+        *[f"{t} AUC ({by_type})" for t in types],
+        "seconds",
+        "peak MB",
+    ]
     f = lambda v: _f(v, digits)  # noqa: E731
     rows = []
     for i, r in enumerate(recs, start=1):
@@ -72,9 +82,19 @@ def leaderboard(records: Sequence[dict], digits: int = 4,
             rows.append([str(i), name, mark(f"failed: {r.get('reason', '')}"), *[""] * (len(head) - 3)])
             continue
         by = r.get("by_type") or {}
-        rows.append([str(i), name, f(r.get("official_score")), f(r.get("mean_auc")), f(r.get("mean_pauc")),
-                     *([f(r.get("auc_source")), f(r.get("auc_target"))] if dom else []),
-                     *[f((by.get(t) or {}).get("auc")) for t in types], f"{r.get('seconds', 0):.0f}", _memory(r)])
+        rows.append(
+            [
+                str(i),
+                name,
+                f(r.get("official_score")),
+                f(r.get("mean_auc")),
+                f(r.get("mean_pauc")),
+                *([f(r.get("auc_source")), f(r.get("auc_target"))] if dom else []),
+                *[f((by.get(t) or {}).get("auc")) for t in types],
+                f"{r.get('seconds', 0):.0f}",
+                _memory(r),
+            ]
+        )
     return head, rows
 
 
@@ -88,11 +108,13 @@ def render_markdown(records: Sequence[dict], meta: dict) -> str:
     if failed:
         lines += [f"**{len(failed)} method(s) failed** (run again to retry them; finished ones are kept).", ""]
     machine = meta.get("machine", {})
-    lines += [f"- data: {meta.get('data')}" + (f" ({meta['snr']})" if meta.get("snr") else ""),
-              f"- seed {meta.get('seed')}; {'per machine id' if meta.get('per_id') else 'one model per machine type'}"
-              f"{'; the dataset own train/test split' if meta.get('dataset_split') else ''}",
-              f"- machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; {meta.get('date', '')}; "
-              f"{meta.get('seconds', 0):.0f} s in all", ""]
+    lines += [
+        f"- data: {meta.get('data')}" + (f" ({meta['snr']})" if meta.get("snr") else ""),
+        f"- seed {meta.get('seed')}; {'per machine id' if meta.get('per_id') else 'one model per machine type'}"
+        f"{'; the dataset own train/test split' if meta.get('dataset_split') else ''}",
+        f"- machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; {meta.get('date', '')}; {meta.get('seconds', 0):.0f} s in all",
+        "",
+    ]
     head, rows = leaderboard(recs, per_id=bool(meta.get("per_id")))
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
@@ -100,11 +122,12 @@ def render_markdown(records: Sequence[dict], meta: dict) -> str:
     for r in recs:
         extra = "".join(f"; AUC of its {k} reading {_f(v)}" for k, v in (r.get("readings") or {}).items() if v is not None)
         oe = f"; outlier exposure: {r['outlier_exposure']}" if r.get("outlier_exposure") not in (None, "none") else ""
-        lines.append(f"- **{r['name']}**: `{r.get('spec', r['method'])}`"
-                     + (f" ({r.get('label')}; weights: {r.get('weights') or 'n/a'}{extra}{oe})" if r["status"] == "ok" else ""))
+        lines.append(
+            f"- **{r['name']}**: `{r.get('spec', r['method'])}`"
+            + (f" ({r.get('label')}; weights: {r.get('weights') or 'n/a'}{extra}{oe})" if r["status"] == "ok" else "")
+        )
     lines += ["", "## Per machine id or section (AUC / pAUC)", ""]
-    ids = sorted({(row["machine_type"], row["machine_id"]) for r in recs for row in r.get("rows") or []
-                  if row["machine_id"] != "all"})
+    ids = sorted({(row["machine_type"], row["machine_id"]) for r in recs for row in r.get("rows") or [] if row["machine_id"] != "all"})
     if ids:
         head = ["method", *[f"{t} {i}" for t, i in ids]]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
@@ -112,20 +135,43 @@ def render_markdown(records: Sequence[dict], meta: dict) -> str:
             if r["status"] != "ok":
                 continue
             got = {(row["machine_type"], row["machine_id"]): row for row in r.get("rows") or []}
-            lines.append("| " + " | ".join([r["name"], *[
-                f"{_f((got.get(k) or {}).get('auc'), 3)} / {_f((got.get(k) or {}).get('pauc'), 3)}" for k in ids]]) + " |")
-    lines += ["", "Score: DCASE's harmonic mean of every id's (section's) AUC and pAUC (with domains: source AUC, "
-              "target AUC and pAUC, a domain's AUC being its normal clips against all the section's anomalous ones). "
-              f"{AMEAN}: the arithmetic mean over the machine ids (sections); pooled: over all the machine type's "
-              "clips together. pAUC: false-positive rates up to 0.1, McClish-standardised as the DCASE evaluator "
-              "prints it. Seconds: the method's whole run (fit and score every group); peak MB: the "
-              "largest resident memory of its process" + (" (n/a: run in-process)" if not meta.get("isolated") else "") + ".",
-              ""]
+            lines.append(
+                "| "
+                + " | ".join(
+                    [r["name"], *[f"{_f((got.get(k) or {}).get('auc'), 3)} / {_f((got.get(k) or {}).get('pauc'), 3)}" for k in ids]]
+                )
+                + " |"
+            )
+    lines += [
+        "",
+        "Score: DCASE's harmonic mean of every id's (section's) AUC and pAUC (with domains: source AUC, "
+        "target AUC and pAUC, a domain's AUC being its normal clips against all the section's anomalous ones). "
+        f"{AMEAN}: the arithmetic mean over the machine ids (sections); pooled: over all the machine type's "
+        "clips together. pAUC: false-positive rates up to 0.1, McClish-standardised as the DCASE evaluator "
+        "prints it. Seconds: the method's whole run (fit and score every group); peak MB: the "
+        "largest resident memory of its process" + (" (n/a: run in-process)" if not meta.get("isolated") else "") + ".",
+        "",
+    ]
     return "\n".join(lines)
 
 
-CSV_COLUMNS = ("rank", "name", "method", "status", "official_score", "mean_auc", "mean_pauc", "mean_auc_source", "mean_auc_target",
-               "seconds", "peak_rss_mb", "random_init", "label", "spec", "reason")
+CSV_COLUMNS = (
+    "rank",
+    "name",
+    "method",
+    "status",
+    "official_score",
+    "mean_auc",
+    "mean_pauc",
+    "mean_auc_source",
+    "mean_auc_target",
+    "seconds",
+    "peak_rss_mb",
+    "random_init",
+    "label",
+    "spec",
+    "reason",
+)
 
 
 def write_report(out: str | Path, records: Sequence[dict], meta: dict) -> None:
@@ -190,8 +236,16 @@ def _bars(plt, recs, groups, values, labels):
     x = np.arange(len(groups))
     for ax, key in zip(axes, ("auc", "pauc")):
         for i, r in enumerate(recs):
-            ax.bar(x - 0.4 + width * (i + 0.5), values[key][i], width, label=labels[i], color=cmap(i % 10),
-                   hatch="//" if r.get("random_init") else None, edgecolor="white", linewidth=0.5)
+            ax.bar(
+                x - 0.4 + width * (i + 0.5),
+                values[key][i],
+                width,
+                label=labels[i],
+                color=cmap(i % 10),
+                hatch="//" if r.get("random_init") else None,
+                edgecolor="white",
+                linewidth=0.5,
+            )
         ax.axhline(0.5, color="0.4", linestyle="--", linewidth=1)
         ax.set_ylabel(YLABEL[key])
         ax.set_ylim(0.3, 1.0)
@@ -209,14 +263,22 @@ def _cells(plt, groups, values, labels):
     n = len(labels)
     label_in = 0.085 * max(len(s) for s in labels)
     panel_in = 0.95 * len(groups)
-    fig, axes = plt.subplots(1, 3, figsize=(label_in + 2.6 + 2 * panel_in, 1.4 + 0.38 * n),
-                             gridspec_kw={"width_ratios": [panel_in, panel_in, 0.18]})
+    fig, axes = plt.subplots(
+        1, 3, figsize=(label_in + 2.6 + 2 * panel_in, 1.4 + 0.38 * n), gridspec_kw={"width_ratios": [panel_in, panel_in, 0.18]}
+    )
     for k, (ax, key) in enumerate(zip(axes[:2], ("auc", "pauc"))):
         V = np.array(values[key])
         im = ax.imshow(V, cmap="RdYlGn", vmin=0.5, vmax=1.0, aspect="auto")
         for (i, j), v in np.ndenumerate(V):
-            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=9,
-                    color="black" if np.isnan(v) or 0.6 < v < 0.95 else "white")
+            ax.text(
+                j,
+                i,
+                "n/a" if np.isnan(v) else f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="black" if np.isnan(v) or 0.6 < v < 0.95 else "white",
+            )
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(groups, fontsize=10)
         ax.xaxis.tick_top()

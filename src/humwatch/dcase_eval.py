@@ -46,8 +46,18 @@ from humwatch.errors import ConfigError
 MAX_FPR = 0.1
 EPS = sys.float_info.epsilon
 DOMAINS = ("source", "target")
-COLUMNS = ("AUC (all)", "AUC (source)", "AUC (target)", "pAUC", "precision (source)", "precision (target)",
-           "recall (source)", "recall (target)", "F1 score (source)", "F1 score (target)")
+COLUMNS = (
+    "AUC (all)",
+    "AUC (source)",
+    "AUC (target)",
+    "pAUC",
+    "precision (source)",
+    "precision (target)",
+    "recall (source)",
+    "recall (target)",
+    "F1 score (source)",
+    "F1 score (target)",
+)
 """The evaluator's section columns (after ``section``)."""
 PLAIN_COLUMNS = ("AUC", "pAUC", "precision", "recall", "F1 score")
 """The section columns without domains."""
@@ -110,7 +120,7 @@ def _areas_sorted(y: np.ndarray, s: np.ndarray, max_fpr: float) -> tuple[float, 
     fpr = np.r_[0.0, fps / fps[-1]]
     full = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
     stop = int(np.searchsorted(fpr, max_fpr, side="right"))
-    t_cut = float(np.interp(max_fpr, fpr[stop - 1:stop + 1], tpr[stop - 1:stop + 1]))
+    t_cut = float(np.interp(max_fpr, fpr[stop - 1 : stop + 1], tpr[stop - 1 : stop + 1]))
     x, t = np.r_[fpr[:stop], max_fpr], np.r_[tpr[:stop], t_cut]
     part = float(np.sum(np.diff(x) * (t[1:] + t[:-1]) / 2.0))
     lo, hi = 0.5 * max_fpr**2, max_fpr
@@ -191,8 +201,13 @@ def _performance(rows: list[dict], with_domains: bool) -> np.ndarray:
     then their target values (without domains: the sections' values)."""
     if not with_domains:
         return np.array([[r[c] for r in rows] for c in PLAIN_COLUMNS], dtype=np.float64).reshape(len(PLAIN_COLUMNS), -1)
-    keys = (("AUC (source)", "AUC (target)"), ("pAUC", "pAUC"), ("precision (source)", "precision (target)"),
-            ("recall (source)", "recall (target)"), ("F1 score (source)", "F1 score (target)"))
+    keys = (
+        ("AUC (source)", "AUC (target)"),
+        ("pAUC", "pAUC"),
+        ("precision (source)", "precision (target)"),
+        ("recall (source)", "recall (target)"),
+        ("F1 score (source)", "F1 score (target)"),
+    )
     return np.array([[r[a] for r in rows] + [r[b] for r in rows] for a, b in keys], dtype=np.float64).reshape(5, -1)
 
 
@@ -204,8 +219,10 @@ def mean_rows(rows: list[dict], with_domains: bool, suffix: str = "") -> list[tu
     out = [(f"arithmetic mean{tail}", [_mean(v) for v in perf]), (f"harmonic mean{tail}", [_hmean(v) for v in perf])]
     if with_domains:
         half = perf.shape[1] // 2
-        out += [(f"source harmonic mean{tail}", [_hmean(v) for v in perf[:, :half]]),
-                (f"target harmonic mean{tail}", [_hmean(v) for v in perf[:, half:]])]
+        out += [
+            (f"source harmonic mean{tail}", [_hmean(v) for v in perf[:, :half]]),
+            (f"target harmonic mean{tail}", [_hmean(v) for v in perf[:, half:]]),
+        ]
     return out
 
 

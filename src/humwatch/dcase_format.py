@@ -62,14 +62,17 @@ def official_test_note(clips: Sequence[Clip], scored: Sequence[Clip]) -> str:
     missing, extra = len(official - got), len(got - official)
     if not missing and not extra:
         return ""
-    return (f"the DCASE files hold {len(official & got)} of the {len(official)} clips of the dataset's test folders"
-            + (f" and {extra} training clip(s)" if extra else "")
-            + "; the DCASE evaluator expects every test clip of a section and no other"
-            + " (a DCASE tree keeps its own split unless --study-split; unreadable clips are left out)")
+    return (
+        f"the DCASE files hold {len(official & got)} of the {len(official)} clips of the dataset's test folders"
+        + (f" and {extra} training clip(s)" if extra else "")
+        + "; the DCASE evaluator expects every test clip of a section and no other"
+        + " (a DCASE tree keeps its own split unless --study-split; unreadable clips are left out)"
+    )
 
 
-def write_dcase(folder: str | Path, test: Sequence[Clip], scores: dict[str, float],
-                train_scores: dict[tuple[str, str], list[float]]) -> Path:
+def write_dcase(
+    folder: str | Path, test: Sequence[Clip], scores: dict[str, float], train_scores: dict[tuple[str, str], list[float]]
+) -> Path:
     """Write the DCASE files for the scored ``test`` clips into ``folder`` (``train_scores``:
     ``{(machine_type, machine_id): normal training scores}``); returns ``result.csv``'s path."""
     folder = Path(folder)

@@ -28,9 +28,18 @@ default size), and those statistics fused with the tiny random CNN of Table III 
 from the cache Table III filled)."""
 
 
-def run_demo(out: str | Path, n_normal: int = 30, n_anomalous: int = 10, epochs: int = 50, seed: int = 0,
-             progress: bool = True, on_cell: Callable[[dict], None] | None = None, device: str = "cpu",
-             compare_methods=DEMO_METHODS, on_method: Callable[[dict], None] | None = None):
+def run_demo(
+    out: str | Path,
+    n_normal: int = 30,
+    n_anomalous: int = 10,
+    epochs: int = 50,
+    seed: int = 0,
+    progress: bool = True,
+    on_cell: Callable[[dict], None] | None = None,
+    device: str = "cpu",
+    compare_methods=DEMO_METHODS,
+    on_method: Callable[[dict], None] | None = None,
+):
     """Generate (or reuse) the data in ``out/data``, run Table III into ``out`` and compare
     ``compare_methods`` into ``out/compare`` (none: no comparison); returns (Table3, Comparison or None)."""
     from humwatch.compare import compare
@@ -42,8 +51,17 @@ def run_demo(out: str | Path, n_normal: int = 30, n_anomalous: int = 10, epochs:
     if compare_methods:
         console.print("[bold]comparing the methods that need no downloaded weights[/]")
         methods = [m.replace("{crops}", str(10 * n_normal)) for m in compare_methods]
-        cmp = compare(Path(out) / "data", methods, Path(out) / "compare", seed=seed,
-                      cache_dir=Path(out) / "cache", device=device, threads=1, progress=progress, on_method=on_method,
-                      title="humwatch demo: methods without downloaded weights (built-in data, 6 dB)")
+        cmp = compare(
+            Path(out) / "data",
+            methods,
+            Path(out) / "compare",
+            seed=seed,
+            cache_dir=Path(out) / "cache",
+            device=device,
+            threads=1,
+            progress=progress,
+            on_method=on_method,
+            title="humwatch demo: methods without downloaded weights (built-in data, 6 dB)",
+        )
     console.print(f"demo results in {out}")
     return table, cmp

@@ -43,8 +43,7 @@ import numpy as np
 
 from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip
-from humwatch.errors import AudioError, ConfigError, DatasetError
-from humwatch.errors import one_line
+from humwatch.errors import AudioError, ConfigError, DatasetError, one_line
 from humwatch.reader import ClipReader
 from humwatch.settings import Int, check_value
 
@@ -141,8 +140,16 @@ class EmbeddingSet:
         domain = a.get("domain", empty)
         start = a.get("start", np.zeros(n))
         clips = [
-            Clip(str(a["path"][i]), str(a["machine_type"][i]), str(a["machine_id"][i]), int(a["label"][i]),
-                 snr=str(snr[i]), split=str(a["split"][i]), domain=str(domain[i]), start=float(start[i]))
+            Clip(
+                str(a["path"][i]),
+                str(a["machine_type"][i]),
+                str(a["machine_id"][i]),
+                int(a["label"][i]),
+                snr=str(snr[i]),
+                split=str(a["split"][i]),
+                domain=str(domain[i]),
+                start=float(start[i]),
+            )
             for i in range(n)
         ]
         skipped = list(zip(map(str, a.get("skipped_path", [])), map(str, a.get("skipped_reason", []))))
@@ -183,17 +190,20 @@ class EmbeddingCache:
             if not info.is_file():
                 from humwatch.io import write_json
 
-                write_json(info, {
-                    "backbone": backbone.name,
-                    "cache_key": backbone.cache_key,
-                    "weights": backbone.weights.describe(),
-                    "random_init": backbone.weights.random_init,
-                    "config": backbone.config,
-                    "frontend": backbone.frontend.name,
-                    "frontend_key": backbone.frontend.key,
-                    "precision": backbone.precision,
-                    "embedding_dim": self.dim,
-                })
+                write_json(
+                    info,
+                    {
+                        "backbone": backbone.name,
+                        "cache_key": backbone.cache_key,
+                        "weights": backbone.weights.describe(),
+                        "random_init": backbone.weights.random_init,
+                        "config": backbone.config,
+                        "frontend": backbone.frontend.name,
+                        "frontend_key": backbone.frontend.key,
+                        "precision": backbone.precision,
+                        "embedding_dim": self.dim,
+                    },
+                )
         except OSError as e:
             raise ConfigError(f"{self.root}: cache folder not writable ({e.strerror or type(e).__name__})") from None
 
@@ -227,14 +237,14 @@ class EmbeddingCache:
         n = len(MAGIC)
         if len(data) < n + 4 or data[:n] != MAGIC:
             return None
-        (hlen,) = struct.unpack("<I", data[n:n + 4])
+        (hlen,) = struct.unpack("<I", data[n : n + 4])
         if hlen > 4096 or len(data) < n + 4 + hlen:
             return None
         try:
-            head = json.loads(data[n + 4:n + 4 + hlen].decode("utf-8"))
+            head = json.loads(data[n + 4 : n + 4 + hlen].decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             return None
-        payload = data[n + 4 + hlen:]
+        payload = data[n + 4 + hlen :]
         if (
             not isinstance(head, dict)
             or head.get("key") != key
@@ -249,8 +259,7 @@ class EmbeddingCache:
 
     def put(self, key: str, vec: np.ndarray) -> None:
         payload = np.ascontiguousarray(vec, dtype="<f4").tobytes()
-        head = json.dumps({"key": key, "dim": int(vec.shape[0]), "dtype": "<f4",
-                           "sha256": hashlib.sha256(payload).hexdigest()}).encode()
+        head = json.dumps({"key": key, "dim": int(vec.shape[0]), "dtype": "<f4", "sha256": hashlib.sha256(payload).hexdigest()}).encode()
         p = self.path(key)
         tmp = None
         try:

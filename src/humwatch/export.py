@@ -39,8 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from humwatch.errors import ConfigError
-from humwatch.errors import one_line
+from humwatch.errors import ConfigError, one_line
 from humwatch.onnxrun import EXPORT_FILE, FORMAT
 
 FORMAT_VERSION = 1
@@ -78,8 +77,7 @@ def _sample_inputs(frontend, audio, n: int = 2) -> np.ndarray:
     """Frontend outputs of ``n`` generated clips of the monitor's length (tones and noise, seeded)."""
     rng = np.random.default_rng(0)
     t = np.arange(int(round(audio.seconds * audio.sample_rate))) / audio.sample_rate
-    ys = [(0.2 * np.sin(2 * np.pi * (120 + 90 * k) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
-          for k in range(n)]
+    ys = [(0.2 * np.sin(2 * np.pi * (120 + 90 * k) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32) for k in range(n)]
     return frontend.batch(ys).astype(np.float32)
 
 
@@ -102,8 +100,17 @@ def _to_onnx(module, x: np.ndarray, path: Path) -> None:
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (torch.from_numpy(x),), str(path), input_names=["input"], output_names=["output"],
-                              dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False, verbose=False)
+            torch.onnx.export(
+                module,
+                (torch.from_numpy(x),),
+                str(path),
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_shapes={"x": {0: batch}},
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
     except Exception as e:  # the exporter's errors are many and long: one line, the network named
         text = one_line(e, 300)
         raise ConfigError(f"export: the network could not be written as ONNX ({text})") from None
@@ -160,8 +167,9 @@ def write_onnx(net: dict, x: np.ndarray, path: str | Path, *, int8: bool = False
     return check
 
 
-def export_monitor(monitor: str | Path, out: str | Path, *, fmt: str = "onnx", int8: bool = False,
-                   weights: str | None = None, overwrite: bool = False) -> dict:
+def export_monitor(
+    monitor: str | Path, out: str | Path, *, fmt: str = "onnx", int8: bool = False, weights: str | None = None, overwrite: bool = False
+) -> dict:
     """Write the exported monitor ``out`` (see the module docstring) from the monitor folder
     ``monitor``; returns what ``export.json`` holds. ``weights``: where the backbone's weights are
     now, as for ``humwatch score``. ``out`` is built in a hidden folder that takes its place when
@@ -184,8 +192,10 @@ def export_monitor(monitor: str | Path, out: str | Path, *, fmt: str = "onnx", i
     from humwatch.features import FRONTENDS
 
     if frontend.name not in FRONTENDS:  # the exported runtime rebuilds its frontend from that table (no transformers)
-        raise ConfigError(f"{src}: its {frontend.name} frontend (the model's own feature extractor) cannot run in an "
-                          "exported monitor; score it with PyTorch (humwatch score) instead")
+        raise ConfigError(
+            f"{src}: its {frontend.name} frontend (the model's own feature extractor) cannot run in an "
+            "exported monitor; score it with PyTorch (humwatch score) instead"
+        )
     x = _sample_inputs(frontend, mon.audio)
     with staged_folder(out, kind="export") as tmp:
         # the monitor as it is (its method, reference, monitor.json), then the network beside it

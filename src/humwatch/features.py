@@ -47,9 +47,7 @@ def ae_logmel(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     import librosa
 
     p = AE_PARAMS
-    mel = librosa.feature.melspectrogram(
-        y=y, sr=sr, n_fft=p["n_fft"], hop_length=p["hop_length"], n_mels=p["n_mels"], power=p["power"]
-    )
+    mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=p["n_fft"], hop_length=p["hop_length"], n_mels=p["n_mels"], power=p["power"])
     return (20.0 / p["power"] * np.log10(mel + sys.float_info.epsilon)).astype(np.float32)
 
 
@@ -84,8 +82,13 @@ def cnn_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     return np.repeat(x[None].astype(np.float32), p["channels"], axis=0)
 
 
-def logmel_features(y: np.ndarray, sr: int = SAMPLE_RATE, n_fft: int = LOGMEL_PARAMS["n_fft"],
-                    hop_length: int = LOGMEL_PARAMS["hop_length"], n_mels: int = LOGMEL_PARAMS["n_mels"]) -> np.ndarray:
+def logmel_features(
+    y: np.ndarray,
+    sr: int = SAMPLE_RATE,
+    n_fft: int = LOGMEL_PARAMS["n_fft"],
+    hop_length: int = LOGMEL_PARAMS["hop_length"],
+    n_mels: int = LOGMEL_PARAMS["n_mels"],
+) -> np.ndarray:
     """n_mels x frames log-mel power in dB (the ``features`` backbone's input)."""
     import librosa
 
@@ -127,9 +130,16 @@ def _ast_fbank_parts(num_mel_bins: int = AST_PARAMS["num_mel_bins"]):
     mel_filter_bank, window_function = hf.mel_filter_bank, hf.window_function
     with warnings.catch_warnings():  # its mel bank has an empty filter at 128 bins; that is AST's own setting
         warnings.filterwarnings("ignore", message="At least one mel filter has all zero values")
-        mel = mel_filter_bank(num_frequency_bins=257, num_mel_filters=num_mel_bins, min_frequency=20,
-                              max_frequency=SAMPLE_RATE // 2, sampling_rate=SAMPLE_RATE, norm=None,
-                              mel_scale="kaldi", triangularize_in_mel_space=True)
+        mel = mel_filter_bank(
+            num_frequency_bins=257,
+            num_mel_filters=num_mel_bins,
+            min_frequency=20,
+            max_frequency=SAMPLE_RATE // 2,
+            sampling_rate=SAMPLE_RATE,
+            norm=None,
+            mel_scale="kaldi",
+            triangularize_in_mel_space=True,
+        )
     return mel, window_function(400, "hann", periodic=False)
 
 
@@ -148,9 +158,20 @@ def ast_features(y: np.ndarray, sr: int = SAMPLE_RATE, max_length: int = AST_PAR
     spectrogram = _hf_audio_utils().spectrogram
     p = AST_PARAMS
     mel, window = _ast_fbank_parts(p["num_mel_bins"])
-    fbank = spectrogram(np.squeeze(np.asarray(y, dtype=np.float32)), window, frame_length=400, hop_length=160,
-                        fft_length=512, power=2.0, center=False, preemphasis=0.97, mel_filters=mel, log_mel="log",
-                        mel_floor=1.192092955078125e-07, remove_dc_offset=True).T
+    fbank = spectrogram(
+        np.squeeze(np.asarray(y, dtype=np.float32)),
+        window,
+        frame_length=400,
+        hop_length=160,
+        fft_length=512,
+        power=2.0,
+        center=False,
+        preemphasis=0.97,
+        mel_filters=mel,
+        log_mel="log",
+        mel_floor=1.192092955078125e-07,
+        remove_dc_offset=True,
+    ).T
     n = fbank.shape[0]
     if n < max_length:
         fbank = np.concatenate([fbank, np.zeros((max_length - n, fbank.shape[1]), dtype=fbank.dtype)])

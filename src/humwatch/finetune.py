@@ -53,8 +53,7 @@ from torch import nn
 
 from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip
-from humwatch.errors import HumwatchError, ConfigError, DatasetError
-from humwatch.errors import one_line
+from humwatch.errors import ConfigError, DatasetError, HumwatchError, one_line
 from humwatch.progress import bar
 from humwatch.reader import ClipReader
 from humwatch.settings import Int, OneOf, Real, Settings, setting
@@ -139,9 +138,7 @@ def build_param_groups(backbone, head: nn.Module, settings: HeadTraining) -> lis
     n = settings.trainable_blocks
     if n > len(blocks):
         names = ", ".join(b for b, _ in blocks)
-        raise ConfigError(
-            f"finetune: trainable_blocks={n} but {backbone.name} has {len(blocks)} blocks ({names})"
-        )
+        raise ConfigError(f"finetune: trainable_blocks={n} but {backbone.name} has {len(blocks)} blocks ({names})")
     for p in backbone.module.parameters():
         p.requires_grad_(False)
     groups = [{"name": "head", "params": list(head.parameters()), "lr": settings.lr}]
@@ -200,8 +197,7 @@ class FinetunedScorer:
     model was trained from (base weights, RANDOM INIT, settings, training report).
     """
 
-    def __init__(self, backbone, head: nn.Module, settings: FinetuneSettings, audio: AudioSettings | None = None,
-                 info: dict | None = None):
+    def __init__(self, backbone, head: nn.Module, settings: FinetuneSettings, audio: AudioSettings | None = None, info: dict | None = None):
         self.backbone = backbone
         self.head = head
         self.settings = settings
@@ -224,8 +220,9 @@ class FinetunedScorer:
             logits = self.model(t.to(self.device))
         return torch.sigmoid(logits.float()).double().cpu().numpy()
 
-    def score_clips(self, clips: Sequence[Clip], reader: ClipReader | None = None,
-                    description: str = "scoring") -> tuple[list[Clip], np.ndarray]:
+    def score_clips(
+        self, clips: Sequence[Clip], reader: ClipReader | None = None, description: str = "scoring"
+    ) -> tuple[list[Clip], np.ndarray]:
         """(clips scored, their probabilities); ``reader`` (default: this model's audio settings,
         errors raised) applies the bad-file policy and counts what it skipped."""
         reader = reader or ClipReader(self.audio, progress=False)
@@ -276,23 +273,20 @@ def save_finetuned(scorer: FinetunedScorer, directory: str | Path) -> Path:
     return d
 
 
-def load_finetuned(directory: str | Path, precision: str | None = None, device: str = "cpu",
-                   checked: bool = False) -> FinetunedScorer:
+def load_finetuned(directory: str | Path, precision: str | None = None, device: str = "cpu", checked: bool = False) -> FinetunedScorer:
     """Load a model written by :func:`save_finetuned` (``precision`` overrides the saved one), after
     checking its manifest (unless the caller did: ``checked``)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from humwatch.models import create_backbone
-
     from humwatch.io import check_manifest, read_json_doc
+    from humwatch.models import create_backbone
 
     d = Path(directory)
     meta_path = d / "finetune.json"
     if not checked and meta_path.is_file():
         check_manifest(d)
-    meta = read_json_doc(meta_path, FORMAT, {"settings": dict, "backbone": str},
-                         missing=f"{d}: not a fine-tuned model (no finetune.json)")
+    meta = read_json_doc(meta_path, FORMAT, {"settings": dict, "backbone": str}, missing=f"{d}: not a fine-tuned model (no finetune.json)")
     try:
         settings = FinetuneSettings.from_dict(meta["settings"], where=str(meta_path))
         audio = AudioSettings(**meta.get("audio", {}))
@@ -372,9 +366,11 @@ class FinetuneResult:
     def trainable_text(self) -> str:
         """``"1.23 M of 86.74 M parameters trainable (head, layer4.2, layer4.1)"``."""
         names = ", ".join(g["name"] for g in self.groups)
-        return (f"{self.trainable_params / 1e6:.2f} M of {self.total_params / 1e6:.2f} M parameters trainable ({names})"
-                if self.total_params >= 1e5 else
-                f"{self.trainable_params:,} of {self.total_params:,} parameters trainable ({names})")
+        return (
+            f"{self.trainable_params / 1e6:.2f} M of {self.total_params / 1e6:.2f} M parameters trainable ({names})"
+            if self.total_params >= 1e5
+            else f"{self.trainable_params:,} of {self.total_params:,} parameters trainable ({names})"
+        )
 
 
 def optimizer_step(opt, loss: torch.Tensor, description: str) -> float:
@@ -387,8 +383,16 @@ def optimizer_step(opt, loss: torch.Tensor, description: str) -> float:
     return loss.item()
 
 
-def _train(model: nn.Module, groups: list[dict], train: list[Clip], inputs: _Inputs, s: FinetuneSettings,
-           dev: str, progress: bool, description: str) -> list[float]:
+def _train(
+    model: nn.Module,
+    groups: list[dict],
+    train: list[Clip],
+    inputs: _Inputs,
+    s: FinetuneSettings,
+    dev: str,
+    progress: bool,
+    description: str,
+) -> list[float]:
     """The training loop: Adam over ``groups``, plain BCE on the logit; returns the mean loss per epoch."""
     opt = torch.optim.Adam(groups, lr=s.lr)
     loss_fn = nn.BCEWithLogitsLoss()  # plain BCE as the study: no pos_weight for the rarer anomalies
@@ -464,11 +468,7 @@ def finetune(
     used = [c for c in train if not reader.is_bad(c)]
     if hasattr(backbone, "mark_trained"):  # new weights: new cache key, and saved as "fine-tuned from ..."
         backbone.mark_trained(f"fine-tuned by humwatch on {len(used)} clips ({s.epochs} epoch(s), seed {s.seed})")
-    info = {
-        **base,
-        "machine_types": sorted({c.machine_type for c in train}),
-        "machine_ids": sorted({c.machine_id for c in train}),
-    }
+    info = {**base, "machine_types": sorted({c.machine_type for c in train}), "machine_ids": sorted({c.machine_id for c in train})}
     scorer = FinetunedScorer(backbone, head, s, reader.audio, info)
     group_sizes = [{"name": g["name"], "lr": g["lr"], "n_params": int(sum(p.numel() for p in g["params"]))} for g in groups]
     result = FinetuneResult(

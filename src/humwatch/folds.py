@@ -63,9 +63,19 @@ def fold_jobs(jobs: int | None, folds: int, device: str = "cpu") -> int:
     return min(available_cores(), folds + 1)
 
 
-def cross_fit(m, make_fold: Callable[[int], object], windows: Sequence[Clip], groups: np.ndarray,
-              bad: Sequence[Clip], bad_groups: np.ndarray, k: int, *, jobs: int = 1, worker: dict | None = None,
-              shortcuts: bool = True):
+def cross_fit(
+    m,
+    make_fold: Callable[[int], object],
+    windows: Sequence[Clip],
+    groups: np.ndarray,
+    bad: Sequence[Clip],
+    bad_groups: np.ndarray,
+    k: int,
+    *,
+    jobs: int = 1,
+    worker: dict | None = None,
+    shortcuts: bool = True,
+):
     """Out-of-fold scores of ``windows`` (and, for a supervised method, of the anomalous ``bad``
     windows), and ``m`` fitted on every window (plus ``bad`` when it learns from them).
     ``make_fold(f)`` is a new unfitted method for fold ``f``; ``worker`` what a worker process needs
@@ -97,8 +107,7 @@ def _embed_once(m, windows: Sequence[Clip], groups: np.ndarray, k: int) -> np.nd
         if len(train) == 0:
             raise DatasetError(f"{m.title}: fold {f + 1}/{k}: no normal training clips could be read")
         held = np.flatnonzero((groups == f) & (at >= 0))
-        oof[held] = m.heldout_scores(emb.X[train], [emb.clips[i] for i in train],
-                                     emb.X[at[held]], [emb.clips[i] for i in at[held]])
+        oof[held] = m.heldout_scores(emb.X[train], [emb.clips[i] for i in train], emb.X[at[held]], [emb.clips[i] for i in at[held]])
     m.fit_embedded(emb)
     return oof
 
@@ -189,8 +198,14 @@ def _parallel(plan: _Plan, make_fold, worker: dict, jobs: int) -> None:
 
     def job(f: int) -> dict:
         train, held, held_bad = plan.clips(f)
-        return {**worker, "threads": threads, "title": f"monitor: fold {f + 1}/{plan.k}", "train": train,
-                "held": [plan.windows[i] for i in held], "held_bad": [plan.bad[i] for i in held_bad]}
+        return {
+            **worker,
+            "threads": threads,
+            "title": f"monitor: fold {f + 1}/{plan.k}",
+            "train": train,
+            "held": [plan.windows[i] for i in held],
+            "held_bad": [plan.bad[i] for i in held_bad],
+        }
 
     log.info("monitor: training %d folds and the final fit, %d at a time (%d thread(s) each)", plan.k, jobs, threads)
     pool = ProcessPoolExecutor(jobs - 1, mp_context=get_context("spawn"))

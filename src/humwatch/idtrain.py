@@ -67,9 +67,11 @@ class IdObjective(Settings):
     mixup: float = setting(1.0, Real(0), "mixup Beta(a, a) parameter; 0 turns mixup off")
     mixup_share: float = setting(1.0, Real(0, 1), "share of the training steps whose batch is mixed")
     attributes: bool = setting(True, Bool(), "DCASE attribute labels in file names as extra classes")
-    outlier_exposure: str = setting("auto", OneOf(OUTLIER_MODES),
-                                    "auto (only when there is one class), data (other machine types of the run), "
-                                    "generated (built-in generator), off")
+    outlier_exposure: str = setting(
+        "auto",
+        OneOf(OUTLIER_MODES),
+        "auto (only when there is one class), data (other machine types of the run), generated (built-in generator), off",
+    )
     outlier_clips: int = setting(16, Int(1), "generated clips per outlier machine (8 machines)")
     lr: float = setting(1e-3, Real(0, open_low=True), "Adam learning rate")
     patience: int = setting(5, Int(1), "epochs without a better validation loss before training stops")
@@ -94,8 +96,7 @@ def section_label(label: str) -> str:
 class MarginHead(nn.Module):
     """ArcFace (with sub-centres) or AdaCos on unit embeddings; ``loss(emb, y, y2, lam)``."""
 
-    def __init__(self, dim: int, n_classes: int, loss: str = "arcface", margin: float = 0.5, scale: float = 30.0,
-                 sub_centers: int = 1):
+    def __init__(self, dim: int, n_classes: int, loss: str = "arcface", margin: float = 0.5, scale: float = 30.0, sub_centers: int = 1):
         super().__init__()
         if loss not in LOSSES:
             raise ConfigError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
@@ -148,8 +149,7 @@ class MarginHead(nn.Module):
         return torch.log_softmax(self.scale * self.cosine(emb), dim=-1)
 
 
-def classifier_scores(head: MarginHead, X: np.ndarray, sections: Sequence[str], classes: Sequence[str],
-                      own: Sequence[str]) -> np.ndarray:
+def classifier_scores(head: MarginHead, X: np.ndarray, sections: Sequence[str], classes: Sequence[str], own: Sequence[str]) -> np.ndarray:
     """``-log p(section | clip)``: the classifier's anomaly score (summing the probabilities of every
     class of the clip's section); a clip of a section not in ``classes`` takes the most likely of the
     ``own`` sections (the group's)."""
@@ -183,16 +183,19 @@ class IdData:
         return torch.tensor([self.labels[c.key] for c in clips], dtype=torch.long)
 
 
-def outlier_clips(own: Sequence[Clip], pool: Sequence[Clip], s: IdObjective, *, cache_dir: str | None, audio, seed: int,
-                  progress: bool) -> tuple[list[Clip], str, Callable[[], None] | None]:
+def outlier_clips(
+    own: Sequence[Clip], pool: Sequence[Clip], s: IdObjective, *, cache_dir: str | None, audio, seed: int, progress: bool
+) -> tuple[list[Clip], str, Callable[[], None] | None]:
     """Extra classes for ``own`` (see the module docstring): ``(clips, what was done, cleanup)``.
     ``pool``: the run's other normal training clips."""
     n_classes = len({id_label(c, s.attributes) for c in own})
     mode = s.outlier_exposure
     if mode == "off" or (mode == "auto" and n_classes >= 2):
         if n_classes < 2:
-            raise DatasetError("the ID task needs two classes at least (machine ids, sections or attributes); the "
-                               "clips hold one: use outlier_exposure auto, data or generated")
+            raise DatasetError(
+                "the ID task needs two classes at least (machine ids, sections or attributes); the "
+                "clips hold one: use outlier_exposure auto, data or generated"
+            )
         return [], "none", None
     mine = {section_of(c) for c in own}
     others = [c for c in pool if section_of(c) not in mine and not c.is_anomalous]
@@ -216,8 +219,16 @@ def _generated(s: IdObjective, cache_dir: str | None, audio, seed: int, progress
 
     channels = 1 if audio.channel is None else audio.channel + 1
     seconds = 10.0 if audio.seconds is None else float(audio.seconds)
-    params = {"machines": list(GENERATED_MACHINES), "ids": list(GENERATED_IDS), "n_normal": s.outlier_clips,
-              "seconds": seconds, "channels": channels, "seed": seed, "snr_db": 6.0, "format": 1}
+    params = {
+        "machines": list(GENERATED_MACHINES),
+        "ids": list(GENERATED_IDS),
+        "n_normal": s.outlier_clips,
+        "seconds": seconds,
+        "channels": channels,
+        "seed": seed,
+        "snr_db": 6.0,
+        "format": 1,
+    }
     cleanup = None
     if cache_dir is not None:
         key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
@@ -227,8 +238,18 @@ def _generated(s: IdObjective, cache_dir: str | None, audio, seed: int, progress
         cleanup = lambda: shutil.rmtree(folder, ignore_errors=True)  # noqa: E731
     done = folder / "done.json"
     if not done.is_file():
-        synthesize(folder, machines=GENERATED_MACHINES, ids=GENERATED_IDS, n_normal=s.outlier_clips, n_anomalous=0,
-                   snr_db=6.0, seed=seed, seconds=seconds, channels=channels, progress=progress)
+        synthesize(
+            folder,
+            machines=GENERATED_MACHINES,
+            ids=GENERATED_IDS,
+            n_normal=s.outlier_clips,
+            n_anomalous=0,
+            snr_db=6.0,
+            seed=seed,
+            seconds=seconds,
+            channels=channels,
+            progress=progress,
+        )
         from humwatch.io import write_json
 
         write_json(done, params)
@@ -239,8 +260,9 @@ def _generated(s: IdObjective, cache_dir: str | None, audio, seed: int, progress
     return clips, f"generated: {len(clips)} clips of {machines} machines of the built-in generator", cleanup
 
 
-def id_data(own: Sequence[Clip], val: Sequence[Clip], pool: Sequence[Clip], s: IdObjective, *, cache_dir, audio,
-            seed: int, progress: bool) -> IdData:
+def id_data(
+    own: Sequence[Clip], val: Sequence[Clip], pool: Sequence[Clip], s: IdObjective, *, cache_dir, audio, seed: int, progress: bool
+) -> IdData:
     """The training set of one network: ``own`` clips (+ outlier classes), and the held-out normal
     clips early stopping watches (``val``'s normal clips of known classes, or a seeded share of the
     training clips per class when fewer than :data:`MIN_HELD_OUT`)."""
@@ -293,10 +315,23 @@ class IdReport:
 Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
-def train_id(modules: nn.ModuleDict, embed: Callable[[torch.Tensor], torch.Tensor], head: MarginHead, groups: list[dict],
-             train_batches: Batches, n_steps: int, epochs: int, s: IdObjective, *, val_batches: Batches | None = None,
-             val_embed: Callable[[torch.Tensor], torch.Tensor] | None = None, train_mode: Callable[[], None] | None = None,
-             seed: int = 0, progress: bool = True, description: str = "id training") -> IdReport:
+def train_id(
+    modules: nn.ModuleDict,
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    head: MarginHead,
+    groups: list[dict],
+    train_batches: Batches,
+    n_steps: int,
+    epochs: int,
+    s: IdObjective,
+    *,
+    val_batches: Batches | None = None,
+    val_embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    train_mode: Callable[[], None] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    description: str = "id training",
+) -> IdReport:
     """Train ``embed`` + ``head`` on ``train_batches()`` (one call per epoch, ``n_steps`` batches)
     with Adam over ``groups``; after each epoch the loss on ``val_batches()`` (embedded by
     ``val_embed``, in eval mode) decides early stopping, and the best epoch's state of ``modules``

@@ -59,8 +59,11 @@ MANIFEST = "manifest.json"
 def write_manifest(directory: str | os.PathLike) -> None:
     """Seal a saved folder: ``manifest.json`` lists every file below it with its SHA-256 (written last)."""
     d = Path(directory)
-    files = {p.relative_to(d).as_posix(): file_sha256(p) for p in sorted(d.rglob("*"))
-             if p.is_file() and p != d / MANIFEST and not p.name.startswith(".")}
+    files = {
+        p.relative_to(d).as_posix(): file_sha256(p)
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and p != d / MANIFEST and not p.name.startswith(".")
+    }
     write_json(d / MANIFEST, {"format": "humwatch.manifest/1", "files": files})
 
 
@@ -70,8 +73,9 @@ def _refuse_foreign(where: Path, fmt: object) -> None:
 
     if isinstance(fmt, str) and "." in fmt and not fmt.startswith("humwatch."):
         program = fmt.split(".", 1)[0][:40]
-        raise ConfigError(f"{where}: written by another program ({program!r}, format {fmt[:60]!r}), "
-                          "not by humwatch; fit it again with humwatch")
+        raise ConfigError(
+            f"{where}: written by another program ({program!r}, format {fmt[:60]!r}), not by humwatch; fit it again with humwatch"
+        )
 
 
 def check_manifest(directory: str | os.PathLike) -> None:
@@ -87,8 +91,7 @@ def check_manifest(directory: str | os.PathLike) -> None:
     if doc.get("format") != "humwatch.manifest/1" or not isinstance(files, dict):
         _refuse_foreign(d, doc.get("format"))
         raise damaged(m, "not a humwatch manifest")
-    present = {p.relative_to(d).as_posix() for p in d.rglob("*")
-               if p.is_file() and p != d / MANIFEST and not p.name.startswith(".")}
+    present = {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file() and p != d / MANIFEST and not p.name.startswith(".")}
     for name in sorted(set(files) | present):
         if name not in present:
             raise ConfigError(f"{d / name}: missing (listed in {MANIFEST})")
@@ -102,8 +105,11 @@ def weight_fingerprints(directory: str | os.PathLike) -> dict[str, str]:
     """``{path below directory: SHA-256}`` of every weights file (``*.safetensors``) below ``directory``:
     what a saved method or monitor records of its weights in its own JSON, beside the manifest."""
     d = Path(directory)
-    return {p.relative_to(d).as_posix(): file_sha256(p) for p in sorted(d.rglob("*.safetensors"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(d).parts)}
+    return {
+        p.relative_to(d).as_posix(): file_sha256(p)
+        for p in sorted(d.rglob("*.safetensors"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(d).parts)
+    }
 
 
 def check_weight_fingerprints(directory: str | os.PathLike, recorded: Any, where: str | os.PathLike) -> None:
@@ -115,8 +121,7 @@ def check_weight_fingerprints(directory: str | os.PathLike, recorded: Any, where
 
     d, name = Path(directory), Path(where).name
     if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
-        raise ConfigError(f"{where}: no fingerprints of its weights (written by an older humwatch, or edited); "
-                          "fit or save it again")
+        raise ConfigError(f"{where}: no fingerprints of its weights (written by an older humwatch, or edited); fit or save it again")
     now = weight_fingerprints(d)
     for f in sorted(set(recorded) | set(now)):
         if f not in now:
@@ -124,8 +129,7 @@ def check_weight_fingerprints(directory: str | os.PathLike, recorded: Any, where
         if f not in recorded:
             raise ConfigError(f"{d / f}: weights that {name} does not record (added after saving)")
         if now[f] != recorded[f]:
-            raise ConfigError(f"{d / f}: the weights differ from the fingerprint {name} records "
-                              "(changed, swapped or damaged after saving)")
+            raise ConfigError(f"{d / f}: the weights differ from the fingerprint {name} records (changed, swapped or damaged after saving)")
 
 
 @contextmanager
@@ -163,9 +167,15 @@ MARKER = ".humwatch"
 (:func:`write_manifest`, :func:`check_manifest`) and dataset listings skip it."""
 
 MARKER_FORMAT = "humwatch.output/1"
-KINDS = {"run": "a run directory", "monitor": "a monitor", "export": "an exported monitor",
-         "compare": "a comparison", "reproduce": "a reproduce folder", "explain": "an explain folder",
-         "data": "generated data"}
+KINDS = {
+    "run": "a run directory",
+    "monitor": "a monitor",
+    "export": "an exported monitor",
+    "compare": "a comparison",
+    "reproduce": "a reproduce folder",
+    "explain": "an explain folder",
+    "data": "generated data",
+}
 """The kinds of output folder, and how a message names each."""
 
 
@@ -192,9 +202,15 @@ def _what(p: Path) -> str:
         m = os.lstat(p).st_mode
     except OSError as e:
         return f"not readable ({e.strerror})"
-    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a file")):
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISREG, "a file"),
+    ):
         if test(m):
             return name
     return "not a file or folder"
@@ -276,8 +292,16 @@ def check_out_file(out: str | os.PathLike, suffix: str | None = None, inputs: It
     _check_place(out, inputs, folder=False)
 
 
-def check_out_folder(out: str | os.PathLike, overwrite: bool = True, *, kind: str | None = None, inputs: Iterable = (),
-                     replace: bool = True, legacy: Iterable[str] = (), hosts: Iterable = ()) -> None:
+def check_out_folder(
+    out: str | os.PathLike,
+    overwrite: bool = True,
+    *,
+    kind: str | None = None,
+    inputs: Iterable = (),
+    replace: bool = True,
+    legacy: Iterable[str] = (),
+    hosts: Iterable = (),
+) -> None:
     """Refuse (one ConfigError line), before any work, an output folder that cannot or must not be
     written: an existing path that is not a folder, a place that cannot be written, a name too long,
     a folder that is, holds or sits in one of ``inputs`` (see :func:`_check_place`), and one that
@@ -310,9 +334,11 @@ def check_out_folder(out: str | os.PathLike, overwrite: bool = True, *, kind: st
         return
     if found is not None:
         raise ConfigError(f"{out}: is {KINDS.get(found, found)}, not {want}; choose another --out")
-    raise ConfigError(f"{out}: holds files humwatch did not write (no {MARKER} marker); "
-                      f"{'--overwrite replaces only a folder humwatch wrote; ' if replace else ''}"
-                      "choose another --out, or empty it yourself")
+    raise ConfigError(
+        f"{out}: holds files humwatch did not write (no {MARKER} marker); "
+        f"{'--overwrite replaces only a folder humwatch wrote; ' if replace else ''}"
+        "choose another --out, or empty it yourself"
+    )
 
 
 def _short(name: str) -> str:
@@ -383,8 +409,7 @@ def read_record(path: str | os.PathLike, then: str = "done again") -> dict | Non
         return None
 
 
-def read_json_doc(path: str | os.PathLike, fmt: str | None = None, fields: dict | None = None,
-                  missing: str | None = None) -> dict:
+def read_json_doc(path: str | os.PathLike, fmt: str | None = None, fields: dict | None = None, missing: str | None = None) -> dict:
     """A JSON object (saved by humwatch when ``fmt`` is given), checked: one ConfigError line when the
     file is missing (``missing`` says what that means), not a ``"format": fmt`` object, or when a
     field of ``fields`` ({name: type or tuple of types}) is missing or of another type; one

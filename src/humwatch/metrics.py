@@ -106,7 +106,7 @@ def pauc(labels: Any, scores: Any, max_fpr: float = 0.1, kind: str = "mcclish") 
     stop = int(np.searchsorted(fpr, max_fpr, side="right"))  # fpr[:stop] <= max_fpr, fpr[0] == 0
     x, t = fpr[:stop], tpr[:stop]
     if x[-1] < max_fpr:  # then stop < len(fpr) since fpr ends at 1 >= max_fpr
-        t_cut = np.interp(max_fpr, fpr[stop - 1:stop + 1], tpr[stop - 1:stop + 1])
+        t_cut = np.interp(max_fpr, fpr[stop - 1 : stop + 1], tpr[stop - 1 : stop + 1])
         x, t = np.append(x, max_fpr), np.append(t, t_cut)
     area = float(np.sum(np.diff(x) * (t[1:] + t[:-1]) / 2.0))
     if kind == "mcclish":
@@ -135,8 +135,7 @@ def auc_interval(labels: Any, scores: Any, level: float = 0.95, n_boot: int = 10
     return [float(np.quantile(aucs, alpha)), float(np.quantile(aucs, 1.0 - alpha))]
 
 
-def group_table(records: Sequence[Any], scores: Any, max_fpr: float = 0.1,
-                type_summary: str = "pooled") -> list[dict]:
+def group_table(records: Sequence[Any], scores: Any, max_fpr: float = 0.1, type_summary: str = "pooled") -> list[dict]:
     """AUC / pAUC rows per machine type and per machine id.
 
     ``records`` are objects with ``machine_type``, ``machine_id`` and ``label`` (e.g.
@@ -166,9 +165,15 @@ def group_table(records: Sequence[Any], scores: Any, max_fpr: float = 0.1,
 
     def row(mtype: str, mid: str, mask: np.ndarray) -> dict:
         yy, ss = y[mask], s[mask]
-        return {"machine_type": mtype, "machine_id": mid, "auc": auc(yy, ss), "auc_ci": auc_interval(yy, ss),
-                "pauc": pauc(yy, ss, max_fpr=max_fpr),
-                "n_normal": int((yy == 0).sum()), "n_anomalous": int((yy == 1).sum())}
+        return {
+            "machine_type": mtype,
+            "machine_id": mid,
+            "auc": auc(yy, ss),
+            "auc_ci": auc_interval(yy, ss),
+            "pauc": pauc(yy, ss, max_fpr=max_fpr),
+            "n_normal": int((yy == 0).sum()),
+            "n_anomalous": int((yy == 1).sum()),
+        }
 
     def nanmean(values: list[float]) -> float:
         finite = [v for v in values if not math.isnan(v)]
@@ -265,8 +270,7 @@ def _gamma_fit(s: np.ndarray) -> tuple[float, float, float]:
     return best[1], best[2], best[3]
 
 
-def threshold_from_scores(normal_scores: Any, false_alarm_rate: float = 0.05,
-                          method: str = "percentile") -> float:
+def threshold_from_scores(normal_scores: Any, false_alarm_rate: float = 0.05, method: str = "percentile") -> float:
     """Decision threshold (score > threshold = anomalous) from *normal* validation scores only,
     aiming at ``false_alarm_rate`` of normal clips over it.
 
@@ -290,10 +294,7 @@ def threshold_from_scores(normal_scores: Any, false_alarm_rate: float = 0.05,
             )
         return float(np.quantile(s, 1.0 - rate))
     if s.size < GAMMA_MIN_SCORES:
-        raise ConfigError(
-            f"threshold_from_scores: method='gamma' needs at least {GAMMA_MIN_SCORES} normal "
-            f"scores, got {s.size}"
-        )
+        raise ConfigError(f"threshold_from_scores: method='gamma' needs at least {GAMMA_MIN_SCORES} normal scores, got {s.size}")
     if float(s.max()) == float(s.min()):
         raise ConfigError("threshold_from_scores: all normal scores are equal; a gamma fit needs some spread")
     a, loc, scale = _gamma_fit(s)
@@ -306,8 +307,10 @@ def few_clips_warnings(rows: Iterable[dict]) -> list[str]:
     for r in rows:
         n0, n1 = r.get("n_normal", 0), r.get("n_anomalous", 0)
         if min(n0, n1) < FEW_CLIPS:
-            out.append(f"{r['machine_type']} {r['machine_id']}: only {n0} normal and {n1} anomalous test clips; "
-                       f"its AUC moves in steps of {1 / max(n0 * n1, 1):.3g} (see its 95 % interval)")
+            out.append(
+                f"{r['machine_type']} {r['machine_id']}: only {n0} normal and {n1} anomalous test clips; "
+                f"its AUC moves in steps of {1 / max(n0 * n1, 1):.3g} (see its 95 % interval)"
+            )
     return out
 
 
@@ -332,8 +335,7 @@ def markdown_table(rows: Iterable[dict], columns: Sequence[str] = TABLE_COLUMNS)
     columns = list(columns)
     if not columns:
         raise ConfigError("markdown_table: no columns given")
-    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |",
-             "|" + "|".join(" --- " for _ in columns) + "|"]
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(_cell(r.get(c)) for c in columns) + " |")
     return "\n".join(lines) + "\n"

@@ -45,7 +45,7 @@ import numpy as np
 
 from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip, expand_windows
-from humwatch.errors import HumwatchError, ConfigError
+from humwatch.errors import ConfigError, HumwatchError
 from humwatch.io import check_manifest, check_weight_fingerprints, damaged, read_json_doc, weight_fingerprints, write_json, write_manifest
 from humwatch.methods.base import Scorer
 from humwatch.runtime import Runtime
@@ -86,23 +86,37 @@ class MonitorSettings:
     reference_windows: int = 0
     kind: str = "monitor"
 
-    SAVED: ClassVar[tuple[str, ...]] = ("humwatch_version", "created", "machines", "method", "label", "weights", "random_init", "audio", "hop",
-             "threshold_rule", "n_train", "reference_windows")
+    SAVED: ClassVar[tuple[str, ...]] = (
+        "humwatch_version",
+        "created",
+        "machines",
+        "method",
+        "label",
+        "weights",
+        "random_init",
+        "audio",
+        "hop",
+        "threshold_rule",
+        "n_train",
+        "reference_windows",
+    )
     """The fields monitor.json holds, in its order (besides format, format_version, threshold, fingerprints)."""
 
     def to_dict(self) -> dict:
         """The fields as monitor.json writes them."""
         a = self.audio
         out = {k: getattr(self, k) for k in self.SAVED}
-        out.update(machines=list(self.machines), threshold_rule=dict(self.threshold_rule),
-                   audio={"sample_rate": a.sample_rate, "seconds": a.seconds, "channel": a.channel})
+        out.update(
+            machines=list(self.machines),
+            threshold_rule=dict(self.threshold_rule),
+            audio={"sample_rate": a.sample_rate, "seconds": a.seconds, "channel": a.channel},
+        )
         return out
 
     @classmethod
     def from_doc(cls, doc: dict, audio: AudioSettings) -> "MonitorSettings":
         """The settings of a checked monitor.json (:func:`check_monitor_fields`)."""
-        return cls(**{k: doc[k] for k in cls.SAVED if k not in ("audio", "machines")}, audio=audio,
-                   machines=tuple(doc["machines"]))
+        return cls(**{k: doc[k] for k in cls.SAVED if k not in ("audio", "machines")}, audio=audio, machines=tuple(doc["machines"]))
 
 
 @dataclass(frozen=True)
@@ -146,16 +160,19 @@ class Monitor:
     # -- scoring -------------------------------------------------------------------------------
     def score_windows(self, clips: Sequence[Clip], skip_bad: bool = False, progress: bool = True, cache_dir=None):
         """Every window of ``clips`` and its score: (windows, scores, skipped [(path, reason)] of this call)."""
-        rt = Runtime(on_bad="skip" if skip_bad else "error", progress=progress,
-                     cache_dir=str(cache_dir) if cache_dir is not None else None)
+        rt = Runtime(on_bad="skip" if skip_bad else "error", progress=progress, cache_dir=str(cache_dir) if cache_dir is not None else None)
         reader = rt.reader(self.audio)
         windows = expand_windows(list(clips), self.audio.seconds or 10.0, self.hop)
         recording_notes(clips, self.audio)
         s = self.method.score(windows, runtime=rt)
         for w, v in zip(windows, s):  # NaN is a window the reader skipped; any other is the monitor failing
             if not np.isfinite(v) and not reader.is_bad(w):
-                reader.fail(w, MonitorError(f"{w.key}: the monitor's score is {v} (not a finite number): "
-                                            "the monitor cannot score it (damaged weights?)"))
+                reader.fail(
+                    w,
+                    MonitorError(
+                        f"{w.key}: the monitor's score is {v} (not a finite number): the monitor cannot score it (damaged weights?)"
+                    ),
+                )
         ok = np.isfinite(s)
         return [w for w, k in zip(windows, ok) if k], s[ok], rt.skipped
 
@@ -178,9 +195,7 @@ class Monitor:
         replaced in one step, never mixed with the new one)."""
         from safetensors.numpy import save_file
 
-        from humwatch.io import atomic_path
-
-        from humwatch.io import check_out_folder, staged_folder
+        from humwatch.io import atomic_path, check_out_folder, staged_folder
 
         check_out_folder(directory, kind="monitor")
         with staged_folder(directory, kind="monitor") as d:
@@ -188,8 +203,16 @@ class Monitor:
             if self.reference is not None:
                 with atomic_path(d / REFERENCE_FILE, suffix=".safetensors") as tmp:
                     save_file({k: np.ascontiguousarray(v) for k, v in self.reference.arrays().items()}, str(tmp))
-            write_json(d / "monitor.json", {"format": FORMAT, "format_version": FORMAT_VERSION, **self.settings.to_dict(),
-                                            "threshold": float(self.threshold), "fingerprints": weight_fingerprints(d)})
+            write_json(
+                d / "monitor.json",
+                {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    **self.settings.to_dict(),
+                    "threshold": float(self.threshold),
+                    "fingerprints": weight_fingerprints(d),
+                },
+            )
             write_manifest(d)
 
     @classmethod
@@ -211,8 +234,9 @@ class Monitor:
         except ConfigError as e:
             raise MonitorError(str(e)) from None
         if doc.get("format_version") != FORMAT_VERSION:
-            raise MonitorError(f"{mj}: monitor format {doc.get('format_version')!r} is not supported "
-                               f"(this humwatch reads {FORMAT_VERSION}; fit the monitor again)")
+            raise MonitorError(
+                f"{mj}: monitor format {doc.get('format_version')!r} is not supported (this humwatch reads {FORMAT_VERSION}; fit the monitor again)"
+            )
         audio = check_monitor_fields(doc, mj)
         threshold = float(doc["threshold"])
         settings = MonitorSettings.from_doc(doc, audio)
@@ -226,8 +250,13 @@ class Monitor:
                 method = load_method(d / METHOD_DIR, Context(audio=audio, device=device), checked=True, weights=weights)
         except ConfigError as e:
             raise MonitorError(str(e)) from None
-        mon = cls(method=method, threshold=threshold, settings=settings, reference=_load_reference(d, settings),
-                  recipe=MonitorRecipe(str(d), weights, device, runtime))
+        mon = cls(
+            method=method,
+            threshold=threshold,
+            settings=settings,
+            reference=_load_reference(d, settings),
+            recipe=MonitorRecipe(str(d), weights, device, runtime),
+        )
         check_method_matches(mon, mj)
         return mon
 
@@ -256,22 +285,62 @@ def check_monitor_fields(doc: dict, where: Path) -> AudioSettings:
     from humwatch.audio import saved_audio_settings
     from humwatch.methods import list_methods
     from humwatch.methods.base import VERSION, warn_if_newer
-    from humwatch.settings import (FALSE_ALARM_RATE, FOLDS, SEED, Bool, Int, Mapping, OneOf, Pattern, Real, Seq, Text,
-                                   check_fields, check_value)
+    from humwatch.settings import (
+        FALSE_ALARM_RATE,
+        FOLDS,
+        SEED,
+        Bool,
+        Int,
+        Mapping,
+        OneOf,
+        Pattern,
+        Real,
+        Seq,
+        Text,
+        check_fields,
+        check_value,
+    )
 
     try:
-        v = check_fields(doc, {
-            "format": OneOf((FORMAT,)), "format_version": OneOf((FORMAT_VERSION,)), "humwatch_version": VERSION,
-            "created": Pattern(r"\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:\d\d)?", "a date and time (ISO 8601)"),
-            "machines": Seq(Text()), "method": OneOf(tuple(list_methods())), "label": Text(), "weights": Text(empty=True),
-            "random_init": Bool(), "audio": Mapping(), "hop": Real(0.0, open_low=True), "threshold_rule": Mapping(),
-            "n_train": Int(1), "reference_windows": Int(0), "threshold": Real(), "fingerprints": Mapping()}, where)
+        v = check_fields(
+            doc,
+            {
+                "format": OneOf((FORMAT,)),
+                "format_version": OneOf((FORMAT_VERSION,)),
+                "humwatch_version": VERSION,
+                "created": Pattern(r"\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:\d\d)?", "a date and time (ISO 8601)"),
+                "machines": Seq(Text()),
+                "method": OneOf(tuple(list_methods())),
+                "label": Text(),
+                "weights": Text(empty=True),
+                "random_init": Bool(),
+                "audio": Mapping(),
+                "hop": Real(0.0, open_low=True),
+                "threshold_rule": Mapping(),
+                "n_train": Int(1),
+                "reference_windows": Int(0),
+                "threshold": Real(),
+                "fingerprints": Mapping(),
+            },
+            where,
+        )
         audio = saved_audio_settings(v["audio"], where, seconds_required=True)
         check_value(v["hop"], Real(0.0, audio.seconds, open_low=True), "hop", where)
-        rule = check_fields(v["threshold_rule"], {
-            "method": OneOf(THRESHOLD_METHODS), "false_alarm_rate": FALSE_ALARM_RATE,
-            "per": OneOf(("window",)), "folds": FOLDS, "n_windows": Int(1), "n_recordings": Int(1), "seed": SEED,
-            "score_range": Seq(Real(), min_len=2)}, where, "threshold_rule.")
+        rule = check_fields(
+            v["threshold_rule"],
+            {
+                "method": OneOf(THRESHOLD_METHODS),
+                "false_alarm_rate": FALSE_ALARM_RATE,
+                "per": OneOf(("window",)),
+                "folds": FOLDS,
+                "n_windows": Int(1),
+                "n_recordings": Int(1),
+                "seed": SEED,
+                "score_range": Seq(Real(), min_len=2),
+            },
+            where,
+            "threshold_rule.",
+        )
     except ConfigError as e:
         raise MonitorError(str(e)) from None
     check_threshold(v["threshold"], rule, where)
@@ -301,9 +370,11 @@ def check_threshold(threshold: float, rule: dict, where) -> None:
     if lo > 0:
         low = max(low, 0.0)
     if not low <= threshold <= high or (lo > 0 and threshold <= 0):
-        raise MonitorError(f"{where}: threshold {threshold!r} is not one its calibration could give "
-                           f"({rule['method']} of normal scores from {lo:.6g} to {hi:.6g}: "
-                           f"{'above 0 and ' if lo > 0 else ''}from {low:.6g} to {high:.6g})")
+        raise MonitorError(
+            f"{where}: threshold {threshold!r} is not one its calibration could give "
+            f"({rule['method']} of normal scores from {lo:.6g} to {hi:.6g}: "
+            f"{'above 0 and ' if lo > 0 else ''}from {low:.6g} to {high:.6g})"
+        )
 
 
 def check_method_matches(mon: "Monitor", where: Path) -> None:
@@ -316,8 +387,9 @@ def check_method_matches(mon: "Monitor", where: Path) -> None:
     if m.n_train_ != s.n_train:
         raise MonitorError(f"{where}: n_train {s.n_train!r}, but its method was fitted on {m.n_train_}")
     if bool(m.info().get("random_init", False)) != s.random_init:
-        raise MonitorError(f"{where}: random_init {s.random_init!r}, but its method's weights say "
-                           f"{bool(m.info().get('random_init', False))}")
+        raise MonitorError(
+            f"{where}: random_init {s.random_init!r}, but its method's weights say {bool(m.info().get('random_init', False))}"
+        )
 
 
 def _load_reference(d: Path, settings: MonitorSettings):
@@ -329,8 +401,9 @@ def _load_reference(d: Path, settings: MonitorSettings):
     f = d / REFERENCE_FILE
     n = settings.reference_windows
     if f.is_file() != (n > 0):
-        raise MonitorError(f"{d / 'monitor.json'}: reference_windows is {n}, but {REFERENCE_FILE} is "
-                           f"{'there' if f.is_file() else 'missing'}")
+        raise MonitorError(
+            f"{d / 'monitor.json'}: reference_windows is {n}, but {REFERENCE_FILE} is {'there' if f.is_file() else 'missing'}"
+        )
     if not f.is_file():
         return None
     try:
@@ -363,11 +436,16 @@ def load_monitor(directory: str | Path, weights: str | None = None, device: str 
     if d.is_dir() and not (d / "monitor.json").exists() and (d / "method.json").is_file():
         method = load_method(d, device=device, weights=weights)
         if method.natural_threshold is None:
-            raise MonitorError(f"{d}: a saved {method.name} method has no threshold of its own; "
-                               "fit a monitor with `humwatch fit --method ...`")
+            raise MonitorError(
+                f"{d}: a saved {method.name} method has no threshold of its own; fit a monitor with `humwatch fit --method ...`"
+            )
         settings = MonitorSettings(method=method.name, audio=method.audio, kind="saved method")
-        return Monitor(method=method, threshold=float(method.natural_threshold), settings=settings,
-                       recipe=MonitorRecipe(str(d), weights, device, "torch"))
+        return Monitor(
+            method=method,
+            threshold=float(method.natural_threshold),
+            settings=settings,
+            recipe=MonitorRecipe(str(d), weights, device, "torch"),
+        )
     return Monitor.load(d, weights=weights, device=device)
 
 
@@ -400,7 +478,12 @@ def recording_notes(clips: Sequence[Clip], audio: AudioSettings) -> None:
             rates.setdefault(rate, []).append(c.path)
     if short:
         first = ", ".join(f"{n} ({d:.1f} s)" for n, d in short[:3])
-        log.warning("warning: %d recording(s) shorter than the %g s window are padded with silence: %s%s",
-                    len(short), audio.seconds, first, ", ..." if len(short) > 3 else "")
+        log.warning(
+            "warning: %d recording(s) shorter than the %g s window are padded with silence: %s%s",
+            len(short),
+            audio.seconds,
+            first,
+            ", ..." if len(short) > 3 else "",
+        )
     for sr, paths in sorted(rates.items()):
         log.warning("note: %d recording(s) at %d Hz are resampled to %d Hz", len(paths), sr, audio.sample_rate)

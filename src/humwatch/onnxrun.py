@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from humwatch.errors import ConfigError
-from humwatch.errors import one_line
+from humwatch.errors import ConfigError, one_line
 
 RUNTIMES = ("auto", "torch", "onnx")
 EXPORT_FILE = "export.json"
@@ -42,13 +41,15 @@ def choose_runtime(directory: str | Path, runtime: str = "auto") -> str:
         raise ConfigError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
     exported = is_exported(directory)
     if runtime == "onnx" and not exported:
-        raise ConfigError(f"{directory}: not an exported monitor (no {EXPORT_FILE}); write one with "
-                          "`humwatch export MONITOR --format onnx --out DIR`")
+        raise ConfigError(
+            f"{directory}: not an exported monitor (no {EXPORT_FILE}); write one with `humwatch export MONITOR --format onnx --out DIR`"
+        )
     if runtime == "auto":
         runtime = "onnx" if exported and not torch_installed() else "torch"
     if runtime == "torch" and not torch_installed():
-        raise ConfigError(f"{directory}: PyTorch is not installed here; export the monitor (`humwatch export`) "
-                          "and score the exported folder with ONNX Runtime")
+        raise ConfigError(
+            f"{directory}: PyTorch is not installed here; export the monitor (`humwatch export`) and score the exported folder with ONNX Runtime"
+        )
     return runtime
 
 
@@ -72,8 +73,10 @@ class OnnxMethod:
         fe = doc["frontend"]
         self.frontend = get_frontend(fe["name"], **fe["params"])
         if self.frontend.key != fe["key"]:
-            raise ConfigError(f"{directory / EXPORT_FILE}: frontend {fe['name']} of this humwatch is not the one exported "
-                              f"(key {self.frontend.key} vs {fe['key']}); export the monitor again")
+            raise ConfigError(
+                f"{directory / EXPORT_FILE}: frontend {fe['name']} of this humwatch is not the one exported "
+                f"(key {self.frontend.key} vs {fe['key']}); export the monitor again"
+            )
         model = directory / doc["model"]
         try:
             self.session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -126,10 +129,12 @@ def load_onnx_method(directory: str | Path, audio) -> OnnxMethod:
     from humwatch.methods.base import check_method_doc, read_method_json
 
     d = Path(directory)
-    doc = read_json_doc(d / EXPORT_FILE, FORMAT,
-                        {"model": str, "model_sha256": str, "output": str, "frontend": dict, "batch_size": int,
-                         "precision": str},
-                        missing=f"{d}: not an exported monitor (no {EXPORT_FILE})")
+    doc = read_json_doc(
+        d / EXPORT_FILE,
+        FORMAT,
+        {"model": str, "model_sha256": str, "output": str, "frontend": dict, "batch_size": int, "precision": str},
+        missing=f"{d}: not an exported monitor (no {EXPORT_FILE})",
+    )
     if doc["output"] not in ("embedding", "score") or doc["batch_size"] < 1:
         raise ConfigError(f"{d / EXPORT_FILE}: output must be embedding or score and batch_size positive")
     if not isinstance(doc.get("detector_state") or "", str):

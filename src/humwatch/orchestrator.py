@@ -35,8 +35,7 @@ NOT_DECIDING: dict[str, tuple[str, ...]] = {"embed-detect": ("batch_size",)}
 """Method settings that do not change the numbers (clips per forward pass of an embedding): left
 out of the fingerprint, so changing them keeps finished runs."""
 
-DATA_IDENTITY = ("data", "layout", "machines", "ids", "snr", "test_fraction", "val_fraction", "dataset_split",
-                 "dataset_val_fraction")
+DATA_IDENTITY = ("data", "layout", "machines", "ids", "snr", "test_fraction", "val_fraction", "dataset_split", "dataset_val_fraction")
 """The RunConfig fields that say which clips are used and how they are split, when no saved split
 (its SHA-256) says it."""
 
@@ -80,9 +79,17 @@ class Job:
         return fingerprint(self.spec, self.run_config, self.split_hash)
 
 
-def run_jobs(jobs: Sequence[Job], out: str | Path, *, records: str, run: Callable[[Job, Path], dict],
-             failed: Callable[[Job, str, float], dict], on_record: Callable[[dict], None] | None = None,
-             title: Callable[[Job], str] = lambda job: f"[bold]{job.name}[/]", check_run_dir: bool = True) -> list[dict]:
+def run_jobs(
+    jobs: Sequence[Job],
+    out: str | Path,
+    *,
+    records: str,
+    run: Callable[[Job, Path], dict],
+    failed: Callable[[Job, str, float], dict],
+    on_record: Callable[[dict], None] | None = None,
+    title: Callable[[Job], str] = lambda job: f"[bold]{job.name}[/]",
+    check_run_dir: bool = True,
+) -> list[dict]:
     """Run (or keep) every job, in order; returns their records (module doc). ``run(job, run_dir)``
     runs one job and returns its record; ``failed(job, reason, seconds)`` is the record of one that
     raised. ``check_run_dir``: a finished record is kept only while its run's results.json is there.
@@ -94,8 +101,12 @@ def run_jobs(jobs: Sequence[Job], out: str | Path, *, records: str, run: Callabl
         run_dir = out / "runs" / job.name
         fp = job.fingerprint()
         old = read_record(path, f"running {job.name} again")
-        if (old is not None and old.get("status") == "ok" and old.get("fingerprint") == fp
-                and (not check_run_dir or (run_dir / "results.json").is_file())):
+        if (
+            old is not None
+            and old.get("status") == "ok"
+            and old.get("fingerprint") == fp
+            and (not check_run_dir or (run_dir / "results.json").is_file())
+        ):
             rec = {**old, "reused": True}
         else:
             console.print(title(job))
@@ -134,8 +145,7 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def execute(job: Job, run_dir: Path, *, isolate: bool = False, threads: int | None = None, progress: bool = True,
-            engine=None):
+def execute(job: Job, run_dir: Path, *, isolate: bool = False, threads: int | None = None, progress: bool = True, engine=None):
     """Run ``job``'s pipeline run into ``run_dir`` (replacing a stale or failed one). Here: returns
     the :class:`humwatch.pipeline.RunResult`. ``isolate``: in a fresh process, so that its peak
     memory is its own and a crash cannot take the caller down; returns ``{"seconds",

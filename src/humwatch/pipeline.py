@@ -117,15 +117,16 @@ def prepare_clips(cfg: RunConfig) -> list[Clip]:
     if cfg.split_csv:
         return check_split(read_clips_csv(cfg.split_csv), cfg.split_csv, cfg.data)
     cfg.dataset_split = uses_dataset_split(cfg)
-    clips = load_dataset(cfg.data, layout=cfg.layout, machines=cfg.machines, ids=cfg.ids, snr=cfg.snr,
-                         keep_split=cfg.dataset_split)
+    clips = load_dataset(cfg.data, layout=cfg.layout, machines=cfg.machines, ids=cfg.ids, snr=cfg.snr, keep_split=cfg.dataset_split)
     if not cfg.dataset_split:
         return study_split(clips, seed=cfg.seed, test=cfg.test_fraction, val=cfg.val_fraction)
     test = [c for c in clips if c.split == "test"]
     if not test or not any(c.split == "train" for c in clips):
         what = "test" if not test else "training"
-        raise DatasetError(f"{cfg.data}: its own train/test split has no {what} clips (a DCASE tree's train/ and test/ "
-                           "folders or a manifest's split column give them); use the study's split (--study-split)")
+        raise DatasetError(
+            f"{cfg.data}: its own train/test split has no {what} clips (a DCASE tree's train/ and test/ "
+            "folders or a manifest's split column give them); use the study's split (--study-split)"
+        )
     train = [c for c in clips if c.split != "test"]
     if cfg.dataset_val_fraction:
         train = study_split(train, seed=cfg.seed, test=0.0, val=cfg.dataset_val_fraction)
@@ -142,8 +143,7 @@ def split_description(cfg: RunConfig, clips: Sequence[Clip]) -> str:
         n = {s: sum(c.split == s for c in clips) for s in ("train", "val", "test")}
         held = f", {n['val']} of them held out for validation" if n["val"] else ", none held out"
         return f"the dataset's own: {n['train'] + n['val']} training clips{held}; {n['test']} test clips"
-    return (f"the study's: {cfg.test_fraction:g} of each machine, id and label to test, {cfg.val_fraction:g} of the "
-            f"rest to validation (seed {cfg.seed})")
+    return f"the study's: {cfg.test_fraction:g} of each machine, id and label to test, {cfg.val_fraction:g} of the rest to validation (seed {cfg.seed})"
 
 
 def check_split(clips: list[Clip], where: str, data: str | None) -> list[Clip]:
@@ -161,8 +161,9 @@ def check_split(clips: list[Clip], where: str, data: str | None) -> list[Clip]:
         root = Path(data).expanduser().resolve()
         outside = [c.path for c in clips if not Path(c.path).resolve().is_relative_to(root)]
         if outside:
-            raise DatasetError(f"{where}: {len(outside)} clip(s) lie outside --data {data} (e.g. {outside[0]}); "
-                               "give --split alone, or the --data it was made from")
+            raise DatasetError(
+                f"{where}: {len(outside)} clip(s) lie outside --data {data} (e.g. {outside[0]}); give --split alone, or the --data it was made from"
+            )
     return clips
 
 
@@ -200,10 +201,14 @@ def _run(cfg: RunConfig, settings, clips: list[Clip], rd: RunDir, progress: bool
 
     rd.write_split(clips)
     # one runtime for the whole run: one skip count, and the embeddings kept for the run's t-SNE
-    rt = Runtime(on_bad="skip" if cfg.skip_bad else "error", progress=progress, cache_dir=cfg.cache_dir,
-                 keep_embeddings=True, **({"engine": engine} if engine is not None else {}))
-    ctx = Context(audio=cfg.audio, seed=cfg.seed, device=cfg.device,
-                  run_clips=[c for c in clips if c.split in ("train", "val")])
+    rt = Runtime(
+        on_bad="skip" if cfg.skip_bad else "error",
+        progress=progress,
+        cache_dir=cfg.cache_dir,
+        keep_embeddings=True,
+        **({"engine": engine} if engine is not None else {}),
+    )
+    ctx = Context(audio=cfg.audio, seed=cfg.seed, device=cfg.device, run_clips=[c for c in clips if c.split in ("train", "val")])
     readings: dict[str, dict[str, float]] = {}
     embeddings: dict[str, list] = {}
     info: dict = {}
@@ -295,9 +300,13 @@ def results_markdown(info: dict, rows: list[dict]) -> str:
     if info["skipped"]:
         lines.append(f"- skipped bad files: {len(info['skipped'])}")
     extra = [k for k in (rows[0] if rows else {}) if k.startswith(("auc_", "pauc_")) and k != "auc_ci"]
-    lines += ["", "AUC: the chance that an anomalous test clip scores above a normal one (0.5 is chance; auc_ci its "
-              "95 % bootstrap interval); pAUC: the same over false-positive rates up to 0.1, as the DCASE evaluator "
-              "prints it (McClish-standardised, 0.5 is chance). Scores: higher = more anomalous.", ""]
+    lines += [
+        "",
+        "AUC: the chance that an anomalous test clip scores above a normal one (0.5 is chance; auc_ci its "
+        "95 % bootstrap interval); pAUC: the same over false-positive rates up to 0.1, as the DCASE evaluator "
+        "prints it (McClish-standardised, 0.5 is chance). Scores: higher = more anomalous.",
+        "",
+    ]
     lines += [markdown_table(rows, [*TABLE_COLUMNS[:5], *extra, *TABLE_COLUMNS[5:]]), ""]
     warnings = few_clips_warnings(rows)
     if warnings:

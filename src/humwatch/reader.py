@@ -29,8 +29,7 @@ import numpy as np
 
 from humwatch.audio import AudioSettings, load_audio
 from humwatch.data.clips import Clip
-from humwatch.errors import AudioError, ConfigError
-from humwatch.errors import one_line
+from humwatch.errors import AudioError, ConfigError, one_line
 from humwatch.progress import bar
 
 log = logging.getLogger("humwatch")
@@ -87,8 +86,7 @@ class ClipReader:
     """Reads clips as the models see them, with one bad-file policy and one skip count
     (``skips``: shared with the other readers of one call, see :class:`humwatch.runtime.Runtime`)."""
 
-    def __init__(self, audio: AudioSettings | None = None, on_bad: str = "error", progress: bool = True,
-                 skips: Skips | None = None):
+    def __init__(self, audio: AudioSettings | None = None, on_bad: str = "error", progress: bool = True, skips: Skips | None = None):
         if on_bad not in ON_BAD:
             raise ConfigError(f"on_bad must be one of {', '.join(ON_BAD)}, got {on_bad!r}")
         self.audio = audio or AudioSettings()
@@ -137,8 +135,9 @@ class ClipReader:
                 yield chunk
                 b.advance(len(chunk))
 
-    def batches(self, clips: Sequence[Clip], size: int, description: str,
-                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[tuple[list[Clip], list[np.ndarray]]]:
+    def batches(
+        self, clips: Sequence[Clip], size: int, description: str, transform: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> Iterator[tuple[list[Clip], list[np.ndarray]]]:
         """``(kept clips, arrays)`` per batch of ``size`` clips; bad clips are left out (or raise)."""
         for chunk in self.chunks(clips, size, description):
             kept, arrays = [], []
@@ -150,7 +149,8 @@ class ClipReader:
             if kept:
                 yield kept, arrays
 
-    def read_all(self, clips: Sequence[Clip], description: str,
-                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[list[Clip], list[np.ndarray]]:
+    def read_all(
+        self, clips: Sequence[Clip], description: str, transform: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> tuple[list[Clip], list[np.ndarray]]:
         """Every readable clip and its array (memory holds them all: for small per-clip arrays)."""
         return collect(self.batches(clips, 64, description, transform))

@@ -89,14 +89,14 @@ class Scores:
 
 
 def _is_pair(x: Any) -> bool:
-    return (isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], np.ndarray)
-            and isinstance(x[1], Integral) and not isinstance(x[1], bool))
+    return (
+        isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], np.ndarray) and isinstance(x[1], Integral) and not isinstance(x[1], bool)
+    )
 
 
 def _from_array(pair: Any, name: str) -> Clip:
     if not _is_pair(pair):
-        raise ConfigError(f"{name}: expected an (array, sample_rate) pair (a numpy array and a whole number), "
-                          f"got {type(pair).__name__}")
+        raise ConfigError(f"{name}: expected an (array, sample_rate) pair (a numpy array and a whole number), got {type(pair).__name__}")
     return Clip.from_array(pair[0], int(pair[1]), name, "unknown", "unknown", 0)
 
 
@@ -121,7 +121,8 @@ def as_recordings(recordings: Any, folder: Callable[[str], list[Clip]] = _files)
             items.append((name, _from_array(pair, name)))
     else:
         many = (isinstance(recordings, (list, tuple)) and not _is_pair(recordings)) or (
-            not isinstance(recordings, (str, bytes, os.PathLike, Clip, np.ndarray, tuple)) and hasattr(recordings, "__iter__"))
+            not isinstance(recordings, (str, bytes, os.PathLike, Clip, np.ndarray, tuple)) and hasattr(recordings, "__iter__")
+        )
         items = []
         for i, x in enumerate(list(recordings) if many else [recordings]):
             if isinstance(x, Clip):
@@ -132,8 +133,7 @@ def as_recordings(recordings: Any, folder: Callable[[str], list[Clip]] = _files)
             elif _is_pair(x):
                 items.append((f"array{i}", _from_array(x, f"array{i}")))
             elif isinstance(x, np.ndarray):
-                raise ConfigError("an array needs its sample rate: give (array, sample_rate) pairs "
-                                  "or a dict name -> (array, sample_rate)")
+                raise ConfigError("an array needs its sample rate: give (array, sample_rate) pairs or a dict name -> (array, sample_rate)")
             else:
                 raise ConfigError(f"cannot use {type(x).__name__} {_short(x)} as a recording: give {ACCEPTED}")
     if not items:
@@ -151,14 +151,20 @@ def _short(x: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def collect(names: Sequence[str], clips: Sequence[Clip], windows: Sequence[Clip], scores: np.ndarray,
-            skipped: Sequence[tuple[str, str]], threshold: float, seconds: float) -> Scores:
+def collect(
+    names: Sequence[str],
+    clips: Sequence[Clip],
+    windows: Sequence[Clip],
+    scores: np.ndarray,
+    skipped: Sequence[tuple[str, str]],
+    threshold: float,
+    seconds: float,
+) -> Scores:
     """The typed :class:`Scores` of a monitor's ``(windows, scores, skipped)`` for ``clips`` (named ``names``)."""
     threshold = float(threshold)
     per: dict[str, list[Window]] = {}
     for w, s in zip(windows, np.asarray(scores, dtype=np.float64)):
-        per.setdefault(w.path, []).append(Window(float(w.start), float(w.start) + float(seconds), float(s),
-                                                 bool(s > threshold)))
+        per.setdefault(w.path, []).append(Window(float(w.start), float(w.start) + float(seconds), float(s), bool(s > threshold)))
     results = []
     for name, c in zip(names, clips):
         ws = per.get(c.path)

@@ -101,8 +101,10 @@ class RunDir:
         if (self.path / self.SPLIT).is_file():
             return read_clips_csv(self.path / self.SPLIT)
         if (self.path / self.SCORES).is_file():
-            return [Clip(r["file"], r.get("machine_type") or "clip", r.get("machine_id", ""), int(r["label"]),
-                         split=r.get("split") or "test") for r in self._score_rows("label")]
+            return [
+                Clip(r["file"], r.get("machine_type") or "clip", r.get("machine_id", ""), int(r["label"]), split=r.get("split") or "test")
+                for r in self._score_rows("label")
+            ]
         return []
 
     def scores(self, reading: str = "score") -> dict[str, float]:
@@ -149,8 +151,10 @@ class RunDir:
         write_csv(
             self.path / self.SCORES,
             [*SCORE_COLUMNS, *(f"score_{k}" for k in extra)],
-            ([c.path, c.machine_type, c.machine_id, c.label, c.split, *(f"{readings[k][c.path]:.8g}" for k in ("score", *extra))]
-             for c in clips),
+            (
+                [c.path, c.machine_type, c.machine_id, c.label, c.split, *(f"{readings[k][c.path]:.8g}" for k in ("score", *extra))]
+                for c in clips
+            ),
         )
 
     def write_embeddings(self, name: str, emb) -> None:

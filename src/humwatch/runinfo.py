@@ -53,10 +53,5 @@ def environment() -> dict:
             versions[name] = None
     return {
         "versions": versions,
-        "machine": {
-            "platform": platform.platform(),
-            "cpu": cpu_model(),
-            "cpu_bf16": cpu_bf16_flags(),
-            "cores": os.cpu_count(),
-        },
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_bf16": cpu_bf16_flags(), "cores": os.cpu_count()},
     }

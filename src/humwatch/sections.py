@@ -62,8 +62,9 @@ class SectionDetector:
     """One detector per section (or one for all), with k-means source memory and score
     normalisation; see the module docstring. ``make_detector()`` returns a new unfitted detector."""
 
-    def __init__(self, make_detector: Callable[[], Any], per_section: bool = False, source_centres: int = 0,
-                 normalize: bool = False, seed: int = 0):
+    def __init__(
+        self, make_detector: Callable[[], Any], per_section: bool = False, source_centres: int = 0, normalize: bool = False, seed: int = 0
+    ):
         self.make_detector = make_detector
         self.per_section = bool(per_section)
         self.source_centres = int(source_centres)
@@ -180,8 +181,7 @@ class SectionDetector:
 
     def summary(self) -> dict:
         """What results should say: sections, memory sizes, whether each was normalised."""
-        return {k: {"n_train": s.n_train, "n_memory": s.n_memory, "normalized": s.normalized}
-                for k, s in self.sections_.items()}
+        return {k: {"n_train": s.n_train, "n_memory": s.n_memory, "normalized": s.normalized} for k, s in self.sections_.items()}
 
     # -- saving ----------------------------------------------------------------------------------
     @property
@@ -197,8 +197,17 @@ class SectionDetector:
         for i, (key, s) in enumerate(self.sections_.items()):
             meta, arr = s.detector.state()
             arrays.update({f"{i}:{k}": v for k, v in arr.items()})
-            sections.append({"key": key, "detector": meta, "mean": s.mean, "std": s.std, "normalized": s.normalized,
-                             "n_train": s.n_train, "n_memory": s.n_memory})
+            sections.append(
+                {
+                    "key": key,
+                    "detector": meta,
+                    "mean": s.mean,
+                    "std": s.std,
+                    "normalized": s.normalized,
+                    "n_train": s.n_train,
+                    "n_memory": s.n_memory,
+                }
+            )
         return {"sections": sections, "per_section": self.per_section}, arrays
 
     @classmethod
@@ -215,9 +224,14 @@ class SectionDetector:
                 sd.per_section = bool(meta.get("per_section", sd.per_section))
                 for i, s in enumerate(meta["sections"]):
                     arr = {k.split(":", 1)[1]: v for k, v in arrays.items() if k.split(":", 1)[0] == str(i)}
-                    sd.sections_[str(s["key"])] = _Section(detector_from_state(s["detector"], arr), float(s["mean"]),
-                                                           float(s["std"]), bool(s["normalized"]), int(s["n_train"]),
-                                                           int(s["n_memory"]))
+                    sd.sections_[str(s["key"])] = _Section(
+                        detector_from_state(s["detector"], arr),
+                        float(s["mean"]),
+                        float(s["std"]),
+                        bool(s["normalized"]),
+                        int(s["n_train"]),
+                        int(s["n_memory"]),
+                    )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ConfigError(f"saved section detectors unusable ({e})") from None
         dims = {int(s.detector.n_features_in_) for s in sd.sections_.values()}

@@ -34,9 +34,35 @@ import numpy as np
 
 from humwatch.errors import ConfigError
 
-__all__ = ["Settings", "setting", "check_value", "check_fields", "Int", "Real", "OneOf", "Bool", "Text", "Pattern", "Mapping",
-           "Optional", "Seq", "AnyOf", "Const", "Instance", "describe", "WINDOW_SECONDS", "SAMPLE_RATE_HZ", "CHANNEL", "FALSE_ALARM_RATE",
-           "CONTAMINATION", "FRACTION", "SEED", "FOLDS", "ALERT_COUNT", "RANDOM_STATE"]
+__all__ = [
+    "Settings",
+    "setting",
+    "check_value",
+    "check_fields",
+    "Int",
+    "Real",
+    "OneOf",
+    "Bool",
+    "Text",
+    "Pattern",
+    "Mapping",
+    "Optional",
+    "Seq",
+    "AnyOf",
+    "Const",
+    "Instance",
+    "describe",
+    "WINDOW_SECONDS",
+    "SAMPLE_RATE_HZ",
+    "CHANNEL",
+    "FALSE_ALARM_RATE",
+    "CONTAMINATION",
+    "FRACTION",
+    "SEED",
+    "FOLDS",
+    "ALERT_COUNT",
+    "RANDOM_STATE",
+]
 
 
 # ---------------------------------------------------------------------------------------- rules
@@ -275,8 +301,12 @@ FRACTION = Real(0.0, 1.0, open_high=True, text=False)
 """A share of the clips held out (a split's test and validation shares)."""
 CONTAMINATION = Real(0.0, 0.5, open_low=True, text=False)
 """A detector's expected share of outliers in its training data (scikit-learn's ``contamination``)."""
-RANDOM_STATE = Optional(AnyOf((Int(0, 2**32 - 1), Instance(np.random.RandomState, "a numpy RandomState")),
-                               "None, a whole number from 0 to 2**32 - 1 or a numpy RandomState"))
+RANDOM_STATE = Optional(
+    AnyOf(
+        (Int(0, 2**32 - 1), Instance(np.random.RandomState, "a numpy RandomState")),
+        "None, a whole number from 0 to 2**32 - 1 or a numpy RandomState",
+    )
+)
 """scikit-learn's ``random_state``: None, a seed or a RandomState."""
 ALERT_COUNT = Int(1, 1000)
 """K, N and M of an alert rule (K anomalous of the last N clips open an alert, M normal ones close it)."""
@@ -344,7 +374,7 @@ class Settings:
         except ConfigError as e:
             msg = str(e)
             if where != cls.where and msg.startswith(cls.where + ":"):
-                msg = where + msg[len(cls.where):]
+                msg = where + msg[len(cls.where) :]
             raise ConfigError(msg) from None
 
     def to_dict(self) -> dict:

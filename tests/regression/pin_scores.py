@@ -22,12 +22,45 @@ DATA = dict(machines=["fan", "pump"], ids=["00", "02"], n_normal=8, n_anomalous=
 
 RUNS = {
     "autoencoder": ["run", "--method", "autoencoder", "--epochs", "3"],
-    "embed-detect-ast-lof": ["run", "--method", "embed-detect", "--backbone", "ast", "--weights", "none",
-                             "--backbone-config", json.dumps(TINY_AST), "--detector", "lof"],
-    "embed-detect-resnext-knn": ["run", "--method", "embed-detect", "--backbone", "resnext101_32x8d", "--weights", "none",
-                                 "--backbone-config", json.dumps(TINY_RESNEXT), "--detector", "knn"],
-    "finetune-resnext": ["finetune", "--backbone", "resnext101_32x8d", "--weights", "none",
-                         "--backbone-config", json.dumps(TINY_RESNEXT), "--epochs", "1", "--trainable-blocks", "2"],
+    "embed-detect-ast-lof": [
+        "run",
+        "--method",
+        "embed-detect",
+        "--backbone",
+        "ast",
+        "--weights",
+        "none",
+        "--backbone-config",
+        json.dumps(TINY_AST),
+        "--detector",
+        "lof",
+    ],
+    "embed-detect-resnext-knn": [
+        "run",
+        "--method",
+        "embed-detect",
+        "--backbone",
+        "resnext101_32x8d",
+        "--weights",
+        "none",
+        "--backbone-config",
+        json.dumps(TINY_RESNEXT),
+        "--detector",
+        "knn",
+    ],
+    "finetune-resnext": [
+        "finetune",
+        "--backbone",
+        "resnext101_32x8d",
+        "--weights",
+        "none",
+        "--backbone-config",
+        json.dumps(TINY_RESNEXT),
+        "--epochs",
+        "1",
+        "--trainable-blocks",
+        "2",
+    ],
 }
 
 
@@ -46,8 +79,10 @@ def run_all(data: Path, work: Path, cache: Path) -> dict[str, dict[str, float]]:
     for name, args in RUNS.items():
         run_dir = work / name
         try:
-            main([*args, "--data", str(data), "--out", str(run_dir), "--seed", "0", "--quiet"]
-                 + (["--cache", str(cache)] if args[0] == "run" else []))
+            main(
+                [*args, "--data", str(data), "--out", str(run_dir), "--seed", "0", "--quiet"]
+                + (["--cache", str(cache)] if args[0] == "run" else [])
+            )
         except SystemExit as e:
             if e.code not in (0, None):
                 raise

@@ -15,8 +15,7 @@ def print_leaderboard(cmp) -> None:
 
     from humwatch.compare_report import leaderboard
 
-    columns, rows = leaderboard(cmp.records, digits=3, mark=lambda text: f"[red]{escape(text)}[/]",
-                                per_id=bool(cmp.meta.get("per_id")))
+    columns, rows = leaderboard(cmp.records, digits=3, mark=lambda text: f"[red]{escape(text)}[/]", per_id=bool(cmp.meta.get("per_id")))
     o.print_table(o.console(), cmp.meta.get("title", "humwatch compare"), columns, rows)
 
 
@@ -65,10 +64,28 @@ def compare_cmd(
 
     plan(specs)  # every method's settings checked before an engine (a Ray cluster) is started
     with get_engine(engine, ray_address) as eng:
-        cmp = compare(data, specs, out, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr,
-                      per_id=per_id, seed=seed, dataset_split=dataset_split, dataset_val_fraction=dataset_val, channel=channel, skip_bad=skip_bad,
-                      cache_dir=cache or o.default_cache_dir(), device=device, threads=threads, isolate=not in_process,
-                      progress=not quiet, on_method=show, engine=eng)
+        cmp = compare(
+            data,
+            specs,
+            out,
+            layout=layout,
+            machines=o.csv_list(machines),
+            ids=o.csv_list(ids),
+            snr=snr,
+            per_id=per_id,
+            seed=seed,
+            dataset_split=dataset_split,
+            dataset_val_fraction=dataset_val,
+            channel=channel,
+            skip_bad=skip_bad,
+            cache_dir=cache or o.default_cache_dir(),
+            device=device,
+            threads=threads,
+            isolate=not in_process,
+            progress=not quiet,
+            on_method=show,
+            engine=eng,
+        )
     print_leaderboard(cmp)
     con.print(f"leaderboard in {Path(out) / 'compare.md'} (also .csv, .json, .png); {cmp.meta['seconds']:.0f} s")
     if cmp.failed:

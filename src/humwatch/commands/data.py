@@ -13,15 +13,20 @@ from humwatch.settings import SEED
 
 def synth_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to write the tree into.")],
-    layout: Annotated[Literal["mimii", "dcase2023", "dcase2024"], typer.Option(
-        help="mimii (MIMII's folders) or dcase2023 / dcase2024 (a DCASE Task 2 development set with "
-             "source and target domains).")] = "mimii",
+    layout: Annotated[
+        Literal["mimii", "dcase2023", "dcase2024"],
+        typer.Option(
+            help="mimii (MIMII's folders) or dcase2023 / dcase2024 (a DCASE Task 2 development set with source and target domains)."
+        ),
+    ] = "mimii",
     machines: Annotated[str, typer.Option(help="Machine types, comma separated.")] = "fan,pump,valve,slider",
     ids: Annotated[Optional[str], typer.Option(help="mimii: machine ids, comma separated (default 00,02,04,06).")] = None,
     normal: Annotated[Optional[int], typer.Option(help="mimii: normal clips per machine id (default 40).", min=0)] = None,
     anomalous: Annotated[Optional[int], typer.Option(help="mimii: anomalous clips per machine id (default 12).", min=0)] = None,
     sections: Annotated[Optional[str], typer.Option(help="dcase: sections (machines), comma separated (default 00).")] = None,
-    source_train: Annotated[Optional[int], typer.Option(help="dcase: source-domain training clips per section (default 50).", min=0)] = None,
+    source_train: Annotated[
+        Optional[int], typer.Option(help="dcase: source-domain training clips per section (default 50).", min=0)
+    ] = None,
     target_train: Annotated[Optional[int], typer.Option(help="dcase: target-domain training clips per section (default 3).", min=0)] = None,
     test: Annotated[Optional[int], typer.Option(help="dcase: test clips per section, domain and label (default 10).", min=0)] = None,
     snr: Annotated[float, typer.Option(help="Machine-to-background SNR in dB (MIMII: 6, 0, -6).")] = 6.0,
@@ -35,8 +40,7 @@ def synth_cmd(
     from humwatch.io import check_out_folder
 
     mimii_only = {"--ids": ids, "--normal": normal, "--anomalous": anomalous}
-    dcase_only = {"--sections": sections, "--source-train": source_train, "--target-train": target_train,
-                  "--test": test}
+    dcase_only = {"--sections": sections, "--source-train": source_train, "--target-train": target_train, "--test": test}
     wrong = [k for k, v in (dcase_only if layout == "mimii" else mimii_only).items() if v is not None]
     if wrong:
         raise ConfigError(f"{', '.join(wrong)}: not an option of --layout {layout}")
@@ -45,18 +49,31 @@ def synth_cmd(
         from humwatch.data.synth import synthesize
 
         clips = synthesize(
-            out, machines=o.csv_list(machines), ids=o.csv_list(ids or "00,02,04,06"),
-            n_normal=40 if normal is None else normal, n_anomalous=12 if anomalous is None else anomalous,
-            snr_db=snr, seed=seed, seconds=seconds, progress=not quiet,
+            out,
+            machines=o.csv_list(machines),
+            ids=o.csv_list(ids or "00,02,04,06"),
+            n_normal=40 if normal is None else normal,
+            n_anomalous=12 if anomalous is None else anomalous,
+            snr_db=snr,
+            seed=seed,
+            seconds=seconds,
+            progress=not quiet,
         )
     else:
         from humwatch.data.synth import synthesize_dcase
 
         clips = synthesize_dcase(
-            out, year=int(layout[-4:]), machines=o.csv_list(machines), sections=o.csv_list(sections or "00"),
+            out,
+            year=int(layout[-4:]),
+            machines=o.csv_list(machines),
+            sections=o.csv_list(sections or "00"),
             n_source_train=50 if source_train is None else source_train,
-            n_target_train=3 if target_train is None else target_train, n_test=10 if test is None else test,
-            snr_db=snr, seed=seed, seconds=seconds, progress=not quiet,
+            n_target_train=3 if target_train is None else target_train,
+            n_test=10 if test is None else test,
+            snr_db=snr,
+            seed=seed,
+            seconds=seconds,
+            progress=not quiet,
         )
     n_anom = sum(c.label for c in clips)
     o.console().print(f"wrote {len(clips)} clips ({len(clips) - n_anom} normal, {n_anom} anomalous) to {out}")
@@ -72,10 +89,9 @@ def features_cmd(
     import numpy as np
 
     from humwatch.audio import AudioSettings, load_audio
+    from humwatch.data.clips import Clip
     from humwatch.features import get_frontend
     from humwatch.io import atomic_path
-
-    from humwatch.data.clips import Clip
     from humwatch.reader import checked
 
     fe = get_frontend(frontend)

@@ -43,19 +43,31 @@ def parse_weights(values: Optional[List[str]], backbones: List[str]) -> "str | d
 
 def explain_cmd(
     run: Optional[Path] = typer.Option(None, "--run", help="A run directory (humwatch run) or a reproduce directory."),
-    clips: Optional[List[Path]] = typer.Option(None, "--clips", help="An audio file to explain (repeat the option, or list files after the options)."),
-    files: Optional[List[Path]] = typer.Argument(None, help="Audio files (same as --clips); or MONITOR CLIP...: why a monitor alarms on these clips.", show_default=False),
+    clips: Optional[List[Path]] = typer.Option(
+        None, "--clips", help="An audio file to explain (repeat the option, or list files after the options)."
+    ),
+    files: Optional[List[Path]] = typer.Argument(
+        None, help="Audio files (same as --clips); or MONITOR CLIP...: why a monitor alarms on these clips.", show_default=False
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNGs and report.html (default: RUN/explain)."),
-    backbone: Optional[List[str]] = typer.Option(None, "--backbone", help="Backbone(s) to explain (repeatable; default: ast and resnext101_32x8d)."),
+    backbone: Optional[List[str]] = typer.Option(
+        None, "--backbone", help="Backbone(s) to explain (repeatable; default: ast and resnext101_32x8d)."
+    ),
     weights: Optional[List[str]] = typer.Option(
-        None, "--weights", help="Hub id, local dir/file or 'none', for every backbone or as NAME=W for one (repeatable; default: what the run used, else the study's)."
+        None,
+        "--weights",
+        help="Hub id, local dir/file or 'none', for every backbone or as NAME=W for one (repeatable; default: what the run used, else the study's).",
     ),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny random-init models (quick pictures that say nothing about pretrained models)."),
-    no_models: bool = typer.Option(False, "--no-models", help="No model figures: only tables, spectrograms and the t-SNE of saved embeddings."),
-    distance_clips: int = typer.Option(8, "--distance-clips", help="Clips the attention distances are averaged over.",
-                                       callback=o.checked(Int(1), "--distance-clips")),
-    map_clips: int = typer.Option(4, "--map-clips", help="Clips (rows) in the attention-map figure.",
-                                  callback=o.checked(Int(1), "--map-clips")),
+    no_models: bool = typer.Option(
+        False, "--no-models", help="No model figures: only tables, spectrograms and the t-SNE of saved embeddings."
+    ),
+    distance_clips: int = typer.Option(
+        8, "--distance-clips", help="Clips the attention distances are averaged over.", callback=o.checked(Int(1), "--distance-clips")
+    ),
+    map_clips: int = typer.Option(
+        4, "--map-clips", help="Clips (rows) in the attention-map figure.", callback=o.checked(Int(1), "--map-clips")
+    ),
     rollout: bool = typer.Option(True, "--rollout/--no-rollout", help="Add the attention-rollout map."),
     channel: Optional[int] = typer.Option(None, help="Use one microphone instead of the mean of all channels (--clips)."),
     link_images: bool = typer.Option(False, "--link-images", help="Link the PNGs beside report.html instead of embedding them."),
@@ -84,8 +96,16 @@ def explain_cmd(
             raise ConfigError("--tiny uses random-init models; leave out --weights (or pass --weights none)")
         w = "none"
         configs = {b: dict(TINY_CONFIGS[b]) for b in backbones if b in TINY_CONFIGS}
-    common = dict(backbones=backbones, weights=w, configs=configs, use_models=not no_models, rollout=rollout,
-                  embed_images=not link_images, n_map_clips=map_clips, device=device)
+    common = dict(
+        backbones=backbones,
+        weights=w,
+        configs=configs,
+        use_models=not no_models,
+        rollout=rollout,
+        embed_images=not link_images,
+        n_map_clips=map_clips,
+        device=device,
+    )
     if run is not None:
         res = explain_run(run, out, n_distance_clips=distance_clips, seed=seed, **common)
     else:

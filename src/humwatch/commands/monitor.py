@@ -18,17 +18,51 @@ from humwatch.errors import ConfigError
 from humwatch.settings import FALSE_ALARM_RATE, FOLDS, WINDOW_SECONDS
 
 MonitorOut = Annotated[Path, typer.Option("--out", help="Monitor folder to write.")]
-FalseAlarmRate = Annotated[float, typer.Option(help=o.ranged("Share of normal windows allowed to raise an alarm (per window of --window-seconds)", FALSE_ALARM_RATE), callback=o.checked(FALSE_ALARM_RATE, "--false-alarm-rate"))]
-ThresholdMethod = Annotated[Literal["gamma", "percentile"], typer.Option(help="gamma (a gamma distribution fitted to the normal scores) or percentile (their empirical quantile).")]
-Folds = Annotated[int, typer.Option(help=o.ranged("Cross-validation folds for calibrating the threshold on every normal recording", FOLDS), callback=o.checked(FOLDS, "--folds"))]
-WindowSeconds = Annotated[float, typer.Option("--window-seconds", help=o.ranged("Window length in seconds: longer recordings are scored window by window, shorter ones padded", WINDOW_SECONDS), callback=o.checked(WINDOW_SECONDS, "--window-seconds"))]
+FalseAlarmRate = Annotated[
+    float,
+    typer.Option(
+        help=o.ranged("Share of normal windows allowed to raise an alarm (per window of --window-seconds)", FALSE_ALARM_RATE),
+        callback=o.checked(FALSE_ALARM_RATE, "--false-alarm-rate"),
+    ),
+]
+ThresholdMethod = Annotated[
+    Literal["gamma", "percentile"],
+    typer.Option(help="gamma (a gamma distribution fitted to the normal scores) or percentile (their empirical quantile)."),
+]
+Folds = Annotated[
+    int,
+    typer.Option(
+        help=o.ranged("Cross-validation folds for calibrating the threshold on every normal recording", FOLDS),
+        callback=o.checked(FOLDS, "--folds"),
+    ),
+]
+WindowSeconds = Annotated[
+    float,
+    typer.Option(
+        "--window-seconds",
+        help=o.ranged("Window length in seconds: longer recordings are scored window by window, shorter ones padded", WINDOW_SECONDS),
+        callback=o.checked(WINDOW_SECONDS, "--window-seconds"),
+    ),
+]
 Hop = Annotated[Optional[float], typer.Option(help="Seconds between window starts (default: the window length, no overlap).", min=0.01)]
-Jobs = Annotated[Optional[int], typer.Option(help="Trainings at once for a method that trains a network (the calibration folds and the final fit; default: the CPU cores here, 1 on a GPU).", min=1)]
+Jobs = Annotated[
+    Optional[int],
+    typer.Option(
+        help="Trainings at once for a method that trains a network (the calibration folds and the final fit; default: the CPU cores here, 1 on a GPU).",
+        min=1,
+    ),
+]
 
 
 @o.with_method_options()
 def fit_cmd(
-    data: Annotated[Path, typer.Option("--data", help="Healthy recordings of one machine: a folder (any length, any sample rate; an abnormal/ subfolder only reports an AUC), a dataset root or a manifest.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="Healthy recordings of one machine: a folder (any length, any sample rate; an abnormal/ subfolder only reports an AUC), a dataset root or a manifest.",
+        ),
+    ],
     out: MonitorOut,
     method: o.MonitorMethod = None,
     layout: o.Layout = "auto",
@@ -52,9 +86,9 @@ def fit_cmd(
 ):
     """Learn a monitor from healthy recordings with any method; the threshold is calibrated on every normal recording (cross-validated)."""
     from humwatch.audio import AudioSettings
+    from humwatch.calibrate import fit_monitor
     from humwatch.data import load_dataset
     from humwatch.io import check_holds_none
-    from humwatch.calibrate import fit_monitor
 
     defaults, note = {}, None
     if method is None:  # no pretrained weights here: the weight-free features, never a random network
@@ -69,9 +103,21 @@ def fit_cmd(
     clips = load_dataset(data, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr)
     check_holds_none(out, (c.path for c in clips))
     mon, summary = fit_monitor(
-        clips, method, settings, false_alarm_rate=false_alarm_rate, threshold_method=threshold_method, folds=folds,
-        seconds=window_seconds, hop=hop, seed=seed, audio=AudioSettings(channel=channel), skip_bad=skip_bad,
-        cache_dir=cache or o.default_cache_dir(), progress=not quiet, device=device, jobs=jobs,
+        clips,
+        method,
+        settings,
+        false_alarm_rate=false_alarm_rate,
+        threshold_method=threshold_method,
+        folds=folds,
+        seconds=window_seconds,
+        hop=hop,
+        seed=seed,
+        audio=AudioSettings(channel=channel),
+        skip_bad=skip_bad,
+        cache_dir=cache or o.default_cache_dir(),
+        progress=not quiet,
+        device=device,
+        jobs=jobs,
     )
     mon.save(out)
     con = o.console()
@@ -85,24 +131,36 @@ def fit_cmd(
         f"windows ({summary['oof_alarm_share']:.1%} of the calibration windows were above it)"
     )
     if summary["anomalous_auc"] is not None:
-        con.print(f"{summary['n_anomalous']} anomalous recording(s) against the out-of-fold normal ones: "
-                  f"AUC {summary['anomalous_auc']:.3f} (reported only; the threshold never sees them)")
+        con.print(
+            f"{summary['n_anomalous']} anomalous recording(s) against the out-of-fold normal ones: "
+            f"AUC {summary['anomalous_auc']:.3f} (reported only; the threshold never sees them)"
+        )
     if summary["skipped"]:
         con.print(f"[yellow]skipped {len(summary['skipped'])} bad file(s) or window(s)[/]")
 
 
-Out = Annotated[Optional[str], typer.Option("--out", help="CSV to write; '-' writes it to stdout (default: scores.csv in the current folder).")]
+Out = Annotated[
+    Optional[str], typer.Option("--out", help="CSV to write; '-' writes it to stdout (default: scores.csv in the current folder).")
+]
 Json = Annotated[bool, typer.Option("--json", help="Write JSON lines (one object per recording) instead of CSV.")]
 Windows = Annotated[bool, typer.Option("--windows", help="One row per window (file, start, end, score) instead of one per recording.")]
 
 
 def score_cmd(
-    monitor: Annotated[Path, typer.Argument(help="A monitor folder written by `humwatch fit`, or a fine-tuned model (RUN/models/<group> of `humwatch finetune --save-model`).")],
+    monitor: Annotated[
+        Path,
+        typer.Argument(
+            help="A monitor folder written by `humwatch fit`, or a fine-tuned model (RUN/models/<group> of `humwatch finetune --save-model`)."
+        ),
+    ],
     inputs: Annotated[List[Path], typer.Argument(help="Audio files or folders to score.")],
     out: Out = None,
     json_lines: Json = False,
     windows: Windows = False,
-    weights: Annotated[Optional[str], typer.Option(help="Where the backbone weights are now, if not where they were at fit time (they must be the same weights).")] = None,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(help="Where the backbone weights are now, if not where they were at fit time (they must be the same weights)."),
+    ] = None,
     skip_bad: o.SkipBad = False,
     cache: o.Cache = None,
     device: o.Device = "auto",
@@ -163,10 +221,30 @@ def _rows(mon, clips, per_window: bool, skip_bad: bool, progress: bool, cache, e
     alarms = sum(1 for v in per.values() if v > thr)
     if per_window:
         seconds = mon.audio.seconds
-        return [{"file": w.path, "start": w.start, "end": w.start + seconds, "score": float(s), "threshold": thr,
-                 "decision": "anomalous" if s > thr else "normal"} for w, s in zip(wins, scores)], alarms, skipped
-    return [{"file": c.path, "score": per[c.path], "threshold": thr, "decision": "anomalous" if per[c.path] > thr else "normal"}
-            for c in clips if c.path in per], alarms, skipped
+        return (
+            [
+                {
+                    "file": w.path,
+                    "start": w.start,
+                    "end": w.start + seconds,
+                    "score": float(s),
+                    "threshold": thr,
+                    "decision": "anomalous" if s > thr else "normal",
+                }
+                for w, s in zip(wins, scores)
+            ],
+            alarms,
+            skipped,
+        )
+    return (
+        [
+            {"file": c.path, "score": per[c.path], "threshold": thr, "decision": "anomalous" if per[c.path] > thr else "normal"}
+            for c in clips
+            if c.path in per
+        ],
+        alarms,
+        skipped,
+    )
 
 
 def _write(rows: list[dict], target: Path | None, json_lines: bool) -> None:
@@ -196,9 +274,20 @@ def _table(con, rows: list[dict], monitor: Path) -> None:
     from rich.markup import escape  # a file name such as "pump[a].wav" is text, not markup
 
     cols = [c for c in rows[0] if c != "threshold"] if rows else ["file", "score", "decision"]
-    o.print_table(con, f"humwatch score ({monitor})", cols,
-                  [[("[bold red]ANOMALOUS[/]" if r[c] == "anomalous" else r[c]) if c == "decision"
-                    else (f"{r[c]:.4g}" if isinstance(r[c], float) else escape(str(r[c]))) for c in cols] for r in rows])
+    o.print_table(
+        con,
+        f"humwatch score ({monitor})",
+        cols,
+        [
+            [
+                ("[bold red]ANOMALOUS[/]" if r[c] == "anomalous" else r[c])
+                if c == "decision"
+                else (f"{r[c]:.4g}" if isinstance(r[c], float) else escape(str(r[c])))
+                for c in cols
+            ]
+            for r in rows
+        ],
+    )
 
 
 def register(app: typer.Typer) -> None:

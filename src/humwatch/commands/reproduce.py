@@ -32,8 +32,7 @@ def print_table3(table) -> None:
                 cells.append(ours + votes + pub)
         grid.append([row, *cells])
     con = console()
-    o.print_table(con, "Table III: AUC, ours (LOF rows: also the vote count's) / published", ["row", *cols], grid,
-                  show_lines=True)
+    o.print_table(con, "Table III: AUC, ours (LOF rows: also the vote count's) / published", ["row", *cols], grid, show_lines=True)
     if table.meta.get("note"):
         con.print(f"[bold red]{table.meta['note']}[/]")
     elif any(c.get("random_init") for c in table.cells):
@@ -52,7 +51,9 @@ def reproduce_cmd(
     ),
     synthetic: bool = typer.Option(False, "--synthetic", help="Built-in generated data and random-init tiny backbones (not comparable)."),
     precision: o.Precision = None,
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's choice, 1 with --synthetic; 1 is far faster on a busy shared machine)."),
+    threads: Optional[int] = typer.Option(
+        None, help="CPU threads for torch (default: torch's choice, 1 with --synthetic; 1 is far faster on a busy shared machine)."
+    ),
     no_report: bool = typer.Option(False, "--no-report", help="Skip the explanations and report.html."),
     device: o.Device = "auto",
     quiet: o.Quiet = False,
@@ -73,9 +74,20 @@ def reproduce_cmd(
             con.print(f"[red]{rec['row']} / {rec['column']}: failed: {rec['reason']}[/]")
 
     table = reproduce(
-        data, out, config, machines=csv_list(machines), rows=csv_list(rows), weights_dir=weights_dir,
-        synthetic=synthetic, precision=precision, progress=not quiet, on_cell=show, threads=threads, snr=snr,
-        report=not no_report, device=device,
+        data,
+        out,
+        config,
+        machines=csv_list(machines),
+        rows=csv_list(rows),
+        weights_dir=weights_dir,
+        synthetic=synthetic,
+        precision=precision,
+        progress=not quiet,
+        on_cell=show,
+        threads=threads,
+        snr=snr,
+        report=not no_report,
+        device=device,
     )
     print_table3(table)
     con.print(f"table in {out / 'table3.md'} (also .csv, .json); {table.meta['seconds']:.0f} s")
@@ -95,12 +107,10 @@ def demo_cmd(
 ):
     """The study end to end on generated data (no downloads): Table III, report.html, and a short
     comparison of the methods that need no downloaded weights."""
+    from humwatch.commands.compare import print_leaderboard
     from humwatch.demo import run_demo
 
-    from humwatch.commands.compare import print_leaderboard
-
-    table, cmp = run_demo(out, n_normal=normal, n_anomalous=anomalous, epochs=epochs, seed=seed, progress=not quiet,
-                          device=device)
+    table, cmp = run_demo(out, n_normal=normal, n_anomalous=anomalous, epochs=epochs, seed=seed, progress=not quiet, device=device)
     print_table3(table)
     con = console()
     con.print(f"table in {Path(out) / 'table3.md'} (also .csv, .json); {table.meta['seconds']:.0f} s")

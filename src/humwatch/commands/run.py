@@ -16,11 +16,25 @@ def print_results(result) -> None:
     rows = []
     for r in result.rows:
         lo, hi = r["auc_ci"]
-        rows.append([r["machine_type"], r["machine_id"], fmt(r["auc"]), "n/a" if lo != lo else f"{lo:.3f}-{hi:.3f}",
-                     fmt(r["pauc"]), *(fmt(r[k]) for k in extra), str(r["n_normal"]), str(r["n_anomalous"])])
+        rows.append(
+            [
+                r["machine_type"],
+                r["machine_id"],
+                fmt(r["auc"]),
+                "n/a" if lo != lo else f"{lo:.3f}-{hi:.3f}",
+                fmt(r["pauc"]),
+                *(fmt(r[k]) for k in extra),
+                str(r["n_normal"]),
+                str(r["n_anomalous"]),
+            ]
+        )
     con = o.console()
-    o.print_table(con, f"humwatch run: {result.info['label']}",
-                  ["machine type", "id", "AUC", "95% CI", "pAUC", *(f"AUC ({k[4:]})" for k in extra), "normal", "anomalous"], rows)
+    o.print_table(
+        con,
+        f"humwatch run: {result.info['label']}",
+        ["machine type", "id", "AUC", "95% CI", "pAUC", *(f"AUC ({k[4:]})" for k in extra), "normal", "anomalous"],
+        rows,
+    )
     for w in few_clips_warnings(result.rows):
         con.print(f"[yellow]warning: {w}[/]")
     if result.info.get("random_init"):
@@ -62,11 +76,26 @@ def run_cmd(
     from humwatch.pipeline import RunConfig, run
 
     settings = o.method_settings_from_options(method, method_options)
-    cfg = RunConfig(data=str(data) if data else None, method=method, settings=settings, layout=layout, machines=o.csv_list(machines),
-                    ids=o.csv_list(ids), snr=snr, per_id=per_id, seed=seed, split_csv=str(split) if split else None,
-                    dataset_split=dataset_split, dataset_val_fraction=dataset_val,
-                    channel=channel, skip_bad=skip_bad, save_models=save_model, dcase_output=format_ == "dcase",
-                    cache_dir=str(cache or o.default_cache_dir()), device=device)
+    cfg = RunConfig(
+        data=str(data) if data else None,
+        method=method,
+        settings=settings,
+        layout=layout,
+        machines=o.csv_list(machines),
+        ids=o.csv_list(ids),
+        snr=snr,
+        per_id=per_id,
+        seed=seed,
+        split_csv=str(split) if split else None,
+        dataset_split=dataset_split,
+        dataset_val_fraction=dataset_val,
+        channel=channel,
+        skip_bad=skip_bad,
+        save_models=save_model,
+        dcase_output=format_ == "dcase",
+        cache_dir=str(cache or o.default_cache_dir()),
+        device=device,
+    )
     cfg.validate()  # every setting checked before an engine (a Ray cluster) is started
     with get_engine(engine, ray_address) as eng:
         result = run(cfg, out, progress=not quiet, overwrite=overwrite, engine=eng)
@@ -82,8 +111,7 @@ def run_cmd(
             con.print(f"{name}: validation AUC {val['auc']:.4f}, loss {val['loss']:.4f} ({val['n']} clips)")
         held = (rep.get("training") or {}).get("n_held_out")
         if held and not any(c.split == "val" for c in result.clips):  # taken from the training clips: say so
-            con.print(f"{name}: early stopping held out {held} of the training clips (no validation clips; "
-                      "--dataset-val gives it some)")
+            con.print(f"{name}: early stopping held out {held} of the training clips (no validation clips; --dataset-val gives it some)")
     con.print(f"results in {out}")
 
 
@@ -91,13 +119,17 @@ finetune_cmd = o.specialize(
     run_cmd,
     """Fine-tune a backbone with the study's head on train clips of both labels; score the test clips
     (the same as `humwatch run --method finetune`).""",
-    method="finetune", detector=None, detector_params=None, standardize=None, cache=None, format_="humwatch",
-    engine="local", ray_address=None,
+    method="finetune",
+    detector=None,
+    detector_params=None,
+    standardize=None,
+    cache=None,
+    format_="humwatch",
+    engine="local",
+    ray_address=None,
 )
 
 
 def register(app: typer.Typer) -> None:
     app.command("run")(run_cmd)
     app.command("finetune")(finetune_cmd)
-
-

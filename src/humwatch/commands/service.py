@@ -12,8 +12,7 @@ import typer
 from humwatch.commands import options as o
 from humwatch.errors import ConfigError
 
-token_app = typer.Typer(help="API tokens of a service (stored as hashes; a token is shown once, when it is made).",
-                        no_args_is_help=True)
+token_app = typer.Typer(help="API tokens of a service (stored as hashes; a token is shown once, when it is made).", no_args_is_help=True)
 
 
 def _store(monitors: Optional[Path], db: Optional[str]):
@@ -60,17 +59,34 @@ def serve_cmd(
 
     import uvicorn
 
-    from humwatch.service.notify import requeue_interrupted
     from humwatch.service.config import ServiceSettings
+    from humwatch.service.notify import requeue_interrupted
     from humwatch.service.scoring import find_monitors
 
     settings = ServiceSettings(
-        monitors=str(monitors), db=db, device=device, max_upload_mb=max_upload_mb, max_seconds=max_seconds,
-        alert_rule=alert_rule, keep_audio=keep_audio, audio_dir=str(audio_dir) if audio_dir else None,
-        audio_days=audio_days, audio_max_mb=audio_max_mb, webhook=webhook, webhook_secret=webhook_secret,
-        webhook_retries=webhook_retries, webhook_backoff=webhook_backoff, max_failed_logins=max_failed_logins,
-        max_uploads_per_minute=max_uploads_per_minute, smtp_host=smtp_host, smtp_port=smtp_port, smtp_from=smtp_from,
-        smtp_starttls=smtp_starttls, smtp_retries=smtp_retries, smtp_backoff=smtp_backoff, notify_email=notify_email,
+        monitors=str(monitors),
+        db=db,
+        device=device,
+        max_upload_mb=max_upload_mb,
+        max_seconds=max_seconds,
+        alert_rule=alert_rule,
+        keep_audio=keep_audio,
+        audio_dir=str(audio_dir) if audio_dir else None,
+        audio_days=audio_days,
+        audio_max_mb=audio_max_mb,
+        webhook=webhook,
+        webhook_secret=webhook_secret,
+        webhook_retries=webhook_retries,
+        webhook_backoff=webhook_backoff,
+        max_failed_logins=max_failed_logins,
+        max_uploads_per_minute=max_uploads_per_minute,
+        smtp_host=smtp_host,
+        smtp_port=smtp_port,
+        smtp_from=smtp_from,
+        smtp_starttls=smtp_starttls,
+        smtp_retries=smtp_retries,
+        smtp_backoff=smtp_backoff,
+        notify_email=notify_email,
         public_url=public_url or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"),
     ).validate()
     found = find_monitors(monitors)
@@ -105,8 +121,15 @@ def serve_cmd(
         if own:
             os.environ[MULTIPROC_ENV] = own
         try:
-            uvicorn.run("humwatch.service.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                        access_log=access_log, log_level="info")
+            uvicorn.run(
+                "humwatch.service.app:app_from_env",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                access_log=access_log,
+                log_level="info",
+            )
         finally:
             if own:
                 shutil.rmtree(own, ignore_errors=True)
@@ -145,8 +168,9 @@ def listen_cmd(
         raise ConfigError("choose one source: --watch DIR or --mic")
     if not token:
         raise ConfigError("a token with the ingest scope is needed: --token or $HUMWATCH_TOKEN (`humwatch token create`)")
-    s = ListenSettings(server=server, machine=machine, spool=str(spool or default_spool()), seconds=seconds,
-                       sample_rate=sample_rate, channels=channels).validate()
+    s = ListenSettings(
+        server=server, machine=machine, spool=str(spool or default_spool()), seconds=seconds, sample_rate=sample_rate, channels=channels
+    ).validate()
     q = Spool(s.spool, s.spool_max_mb * 1e6)
     device = int(mic_device) if mic_device and mic_device.isdigit() else mic_device
     source = FolderSource(watch, q, s, existing=existing) if watch is not None else MicSource(q, s, device)
@@ -163,12 +187,15 @@ def listen_cmd(
         stop.set()
     finally:
         left = len(q.pending()) if q.pending_dir.is_dir() else 0
-        con.print(f"sent {sender.sent} clip(s), {sender.rejected} refused; {left} left in the spool {q.root}"
-                  + (f" (refused ones in {q.rejected_dir}, each with its reason)" if sender.rejected else ""))
+        con.print(
+            f"sent {sender.sent} clip(s), {sender.rejected} refused; {left} left in the spool {q.root}"
+            + (f" (refused ones in {q.rejected_dir}, each with its reason)" if sender.rejected else "")
+        )
 
 
-def token_create_cmd(name: o.TokenName, scope: o.Scopes = "read", monitors: o.MonitorsOption = None, db: o.Db = None,
-                     out: o.TokenOut = None):
+def token_create_cmd(
+    name: o.TokenName, scope: o.Scopes = "read", monitors: o.MonitorsOption = None, db: o.Db = None, out: o.TokenOut = None
+):
     """Make a token; it is printed once, or written to --out readable by you only (the service keeps only its hash)."""
     from humwatch.service.auth import create_token
 

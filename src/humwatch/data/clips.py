@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import csv
-import os
 import hashlib
+import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from humwatch.errors import DatasetError
-from humwatch.errors import one_line
+from humwatch.errors import DatasetError, one_line
 from humwatch.io import write_csv
 
 NORMAL, ANOMALOUS = 0, 1
@@ -66,8 +65,9 @@ class Clip:
     """The decoded audio of an in-memory clip (:meth:`from_array`); None for a file."""
 
     @classmethod
-    def from_array(cls, samples: np.ndarray, sample_rate: int, name: str, machine_type: str = "",
-                   machine_id: str = "", label: int = 0) -> "Clip":
+    def from_array(
+        cls, samples: np.ndarray, sample_rate: int, name: str, machine_type: str = "", machine_id: str = "", label: int = 0
+    ) -> "Clip":
         """A clip whose audio is in memory: ``samples`` (frames, or frames x channels) at
         ``sample_rate``, named ``name`` (its path is ``<memory>/name``, never a file). It is read
         with the same channel, resampling, padding and cutting rules and errors as a file
@@ -93,8 +93,7 @@ class Clip:
         from humwatch.audio import decode_array, load_audio
 
         if self.samples is not None:
-            return decode_array(self.samples.data, self.samples.sample_rate, audio, name=self.key, notes=notes,
-                                start=self.start)
+            return decode_array(self.samples.data, self.samples.sample_rate, audio, name=self.key, notes=notes, start=self.start)
         return load_audio(self.path, audio, notes=notes, start=self.start)
 
     @property

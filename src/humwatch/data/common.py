@@ -142,9 +142,7 @@ def pick_machines(found: Iterable[str], machines, root: Path) -> set[str]:
     by_lower = {f.lower(): f for f in found}
     missing = [w for w in wanted if w.lower() not in by_lower]
     if missing:
-        raise DatasetError(
-            f"{root}: no machine type {', '.join(missing)} (found: {', '.join(found) or 'none'})"
-        )
+        raise DatasetError(f"{root}: no machine type {', '.join(missing)} (found: {', '.join(found) or 'none'})")
     return {by_lower[w.lower()] for w in wanted}
 
 
@@ -162,9 +160,7 @@ def pick_ids(found: Iterable[str], ids, root: Path, where: str = "") -> set[str]
             missing.append(w)
         keep |= hit
     if missing:
-        raise DatasetError(
-            f"{root}: no machine id {', '.join(missing)}{where} (found: {', '.join(found) or 'none'})"
-        )
+        raise DatasetError(f"{root}: no machine id {', '.join(missing)}{where} (found: {', '.join(found) or 'none'})")
     return keep
 
 

@@ -27,9 +27,7 @@ SPLIT_DIRS = {"train": "train", "test": "test", "source_test": "test", "target_t
 _LABELS = {"normal": NORMAL, "anomaly": ANOMALOUS}
 
 NAME_2020 = re.compile(r"^(?P<label>normal|anomaly)_(?P<id>id_\d+)_\d+$")
-NAME_2021 = re.compile(
-    r"^(?P<id>section_\d+)_(?P<domain>source|target)_(?:train|test)_(?P<label>normal|anomaly)_\d+(?:_(?P<attr>.*))?$"
-)
+NAME_2021 = re.compile(r"^(?P<id>section_\d+)_(?P<domain>source|target)_(?:train|test)_(?P<label>normal|anomaly)_\d+(?:_(?P<attr>.*))?$")
 NAME_UNLABELLED = re.compile(r"^(?P<id>(?:section|id)_\d+)_(?:(?:source|target)_(?:train|test)_)?\d+(?:_.*)?$")
 
 
@@ -85,12 +83,7 @@ def looks_like_dcase(root: str | os.PathLike) -> bool:
     return False
 
 
-def load_dcase(
-    root: str | os.PathLike,
-    machines=None,
-    ids=None,
-    keep_split: bool = False,
-) -> list[Clip]:
+def load_dcase(root: str | os.PathLike, machines=None, ids=None, keep_split: bool = False) -> list[Clip]:
     """The clips of a DCASE Task 2 development set, sorted by path.
 
     ``machines``: machine types (folder names, e.g. ``ToyCar``, ``fan``, ``gearbox``);
@@ -114,8 +107,7 @@ def load_dcase(
                     mid, label, domain = parse_name(f.stem)
                 except ValueError:
                     raise DatasetError(
-                        f"{f}: not a DCASE Task 2 file name (expected e.g. normal_id_00_00000000.wav "
-                        f"or section_00_source_train_normal_0000.wav)"
+                        f"{f}: not a DCASE Task 2 file name (expected e.g. normal_id_00_00000000.wav or section_00_source_train_normal_0000.wav)"
                     ) from None
                 parsed.append((f, mdir.name, mid, label, split if keep_split else "", domain))
 
@@ -127,8 +119,7 @@ def load_dcase(
             continue
         if label is None:
             raise DatasetError(
-                f"{f}: DCASE file name gives no normal/anomaly label (an evaluation set?); "
-                f"use the development set or a CSV manifest with labels"
+                f"{f}: DCASE file name gives no normal/anomaly label (an evaluation set?); use the development set or a CSV manifest with labels"
             )
         clips.append(Clip(str(f), machine, mid, label, split=split, domain=domain))
     if not clips:

@@ -45,12 +45,7 @@ def looks_like_folder(root: str | os.PathLike) -> bool:
     return bool(_groups(Path(root)))
 
 
-def load_folder(
-    root: str | os.PathLike,
-    machines=None,
-    ids=None,
-    machine_type: str | None = None,
-) -> list[Clip]:
+def load_folder(root: str | os.PathLike, machines=None, ids=None, machine_type: str | None = None) -> list[Clip]:
     """The clips of a normal/abnormal folder, sorted by path."""
     root = check_root(root)
     if machine_type is not None and (not isinstance(machine_type, str) or not machine_type.strip()):

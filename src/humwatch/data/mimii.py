@@ -15,15 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from humwatch.data.clips import ANOMALOUS, NORMAL, Clip
-from humwatch.data.common import (
-    audio_files,
-    check_root,
-    normalize_snr,
-    pick_ids,
-    pick_machines,
-    sort_clips,
-    subdirs,
-)
+from humwatch.data.common import audio_files, check_root, normalize_snr, pick_ids, pick_machines, sort_clips, subdirs
 from humwatch.errors import DatasetError
 
 SNR_DIR_RE = re.compile(r"^(?P<snr>[+-]?\d+(?:\.\d+)?)_?dB_(?P<machine>.+)$", re.IGNORECASE)
@@ -88,12 +80,7 @@ def looks_like_mimii(root: str | os.PathLike) -> bool:
     return _find_machine_dirs(Path(root)) is not None
 
 
-def load_mimii(
-    root: str | os.PathLike,
-    machines=None,
-    ids=None,
-    snr=None,
-) -> list[Clip]:
+def load_mimii(root: str | os.PathLike, machines=None, ids=None, snr=None) -> list[Clip]:
     """The clips of a MIMII tree, sorted by path.
 
     ``machines``: machine types to keep (``"fan"``...); ``ids``: ``"00"`` or ``"id_00"``...;
@@ -104,9 +91,7 @@ def load_mimii(
     root = check_root(root)
     mdirs = _find_machine_dirs(root)
     if mdirs is None:
-        raise DatasetError(
-            f"{root}: not a MIMII folder (expected <snr>_<machine>/<machine>/id_XX/{{normal,abnormal}}/*.wav)"
-        )
+        raise DatasetError(f"{root}: not a MIMII folder (expected <snr>_<machine>/<machine>/id_XX/{{normal,abnormal}}/*.wav)")
 
     keep = pick_machines((m.machine_type for m in mdirs), machines, root)
     mdirs = [m for m in mdirs if m.machine_type in keep]
@@ -125,8 +110,7 @@ def load_mimii(
         if multi:
             name, lv = sorted(multi.items())[0]
             raise DatasetError(
-                f"{root}: {name} is present at several noise levels ({', '.join(sorted(lv))}); "
-                f"choose one with snr (e.g. snr='6dB') or snr='all'"
+                f"{root}: {name} is present at several noise levels ({', '.join(sorted(lv))}); choose one with snr (e.g. snr='6dB') or snr='all'"
             )
 
     id_dirs: list[tuple[_MachineDir, Path]] = []

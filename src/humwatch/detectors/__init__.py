@@ -71,9 +71,7 @@ __all__ = [
 
 #: name -> detector class, in the order :func:`list_detectors` reports them (the study's first).
 DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls
-    for cls in (LofVoteDetector, LofDetector, KnnDetector, MahalanobisDetector, GmmDetector, IForestDetector,
-                KnnLdnDetector)
+    cls.name: cls for cls in (LofVoteDetector, LofDetector, KnnDetector, MahalanobisDetector, GmmDetector, IForestDetector, KnnLdnDetector)
 }
 Detector.registry = DETECTORS  # the same dict: Detector.from_state finds a saved detector's class here
 

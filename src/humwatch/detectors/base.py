@@ -13,9 +13,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
 
-from humwatch.errors import ConfigError
+from humwatch.errors import ConfigError, one_line
 from humwatch.settings import CONTAMINATION, AnyOf, Const, Rule, check_value
-from humwatch.errors import one_line
 
 STATE_FORMAT = "humwatch.detector/1"
 
@@ -74,7 +73,6 @@ def _json_value(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------- base class
-
 
 
 class Detector(BaseEstimator):
@@ -137,8 +135,7 @@ class Detector(BaseEstimator):
         need = self._min_samples()
         if X.shape[0] < need:
             raise ConfigError(
-                f"detector '{self.name}' needs at least {need} training samples "
-                f"({self._min_samples_reason()}), got {X.shape[0]}"
+                f"detector '{self.name}' needs at least {need} training samples ({self._min_samples_reason()}), got {X.shape[0]}"
             )
         if self.standardize:
             self.scaler_ = StandardScaler().fit(X)
@@ -169,8 +166,7 @@ class Detector(BaseEstimator):
         X = _as_matrix(X, f"detector '{self.name}' {what}")
         if X.shape[1] != self.n_features_in_:
             raise ConfigError(
-                f"detector '{self.name}' {what}: X has {X.shape[1]} features but the detector "
-                f"was fitted on {self.n_features_in_}"
+                f"detector '{self.name}' {what}: X has {X.shape[1]} features but the detector was fitted on {self.n_features_in_}"
             )
         if self.scaler_ is not None:
             X = self.scaler_.transform(X)
@@ -232,10 +228,7 @@ class Detector(BaseEstimator):
         accepted = cls._get_param_names()
         unknown = sorted(set(params) - set(accepted))
         if unknown:
-            raise ConfigError(
-                f"detector '{cls.name}': unknown parameter(s) {', '.join(unknown)} "
-                f"(accepted: {', '.join(accepted)})"
-            )
+            raise ConfigError(f"detector '{cls.name}': unknown parameter(s) {', '.join(unknown)} (accepted: {', '.join(accepted)})")
         det = cls(**params)
         det._check_params()
         return det
@@ -301,7 +294,6 @@ class _RefitFromTraining(Detector):
         Z = _need(arrays, self.name, "train_X")
         if Z.ndim != 2 or Z.shape != (self.n_samples_fit_, self.n_features_in_):
             raise ConfigError(
-                f"detector state for '{self.name}': train_X has shape {Z.shape}, expected "
-                f"({self.n_samples_fit_}, {self.n_features_in_})"
+                f"detector state for '{self.name}': train_X has shape {Z.shape}, expected ({self.n_samples_fit_}, {self.n_features_in_})"
             )
         self._fit(np.ascontiguousarray(Z))  # deterministic; a saved random_state is the used seed

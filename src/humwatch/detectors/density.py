@@ -11,18 +11,9 @@ from sklearn.ensemble import IsolationForest
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 
-from humwatch.detectors.base import (
-    CONTAMINATION_OR_AUTO,
-    Detector,
-    _as_matrix,
-    _is_int,
-    _need,
-    _RefitFromTraining,
-    _resolve_seed,
-)
+from humwatch.detectors.base import CONTAMINATION_OR_AUTO, Detector, _as_matrix, _is_int, _need, _RefitFromTraining, _resolve_seed
 from humwatch.errors import ConfigError
 from humwatch.settings import RANDOM_STATE, AnyOf, Bool, Const, Int, OneOf, Real
-
 
 # ----------------------------------------------------------------------------- Mahalanobis
 
@@ -68,8 +59,7 @@ class MahalanobisDetector(Detector):
         self._check_params()
         H = _as_matrix(X_held, f"detector '{self.name}' anomaly_score")
         if H.shape[1] != d:
-            raise ConfigError(f"detector '{self.name}' anomaly_score: X has {H.shape[1]} features but the detector "
-                              f"was fitted on {d}")
+            raise ConfigError(f"detector '{self.name}' anomaly_score: X has {H.shape[1]} features but the detector was fitted on {d}")
         if self.standardize:
             scaler = StandardScaler().fit(Z)
             Z, H = scaler.transform(Z), scaler.transform(H)
@@ -127,8 +117,7 @@ class GmmDetector(Detector):
 
     name = "gmm"
 
-    def __init__(self, n_components=4, covariance_type="full", reg_covar=1e-3, max_iter=100,
-                 n_init=1, random_state=0, standardize=False):
+    def __init__(self, n_components=4, covariance_type="full", reg_covar=1e-3, max_iter=100, n_init=1, random_state=0, standardize=False):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.reg_covar = reg_covar
@@ -137,14 +126,25 @@ class GmmDetector(Detector):
         self.random_state = random_state
         self.standardize = standardize
 
-    param_rules = {"n_components": Int(1), "covariance_type": OneOf(("full", "tied", "diag", "spherical")),
-                   "reg_covar": Real(0.0, text=False), "max_iter": Int(1), "n_init": Int(1), "random_state": RANDOM_STATE,
-                   "standardize": Bool()}
+    param_rules = {
+        "n_components": Int(1),
+        "covariance_type": OneOf(("full", "tied", "diag", "spherical")),
+        "reg_covar": Real(0.0, text=False),
+        "max_iter": Int(1),
+        "n_init": Int(1),
+        "random_state": RANDOM_STATE,
+        "standardize": Bool(),
+    }
 
     def _make(self) -> GaussianMixture:
-        return GaussianMixture(n_components=self.n_components_, covariance_type=self.covariance_type,
-                               reg_covar=float(self.reg_covar), max_iter=self.max_iter,
-                               n_init=self.n_init, random_state=self.seed_)
+        return GaussianMixture(
+            n_components=self.n_components_,
+            covariance_type=self.covariance_type,
+            reg_covar=float(self.reg_covar),
+            max_iter=self.max_iter,
+            n_init=self.n_init,
+            random_state=self.seed_,
+        )
 
     def _fit(self, Z: np.ndarray) -> None:
         self.seed_ = _resolve_seed(self.random_state)
@@ -155,8 +155,12 @@ class GmmDetector(Detector):
         return -self.gmm_.score_samples(Z)
 
     def _state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        fitted = {"n_components_": self.n_components_, "converged_": bool(self.gmm_.converged_),
-                  "n_iter_": int(self.gmm_.n_iter_), "lower_bound_": float(self.gmm_.lower_bound_)}
+        fitted = {
+            "n_components_": self.n_components_,
+            "converged_": bool(self.gmm_.converged_),
+            "n_iter_": int(self.gmm_.n_iter_),
+            "lower_bound_": float(self.gmm_.lower_bound_),
+        }
         return fitted, {k.rstrip("_"): getattr(self.gmm_, k) for k in _GMM_ARRAYS}
 
     def _restore(self, fitted: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -169,8 +173,9 @@ class GmmDetector(Detector):
         for key in _GMM_ARRAYS:
             setattr(gm, key, _need(arrays, self.name, key.rstrip("_")))
         if gm.means_.shape != (self.n_components_, self.n_features_in_):
-            raise ConfigError(f"detector state for '{self.name}': means do not match "
-                              f"{self.n_components_} components x {self.n_features_in_} features")
+            raise ConfigError(
+                f"detector state for '{self.name}': means do not match {self.n_components_} components x {self.n_features_in_} features"
+            )
         gm.precisions_, gm.covariances_ = _gmm_derived(gm.precisions_cholesky_, self.covariance_type)
         gm.converged_ = bool(fitted.get("converged_", True))
         gm.n_iter_ = int(fitted.get("n_iter_", 0))
@@ -191,18 +196,23 @@ class IForestDetector(_RefitFromTraining):
     name = "iforest"
     has_decision = True
 
-    def __init__(self, n_estimators=100, max_samples="auto", contamination="auto", random_state=0,
-                 standardize=False):
+    def __init__(self, n_estimators=100, max_samples="auto", contamination="auto", random_state=0, standardize=False):
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.contamination = contamination
         self.random_state = random_state
         self.standardize = standardize
 
-    param_rules = {"n_estimators": Int(1),
-                   "max_samples": AnyOf((Const("auto"), Int(1), Real(0.0, 1.0, open_low=True, text=False)),
-                                        "'auto', a whole number 1 or more or a share above 0 and at most 1"),
-                   "contamination": CONTAMINATION_OR_AUTO, "random_state": RANDOM_STATE, "standardize": Bool()}
+    param_rules = {
+        "n_estimators": Int(1),
+        "max_samples": AnyOf(
+            (Const("auto"), Int(1), Real(0.0, 1.0, open_low=True, text=False)),
+            "'auto', a whole number 1 or more or a share above 0 and at most 1",
+        ),
+        "contamination": CONTAMINATION_OR_AUTO,
+        "random_state": RANDOM_STATE,
+        "standardize": Bool(),
+    }
 
     def _fit(self, Z: np.ndarray) -> None:
         self.seed_ = _resolve_seed(self.random_state)  # on load random_state is the saved seed
@@ -211,8 +221,9 @@ class IForestDetector(_RefitFromTraining):
         if _is_int(max_samples):
             max_samples = min(int(max_samples), Z.shape[0])  # scikit-learn would warn and cap
         contamination = self.contamination if self.contamination == "auto" else float(self.contamination)
-        self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=max_samples,
-                                       contamination=contamination, random_state=self.seed_).fit(Z)
+        self.forest_ = IsolationForest(
+            n_estimators=self.n_estimators, max_samples=max_samples, contamination=contamination, random_state=self.seed_
+        ).fit(Z)
 
     def _score(self, Z: np.ndarray) -> np.ndarray:
         return -self.forest_.score_samples(Z)

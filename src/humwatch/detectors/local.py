@@ -71,12 +71,12 @@ def _nearest(A: np.ndarray, B: np.ndarray, k: int, metric: str, exclude: tuple |
     dist = np.empty((A.shape[0], k))
     idx = np.empty((A.shape[0], k), dtype=np.int64)
     for s in range(0, A.shape[0], step):
-        d = _pairwise(A[s:s + step], B, metric)
+        d = _pairwise(A[s : s + step], B, metric)
         if exclude is not None:
-            d[exclude[0][s:s + step, None] == exclude[1][None, :]] = np.inf
+            d[exclude[0][s : s + step, None] == exclude[1][None, :]] = np.inf
         part = np.argpartition(d, k - 1, axis=1)[:, :k]
-        dist[s:s + step] = np.take_along_axis(d, part, axis=1)
-        idx[s:s + step] = part
+        dist[s : s + step] = np.take_along_axis(d, part, axis=1)
+        idx[s : s + step] = part
     return dist, idx
 
 
@@ -86,7 +86,7 @@ def pool_scores(S: np.ndarray, pool: str, p: float = 3.0) -> np.ndarray:
         return S.max(axis=1)
     if pool == "mean":
         return S.mean(axis=1)
-    return np.mean(S ** p, axis=1) ** (1.0 / p)
+    return np.mean(S**p, axis=1) ** (1.0 / p)
 
 
 class KnnLdnDetector(_RefitFromTraining):
@@ -95,8 +95,7 @@ class KnnLdnDetector(_RefitFromTraining):
 
     name = "knn-ldn"
 
-    def __init__(self, n_neighbors=1, density_neighbors=3, metric="mahalanobis", segments=1, pool="max",
-                 gem_p=3.0, standardize=False):
+    def __init__(self, n_neighbors=1, density_neighbors=3, metric="mahalanobis", segments=1, pool="max", gem_p=3.0, standardize=False):
         self.n_neighbors = n_neighbors
         self.density_neighbors = density_neighbors
         self.metric = metric
@@ -105,8 +104,15 @@ class KnnLdnDetector(_RefitFromTraining):
         self.gem_p = gem_p
         self.standardize = standardize
 
-    param_rules = {"n_neighbors": Int(1), "density_neighbors": Int(1), "metric": OneOf(METRICS), "segments": Int(1),
-                   "pool": OneOf(POOLS), "gem_p": Real(1.0, 100.0, text=False), "standardize": Bool()}
+    param_rules = {
+        "n_neighbors": Int(1),
+        "density_neighbors": Int(1),
+        "metric": OneOf(METRICS),
+        "segments": Int(1),
+        "pool": OneOf(POOLS),
+        "gem_p": Real(1.0, 100.0, text=False),
+        "standardize": Bool(),
+    }
 
     def _min_samples(self) -> int:
         return 2  # a density needs one other clip
@@ -117,8 +123,7 @@ class KnnLdnDetector(_RefitFromTraining):
     def _rows(self, Z: np.ndarray, what: str) -> np.ndarray:
         s = int(self.segments)
         if Z.shape[1] % s:
-            raise ConfigError(f"detector '{self.name}' {what}: {Z.shape[1]} features do not split into "
-                              f"segments={s} equal parts")
+            raise ConfigError(f"detector '{self.name}' {what}: {Z.shape[1]} features do not split into segments={s} equal parts")
         return Z.reshape(Z.shape[0] * s, Z.shape[1] // s)
 
     def _project(self, R: np.ndarray) -> np.ndarray:

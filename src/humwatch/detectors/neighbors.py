@@ -55,23 +55,24 @@ class LofVoteDetector(_RefitFromTraining):
     has_decision = True
     _tuple_params = ("contaminations",)
 
-    def __init__(self, n_neighbors=4, contaminations=(0.1, 0.2, 0.3, 0.4), min_votes=None,
-                 metric="minkowski", standardize=False):
+    def __init__(self, n_neighbors=4, contaminations=(0.1, 0.2, 0.3, 0.4), min_votes=None, metric="minkowski", standardize=False):
         self.n_neighbors = n_neighbors
         self.contaminations = contaminations
         self.min_votes = min_votes
         self.metric = metric
         self.standardize = standardize
 
-    param_rules = {"n_neighbors": Int(1), "contaminations": Seq(CONTAMINATION), "min_votes": Optional(Int(1)),
-                   "metric": OneOf(LOF_METRICS), "standardize": Bool()}
+    param_rules = {
+        "n_neighbors": Int(1),
+        "contaminations": Seq(CONTAMINATION),
+        "min_votes": Optional(Int(1)),
+        "metric": OneOf(LOF_METRICS),
+        "standardize": Bool(),
+    }
 
     def _check_across(self) -> None:
         if self.min_votes is not None and self.min_votes > len(self.contaminations):
-            raise ConfigError(
-                f"detector '{self.name}': min_votes={self.min_votes} is more than the "
-                f"{len(self.contaminations)} voters"
-            )
+            raise ConfigError(f"detector '{self.name}': min_votes={self.min_votes} is more than the {len(self.contaminations)} voters")
 
     def _min_samples(self) -> int:
         return self.n_neighbors + 1
@@ -87,8 +88,7 @@ class LofVoteDetector(_RefitFromTraining):
     def _fit(self, Z: np.ndarray) -> None:
         self.train_X_ = Z
         self.lofs_ = [
-            LocalOutlierFactor(n_neighbors=self.n_neighbors, novelty=True, contamination=float(c),
-                               metric=self.metric).fit(Z)
+            LocalOutlierFactor(n_neighbors=self.n_neighbors, novelty=True, contamination=float(c), metric=self.metric).fit(Z)
             for c in self.contaminations
         ]
 
@@ -130,8 +130,7 @@ class LofDetector(_RefitFromTraining):
         self.metric = metric
         self.standardize = standardize
 
-    param_rules = {"n_neighbors": Int(1), "contamination": CONTAMINATION_OR_AUTO, "metric": OneOf(LOF_METRICS),
-                   "standardize": Bool()}
+    param_rules = {"n_neighbors": Int(1), "contamination": CONTAMINATION_OR_AUTO, "metric": OneOf(LOF_METRICS), "standardize": Bool()}
 
     def _min_samples(self) -> int:
         return self.n_neighbors + 1
@@ -142,8 +141,7 @@ class LofDetector(_RefitFromTraining):
     def _fit(self, Z: np.ndarray) -> None:
         self.train_X_ = Z
         contamination = self.contamination if self.contamination == "auto" else float(self.contamination)
-        self.lof_ = LocalOutlierFactor(n_neighbors=self.n_neighbors, novelty=True,
-                                       contamination=contamination, metric=self.metric).fit(Z)
+        self.lof_ = LocalOutlierFactor(n_neighbors=self.n_neighbors, novelty=True, contamination=contamination, metric=self.metric).fit(Z)
 
     def _score(self, Z: np.ndarray) -> np.ndarray:
         return -self.lof_.score_samples(Z)
@@ -193,8 +191,8 @@ class KnnDetector(_RefitFromTraining):
         step = max(1, self._CHUNK_ELEMENTS // max(1, self.train_unit_.shape[0]))
         out = np.empty(U.shape[0], dtype=np.float64)
         for start in range(0, U.shape[0], step):
-            d = 1.0 - U[start:start + step] @ self.train_unit_.T
+            d = 1.0 - U[start : start + step] @ self.train_unit_.T
             np.clip(d, 0.0, 2.0, out=d)
             nearest = np.sort(np.partition(d, k - 1, axis=1)[:, :k], axis=1)
-            out[start:start + step] = nearest.mean(axis=1)
+            out[start : start + step] = nearest.mean(axis=1)
         return out

@@ -20,18 +20,19 @@ class Engine:
         """:func:`humwatch.embed.embed_clips` of ``clips``: an EmbeddingSet, rows in clip order."""
         raise NotImplementedError  # pragma: no cover
 
-    def batches(self, reader, clips: Sequence[Clip], size: int, description: str,
-                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[tuple[list[Clip], list[np.ndarray]]]:
+    def batches(
+        self, reader, clips: Sequence[Clip], size: int, description: str, transform: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> Iterator[tuple[list[Clip], list[np.ndarray]]]:
         """:meth:`humwatch.reader.ClipReader.batches`: ``(kept clips, arrays)`` in clip order."""
         raise NotImplementedError  # pragma: no cover
 
-    def read_all(self, reader, clips: Sequence[Clip], description: str,
-                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[list[Clip], list[np.ndarray]]:
+    def read_all(
+        self, reader, clips: Sequence[Clip], description: str, transform: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> tuple[list[Clip], list[np.ndarray]]:
         """Every readable clip and its array (memory holds them all: for small per-clip arrays)."""
         return collect(self.batches(reader, clips, 64, description, transform))
 
-    def score_windows(self, monitor, clips: Sequence[Clip], *, skip_bad: bool = False,
-                      progress: bool = True, cache_dir=None):
+    def score_windows(self, monitor, clips: Sequence[Clip], *, skip_bad: bool = False, progress: bool = True, cache_dir=None):
         """``monitor.score_windows(clips, ...)``: every window of the recordings ``clips`` and its
         score, in the recordings' order: (windows, scores, skipped [(key, reason)]). A worker
         rebuilds the monitor from ``monitor.recipe`` (:class:`humwatch.monitor.MonitorRecipe`: its

@@ -28,8 +28,7 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from humwatch.engine.base import Engine
-from humwatch.errors import HumwatchError, AudioError, ConfigError
-from humwatch.errors import one_line
+from humwatch.errors import AudioError, ConfigError, HumwatchError, one_line
 
 log = logging.getLogger("humwatch")
 
@@ -46,8 +45,7 @@ class RayEngine(Engine):
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, *, workers: int | None = None, cpus_per_worker: float = 1.0,
-                 init: dict | None = None):
+    def __init__(self, address: str | None = None, *, workers: int | None = None, cpus_per_worker: float = 1.0, init: dict | None = None):
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ConfigError(f"ray workers must be a positive integer, got {workers!r}")
         if not isinstance(cpus_per_worker, (int, float)) or cpus_per_worker <= 0:
@@ -110,8 +108,7 @@ class RayEngine(Engine):
         size = max(1, size)
         # on a cluster a lost actor is restarted (a node may go away); on one machine its death is a crash
         restarts = {} if self.address else {"max_restarts": 0}
-        return dict(compute=data.ActorPoolStrategy(size=size), num_cpus=self.cpus_per_worker, num_gpus=1 if gpu else 0,
-                    **restarts)
+        return dict(compute=data.ActorPoolStrategy(size=size), num_cpus=self.cpus_per_worker, num_gpus=1 if gpu else 0, **restarts)
 
     def _run(self, ds, fn, *, description: str, total: int, progress: bool, **kwargs):
         """Rows of ``ds.map_batches(fn, ...)`` as numpy batches, under one progress bar; a worker's
@@ -143,8 +140,10 @@ class RayEngine(Engine):
 
         recipe = getattr(backbone, "recipe", None)
         if recipe is None:
-            raise ConfigError(f"the ray engine rebuilds the backbone in each worker: {backbone.name} must come from "
-                              "create_backbone or plan_backbone (a backbone changed in memory cannot be shipped)")
+            raise ConfigError(
+                f"the ray engine rebuilds the backbone in each worker: {backbone.name} must come from "
+                "create_backbone or plan_backbone (a backbone changed in memory cannot be shipped)"
+            )
         clips = _files_only(clips)
         n, dim = len(clips), int(backbone.embedding_dim)
         if backbone.weights.random_init:
@@ -156,11 +155,23 @@ class RayEngine(Engine):
         n_skipped = len(reader.skipped)
         todo, ds = self._paths(clips, reader)
         if ds is not None:
-            worker = dict(recipe=recipe, cache_key=backbone.cache_key, audio=asdict(reader.audio),
-                          cache_dir=str(cache_dir) if cache_dir is not None else None)
+            worker = dict(
+                recipe=recipe,
+                cache_key=backbone.cache_key,
+                audio=asdict(reader.audio),
+                cache_dir=str(cache_dir) if cache_dir is not None else None,
+            )
             label = f"embedding ({backbone.name}{', RANDOM INIT' if backbone.weights.random_init else ''}, ray)"
-            for b in self._run(ds, _EmbedWorker, description=label, total=len(todo), progress=reader.progress,
-                               fn_constructor_kwargs=worker, batch_size=batch_size, **self._pool(recipe["device"])):
+            for b in self._run(
+                ds,
+                _EmbedWorker,
+                description=label,
+                total=len(todo),
+                progress=reader.progress,
+                fn_constructor_kwargs=worker,
+                batch_size=batch_size,
+                **self._pool(recipe["device"]),
+            ):
                 for k, i in enumerate(b["i"]):
                     i = int(i)
                     if b["ok"][k]:
@@ -188,8 +199,16 @@ class RayEngine(Engine):
         order = iter(todo)
         nxt = next(order, None)
         kept, arrays = [], []
-        for b in self._run(ds, _read_batch, description=f"{description} (ray)", total=len(todo), progress=reader.progress,
-                           fn_kwargs=fn_kwargs, batch_size=size, num_cpus=self.cpus_per_worker):
+        for b in self._run(
+            ds,
+            _read_batch,
+            description=f"{description} (ray)",
+            total=len(todo),
+            progress=reader.progress,
+            fn_kwargs=fn_kwargs,
+            batch_size=size,
+            num_cpus=self.cpus_per_worker,
+        ):
             for k, i in enumerate(b["i"]):
                 pending[int(i)] = (_unpack(b, k) if b["ok"][k] else None, str(b["reason"][k]))
             while nxt is not None and nxt in pending:  # in clip order, whatever order results came in
@@ -219,8 +238,16 @@ class RayEngine(Engine):
             items = [{"i": i, "path": c.path, "start": float(c.start)} for i, c in enumerate(clips)]
             ds = data.from_items(items, override_num_blocks=max(1, min(n, 200)))
             worker = dict(recipe=recipe, cache_dir=str(cache_dir) if cache_dir is not None else None)
-            for b in self._run(ds, _ScoreWorker, description="scoring (ray)", total=n, progress=progress,
-                               fn_constructor_kwargs=worker, batch_size=4, **self._pool(recipe.device or "cpu")):
+            for b in self._run(
+                ds,
+                _ScoreWorker,
+                description="scoring (ray)",
+                total=n,
+                progress=progress,
+                fn_constructor_kwargs=worker,
+                batch_size=4,
+                **self._pool(recipe.device or "cpu"),
+            ):
                 for k, i in enumerate(b["i"]):  # one row per window scored, or per bad window
                     if b["ok"][k]:
                         found.setdefault(int(i), []).append((float(b["start"][k]), float(b["score"][k])))
@@ -254,8 +281,10 @@ class _EmbedWorker:
         _quiet_worker()
         self.backbone = plan_backbone(**recipe)
         if self.backbone.cache_key != cache_key:
-            raise ConfigError(f"ray worker: backbone {recipe['name']} here is not the driver's (cache key "
-                              f"{self.backbone.cache_key} vs {cache_key}); workers need the same weights and humwatch")
+            raise ConfigError(
+                f"ray worker: backbone {recipe['name']} here is not the driver's (cache key "
+                f"{self.backbone.cache_key} vs {cache_key}); workers need the same weights and humwatch"
+            )
         self.audio = AudioSettings(**audio)
         self.cache_dir = cache_dir
         self.reported_build = False
@@ -279,9 +308,14 @@ class _EmbedWorker:
         built_now = self.backbone.built and not self.reported_build
         self.reported_build = self.backbone.built
         return {
-            "i": batch["i"], "x": x, "ok": ok, "reason": np.array([why.get(c.key, "") for c in clips], dtype=str),
-            "computed": first * st.get("computed", 0), "cache_hits": first * st.get("cache_hits", 0),
-            "cache_damaged": first * st.get("cache_damaged", 0), "cache_written": first * st.get("cache_written", 0),
+            "i": batch["i"],
+            "x": x,
+            "ok": ok,
+            "reason": np.array([why.get(c.key, "") for c in clips], dtype=str),
+            "computed": first * st.get("computed", 0),
+            "cache_hits": first * st.get("cache_hits", 0),
+            "cache_damaged": first * st.get("cache_damaged", 0),
+            "cache_written": first * st.get("cache_written", 0),
             "workers_built": first * int(built_now),
         }
 
@@ -311,8 +345,14 @@ def _read_batch(batch: dict, audio: dict, transform) -> dict:
             flat.append(x.reshape(-1)), shapes.append(",".join(map(str, x.shape))), ok.append(True), reasons.append("")
     out = np.empty(len(flat), dtype=object)
     out[:] = flat
-    return {"i": batch["i"], "x": out, "shape": np.array(shapes, dtype=str), "dtype": np.array([str(f.dtype) for f in flat]),
-            "ok": np.array(ok), "reason": np.array(reasons, dtype=str)}
+    return {
+        "i": batch["i"],
+        "x": out,
+        "shape": np.array(shapes, dtype=str),
+        "dtype": np.array([str(f.dtype) for f in flat]),
+        "ok": np.array(ok),
+        "reason": np.array(reasons, dtype=str),
+    }
 
 
 def _unpack(b: dict, k: int) -> np.ndarray:
@@ -337,9 +377,14 @@ class _ScoreWorker:
             owner = next((c for c in clips if key == c.path or key.startswith(c.path + "#")), clips[0])
             rows.append((index[owner.path], 0.0, math.nan, False, key, reason))
         i, start, score, ok, key, reason = zip(*rows) if rows else ((),) * 6
-        return {"i": np.array(i, dtype=np.int64), "start": np.array(start, dtype=np.float64),
-                "score": np.array(score, dtype=np.float64), "ok": np.array(ok, dtype=bool),
-                "key": np.array(key, dtype=str), "reason": np.array(reason, dtype=str)}
+        return {
+            "i": np.array(i, dtype=np.int64),
+            "start": np.array(start, dtype=np.float64),
+            "score": np.array(score, dtype=np.float64),
+            "ok": np.array(ok, dtype=bool),
+            "key": np.array(key, dtype=str),
+            "reason": np.array(reason, dtype=str),
+        }
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -348,8 +393,7 @@ def _files_only(clips) -> list:
     clips = list(clips)
     mem = next((c for c in clips if c.in_memory), None)
     if mem is not None:
-        raise ConfigError(f"{mem.path}: the ray engine reads files in its workers; score in-memory clips with the "
-                          "local engine")
+        raise ConfigError(f"{mem.path}: the ray engine reads files in its workers; score in-memory clips with the local engine")
     return clips
 
 

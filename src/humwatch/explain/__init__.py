@@ -10,13 +10,7 @@
 Importing this package is cheap (torch, transformers, matplotlib are imported when used).
 """
 
-from humwatch.explain.attention import (
-    PatchGrid,
-    attention_rollout,
-    class_token_map,
-    mean_attention_distance,
-    patch_coordinates,
-)
+from humwatch.explain.attention import PatchGrid, attention_rollout, class_token_map, mean_attention_distance, patch_coordinates
 from humwatch.explain.report import Figure, Section, write_report
 from humwatch.explain.run import ExplainResult, explain_clips, explain_run
 

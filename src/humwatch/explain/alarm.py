@@ -72,8 +72,12 @@ class NormalReference:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], n_windows: int = 0) -> "NormalReference":
-        return cls(np.asarray(arrays["mean"], np.float32), np.asarray(arrays["std"], np.float32),
-                   np.asarray(arrays["example"], np.float32), n_windows)
+        return cls(
+            np.asarray(arrays["mean"], np.float32),
+            np.asarray(arrays["std"], np.float32),
+            np.asarray(arrays["example"], np.float32),
+            n_windows,
+        )
 
 
 @dataclass
@@ -116,9 +120,11 @@ def explain_alarm(monitor, path, out: str | Path | None = None, top_bands: int =
     alarm = score > thr
     seconds = audio.seconds or len(y) / audio.sample_rate
     b = bands[0]
-    summary = (f"{'ALARM' if alarm else 'normal'}: score {score:.4g} {'>' if alarm else '<='} threshold {thr:.4g}"
-               f"{f' in {windows[best].start:g}-{windows[best].start + seconds:g} s' if len(windows) > 1 else ''}; "
-               f"most different: {b['low_hz']:.0f}-{b['high_hz']:.0f} Hz, {b['delta_db']:+.1f} dB against normal")
+    summary = (
+        f"{'ALARM' if alarm else 'normal'}: score {score:.4g} {'>' if alarm else '<='} threshold {thr:.4g}"
+        f"{f' in {windows[best].start:g}-{windows[best].start + seconds:g} s' if len(windows) > 1 else ''}; "
+        f"most different: {b['low_hz']:.0f}-{b['high_hz']:.0f} Hz, {b['delta_db']:+.1f} dB against normal"
+    )
     res = AlarmExplanation(summary, alarm, score, thr, per_window, bands)
     fig = alarm_figure(m, ref, z, per_window, thr, seconds, len(y) / audio.sample_rate, edges, bands, summary, Path(clip.path).name)
     from humwatch.explain._plot import figure_png
@@ -179,9 +185,15 @@ def alarm_figure(m, ref: NormalReference, z, windows, threshold, seconds, total,
     axw.legend(loc="upper right", fontsize=8)
     axt = fig.add_subplot(grid[2, 2])
     axt.axis("off")
-    axt.text(0, 1, "most different bands:\n" + "\n".join(f"{b['low_hz']:.0f}-{b['high_hz']:.0f} Hz {b['delta_db']:+.1f} dB"
-                                                          for b in bands),
-             va="top", fontsize=9, family="monospace", transform=axt.transAxes)
+    axt.text(
+        0,
+        1,
+        "most different bands:\n" + "\n".join(f"{b['low_hz']:.0f}-{b['high_hz']:.0f} Hz {b['delta_db']:+.1f} dB" for b in bands),
+        va="top",
+        fontsize=9,
+        family="monospace",
+        transform=axt.transAxes,
+    )
     fig.suptitle(summary, fontsize=11)
     return fig
 

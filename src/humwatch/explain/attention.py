@@ -87,9 +87,7 @@ class PatchGrid:
             raise ConfigError(f"not an AST config: {e}") from None
 
 
-def patch_coordinates(
-    f_dim: int, t_dim: int, patch_size: int = 16, frequency_stride: int = 10, time_stride: int = 10
-) -> np.ndarray:
+def patch_coordinates(f_dim: int, t_dim: int, patch_size: int = 16, frequency_stride: int = 10, time_stride: int = 10) -> np.ndarray:
     """Centres of an f_dim x t_dim patch grid in input pixels, [f_dim * t_dim, 2] as (freq, time).
 
     Row ``f * t_dim + t`` is the patch starting at pixel (f * frequency_stride, t * time_stride);

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+
 @dataclass(frozen=True)
 class ClipRef:
     """A clip to draw: its file, machine type and id, and label (None when not known)."""
@@ -100,4 +101,3 @@ def pick_clips(clips: Sequence[ClipRef], n: int, seed: int = 0) -> list[ClipRef]
             if groups[k] and len(out) < n:
                 out.append(groups[k].pop(0))
     return out
-

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from humwatch.audio import AudioSettings, load_audio
 from humwatch.errors import HumwatchError
 from humwatch.explain.clips import ClipRef
+
+if TYPE_CHECKING:
+    from humwatch.explain.run import ExplainModel  # run.py imports this module
 
 TITLES = {
     "spectrograms_linear": "Linear spectrograms",
@@ -42,7 +45,6 @@ CAPTIONS = {
 }
 
 
-
 def _load(clip: ClipRef, settings: AudioSettings) -> np.ndarray:
     return load_audio(clip.path, settings)
 
@@ -53,7 +55,7 @@ def make_spectrogram_figures(rows: dict[str, list[ClipRef]], out_dir: Path, audi
     from humwatch.explain.spectrograms import Panel, spectrogram_figure
 
     panels = []
-    for mtype, clips in rows.items():
+    for clips in rows.values():
         row = []
         for c in clips:
             try:
@@ -92,11 +94,17 @@ def make_tsne_figures(run_dir: Path, out_dir: Path, notes: list[str], seed: int 
     if not res.panels:
         return {}, {}
     out = {
-        "tsne_label": save_figure(tsne_figure(res, "label", "t-SNE of the embeddings: normal vs anomalous"), out_dir / "tsne_label.png", dpi=70),
-        "tsne_machine_id": save_figure(tsne_figure(res, "machine_id", "t-SNE of the embeddings: machine ids"), out_dir / "tsne_machine_id.png", dpi=70),
+        "tsne_label": save_figure(
+            tsne_figure(res, "label", "t-SNE of the embeddings: normal vs anomalous"), out_dir / "tsne_label.png", dpi=70
+        ),
+        "tsne_machine_id": save_figure(
+            tsne_figure(res, "machine_id", "t-SNE of the embeddings: machine ids"), out_dir / "tsne_machine_id.png", dpi=70
+        ),
     }
-    data = {"files": {k: [str(f) for f in v] for k, v in files.items()},
-            "panels": [{"backbone": p.backbone, "machine_type": p.machine_type, "n": int(len(p.coords))} for p in res.panels]}
+    data = {
+        "files": {k: [str(f) for f in v] for k, v in files.items()},
+        "panels": [{"backbone": p.backbone, "machine_type": p.machine_type, "n": int(len(p.coords))} for p in res.panels],
+    }
     return out, data
 
 
@@ -193,9 +201,16 @@ def make_model_figures(
         d = attention_distances(m.model, (m.frontend(signal(c)) for c in distance_clips))
         grid = PatchGrid.from_config(find_ast_model(m.model).config)
         uniform = float(pairwise_distances(grid.coords()).mean())
-        data["attention_distance"] = {"backbone": m.name, "random_init": m.random_init, "clips": [c.path for c in distance_clips],
-                                      "grid": [grid.f_dim, grid.t_dim], "uniform_pixels": round(uniform, 4),
-                                      "pixels": np.round(d, 4).tolist(), "layers": int(d.shape[0]), "heads": int(d.shape[1])}
+        data["attention_distance"] = {
+            "backbone": m.name,
+            "random_init": m.random_init,
+            "clips": [c.path for c in distance_clips],
+            "grid": [grid.f_dim, grid.t_dim],
+            "uniform_pixels": round(uniform, 4),
+            "pixels": np.round(d, 4).tolist(),
+            "layers": int(d.shape[0]),
+            "heads": int(d.shape[1]),
+        }
         fig = attention_distance_figure(d, m.label, len(distance_clips), uniform)
         figures["attention_distance"] = save_figure(fig, out_dir / "attention_distance.png", dpi=80)
     elif not asts:
@@ -235,4 +250,3 @@ def make_model_figures(
                 np.savez_compressed(f, **{k: v.astype(np.float16) for k, v in arrays.items()})
         data["attention_maps"] = {"clips": [c.path for c in map_clips], "maps": sorted(arrays)}
     return figures, data
-

@@ -66,12 +66,7 @@ def _forward_module(obj):
     raise ConfigError(f"{type(obj).__name__}: not a torch module or backbone")
 
 
-def gradcam_maps(
-    model,
-    x,
-    layers: Iterable[str] = DEFAULT_CAM_LAYERS,
-    target=None,
-) -> dict[str, np.ndarray]:
+def gradcam_maps(model, x, layers: Iterable[str] = DEFAULT_CAM_LAYERS, target=None) -> dict[str, np.ndarray]:
     """Grad-CAM maps of one or more inputs for each of ``layers`` of the CNN.
 
     ``model``: a Backbone (its ``.module`` is run) or a module mapping [B, 3, mels, frames] to

@@ -98,9 +98,9 @@ def _table_html(lines: list[str]) -> str:
     parts = ["<table>", "<thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead>", "<tbody>"]
     for line in body:
         row = cells(line)
-        parts.append("<tr>" + "".join(
-            f'<td class="num">{_inline(c)}</td>' if _is_number(c) else f"<td>{_inline(c)}</td>" for c in row
-        ) + "</tr>")
+        parts.append(
+            "<tr>" + "".join(f'<td class="num">{_inline(c)}</td>' if _is_number(c) else f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
+        )
     parts.append("</tbody></table>")
     return "\n".join(parts)
 
@@ -170,12 +170,13 @@ def _figure_html(fig: Figure, out_dir: Path, embed: bool) -> str:
     title = f"<strong>{_esc(fig.title)}.</strong> " if fig.title else ""
     return (
         f'<figure><a href="{_esc(rel)}"><img src="{src}" alt="{_esc(alt)}" data-file="{_esc(rel)}"></a>'
-        f"<figcaption>{title}{_esc(fig.caption)} <span class=\"note\">({_esc(rel)})</span></figcaption></figure>"
+        f'<figcaption>{title}{_esc(fig.caption)} <span class="note">({_esc(rel)})</span></figcaption></figure>'
     )
 
 
-def render_report(out_dir: str | Path, sections: Sequence[Section], title: str = "humwatch report",
-                  banner: str = "", embed: bool = True) -> str:
+def render_report(
+    out_dir: str | Path, sections: Sequence[Section], title: str = "humwatch report", banner: str = "", embed: bool = True
+) -> str:
     """The report page as a string (figures relative to ``out_dir``)."""
     out_dir = Path(out_dir)
     body = [f"<h1>{_esc(title)}</h1>"]
@@ -193,15 +194,19 @@ def render_report(out_dir: str | Path, sections: Sequence[Section], title: str =
             body.append(_figure_html(f, out_dir, embed))
         body.append("</section>")
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
     )
 
 
-def write_report(out_dir: str | Path, sections: Sequence[Section], title: str = "humwatch report",
-                 banner: str = "", embed: bool = True, filename: str = REPORT_NAME) -> Path:
+def write_report(
+    out_dir: str | Path,
+    sections: Sequence[Section],
+    title: str = "humwatch report",
+    banner: str = "",
+    embed: bool = True,
+    filename: str = REPORT_NAME,
+) -> Path:
     """Write ``out_dir/report.html`` (whole or not at all) and return its path.
 
     Figures may be given relative to ``out_dir`` or as absolute paths; each must exist.
@@ -232,10 +237,16 @@ def results_table_html(results: dict) -> str:
     head = ["machine type", "id", "AUC", "pAUC", "normal", "anomalous"]
     parts = ["<table>", "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>", "<tbody>"]
     for r in rows:
-        parts.append("<tr>" + "".join(
-            f'<td class="num">{_esc(_fmt(r.get(c, "")))}</td>' if c not in ("machine_type", "machine_id")
-            else f"<td>{_esc(r.get(c, ''))}</td>" for c in cols
-        ) + "</tr>")
+        parts.append(
+            "<tr>"
+            + "".join(
+                f'<td class="num">{_esc(_fmt(r.get(c, "")))}</td>'
+                if c not in ("machine_type", "machine_id")
+                else f"<td>{_esc(r.get(c, ''))}</td>"
+                for c in cols
+            )
+            + "</tr>"
+        )
     parts.append("</tbody></table>")
     return "\n".join(parts)
 
@@ -265,8 +276,13 @@ def table_sections(run_dir: str | Path) -> list[Section]:
     sections: list[Section] = []
     t3 = run_dir / "table3.md"
     if t3.is_file():
-        sections.append(Section("Table III", text="The study's comparison table as reproduced (table3.md); each cell's own "
-                                "results are in runs/<row>__<column>/results.md.", markdown=t3.read_text(encoding="utf-8")))
+        sections.append(
+            Section(
+                "Table III",
+                text="The study's comparison table as reproduced (table3.md); each cell's own results are in runs/<row>__<column>/results.md.",
+                markdown=t3.read_text(encoding="utf-8"),
+            )
+        )
         s = run_table_section(run_dir) if RunDir.is_run(run_dir) else None
         return sections + ([s] if s else [])
     for rd in RunDir.find(run_dir, depth=1):

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from humwatch.audio import AudioSettings
-from humwatch.errors import HumwatchError, ConfigError
+from humwatch.errors import ConfigError, HumwatchError
 from humwatch.explain.clips import ClipRef, clip_from_path, clips_from_run, pick_clips, pick_examples
 from humwatch.explain.figures import CAPTIONS, TITLES, make_model_figures, make_spectrogram_figures, make_tsne_figures
-from humwatch.io import check_out_folder, mark_folder
 from humwatch.explain.report import Figure, Section, table_sections, write_report
+from humwatch.io import check_out_folder, mark_folder
 from humwatch.models.weights import random_init_warning
 from humwatch.rundir import RunDir
 
@@ -87,8 +87,9 @@ def as_explain_model(name: str, obj, random_init: bool | None = None) -> Explain
     return ExplainModel(name, obj, kind, frontend, random_init, desc)
 
 
-def build_model(name: str, weights: str = "default", config: dict | None = None, precision: str = "fp32",
-                device: str = "cpu") -> ExplainModel:
+def build_model(
+    name: str, weights: str = "default", config: dict | None = None, precision: str = "fp32", device: str = "cpu"
+) -> ExplainModel:
     """Build backbone ``name`` with :func:`humwatch.models.create_backbone` (AST with eager attention)."""
     try:
         from humwatch.models import create_backbone
@@ -124,7 +125,6 @@ class ExplainResult:
     figures: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     data: dict = field(default_factory=dict)
-
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -178,8 +178,9 @@ def _banner(models: Sequence[ExplainModel], run_dir: Path | None) -> str:
     return random_init_warning(", ".join(dict.fromkeys(random)))
 
 
-def _finish(out_dir: Path, title: str, sections: list[Section], figures: dict[str, Path], notes: list[str], data: dict,
-            banner: str, embed: bool) -> ExplainResult:
+def _finish(
+    out_dir: Path, title: str, sections: list[Section], figures: dict[str, Path], notes: list[str], data: dict, banner: str, embed: bool
+) -> ExplainResult:
     from humwatch.io import write_json
 
     captions = {
@@ -264,7 +265,9 @@ def explain_run(
             figures.update(mfig)
             data.update(mdata)
     data["models"] = [{"name": m.name, "kind": m.kind, "weights": m.weights, "random_init": m.random_init} for m in loaded]
-    return _finish(out_dir, title or f"humwatch report: {run_dir.name}", sections, figures, notes, data, _banner(loaded, run_dir), embed_images)
+    return _finish(
+        out_dir, title or f"humwatch report: {run_dir.name}", sections, figures, notes, data, _banner(loaded, run_dir), embed_images
+    )
 
 
 def explain_clips(
@@ -306,8 +309,11 @@ def explain_clips(
         rows.setdefault(c.machine_type, []).append(c)
     rows = {k: v[:4] for k, v in rows.items()}
     table = "| file | machine type | id | label |\n|---|---|---|---|\n" + "\n".join(
-        f"| {Path(c.path).name} | {c.machine_type} | {c.machine_id} | {c.label_name} |" for c in clips)
-    sections = [Section("Clips", text="Machine type, id and label are read from the folder and file names where they say them.", markdown=table)]
+        f"| {Path(c.path).name} | {c.machine_type} | {c.machine_id} | {c.label_name} |" for c in clips
+    )
+    sections = [
+        Section("Clips", text="Machine type, id and label are read from the folder and file names where they say them.", markdown=table)
+    ]
     figures = make_spectrogram_figures(rows, out_dir, audio, notes)
     data: dict = {"clips": [str(p) for p in clip_paths]}
     loaded: list[ExplainModel] = []

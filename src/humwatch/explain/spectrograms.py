@@ -73,8 +73,14 @@ def draw_spectrogram(ax, spec: Spectrogram, title: str = "", colorbar: bool = Fa
 
     y_axis = "linear" if spec.kind == "linear" else "mel"
     img = librosa.display.specshow(
-        spec.db, sr=spec.sr, hop_length=spec.hop_length, x_axis="s", y_axis=y_axis, ax=ax,
-        fmax=spec.sr / 2.0 if spec.kind == "mel" else None, cmap="magma",
+        spec.db,
+        sr=spec.sr,
+        hop_length=spec.hop_length,
+        x_axis="s",
+        y_axis=y_axis,
+        ax=ax,
+        fmax=spec.sr / 2.0 if spec.kind == "mel" else None,
+        cmap="magma",
     )
     ax.set_xlim(0.0, spec.duration)
     ax.set_ylim(0.0, spec.sr / 2.0)

@@ -41,8 +41,15 @@ class EmbeddingTable:
 
     def select(self, mask: np.ndarray) -> "EmbeddingTable":
         return EmbeddingTable(
-            self.name, self.X[mask], self.path[mask], self.label[mask], self.machine_type[mask],
-            self.machine_id[mask], self.split[mask], self.source, self.random_init,
+            self.name,
+            self.X[mask],
+            self.path[mask],
+            self.label[mask],
+            self.machine_type[mask],
+            self.machine_id[mask],
+            self.split[mask],
+            self.source,
+            self.random_init,
         )
 
 
@@ -95,7 +102,9 @@ def concat_tables(tables: Sequence[EmbeddingTable]) -> EmbeddingTable:
     _, first = np.unique(cat["path"], return_index=True)
     keep = np.sort(first)
     return EmbeddingTable(
-        tables[0].name, *(cat[k][keep] for k in NPZ_KEYS), source=", ".join(t.source for t in tables),
+        tables[0].name,
+        *(cat[k][keep] for k in NPZ_KEYS),
+        source=", ".join(t.source for t in tables),
         random_init=any(bool(t.random_init) for t in tables) if any(t.random_init is not None for t in tables) else None,
     )
 
@@ -111,7 +120,7 @@ def display_name(name: str) -> str:
     if n.startswith("ast"):
         return "AST" + name[3:]
     if n.startswith("resnext101_32x8d"):
-        return "ResNeXt-101 32x8d" + name[len("resnext101_32x8d"):]
+        return "ResNeXt-101 32x8d" + name[len("resnext101_32x8d") :]
     return name
 
 
@@ -168,10 +177,7 @@ class TsneResult:
 
 
 def tsne_panels(
-    tables: Sequence[EmbeddingTable],
-    splits: Sequence[str] | None = None,
-    seed: int = 0,
-    perplexity: float = 30.0,
+    tables: Sequence[EmbeddingTable], splits: Sequence[str] | None = None, seed: int = 0, perplexity: float = 30.0
 ) -> TsneResult:
     """One t-SNE per backbone and machine type (of the clips in ``splits``; all when None)."""
     res = TsneResult()

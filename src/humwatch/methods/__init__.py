@@ -15,7 +15,6 @@ line here (docs/architecture.md walks through an example).
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from pathlib import Path
@@ -25,8 +24,18 @@ from humwatch.errors import ConfigError
 from humwatch.methods.base import METHOD_FILE, BackboneSettings, Context, Method, load_saved, read_method_json
 from humwatch.methods.registry import METHODS, list_methods, method_class
 
-__all__ = ["METHODS", "METHOD_FILE", "BackboneSettings", "Context", "Method", "create_method", "list_methods",
-           "load_method", "method_class", "method_settings"]
+__all__ = [
+    "METHODS",
+    "METHOD_FILE",
+    "BackboneSettings",
+    "Context",
+    "Method",
+    "create_method",
+    "list_methods",
+    "load_method",
+    "method_class",
+    "method_settings",
+]
 
 
 def method_settings(name: str, values: Any = None):
@@ -42,8 +51,9 @@ def create_method(name: str, settings: Any = None, context: Context | None = Non
     return method_class(name)(method_settings(name, settings), context, title=title)
 
 
-def load_method(directory: str | Path, context: Context | None = None, *, checked: bool = False, device: str = "cpu",
-                **overrides: Any) -> Method:
+def load_method(
+    directory: str | Path, context: Context | None = None, *, checked: bool = False, device: str = "cpu", **overrides: Any
+) -> Method:
     """A method saved by :meth:`Method.save`, after checking its manifest (unless the caller already
     did: ``checked``). Without a ``context`` it reads clips as it was fitted, on ``device``.
     ``overrides`` are method-specific (``weights``: where the backbone's weights are now)."""

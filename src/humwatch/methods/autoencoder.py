@@ -75,8 +75,9 @@ class AutoencoderMethod(Method):
         """The trained network as a backbone (its embedding: the clip's mean 8-d code)."""
         from humwatch.models.autoencoder import detector_backbone
 
-        return detector_backbone(self.detector_, f"MIMII autoencoder trained on {self.n_train_} normal {self.title} clips, "
-                                                  f"{self.settings.epochs} epochs")
+        return detector_backbone(
+            self.detector_, f"MIMII autoencoder trained on {self.n_train_} normal {self.title} clips, {self.settings.epochs} epochs"
+        )
 
     def _save(self, directory: Path) -> dict:
         self.backbone().save(directory)

@@ -58,8 +58,7 @@ class AuxFinetuneMethod(IdNetMethod):
         from humwatch.progress import console
 
         s, ctx = self.settings, self.context
-        data = id_data(own, val, pool, s, cache_dir=self.runtime.cache_dir, audio=self.audio, seed=ctx.seed,
-                       progress=self.runtime.progress)
+        data = id_data(own, val, pool, s, cache_dir=self.runtime.cache_dir, audio=self.audio, seed=ctx.seed, progress=self.runtime.progress)
         try:
             say_outliers(description, data.outliers)
             bb = ctx.backbone(s, shared=False)  # its weights are trained in place
@@ -69,8 +68,7 @@ class AuxFinetuneMethod(IdNetMethod):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(ctx.seed)
                 head = MarginHead(bb.embedding_dim, len(data.classes), s.loss, s.margin, s.scale, s.sub_centers).to(bb.device)
-                groups = build_param_groups(bb, head, HeadTraining(lr=s.lr, trainable_blocks=s.trainable_blocks,
-                                                                   block_unit=s.block_unit))
+                groups = build_param_groups(bb, head, HeadTraining(lr=s.lr, trainable_blocks=s.trainable_blocks, block_unit=s.block_unit))
                 modules = torch.nn.ModuleDict({"net": bb.module, "head": head})
                 inputs = _Inputs(bb.frontend, self.reader, memo=s.epochs > 1)
                 gen = torch.Generator().manual_seed(ctx.seed)
@@ -87,13 +85,24 @@ class AuxFinetuneMethod(IdNetMethod):
                             got = inputs.batch([clips[j] for j in order[i : i + s.batch_size]])
                             if got is not None:
                                 yield torch.from_numpy(got[1]).to(bb.device), data.y(got[0]).to(bb.device)
+
                     return it
 
-                report = train_id(modules, embed, head, groups, batches(data.train, True),
-                                  math.ceil(len(data.train) / s.batch_size), s.epochs, s,
-                                  val_batches=batches(data.held_out, False) if data.held_out else None,
-                                  train_mode=lambda: _train_mode(modules), seed=ctx.seed, progress=self.runtime.progress,
-                                  description=description)
+                report = train_id(
+                    modules,
+                    embed,
+                    head,
+                    groups,
+                    batches(data.train, True),
+                    math.ceil(len(data.train) / s.batch_size),
+                    s.epochs,
+                    s,
+                    val_batches=batches(data.held_out, False) if data.held_out else None,
+                    train_mode=lambda: _train_mode(modules),
+                    seed=ctx.seed,
+                    progress=self.runtime.progress,
+                    description=description,
+                )
         finally:
             if data.cleanup:
                 data.cleanup()
@@ -101,14 +110,13 @@ class AuxFinetuneMethod(IdNetMethod):
             p.requires_grad_(True)
         trainable = sum(p.numel() for g in groups for p in g["params"])
         total = sum(p.numel() for p in bb.module.parameters()) + sum(p.numel() for p in head.parameters())
-        console.print(f"{description}: {trainable / 1e6:.2f} M of {total / 1e6:.2f} M parameters trainable "
-                      f"({', '.join(g['name'] for g in groups)})")
+        console.print(
+            f"{description}: {trainable / 1e6:.2f} M of {total / 1e6:.2f} M parameters trainable ({', '.join(g['name'] for g in groups)})"
+        )
         report.n_train, report.n_held_out = len(data.train), len(data.held_out)
         report.n_classes, report.classes, report.outlier_exposure = len(data.classes), data.classes, data.outliers
-        bb.mark_trained(f"aux-finetuned (ID task) on {len(data.train)} clips of {len(data.classes)} classes, "
-                        f"{report.best_epoch} epoch(s)")
-        rep = {**report.to_dict(), "trainable_params": int(trainable), "total_params": int(total),
-               "base_weights_random_init": random_base}
+        bb.mark_trained(f"aux-finetuned (ID task) on {len(data.train)} clips of {len(data.classes)} classes, {report.best_epoch} epoch(s)")
+        rep = {**report.to_dict(), "trainable_params": int(trainable), "total_params": int(total), "base_weights_random_init": random_base}
         return IdModel(bb, head, data.classes, rep)
 
     def info(self) -> dict:
@@ -121,5 +129,4 @@ class AuxFinetuneMethod(IdNetMethod):
     def _load_backbone(cls, directory: Path, settings, context):
         from humwatch.models import create_backbone
 
-        return create_backbone(settings.backbone, weights=str(directory / "backbone"), precision=settings.precision,
-                               device=context.device)
+        return create_backbone(settings.backbone, weights=str(directory / "backbone"), precision=settings.precision, device=context.device)

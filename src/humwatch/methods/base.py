@@ -50,8 +50,9 @@ def _backbone_names() -> list[str]:
 
 def precision_setting():
     """The ``precision`` setting of every method that runs a backbone (:mod:`humwatch.models.precision`)."""
-    return setting("auto", OneOf(("auto", "fp32", "bf16")),
-                   "auto (bf16 where the hardware does it natively, else fp32), fp32, or bf16 autocast")
+    return setting(
+        "auto", OneOf(("auto", "fp32", "bf16")), "auto (bf16 where the hardware does it natively, else fp32), fp32, or bf16 autocast"
+    )
 
 
 def saved_precision(settings, saved: dict | None):
@@ -190,11 +191,17 @@ class Method:
         rng = np.random.default_rng(0)
         clicks = np.zeros(n)
         clicks[:: max(1, sr // 25)] = 0.95
-        probes = [0.9 * np.clip(rng.standard_normal(n) / 3, -1, 1), 0.9 * np.sign(np.sin(2 * np.pi * 3000 * t)), clicks,
-                  0.9 * np.sin(2 * np.pi * (50 + (sr / 2 - 100) * t / t[-1] / 2) * t)]
+        probes = [
+            0.9 * np.clip(rng.standard_normal(n) / 3, -1, 1),
+            0.9 * np.sign(np.sin(2 * np.pi * 3000 * t)),
+            clicks,
+            0.9 * np.sin(2 * np.pi * (50 + (sr / 2 - 100) * t / t[-1] / 2) * t),
+        ]
         # as 16-bit PCM, as the probe files written before were: the same samples, the same scores
-        clips = [Clip.from_array(np.rint(y.astype(np.float32) * np.float32(32767)).astype(np.int16), sr, f"probe{i}.wav",
-                                 "probe", "probe", 1) for i, y in enumerate(probes)]
+        clips = [
+            Clip.from_array(np.rint(y.astype(np.float32) * np.float32(32767)).astype(np.int16), sr, f"probe{i}.wav", "probe", "probe", 1)
+            for i, y in enumerate(probes)
+        ]
         rt = current() or Runtime()
         return self.score(clips, runtime=replace(rt, cache_dir=None, keep_embeddings=False))  # probes are not cached
 
@@ -270,10 +277,20 @@ class Method:
             raise ConfigError(f"{d}: exists and is not a folder")
         d.mkdir(parents=True, exist_ok=True)
         state = self._save(d)
-        write_json(d / METHOD_FILE, {"format": FORMAT, "method": self.name, "settings": self.settings.to_dict(),
-                                     "humwatch_version": __version__, "audio": asdict(self.audio),
-                                     "n_train": self.n_train_, "info": self.info(), "state": state,
-                                     "fingerprints": weight_fingerprints(d)})
+        write_json(
+            d / METHOD_FILE,
+            {
+                "format": FORMAT,
+                "method": self.name,
+                "settings": self.settings.to_dict(),
+                "humwatch_version": __version__,
+                "audio": asdict(self.audio),
+                "n_train": self.n_train_,
+                "info": self.info(),
+                "state": state,
+                "fingerprints": weight_fingerprints(d),
+            },
+        )
         write_manifest(d)
         return d
 
@@ -291,8 +308,12 @@ def read_method_json(directory: str | Path) -> dict:
     from humwatch.io import read_json_doc
 
     d = Path(directory)
-    return read_json_doc(d / METHOD_FILE, FORMAT, {"method": str, "settings": dict, "state": dict},
-                         missing=f"{d}: not a saved method ({METHOD_FILE} is missing)")
+    return read_json_doc(
+        d / METHOD_FILE,
+        FORMAT,
+        {"method": str, "settings": dict, "state": dict},
+        missing=f"{d}: not a saved method ({METHOD_FILE} is missing)",
+    )
 
 
 VERSION = Pattern(r"\d+(\.\d+){0,3}([.+-]?[0-9A-Za-z.+-]*)?", "a version such as 0.1.0")
@@ -312,9 +333,21 @@ def check_method_doc(directory: Path, doc: dict):
     from humwatch.io import check_weight_fingerprints
 
     where = directory / METHOD_FILE
-    v = check_fields(doc, {"format": OneOf((FORMAT,)), "method": OneOf(_method_names), "settings": Mapping(),
-                           "humwatch_version": VERSION, "audio": Mapping(), "n_train": Int(0), "info": Mapping(),
-                           "state": Mapping(), "fingerprints": Mapping()}, where)
+    v = check_fields(
+        doc,
+        {
+            "format": OneOf((FORMAT,)),
+            "method": OneOf(_method_names),
+            "settings": Mapping(),
+            "humwatch_version": VERSION,
+            "audio": Mapping(),
+            "n_train": Int(0),
+            "info": Mapping(),
+            "state": Mapping(),
+            "fingerprints": Mapping(),
+        },
+        where,
+    )
     check_value(v["info"].get("random_init"), Optional(Bool()), "info.random_init", where)  # what results say of it
     check_value(v["info"].get("weights"), Optional(Text(empty=True)), "info.weights", where)
     warn_if_newer(v["humwatch_version"], where)
@@ -339,13 +372,15 @@ def warn_if_newer(version: str, where) -> bool:
     if version_tuple(version) <= version_tuple(__version__):
         return False
     logging.getLogger("humwatch").warning(
-        "warning: %s was written by humwatch %s, newer than this humwatch %s; upgrade humwatch if it "
-        "fails or scores differently", where, version, __version__)
+        "warning: %s was written by humwatch %s, newer than this humwatch %s; upgrade humwatch if it fails or scores differently",
+        where,
+        version,
+        __version__,
+    )
     return True
 
 
-def load_saved(cls: type[Method], directory: Path, doc: dict, context: Context | None, device: str = "cpu",
-               **overrides: Any) -> Method:
+def load_saved(cls: type[Method], directory: Path, doc: dict, context: Context | None, device: str = "cpu", **overrides: Any) -> Method:
     """Build a fitted ``cls`` from a folder whose manifest was checked and whose method.json is ``doc``
     (every field checked here: :func:`check_method_doc`); without a ``context``, clips are read with
     the audio settings it was fitted with, and with one, its audio settings must be those."""
@@ -354,8 +389,9 @@ def load_saved(cls: type[Method], directory: Path, doc: dict, context: Context |
     if context is None:
         context = Context(audio=audio, device=device)
     elif context.audio != audio:
-        raise ConfigError(f"{directory / METHOD_FILE}: the method was fitted on audio {asdict(audio)}, "
-                          f"not the {asdict(context.audio)} it is loaded with")
+        raise ConfigError(
+            f"{directory / METHOD_FILE}: the method was fitted on audio {asdict(audio)}, not the {asdict(context.audio)} it is loaded with"
+        )
     m = cls._load(directory, settings, context, doc["state"], doc, **overrides)
     m.n_train_ = doc["n_train"]
     m.fitted_ = True

@@ -33,9 +33,14 @@ class EmbedDetectSettings(BackboneSettings, DetectorSettings):
 
 def backbone_record(bb) -> dict:
     """What a saved method keeps of its backbone, to refuse other weights when it is loaded."""
-    return {"name": bb.name, "embedding_dim": bb.embedding_dim, "cache_key": bb.cache_key,
-            "weights_description": bb.weights.describe(), "random_init": bb.weights.random_init,
-            "precision": bb.precision}
+    return {
+        "name": bb.name,
+        "embedding_dim": bb.embedding_dim,
+        "cache_key": bb.cache_key,
+        "weights_description": bb.weights.describe(),
+        "random_init": bb.weights.random_init,
+        "precision": bb.precision,
+    }
 
 
 def check_backbone(directory: Path, bb, saved: dict) -> None:
@@ -45,17 +50,22 @@ def check_backbone(directory: Path, bb, saved: dict) -> None:
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{directory}: saved backbone record unusable ({e})") from None
     if bb.embedding_dim != want_dim:
-        raise ConfigError(f"{directory}: backbone {bb.name} gives {bb.embedding_dim}-d embeddings, "
-                          f"the detector was fitted on {want_dim}-d")
+        raise ConfigError(f"{directory}: backbone {bb.name} gives {bb.embedding_dim}-d embeddings, the detector was fitted on {want_dim}-d")
     if bb.cache_key != want_key:
-        raise ConfigError(f"{directory}: the backbone weights ({bb.weights.describe()}) are not the ones "
-                          f"it was fitted with ({saved.get('weights_description', '?')})")
+        raise ConfigError(
+            f"{directory}: the backbone weights ({bb.weights.describe()}) are not the ones "
+            f"it was fitted with ({saved.get('weights_description', '?')})"
+        )
 
 
 def backbone_info(bb) -> dict:
-    return {"weights": bb.weights.describe(), "weights_source": bb.weights.source,
-            "random_init": bb.weights.random_init, "embedding_dim": bb.embedding_dim, "precision": bb.precision}
-
+    return {
+        "weights": bb.weights.describe(),
+        "weights_source": bb.weights.source,
+        "random_init": bb.weights.random_init,
+        "embedding_dim": bb.embedding_dim,
+        "precision": bb.precision,
+    }
 
 
 WEIGHT_FREE = {"backbone": "features", "detector": "knn-ldn", "standardize": True}
@@ -79,9 +89,11 @@ def monitor_defaults(given: dict) -> tuple[dict, str | None]:
         resolve_weights("default", DEFAULT_WEIGHTS)
         return {}, None
     except ConfigError:
-        return dict(WEIGHT_FREE), ("no pretrained AST weights here (offline and no local copy): using the weight-free "
-                                   "features backbone (per-band log-mel statistics) with knn-ldn instead of a random "
-                                   "network; --backbone ast --weights DIR uses AST")
+        return dict(WEIGHT_FREE), (
+            "no pretrained AST weights here (offline and no local copy): using the weight-free "
+            "features backbone (per-band log-mel statistics) with knn-ldn instead of a random "
+            "network; --backbone ast --weights DIR uses AST"
+        )
 
 
 class EmbedDetectMethod(EmbeddingMethod):
@@ -103,8 +115,11 @@ class EmbedDetectMethod(EmbeddingMethod):
     def _embed(self, clips):
         if self.backbone_ is None:
             self.backbone_ = self.context.backbone(self.settings)
-        return self._kept(self.runtime.engine.embed(clips, self.backbone_, cache_dir=self.runtime.cache_dir,
-                                                    batch_size=self.settings.batch_size, reader=self.reader))
+        return self._kept(
+            self.runtime.engine.embed(
+                clips, self.backbone_, cache_dir=self.runtime.cache_dir, batch_size=self.settings.batch_size, reader=self.reader
+            )
+        )
 
     def export_network(self) -> dict:
         bb = self.backbone_
@@ -127,8 +142,9 @@ class EmbedDetectMethod(EmbeddingMethod):
         m.backbone_ = context.backbone(m.settings)
         check_backbone(directory, m.backbone_, state.get("backbone") or {})
         if scorer.n_features_in_ != m.backbone_.embedding_dim:
-            raise ConfigError(f"{directory}: backbone {settings.backbone} gives {m.backbone_.embedding_dim}-d embeddings, "
-                              f"the detector was fitted on {scorer.n_features_in_}-d")
+            raise ConfigError(
+                f"{directory}: backbone {settings.backbone} gives {m.backbone_.embedding_dim}-d embeddings, "
+                f"the detector was fitted on {scorer.n_features_in_}-d"
+            )
         m.scorer_ = scorer
         return m
-

@@ -37,11 +37,12 @@ class DetectorSettings(Settings):
     """The detector on the embeddings, and how it is split by section (see :mod:`humwatch.sections`)."""
 
     detector: str = setting("lof-vote", OneOf(_detector_names), "anomaly detector on the embeddings")
-    detector_params: dict = setting({}, Mapping(), "detector hyper-parameters (e.g. {\"n_neighbors\": 4})")
+    detector_params: dict = setting({}, Mapping(), 'detector hyper-parameters (e.g. {"n_neighbors": 4})')
     standardize: bool = setting(False, Bool(), "standardise embeddings before the detector")
     per_section: bool = setting(False, Bool(), "one detector per machine id / section (else one per training group)")
-    source_centres: int = setting(16, Int(0), "sections with source and target clips: k-means centres replace the "
-                                              "source clips (0: keep them all)")
+    source_centres: int = setting(
+        16, Int(0), "sections with source and target clips: k-means centres replace the source clips (0: keep them all)"
+    )
     normalize: bool = setting(False, Bool(), "standardise scores per section by cross-fitted normal scores")
 
     def _check(self) -> None:
@@ -182,8 +183,14 @@ class EmbeddingMethod(Method):
 
     @staticmethod
     def _load_detector(directory: Path, state: dict, settings: DetectorSettings, seed: int = 0):
-        sd = load_detector(directory, state, per_section=settings.per_section, source_centres=settings.source_centres,
-                           normalize=settings.normalize, seed=seed)
+        sd = load_detector(
+            directory,
+            state,
+            per_section=settings.per_section,
+            source_centres=settings.source_centres,
+            normalize=settings.normalize,
+            seed=seed,
+        )
         check_detector_settings(directory, sd, settings)
         return sd
 
@@ -191,19 +198,19 @@ class EmbeddingMethod(Method):
 def _params(det) -> str:
     from humwatch.detectors.base import _json_value
 
-    return json.dumps({k: _json_value(v) for k, v in det.get_params(deep=False).items() if k != "random_state"},
-                      sort_keys=True)
+    return json.dumps({k: _json_value(v) for k, v in det.get_params(deep=False).items() if k != "random_state"}, sort_keys=True)
 
 
 def check_detector_settings(directory: Path, sd, settings: DetectorSettings) -> None:
     """Refuse saved detectors that are not the kind, or do not have the parameters, the method's
     settings say (a state edited apart from the settings would score otherwise)."""
     want = settings.make_detector()
-    for key, sec in sd.sections_.items():
+    for sec in sd.sections_.values():
         det = sec.detector
         if det.name != want.name or _params(det) != _params(want):
-            raise ConfigError(f"{directory}: the saved detector ({det.name} {_params(det)}) is not the one its "
-                              f"settings give ({want.name} {_params(want)})")
+            raise ConfigError(
+                f"{directory}: the saved detector ({det.name} {_params(det)}) is not the one its settings give ({want.name} {_params(want)})"
+            )
 
 
 def load_detector(directory: str | Path, state: dict, **settings):

@@ -54,8 +54,14 @@ class FinetuneMethod(Method):
         backbone = self.context.backbone(self.settings, shared=False)  # its weights are trained in place
         if backbone.weights.random_init:
             console.print(f"[bold red]{self.settings.backbone}: {RANDOM_INIT_BANNER}[/]")
-        res = finetune(backbone, clips, self.training_settings(backbone.precision), val=val, reader=self.reader,
-                       description=f"{self.title}: finetune {self.settings.backbone}")
+        res = finetune(
+            backbone,
+            clips,
+            self.training_settings(backbone.precision),
+            val=val,
+            reader=self.reader,
+            description=f"{self.title}: finetune {self.settings.backbone}",
+        )
         console.print(f"{self.title}: {res.trainable_text()}")
         self.scorer_ = res.scorer
         self.report_ = res.report()
@@ -86,9 +92,14 @@ class FinetuneMethod(Method):
         if self.scorer_ is None:
             return {}
         i = self.scorer_.info
-        return {"weights": i.get("base_weights", ""), "weights_source": i.get("base_weights_source", ""),
-                "random_init": bool(i.get("random_init", False)), "embedding_dim": int(self.scorer_.backbone.embedding_dim),
-                "precision": self.scorer_.settings.precision, "training": self.report_}
+        return {
+            "weights": i.get("base_weights", ""),
+            "weights_source": i.get("base_weights_source", ""),
+            "random_init": bool(i.get("random_init", False)),
+            "embedding_dim": int(self.scorer_.backbone.embedding_dim),
+            "precision": self.scorer_.settings.precision,
+            "training": self.report_,
+        }
 
     def export_network(self) -> dict:
         return {"module": self.scorer_.model, "frontend": self.scorer_.frontend, "output": "logit"}

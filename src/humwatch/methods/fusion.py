@@ -46,8 +46,9 @@ HOWS = ("rank", "zscore")
 # ------------------------------------------------------------------------------------- score fusion
 
 
-def fuse_scores(scores: Sequence[Sequence[float]], references: Sequence[Sequence[float]], how: str = "rank",
-                weights: Sequence[float] | None = None) -> np.ndarray:
+def fuse_scores(
+    scores: Sequence[Sequence[float]], references: Sequence[Sequence[float]], how: str = "rank", weights: Sequence[float] | None = None
+) -> np.ndarray:
     """Fuse ``scores[m][i]`` (member m, clip i) with each member's ``references[m]`` (normal scores);
     see the module docstring. NaN where any member's score is NaN."""
     if how not in HOWS:
@@ -79,8 +80,10 @@ def fuse_scores(scores: Sequence[Sequence[float]], references: Sequence[Sequence
 class ScoreFusionSettings(Settings):
     where: ClassVar[str] = "score-fusion"
     members: list = setting(
-        ["embed-detect:backbone=features,detector=mahalanobis,standardize=true", "idnet"], Seq(lambda v: v, min_len=1),
-        "the member methods (two or more): specs like 'idnet:epochs=10' or {method: NAME, settings: {...}}")
+        ["embed-detect:backbone=features,detector=mahalanobis,standardize=true", "idnet"],
+        Seq(lambda v: v, min_len=1),
+        "the member methods (two or more): specs like 'idnet:epochs=10' or {method: NAME, settings: {...}}",
+    )
     how: str = setting("rank", OneOf(HOWS), "rank (mean quantile among normal scores) or zscore")
     weights: list | None = setting(None, None, "one weight per member (default: equal)")
 
@@ -106,8 +109,12 @@ class ScoreFusionSettings(Settings):
                 raise ConfigError(f"score-fusion member {i + 1} ({sp.method}): {e}") from None
         if self.weights is not None:
             w = self.weights
-            if (not isinstance(w, (list, tuple)) or len(w) != len(specs)
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in w) or sum(w) <= 0):
+            if (
+                not isinstance(w, (list, tuple))
+                or len(w) != len(specs)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in w)
+                or sum(w) <= 0
+            ):
                 raise ConfigError(f"score-fusion: weights must be {len(specs)} numbers >= 0, not all 0, got {w!r}")
 
 
@@ -159,8 +166,7 @@ class ScoreFusionMethod(Method):
             self.reference_note_ = f"{len(ref)} normal validation clips"
         else:
             ref = normal
-            self.reference_note_ = (f"{len(ref)} training clips (fewer than {MIN_REFERENCE} normal validation clips: "
-                                    "members' references are in-sample, optimistic)")
+            self.reference_note_ = f"{len(ref)} training clips (fewer than {MIN_REFERENCE} normal validation clips: members' references are in-sample, optimistic)"
         self.references_ = []
         for m in self.members_:
             r = m.score(ref)
@@ -174,7 +180,7 @@ class ScoreFusionMethod(Method):
         fused = fuse_scores(np.nan_to_num(member, nan=0.0), self.references_, self.settings.how, self.settings.weights)
         fused[np.any(~np.isfinite(member), axis=0)] = np.nan
         out = {"score": fused}
-        for i, (m, s) in enumerate(zip(self.members_, member)):
+        for i, s in enumerate(member):
             out[f"m{i + 1}"] = s
         return out
 
@@ -187,9 +193,12 @@ class ScoreFusionMethod(Method):
 
     def info(self) -> dict:
         infos = [m.info() for m in self.members_]
-        return {"weights": "; ".join(f"{m.label}: {i.get('weights', 'n/a')}" for m, i in zip(self.members_, infos)),
-                "random_init": any(bool(i.get("random_init")) for i in infos), "reference": self.reference_note_,
-                "members": [{"method": m.name, "label": m.label, "reading": f"m{k + 1}"} for k, m in enumerate(self.members_)]}
+        return {
+            "weights": "; ".join(f"{m.label}: {i.get('weights', 'n/a')}" for m, i in zip(self.members_, infos)),
+            "random_init": any(bool(i.get("random_init")) for i in infos),
+            "reference": self.reference_note_,
+            "members": [{"method": m.name, "label": m.label, "reading": f"m{k + 1}"} for k, m in enumerate(self.members_)],
+        }
 
     def _save(self, directory: Path) -> dict:
         for i, m in enumerate(self.members_):
@@ -227,9 +236,11 @@ def _backbone_entry(v: Any) -> dict:
 @dataclass
 class EmbedFusionSettings(DetectorSettings):
     where: ClassVar[str] = "embed-fusion"
-    backbones: list = setting(["features", {"backbone": "ast"}], Seq(_backbone_entry, min_len=2),
-                              "the backbones: names, or mappings of backbone settings (backbone, weights, precision, "
-                              "backbone_config)")
+    backbones: list = setting(
+        ["features", {"backbone": "ast"}],
+        Seq(_backbone_entry, min_len=2),
+        "the backbones: names, or mappings of backbone settings (backbone, weights, precision, backbone_config)",
+    )
     detector: str = setting("mahalanobis", OneOf(_detector_names), "anomaly detector on the fused embeddings")
     batch_size: int = setting(8, Int(1), "clips per forward pass")
 
@@ -255,8 +266,10 @@ class EmbedFusionMethod(EmbeddingMethod):
         """Every backbone's embeddings of the clips every backbone could read."""
         if not self.backbones_:
             self.backbones_ = [self.context.backbone(self._settings_of(b)) for b in self.settings.backbones]
-        sets = [self.runtime.engine.embed(clips, bb, cache_dir=self.runtime.cache_dir, batch_size=self.settings.batch_size,
-                                          reader=self.reader) for bb in self.backbones_]
+        sets = [
+            self.runtime.engine.embed(clips, bb, cache_dir=self.runtime.cache_dir, batch_size=self.settings.batch_size, reader=self.reader)
+            for bb in self.backbones_
+        ]
         keep = set.intersection(*({c.key for c in s.clips} for s in sets))
         kept = [c for c in sets[0].clips if c.key in keep]
         blocks = []
@@ -288,17 +301,19 @@ class EmbedFusionMethod(EmbeddingMethod):
         if not self.backbones_:
             return {}
         infos = [backbone_info(bb) for bb in self.backbones_]
-        return {"weights": "; ".join(f"{bb.name}: {i['weights']}" for bb, i in zip(self.backbones_, infos)),
-                "random_init": any(i["random_init"] for i in infos),
-                "embedding_dim": sum(i["embedding_dim"] for i in infos), **self.detector_info()}
+        return {
+            "weights": "; ".join(f"{bb.name}: {i['weights']}" for bb, i in zip(self.backbones_, infos)),
+            "random_init": any(i["random_init"] for i in infos),
+            "embedding_dim": sum(i["embedding_dim"] for i in infos),
+            **self.detector_info(),
+        }
 
     def _save(self, directory: Path) -> dict:
         from safetensors.numpy import save_file
 
         from humwatch.io import atomic_path
 
-        arrays = {f"{k}:{i}": np.ascontiguousarray(v) for i, (mu, sd) in enumerate(self.scalers_)
-                  for k, v in (("mean", mu), ("std", sd))}
+        arrays = {f"{k}:{i}": np.ascontiguousarray(v) for i, (mu, sd) in enumerate(self.scalers_) for k, v in (("mean", mu), ("std", sd))}
         with atomic_path(directory / "scalers.safetensors", suffix=".safetensors") as tmp:
             save_file(arrays, str(tmp))
         return {**self._save_detector(directory), "backbones": [backbone_record(bb) for bb in self.backbones_]}
@@ -315,14 +330,12 @@ class EmbedFusionMethod(EmbeddingMethod):
         records = state.get("backbones") or []
         if len(records) != len(settings.backbones):
             raise ConfigError(f"{directory}: {len(records)} saved backbones for {len(settings.backbones)} in the settings")
-        m.backbones_ = [context.backbone(saved_precision(m._settings_of(b), rec))
-                        for b, rec in zip(settings.backbones, records)]
+        m.backbones_ = [context.backbone(saved_precision(m._settings_of(b), rec)) for b, rec in zip(settings.backbones, records)]
         for bb, rec in zip(m.backbones_, records):
             check_backbone(directory, bb, rec)
         try:
             arrays = load_file(str(directory / "scalers.safetensors"))
-            m.scalers_ = [(arrays[f"mean:{i}"].astype(np.float64), arrays[f"std:{i}"].astype(np.float64))
-                          for i in range(len(m.backbones_))]
+            m.scalers_ = [(arrays[f"mean:{i}"].astype(np.float64), arrays[f"std:{i}"].astype(np.float64)) for i in range(len(m.backbones_))]
         except (KeyError, OSError, SafetensorError) as e:
             raise damaged(directory / "scalers.safetensors", e) from None
         if any(len(mu) != bb.embedding_dim for (mu, _), bb in zip(m.scalers_, m.backbones_)):

@@ -32,8 +32,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from humwatch.errors import ConfigError
-from humwatch.errors import one_line
+from humwatch.errors import ConfigError, one_line
 from humwatch.idtrain import IdObjective, MarginHead
 from humwatch.methods.base import precision_setting, saved_precision
 from humwatch.methods.embedding import DetectorSettings, EmbeddingMethod, _detector_names
@@ -68,8 +67,9 @@ class IdNetSettings(IdScoring, IdObjective):
     epochs: int = setting(30, Int(1), "most epochs (early stopping ends sooner)")
     batch_size: int = setting(32, Int(2), "crops per training step")
     epoch_crops: int = setting(512, Int(1), "random 2-s crops per epoch (so training time does not grow with the data)")
-    backbone_config: dict | None = setting(None, Optional(Mapping()), "network overrides (width, crop_frames, "
-                                                                      "waveform_branch, embedding_dim, n_mels)")
+    backbone_config: dict | None = setting(
+        None, Optional(Mapping()), "network overrides (width, crop_frames, waveform_branch, embedding_dim, n_mels)"
+    )
     precision: str = precision_setting()  # of embedding; training is fp32
 
 
@@ -105,8 +105,12 @@ class IdNetMethod(EmbeddingMethod):
             if key not in ctx.shared:
                 own = [c for c in ctx.run_clips if c.split == "train" and not c.is_anomalous]
                 own = sorted({c.key: c for c in [*own, *clips]}.values(), key=lambda c: (c.path, c.start))
-                ctx.shared[key] = self._train(own, [c for c in ctx.run_clips if c.split == "val"] + list(val), [],
-                                              f"{self.name} (all {len({c.machine_type for c in own})} machine types)")
+                ctx.shared[key] = self._train(
+                    own,
+                    [c for c in ctx.run_clips if c.split == "val"] + list(val),
+                    [],
+                    f"{self.name} (all {len({c.machine_type for c in own})} machine types)",
+                )
             self.model_ = ctx.shared[key]
         else:
             pool = [c for c in ctx.run_clips if c.split == "train"]
@@ -123,12 +127,10 @@ class IdNetMethod(EmbeddingMethod):
         s, ctx = self.settings, self.context
         if self.audio.seconds is None:
             raise ConfigError("idnet: clips must have one length (audio seconds), not each file's own")
-        data = id_data(own, val, pool, s, cache_dir=self.runtime.cache_dir, audio=self.audio, seed=ctx.seed,
-                       progress=self.runtime.progress)
+        data = id_data(own, val, pool, s, cache_dir=self.runtime.cache_dir, audio=self.audio, seed=ctx.seed, progress=self.runtime.progress)
         try:
             say_outliers(description, data.outliers)
-            bb = create_backbone("idnet", weights="none", precision=s.precision, config=s.backbone_config, seed=ctx.seed,
-                                 device=ctx.device)
+            bb = create_backbone("idnet", weights="none", precision=s.precision, config=s.backbone_config, seed=ctx.seed, device=ctx.device)
             net, dev = bb.module, bb.device  # the device resolved ("auto" -> cpu or cuda)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(ctx.seed)
@@ -156,17 +158,29 @@ class IdNetMethod(EmbeddingMethod):
                         if got is not None:
                             yield torch.from_numpy(got[1]).to(dev), data.y(got[0]).to(dev)
 
-                report = train_id(modules, net.crop_embedding, head, [{"params": list(modules.parameters())}],
-                                  train_batches, math.ceil(n_epoch / s.batch_size), s.epochs, s,
-                                  val_batches=val_batches if data.held_out else None, val_embed=net,
-                                  seed=ctx.seed, progress=self.runtime.progress, description=description)
+                report = train_id(
+                    modules,
+                    net.crop_embedding,
+                    head,
+                    [{"params": list(modules.parameters())}],
+                    train_batches,
+                    math.ceil(n_epoch / s.batch_size),
+                    s.epochs,
+                    s,
+                    val_batches=val_batches if data.held_out else None,
+                    val_embed=net,
+                    seed=ctx.seed,
+                    progress=self.runtime.progress,
+                    description=description,
+                )
         finally:
             if data.cleanup:
                 data.cleanup()
         report.n_train, report.n_held_out = len(data.train), len(data.held_out)
         report.n_classes, report.classes, report.outlier_exposure = len(data.classes), data.classes, data.outliers
-        trained_from_scratch(bb, f"idnet trained from scratch on {len(data.train)} clips of {len(data.classes)} classes, "
-                                 f"{report.best_epoch} epoch(s)")
+        trained_from_scratch(
+            bb, f"idnet trained from scratch on {len(data.train)} clips of {len(data.classes)} classes, {report.best_epoch} epoch(s)"
+        )
         return IdModel(bb, head, data.classes, report.to_dict())
 
     # -- scoring ---------------------------------------------------------------------------------
@@ -193,29 +207,38 @@ class IdNetMethod(EmbeddingMethod):
         if self.model_ is None:
             return {}
         rep = self.model_.report
-        return {"weights": self.model_.backbone.weights.describe(), "random_init": False,
-                "embedding_dim": self.model_.backbone.embedding_dim, "precision": self.model_.backbone.precision,
-                "outlier_exposure": rep.get("outlier_exposure"), "training": rep, **self.detector_info()}
+        return {
+            "weights": self.model_.backbone.weights.describe(),
+            "random_init": False,
+            "embedding_dim": self.model_.backbone.embedding_dim,
+            "precision": self.model_.backbone.precision,
+            "outlier_exposure": rep.get("outlier_exposure"),
+            "training": rep,
+            **self.detector_info(),
+        }
 
     def export_network(self) -> dict:
         if self.settings.score != "knn":
-            raise ConfigError(f"{self.name} with score={self.settings.score} cannot be exported to ONNX (the classifier's "
-                              "score is not in the graph); score=knn can")
+            raise ConfigError(
+                f"{self.name} with score={self.settings.score} cannot be exported to ONNX (the classifier's score is not in the graph); score=knn can"
+            )
         bb = self.model_.backbone
-        return {"module": bb.module, "frontend": bb.frontend, "output": "embedding", "batch_size": 8,
-                "detector_state": "scorer"}
+        return {"module": bb.module, "frontend": bb.frontend, "output": "embedding", "batch_size": 8, "detector_state": "scorer"}
 
     # -- saving ----------------------------------------------------------------------------------
     def _save(self, directory: Path) -> dict:
-        return {"scorer": self._save_detector(directory), **save_id_model(self.model_, directory),
-                "own_sections": self.sections_, "precision": self.model_.backbone.precision}
+        return {
+            "scorer": self._save_detector(directory),
+            **save_id_model(self.model_, directory),
+            "own_sections": self.sections_,
+            "precision": self.model_.backbone.precision,
+        }
 
     @classmethod
     def _load_backbone(cls, directory: Path, settings, context):
         from humwatch.models import create_backbone
 
-        return create_backbone("idnet", weights=str(directory / "backbone"), precision=settings.precision,
-                               device=context.device)
+        return create_backbone("idnet", weights=str(directory / "backbone"), precision=settings.precision, device=context.device)
 
     @classmethod
     def _load(cls, directory: Path, settings, context, state: dict, doc: dict, **overrides):
@@ -228,8 +251,9 @@ class IdNetMethod(EmbeddingMethod):
         m.scorer_ = cls._load_detector(directory, state.get("scorer") or {}, settings, context.seed)
         m.sections_ = [str(x) for x in state.get("own_sections") or []]
         if m.scorer_.n_features_in_ != bb.embedding_dim:
-            raise ConfigError(f"{directory}: the detector was fitted on {m.scorer_.n_features_in_}-d embeddings, "
-                              f"the network gives {bb.embedding_dim}-d")
+            raise ConfigError(
+                f"{directory}: the detector was fitted on {m.scorer_.n_features_in_}-d embeddings, the network gives {bb.embedding_dim}-d"
+            )
         return m
 
 
@@ -257,8 +281,11 @@ def save_id_model(model: IdModel, directory: Path) -> dict:
     h = model.head
     with atomic_path(directory / "head.safetensors", suffix=".safetensors") as tmp:
         save_file({"weight": h.weight.detach().cpu().contiguous(), "scale": h.scale.detach().cpu().reshape(1)}, str(tmp))
-    return {"classes": list(model.classes), "training": model.report,
-            "head": {"loss": h.kind, "margin": h.margin, "sub_centers": h.k, "n_classes": h.n_classes}}
+    return {
+        "classes": list(model.classes),
+        "training": model.report,
+        "head": {"loss": h.kind, "margin": h.margin, "sub_centers": h.k, "n_classes": h.n_classes},
+    }
 
 
 def load_id_model(directory: Path, state: dict, backbone) -> IdModel:
@@ -268,8 +295,9 @@ def load_id_model(directory: Path, state: dict, backbone) -> IdModel:
     try:
         spec = state["head"]
         classes = [str(c) for c in state["classes"]]
-        head = MarginHead(backbone.embedding_dim, int(spec["n_classes"]), str(spec["loss"]), float(spec["margin"]),
-                          30.0, int(spec["sub_centers"]))
+        head = MarginHead(
+            backbone.embedding_dim, int(spec["n_classes"]), str(spec["loss"]), float(spec["margin"]), 30.0, int(spec["sub_centers"])
+        )
         t = load_file(str(directory / "head.safetensors"))
         head.weight.data.copy_(t["weight"])
         head.scale.fill_(float(t["scale"][0]))

@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from humwatch.errors import ConfigError
-from humwatch.errors import one_line
+from humwatch.errors import ConfigError, one_line
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _WORDS = {"on", "off", "yes", "no", "y", "n"}
@@ -181,8 +180,9 @@ def spec_from_entry(entry: Any, name: str = "", where: str = "") -> MethodSpec:
         if not isinstance(settings, dict):
             raise ConfigError(f"{where or 'method entry'}: settings must be a mapping")
         return MethodSpec(entry["method"], dict(settings), str(entry.get("name") or name))
-    raise ConfigError(f"{where or 'method entry'}: expected a spec like 'idnet:epochs=10' or "
-                      f"{{method: NAME, settings: {{...}}}}, got {entry!r}")
+    raise ConfigError(
+        f"{where or 'method entry'}: expected a spec like 'idnet:epochs=10' or {{method: NAME, settings: {{...}}}}, got {entry!r}"
+    )
 
 
 def read_spec_file(path: str | Path) -> list[MethodSpec]:
@@ -209,7 +209,6 @@ def check_unique(specs: list[MethodSpec]) -> list[MethodSpec]:
     seen: dict[str, MethodSpec] = {}
     for s in specs:
         if s.name in seen:
-            raise ConfigError(f"two methods are named {s.name!r}; name them (NAME=SPEC on the command line, "
-                              "or keys in a method file)")
+            raise ConfigError(f"two methods are named {s.name!r}; name them (NAME=SPEC on the command line, or keys in a method file)")
         seen[s.name] = s
     return specs

@@ -21,8 +21,7 @@ from humwatch.models.weights import RANDOM_INIT_BANNER, WeightsInfo
 
 TINY_CONFIGS: dict[str, dict] = {
     "ast": {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64},
-    "resnext101_32x8d": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "cardinality": 2, "base_width": 32,
-                         "stem_width": 8},
+    "resnext101_32x8d": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "cardinality": 2, "base_width": 32, "stem_width": 8},
 }
 """The one table of tiny architectures (random-init demos, ``reproduce --synthetic``, ``explain --tiny``).
 AST: 3 transformer layers of width 32 (2 heads, MLP 64) on the real 1024 x 128 input (32-d

@@ -33,8 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from humwatch.errors import ConfigError
-from humwatch.errors import one_line
+from humwatch.errors import ConfigError, one_line
 from humwatch.features import AST_PARAMS, get_frontend
 from humwatch.models.lazy import LazyBackbone
 from humwatch.models.registry import Backbone, check_config, quiet_hf_loading, random_init_context, register_backbone
@@ -96,16 +95,12 @@ class ASTBackbone(Backbone):
 
     def _check_input(self, x: np.ndarray) -> None:
         if x.ndim != 3 or tuple(x.shape[1:]) != self.input_shape:
-            raise ConfigError(
-                f"ast: expected a batch of shape (B, {self.input_shape[0]}, {self.input_shape[1]}), got {tuple(x.shape)}"
-            )
+            raise ConfigError(f"ast: expected a batch of shape (B, {self.input_shape[0]}, {self.input_shape[1]}), got {tuple(x.shape)}")
 
     def _block_modules(self, unit: str = "stage"):
         m = self.model
         return (
-            [("embeddings", [m.embeddings])]
-            + [(f"layer{i}", [layer]) for i, layer in enumerate(m.layers)]
-            + [("layernorm", [m.layernorm])]
+            [("embeddings", [m.embeddings])] + [(f"layer{i}", [layer]) for i, layer in enumerate(m.layers)] + [("layernorm", [m.layernorm])]
         )
 
     def forward_with_attentions(self, x):
@@ -150,8 +145,7 @@ def _folder_arch(folder: Path) -> dict:
     which are :data:`ARCH_DEFAULTS`, for what it leaves out); read without building the model."""
     from humwatch.io import read_json_doc
 
-    doc = read_json_doc(folder / "config.json",
-                        missing=f"weights {folder}: no config.json (not a save_pretrained / Backbone.save folder)")
+    doc = read_json_doc(folder / "config.json", missing=f"weights {folder}: no config.json (not a save_pretrained / Backbone.save folder)")
     model_type = doc.get("model_type", "audio-spectrogram-transformer")
     if model_type != "audio-spectrogram-transformer":
         raise ConfigError(f"weights {folder}: holds a {model_type!r} model, not an AST")
@@ -192,8 +186,16 @@ def build_ast(*, weights="default", precision="fp32", config=None, seed=0, devic
         raise ConfigError(f"ast: the model expects {full['num_mel_bins']} mel bins, the frontend gives {NUM_MEL_BINS}")
     max_length = full["max_length"]
     frontend = get_frontend("ast") if max_length == AST_PARAMS["max_length"] else get_frontend("ast", max_length=max_length)
-    ident = dict(name="ast", frontend=frontend, embedding_dim=full["hidden_size"], precision=precision, weights=info,
-                 config=full, device=device, seed=seed)
+    ident = dict(
+        name="ast",
+        frontend=frontend,
+        embedding_dim=full["hidden_size"],
+        precision=precision,
+        weights=info,
+        config=full,
+        device=device,
+        seed=seed,
+    )
 
     def build() -> ASTBackbone:
         model = _build_model(resolved, overrides, attention, seed)

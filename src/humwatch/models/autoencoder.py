@@ -120,6 +120,7 @@ class AutoencoderDetector:
 
 # -- the autoencoder as a registry backbone ------------------------------------------------------
 
+
 class _EncoderMean(nn.Module):
     """(B, frames, input_dim) context vectors -> (B, 8): the mean bottleneck code over a clip's frames.
     Holds the whole autoencoder, so a saved backbone can be trained further or scored with."""
@@ -174,15 +175,23 @@ def _build_backbone():
             weight_file = find_weight_file(folder) if resolved.kind == "dir" else resolved.path
             origin = (meta or {}).get("origin", {}).get("description", "")
             info = WeightsInfo(resolved.source, False, origin or "trained autoencoder", resolved.identity())
-        ident = dict(name="autoencoder", frontend=get_frontend("ae"), embedding_dim=HIDDEN[2], precision=precision,
-                     weights=info, config=arch, device=device, seed=seed)
+        ident = dict(
+            name="autoencoder",
+            frontend=get_frontend("ae"),
+            embedding_dim=HIDDEN[2],
+            precision=precision,
+            weights=info,
+            config=arch,
+            device=device,
+            seed=seed,
+        )
 
         def build():
             with random_init_context(seed):
                 model = Autoencoder(int(arch["input_dim"]))
             if weight_file is not None:
                 sd = load_state_dict(weight_file)
-                sd = {k[len("autoencoder."):] if k.startswith("autoencoder.") else k: v for k, v in sd.items()}
+                sd = {k[len("autoencoder.") :] if k.startswith("autoencoder.") else k: v for k, v in sd.items()}
                 try:
                     model.load_state_dict(sd)
                 except RuntimeError:
@@ -206,5 +215,12 @@ def detector_backbone(det: AutoencoderDetector, note: str):
     if det.model_ is None:
         raise ConfigError("the autoencoder is not fitted yet")
     info = WeightsInfo("trained", False, note, f"trained:{state_fingerprint(det.model_)}")
-    return AutoencoderBackbone(name="autoencoder", frontend=get_frontend("ae"), module=_EncoderMean(det.model_).eval(),
-                               embedding_dim=HIDDEN[2], precision="fp32", weights=info, config={"input_dim": det.model_.input_dim})
+    return AutoencoderBackbone(
+        name="autoencoder",
+        frontend=get_frontend("ae"),
+        module=_EncoderMean(det.model_).eval(),
+        embedding_dim=HIDDEN[2],
+        precision="fp32",
+        weights=info,
+        config={"input_dim": det.model_.input_dim},
+    )

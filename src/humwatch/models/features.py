@@ -33,8 +33,9 @@ from humwatch.models.registry import Backbone, check_config, register_backbone
 from humwatch.settings import Int, Real, Seq, check_value
 
 NAME = "features"
-ARCH_DEFAULTS = dict(n_mels=64, hop_length=160, n_fft=1024, percentiles=[10, 50, 90, 99],
-                     modulation_hz=[[0.5, 4.0], [4.0, 16.0], [16.0, 50.0]])
+ARCH_DEFAULTS = dict(
+    n_mels=64, hop_length=160, n_fft=1024, percentiles=[10, 50, 90, 99], modulation_hz=[[0.5, 4.0], [4.0, 16.0], [16.0, 50.0]]
+)
 """The statistics computed (see the module docstring)."""
 VERSION = 1
 """Bumped whenever the statistics change (it is the backbone's weights identity, so caches follow)."""
@@ -84,11 +85,13 @@ def _check_arch(arch: dict) -> dict:
     bands = arch["modulation_hz"]
     nyquist = 16000 / arch["hop_length"] / 2
     ok = isinstance(bands, (list, tuple)) and all(
-        isinstance(b, (list, tuple)) and len(b) == 2 and all(isinstance(f, (int, float)) for f in b)
-        and 0 <= b[0] < b[1] <= nyquist + 1e-9 for b in bands)
+        isinstance(b, (list, tuple)) and len(b) == 2 and all(isinstance(f, (int, float)) for f in b) and 0 <= b[0] < b[1] <= nyquist + 1e-9
+        for b in bands
+    )
     if not ok:
-        raise ConfigError(f"backbone {NAME!r}: config modulation_hz must be [low, high] pairs within 0-{nyquist:g} Hz "
-                          f"(half the frame rate), got {bands!r}")
+        raise ConfigError(
+            f"backbone {NAME!r}: config modulation_hz must be [low, high] pairs within 0-{nyquist:g} Hz (half the frame rate), got {bands!r}"
+        )
     return {**arch, "percentiles": [float(p) for p in ps], "modulation_hz": [[float(a), float(b)] for a, b in bands]}
 
 
@@ -106,8 +109,7 @@ def weight_free_config(name: str, weights, config, defaults: dict) -> dict:
         folder = Path(str(weights)).expanduser()
         meta = read_meta(folder) if folder.is_dir() else None
         if meta is None:
-            raise ConfigError(f"weights {weights}: the {name} backbone has no weights; use 'default' or a folder "
-                              "written by Backbone.save")
+            raise ConfigError(f"weights {weights}: the {name} backbone has no weights; use 'default' or a folder written by Backbone.save")
         check_meta_backbone(meta, name, folder)
         base.update(meta.get("config") or {})
     return {**base, **overrides}
@@ -123,6 +125,14 @@ def build_features(*, weights="default", precision="fp32", config=None, seed=0, 
     arch = _check_arch(weight_free_config(NAME, weights, config, ARCH_DEFAULTS))
     frontend = get_frontend("logmel", n_fft=arch["n_fft"], hop_length=arch["hop_length"], n_mels=arch["n_mels"])
     info = WeightsInfo("builtin", False, "weight-free per-band log-mel statistics", identity=f"features:v{VERSION}")
-    ident = dict(name=NAME, frontend=frontend, embedding_dim=arch["n_mels"] * n_statistics(arch), precision=precision,
-                 weights=info, config=arch, device=device, seed=seed)
+    ident = dict(
+        name=NAME,
+        frontend=frontend,
+        embedding_dim=arch["n_mels"] * n_statistics(arch),
+        precision=precision,
+        weights=info,
+        config=arch,
+        device=device,
+        seed=seed,
+    )
     return LazyBackbone(build=lambda: Backbone(module=_module(arch).to(device).eval(), **ident), **ident)

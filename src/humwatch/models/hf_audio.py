@@ -64,8 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from humwatch.audio import SAMPLE_RATE
-from humwatch.errors import ConfigError
-from humwatch.errors import one_line
+from humwatch.errors import ConfigError, one_line
 from humwatch.features import Frontend
 from humwatch.models.lazy import LazyBackbone
 from humwatch.models.registry import Backbone, quiet_hf_loading, random_init_context, register_backbone
@@ -132,16 +131,19 @@ def _default_extractor(model_type: str, cfg):
     from transformers import ASTFeatureExtractor, Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
 
     if model_type in WAVE_TYPES:
-        return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True,
-                                        return_attention_mask=True)
+        return Wav2Vec2FeatureExtractor(
+            feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True, return_attention_mask=True
+        )
     if model_type == "whisper":
         frames = 2 * cfg.max_source_positions  # the encoder's fixed input length in mel frames
         samples = frames * WHISPER_HOP
         if samples % SAMPLE_RATE:
-            raise ConfigError(f"backbone {NAME!r}: whisper max_source_positions must be a multiple of 50 "
-                              f"(whole seconds of input), got {cfg.max_source_positions}")
-        return WhisperFeatureExtractor(feature_size=cfg.num_mel_bins, sampling_rate=SAMPLE_RATE, hop_length=WHISPER_HOP,
-                                       chunk_length=samples // SAMPLE_RATE)
+            raise ConfigError(
+                f"backbone {NAME!r}: whisper max_source_positions must be a multiple of 50 (whole seconds of input), got {cfg.max_source_positions}"
+            )
+        return WhisperFeatureExtractor(
+            feature_size=cfg.num_mel_bins, sampling_rate=SAMPLE_RATE, hop_length=WHISPER_HOP, chunk_length=samples // SAMPLE_RATE
+        )
     with _quiet_mel_bank():
         return ASTFeatureExtractor(num_mel_bins=cfg.num_mel_bins, max_length=cfg.max_length, sampling_rate=SAMPLE_RATE)
 
@@ -149,8 +151,12 @@ def _default_extractor(model_type: str, cfg):
 def _frontend(fe, model_type: str) -> Frontend:
     doc = json.loads(fe.to_json_string())
     doc.pop("processor_class", None)
-    return Frontend(NAME, hf_audio_features, {"extractor": doc, "mask": model_type == "whisper"},
-                    description=f"{doc.get('feature_extractor_type', 'feature extractor')} of the {model_type} model")
+    return Frontend(
+        NAME,
+        hf_audio_features,
+        {"extractor": doc, "mask": model_type == "whisper"},
+        description=f"{doc.get('feature_extractor_type', 'feature extractor')} of the {model_type} model",
+    )
 
 
 # -- pooling -----------------------------------------------------------------------------------------
@@ -298,8 +304,7 @@ def _hf_config(model_type: str, folder: Path | None, overrides: dict):
 def _folder_model_type(folder: Path) -> str:
     from humwatch.io import read_json_doc
 
-    doc = read_json_doc(folder / "config.json",
-                        missing=f"weights {folder}: no config.json (not a Hugging Face model folder)")
+    doc = read_json_doc(folder / "config.json", missing=f"weights {folder}: no config.json (not a Hugging Face model folder)")
     mt = doc.get("model_type")
     if mt not in MODEL_TYPES:
         raise ConfigError(f"weights {folder}: holds a {mt!r} model; {NAME} supports {', '.join(MODEL_TYPES)}")
@@ -331,8 +336,9 @@ def _check_extractor_fits(fe, model_type: str, cfg) -> None:
     else:
         return
     if tuple(got) != tuple(want):
-        raise ConfigError(f"backbone {NAME!r}: the feature extractor gives {got[0]} mel bins x {got[1]} frames, the "
-                          f"{model_type} model takes {want[0]} x {want[1]}")
+        raise ConfigError(
+            f"backbone {NAME!r}: the feature extractor gives {got[0]} mel bins x {got[1]} frames, the {model_type} model takes {want[0]} x {want[1]}"
+        )
 
 
 @register_backbone(NAME)
@@ -342,21 +348,24 @@ def build_hf_audio(*, weights="default", precision="fp32", config=None, seed=0, 
     config = dict(config or {})
     mt, layer, pooling, overrides = _split_config(config)
     if weights in (None, "default"):
-        raise ConfigError(f"backbone {NAME!r} has no default weights: pass --weights with a local model folder "
-                          "(config.json, model.safetensors, preprocessor_config.json) or a hub id, or --weights none "
-                          "with a model_type in --backbone-config for a random one")
+        raise ConfigError(
+            f"backbone {NAME!r} has no default weights: pass --weights with a local model folder "
+            "(config.json, model.safetensors, preprocessor_config.json) or a hub id, or --weights none "
+            "with a model_type in --backbone-config for a random one"
+        )
     resolved = resolve_weights(weights, "", optional_hub_files=("preprocessor_config.json",))
     folder = None
     meta = None
     if resolved.kind == "none":
         if mt is None:
-            raise ConfigError(f"backbone {NAME!r}: random weights need a model_type in the config "
-                              f"(one of {', '.join(MODEL_TYPES)})")
+            raise ConfigError(f"backbone {NAME!r}: random weights need a model_type in the config (one of {', '.join(MODEL_TYPES)})")
         info = WeightsInfo("none", True, f"seed {seed}", identity=f"none:seed={seed}")
     else:
         if resolved.kind == "file":
-            raise ConfigError(f"weights {resolved.path}: {NAME} weights must be a folder with config.json, the model "
-                              "weights and preprocessor_config.json (as save_pretrained writes them)")
+            raise ConfigError(
+                f"weights {resolved.path}: {NAME} weights must be a folder with config.json, the model "
+                "weights and preprocessor_config.json (as save_pretrained writes them)"
+            )
         folder = resolved.path
         meta = read_meta(folder)
         check_meta_backbone(meta, NAME, folder)
@@ -374,15 +383,13 @@ def build_hf_audio(*, weights="default", precision="fp32", config=None, seed=0, 
         raise ConfigError(f"backbone {NAME!r}: {mt} config not usable ({one_line(e, 200)})") from None
     n_layers = int(cfg.num_hidden_layers)
     if not -(n_layers + 1) <= layer <= n_layers:
-        raise ConfigError(f"backbone {NAME!r}: layer {layer} does not exist ({mt} has hidden states 0..{n_layers}, "
-                          "or -1 for the last)")
+        raise ConfigError(f"backbone {NAME!r}: layer {layer} does not exist ({mt} has hidden states 0..{n_layers}, or -1 for the last)")
     fe = _default_extractor(mt, cfg) if folder is None else _folder_extractor(folder, mt, cfg)
     _check_extractor_fits(fe, mt, cfg)
     frontend = _frontend(fe, mt)
     dim = int(cfg.hidden_size) * (2 if pooling == "attentive-stats" else 1)
     full = {"model_type": mt, "layer": layer, "pooling": pooling, **overrides}
-    ident = dict(name=NAME, frontend=frontend, embedding_dim=dim, precision=precision, weights=info, config=full,
-                 device=device, seed=seed)
+    ident = dict(name=NAME, frontend=frontend, embedding_dim=dim, precision=precision, weights=info, config=full, device=device, seed=seed)
 
     def build() -> HFAudioBackbone:
         model = _build_model(mt, cfg, folder, seed)
@@ -411,15 +418,17 @@ def _build_model(model_type: str, cfg, folder: Path | None, seed: int):
         return model
     try:
         with quiet_hf_loading():
-            model, loading = AutoModel.from_pretrained(str(folder), config=cfg, dtype=torch.float32, local_files_only=True,
-                                                       output_loading_info=True)
+            model, loading = AutoModel.from_pretrained(
+                str(folder), config=cfg, dtype=torch.float32, local_files_only=True, output_loading_info=True
+            )
     except Exception as e:  # transformers raises OSError/ValueError/RuntimeError/KeyError for bad folders
         raise ConfigError(f"weights {folder}: not loadable as a {model_type} model ({one_line(e, 200)})") from None
     bad = sorted(loading.get("missing_keys", [])) + sorted(str(k) for k in loading.get("mismatched_keys", []))
     bad = [k for k in bad if "masked_spec_embed" not in k]  # wav2vec2's pre-training mask vector, unused here
     if bad:
-        raise ConfigError(f"weights {folder}: do not fit the {model_type} architecture ({len(bad)} tensors missing or "
-                          f"mis-shaped, e.g. {bad[0]})")
+        raise ConfigError(
+            f"weights {folder}: do not fit the {model_type} architecture ({len(bad)} tensors missing or mis-shaped, e.g. {bad[0]})"
+        )
     return model
 
 
@@ -433,13 +442,12 @@ def _load_whisper_encoder(encoder, folder: Path) -> None:
     for k, v in sd.items():
         for prefix in ("model.encoder.", "encoder.", ""):
             if k.startswith(prefix) and not k.startswith(("model.decoder.", "decoder.", "proj_out")):
-                own.setdefault(k[len(prefix):], v)
+                own.setdefault(k[len(prefix) :], v)
                 break
     want = encoder.state_dict()
     missing = sorted(k for k in want if k not in own)
     shaped = sorted(k for k in want if k in own and tuple(own[k].shape) != tuple(want[k].shape))
     if missing or shaped:
         bad = missing + shaped
-        raise ConfigError(f"weights {folder}: do not fit the whisper encoder ({len(bad)} tensors missing or "
-                          f"mis-shaped, e.g. {bad[0]})")
+        raise ConfigError(f"weights {folder}: do not fit the whisper encoder ({len(bad)} tensors missing or mis-shaped, e.g. {bad[0]})")
     encoder.load_state_dict({k: own[k].float() for k in want}, strict=True)

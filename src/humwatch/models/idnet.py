@@ -31,16 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from humwatch.errors import ConfigError
-from humwatch.errors import one_line
+from humwatch.errors import ConfigError, one_line
 from humwatch.models.lazy import LazyBackbone
 from humwatch.models.registry import Backbone, check_config, random_init_context, register_backbone, state_fingerprint
 from humwatch.settings import Bool, Int, Real, check_value
 
 NAME = "idnet"
 SAMPLE_RATE = 16000
-ARCH_DEFAULTS = dict(n_mels=64, n_fft=1024, hop_length=512, crop_frames=64, width=1.0, embedding_dim=128,
-                     waveform_branch=True)
+ARCH_DEFAULTS = dict(n_mels=64, n_fft=1024, hop_length=512, crop_frames=64, width=1.0, embedding_dim=128, waveform_branch=True)
 BOTTLENECKS = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
 """MobileFaceNet's bottleneck settings: expansion, output channels, repeats, first stride."""
 
@@ -58,8 +56,9 @@ class _Bottleneck(nn.Module):
         super().__init__()
         hidden = cin * expansion
         self.residual = stride == 1 and cin == cout
-        self.body = nn.Sequential(_ConvBN(cin, hidden, 1), _ConvBN(hidden, hidden, 3, stride, groups=hidden),
-                                  _ConvBN(hidden, cout, 1, act=False))
+        self.body = nn.Sequential(
+            _ConvBN(cin, hidden, 1), _ConvBN(hidden, hidden, 3, stride, groups=hidden), _ConvBN(hidden, cout, 1, act=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
@@ -126,8 +125,9 @@ class IdNet(nn.Module):
         return int(self.arch["crop_frames"]) * int(self.arch["hop_length"])
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(wave, self.arch["n_fft"], self.arch["hop_length"], window=self.window, center=True,
-                          return_complex=True).abs() ** 2
+        spec = (
+            torch.stft(wave, self.arch["n_fft"], self.arch["hop_length"], window=self.window, center=True, return_complex=True).abs() ** 2
+        )
         return 10.0 * torch.log10(self.mel_basis @ spec + 1e-10)
 
     def crop_embedding(self, wave: torch.Tensor) -> torch.Tensor:
@@ -185,12 +185,13 @@ def build_idnet(*, weights="none", precision="fp32", config=None, seed=0, device
     """Factory registered as ``idnet`` (see the module docstring): its identity now (from the saved
     folder's JSON), the network only when a clip is not in the embedding cache."""
     from humwatch.features import get_frontend
-    from humwatch.models.weights import (WeightsInfo, check_meta_backbone, find_weight_file, load_state_dict, read_meta,
-                                       resolve_weights)
+    from humwatch.models.weights import WeightsInfo, check_meta_backbone, find_weight_file, load_state_dict, read_meta, resolve_weights
 
     if weights in (None, "default"):
-        raise ConfigError(f"{NAME}: there are no pretrained weights; it is trained by `--method idnet` (pass its saved "
-                          "folder RUN/models/<group>/backbone with --weights, or --weights none)")
+        raise ConfigError(
+            f"{NAME}: there are no pretrained weights; it is trained by `--method idnet` (pass its saved "
+            "folder RUN/models/<group>/backbone with --weights, or --weights none)"
+        )
     overrides = check_config(NAME, config or {}, ARCH_DEFAULTS)
     resolved = resolve_weights(weights, default="none")
     if resolved.kind in ("hub", "file"):
@@ -209,10 +210,17 @@ def build_idnet(*, weights="none", precision="fp32", config=None, seed=0, device
         weight_file = find_weight_file(resolved.path)
         origin = meta.get("origin") or {}
         identity = str(origin.get("identity") or "")
-        info = WeightsInfo(resolved.source, False, str(origin.get("description") or "trained idnet"),
-                           identity or resolved.identity())
-    ident = dict(name=NAME, frontend=get_frontend("wave"), embedding_dim=int(arch["embedding_dim"]), precision=precision,
-                 weights=info, config=arch, device=device, seed=seed)
+        info = WeightsInfo(resolved.source, False, str(origin.get("description") or "trained idnet"), identity or resolved.identity())
+    ident = dict(
+        name=NAME,
+        frontend=get_frontend("wave"),
+        embedding_dim=int(arch["embedding_dim"]),
+        precision=precision,
+        weights=info,
+        config=arch,
+        device=device,
+        seed=seed,
+    )
 
     def build() -> IdNetBackbone:
         with random_init_context(seed):

@@ -56,8 +56,9 @@ class BackboneIdentity:
     """The :data:`IDENTITY` attributes every backbone has, built (:class:`~humwatch.models.registry.Backbone`)
     or not (:class:`LazyBackbone`), and the line that describes them."""
 
-    def __init__(self, *, name: str, frontend, embedding_dim: int, precision: str, weights, config: dict,
-                 device: str = "cpu", seed: int = 0):
+    def __init__(
+        self, *, name: str, frontend, embedding_dim: int, precision: str, weights, config: dict, device: str = "cpu", seed: int = 0
+    ):
         self.name = name
         self.frontend = frontend
         self.embedding_dim = int(embedding_dim)

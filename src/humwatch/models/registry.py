@@ -44,13 +44,20 @@ import numpy as np
 
 from humwatch.errors import ConfigError
 from humwatch.models.lazy import CACHE_FORMAT, BackboneIdentity, LazyBackbone, cache_key_for  # noqa: F401 (CACHE_FORMAT: re-exported)
-from humwatch.models.precision import PRECISION_CHOICES, PRECISIONS, resolve_precision
+from humwatch.models.precision import PRECISIONS, resolve_precision
 from humwatch.models.weights import META_FILE, WeightsInfo
 
 log = logging.getLogger("humwatch")
 
-BUILTIN_MODULES = ("humwatch.models.ast", "humwatch.models.resnext", "humwatch.models.autoencoder", "humwatch.models.features",
-                   "humwatch.models.segments", "humwatch.models.idnet", "humwatch.models.hf_audio")
+BUILTIN_MODULES = (
+    "humwatch.models.ast",
+    "humwatch.models.resnext",
+    "humwatch.models.autoencoder",
+    "humwatch.models.features",
+    "humwatch.models.segments",
+    "humwatch.models.idnet",
+    "humwatch.models.hf_audio",
+)
 """Modules imported on first use of the registry; each registers its backbone(s)."""
 
 _FACTORIES: dict[str, Callable[..., "Backbone"]] = {}
@@ -214,14 +221,11 @@ def resolve_device(device: Any) -> str:
     return device
 
 
-
 def check_config(name: str, config: dict, allowed: dict) -> dict:
     """Reject architecture overrides not in ``allowed`` (a dict of the defaults), one line."""
     unknown = sorted(set(config) - set(allowed))
     if unknown:
-        raise ConfigError(
-            f"backbone {name!r}: unknown config key {unknown[0]!r} (choose from {', '.join(sorted(allowed))})"
-        )
+        raise ConfigError(f"backbone {name!r}: unknown config key {unknown[0]!r} (choose from {', '.join(sorted(allowed))})")
     return dict(config)
 
 
@@ -261,8 +265,16 @@ class Backbone(BackboneIdentity):
     ):
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
-        super().__init__(name=name, frontend=frontend, embedding_dim=embedding_dim, precision=precision,
-                         weights=weights, config=config, device=device, seed=seed)
+        super().__init__(
+            name=name,
+            frontend=frontend,
+            embedding_dim=embedding_dim,
+            precision=precision,
+            weights=weights,
+            config=config,
+            device=device,
+            seed=seed,
+        )
         self.module = module
         self._cache_key: str | None = None
 

@@ -37,14 +37,7 @@ from humwatch.errors import ConfigError
 from humwatch.features import get_frontend
 from humwatch.models.lazy import LazyBackbone
 from humwatch.models.registry import Backbone, check_config, random_init_context, register_backbone
-from humwatch.models.weights import (
-    WeightsInfo,
-    check_meta_backbone,
-    find_weight_file,
-    load_state_dict,
-    read_meta,
-    resolve_weights,
-)
+from humwatch.models.weights import WeightsInfo, check_meta_backbone, find_weight_file, load_state_dict, read_meta, resolve_weights
 from humwatch.settings import Int, check_value
 
 NAME = "resnext101_32x8d"
@@ -172,8 +165,16 @@ def build_resnext(*, weights="default", precision="fp32", config=None, seed=0, d
         if meta and meta.get("origin", {}).get("source"):
             desc += f", saved from {meta['origin']['source']}"
         info = WeightsInfo(resolved.source, bool(meta and meta.get("random_init")), desc, identity=resolved.identity())
-    ident = dict(name=NAME, frontend=get_frontend("cnn"), embedding_dim=EXPANSION * arch["channels"][-1],
-                 precision=precision, weights=info, config=arch, device=device, seed=seed)
+    ident = dict(
+        name=NAME,
+        frontend=get_frontend("cnn"),
+        embedding_dim=EXPANSION * arch["channels"][-1],
+        precision=precision,
+        weights=info,
+        config=arch,
+        device=device,
+        seed=seed,
+    )
 
     def build() -> ResNeXtBackbone:
         import timm

@@ -65,6 +65,14 @@ def build_segments(*, weights="default", precision="fp32", config=None, seed=0, 
     arch = _check_arch(weight_free_config(NAME, weights, config, ARCH_DEFAULTS))
     frontend = get_frontend("logmel", n_fft=arch["n_fft"], hop_length=arch["hop_length"], n_mels=arch["n_mels"])
     info = WeightsInfo("builtin", False, "weight-free per-segment log-mel statistics", identity=f"{NAME}:v{VERSION}")
-    ident = dict(name=NAME, frontend=frontend, embedding_dim=arch["segments"] * STATS * arch["n_mels"],
-                 precision=precision, weights=info, config=arch, device=device, seed=seed)
+    ident = dict(
+        name=NAME,
+        frontend=frontend,
+        embedding_dim=arch["segments"] * STATS * arch["n_mels"],
+        precision=precision,
+        weights=info,
+        config=arch,
+        device=device,
+        seed=seed,
+    )
     return LazyBackbone(build=lambda: Backbone(module=_module(arch).to(device).eval(), **ident), **ident)

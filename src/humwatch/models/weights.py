@@ -35,8 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-from humwatch.errors import ConfigError
-from humwatch.errors import one_line
+from humwatch.errors import ConfigError, one_line
 from humwatch.io import file_sha256
 
 log = logging.getLogger("humwatch")
@@ -48,6 +47,7 @@ RANDOM_INIT_BANNER = "RANDOM INIT (no pretrained weights)"
 def random_init_warning(what: str = "the backbone") -> str:
     """The one sentence every table, report and summary gives when ``what`` had random weights."""
     return f"RANDOM INIT: {what} had no pretrained weights; these numbers say nothing about the pretrained models."
+
 
 HUB_PROBE_TIMEOUT = 3.0
 """Seconds allowed for the TCP connect that decides whether the hub is reachable."""
@@ -91,8 +91,7 @@ class WeightsInfo:
         return f"{self.source} ({self.description})" if self.description else self.source
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "random_init": self.random_init, "description": self.description,
-                "identity": self.identity}
+        return {"source": self.source, "random_init": self.random_init, "description": self.description, "identity": self.identity}
 
 
 @dataclass(frozen=True)
@@ -151,16 +150,12 @@ def resolve_weights(
         if local.is_dir():
             return ResolvedWeights("dir", request, local)
         if local.suffix.lower() not in CHECKPOINT_SUFFIXES:
-            raise ConfigError(
-                f"weights {local}: not a checkpoint (use a folder or a {', '.join(CHECKPOINT_SUFFIXES)} file)"
-            )
+            raise ConfigError(f"weights {local}: not a checkpoint (use a folder or a {', '.join(CHECKPOINT_SUFFIXES)} file)")
         return ResolvedWeights("file", request, local)
     if _looks_like_path(name) or not _HUB_ID.match(name):
         if _looks_like_path(name):
             raise ConfigError(f"weights {name}: no such file or folder")
-        raise ConfigError(
-            f"weights {name!r}: not 'default', 'none', an existing file or folder, or a hub id like org/name"
-        )
+        raise ConfigError(f"weights {name!r}: not 'default', 'none', an existing file or folder, or a hub id like org/name")
     repo_id, _, revision = name.partition("@")
     snapshot = fetch_from_hub(repo_id, revision or None, hub_files, optional_hub_files)
     commit = snapshot.name if re.fullmatch(r"[0-9a-f]{40}", snapshot.name) else ""
@@ -234,16 +229,13 @@ def _probe(endpoint: str, timeout: float) -> bool:
 
 
 def fetch_from_hub(
-    repo_id: str,
-    revision: str | None,
-    files: tuple[str, ...] = ("config.json",),
-    optional_files: tuple[str, ...] = (),
+    repo_id: str, revision: str | None, files: tuple[str, ...] = ("config.json",), optional_files: tuple[str, ...] = ()
 ) -> Path:
     """Download (or find in the Hugging Face cache) ``files`` and one of :data:`WEIGHT_FILES`;
     return the snapshot folder that holds them."""
     try:
-        from huggingface_hub import hf_hub_download
         from huggingface_hub import errors as hf_errors
+        from huggingface_hub import hf_hub_download
     except ImportError:  # pragma: no cover
         raise ConfigError(f"weights {repo_id!r}: huggingface_hub is not installed; {_LOCAL_HINT}") from None
 
@@ -254,9 +246,7 @@ def fetch_from_hub(
     name = f"{repo_id}@{revision}" if revision else repo_id
 
     def get(filename: str) -> Path:
-        return Path(
-            hf_hub_download(repo_id, filename, revision=revision, local_files_only=local_only, etag_timeout=10)
-        )
+        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=local_only, etag_timeout=10))
 
     def fail(e: Exception) -> ConfigError:
         if isinstance(e, hf_errors.GatedRepoError):
@@ -266,7 +256,9 @@ def fetch_from_hub(
         if isinstance(e, hf_errors.RevisionNotFoundError):
             return ConfigError(f"weights {name!r}: no such revision on the Hugging Face hub")
         if local_only:
-            return ConfigError(f"weights {name!r}: no such local folder, and not in the local Hugging Face cache while {why}; {_LOCAL_HINT}")
+            return ConfigError(
+                f"weights {name!r}: no such local folder, and not in the local Hugging Face cache while {why}; {_LOCAL_HINT}"
+            )
         reason = one_line(e, 200)
         return ConfigError(f"weights {name!r}: download failed ({reason}); {_LOCAL_HINT}")
 
@@ -282,7 +274,9 @@ def fetch_from_hub(
                 continue
         if weight is None:
             if local_only:
-                raise ConfigError(f"weights {name!r}: no model file ({', '.join(WEIGHT_FILES)}) in the local Hugging Face cache while {why}; {_LOCAL_HINT}")
+                raise ConfigError(
+                    f"weights {name!r}: no model file ({', '.join(WEIGHT_FILES)}) in the local Hugging Face cache while {why}; {_LOCAL_HINT}"
+                )
             raise ConfigError(f"weights {name!r}: the repository holds none of {', '.join(WEIGHT_FILES)}")
         for f in optional_files:
             try:
@@ -389,5 +383,5 @@ def load_state_dict(path: Path) -> dict:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ConfigError(f"weights {path}: not a state dict of tensors")
     if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from humwatch import orchestrator
-from humwatch.errors import HumwatchError, ConfigError
+from humwatch.errors import ConfigError, HumwatchError
 from humwatch.io import write_json, write_text
 from humwatch.methods.spec import MethodSpec
 from humwatch.progress import console
@@ -61,9 +61,16 @@ def resolve_weights_dir(weights_dir: str | Path, backbone: str) -> str:
     raise ConfigError(f"--weights-dir {d}: no weights for {backbone} (looked for {', '.join(names)})")
 
 
-def plan_cells(cfg: StudyConfig, data: str | Path, out: Path, *, rows: Sequence[str] | None = None,
-               machines: Sequence[str] | None = None, weights_dir: str | Path | None = None,
-               device: str = "cpu") -> list[CellSpec]:
+def plan_cells(
+    cfg: StudyConfig,
+    data: str | Path,
+    out: Path,
+    *,
+    rows: Sequence[str] | None = None,
+    machines: Sequence[str] | None = None,
+    weights_dir: str | Path | None = None,
+    device: str = "cpu",
+) -> list[CellSpec]:
     """The cells to run, in table order (row by row)."""
     from humwatch.methods import method_settings
     from humwatch.pipeline import RunConfig
@@ -86,8 +93,11 @@ def plan_cells(cfg: StudyConfig, data: str | Path, out: Path, *, rows: Sequence[
         if "precision" in method_settings(spec.method, settings).to_dict():
             settings.setdefault("precision", cfg.precision)
         error = None
-        if weights_dir is not None and isinstance(settings.get("backbone"), str) and \
-                method_settings(spec.method, settings).to_dict().get("weights") == "default":
+        if (
+            weights_dir is not None
+            and isinstance(settings.get("backbone"), str)
+            and method_settings(spec.method, settings).to_dict().get("weights") == "default"
+        ):
             try:
                 settings["weights"] = resolve_weights_dir(weights_dir, settings["backbone"])
             except ConfigError as e:
@@ -95,15 +105,22 @@ def plan_cells(cfg: StudyConfig, data: str | Path, out: Path, *, rows: Sequence[
         for col in columns:
             colspec = cfg.columns[col]
             rc = RunConfig(
-                data=str(data), method=spec.method, settings=copy.deepcopy(settings),
-                machines=[colspec["machine"]], ids=list(colspec["ids"]) if colspec["ids"] else None, snr=cfg.snr,
-                seed=cfg.seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction, dataset_split=False,
-                cache_dir=str(out / "cache"), device=device,
+                data=str(data),
+                method=spec.method,
+                settings=copy.deepcopy(settings),
+                machines=[colspec["machine"]],
+                ids=list(colspec["ids"]) if colspec["ids"] else None,
+                snr=cfg.snr,
+                seed=cfg.seed,
+                test_fraction=cfg.test_fraction,
+                val_fraction=cfg.val_fraction,
+                dataset_split=False,
+                cache_dir=str(out / "cache"),
+                device=device,
             )
             rc.validate()  # every setting checked (and written out in full) before any cell runs
             cell_spec = MethodSpec(spec.method, rc.settings, f"{row}__{col}", given=spec.text())
-            cells.append(CellSpec(cell_spec, rc, error=error, row=row, column=col, machine=colspec["machine"],
-                                  ids=colspec["ids"]))
+            cells.append(CellSpec(cell_spec, rc, error=error, row=row, column=col, machine=colspec["machine"], ids=colspec["ids"]))
     return cells
 
 
@@ -129,10 +146,15 @@ def run_cell(cell: CellSpec, run_dir: Path, progress: bool = True) -> dict:
     r = picked[0]
     training = [g["training"] for g in res.info.get("groups", {}).values() if g.get("training")]
     return {
-        "auc": _num(r["auc"]), "pauc": _num(r.get("pauc")), "auc_ci": [_num(v) for v in r.get("auc_ci", [None, None])],
-        "auc_votes": _num(r.get("auc_votes")), "pauc_votes": _num(r.get("pauc_votes")),
-        "n_normal": int(r["n_normal"]), "n_anomalous": int(r["n_anomalous"]),
-        "weights": res.info.get("weights", ""), "random_init": bool(res.info.get("random_init", False)),
+        "auc": _num(r["auc"]),
+        "pauc": _num(r.get("pauc")),
+        "auc_ci": [_num(v) for v in r.get("auc_ci", [None, None])],
+        "auc_votes": _num(r.get("auc_votes")),
+        "pauc_votes": _num(r.get("pauc_votes")),
+        "n_normal": int(r["n_normal"]),
+        "n_anomalous": int(r["n_anomalous"]),
+        "weights": res.info.get("weights", ""),
+        "random_init": bool(res.info.get("random_init", False)),
         "trainable_params": training[0].get("trainable_params") if training else None,
         "total_params": training[0].get("total_params") if training else None,
     }
@@ -216,22 +238,40 @@ def reproduce(
     if threads is not None:
         whole_number(threads, "--threads", 1)
     with orchestrator.torch_threads(threads):
-        return _reproduce(data, out, config, machines=machines, rows=rows, weights_dir=weights_dir, synthetic=synthetic,
-                          precision=precision, progress=progress, on_cell=on_cell, snr=snr, report=report, device=device)
+        return _reproduce(
+            data,
+            out,
+            config,
+            machines=machines,
+            rows=rows,
+            weights_dir=weights_dir,
+            synthetic=synthetic,
+            precision=precision,
+            progress=progress,
+            on_cell=on_cell,
+            snr=snr,
+            report=report,
+            device=device,
+        )
 
 
-def _reproduce(data, out, config, *, machines, rows, weights_dir, synthetic, precision, progress, on_cell, snr,
-               report, device) -> Table3:
+def _reproduce(data, out, config, *, machines, rows, weights_dir, synthetic, precision, progress, on_cell, snr, report, device) -> Table3:
     t0 = time.time()
     out = Path(out)
     from humwatch.io import check_out_folder, mark_folder
 
-    check_out_folder(out, replace=False, kind="reproduce", legacy=("table3.json", "cells"),
-                     inputs=[data, weights_dir, None if isinstance(config, StudyConfig) else config])
+    check_out_folder(
+        out,
+        replace=False,
+        kind="reproduce",
+        legacy=("table3.json", "cells"),
+        inputs=[data, weights_dir, None if isinstance(config, StudyConfig) else config],
+    )
     cfg = config if isinstance(config, StudyConfig) else load_study_config(config)
     if cfg.converted:
-        console.print(f"[yellow]{cfg.source}: the old study.yaml dialect, read as method specs "
-                      f"({out / 'study.yaml'} holds it in the new one)[/]")
+        console.print(
+            f"[yellow]{cfg.source}: the old study.yaml dialect, read as method specs ({out / 'study.yaml'} holds it in the new one)[/]"
+        )
     if precision is not None:
         cfg = with_precision(cfg, precision)
     if snr is not None:
@@ -271,9 +311,16 @@ def _reproduce(data, out, config, *, machines, rows, weights_dir, synthetic, pre
             on_cell(rec)
         write_tables(out, records, {**meta, "seconds": round(time.time() - t0, 2)})
 
-    orchestrator.run_jobs(cells, out, records="cells", run=lambda cell, run_dir: _run(cell, run_dir, progress),
-                          failed=_failed, on_record=each, check_run_dir=False,
-                          title=lambda cell: f"[bold]Table III cell {cell.row} / {cell.column}[/]")
+    orchestrator.run_jobs(
+        cells,
+        out,
+        records="cells",
+        run=lambda cell, run_dir: _run(cell, run_dir, progress),
+        failed=_failed,
+        on_record=each,
+        check_run_dir=False,
+        title=lambda cell: f"[bold]Table III cell {cell.row} / {cell.column}[/]",
+    )
     meta["seconds"] = round(time.time() - t0, 2)
     write_tables(out, records, meta)
     if report:
@@ -341,4 +388,3 @@ def _write_config(out: Path, cfg: StudyConfig, meta: dict) -> None:
 
     write_text(out / "study.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_json(out / "config.json", {"study": cfg.to_dict(), **meta})
-

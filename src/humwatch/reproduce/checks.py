@@ -47,4 +47,3 @@ def fraction(v: Any, where: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
         raise ConfigError(f"{where} must be a number from 0 to below 1, got {v!r}")
     return float(v)
-

@@ -162,7 +162,7 @@ def parse_study_config(data: Any, where: str = "study config") -> StudyConfig:
         ids = spec.get("ids")
         if ids is not None:
             if not isinstance(ids, list) or not ids or not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in ids):
-                raise ConfigError(f"{w}.ids must be a non-empty list of machine ids like [\"00\"], got {ids!r}")
+                raise ConfigError(f'{w}.ids must be a non-empty list of machine ids like ["00"], got {ids!r}')
             ids = [id_text(i) for i in ids]
         c.columns[str(name)] = {"machine": spec["machine"], "ids": ids}
     return c

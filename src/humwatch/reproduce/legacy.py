@@ -20,16 +20,14 @@ from humwatch.errors import ConfigError
 from humwatch.finetune import HeadTraining
 from humwatch.reproduce.checks import check_keys, check_mapping, positive, whole_number
 
-OLD_KEYS = ("seed", "split", "snr", "precision", "autoencoder", "finetune", "lof", "embed_batch_size",
-            "backbones", "rows", "columns")
+OLD_KEYS = ("seed", "split", "snr", "precision", "autoencoder", "finetune", "lof", "embed_batch_size", "backbones", "rows", "columns")
 ROW_METHODS = ("autoencoder", "finetune", "lof")
 
 
 def is_old_dialect(data: Any) -> bool:
     """Whether a parsed study config is in the old dialect (it has a ``backbones`` section, or one
     of the old per-kind sections)."""
-    return isinstance(data, dict) and any(k in data for k in ("backbones", "autoencoder", "finetune", "lof",
-                                                               "embed_batch_size"))
+    return isinstance(data, dict) and any(k in data for k in ("backbones", "autoencoder", "finetune", "lof", "embed_batch_size"))
 
 
 @dataclass
@@ -57,9 +55,15 @@ def _as_specs(c: _Old, data: dict) -> dict:
         if row["method"] == "finetune":
             rows[name] = {"method": "finetune", "settings": {**backbone, **c.finetune.to_dict()}}
         else:
-            rows[name] = {"method": "embed-detect", "settings": {
-                **backbone, "detector": "lof-vote", "batch_size": c.embed_batch_size,
-                "detector_params": {"n_neighbors": c.lof["n_neighbors"], "contaminations": list(c.lof["contaminations"])}}}
+            rows[name] = {
+                "method": "embed-detect",
+                "settings": {
+                    **backbone,
+                    "detector": "lof-vote",
+                    "batch_size": c.embed_batch_size,
+                    "detector_params": {"n_neighbors": c.lof["n_neighbors"], "contaminations": list(c.lof["contaminations"])},
+                },
+            }
     shared = {k: copy.deepcopy(data[k]) for k in ("seed", "split", "snr", "precision", "columns") if k in data}
     return {**shared, "rows": rows}  # the shared keys are checked by the new dialect's reader
 
@@ -94,8 +98,10 @@ def convert_old_study(data: dict, where: str) -> dict:
     for v in cont:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 0.5:
             raise ConfigError(f"{where}: lof.contaminations must hold numbers in (0, 0.5], got {v!r}")
-    c.lof = {"n_neighbors": whole_number(lof.get("n_neighbors", 4), f"{where}: lof.n_neighbors", 1),
-             "contaminations": [float(v) for v in cont]}
+    c.lof = {
+        "n_neighbors": whole_number(lof.get("n_neighbors", 4), f"{where}: lof.n_neighbors", 1),
+        "contaminations": [float(v) for v in cont],
+    }
     c.embed_batch_size = whole_number(data.get("embed_batch_size", 8), f"{where}: embed_batch_size", 1)
 
     bbs = data["backbones"]
@@ -132,5 +138,3 @@ def convert_old_study(data: dict, where: str) -> dict:
         c.rows[str(name)] = {"method": method, "backbone": bb}
 
     return _as_specs(c, data)
-
-

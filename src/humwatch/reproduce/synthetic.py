@@ -9,9 +9,9 @@ from typing import Any
 
 from humwatch.errors import ConfigError
 from humwatch.io import read_json, write_json
+from humwatch.methods.spec import MethodSpec
 from humwatch.models import TINY_CONFIGS
 from humwatch.progress import console
-from humwatch.methods.spec import MethodSpec
 from humwatch.reproduce.checks import whole_number
 from humwatch.reproduce.config import StudyConfig
 
@@ -58,8 +58,14 @@ def synthetic_data(out: Path, s: SyntheticSettings, progress: bool = True) -> Pa
     from humwatch.data.synth import synthesize
 
     data = Path(out) / "data"
-    params = {"machines": list(s.machines), "ids": list(s.ids), "n_normal": s.n_normal,
-              "n_anomalous": s.n_anomalous, "snr_db": s.snr_db, "seed": s.seed}
+    params = {
+        "machines": list(s.machines),
+        "ids": list(s.ids),
+        "n_normal": s.n_normal,
+        "n_anomalous": s.n_anomalous,
+        "snr_db": s.snr_db,
+        "seed": s.seed,
+    }
     stamp = data / "synth-params.json"
     if stamp.is_file():
         if read_json(stamp) == params:  # a damaged stamp is a DamagedFileError, not "other settings"
@@ -69,14 +75,25 @@ def synthetic_data(out: Path, s: SyntheticSettings, progress: bool = True) -> Pa
     if data.exists():  # an interrupted generation is redone; anything else there is not ours to overwrite
         from humwatch.data.mimii import SNR_DIR_RE
 
-        foreign = [p.name for p in data.iterdir()
-                   if not (p.name == "manifest.csv" or p.name.startswith(".") or (p.is_dir() and SNR_DIR_RE.match(p.name)))]
+        foreign = [
+            p.name
+            for p in data.iterdir()
+            if not (p.name == "manifest.csv" or p.name.startswith(".") or (p.is_dir() and SNR_DIR_RE.match(p.name)))
+        ]
         if foreign:
             raise ConfigError(f"{data}: holds files not written by --synthetic ({foreign[0]}); use another --out")
     n = len(s.machines) * len(s.ids) * (s.n_normal + s.n_anomalous)
     console.print(f"generating {n} clips in {data}")
-    synthesize(data, machines=list(s.machines), ids=list(s.ids), n_normal=s.n_normal, n_anomalous=s.n_anomalous,
-               snr_db=s.snr_db, seed=s.seed, progress=progress)
+    synthesize(
+        data,
+        machines=list(s.machines),
+        ids=list(s.ids),
+        n_normal=s.n_normal,
+        n_anomalous=s.n_anomalous,
+        snr_db=s.snr_db,
+        seed=s.seed,
+        progress=progress,
+    )
     write_json(stamp, params)
     return data
 

@@ -59,8 +59,7 @@ def render_markdown(records: Sequence[dict], meta: dict) -> str:
     lines += [
         f"- data: {meta.get('data')}",
         f"- config: {meta.get('config_source')}; seed {meta.get('seed')}; precision {meta.get('precision')}",
-        f"- machine: {machine.get('cpu')} ({machine.get('cores')} cores, torch threads {meta.get('torch_threads')}), "
-        f"{machine.get('platform')}",
+        f"- machine: {machine.get('cpu')} ({machine.get('cores')} cores, torch threads {meta.get('torch_threads')}), {machine.get('platform')}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
         f"- total seconds: {meta.get('seconds', 'n/a')}",
         "",
@@ -86,10 +85,14 @@ def render_markdown(records: Sequence[dict], meta: dict) -> str:
                     text += f"; votes {_fmt(r['auc_votes'])}"
                 cells.append(text)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    lines += ["", "## Cells", "",
-              "| row | column | status | AUC | AUC 95% CI | AUC (votes) | published | difference | test normal | "
-              "test anomalous | trainable parameters | weights | seed | seconds | reason |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Cells",
+        "",
+        "| row | column | status | AUC | AUC 95% CI | AUC (votes) | published | difference | test normal | "
+        "test anomalous | trainable parameters | weights | seed | seconds | reason |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in records:
         weights = r.get("weights") or ""
         lines.append(
@@ -98,11 +101,16 @@ def render_markdown(records: Sequence[dict], meta: dict) -> str:
             f"{_fmt(r['difference'], True)} | {_blank(r.get('n_normal'))} | {_blank(r.get('n_anomalous'))} | "
             f"{_params(r)} | {_md(weights)} | {r['seed']} | {r['seconds']} | {_md(r.get('reason') or '')} |"
         )
-    few = [f"{r['row']}/{r['column']}" for r in records
-           if r["status"] == "ok" and min(r.get("n_normal") or 0, r.get("n_anomalous") or 0) < FEW_CLIPS]
+    few = [
+        f"{r['row']}/{r['column']}"
+        for r in records
+        if r["status"] == "ok" and min(r.get("n_normal") or 0, r.get("n_anomalous") or 0) < FEW_CLIPS
+    ]
     if few:
-        lines += ["", f"**Few clips**: {', '.join(few)} rest on fewer than {FEW_CLIPS} test clips of a class; "
-                  "read their AUC with its 95 % interval."]
+        lines += [
+            "",
+            f"**Few clips**: {', '.join(few)} rest on fewer than {FEW_CLIPS} test clips of a class; read their AUC with its 95 % interval.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -127,9 +135,28 @@ def _md(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-CSV_COLUMNS = ("row", "column", "status", "auc", "auc_low", "auc_high", "published", "difference", "pauc", "auc_votes", "pauc_votes",
-               "n_normal", "n_anomalous", "trainable_params", "total_params", "weights", "random_init", "seed", "seconds",
-               "reason")
+CSV_COLUMNS = (
+    "row",
+    "column",
+    "status",
+    "auc",
+    "auc_low",
+    "auc_high",
+    "published",
+    "difference",
+    "pauc",
+    "auc_votes",
+    "pauc_votes",
+    "n_normal",
+    "n_anomalous",
+    "trainable_params",
+    "total_params",
+    "weights",
+    "random_init",
+    "seed",
+    "seconds",
+    "reason",
+)
 
 
 def write_tables(out: Path, records: Sequence[dict], meta: dict) -> None:

@@ -59,8 +59,9 @@ class AlertRule:
         try:
             k, n, m = (int(p) for p in parts)
         except ValueError:
-            raise ConfigError(f"alert rule {text!r}: expected K/N/M, e.g. 3/5/3 (3 of the last 5 clips open, "
-                              "3 normal clips close)") from None
+            raise ConfigError(
+                f"alert rule {text!r}: expected K/N/M, e.g. 3/5/3 (3 of the last 5 clips open, 3 normal clips close)"
+            ) from None
         return cls(k, n, m)
 
     def __str__(self) -> str:
@@ -96,20 +97,34 @@ def on_clip(session: Session, machine: Machine, clip: ClipRow, rule: AlertRule, 
         return None
     if not clip.anomalous or silenced:
         return None
-    after = max(session.scalar(select(func.max(Alert.last_clip_id)).where(Alert.machine_id == machine.id)) or 0,
-                last_silenced_clip(session, machine.id))
+    after = max(
+        session.scalar(select(func.max(Alert.last_clip_id)).where(Alert.machine_id == machine.id)) or 0,
+        last_silenced_clip(session, machine.id),
+    )
     recent = session.execute(
         select(ClipRow.id, ClipRow.at, ClipRow.score, ClipRow.anomalous)
         .where(ClipRow.machine_id == machine.id, ClipRow.id > after)
-        .order_by(ClipRow.id.desc()).limit(rule.n)
+        .order_by(ClipRow.id.desc())
+        .limit(rule.n)
     ).all()
     bad = [r for r in recent if r.anomalous]
     if len(bad) < rule.k:
         return None
     first = min(bad, key=lambda r: r.id)
-    alert = Alert(machine_id=machine.id, state="open", start_at=first.at, opened_at=utcnow(), first_clip_id=first.id,
-                  last_clip_id=clip.id, n_anomalous=len(bad), normal_streak=0, max_score=max(r.score for r in bad),
-                  rule=str(rule), webhook_status=None, webhook_attempts=0)
+    alert = Alert(
+        machine_id=machine.id,
+        state="open",
+        start_at=first.at,
+        opened_at=utcnow(),
+        first_clip_id=first.id,
+        last_clip_id=clip.id,
+        n_anomalous=len(bad),
+        normal_streak=0,
+        max_score=max(r.score for r in bad),
+        rule=str(rule),
+        webhook_status=None,
+        webhook_attempts=0,
+    )
     session.add(alert)
     session.flush()
     if outbox is not None:
@@ -131,8 +146,21 @@ def acknowledge(session: Session, alert_id: int, by: str, outbox=None) -> Alert 
 def alert_document(alert: Alert, machine: str) -> dict:
     """An alert as the API and the webhook show it."""
     iso = lambda t: t.isoformat() if t is not None else None  # noqa: E731
-    return {"id": alert.id, "machine": machine, "state": alert.state, "acknowledged": alert.acked_at is not None,
-            "acked_at": iso(alert.acked_at), "acked_by": alert.acked_by, "start_at": iso(alert.start_at),
-            "end_at": iso(alert.end_at), "opened_at": iso(alert.opened_at), "closed_at": iso(alert.closed_at),
-            "first_clip_id": alert.first_clip_id, "last_clip_id": alert.last_clip_id, "n_anomalous": alert.n_anomalous,
-            "max_score": alert.max_score, "rule": alert.rule, "webhook_status": alert.webhook_status}
+    return {
+        "id": alert.id,
+        "machine": machine,
+        "state": alert.state,
+        "acknowledged": alert.acked_at is not None,
+        "acked_at": iso(alert.acked_at),
+        "acked_by": alert.acked_by,
+        "start_at": iso(alert.start_at),
+        "end_at": iso(alert.end_at),
+        "opened_at": iso(alert.opened_at),
+        "closed_at": iso(alert.closed_at),
+        "first_clip_id": alert.first_clip_id,
+        "last_clip_id": alert.last_clip_id,
+        "n_anomalous": alert.n_anomalous,
+        "max_score": alert.max_score,
+        "rule": alert.rule,
+        "webhook_status": alert.webhook_status,
+    }

@@ -28,11 +28,13 @@ from humwatch.service.store import Machine, Silence
 
 router = APIRouter()
 v1 = "/api/v1"
-ERRORS = {401: {"model": schemas.Problem, "description": "No valid token"},
-          403: {"model": schemas.Problem, "description": "The token lacks the scope"},
-          404: {"model": schemas.Problem, "description": "No such machine, alert or clip"},
-          429: {"model": schemas.Problem, "description": "Too many unknown tokens from this address, or uploads from this token"},
-          503: {"model": schemas.Problem, "description": "The database is not available, or the store cannot write"}}
+ERRORS = {
+    401: {"model": schemas.Problem, "description": "No valid token"},
+    403: {"model": schemas.Problem, "description": "The token lacks the scope"},
+    404: {"model": schemas.Problem, "description": "No such machine, alert or clip"},
+    429: {"model": schemas.Problem, "description": "Too many unknown tokens from this address, or uploads from this token"},
+    503: {"model": schemas.Problem, "description": "The database is not available, or the store cannot write"},
+}
 MachineName = Annotated[str, Path(description="The machine's name (its monitor's folder name).", pattern=MACHINE_RE.pattern)]
 Reader = Annotated[Principal, Depends(require("read"))]
 ClipId = Annotated[int, Path(ge=1, le=queries.MAX_ID, description="The clip's id.")]
@@ -40,12 +42,26 @@ AlertId = Annotated[int, Path(ge=1, le=queries.MAX_ID, description="The alert's 
 SilenceId = Annotated[int, Path(ge=1, le=queries.MAX_ID, description="The silence's id.")]
 Admin = Annotated[Principal, Depends(require("admin"))]
 Offset = Annotated[int, Query(ge=0, le=queries.MAX_OFFSET)]
-UPLOAD_BODY = {"requestBody": {"required": True, "description": "WAV or FLAC audio: the raw body, or the `file` part of a "
-                               "multipart form (with an optional `recorded_at` field).", "content": {
-    "audio/wav": {"schema": {"type": "string", "format": "binary"}},
-    "audio/flac": {"schema": {"type": "string", "format": "binary"}},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary"}, "recorded_at": {"type": "string", "format": "date-time"}}}}}}}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "WAV or FLAC audio: the raw body, or the `file` part of a multipart form (with an optional `recorded_at` field).",
+        "content": {
+            "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+            "audio/flac": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "recorded_at": {"type": "string", "format": "date-time"},
+                    },
+                }
+            },
+        },
+    }
+}
 
 
 def service(request: Request):
@@ -63,13 +79,16 @@ def _time(text: str | None, name: str):
     try:
         return parse_time(text)
     except UploadError as e:
-        what = "outside the years 1 to 9999 in UTC" if "outside the years" in str(e) else \
-            "not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)"
+        what = "outside the years 1 to 9999 in UTC" if "outside the years" in str(e) else "not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)"
         raise HTTPException(422, f"{name} {text!r}: {what}") from None
 
 
-@router.get("/health", response_model=schemas.Health, tags=["service"],
-            responses={503: {"model": schemas.Problem, "description": "The database cannot be reached, or the store cannot write"}})
+@router.get(
+    "/health",
+    response_model=schemas.Health,
+    tags=["service"],
+    responses={503: {"model": schemas.Problem, "description": "The database cannot be reached, or the store cannot write"}},
+)
 def health(request: Request):
     """Liveness for load balancers, systemd and container probes: no token, says nothing about
     machines. 503 when the database cannot be reached, or when the store cannot write (a full or
@@ -83,8 +102,12 @@ def health(request: Request):
     return {"status": "ok"}
 
 
-@router.get("/metrics", tags=["service"], response_class=Response, responses={
-    **{k: ERRORS[k] for k in (401, 403, 503)}, 200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+@router.get(
+    "/metrics",
+    tags=["service"],
+    response_class=Response,
+    responses={**{k: ERRORS[k] for k in (401, 403, 503)}, 200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
 def get_metrics(request: Request, who: Reader):
     """The service in Prometheus's text format: clips scored, last scores, alert and machine states,
     ingest latency, queue depth, database errors (humwatch.service.metrics)."""
@@ -93,14 +116,26 @@ def get_metrics(request: Request, who: Reader):
     return response(service(request))
 
 
-@router.post(f"{v1}/machines/{{machine}}/clips", response_model=schemas.Ingested, tags=["clips"], openapi_extra=UPLOAD_BODY,
-             responses={**ERRORS, 413: {"model": schemas.Problem, "description": "Upload too large"},
-                        415: {"model": schemas.Problem, "description": "Not WAV or FLAC"},
-                        422: {"model": schemas.Problem, "description": "Unusable audio, too long, or a bad recording time"}})
-async def post_clip(request: Request, machine: MachineName, background: BackgroundTasks,
-                    who: Annotated[Principal, Depends(require("ingest"))],
-                    recorded_at: Annotated[Optional[str], Query(description="When the clip was recorded (ISO 8601; no zone = UTC).")] = None,
-                    filename: Annotated[Optional[str], Query(description="The clip's file name, for people reading the scores.")] = None):
+@router.post(
+    f"{v1}/machines/{{machine}}/clips",
+    response_model=schemas.Ingested,
+    tags=["clips"],
+    openapi_extra=UPLOAD_BODY,
+    responses={
+        **ERRORS,
+        413: {"model": schemas.Problem, "description": "Upload too large"},
+        415: {"model": schemas.Problem, "description": "Not WAV or FLAC"},
+        422: {"model": schemas.Problem, "description": "Unusable audio, too long, or a bad recording time"},
+    },
+)
+async def post_clip(
+    request: Request,
+    machine: MachineName,
+    background: BackgroundTasks,
+    who: Annotated[Principal, Depends(require("ingest"))],
+    recorded_at: Annotated[Optional[str], Query(description="When the clip was recorded (ISO 8601; no zone = UTC).")] = None,
+    filename: Annotated[Optional[str], Query(description="The clip's file name, for people reading the scores.")] = None,
+):
     """Score one clip with the machine's monitor and store it: clip id, score, threshold, decision.
     The same audio for the same machine and recording time is stored once (sent again, the stored
     row comes back with `duplicate: true`)."""
@@ -133,20 +168,23 @@ def get_machine(request: Request, machine: MachineName, who: Reader):
 
 
 @router.get(f"{v1}/machines/{{machine}}/scores", response_model=schemas.ScoresPage, tags=["machines"], responses=ERRORS)
-def get_scores(request: Request, machine: MachineName, who: Reader,
-               since: Annotated[Optional[str], Query(description="From this time on (ISO 8601).")] = None,
-               until: Annotated[Optional[str], Query(description="Up to this time (ISO 8601).")] = None,
-               limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 100,
-               offset: Offset = 0,
-               order: Literal["desc", "asc"] = "desc"):
+def get_scores(
+    request: Request,
+    machine: MachineName,
+    who: Reader,
+    since: Annotated[Optional[str], Query(description="From this time on (ISO 8601).")] = None,
+    until: Annotated[Optional[str], Query(description="Up to this time (ISO 8601).")] = None,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 100,
+    offset: Offset = 0,
+    order: Literal["desc", "asc"] = "desc",
+):
     """A machine's scored clips in a time range, a page at a time (newest first by default)."""
     with service(request).store.read() as s:
         return queries.scores_page(s, _machine(s, machine), _time(since, "since"), _time(until, "until"), limit, offset, order)
 
 
 @router.put(f"{v1}/machines/{{machine}}/alert-rule", response_model=schemas.Machine, tags=["machines"], responses=ERRORS)
-def put_alert_rule(request: Request, machine: MachineName, rule: schemas.AlertRuleIn,
-                   who: Annotated[Principal, Depends(require("admin"))]):
+def put_alert_rule(request: Request, machine: MachineName, rule: schemas.AlertRuleIn, who: Annotated[Principal, Depends(require("admin"))]):
     """Set the machine's own alert rule: K anomalous of the last N clips open an alert, M normal close it."""
     svc = service(request)
     try:
@@ -161,9 +199,14 @@ def put_alert_rule(request: Request, machine: MachineName, rule: schemas.AlertRu
 
 
 @router.get(f"{v1}/alerts", response_model=schemas.AlertsPage, tags=["alerts"], responses=ERRORS)
-def get_alerts(request: Request, who: Reader, state: Literal["open", "closed", "all"] = "all",
-               machine: Annotated[Optional[str], Query(pattern=MACHINE_RE.pattern)] = None,
-               limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 100, offset: Offset = 0):
+def get_alerts(
+    request: Request,
+    who: Reader,
+    state: Literal["open", "closed", "all"] = "all",
+    machine: Annotated[Optional[str], Query(pattern=MACHINE_RE.pattern)] = None,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 100,
+    offset: Offset = 0,
+):
     """Alerts, open ones first, newest first."""
     with service(request).store.read() as s:
         return queries.alerts_page(s, state, _machine(s, machine) if machine else None, limit, offset)
@@ -188,8 +231,12 @@ def ack(request: Request, alert_id: int, who: Principal) -> dict:
     return doc
 
 
-@router.post(f"{v1}/machines/{{machine}}/silences", response_model=schemas.Silence, tags=["machines"],
-             responses={**ERRORS, 422: {"model": schemas.Problem, "description": "A bad time, an end not after the start, or a bad reason"}})
+@router.post(
+    f"{v1}/machines/{{machine}}/silences",
+    response_model=schemas.Silence,
+    tags=["machines"],
+    responses={**ERRORS, 422: {"model": schemas.Problem, "description": "A bad time, an end not after the start, or a bad reason"}},
+)
 def post_silence(request: Request, machine: MachineName, body: schemas.SilenceIn, who: Admin):
     """A maintenance window: while it lasts the machine's clips are scored and stored, but they open
     no alert and nothing about the machine is notified."""
@@ -217,8 +264,7 @@ def get_silences(request: Request, machine: MachineName, who: Reader):
         return list_silences(s, m.id, m.name)
 
 
-@router.delete(f"{v1}/machines/{{machine}}/silences/{{silence_id}}", response_model=schemas.Silence, tags=["machines"],
-               responses=ERRORS)
+@router.delete(f"{v1}/machines/{{machine}}/silences/{{silence_id}}", response_model=schemas.Silence, tags=["machines"], responses=ERRORS)
 def delete_silence(request: Request, machine: MachineName, silence_id: SilenceId, who: Admin):
     """End a maintenance window early (it is removed); returns it as it was."""
     with service(request).store.write() as s:

@@ -14,8 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from humwatch.errors import HumwatchError
-from humwatch.errors import one_line
+from humwatch.errors import HumwatchError, one_line
 from humwatch.service.config import ServiceSettings
 from humwatch.service.guard import SecurityHeaders
 
@@ -106,8 +105,9 @@ class BodyLimit:
         declared = headers.get(b"content-length", b"").decode() or "0"
         too_big = f"request body over the {self.limit / 1e6:g} MB limit"
         if not declared.isdigit() or int(declared) > self.limit:
-            return await JSONResponse({"detail": too_big if declared.isdigit() else "bad Content-Length"},
-                                      413 if declared.isdigit() else 400)(scope, receive, send)
+            return await JSONResponse(
+                {"detail": too_big if declared.isdigit() else "bad Content-Length"}, 413 if declared.isdigit() else 400
+            )(scope, receive, send)
         seen = 0
 
         async def limited():
@@ -206,11 +206,17 @@ def create_app(settings: ServiceSettings, service: Service | None = None):
         if service is None:
             svc.close()
 
-    app = FastAPI(title="humwatch service", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None,
-                  description="Scores machine sound clips with fitted monitors, keeps scores and alerts. "
-                              "Every endpoint but /health needs a token (`humwatch token create`): "
-                              "`Authorization: Bearer <token>`.")
+    app = FastAPI(
+        title="humwatch service",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        description="Scores machine sound clips with fitted monitors, keeps scores and alerts. "
+        "Every endpoint but /health needs a token (`humwatch token create`): "
+        "`Authorization: Bearer <token>`.",
+    )
     app.state.service = svc
     app.add_middleware(BodyLimit, limit=int(settings.max_upload_mb * 1e6) + MULTIPART_SLACK)
     app.add_middleware(SecurityHeaders)

@@ -84,8 +84,10 @@ def revoke_token(store: Store, name: str) -> None:
 def list_tokens(store: Store) -> list[dict]:
     with store.read() as s:
         rows = s.scalars(select(Token).order_by(Token.id)).all()
-        return [{"name": r.name, "scopes": r.scopes.split(","), "created_at": r.created_at.isoformat(),
-                 "revoked": r.revoked_at is not None} for r in rows]
+        return [
+            {"name": r.name, "scopes": r.scopes.split(","), "created_at": r.created_at.isoformat(), "revoked": r.revoked_at is not None}
+            for r in rows
+        ]
 
 
 def authenticate(store: Store, token: str | None) -> Principal | None:
@@ -93,8 +95,7 @@ def authenticate(store: Store, token: str | None) -> Principal | None:
     if not token or not token.startswith(PREFIX) or len(token) > 200:
         return None
     with store.read() as s:
-        row = s.execute(select(Token.name, Token.scopes, Token.revoked_at)
-                        .where(Token.token_hash == hash_token(token))).first()
+        row = s.execute(select(Token.name, Token.scopes, Token.revoked_at).where(Token.token_hash == hash_token(token))).first()
     if row is None or row.revoked_at is not None:
         return None
     return Principal(row.name, frozenset(row.scopes.split(",")))
@@ -131,12 +132,16 @@ def require(scope: str):
     """A FastAPI dependency: the request's :class:`Principal` when its token has ``scope``; 401
     without a valid token, 403 with one that lacks the scope. (A plain function: FastAPI runs it in
     a worker thread, off the event loop, as it queries the store.)"""
+
     def dependency(request: Request) -> Principal:
         token = token_from_headers(request.headers.get("authorization"), request.cookies.get(COOKIE))
         who = checked_sign_in(request, token)
         if who is None:
-            raise HTTPException(401, "a valid token is needed (Authorization: Bearer <token>; `humwatch token create`)",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "a valid token is needed (Authorization: Bearer <token>; `humwatch token create`)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         if not who.allows(scope):
             raise HTTPException(403, f"token {who.name!r} lacks the {scope!r} scope (it has: {', '.join(sorted(who.scopes))})")
         return who

@@ -41,8 +41,7 @@ class ServiceSettings(Settings):
     audio_dir: str | None = setting(None, Optional(Text()), "where kept audio goes (default: MONITORS/humwatch-service-audio)")
     audio_days: float = setting(30.0, Real(0, open_low=True), "kept audio older than this is deleted (days)")
     audio_max_mb: float = setting(1024.0, Real(0, open_low=True), "kept audio beyond this total is deleted, oldest first (MB)")
-    webhook: str | None = setting(None, Optional(Text()), "URL POSTed a JSON document when an alert opens, is "
-                                  "acknowledged or closes")
+    webhook: str | None = setting(None, Optional(Text()), "URL POSTed a JSON document when an alert opens, is acknowledged or closes")
     webhook_secret: str | None = setting(None, Optional(Text()), "sign webhook bodies with HMAC-SHA256 of this secret")
     webhook_retries: int = setting(5, RETRIES, "webhook retries after the first attempt")
     webhook_backoff: float = setting(1.0, BACKOFF_SECONDS, "seconds before the first retry (doubling)")
@@ -54,10 +53,14 @@ class ServiceSettings(Settings):
     smtp_backoff: float = setting(5.0, BACKOFF_SECONDS, "seconds before the first e-mail retry (doubling)")
     notify_email: str | None = setting(None, Optional(Text()), "comma-separated addresses e-mailed alert events")
     public_url: str | None = setting(None, Optional(Text()), "the dashboard's address, for links in notifications")
-    max_failed_logins: int = setting(100, Int(0, 1_000_000), "unknown or revoked tokens one client address may show "
-                                     "per minute before its requests are answered 429 (0: no limit)")
-    max_uploads_per_minute: int = setting(1200, Int(0, 10_000_000), "clips one token may send per minute before "
-                                          "more are answered 429 (0: no limit)")
+    max_failed_logins: int = setting(
+        100,
+        Int(0, 1_000_000),
+        "unknown or revoked tokens one client address may show per minute before its requests are answered 429 (0: no limit)",
+    )
+    max_uploads_per_minute: int = setting(
+        1200, Int(0, 10_000_000), "clips one token may send per minute before more are answered 429 (0: no limit)"
+    )
 
     def _check(self) -> None:
         from humwatch.service.alerts import AlertRule

@@ -59,8 +59,9 @@ def _page(request: Request, name: str, who: Principal | None, status: int = 200,
 def html_error(request: Request, status: int, detail: str, headers: dict | None = None) -> HTMLResponse:
     """An error as a page: 401 shows the login form."""
     if status == 401:
-        page = _page(request, "login.html", None, 401, detail="This page needs a token with the read scope.",
-                     problem=False, next=request.url.path)
+        page = _page(
+            request, "login.html", None, 401, detail="This page needs a token with the read scope.", problem=False, next=request.url.path
+        )
     else:
         page = _page(request, "error.html", None, status, code=status, detail=detail)
     for k, v in (headers or {}).items():
@@ -109,8 +110,19 @@ def machine_page(request: Request, machine: str, who: Reader, range: Literal["1h
         silence = current_silence(s, m.id)
         silence = None if silence is None else silence_document(silence, m.name)
     chart = chart_data(points, spans, state)
-    return _page(request, "machine.html", who, m=state, latest=latest, chart=json.dumps(chart), n_points=len(points),
-                 range=range, ranges=list(RANGES), spans=spans, silence=silence)
+    return _page(
+        request,
+        "machine.html",
+        who,
+        m=state,
+        latest=latest,
+        chart=json.dumps(chart),
+        n_points=len(points),
+        range=range,
+        ranges=list(RANGES),
+        spans=spans,
+        silence=silence,
+    )
 
 
 def chart_data(points: list[dict], spans: list[dict], state: dict) -> dict:
@@ -118,10 +130,14 @@ def chart_data(points: list[dict], spans: list[dict], state: dict) -> dict:
     the threshold, and alert spans [start, end or null]."""
     ts = lambda iso: _dt.datetime.fromisoformat(iso).timestamp()  # noqa: E731
     threshold = state["monitor"]["threshold"] if state["monitor"] else (points[-1]["threshold"] if points else None)
-    return {"t": [ts(p["at"]) for p in points], "score": [p["score"] for p in points],
-            "anomalous": [p["score"] if p["decision"] == "anomalous" else None for p in points],
-            "clip": [p["clip_id"] for p in points], "threshold": threshold,
-            "spans": [[ts(a["start_at"]), ts(a["end_at"]) if a["end_at"] else None, a["id"]] for a in spans]}
+    return {
+        "t": [ts(p["at"]) for p in points],
+        "score": [p["score"] for p in points],
+        "anomalous": [p["score"] if p["decision"] == "anomalous" else None for p in points],
+        "clip": [p["clip_id"] for p in points],
+        "threshold": threshold,
+        "spans": [[ts(a["start_at"]), ts(a["end_at"]) if a["end_at"] else None, a["id"]] for a in spans],
+    }
 
 
 @router.get("/clips/{clip_id}", response_class=HTMLResponse)
@@ -168,8 +184,7 @@ def clip_spectrogram(request: Request, clip_id: ClipId, who: Reader):
     row, audio, machine = _kept(request, clip_id)
     png = audio.with_suffix(".spectrogram.png")
     if not png.is_file():
-        draw_spectrogram_png(audio, png, f"{machine} · clip {row.id} · score {row.score:.4g} "
-                                         f"(threshold {row.threshold:.4g})")
+        draw_spectrogram_png(audio, png, f"{machine} · clip {row.id} · score {row.score:.4g} (threshold {row.threshold:.4g})")
     return Response(png.read_bytes(), media_type="image/png")
 
 
@@ -237,8 +252,7 @@ async def login(request: Request):
         why = "Unknown or revoked token." if who is None else f"Token {who.name!r} lacks the read scope."
         return _page(request, "login.html", None, 401 if who is None else 403, detail=why, problem=True, next=target)
     r = RedirectResponse(target, status_code=303)
-    r.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https",
-                 max_age=30 * 24 * 3600)
+    r.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https", max_age=30 * 24 * 3600)
     return r
 
 

@@ -23,9 +23,11 @@ from pathlib import Path
 
 log = logging.getLogger("humwatch.service")
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
-       "connect-src 'self'; media-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-       "frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "connect-src 'self'; media-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 """The dashboard's pages load only the server's own scripts and styles (no inline script: the
 chart's data travel as a JSON data block, read by ``static/chart.js``). Swagger UI draws its icons
 as ``data:`` images."""
@@ -129,22 +131,30 @@ def client_address(request) -> str:
 # ------------------------------------------------------------------------------- writes
 
 
-WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                errno.EPERM: "permission denied", errno.EFBIG: "file too large", errno.EIO: "input/output error"}
+WRITE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EFBIG: "file too large",
+    errno.EIO: "input/output error",
+}
 
 
 def os_reason(e: OSError) -> str:
     return WRITE_ERRNOS.get(e.errno) or " ".join(str(e.strerror or e).split())[:200] or type(e).__name__
 
 
-STORE_WRITE_WORDS = (("disk is full", "the database's disk is full"),
-                     ("no space left", "the database's disk is full"),
-                     ("could not extend file", "the database's disk is full"),
-                     ("readonly database", "the database is read-only"),
-                     ("read-only", "the database is read-only"),
-                     ("disk i/o error", "the database's disk gives I/O errors"),
-                     ("unable to open database", "the database file cannot be opened"))
+STORE_WRITE_WORDS = (
+    ("disk is full", "the database's disk is full"),
+    ("no space left", "the database's disk is full"),
+    ("could not extend file", "the database's disk is full"),
+    ("readonly database", "the database is read-only"),
+    ("read-only", "the database is read-only"),
+    ("disk i/o error", "the database's disk gives I/O errors"),
+    ("unable to open database", "the database file cannot be opened"),
+)
 
 
 def store_reason(e: Exception) -> str | None:

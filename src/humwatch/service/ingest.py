@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from humwatch.audio import decode_bytes
 from humwatch.data.clips import MEMORY, Clip
-from humwatch.errors import HumwatchError, AudioError
+from humwatch.errors import AudioError, HumwatchError
 from humwatch.io import atomic_path
 from humwatch.service.alerts import machine_rule, on_clip
 from humwatch.service.store import Alert, ClipRow, Machine, Store, utcnow
@@ -115,6 +115,7 @@ async def receive_upload(request, limit: int) -> Upload:
         async def chunks():
             while block := await part.read(1 << 16):
                 yield block
+
         source = chunks()
     else:  # the raw body, whatever type it says it is (curl says form-urlencoded): its bytes decide
         source = request.stream()
@@ -138,10 +139,19 @@ async def receive_upload(request, limit: int) -> Upload:
 
 def clip_document(row: ClipRow, machine: str) -> dict:
     iso = lambda t: t.isoformat() if t is not None else None  # noqa: E731
-    return {"clip_id": row.id, "machine": machine, "at": iso(row.at), "recorded_at": iso(row.recorded_at),
-            "received_at": iso(row.received_at), "score": row.score, "threshold": row.threshold,
-            "decision": "anomalous" if row.anomalous else "normal", "filename": row.filename, "seconds": row.seconds,
-            "audio_kept": row.audio_path is not None}
+    return {
+        "clip_id": row.id,
+        "machine": machine,
+        "at": iso(row.at),
+        "recorded_at": iso(row.recorded_at),
+        "received_at": iso(row.received_at),
+        "score": row.score,
+        "threshold": row.threshold,
+        "decision": "anomalous" if row.anomalous else "normal",
+        "filename": row.filename,
+        "seconds": row.seconds,
+        "audio_kept": row.audio_path is not None,
+    }
 
 
 class Ingestor:
@@ -190,8 +200,12 @@ class Ingestor:
 
     def _answer(self, s, row: ClipRow, machine: str, duplicate: bool, opened: bool) -> dict:
         alert = s.scalar(select(Alert).where(Alert.machine_id == row.machine_id, Alert.state == "open"))
-        return {**clip_document(row, machine), "duplicate": duplicate, "alert_opened": opened,
-                "alert": None if alert is None else {"id": alert.id, "acknowledged": alert.acked_at is not None}}
+        return {
+            **clip_document(row, machine),
+            "duplicate": duplicate,
+            "alert_opened": opened,
+            "alert": None if alert is None else {"id": alert.id, "acknowledged": alert.acked_at is not None},
+        }
 
     def ingest(self, machine: str, up: Upload) -> dict:
         """Score ``up`` with the machine's monitor and store it (or find it stored); its document."""
@@ -223,9 +237,19 @@ class Ingestor:
         try:
             with self.store.write() as s:
                 m = s.scalar(select(Machine).where(Machine.name == machine).with_for_update())
-                row = ClipRow(machine_id=m.id, key=key, audio_sha256=up.sha256, at=up.recorded_at or utcnow(),
-                              recorded_at=up.recorded_at, received_at=utcnow(), score=score, threshold=threshold,
-                              anomalous=anomalous, filename=up.filename, seconds=seconds)
+                row = ClipRow(
+                    machine_id=m.id,
+                    key=key,
+                    audio_sha256=up.sha256,
+                    at=up.recorded_at or utcnow(),
+                    recorded_at=up.recorded_at,
+                    received_at=utcnow(),
+                    score=score,
+                    threshold=threshold,
+                    anomalous=anomalous,
+                    filename=up.filename,
+                    seconds=seconds,
+                )
                 s.add(row)
                 s.flush()
                 if anomalous and self.settings.keep_audio:  # the only place an upload's bytes are written
@@ -269,8 +293,11 @@ class Ingestor:
         cutoff = utcnow() - _dt.timedelta(days=self.settings.audio_days)
         budget = self.settings.audio_max_mb * 1e6
         with self.store.write() as s:
-            rows = s.execute(select(ClipRow.id, ClipRow.audio_path, ClipRow.audio_bytes, ClipRow.received_at)
-                             .where(ClipRow.audio_path.is_not(None)).order_by(ClipRow.id.desc())).all()
+            rows = s.execute(
+                select(ClipRow.id, ClipRow.audio_path, ClipRow.audio_bytes, ClipRow.received_at)
+                .where(ClipRow.audio_path.is_not(None))
+                .order_by(ClipRow.id.desc())
+            ).all()
             total, full, drop = 0, False, []
             for r in rows:  # newest first: keep until the budget is spent, then drop all older ones
                 if r.received_at >= cutoff and not full:

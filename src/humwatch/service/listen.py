@@ -41,8 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from humwatch.errors import ConfigError, HumwatchError
-from humwatch.errors import one_line
+from humwatch.errors import ConfigError, HumwatchError, one_line
 from humwatch.io import atomic_path, write_json, write_text
 from humwatch.settings import WINDOW_SECONDS, Int, Optional, Real, Settings, Text, setting
 
@@ -219,9 +218,12 @@ class Sender:
             self.last_error = f"{item.audio}: {e.strerror or e}"
             return "rejected"
         try:
-            r = client.post(url, content=data, params={"recorded_at": item.recorded_at,
-                            "filename": item.filename}, headers={"authorization": f"Bearer {self.token}",
-                                                                 "content-type": ctype})
+            r = client.post(
+                url,
+                content=data,
+                params={"recorded_at": item.recorded_at, "filename": item.filename},
+                headers={"authorization": f"Bearer {self.token}", "content-type": ctype},
+            )
         except Exception as e:  # httpx's transport errors: refused, reset, timed out
             self.last_error = f"{self.s.server}: {type(e).__name__} {' '.join(str(e).split())[:120]}".strip()
             return "retry"
@@ -236,8 +238,15 @@ class Sender:
                 self.last_error = f"HTTP 200 without the service's answer ({' '.join(r.text.split())[:80]!r}): is --server right?"
                 return "retry"
             alert = " (alert opened)" if doc.get("alert_opened") else ""
-            log.info("%s: %s, score %s (threshold %s)%s%s", item.filename, doc.get("decision"), _num(doc.get("score")),
-                     _num(doc.get("threshold")), alert, ", sent before" if doc.get("duplicate") else "")
+            log.info(
+                "%s: %s, score %s (threshold %s)%s%s",
+                item.filename,
+                doc.get("decision"),
+                _num(doc.get("score")),
+                _num(doc.get("threshold")),
+                alert,
+                ", sent before" if doc.get("duplicate") else "",
+            )
             return "sent"
         self.last_error = f"HTTP {code}: {_detail(r)}"
         if code >= 500 or code in RETRY_STATUSES:
@@ -269,8 +278,9 @@ class Sender:
                     wait = 0.0
                     if outcome == "hold":
                         held[item.audio.name] = time.monotonic() + self.s.retry_max
-                        log.warning("%s: not sent (%s); it waits in the spool, next try in %.0f s", item.filename,
-                                    self.last_error, self.s.retry_max)
+                        log.warning(
+                            "%s: not sent (%s); it waits in the spool, next try in %.0f s", item.filename, self.last_error, self.s.retry_max
+                        )
                         continue
                     held.pop(item.audio.name, None)
                     if outcome == "sent":
@@ -278,8 +288,7 @@ class Sender:
                         self.spool.done(item)
                     else:
                         self.rejected += 1
-                        log.error("%s: refused by the service (%s); moved to %s", item.filename, self.last_error,
-                                  self.spool.rejected_dir)
+                        log.error("%s: refused by the service (%s); moved to %s", item.filename, self.last_error, self.spool.rejected_dir)
                         self.spool.reject(item, self.last_error)
                 if down:
                     stop.wait(wait)
@@ -329,8 +338,9 @@ def spool_file(spool: Spool, path: Path, machine: str, seconds: float) -> list[I
     if len(pieces) == 1 and pieces[0] == (0, info.frames):
         return [spool.put_file(path, machine, start)]
     y, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    return [spool.put_audio(y[a:b], sr, machine, start + _dt.timedelta(seconds=a / sr), f"{path.stem}@{a / sr:.0f}s.wav")
-            for a, b in pieces]
+    return [
+        spool.put_audio(y[a:b], sr, machine, start + _dt.timedelta(seconds=a / sr), f"{path.stem}@{a / sr:.0f}s.wav") for a, b in pieces
+    ]
 
 
 class FolderSource:
@@ -447,8 +457,9 @@ def listen(source, sender: Sender, stop: threading.Event) -> None:
         thread.join(10)
     if died:
         e = died[0]
-        raise ListenError(f"the sender stopped ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
-                          f"the clips not sent are in {sender.spool.pending_dir}") from None
+        raise ListenError(
+            f"the sender stopped ({type(e).__name__}: {' '.join(str(e).split())[:200]}); the clips not sent are in {sender.spool.pending_dir}"
+        ) from None
 
 
 from humwatch.service.listen_mic import MicSource  # noqa: E402,F401  (the microphone source: listen_mic.py)

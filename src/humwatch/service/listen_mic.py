@@ -43,8 +43,7 @@ class MicSource:
         size, sr = int(round(self.s.seconds * self.s.sample_rate)), self.s.sample_rate
         buf, have, k = [], 0, 0
         try:
-            stream = sd.InputStream(samplerate=sr, channels=self.s.channels, dtype="float32", device=self.device,
-                                    callback=callback)
+            stream = sd.InputStream(samplerate=sr, channels=self.s.channels, dtype="float32", device=self.device, callback=callback)
         except Exception as e:  # PortAudio's errors: no such device, unsupported rate ...
             raise ConfigError(f"--mic: cannot open the input device ({' '.join(str(e).split())[:160]})") from None
         with stream:

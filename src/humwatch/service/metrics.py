@@ -49,6 +49,8 @@ from humwatch.service.store import Alert, ClipRow, Machine, Notification
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 INGEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Seconds: a short clip on a CPU scores in tens of milliseconds, a long one on a big model in seconds."""
+
+
 class StoreCollector:
     """The fleet's series, read from the store at each scrape (a few grouped queries on indexed
     columns; the clip count is one index scan of the clips table)."""
@@ -59,25 +61,34 @@ class StoreCollector:
     def collect(self):
         with self.store.read() as s:
             machines = dict(s.execute(select(Machine.id, Machine.name)).all())
-            counts = s.execute(select(ClipRow.machine_id, ClipRow.anomalous, func.count(ClipRow.id))
-                               .group_by(ClipRow.machine_id, ClipRow.anomalous)).all()
+            counts = s.execute(
+                select(ClipRow.machine_id, ClipRow.anomalous, func.count(ClipRow.id)).group_by(ClipRow.machine_id, ClipRow.anomalous)
+            ).all()
             last_ids = select(func.max(ClipRow.id)).group_by(ClipRow.machine_id).scalar_subquery()
-            last = {r.machine_id: r for r in s.execute(select(ClipRow.machine_id, ClipRow.score, ClipRow.threshold)
-                                                       .where(ClipRow.id.in_(last_ids))).all()}
+            last = {
+                r.machine_id: r
+                for r in s.execute(select(ClipRow.machine_id, ClipRow.score, ClipRow.threshold).where(ClipRow.id.in_(last_ids))).all()
+            }
             open_alerts = {a.machine_id: a for a in s.scalars(select(Alert).where(Alert.state == "open")).all()}
-            queued = dict(s.execute(select(Notification.channel, func.count(Notification.id))
-                                    .where(Notification.status.in_(("pending", "sending")))
-                                    .group_by(Notification.channel)).all())
-        scored = CounterMetricFamily("humwatch_clips_scored", "Clips scored and stored, by machine and decision.",
-                                     labels=["machine", "decision"])
+            queued = dict(
+                s.execute(
+                    select(Notification.channel, func.count(Notification.id))
+                    .where(Notification.status.in_(("pending", "sending")))
+                    .group_by(Notification.channel)
+                ).all()
+            )
+        scored = CounterMetricFamily(
+            "humwatch_clips_scored", "Clips scored and stored, by machine and decision.", labels=["machine", "decision"]
+        )
         n = {(mid, bool(bad)): c for mid, bad, c in counts}
         score = GaugeMetricFamily("humwatch_score", "The machine's last clip's score.", labels=["machine"])
-        threshold = GaugeMetricFamily("humwatch_threshold", "The threshold the machine's last clip was scored against.",
-                                      labels=["machine"])
-        alert_open = GaugeMetricFamily("humwatch_alert_open", "1 while the machine has an open alert (acknowledged "
-                                       "or not), else 0.", labels=["machine"])
-        state = GaugeMetricFamily("humwatch_machine_state", "1 for the machine's state (as the API shows it), "
-                                  "0 for the others.", labels=["machine", "state"])
+        threshold = GaugeMetricFamily("humwatch_threshold", "The threshold the machine's last clip was scored against.", labels=["machine"])
+        alert_open = GaugeMetricFamily(
+            "humwatch_alert_open", "1 while the machine has an open alert (acknowledged or not), else 0.", labels=["machine"]
+        )
+        state = GaugeMetricFamily(
+            "humwatch_machine_state", "1 for the machine's state (as the API shows it), 0 for the others.", labels=["machine", "state"]
+        )
         for mid, name in sorted(machines.items(), key=lambda kv: kv[1]):
             for decision, bad in (("normal", False), ("anomalous", True)):
                 scored.add_metric([name, decision], n.get((mid, bad), 0))
@@ -88,8 +99,9 @@ class StoreCollector:
             now = machine_state_name(mid in last, open_alerts.get(mid))
             for st in STATES:
                 state.add_metric([name, st], int(st == now))
-        depth = GaugeMetricFamily("humwatch_queue_depth", "Alert events waiting in the notification outbox, "
-                                  "by channel (webhook, email).", labels=["queue"])
+        depth = GaugeMetricFamily(
+            "humwatch_queue_depth", "Alert events waiting in the notification outbox, by channel (webhook, email).", labels=["queue"]
+        )
         for channel in ("webhook", "email"):
             depth.add_metric([channel], queued.get(channel, 0))
         yield from (scored, score, threshold, alert_open, state, depth)
@@ -103,10 +115,18 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.multiproc_dir = os.environ.get(MULTIPROC_ENV) or None
         own = None if self.multiproc_dir else self.registry  # multiprocess values are read back from the folder
-        self.ingest_seconds = Histogram("humwatch_ingest_seconds", "Seconds from an upload's first byte to its "
-                                        "stored row (accepted uploads).", buckets=INGEST_BUCKETS, registry=own)
-        self.store_errors = Counter("humwatch_store_errors", "Database errors answered 503 (kind: unavailable, "
-                                    "or cannot_write: a full or read-only disk).", ["kind"], registry=own)
+        self.ingest_seconds = Histogram(
+            "humwatch_ingest_seconds",
+            "Seconds from an upload's first byte to its stored row (accepted uploads).",
+            buckets=INGEST_BUCKETS,
+            registry=own,
+        )
+        self.store_errors = Counter(
+            "humwatch_store_errors",
+            "Database errors answered 503 (kind: unavailable, or cannot_write: a full or read-only disk).",
+            ["kind"],
+            registry=own,
+        )
         for kind in ("unavailable", "cannot_write"):
             self.store_errors.labels(kind)
         if self.multiproc_dir:

@@ -52,11 +52,20 @@ def event_document(event: str, alert: Alert, machine: str, clip: ClipRow | None,
 
     doc = alert_document(alert, machine)
     base = (public_url or "").rstrip("/")
-    return {"event": event, "at": utcnow().isoformat(), "machine": machine, "alert_id": alert.id,
-            "score": clip.score if clip is not None else alert.max_score, "max_score": alert.max_score,
-            "threshold": clip.threshold if clip is not None else None, "clip_id": clip.id if clip is not None else None,
-            "acknowledged_by": alert.acked_by, "acknowledged_at": _iso(alert.acked_at),
-            "url": f"{base}/machines/{machine}", "alert": doc}
+    return {
+        "event": event,
+        "at": utcnow().isoformat(),
+        "machine": machine,
+        "alert_id": alert.id,
+        "score": clip.score if clip is not None else alert.max_score,
+        "max_score": alert.max_score,
+        "threshold": clip.threshold if clip is not None else None,
+        "clip_id": clip.id if clip is not None else None,
+        "acknowledged_by": alert.acked_by,
+        "acknowledged_at": _iso(alert.acked_at),
+        "url": f"{base}/machines/{machine}",
+        "alert": doc,
+    }
 
 
 @dataclass(frozen=True)
@@ -76,8 +85,7 @@ class Outbox:
             clip = session.get(ClipRow, alert.last_clip_id)
         payload = json.dumps(event_document(event, alert, machine, clip, self.public_url))
         for channel in self.channels:
-            session.add(Notification(alert_id=alert.id, event=event, channel=channel, payload=payload,
-                                     status="pending", attempts=0))
+            session.add(Notification(alert_id=alert.id, event=event, channel=channel, payload=payload, status="pending", attempts=0))
         if "webhook" in self.channels:
             alert.webhook_status = "pending"
 
@@ -115,8 +123,11 @@ class ChannelSender:
     def idle(self) -> bool:
         """Nothing of this channel pending or being sent (tests and shutdown wait for this)."""
         with self.store.read() as s:
-            left = s.scalar(select(Notification.id).where(Notification.channel == self.channel,
-                                                          Notification.status.in_(("pending", "sending"))).limit(1))
+            left = s.scalar(
+                select(Notification.id)
+                .where(Notification.channel == self.channel, Notification.status.in_(("pending", "sending")))
+                .limit(1)
+            )
         return left is None and not self._busy
 
     def _run(self) -> None:
@@ -125,9 +136,12 @@ class ChannelSender:
             self._wake.clear()
             try:
                 with self.store.read() as s:
-                    ids = s.scalars(select(Notification.id).where(Notification.channel == self.channel,
-                                                                  Notification.status == "pending")
-                                    .order_by(Notification.id).limit(100)).all()
+                    ids = s.scalars(
+                        select(Notification.id)
+                        .where(Notification.channel == self.channel, Notification.status == "pending")
+                        .order_by(Notification.id)
+                        .limit(100)
+                    ).all()
             except Exception as e:  # a store that is down: try again at the next poll
                 log.error("%s: cannot read the outbox: %s", self.channel, one_line(e, typed=True))
                 continue
@@ -144,8 +158,9 @@ class ChannelSender:
 
     def _claim(self, nid: int) -> Notification | None:
         with self.store.write() as s:
-            took = s.execute(update(Notification).where(Notification.id == nid, Notification.status == "pending")
-                             .values(status="sending")).rowcount
+            took = s.execute(
+                update(Notification).where(Notification.id == nid, Notification.status == "pending").values(status="sending")
+            ).rowcount
             n = s.get(Notification, nid) if took else None
             if n is not None and self._newest(s, n):
                 s.execute(update(Alert).where(Alert.id == n.alert_id).values(webhook_status="sending"))
@@ -155,8 +170,10 @@ class ChannelSender:
         """Is ``n`` the alert's newest webhook event (whose outcome the alert's webhook_status shows)?"""
         if self.channel != "webhook":
             return False
-        return s.scalar(select(func.max(Notification.id)).where(Notification.alert_id == n.alert_id,
-                                                                Notification.channel == "webhook")) == n.id
+        return (
+            s.scalar(select(func.max(Notification.id)).where(Notification.alert_id == n.alert_id, Notification.channel == "webhook"))
+            == n.id
+        )
 
     def _deliver(self, nid: int) -> None:
         n = self._claim(nid)
@@ -178,15 +195,16 @@ class ChannelSender:
         if self._stop.is_set() and error:
             status = "pending"  # shutting down: the next start sends it
         with self.store.write() as s:
-            s.execute(update(Notification).where(Notification.id == nid).values(
-                status=status, attempts=Notification.attempts + attempts, error=error[:255] or None))
+            s.execute(
+                update(Notification)
+                .where(Notification.id == nid)
+                .values(status=status, attempts=Notification.attempts + attempts, error=error[:255] or None)
+            )
             if self.channel == "webhook":
                 done = {"webhook_status": status, "webhook_error": error[:255] or None} if self._newest(s, n) else {}
-                s.execute(update(Alert).where(Alert.id == n.alert_id).values(
-                    webhook_attempts=Alert.webhook_attempts + attempts, **done))
+                s.execute(update(Alert).where(Alert.id == n.alert_id).values(webhook_attempts=Alert.webhook_attempts + attempts, **done))
         if status == "failed":
-            log.warning("%s for alert %s (%s) failed after %d attempt(s): %s", self.channel, n.alert_id, n.event,
-                        attempts, error)
+            log.warning("%s for alert %s (%s) failed after %d attempt(s): %s", self.channel, n.alert_id, n.event, attempts, error)
 
 
 class WebhookSender(ChannelSender):
@@ -195,8 +213,7 @@ class WebhookSender(ChannelSender):
 
     channel = "webhook"
 
-    def __init__(self, url: str, store: Store, *, secret: str | None = None, retries: int = 5, backoff: float = 1.0,
-                 timeout: float = 5.0):
+    def __init__(self, url: str, store: Store, *, secret: str | None = None, retries: int = 5, backoff: float = 1.0, timeout: float = 5.0):
         super().__init__(store, retries=retries, backoff=backoff)
         self.url, self.secret, self.timeout = url, secret, timeout
 
@@ -212,11 +229,16 @@ class WebhookSender(ChannelSender):
             raise RuntimeError(f"HTTP {r.status_code}")
 
 
-SUBJECTS = {"alert.opened": "alert {id} opened", "alert.acknowledged": "alert {id} acknowledged by {by}",
-            "alert.closed": "alert {id} closed"}
-WHAT = {"alert.opened": "opened: {n} of the machine's recent clips were anomalous (rule {rule}).",
-        "alert.acknowledged": "was acknowledged by {by}; it stays open until the machine sounds normal.",
-        "alert.closed": "closed: the machine sounded normal again (rule {rule})."}
+SUBJECTS = {
+    "alert.opened": "alert {id} opened",
+    "alert.acknowledged": "alert {id} acknowledged by {by}",
+    "alert.closed": "alert {id} closed",
+}
+WHAT = {
+    "alert.opened": "opened: {n} of the machine's recent clips were anomalous (rule {rule}).",
+    "alert.acknowledged": "was acknowledged by {by}; it stays open until the machine sounds normal.",
+    "alert.closed": "closed: the machine sounded normal again (rule {rule}).",
+}
 
 
 def email_message(doc: dict, sender: str, to: list[str]):
@@ -232,12 +254,16 @@ def email_message(doc: dict, sender: str, to: list[str]):
     msg["Date"], msg["Message-ID"] = formatdate(usegmt=True), make_msgid(domain="humwatch")
     threshold = doc.get("threshold")
     vs = f" against the threshold {threshold:.4g} ({doc['score'] / threshold:.1f}x)" if threshold else ""
-    lines = [f"Machine: {doc['machine']}",
-             f"Alert {doc['alert_id']} {WHAT[doc['event']].format(**fill)}",
-             f"Score: {doc['score']:.4g}{vs}; highest in this alert {doc['max_score']:.4g}.",
-             f"Started: {a['start_at']}" + (f"; ended: {a['end_at']}" if a.get("end_at") else ""),
-             f"Event time: {doc['at']}",
-             f"Alert page: {doc['url']}", "", "-- humwatch"]
+    lines = [
+        f"Machine: {doc['machine']}",
+        f"Alert {doc['alert_id']} {WHAT[doc['event']].format(**fill)}",
+        f"Score: {doc['score']:.4g}{vs}; highest in this alert {doc['max_score']:.4g}.",
+        f"Started: {a['start_at']}" + (f"; ended: {a['end_at']}" if a.get("end_at") else ""),
+        f"Event time: {doc['at']}",
+        f"Alert page: {doc['url']}",
+        "",
+        "-- humwatch",
+    ]
     msg.set_content("\n".join(lines) + "\n")
     return msg
 
@@ -249,8 +275,19 @@ class EmailSender(ChannelSender):
 
     channel = "email"
 
-    def __init__(self, store: Store, *, host: str, port: int, sender: str, to: list[str], starttls: bool = False,
-                 retries: int = 3, backoff: float = 5.0, timeout: float = 10.0):
+    def __init__(
+        self,
+        store: Store,
+        *,
+        host: str,
+        port: int,
+        sender: str,
+        to: list[str],
+        starttls: bool = False,
+        retries: int = 3,
+        backoff: float = 5.0,
+        timeout: float = 10.0,
+    ):
         super().__init__(store, retries=retries, backoff=backoff)
         self.host, self.port, self.sender, self.to = host, port, sender, list(to)
         self.starttls, self.timeout = starttls, timeout
@@ -274,13 +311,28 @@ class Notifier:
     def __init__(self, settings, store: Store):
         self.senders: list[ChannelSender] = []
         if settings.webhook:
-            self.senders.append(WebhookSender(settings.webhook, store, secret=settings.webhook_secret,
-                                              retries=settings.webhook_retries, backoff=settings.webhook_backoff))
+            self.senders.append(
+                WebhookSender(
+                    settings.webhook,
+                    store,
+                    secret=settings.webhook_secret,
+                    retries=settings.webhook_retries,
+                    backoff=settings.webhook_backoff,
+                )
+            )
         if settings.notify_email:
-            self.senders.append(EmailSender(store, host=settings.smtp_host, port=settings.smtp_port,
-                                            sender=settings.smtp_from, to=settings.email_recipients,
-                                            starttls=settings.smtp_starttls, retries=settings.smtp_retries,
-                                            backoff=settings.smtp_backoff))
+            self.senders.append(
+                EmailSender(
+                    store,
+                    host=settings.smtp_host,
+                    port=settings.smtp_port,
+                    sender=settings.smtp_from,
+                    to=settings.email_recipients,
+                    starttls=settings.smtp_starttls,
+                    retries=settings.smtp_retries,
+                    backoff=settings.smtp_backoff,
+                )
+            )
         self.outbox = Outbox(tuple(s.channel for s in self.senders), settings.public_url)
 
     def __bool__(self) -> bool:

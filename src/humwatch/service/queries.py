@@ -40,15 +40,21 @@ def machine_state(s: Session, m: Machine, pool, default_rule: AlertRule) -> dict
     day_ago = utcnow() - _dt.timedelta(days=1)
     n_clips = s.scalar(select(func.count(ClipRow.id)).where(ClipRow.machine_id == m.id)) or 0
     n_day, n_day_bad = s.execute(
-        select(func.count(ClipRow.id), func.coalesce(func.sum(case((ClipRow.anomalous, 1), else_=0)), 0))
-        .where(ClipRow.machine_id == m.id, ClipRow.received_at >= day_ago)).one()
+        select(func.count(ClipRow.id), func.coalesce(func.sum(case((ClipRow.anomalous, 1), else_=0)), 0)).where(
+            ClipRow.machine_id == m.id, ClipRow.received_at >= day_ago
+        )
+    ).one()
     entry = pool.get(m.name) if pool is not None else None
     state = machine_state_name(last is not None, alert)
     return {
-        "machine": m.name, "state": state, "has_monitor": entry is not None,
+        "machine": m.name,
+        "state": state,
+        "has_monitor": entry is not None,
         "monitor": entry.describe() if entry is not None else None,
         "last_clip": clip_document(last, m.name) if last is not None else None,
-        "n_clips": int(n_clips), "clips_24h": int(n_day), "anomalous_24h": int(n_day_bad),
+        "n_clips": int(n_clips),
+        "clips_24h": int(n_day),
+        "anomalous_24h": int(n_day_bad),
         "open_alert": alert_document(alert, m.name) if alert is not None else None,
         "alert_rule": str(machine_rule(m, default_rule)),
     }
@@ -62,8 +68,7 @@ def fleet(s: Session, pool, default_rule: AlertRule) -> list[dict]:
     return sorted(rows, key=lambda r: (order[r["state"]], r["machine"]))
 
 
-def scores_page(s: Session, m: Machine, since=None, until=None, limit: int = 100, offset: int = 0,
-                order: str = "desc") -> dict:
+def scores_page(s: Session, m: Machine, since=None, until=None, limit: int = 100, offset: int = 0, order: str = "desc") -> dict:
     """A page of a machine's clips in a time range (timeline time), newest first unless ``order="asc"``."""
     q = select(ClipRow).where(ClipRow.machine_id == m.id)
     if since is not None:
@@ -73,8 +78,13 @@ def scores_page(s: Session, m: Machine, since=None, until=None, limit: int = 100
     q = q.order_by(*((ClipRow.at.asc(), ClipRow.id.asc()) if order == "asc" else (ClipRow.at.desc(), ClipRow.id.desc())))
     rows = s.scalars(q.offset(offset).limit(limit + 1)).all()
     more = len(rows) > limit
-    return {"machine": m.name, "items": [clip_document(r, m.name) for r in rows[:limit]], "limit": limit,
-            "offset": offset, "next_offset": offset + limit if more else None}
+    return {
+        "machine": m.name,
+        "items": [clip_document(r, m.name) for r in rows[:limit]],
+        "limit": limit,
+        "offset": offset,
+        "next_offset": offset + limit if more else None,
+    }
 
 
 def alert_spans(s: Session, m: Machine, since=None, until=None) -> list[dict]:
@@ -87,8 +97,7 @@ def alert_spans(s: Session, m: Machine, since=None, until=None) -> list[dict]:
     return [alert_document(a, m.name) for a in s.scalars(q.order_by(Alert.id)).all()]
 
 
-def alerts_page(s: Session, state: str = "all", machine: Machine | None = None, limit: int = 100,
-                offset: int = 0) -> dict:
+def alerts_page(s: Session, state: str = "all", machine: Machine | None = None, limit: int = 100, offset: int = 0) -> dict:
     """Alerts, open ones first, newest first."""
     q = select(Alert, Machine.name).join(Machine, Machine.id == Alert.machine_id)
     if state in ("open", "closed"):
@@ -98,11 +107,14 @@ def alerts_page(s: Session, state: str = "all", machine: Machine | None = None, 
     q = q.order_by((Alert.state == "open").desc(), Alert.id.desc()).offset(offset).limit(limit + 1)
     rows = s.execute(q).all()
     more = len(rows) > limit
-    return {"items": [alert_document(a, name) for a, name in rows[:limit]], "limit": limit, "offset": offset,
-            "next_offset": offset + limit if more else None}
+    return {
+        "items": [alert_document(a, name) for a, name in rows[:limit]],
+        "limit": limit,
+        "offset": offset,
+        "next_offset": offset + limit if more else None,
+    }
 
 
 def clip_detail(s: Session, clip_id: int) -> tuple[ClipRow, str] | None:
-    row = s.execute(select(ClipRow, Machine.name).join(Machine, Machine.id == ClipRow.machine_id)
-                    .where(ClipRow.id == clip_id)).first()
+    row = s.execute(select(ClipRow, Machine.name).join(Machine, Machine.id == ClipRow.machine_id).where(ClipRow.id == clip_id)).first()
     return None if row is None else (row[0], row[1])

@@ -39,9 +39,14 @@ class Entry:
 
     def describe(self) -> dict:
         m = self.monitor
-        return {"method": m.settings.method, "label": m.settings.label or m.settings.method,
-                "threshold": self.threshold, "random_init": bool(m.random_init),
-                "seconds": m.audio.seconds, "sample_rate": m.audio.sample_rate}
+        return {
+            "method": m.settings.method,
+            "label": m.settings.label or m.settings.method,
+            "threshold": self.threshold,
+            "random_init": bool(m.random_init),
+            "seconds": m.audio.seconds,
+            "sample_rate": m.audio.sample_rate,
+        }
 
 
 def is_monitor_folder(path: Path) -> bool:
@@ -53,11 +58,15 @@ def find_monitors(folder: str | Path) -> dict[str, Path]:
     root = Path(folder)
     if not root.is_dir():
         raise ConfigError(f"{root}: no such folder of monitors")
-    found = {root.name: root} if is_monitor_folder(root) else {  # hidden: a monitor being written (staged)
-        p.name: p for p in sorted(root.iterdir()) if not p.name.startswith(".") and is_monitor_folder(p)}
+    found = (
+        {root.name: root}
+        if is_monitor_folder(root)
+        else {  # hidden: a monitor being written (staged)
+            p.name: p for p in sorted(root.iterdir()) if not p.name.startswith(".") and is_monitor_folder(p)
+        }
+    )
     if not found:
-        raise ConfigError(f"{root}: no monitors in this folder (expected {root}/<machine>/monitor.json, "
-                          "written by `humwatch fit --out`)")
+        raise ConfigError(f"{root}: no monitors in this folder (expected {root}/<machine>/monitor.json, written by `humwatch fit --out`)")
     bad = [n for n in found if not MACHINE_RE.match(n)]
     if bad:
         raise ConfigError(f"{found[bad[0]]}: {bad[0]!r} cannot name a machine (use letters, digits, '.', '_' or '-')")
@@ -77,8 +86,9 @@ class MonitorPool:
         for name, path in find_monitors(folder).items():
             mon = load_monitor(path, device=self.device)
             self.entries[name] = Entry(name, path, mon)
-            log.info("monitor %s: %s, threshold %.4g%s", name, mon.settings.label, mon.threshold,
-                     " (RANDOM INIT)" if mon.random_init else "")
+            log.info(
+                "monitor %s: %s, threshold %.4g%s", name, mon.settings.label, mon.threshold, " (RANDOM INIT)" if mon.random_init else ""
+            )
 
     def warm_up(self) -> None:
         """Score a generated clip with every monitor once, so that the first real clip does not

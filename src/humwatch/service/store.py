@@ -32,14 +32,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, TypeDecorator, event
-from sqlalchemy import create_engine
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from humwatch.errors import HumwatchError
-from humwatch.errors import one_line
+from humwatch.errors import HumwatchError, one_line
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_MS = 30_000
@@ -74,8 +72,12 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=_dt.timezone.utc) if value.tzinfo is None else value.astimezone(_dt.timezone.utc)
 
 
-NAMING = {"ix": "ix_%(column_0_label)s", "uq": "uq_%(table_name)s_%(column_0_name)s",
-          "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s", "pk": "pk_%(table_name)s"}
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
 """Constraint names fixed by rule, so that migrations name them the same on every database."""
 
 
@@ -309,9 +311,11 @@ class Store:
         except CommandError:
             pass
         by = self._written_by()
-        raise StoreError(f"{self.display_url}: written by {f'humwatch {by}' if by else 'a newer humwatch'} (schema "
-                         f"revision {current}); this humwatch {__version__} knows revisions up to "
-                         f"{script.get_current_head()}: upgrade humwatch, or use another --db")
+        raise StoreError(
+            f"{self.display_url}: written by {f'humwatch {by}' if by else 'a newer humwatch'} (schema "
+            f"revision {current}); this humwatch {__version__} knows revisions up to "
+            f"{script.get_current_head()}: upgrade humwatch, or use another --db"
+        )
 
     def _written_by(self) -> str | None:
         from sqlalchemy import text
@@ -342,5 +346,7 @@ class Store:
         current, head = self.current_revision(), self.head_revision()
         self._refuse_newer(current)
         if current != head:
-            raise StoreError(f"{self.display_url}: database schema is at {current or 'nothing'}, this humwatch needs {head} "
-                             "(`humwatch serve` upgrades it on start)")
+            raise StoreError(
+                f"{self.display_url}: database schema is at {current or 'nothing'}, this humwatch needs {head} "
+                "(`humwatch serve` upgrades it on start)"
+            )

@@ -46,15 +46,29 @@ import numpy as np
 
 from humwatch.audio import write_audio
 from humwatch.data.clips import Clip
-from humwatch.data.synth.common import (
-    ANOMALY_KINDS, MACHINES, MAX_CLIPS_PER_FOLDER, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, NOMINAL_DBFS, PEAK_LIMIT,
-    _check_args, _merge_csv, _to_pcm16,
-)
+from humwatch.data.synth.common import ANOMALY_KINDS, MACHINES, NOMINAL_DBFS, PEAK_LIMIT, _check_args, _merge_csv, _to_pcm16
 from humwatch.data.synth.dcase import DCASE_ANOMALY_KINDS, synthesize_dcase
 from humwatch.data.synth.products import _SOURCES, _machine_key, _nominal_power, _product
 from humwatch.data.synth.room import _background, _pad, _to_array
 from humwatch.data.synth.signals import _power
 from humwatch.errors import ConfigError
+
+__all__ = [
+    "ANOMALY_KINDS",
+    "DCASE_ANOMALY_KINDS",
+    "MACHINES",
+    "MANIFEST_FIELDS",
+    "MANIFEST_NAME",
+    "NOMINAL_DBFS",
+    "PEAK_LIMIT",
+    "ClipInfo",
+    "render_clip",
+    "render_clip_parts",
+    "render_source",
+    "snr_folder_name",
+    "synthesize",
+    "synthesize_dcase",
+]
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_FIELDS = ("path", "machine_type", "machine_id", "label", "snr", "anomaly_kind", "severity")
@@ -96,9 +110,7 @@ def synthesize(
     each clip's anomaly kind and severity. A 10 s 8-channel clip takes 2.56 MB on disk.
     Raises :class:`~humwatch.errors.ConfigError` for a wrong argument.
     """
-    machines, id_nums = _check_args(
-        machines, ids, n_normal, n_anomalous, snr_db, seed, seconds, sample_rate, channels
-    )
+    machines, id_nums = _check_args(machines, ids, n_normal, n_anomalous, snr_db, seed, seconds, sample_rate, channels)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
@@ -106,13 +118,7 @@ def synthesize(
 
     mark_folder(out, "data")  # humwatch's generated data (what `humwatch synth` may write into again)
     snr = snr_folder_name(snr_db)
-    jobs = [
-        (m, i, label, k)
-        for m in machines
-        for i in id_nums
-        for label, count in ((0, n_normal), (1, n_anomalous))
-        for k in range(count)
-    ]
+    jobs = [(m, i, label, k) for m in machines for i in id_nums for label, count in ((0, n_normal), (1, n_anomalous)) for k in range(count)]
 
     from humwatch.progress import make_progress, progress_enabled
 
@@ -125,8 +131,7 @@ def synthesize(
     try:
         for m, i, label, k in jobs:
             rel = f"{snr}_{m}/{m}/id_{i:02d}/{'abnormal' if label else 'normal'}/{k:08d}.wav"
-            y, info = render_clip(m, i, label, k, seed=seed, snr_db=snr_db, seconds=seconds,
-                                  sample_rate=sample_rate, channels=channels)
+            y, info = render_clip(m, i, label, k, seed=seed, snr_db=snr_db, seconds=seconds, sample_rate=sample_rate, channels=channels)
             path = out / rel
             write_audio(path, _to_pcm16(y), sample_rate)
             clips.append(Clip(str(path.resolve()), m, f"id_{i:02d}", label, snr=snr))
@@ -163,8 +168,9 @@ def render_clip(
 ) -> tuple[np.ndarray, ClipInfo]:
     """One clip as float32 (samples x channels), exactly what :func:`synthesize` writes (before the
     16-bit rounding). No argument checks: :func:`synthesize` is the checked entry point."""
-    m, b, info = render_clip_parts(machine, machine_id, label, index, seed=seed, snr_db=snr_db,
-                                   seconds=seconds, sample_rate=sample_rate, channels=channels)
+    m, b, info = render_clip_parts(
+        machine, machine_id, label, index, seed=seed, snr_db=snr_db, seconds=seconds, sample_rate=sample_rate, channels=channels
+    )
     y = m + b
     peak = float(np.max(np.abs(y)))
     if peak > PEAK_LIMIT:

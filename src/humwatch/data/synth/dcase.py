@@ -37,11 +37,15 @@ import numpy as np
 
 from humwatch.audio import write_audio
 from humwatch.data.clips import Clip
-from humwatch.data.synth.common import (
-    ANOMALY_KINDS, MACHINES, NOMINAL_DBFS, PEAK_LIMIT, _check_args, _merge_csv, _to_pcm16,
-)
+from humwatch.data.synth.common import ANOMALY_KINDS, MACHINES, NOMINAL_DBFS, PEAK_LIMIT, _check_args, _merge_csv, _to_pcm16
 from humwatch.data.synth.domains import (
-    ANOMALY_FAMILY, GENERIC_KINDS, NO_ATTRIBUTE_2024, add_generic, attributes, condition, condition_effect,
+    ANOMALY_FAMILY,
+    GENERIC_KINDS,
+    NO_ATTRIBUTE_2024,
+    add_generic,
+    attributes,
+    condition,
+    condition_effect,
     domain_product,
 )
 from humwatch.data.synth.products import _SOURCES, _machine_key, _nominal_power
@@ -53,8 +57,18 @@ from humwatch.settings import Int, check_value
 YEARS = (2023, 2024)
 DOMAINS = ("source", "target")
 GROUND_TRUTH_NAME = "ground_truth.csv"
-GROUND_TRUTH_FIELDS = ("path", "machine_type", "section", "domain", "split", "label", "attributes",
-                       "anomaly_kind", "anomaly_family", "severity")
+GROUND_TRUTH_FIELDS = (
+    "path",
+    "machine_type",
+    "section",
+    "domain",
+    "split",
+    "label",
+    "attributes",
+    "anomaly_kind",
+    "anomaly_family",
+    "severity",
+)
 MAX_CLIPS = 10**4  # DCASE names have 4-digit indices
 DCASE_ANOMALY_KINDS = {m: ANOMALY_KINDS[m] + GENERIC_KINDS[m] for m in MACHINES}
 """Anomaly kinds of the DCASE layouts: the machine's three MIMII kinds and its three generic ones."""
@@ -91,8 +105,7 @@ def synthesize_dcase(
     clips and as many anomalous ones per section and domain in the test set. Raises
     :class:`~humwatch.errors.ConfigError` for a wrong argument, before writing anything.
     """
-    year, machines, secs = _check(year, machines, sections, n_source_train, n_target_train, n_test,
-                                  snr_db, seed, seconds, sample_rate)
+    year, machines, secs = _check(year, machines, sections, n_source_train, n_target_train, n_test, snr_db, seed, seconds, sample_rate)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
@@ -102,8 +115,15 @@ def synthesize_dcase(
     counts = {("train", "source", 0): n_source_train, ("train", "target", 0): n_target_train}
     for d in DOMAINS:
         counts[("test", d, 0)] = counts[("test", d, 1)] = n_test
-    jobs = [(m, s, split, d, label, k) for m in machines for s in secs for split in _SPLITS for d in DOMAINS
-            for label in (0, 1) for k in range(counts.get((split, d, label), 0))]
+    jobs = [
+        (m, s, split, d, label, k)
+        for m in machines
+        for s in secs
+        for split in _SPLITS
+        for d in DOMAINS
+        for label in (0, 1)
+        for k in range(counts.get((split, d, label), 0))
+    ]
 
     from humwatch.progress import make_progress, progress_enabled
 
@@ -116,8 +136,7 @@ def synthesize_dcase(
         bar.start()
     try:
         for m, s, split, d, label, k in jobs:
-            y, info = render_dcase_clip(m, s, d, split, label, k, seed=seed, snr_db=snr_db, seconds=seconds,
-                                        sample_rate=sample_rate)
+            y, info = render_dcase_clip(m, s, d, split, label, k, seed=seed, snr_db=snr_db, seconds=seconds, sample_rate=sample_rate)
             hidden = year == 2024 and m in NO_ATTRIBUTE_2024
             attr = "noAttribute" if hidden else "_".join(f"{a}_{v}" for a, v in info.attributes)
             name = f"section_{s:02d}_{d}_{split}_{'anomaly' if label else 'normal'}_{k:04d}_{attr}.wav"
@@ -127,8 +146,18 @@ def synthesize_dcase(
             clips.append(Clip(str(path.resolve()), m, f"section_{s:02d}", label, split=split, domain=d))
             pairs = [("noAttribute", "")] if hidden else list(info.attributes)
             attr_rows.setdefault((m, s), {})[rel] = [rel] + [x for pair in pairs for x in pair]
-            truth[rel] = [rel, m, f"section_{s:02d}", d, split, label, attr, info.kind,
-                          ANOMALY_FAMILY.get(info.kind, ""), f"{info.severity:.4f}"]
+            truth[rel] = [
+                rel,
+                m,
+                f"section_{s:02d}",
+                d,
+                split,
+                label,
+                attr,
+                info.kind,
+                ANOMALY_FAMILY.get(info.kind, ""),
+                f"{info.severity:.4f}",
+            ]
             if bar:
                 bar.advance(task)
     finally:
@@ -146,8 +175,17 @@ def synthesize_dcase(
 
 
 def render_dcase_clip(
-    machine: str, section: int, domain: str, split: str, label: int, index: int, *,
-    seed: int = 0, snr_db: float = 6.0, seconds: float = 10.0, sample_rate: int = 16000,
+    machine: str,
+    section: int,
+    domain: str,
+    split: str,
+    label: int,
+    index: int,
+    *,
+    seed: int = 0,
+    snr_db: float = 6.0,
+    seconds: float = 10.0,
+    sample_rate: int = 16000,
 ) -> tuple[np.ndarray, DcaseClipInfo]:
     """One DCASE-layout clip as float32 mono samples (what is written before 16-bit rounding).
 
@@ -156,8 +194,9 @@ def render_dcase_clip(
     the machine quieter (a slower drive, a farther microphone) also lowers its SNR, as in a real plant."""
     sr = int(sample_rate)
     n = int(round(seconds * sr))
-    ss = np.random.SeedSequence([_SALT_DCASE, int(seed), _machine_key(machine), section, DOMAINS.index(domain),
-                                 _SPLITS.index(split), label, index])
+    ss = np.random.SeedSequence(
+        [_SALT_DCASE, int(seed), _machine_key(machine), section, DOMAINS.index(domain), _SPLITS.index(split), label, index]
+    )
     rng_src, rng_bg, rng_plan = [np.random.default_rng(s) for s in ss.spawn(3)]
     kind, sev = "normal", 0.0
     if label:
@@ -221,8 +260,7 @@ def _check(year, machines, sections, n_source_train, n_target_train, n_test, snr
             raise ConfigError(f"bad section {v!r} (use e.g. '00' or 'section_00', 0-99)")
     if len(set(secs)) != len(secs):
         raise ConfigError(f"sections: a section is listed twice in {', '.join(map(str, sections))}")
-    for name, v in (("source training clips", n_source_train), ("target training clips", n_target_train),
-                    ("test clips", n_test)):
+    for name, v in (("source training clips", n_source_train), ("target training clips", n_target_train), ("test clips", n_test)):
         check_value(v, Int(0, MAX_CLIPS - 1), name)
     if n_source_train + n_target_train + n_test == 0:
         raise ConfigError("no training and no test clips: nothing to generate")

@@ -24,21 +24,47 @@ import numpy as np
 from humwatch.data.synth.products import _machine_key, _product
 from humwatch.data.synth.room import _factories
 from humwatch.data.synth.signals import (
-    _add_at, _boxcar, _db, _drift, _filt, _harmonics, _loguniform, _modal_ir, _onepole_lowpass, _phase, _rms,
-    _sos_band, _white,
+    _add_at,
+    _boxcar,
+    _db,
+    _drift,
+    _filt,
+    _harmonics,
+    _loguniform,
+    _modal_ir,
+    _onepole_lowpass,
+    _phase,
+    _rms,
+    _sos_band,
+    _white,
 )
 
 _SALT_PATTERN = 0x5EED_0007
 
-GENERIC_KINDS = {"fan": ("whine", "rub", "knock"), "pump": ("whine", "rub", "knock"),
-                 "slider": ("whine", "rub", "knock"), "valve": ("whine", "rub", "stuck")}
+GENERIC_KINDS = {
+    "fan": ("whine", "rub", "knock"),
+    "pump": ("whine", "rub", "knock"),
+    "slider": ("whine", "rub", "knock"),
+    "valve": ("whine", "rub", "stuck"),
+}
 """The generic anomaly kinds the DCASE layouts add to each machine type's three MIMII kinds."""
 
 ANOMALY_FAMILY = {
-    "whine": "tonal", "unbalance": "tonal", "voltage_change": "tonal", "loose_belt": "tonal",
-    "rub": "broadband", "clogging": "broadband", "leakage": "broadband", "no_grease": "broadband",
-    "knock": "transient", "stuck": "transient", "contamination": "transient", "rail_damage": "transient",
-    "timing_jitter": "transient", "missing_clicks": "transient", "click_spectrum": "transient",
+    "whine": "tonal",
+    "unbalance": "tonal",
+    "voltage_change": "tonal",
+    "loose_belt": "tonal",
+    "rub": "broadband",
+    "clogging": "broadband",
+    "leakage": "broadband",
+    "no_grease": "broadband",
+    "knock": "transient",
+    "stuck": "transient",
+    "contamination": "transient",
+    "rail_damage": "transient",
+    "timing_jitter": "transient",
+    "missing_clicks": "transient",
+    "click_spectrum": "transient",
 }
 """tonal, broadband or transient: what an anomaly kind mainly changes (recorded in ground_truth.csv)."""
 
@@ -106,8 +132,7 @@ def domain_product(machine: str, section: int, sr: int, cond: Condition):
         for k in ("whine_f", "mesh_f", "ball_f"):
             p[k] = p[k] * f
     elif machine == "valve" and cond.pattern:
-        r = np.random.default_rng(np.random.SeedSequence([_SALT_PATTERN, _machine_key(machine), section,
-                                                          cond.pattern]))
+        r = np.random.default_rng(np.random.SeedSequence([_SALT_PATTERN, _machine_key(machine), section, cond.pattern]))
         ns = int(r.choice([1, 2, 3]))
         durs, gaps, rest = r.uniform(0.08, 0.3, ns), r.uniform(0.08, 0.4, ns), r.uniform(0.2, 0.8)
         starts = np.concatenate([[0.0], np.cumsum(durs + gaps)[:-1]])
@@ -168,8 +193,7 @@ def _add_transients(out, kind, sev, prod, r, sr, ref):
         peak = float(np.max(np.abs(out))) + 1e-9  # the normal clicks
         amp, fill = peak * _db(-3.0 + 6.0 * sev), peak * _db(-30.0 + 10.0 * sev)
     else:
-        ir = _modal_ir(_loguniform(r, 700.0, min(5000.0, 0.4 * sr), 4), r.uniform(10, 30, 4),
-                       [1.0, 0.8, 0.6, 0.5], sr, 2048)
+        ir = _modal_ir(_loguniform(r, 700.0, min(5000.0, 0.4 * sr), 4), r.uniform(10, 30, 4), [1.0, 0.8, 0.6, 0.5], sr, 2048)
         ir = ir / np.float32(np.max(np.abs(ir)))
         amp, fill = ref * _db(22.0 + 12.0 * sev), ref * _db(-3.0 + 10.0 * sev)
     margin = int(0.35 * sr)

@@ -9,8 +9,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from humwatch.data.synth.signals import (
-    _TWO_PI, _convolve, _db, _drift, _filt, _harmonics, _loguniform, _modal_ir, _phase, _sin, _sos_band,
-    _white, _wrap,
+    _TWO_PI,
+    _convolve,
+    _db,
+    _drift,
+    _filt,
+    _harmonics,
+    _loguniform,
+    _modal_ir,
+    _phase,
+    _sin,
+    _sos_band,
+    _white,
+    _wrap,
 )
 
 if TYPE_CHECKING:
@@ -77,7 +88,8 @@ def _fan(prod: _Product, r: np.random.Generator, n: int, sr: int, kind: str, sev
     tones += _harmonics(_phase(2 * p["line"], n, sr), [hum, 0.3 * hum], [0.0, 0.5])
     w = _white(r, n)
     bb = _filt(_sos_band(sr, None, corner, 2), w) + np.float32(p["vortex_g"] * 0.5) * _filt(
-        _sos_band(sr, p["vortex_f"] / 1.5, p["vortex_f"] * 1.5, 1), w)
+        _sos_band(sr, p["vortex_f"] / 1.5, p["vortex_f"] * 1.5, 1), w
+    )
     bb *= (speed**2.5 * load**0.3).astype(np.float32)  # fan law: sound power ~ speed^5
     if rumble:
         rb = _filt(_sos_band(sr, 20.0, 200.0, 2), _white(r, n))

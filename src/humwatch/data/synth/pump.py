@@ -9,8 +9,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from humwatch.data.synth.signals import (
-    _TWO_PI, _convolve, _db, _drift, _filt, _harmonics, _impulse_train, _loguniform, _modal_ir, _phase,
-    _rms, _sin, _sos_band, _white, _wrap,
+    _TWO_PI,
+    _convolve,
+    _db,
+    _drift,
+    _filt,
+    _harmonics,
+    _impulse_train,
+    _loguniform,
+    _modal_ir,
+    _phase,
+    _rms,
+    _sin,
+    _sos_band,
+    _white,
+    _wrap,
 )
 
 if TYPE_CHECKING:
@@ -39,8 +52,7 @@ def _pump_product(r: np.random.Generator, sr: int) -> dict:
     nm = int(r.integers(4, 7))
     p["pipe"] = _modal_ir(_loguniform(r, 80, 1500, nm), r.uniform(10, 40, nm), r.uniform(0.5, 3.0, nm), sr, 4096, 1.0)
     nc = int(r.integers(3, 6))
-    p["casing"] = _modal_ir(_loguniform(r, 1500, 6500, nc), r.uniform(20, 60, nc), r.uniform(0.5, 1.5, nc),
-                            sr, 1024, 0.3)
+    p["casing"] = _modal_ir(_loguniform(r, 1500, 6500, nc), r.uniform(20, 60, nc), r.uniform(0.5, 1.5, nc), sr, 1024, 0.3)
     p["casing"] /= np.float32(np.max(np.abs(p["casing"])))
     return p
 
@@ -64,8 +76,7 @@ def _pump(prod: _Product, r: np.random.Generator, n: int, sr: int, kind: str, se
     tones *= (load**0.5).astype(np.float32)
     tones += _harmonics(_phase(2 * p["line"], n, sr), [p["hum"], 0.5 * p["hum"], 0.25 * p["hum"]], [0.0, 1.0, 2.0])
     f_bar = p["bars"] * f_rot
-    tones += np.float32(p["slot"]) * (_sin(_phase(f_bar + 2 * p["line"], n, sr))
-                                      + _sin(_phase(f_bar - 2 * p["line"], n, sr)))
+    tones += np.float32(p["slot"]) * (_sin(_phase(f_bar + 2 * p["line"], n, sr)) + _sin(_phase(f_bar - 2 * p["line"], n, sr)))
     w = _white(r, n)
     flow = _filt(_sos_band(sr, 30.0, p["corner"], 1), w)
     flow += np.float32(p["hf"]) * _filt(_sos_band(sr, 2000.0, None, 1), w)

@@ -20,7 +20,17 @@ import numpy as np
 from scipy import signal as sps
 
 from humwatch.data.synth.signals import (
-    _TWO_PI, _add_at, _db, _drift, _filt, _harmonics, _loguniform, _onepole_lowpass, _phase, _rms, _sos_band,
+    _TWO_PI,
+    _add_at,
+    _db,
+    _drift,
+    _filt,
+    _harmonics,
+    _loguniform,
+    _onepole_lowpass,
+    _phase,
+    _rms,
+    _sos_band,
     _white,
 )
 
@@ -45,6 +55,7 @@ def _pad(sr: int) -> int:
     """Extra source samples on each side of the clip: room for the largest microphone delay
     (1 + array diameter / speed of sound) and the 4-tap interpolator."""
     return int(math.ceil(1.0 + 2.0 * ARRAY_RADIUS / SPEED_OF_SOUND * sr)) + 3
+
 
 # 1/f ("pink") noise filter: three poles and zeros placed so the response falls 10 dB per decade
 # over the audio band. Coefficients from J. O. Smith, "Spectral Audio Signal Processing",
@@ -144,16 +155,17 @@ def _factories() -> tuple[_Factory, ...]:
     r = np.random.default_rng(np.random.SeedSequence([_SALT_FACTORY]))
     out = []
     for _ in range(4):
-        out.append(_Factory(
-            line=float(r.choice([50.0, 60.0])),
-            brown=_db(r.uniform(-3, 3)),
-            hum=tuple(_db(r.uniform(-24, -16)) * np.arange(1, 7) ** -r.uniform(0.5, 1.5)),
-            machines=tuple((float(f), _db(r.uniform(-18, -10)))
-                           for f in _loguniform(r, 60, 700, int(r.integers(1, 4)))),
-            bang_rate=r.uniform(0.02, 0.12),
-            rt60=r.uniform(0.4, 1.2),
-            diffuse=r.uniform(0.2, 0.45),
-        ))
+        out.append(
+            _Factory(
+                line=float(r.choice([50.0, 60.0])),
+                brown=_db(r.uniform(-3, 3)),
+                hum=tuple(_db(r.uniform(-24, -16)) * np.arange(1, 7) ** -r.uniform(0.5, 1.5)),
+                machines=tuple((float(f), _db(r.uniform(-18, -10))) for f in _loguniform(r, 60, 700, int(r.integers(1, 4)))),
+                bang_rate=r.uniform(0.02, 0.12),
+                rt60=r.uniform(0.4, 1.2),
+                diffuse=r.uniform(0.2, 0.45),
+            )
+        )
     return tuple(out)
 
 
@@ -233,5 +245,5 @@ def _background(r: np.random.Generator, n: int, sr: int, channels: int, hall: in
             seg = stationary[o : o + n]
             y[: len(seg)] += (a_ind * sens[c]) * seg
             if len(seg) < n:
-                y[len(seg):] += (a_ind * sens[c]) * stationary[: n - len(seg)]
+                y[len(seg) :] += (a_ind * sens[c]) * stationary[: n - len(seg)]
     return out

@@ -8,8 +8,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from humwatch.data.synth.signals import (
-    _TWO_PI, _add_at, _boxcar, _convolve, _db, _drift, _filt, _harmonics, _impulse_train, _loguniform,
-    _modal_ir, _phase, _rms, _sin, _sos_band, _white,
+    _TWO_PI,
+    _add_at,
+    _boxcar,
+    _convolve,
+    _db,
+    _drift,
+    _filt,
+    _harmonics,
+    _impulse_train,
+    _loguniform,
+    _modal_ir,
+    _phase,
+    _rms,
+    _sin,
+    _sos_band,
+    _white,
 )
 
 if TYPE_CHECKING:
@@ -62,8 +76,7 @@ def _slider_motion(p: dict, r: np.random.Generator, n: int, sr: int):
     v = np.minimum(np.minimum(tau / ramp, (T - tau) / ramp), 1.0).clip(0.0, 1.0) * moving
     # position along the trapezoid (integral of v), normalised to 0..1
     pos = np.where(
-        tau < ramp, 0.5 * tau**2 / ramp,
-        np.where(tau <= T - ramp, tau - 0.5 * ramp, (T - ramp) - 0.5 * (T - tau) ** 2 / ramp),
+        tau < ramp, 0.5 * tau**2 / ramp, np.where(tau <= T - ramp, tau - 0.5 * ramp, (T - ramp) - 0.5 * (T - tau) ** 2 / ramp)
     ) / (T - ramp)
     x = np.where(fwd, pos, np.where(back, 1.0 - pos, np.where(u < T + dwell, 1.0, 0.0)))
     return v, x, moving

@@ -9,8 +9,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from humwatch.data.synth.signals import (
-    _add_at, _boxcar, _convolve, _db, _drift, _filt, _harmonics, _impulse_train, _loguniform, _modal_ir,
-    _phase, _rms, _sin, _sos_band, _white,
+    _add_at,
+    _boxcar,
+    _convolve,
+    _db,
+    _drift,
+    _filt,
+    _harmonics,
+    _impulse_train,
+    _loguniform,
+    _modal_ir,
+    _phase,
+    _rms,
+    _sin,
+    _sos_band,
+    _white,
 )
 
 if TYPE_CHECKING:
@@ -51,8 +64,7 @@ def _valve_product(r: np.random.Generator, sr: int) -> dict:
     return p
 
 
-def _valve_click(p: dict, sr: int, which: str, shift: float = 1.0, damp: float = 1.0,
-                 thud_gain: float = 1.0) -> np.ndarray:
+def _valve_click(p: dict, sr: int, which: str, shift: float = 1.0, damp: float = 1.0, thud_gain: float = 1.0) -> np.ndarray:
     """The opening or closing click (peak 1): body modes (scaled in frequency by ``shift``, in damping
     by ``damp``), the thud, and for closing the water-hammer knock."""
     f, q = p["body"]
@@ -103,8 +115,7 @@ def _valve(prod: _Product, r: np.random.Generator, n: int, sr: int, kind: str, s
         # Debris on the seat: the plunger closes on particles, so the closing click's body modes shift
         # and damp, a crushing crackle (1.5-3.5 kHz) joins it, the plunger bounces (a second,
         # smaller click 4-15 ms later), and particles carried by the flow rattle while open.
-        ir_close = _valve_click(p, sr, "close", shift=1.0 - (0.03 + 0.12 * sev), damp=1.0 + 2.0 * sev,
-                                thud_gain=1.0 + 2.0 * sev)
+        ir_close = _valve_click(p, sr, "close", shift=1.0 - (0.03 + 0.12 * sev), damp=1.0 + 2.0 * sev, thud_gain=1.0 + 2.0 * sev)
         crush = _modal_ir(_loguniform(r, 1500, 3500, 4), [8, 10, 12, 14], np.ones(4), sr, 1024)
         crush = np.pad(crush / np.float32(np.max(np.abs(crush))), (0, len(ir_close) - len(crush)))
         ir_close = ir_close + np.float32(0.3 + 0.7 * sev) * crush

@@ -15,7 +15,8 @@ if engine is None:  # pragma: no cover - only reachable by running the alembic c
     engine = create_engine(config.get_main_option("sqlalchemy.url"))
 
 with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=Base.metadata,
-                      render_as_batch=connection.dialect.name == "sqlite", compare_type=True)
+    context.configure(
+        connection=connection, target_metadata=Base.metadata, render_as_batch=connection.dialect.name == "sqlite", compare_type=True
+    )
     with context.begin_transaction():
         context.run_migrations()
