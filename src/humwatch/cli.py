@@ -17,6 +17,8 @@ app = typer.Typer(
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # click's plain help: rich's option tables cut long option names ("--threshold-me…") at 80 columns
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="humwatch: tell from a machine's sound whether it is healthy. Every error is one line `error: ...` "
     "and exit status 2; `humwatch score` exits 1 when a recording raises an alarm.",
