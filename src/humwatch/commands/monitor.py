@@ -15,6 +15,7 @@ import typer
 
 from humwatch.commands import options as o
 from humwatch.errors import ConfigError
+from humwatch.io import check_out_folder
 from humwatch.settings import FALSE_ALARM_RATE, FOLDS, WINDOW_SECONDS
 
 MonitorOut = Annotated[Path, typer.Option("--out", help="Monitor folder to write.")]
@@ -97,7 +98,7 @@ def fit_cmd(
         method = "embed-detect"
         defaults, note = monitor_defaults(method_options)
     settings = o.method_settings_from_options(method, method_options, defaults)
-    o.check_out_folder(out, overwrite, kind="monitor", inputs=[data])
+    check_out_folder(out, overwrite, kind="monitor", inputs=[data])
     if note:
         o.console().print(note)
     clips = load_dataset(data, layout=layout, machines=o.csv_list(machines), ids=o.csv_list(ids), snr=snr)
