@@ -85,11 +85,19 @@
     document.querySelectorAll("nav.ranges a.on").forEach(function (a) { a.classList.remove("on"); });
   }
 
+  // uPlot asks for the x range with the data's extent (drawing, a double click) or with a zoom's
+  // ends (a drag): the first gets the page's window, whatever the data; the second is kept
+  function xRange(u, min, max) {
+    const n = data.t.length;
+    const auto = min === null || max === null || (n && min === data.t[0] && max === data.t[n - 1]);
+    return auto || !(max > min) ? [data.x_min, data.x_max] : [min, max];
+  }
+
   const log = logScale(data);
   const opts = {
     width: el.clientWidth || 900, height: 320, plugins: [spansPlugin(), tooltipPlugin()],
     tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), zone); },
-    scales: {x: {time: true, range: function () { return [data.x_min, data.x_max]; }}, y: log ? {distr: 3} : {}},
+    scales: {x: {time: true, range: xRange}, y: log ? {distr: 3} : {}},
     series: [
       {},
       {label: "score", stroke: "#4a6fa5", width: 0, paths: function () { return null; },
