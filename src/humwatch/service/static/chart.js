@@ -29,7 +29,38 @@
         ctx.fillRect(x0, top, Math.max(x1 - x0, 3), h);
       }
       ctx.restore();
+    }], draw: [function (u) {  // the threshold across the whole axis, not only between the clips
+      if (data.threshold === null || data.threshold === undefined) return;
+      const y = u.valToPos(data.threshold, "y", true);
+      if (!(y >= u.bbox.top && y <= u.bbox.top + u.bbox.height)) return;
+      const ctx = u.ctx;
+      ctx.save();
+      ctx.strokeStyle = "#c62f3c";
+      ctx.lineWidth = 1.5 * devicePixelRatio;
+      ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+      ctx.beginPath();
+      ctx.moveTo(u.bbox.left, y);
+      ctx.lineTo(u.bbox.left + u.bbox.width, y);
+      ctx.stroke();
+      ctx.restore();
     }]}};
+  }
+
+  // the x axis' labels in 24-hour time, in the page's zone, with the date where it changes
+  const part = new Intl.DateTimeFormat("en-CA", {timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23"});
+  function ticks(u, splits) {
+    const span = u.scales.x.max - u.scales.x.min;
+    let day = null;
+    return splits.map(function (t) {
+      const p = {};
+      part.formatToParts(new Date(t * 1000)).forEach(function (x) { p[x.type] = x.value; });
+      const date = p.year + "-" + p.month + "-" + p.day;
+      const time = span > 40 * 86400 ? "" : p.hour + ":" + p.minute + (span < 600 ? ":" + p.second : "");
+      const label = date !== day ? (time ? time + "\n" + date : date) : time;
+      day = date;
+      return label;
+    });
   }
 
   // the point under the cursor: its score, time and file, beside it
@@ -106,7 +137,7 @@
        points: {show: true, size: 8, fill: "#c62f3c"}},
       {label: "threshold", stroke: "#c62f3c", width: 1.5, dash: [6, 4], points: {show: false}},
     ],
-    axes: [{stroke: "#6b7785", grid: {stroke: "#eef1f4"}},
+    axes: [{stroke: "#6b7785", grid: {stroke: "#eef1f4"}, values: ticks, size: 52},
            {stroke: "#6b7785", grid: {stroke: "#eef1f4"}, size: 64, label: log ? "score (log scale)" : "score"}],
     legend: {show: false},
     cursor: {points: {size: 9}, drag: {x: true, y: false}},
