@@ -167,6 +167,13 @@ def test_a_zoom_in_the_url_is_the_charts_window(svc):
         assert chart["file"] == ["normal-2.wav", "anomalous-3.wav", "anomalous-4.wav", "normal-5.wav"]
         # the reset link shows, and leads back to the range
         assert re.search(r'<a href="\?range=24h" id="reset-zoom"\s*>', r.text)
+    # a "+" typed into the URL (a space to the server) still means the zone's offset
+    typed = get(svc, f"/machines/{MACHINE}?from=2030-01-01T13:02:00+01:00&to=2030-01-01T12:05:00+00:00")
+    assert (chart_of(typed.text)["x_min"], chart_of(typed.text)["x_max"]) == (start.timestamp(), end.timestamp())
+    # the ends of the calendar, shown in a zone west or east of UTC
+    for tz in ("America/New_York", "Pacific/Kiritimati"):
+        edge = get(svc, f"/machines/{MACHINE}", params={"from": "0001-01-01T00:00:00Z", "to": "9999-12-31T23:59:59Z", "tz": tz})
+        assert edge.status_code == 200 and len(chart_of(edge.text)["clip"]) == len(svc.clips)
     plain = get(svc, f"/machines/{MACHINE}", params={"range": "24h"}).text
     assert re.search(r'id="reset-zoom" hidden', plain)
 

@@ -8,6 +8,7 @@ import contextvars
 import csv
 import datetime as _dt
 import io
+import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import HTTPException, Request
@@ -68,7 +69,10 @@ def when(t) -> str:
         t = _dt.datetime.fromisoformat(t)
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
-    local = t.astimezone(zone_info(_zone.get()))
+    try:
+        local = t.astimezone(zone_info(_zone.get()))
+    except (OverflowError, ValueError):  # year 1 or 9999 shifted out of range: said in UTC
+        return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return local.strftime("%Y-%m-%d %H:%M:%S ") + ("UTC" if _zone.get() == "UTC" else (local.tzname() or ""))
 
 
@@ -80,6 +84,7 @@ def parse_param(text: str | None, name: str) -> _dt.datetime | None:
         if text.lstrip("-").replace(".", "", 1).isdigit():
             t = _dt.datetime.fromtimestamp(float(text), UTC)
         else:
+            text = re.sub(r"(\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:?\d\d)$", r"\1+\2", text)  # a URL's "+" arrives as a space
             t = _dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
             t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
     except (ValueError, OverflowError, OSError):
