@@ -135,7 +135,7 @@
        points: {show: true, size: 5, fill: "#4a6fa5"}},
       {label: "anomalous", stroke: "#c62f3c", width: 0, paths: function () { return null; },
        points: {show: true, size: 8, fill: "#c62f3c"}},
-      {label: "threshold", stroke: "#c62f3c", width: 1.5, dash: [6, 4], points: {show: false}},
+      {label: "threshold", class: "thr", stroke: "#c62f3c", width: 1.5, dash: [6, 4], points: {show: false}},
     ],
     axes: [{stroke: "#6b7785", grid: {stroke: "#eef1f4"}, values: ticks, size: 52},
            {stroke: "#6b7785", grid: {stroke: "#eef1f4"}, size: 64, label: log ? "score (log scale)" : "score"}],
