@@ -89,6 +89,24 @@ def test_an_unknown_alert_is_a_404_page(svc):
     r = get(svc, "/alerts/987654")
     assert r.status_code == 404 and "no alert 987654" in r.text and "<html" in r.text
     assert get(svc, "/alerts/not-a-number").status_code == 422
+    assert get(svc, f"/alerts/{2**64}").status_code == 422 and get(svc, f"/alerts/{2**63 - 1}").status_code == 404
+
+
+def test_an_alert_at_the_calendars_end_has_its_page(svc):
+    from humwatch.service.store import Alert, Machine
+
+    store = svc.app.state.service.store
+    with store.write() as s:
+        m = s.query(Machine).filter_by(name=MACHINE).one()
+        edge = dt.datetime(9999, 12, 31, 23, 59, tzinfo=dt.timezone.utc)
+        a = Alert(machine_id=m.id, state="closed", start_at=edge, end_at=edge, first_clip_id=0, last_clip_id=0, max_score=1.0)
+        s.add(a)
+        s.flush()
+        alert_id = a.id
+    r = get(svc, f"/alerts/{alert_id}")
+    assert r.status_code == 200 and "9999-12-31 23:59:00 UTC" in r.text
+    with store.write() as s:
+        s.delete(s.get(Alert, alert_id))
 
 
 def test_the_scores_of_a_range_download_as_csv(svc):

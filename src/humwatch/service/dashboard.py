@@ -280,7 +280,11 @@ def alert_page(request: Request, alert_id: AlertId, who: Reader):
         start, end = alert.start_at, alert.end_at or now
         clips = [clip_document(r, m.name) for r in queries.clips_between(s, m, start, end, limit=ALERT_CLIPS + 1)]
         margin = max((end - start) * 0.25, _dt.timedelta(minutes=5))
-        win = {"since": start - margin, "until": max(end + margin, start + margin), "zoomed": True}
+        win = {
+            "since": timeline.shifted(start, -margin),
+            "until": max(timeline.shifted(end, margin), timeline.shifted(start, margin)),
+            "zoomed": True,
+        }
         points = queries.scores_page(s, m, since=win["since"], until=win["until"], limit=CHART_POINTS, order="desc")["items"][::-1]
     chart = timeline.chart_data(points, [doc], clips[0]["threshold"] if clips else None, win, live=False)
     return _page(

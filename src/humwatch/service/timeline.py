@@ -111,6 +111,14 @@ def window(range_: str, start: str | None, end: str | None, now: _dt.datetime, f
     return {"since": since, "until": now, "zoomed": False}
 
 
+def shifted(t: _dt.datetime, delta: _dt.timedelta) -> _dt.datetime:
+    """``t + delta``, held within the calendar (years 1 to 9999)."""
+    try:
+        return t + delta
+    except OverflowError:
+        return (_dt.datetime.min if delta < _dt.timedelta(0) else _dt.datetime.max).replace(tzinfo=UTC)
+
+
 def chart_data(points: list[dict], spans: list[dict], threshold, win: dict, live: bool) -> dict:
     """A chart: times (unix seconds), scores, anomalous scores (null elsewhere), clip ids, file
     names, the threshold, alert spans [start, end or null, id], the x axis' bounds, the zone the
