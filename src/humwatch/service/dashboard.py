@@ -7,7 +7,11 @@ process as the API and read with the same ``read`` token.
 * ``/clips/<id>`` one clip: its numbers, and for an anomalous clip whose audio was kept, a player,
   its spectrogram and the "why did it alarm" figure (:func:`humwatch.explain.alarm.explain_alarm`);
   figures are drawn once and kept beside the audio;
-* ``/alerts`` open and closed alerts, with an acknowledge button;
+* ``/alerts`` open and closed alerts, with an acknowledge button; ``/alerts/<id>`` one alert, its
+  chart and the clips between its start and end;
+* ``/machines/<name>/scores.csv?since=&until=`` the scores of a time range as CSV;
+* the chart spans the chosen range ending now, or a zoom kept in the URL (``?from=&to=``); times
+  are in UTC unless ``?tz=`` (kept in a cookie) chooses a zone (:mod:`humwatch.service.timeline`);
 * ``/login`` takes a token and keeps it in an HttpOnly, SameSite=Strict cookie (so a form posted
   from another site carries no token); ``/docs`` the API's OpenAPI page (Swagger UI, also local).
 """
@@ -18,14 +22,14 @@ import datetime as _dt
 import json
 from pathlib import Path
 from typing import Annotated, Literal, Optional
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from humwatch.service import queries
+from humwatch.service import queries, timeline
 from humwatch.service.api import AlertId, ClipId
 from humwatch.service.auth import COOKIE, Principal, checked_sign_in, require
 from humwatch.service.scoring import MACHINE_RE
@@ -36,24 +40,34 @@ HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 router = APIRouter(include_in_schema=False)
 Reader = Annotated[Principal, Depends(require("read"))]
-RANGES = {"1h": 1, "24h": 24, "7d": 24 * 7, "30d": 24 * 30, "all": None}
+RANGES = timeline.RANGES
 CHART_POINTS = 5000
+ALERT_CLIPS = 2000
+"""The most clips an alert's page lists (its CSV link gives them all)."""
+Range = Literal["1h", "24h", "7d", "30d", "all"]
 
-
-def _when(t) -> str:
-    if t is None:
-        return ""
-    if isinstance(t, str):
-        t = _dt.datetime.fromisoformat(t)
-    return t.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-templates.env.filters["when"] = _when
+templates.env.filters["when"] = timeline.when
 templates.env.filters["num"] = lambda v: "" if v is None else f"{v:.4g}"
 
 
 def _page(request: Request, name: str, who: Principal | None, status: int = 200, **ctx) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, {"who": who, **ctx}, status_code=status)
+    try:
+        zone, chosen = timeline.request_zone(request)
+    except HTTPException:  # an error page for a bad ?tz= itself
+        zone, chosen = "UTC", False
+    timeline.set_zone(zone)  # the page is rendered here, in this context
+    ctx.setdefault("tz", zone)
+    page = templates.TemplateResponse(request, name, {"who": who, "tz_label": timeline.zone_label(zone), **ctx}, status_code=status)
+    if chosen:
+        page.set_cookie(timeline.TZ_COOKIE, zone, samesite="strict", max_age=365 * 24 * 3600)
+    return page
+
+
+def _zone(request: Request) -> str:
+    """The page's zone, checked before anything is read (a bad ``?tz=`` is a 422)."""
+    zone = timeline.request_zone(request)[0]
+    timeline.set_zone(zone)
+    return zone
 
 
 def html_error(request: Request, status: int, detail: str, headers: dict | None = None) -> HTMLResponse:
@@ -95,21 +109,30 @@ def fleet_page(request: Request, who: Reader):
 
 
 @router.get("/machines/{machine}", response_class=HTMLResponse)
-def machine_page(request: Request, machine: str, who: Reader, range: Literal["1h", "24h", "7d", "30d", "all"] = "24h"):  # noqa: A002
+def machine_page(
+    request: Request,
+    machine: str,
+    who: Reader,
+    range: Range = "24h",  # noqa: A002
+    start: Annotated[Optional[str], Query(alias="from", max_length=64)] = None,
+    end: Annotated[Optional[str], Query(alias="to", max_length=64)] = None,
+):
+    _zone(request)
     svc = _svc(request)
-    hours = RANGES[range]
-    since = None if hours is None else utcnow() - _dt.timedelta(hours=hours)
     with svc.store.read() as s:
         m = queries.machine_row(s, machine) if MACHINE_RE.match(machine) else None
         if m is None:
             raise HTTPException(404, f"no machine named {machine!r}")
+        win = timeline.window(range, start, end, utcnow(), *queries.clip_time_span(s, m))
         state = queries.machine_state(s, m, svc.pool, svc.ingestor.rule)
-        points = queries.scores_page(s, m, since=since, limit=CHART_POINTS, order="desc")["items"][::-1]
-        spans = queries.alert_spans(s, m, since=since)
+        page = queries.scores_page(s, m, since=win["since"], until=win["until"], limit=CHART_POINTS, order="desc")
+        points = page["items"][::-1]
+        spans = queries.alert_spans(s, m, since=win["since"], until=win["until"])
         latest = queries.scores_page(s, m, limit=20)["items"]
         silence = current_silence(s, m.id)
         silence = None if silence is None else silence_document(silence, m.name)
-    chart = chart_data(points, spans, state)
+    threshold = state["monitor"]["threshold"] if state["monitor"] else None
+    chart = timeline.chart_data(points, spans, threshold, win, live=not win["zoomed"])
     return _page(
         request,
         "machine.html",
@@ -118,26 +141,41 @@ def machine_page(request: Request, machine: str, who: Reader, range: Literal["1h
         latest=latest,
         chart=json.dumps(chart),
         n_points=len(points),
+        truncated=page["next_offset"] is not None,
         range=range,
         ranges=list(RANGES),
         spans=spans,
         silence=silence,
+        win=win,
+        csv_url=_csv_url(m.name, win),
     )
 
 
-def chart_data(points: list[dict], spans: list[dict], state: dict) -> dict:
-    """The machine page's chart: times (unix seconds), scores, anomalous scores (null elsewhere),
-    the threshold, and alert spans [start, end or null]."""
-    ts = lambda iso: _dt.datetime.fromisoformat(iso).timestamp()  # noqa: E731
-    threshold = state["monitor"]["threshold"] if state["monitor"] else (points[-1]["threshold"] if points else None)
-    return {
-        "t": [ts(p["at"]) for p in points],
-        "score": [p["score"] for p in points],
-        "anomalous": [p["score"] if p["decision"] == "anomalous" else None for p in points],
-        "clip": [p["clip_id"] for p in points],
-        "threshold": threshold,
-        "spans": [[ts(a["start_at"]), ts(a["end_at"]) if a["end_at"] else None, a["id"]] for a in spans],
-    }
+def _csv_url(machine: str, win: dict) -> str:
+    return f"/machines/{machine}/scores.csv?" + urlencode({"since": win["since"].isoformat(), "until": win["until"].isoformat()})
+
+
+@router.get("/machines/{machine}/scores.csv")
+def scores_csv(
+    request: Request,
+    machine: str,
+    who: Reader,
+    since: Annotated[Optional[str], Query(max_length=64)] = None,
+    until: Annotated[Optional[str], Query(max_length=64)] = None,
+):
+    """The scores of a time range (timeline time; both ends optional) as CSV, oldest first."""
+    t0, t1 = timeline.parse_param(since, "since"), timeline.parse_param(until, "until")
+    if t0 is not None and t1 is not None and t1 < t0:
+        raise HTTPException(422, "since must not be after until")
+    svc = _svc(request)
+    with svc.store.read() as s:
+        m = queries.machine_row(s, machine) if MACHINE_RE.match(machine) else None
+        if m is None:
+            raise HTTPException(404, f"no machine named {machine!r}")
+        body = timeline.scores_csv(queries.clips_between(s, m, t0, t1))
+    return Response(
+        body, media_type="text/csv; charset=utf-8", headers={"content-disposition": f'attachment; filename="{m.name}-scores.csv"'}
+    )
 
 
 @router.get("/clips/{clip_id}", response_class=HTMLResponse)
@@ -221,6 +259,45 @@ def alerts_page(request: Request, who: Reader, state: Literal["open", "closed", 
     with _svc(request).store.read() as s:
         page = queries.alerts_page(s, state, limit=200)
     return _page(request, "alerts.html", who, alerts=page["items"], state=state)
+
+
+@router.get("/alerts/{alert_id}", response_class=HTMLResponse)
+def alert_page(request: Request, alert_id: AlertId, who: Reader):
+    """One alert: its numbers, its chart (a margin either side) and the clips from its start to
+    its end (or now while it is open)."""
+    from humwatch.service.alerts import alert_document
+    from humwatch.service.ingest import clip_document
+
+    _zone(request)
+    svc = _svc(request)
+    now = utcnow()
+    with svc.store.read() as s:
+        found = queries.alert_detail(s, alert_id)
+        if found is None:
+            raise HTTPException(404, f"no alert {alert_id}")
+        alert, m = found
+        doc = alert_document(alert, m.name)
+        start, end = alert.start_at, alert.end_at or now
+        clips = [clip_document(r, m.name) for r in queries.clips_between(s, m, start, end, limit=ALERT_CLIPS + 1)]
+        margin = max((end - start) * 0.25, _dt.timedelta(minutes=5))
+        win = {
+            "since": timeline.shifted(start, -margin),
+            "until": max(timeline.shifted(end, margin), timeline.shifted(start, margin)),
+            "zoomed": True,
+        }
+        points = queries.scores_page(s, m, since=win["since"], until=win["until"], limit=CHART_POINTS, order="desc")["items"][::-1]
+    chart = timeline.chart_data(points, [doc], clips[0]["threshold"] if clips else None, win, live=False)
+    return _page(
+        request,
+        "alert.html",
+        who,
+        a=doc,
+        clips=clips[:ALERT_CLIPS],
+        more=len(clips) > ALERT_CLIPS,
+        chart=json.dumps(chart),
+        n_points=len(points),
+        csv_url=_csv_url(m.name, {"since": start, "until": end}),
+    )
 
 
 @router.post("/alerts/{alert_id}/ack")

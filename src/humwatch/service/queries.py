@@ -118,3 +118,26 @@ def alerts_page(s: Session, state: str = "all", machine: Machine | None = None, 
 def clip_detail(s: Session, clip_id: int) -> tuple[ClipRow, str] | None:
     row = s.execute(select(ClipRow, Machine.name).join(Machine, Machine.id == ClipRow.machine_id).where(ClipRow.id == clip_id)).first()
     return None if row is None else (row[0], row[1])
+
+
+def clips_between(s: Session, m: Machine, since=None, until=None, limit: int | None = None):
+    """A machine's clips in a time range (timeline time), oldest first, read in batches."""
+    q = select(ClipRow).where(ClipRow.machine_id == m.id)
+    if since is not None:
+        q = q.where(ClipRow.at >= since)
+    if until is not None:
+        q = q.where(ClipRow.at <= until)
+    q = q.order_by(ClipRow.at.asc(), ClipRow.id.asc())
+    if limit is not None:
+        q = q.limit(limit)
+    return s.scalars(q.execution_options(yield_per=1000))
+
+
+def clip_time_span(s: Session, m: Machine) -> tuple:
+    """The timeline times of the machine's first and last clips (None, None before the first)."""
+    return tuple(s.execute(select(func.min(ClipRow.at), func.max(ClipRow.at)).where(ClipRow.machine_id == m.id)).one())
+
+
+def alert_detail(s: Session, alert_id: int) -> tuple[Alert, Machine] | None:
+    row = s.execute(select(Alert, Machine).join(Machine, Machine.id == Alert.machine_id).where(Alert.id == alert_id)).first()
+    return None if row is None else (row[0], row[1])
