@@ -174,3 +174,31 @@ def test_migration_upgrades_a_database_of_the_previous_head(tmp_path):
         assert s.execute(text("SELECT sensor FROM clips")).one() == (None,)
         assert s.execute(text("SELECT heartbeat_at FROM machines")).one() == (None,)
     store.close()
+
+
+def test_listener_sends_heartbeats_when_idle(service, tmp_path):
+    from sqlalchemy import select
+
+    from humwatch.service import health
+    from humwatch.service.listen import ListenSettings, Sender, Spool
+    from humwatch.service.store import Machine, utcnow
+
+    svc = service.svc
+    for k in range(3):
+        post(service, clip_bytes("normal", 20 + k), k)
+    later = utcnow() + dt.timedelta(seconds=health.STALE_MIN_S + 5)
+    assert health.sweep_stale(svc.store, None, later) == [MACHINE]
+    s = ListenSettings(server="http://testserver", machine=MACHINE, spool=str(tmp_path / "spool"), heartbeat=30).validate()
+    sender = Sender(s, service.tokens["ingest"], Spool(s.spool))
+    assert sender.beat(service) == 1  # service is FastAPI's TestClient: an httpx client
+    assert sender.beat(service) == 0  # not again before 30 s
+    assert machine(service)["state"] == "ok"
+    with svc.store.read() as st:
+        m = st.scalar(select(Machine).where(Machine.name == MACHINE))
+        assert m.heartbeat_at is not None and not health.is_stale(st, m)
+    off = Sender(
+        ListenSettings(server="http://testserver", machine=MACHINE, spool=str(tmp_path / "s2"), heartbeat=0).validate(),
+        "x",
+        Spool(tmp_path / "s2"),
+    )
+    assert off.beat(service) == 0
