@@ -93,3 +93,9 @@ def test_level_far_from_the_fitted_clips(reference):
     assert "level" in sensor.sensor_fault(y * 10 ** (-45 / 20), SR, reference)
     assert sensor.check_level(y * 10 ** (-10 / 20), SR, reference) is None  # a bit quieter is fine
     assert sensor.check_level(y * 1e-3, SR, None) is None  # no reference: not checked
+
+
+def test_non_finite_samples_are_left_to_the_audio_reader():
+    y = healthy()[:, 0].copy()
+    y[5] = np.nan
+    assert sensor.sensor_fault(y, SR) is None

@@ -121,7 +121,10 @@ def check_level(samples: np.ndarray, sample_rate: int, reference) -> str | None:
 
 
 def sensor_fault(samples: np.ndarray, sample_rate: int, reference=None) -> str | None:
-    """The first sensor fault found (silence, clipping, DC offset, dropouts, level), or None."""
+    """The first sensor fault found (silence, clipping, DC offset, dropouts, level), or None. A
+    clip with NaN or infinite samples is none of these: None (the audio reader refuses it)."""
+    if not np.isfinite(np.asarray(samples)).all():
+        return None
     return (
         check_silence(samples)
         or check_clipping(samples)
