@@ -99,3 +99,17 @@ def test_non_finite_samples_are_left_to_the_audio_reader():
     y = healthy()[:, 0].copy()
     y[5] = np.nan
     assert sensor.sensor_fault(y, SR) is None
+
+
+def test_a_sensor_alerts_mail_says_what_and_no_score():
+    from humwatch.service.notify import email_message
+
+    doc = {"event": "alert.opened", "machine": "m", "alert_id": 3, "acknowledged_by": None, "score": 0.0, "max_score": 0.0}
+    doc |= {"threshold": 2.0, "at": "t", "url": "u"}
+    doc["alert"] = {"n_anomalous": 0, "rule": "sensor", "kind": "sensor", "reason": "digital silence (x)", "start_at": "s"}
+    msg = email_message(doc, "a@b", ["c@d"])
+    body = msg.get_content()
+    assert msg["Subject"] == "[humwatch] m: sensor alert 3 opened"
+    assert "digital silence (x)" in body and "Score:" not in body
+    doc["alert"] = {"n_anomalous": 3, "rule": "3/5/3", "start_at": "s"}  # an anomaly alert's document from before kinds
+    assert "Score:" in email_message(doc, "a@b", ["c@d"]).get_content()
