@@ -102,10 +102,14 @@ def power_db(db: np.ndarray) -> float:
 def clip_level_db(samples: np.ndarray, sample_rate: int) -> float:
     """The clip's level (dB, :func:`power_db` of its log-mel energies, the channels' mean), as the
     normal reference measures its clips."""
+    import warnings
+
     from humwatch.explain.alarm import logmel
 
     y = _frames(samples).mean(axis=1)
-    return power_db(logmel(y, sample_rate))
+    with warnings.catch_warnings():  # librosa warns of a clip shorter than its FFT (such clips are refused elsewhere)
+        warnings.simplefilter("ignore", UserWarning)
+        return power_db(logmel(y, sample_rate))
 
 
 def check_level(samples: np.ndarray, sample_rate: int, reference) -> str | None:
