@@ -194,6 +194,8 @@ def test_listener_sends_heartbeats_when_idle(service, tmp_path):
     assert health.sweep_stale(svc.store, None, later) == [MACHINE]
     s = ListenSettings(server="http://testserver", machine=MACHINE, spool=str(tmp_path / "spool"), heartbeat=30).validate()
     sender = Sender(s, service.tokens["ingest"], Spool(s.spool))
+    assert sender.beat(service) == 0  # just started: the first beat comes after 30 s without a clip
+    sender._last_contact[MACHINE] -= 31
     assert sender.beat(service) == 1  # service is FastAPI's TestClient: an httpx client
     assert sender.beat(service) == 0  # not again before 30 s
     assert machine(service)["state"] == "ok"

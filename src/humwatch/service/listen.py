@@ -208,7 +208,7 @@ class Sender:
         self.sent = self.rejected = self.heartbeats = 0
         self.last_error = ""
         self.machines: set[str] = {settings.machine} if settings.machine else set()  # --machine, and those it sent clips of
-        self._last_contact: dict[str, float] = {}
+        self._last_contact = dict.fromkeys(self.machines, time.monotonic())  # the first beat after `heartbeat` s idle
 
     def _url(self, machine: str, what: str) -> str:
         # quoted: a folder named "bad?x" must reach the service as that name, not as "bad" and a query
