@@ -84,8 +84,10 @@ def test_silent_clip_is_a_sensor_fault_with_its_own_alert(service):
     assert events(service) == [("alert.opened", "sensor")]
     service.cookies.set("humwatch_token", service.tokens["read"])
     page = service.get("/")
+    alerts = service.get("/alerts")
     service.cookies.clear()
     assert page.status_code == 200 and 'class="badge state-sensor">sensor<' in page.text and "digital silence" in page.text
+    assert alerts.status_code == 200 and ">sensor</span>" in alerts.text
     post(service, clip_bytes("normal", 2), 6)
     m = machine(service)
     assert m["state"] == "ok" and m["sensor_alert"] is None
