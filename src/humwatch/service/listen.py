@@ -217,26 +217,10 @@ class Sender:
         return f"{self.s.server}/api/v1/machines/{name if name.strip('.') else name.replace('.', '%2E')}/{what}"
 
     def beat(self, client) -> int:
-        """Send a heartbeat for every machine not heard of for ``heartbeat`` seconds (nothing to
-        send: the machine is quiet, the listener alive); how many were answered 200. A failed one
-        is logged and tried at the next beat, never held against the clips."""
-        if not self.s.heartbeat:
-            return 0
-        now, n = time.monotonic(), 0
-        for machine in sorted(self.machines):
-            if now - self._last_contact.get(machine, -1e18) < self.s.heartbeat:
-                continue
-            self._last_contact[machine] = now
-            try:
-                r = client.post(self._url(machine, "heartbeat"), headers={"authorization": f"Bearer {self.token}"})
-            except Exception as e:  # the service is not there: the next clip or beat tries again
-                log.debug("%s: heartbeat not sent (%s)", machine, type(e).__name__)
-                continue
-            if r.status_code == 200:
-                n, self.heartbeats = n + 1, self.heartbeats + 1
-            else:
-                log.warning("%s: heartbeat refused (HTTP %s: %s)", machine, r.status_code, _detail(r))
-        return n
+        """Heartbeats for the machines idle ``heartbeat`` s (:func:`.listen_beat.send_heartbeats`)."""
+        from humwatch.service.listen_beat import send_heartbeats
+
+        return send_heartbeats(self, client)
 
     def send(self, client, item: Item) -> str:
         """``sent``, ``rejected``, ``hold`` (this clip waits) or ``retry`` (the service is not
