@@ -14,8 +14,6 @@ def send_heartbeats(sender, client) -> int:
     """Send a heartbeat for every machine of ``sender`` not heard of for ``heartbeat`` seconds (a
     clip sent counts); how many were answered 200. A failed one is logged and tried at the next
     beat, never held against the clips."""
-    from humwatch.service.listen import _detail
-
     if not sender.s.heartbeat:
         return 0
     now, n = time.monotonic(), 0
@@ -31,5 +29,5 @@ def send_heartbeats(sender, client) -> int:
         if r.status_code == 200:
             n, sender.heartbeats = n + 1, sender.heartbeats + 1
         else:
-            log.warning("%s: heartbeat refused (HTTP %s: %s)", machine, r.status_code, _detail(r))
+            log.warning("%s: heartbeat refused (HTTP %s: %s)", machine, r.status_code, " ".join(r.text.split())[:160])
     return n
