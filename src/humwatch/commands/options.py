@@ -468,6 +468,14 @@ ClipSeconds = Annotated[
 Spool = Annotated[
     Optional[Path], typer.Option(help="Where clips wait until the service has them (default: ~/.local/state/humwatch/spool).")
 ]
+Heartbeat = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        max=3600,
+        help="Seconds between heartbeats to the service while there is nothing to send (0: none): a quiet machine is not stale.",
+    ),
+]
 TokenName = Annotated[str, typer.Argument(help="A name for the token (who or what uses it).")]
 TokenOut = Annotated[
     Optional[Path], typer.Option("--out", help="Write the token to this file, readable by you only (0600), instead of printing it.")

@@ -156,6 +156,7 @@ def listen_cmd(
     channels: o.MicChannels = 1,
     seconds: o.ClipSeconds = 10.0,
     spool: o.Spool = None,
+    heartbeat: o.Heartbeat = 60.0,
 ):
     """Send clips to a service from a watched folder (--watch DIR) or a microphone (--mic); a local spool keeps them while it is down."""
     import logging
@@ -169,7 +170,13 @@ def listen_cmd(
     if not token:
         raise ConfigError("a token with the ingest scope is needed: --token or $HUMWATCH_TOKEN (`humwatch token create`)")
     s = ListenSettings(
-        server=server, machine=machine, spool=str(spool or default_spool()), seconds=seconds, sample_rate=sample_rate, channels=channels
+        server=server,
+        machine=machine,
+        spool=str(spool or default_spool()),
+        seconds=seconds,
+        sample_rate=sample_rate,
+        channels=channels,
+        heartbeat=heartbeat,
     ).validate()
     q = Spool(s.spool, s.spool_max_mb * 1e6)
     device = int(mic_device) if mic_device and mic_device.isdigit() else mic_device

@@ -5,6 +5,8 @@ machine's last N clips are anomalous; it closes after M normal clips in a row. "
 order clips reached the server (their ids): a listener that was cut off sends its spool oldest
 first, so that is the recording order too. Clips up to the last closed alert do not count towards
 a new one, so a machine does not alarm again on the clips that were already alarmed on.
+These are ``anomaly`` alerts; a clip with a sensor fault is not scored and counts towards none
+(it opens a ``sensor`` alert, :mod:`.health`, as a silent machine opens a ``stale`` one).
 Acknowledging says someone has seen the alert; it stays open until the machine sounds normal.
 
 The rule runs inside the ingest transaction, with the machine's row locked (``SELECT ... FOR
@@ -81,7 +83,7 @@ def on_clip(session: Session, machine: Machine, clip: ClipRow, rule: AlertRule, 
     :class:`humwatch.service.notify.Outbox`; None: nothing is notified) unless the machine is
     silenced at the clip's time. The caller holds the machine's row lock."""
     silenced = silenced_at(session, machine.id, clip.at)
-    alert = session.scalar(select(Alert).where(Alert.machine_id == machine.id, Alert.state == "open"))
+    alert = session.scalar(select(Alert).where(Alert.machine_id == machine.id, Alert.state == "open", Alert.kind == "anomaly"))
     if alert is not None:
         alert.last_clip_id = clip.id
         if clip.anomalous:
@@ -98,12 +100,12 @@ def on_clip(session: Session, machine: Machine, clip: ClipRow, rule: AlertRule, 
     if not clip.anomalous or silenced:
         return None
     after = max(
-        session.scalar(select(func.max(Alert.last_clip_id)).where(Alert.machine_id == machine.id)) or 0,
+        session.scalar(select(func.max(Alert.last_clip_id)).where(Alert.machine_id == machine.id, Alert.kind == "anomaly")) or 0,
         last_silenced_clip(session, machine.id),
     )
     recent = session.execute(
         select(ClipRow.id, ClipRow.at, ClipRow.score, ClipRow.anomalous)
-        .where(ClipRow.machine_id == machine.id, ClipRow.id > after)
+        .where(ClipRow.machine_id == machine.id, ClipRow.id > after, ClipRow.sensor.is_(None))
         .order_by(ClipRow.id.desc())
         .limit(rule.n)
     ).all()
@@ -150,6 +152,8 @@ def alert_document(alert: Alert, machine: str) -> dict:
         "id": alert.id,
         "machine": machine,
         "state": alert.state,
+        "kind": alert.kind or "anomaly",
+        "reason": alert.reason,
         "acknowledged": alert.acked_at is not None,
         "acked_at": iso(alert.acked_at),
         "acked_by": alert.acked_by,

@@ -152,9 +152,31 @@ async def post_clip(
     return doc
 
 
+@router.post(f"{v1}/machines/{{machine}}/heartbeat", response_model=schemas.Machine, tags=["machines"], responses=ERRORS)
+def post_heartbeat(request: Request, machine: MachineName, who: Annotated[Principal, Depends(require("ingest"))]):
+    """The machine's listener is alive with nothing to send: the machine is not stale (a stale
+    alert closes). Listeners send one every 60 s when idle; the machine's state comes back."""
+    from sqlalchemy import select
+
+    from humwatch.service.health import heartbeat
+
+    svc = service(request)
+    if svc.pool.get(machine) is None:
+        raise HTTPException(404, f"no monitor for machine {machine!r} (this server has: {', '.join(svc.pool.names())})")
+    with svc.store.write() as s:
+        m = s.scalar(select(Machine).where(Machine.name == machine).with_for_update())
+        if m is None:
+            raise HTTPException(404, f"no machine {machine!r}")
+        heartbeat(s, m, svc.notifier.outbox if svc.notifier else None)
+    if svc.notifier:
+        svc.notifier.notify()
+    with svc.store.read() as s:
+        return queries.machine_state(s, _machine(s, machine), svc.pool, svc.ingestor.rule)
+
+
 @router.get(f"{v1}/machines", response_model=list[schemas.Machine], tags=["machines"], responses=ERRORS)
 def get_machines(request: Request, who: Reader):
-    """Every machine: its state (alarm, acknowledged, ok, no data), last score, open alert."""
+    """Every machine: its state (alarm, acknowledged, stale, sensor, ok, no data), last score, open alerts."""
     svc = service(request)
     with svc.store.read() as s:
         return queries.fleet(s, svc.pool, svc.ingestor.rule)

@@ -33,6 +33,8 @@ class Service:
     pool: object
     ingestor: object
     notifier: object | None
+    sweeper: object | None = None
+    """The stale-machine check's thread (:class:`humwatch.service.health.StaleSweeper`)."""
     probe: object = field(init=False)
     failed_logins: object = field(init=False)
     uploads: object = field(init=False)
@@ -60,6 +62,7 @@ class Service:
     @classmethod
     def open(cls, settings: ServiceSettings) -> "Service":
         """Check the store's schema, load the monitors, start the notification threads."""
+        from humwatch.service.health import StaleSweeper
         from humwatch.service.ingest import Ingestor
         from humwatch.service.notify import Notifier
         from humwatch.service.scoring import MonitorPool
@@ -76,12 +79,16 @@ class Service:
             ingestor.clean_incoming()
             if notifier is not None:
                 notifier.start()
+            sweeper = StaleSweeper(store, notifier)
+            sweeper.start()
         except BaseException:
             store.close()
             raise
-        return cls(settings, store, pool, ingestor, notifier)
+        return cls(settings, store, pool, ingestor, notifier, sweeper)
 
     def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
         if self.notifier is not None:
             self.notifier.stop()
         self.store.close()

@@ -13,6 +13,10 @@ Every refusal is an :class:`UploadError` with an HTTP status and one line: 413 (
 line); the line names the upload's file name. The upload is decoded in memory and scored as an
 in-memory clip (:meth:`humwatch.data.clips.Clip.from_array`): no temporary file; its bytes are
 written only where the store keeps the audio (an anomalous clip, with ``keep_audio``).
+
+Before scoring, the sensor checks (:func:`humwatch.sensor.sensor_fault`) look for a microphone's
+fault: a clip with one is stored with its finding (``sensor``; decision ``sensor``, no score) and
+not scored; it opens a ``sensor`` alert (:mod:`.health`), never an anomaly alert.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from humwatch.audio import decode_bytes
 from humwatch.data.clips import MEMORY, Clip
 from humwatch.errors import AudioError, HumwatchError
 from humwatch.io import atomic_path
+from humwatch.sensor import sensor_fault
 from humwatch.service.alerts import machine_rule, on_clip
+from humwatch.service.health import on_sensor_clip
 from humwatch.service.store import Alert, ClipRow, Machine, Store, utcnow
 
 log = logging.getLogger("humwatch.service")
@@ -145,9 +151,10 @@ def clip_document(row: ClipRow, machine: str) -> dict:
         "at": iso(row.at),
         "recorded_at": iso(row.recorded_at),
         "received_at": iso(row.received_at),
-        "score": row.score,
+        "score": None if row.sensor else row.score,
         "threshold": row.threshold,
-        "decision": "anomalous" if row.anomalous else "normal",
+        "decision": "sensor" if row.sensor else "anomalous" if row.anomalous else "normal",
+        "sensor": row.sensor,
         "filename": row.filename,
         "seconds": row.seconds,
         "audio_kept": row.audio_path is not None,
@@ -199,7 +206,7 @@ class Ingestor:
             return None if row is None else self._answer(s, row, machine, duplicate=True, opened=False)
 
     def _answer(self, s, row: ClipRow, machine: str, duplicate: bool, opened: bool) -> dict:
-        alert = s.scalar(select(Alert).where(Alert.machine_id == row.machine_id, Alert.state == "open"))
+        alert = s.scalar(select(Alert).where(Alert.machine_id == row.machine_id, Alert.state == "open", Alert.kind == "anomaly"))
         return {
             **clip_document(row, machine),
             "duplicate": duplicate,
@@ -219,20 +226,25 @@ class Ingestor:
             limit = self.settings.max_seconds
             if seconds > limit:
                 raise UploadError(422, f"{up.filename}: {seconds:.1f} s of audio, longer than the {limit:g} s limit")
-            clip = Clip.from_array(samples, rate, up.filename, "service", machine)
+            entry = self.pool.get(machine)
+            fault = sensor_fault(samples, rate, getattr(entry.monitor, "reference", None) if entry is not None else None)
+            if fault is not None:  # the microphone's fault, not the machine's: stored, not scored
+                score, threshold, anomalous = 0.0, entry.threshold if entry is not None else 0.0, False
+            else:
+                clip = Clip.from_array(samples, rate, up.filename, "service", machine)
+                score, threshold, anomalous = self.pool.score(machine, clip)
             del samples
-            score, threshold, anomalous = self.pool.score(machine, clip)
         except AudioError as e:
             raise UploadError(422, str(e).replace(f"{MEMORY}/", "")) from None
         try:
-            return self._store(machine, up, key, seconds, score, threshold, anomalous)
+            return self._store(machine, up, key, seconds, score, threshold, anomalous, fault)
         except IntegrityError:  # the same clip, stored by a request that ran alongside this one
             found = self._existing(key, machine)
             if found is None:
                 raise
             return found
 
-    def _store(self, machine, up: Upload, key, seconds, score, threshold, anomalous) -> dict:
+    def _store(self, machine, up: Upload, key, seconds, score, threshold, anomalous, fault=None) -> dict:
         kept: Path | None = None
         try:
             with self.store.write() as s:
@@ -249,6 +261,7 @@ class Ingestor:
                     anomalous=anomalous,
                     filename=up.filename,
                     seconds=seconds,
+                    sensor=fault,
                 )
                 s.add(row)
                 s.flush()
@@ -258,7 +271,9 @@ class Ingestor:
                     with atomic_path(kept, suffix=up.suffix) as tmp:  # whole or not at all
                         tmp.write_bytes(up.data)
                     row.audio_path, row.audio_bytes = str(kept), up.size
-                alert = on_clip(s, m, row, machine_rule(m, self.rule), self.notifier.outbox if self.notifier else None)
+                outbox = self.notifier.outbox if self.notifier else None
+                on_sensor_clip(s, m, row, outbox)  # a sensor fault opens its own alert; any clip ends a stale one
+                alert = None if fault else on_clip(s, m, row, machine_rule(m, self.rule), outbox)
                 doc = self._answer(s, row, machine, duplicate=False, opened=alert is not None)
         except BaseException:
             if kept is not None:

@@ -14,6 +14,9 @@ or a redirect (the wrong ``--server``: the clip is not at fault) keeps that clip
 the others, trying it again in the next round. Should the sender thread ever die, the process
 ends with one ``error:`` line instead of running on without sending.
 The spool is bounded (``spool_max_mb``; the oldest clips go first when it is full).
+With nothing to send, the sender posts a heartbeat (``POST /api/v1/machines/M/heartbeat``) every
+``heartbeat`` seconds (60; 0: none) for each machine it speaks for (``--machine``, and every machine
+it has sent a clip of), so the service tells a quiet machine from a dead listener (``stale``).
 
 Sources:
 
@@ -78,6 +81,7 @@ class ListenSettings(Settings):
     timeout: float = setting(60.0, Real(1, 3600), "HTTP timeout of one upload (seconds)")
     spool_max_mb: float = setting(1024.0, Real(1), "spool size limit (MB)")
     settle: float = setting(0.5, Real(0, 60), "watch: seconds a new file must stop growing before it is taken")
+    heartbeat: float = setting(60.0, Real(0, 3600), "seconds between heartbeats while there is nothing to send (0: none)")
 
     def _check(self) -> None:
         if not self.server.startswith(("http://", "https://")):
@@ -201,16 +205,27 @@ class Sender:
 
     def __init__(self, settings: ListenSettings, token: str, spool: Spool):
         self.s, self.token, self.spool = settings, token, spool
-        self.sent = self.rejected = 0
+        self.sent = self.rejected = self.heartbeats = 0
         self.last_error = ""
+        self.machines: set[str] = {settings.machine} if settings.machine else set()  # --machine, and those it sent clips of
+        self._last_contact = dict.fromkeys(self.machines, time.monotonic())  # the first beat after `heartbeat` s idle
+
+    def _url(self, machine: str, what: str) -> str:
+        # quoted: a folder named "bad?x" must reach the service as that name, not as "bad" and a query
+        # (and "." or "..", which URL clients fold away, as %2E)
+        name = urllib.parse.quote(machine, safe="")
+        return f"{self.s.server}/api/v1/machines/{name if name.strip('.') else name.replace('.', '%2E')}/{what}"
+
+    def beat(self, client) -> int:
+        """Heartbeats for the machines idle ``heartbeat`` s (:func:`.listen_beat.send_heartbeats`)."""
+        from humwatch.service.listen_beat import send_heartbeats
+
+        return send_heartbeats(self, client)
 
     def send(self, client, item: Item) -> str:
         """``sent``, ``rejected``, ``hold`` (this clip waits) or ``retry`` (the service is not
         there: everything waits), with :attr:`last_error` saying why."""
-        # quoted: a folder named "bad?x" must reach the service as that name, not as "bad" and a query
-        # (and "." or "..", which URL clients fold away, as %2E)
-        name = urllib.parse.quote(item.machine, safe="")
-        url = f"{self.s.server}/api/v1/machines/{name if name.strip('.') else name.replace('.', '%2E')}/clips"
+        url = self._url(item.machine, "clips")
         ctype = "audio/flac" if item.audio.suffix == ".flac" else "audio/wav"
         try:
             data = item.audio.read_bytes()
@@ -285,6 +300,8 @@ class Sender:
                     held.pop(item.audio.name, None)
                     if outcome == "sent":
                         self.sent += 1
+                        self.machines.add(item.machine)
+                        self._last_contact[item.machine] = time.monotonic()
                         self.spool.done(item)
                     else:
                         self.rejected += 1
@@ -293,6 +310,7 @@ class Sender:
                 if down:
                     stop.wait(wait)
                 else:
+                    self.beat(client)  # nothing (more) to send: say the machines are alive
                     self.spool.arrived.wait(0.5)
                     self.spool.arrived.clear()
 

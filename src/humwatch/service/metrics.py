@@ -69,7 +69,10 @@ class StoreCollector:
                 r.machine_id: r
                 for r in s.execute(select(ClipRow.machine_id, ClipRow.score, ClipRow.threshold).where(ClipRow.id.in_(last_ids))).all()
             }
-            open_alerts = {a.machine_id: a for a in s.scalars(select(Alert).where(Alert.state == "open")).all()}
+            opened = s.scalars(select(Alert).where(Alert.state == "open")).all()
+            open_alerts = {a.machine_id: a for a in opened if (a.kind or "anomaly") == "anomaly"}
+            sensor_ids = {a.machine_id for a in opened if a.kind == "sensor"}
+            stale_ids = {a.machine_id for a in opened if a.kind == "stale"}
             queued = dict(
                 s.execute(
                     select(Notification.channel, func.count(Notification.id))
@@ -96,7 +99,7 @@ class StoreCollector:
                 score.add_metric([name], last[mid].score)
                 threshold.add_metric([name], last[mid].threshold)
             alert_open.add_metric([name], int(mid in open_alerts))
-            now = machine_state_name(mid in last, open_alerts.get(mid))
+            now = machine_state_name(mid in last, open_alerts.get(mid), sensor=mid in sensor_ids, stale=mid in stale_ids)
             for st in STATES:
                 state.add_metric([name, st], int(st == now))
         depth = GaugeMetricFamily(

@@ -239,6 +239,12 @@ WHAT = {
     "alert.acknowledged": "was acknowledged by {by}; it stays open until the machine sounds normal.",
     "alert.closed": "closed: the machine sounded normal again (rule {rule}).",
 }
+HEALTH_WHAT = {
+    "alert.opened": "opened: {reason}. A sensor or listener problem, not the machine's sound.",
+    "alert.acknowledged": "was acknowledged by {by}; it stays open until the sensor is heard from again.",
+    "alert.closed": "closed: the sensor is heard from again.",
+}
+"""What a ``sensor`` or ``stale`` alert's e-mail says (:mod:`.health`)."""
 
 
 def email_message(doc: dict, sender: str, to: list[str]):
@@ -249,15 +255,18 @@ def email_message(doc: dict, sender: str, to: list[str]):
     a = doc["alert"]
     fill = {"id": doc["alert_id"], "by": doc.get("acknowledged_by") or "someone", "n": a["n_anomalous"], "rule": a["rule"]}
     msg = EmailMessage()
-    msg["Subject"] = f"[humwatch] {doc['machine']}: {SUBJECTS[doc['event']].format(**fill)}"
+    kind = a.get("kind") or "anomaly"
+    fill["reason"] = a.get("reason") or kind
+    what = (WHAT if kind == "anomaly" else HEALTH_WHAT)[doc["event"]]
+    msg["Subject"] = f"[humwatch] {doc['machine']}: {'' if kind == 'anomaly' else kind + ' '}{SUBJECTS[doc['event']].format(**fill)}"
     msg["From"], msg["To"] = sender, ", ".join(to)
     msg["Date"], msg["Message-ID"] = formatdate(usegmt=True), make_msgid(domain="humwatch")
     threshold = doc.get("threshold")
     vs = f" against the threshold {threshold:.4g} ({doc['score'] / threshold:.1f}x)" if threshold else ""
     lines = [
         f"Machine: {doc['machine']}",
-        f"Alert {doc['alert_id']} {WHAT[doc['event']].format(**fill)}",
-        f"Score: {doc['score']:.4g}{vs}; highest in this alert {doc['max_score']:.4g}.",
+        f"Alert {doc['alert_id']} {what.format(**fill)}",
+        *([f"Score: {doc['score']:.4g}{vs}; highest in this alert {doc['max_score']:.4g}."] if kind == "anomaly" else []),
         f"Started: {a['start_at']}" + (f"; ended: {a['end_at']}" if a.get("end_at") else ""),
         f"Event time: {doc['at']}",
         f"Alert page: {doc['url']}",

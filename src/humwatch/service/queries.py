@@ -7,6 +7,7 @@ import datetime as _dt
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from humwatch.service import health
 from humwatch.service.alerts import AlertRule, alert_document, machine_rule
 from humwatch.service.ingest import clip_document
 from humwatch.service.store import Alert, ClipRow, Machine, utcnow
@@ -18,15 +19,25 @@ MAX_ID = 2**63 - 1
 not a query that overflows."""
 MAX_OFFSET = MAX_ID - 2 * MAX_PAGE
 """The largest page offset (offset + limit + 1 stays a signed 64-bit integer)."""
-STATES = ("alarm", "acknowledged", "ok", "no data")
+STATES = ("alarm", "acknowledged", "stale", "sensor", "ok", "no data")
 """A machine's states, in the fleet overview's order."""
 
 
-def machine_state_name(has_clips: bool, alert: Alert | None) -> str:
-    """``alarm`` / ``acknowledged`` with an open alert, else ``ok``, or ``no data`` before the first clip."""
+def machine_state_name(has_clips: bool, alert: Alert | None, sensor: bool = False, stale: bool = False) -> str:
+    """``alarm`` / ``acknowledged`` with an open anomaly alert; else ``stale`` (no clip nor
+    heartbeat for longer than its window, :mod:`.health`), ``sensor`` (its last clip had a sensor
+    fault), ``ok``, or ``no data`` before the first clip."""
     if alert is not None:
         return "acknowledged" if alert.acked_at is not None else "alarm"
+    if stale:
+        return "stale"
+    if sensor:
+        return "sensor"
     return "ok" if has_clips else "no data"
+
+
+def health_iso(t) -> str | None:
+    return t.isoformat() if t is not None else None
 
 
 def machine_row(s: Session, name: str) -> Machine | None:
@@ -36,7 +47,10 @@ def machine_row(s: Session, name: str) -> Machine | None:
 def machine_state(s: Session, m: Machine, pool, default_rule: AlertRule) -> dict:
     """One machine as the fleet overview shows it."""
     last = s.scalar(select(ClipRow).where(ClipRow.machine_id == m.id).order_by(ClipRow.id.desc()).limit(1))
-    alert = s.scalar(select(Alert).where(Alert.machine_id == m.id, Alert.state == "open"))
+    alert = s.scalar(select(Alert).where(Alert.machine_id == m.id, Alert.state == "open", Alert.kind == "anomaly"))
+    sensor_alert = health.open_alert(s, m.id, "sensor")
+    stale_alert = health.open_alert(s, m.id, "stale")
+    stale = stale_alert is not None or health.is_stale(s, m)
     day_ago = utcnow() - _dt.timedelta(days=1)
     n_clips = s.scalar(select(func.count(ClipRow.id)).where(ClipRow.machine_id == m.id)) or 0
     n_day, n_day_bad = s.execute(
@@ -45,7 +59,7 @@ def machine_state(s: Session, m: Machine, pool, default_rule: AlertRule) -> dict
         )
     ).one()
     entry = pool.get(m.name) if pool is not None else None
-    state = machine_state_name(last is not None, alert)
+    state = machine_state_name(last is not None, alert, sensor=last is not None and last.sensor is not None, stale=stale)
     return {
         "machine": m.name,
         "state": state,
@@ -56,6 +70,9 @@ def machine_state(s: Session, m: Machine, pool, default_rule: AlertRule) -> dict
         "clips_24h": int(n_day),
         "anomalous_24h": int(n_day_bad),
         "open_alert": alert_document(alert, m.name) if alert is not None else None,
+        "sensor_alert": alert_document(sensor_alert, m.name) if sensor_alert is not None else None,
+        "stale_alert": alert_document(stale_alert, m.name) if stale_alert is not None else None,
+        "last_seen": health_iso(health.last_seen(s, m)),
         "alert_rule": str(machine_rule(m, default_rule)),
     }
 

@@ -15,9 +15,10 @@ class Clip(BaseModel):
     at: str = Field(description="Timeline time: the recording time, else when the server received the clip (UTC, ISO 8601).")
     recorded_at: Optional[str]
     received_at: str
-    score: float
+    score: Optional[float] = Field(description="None for a clip with a sensor fault (not scored).")
     threshold: float
-    decision: Literal["normal", "anomalous"]
+    decision: Literal["normal", "anomalous", "sensor"]
+    sensor: Optional[str] = Field(None, description="The sensor fault found before scoring (silence, clipping, ...), if any.")
     filename: str
     seconds: float = Field(description="Length of the uploaded audio.")
     audio_kept: bool = Field(description="The server kept this clip's audio (anomalous clips, within the retention limit).")
@@ -38,6 +39,10 @@ class Alert(BaseModel):
     id: int
     machine: str
     state: Literal["open", "closed"]
+    kind: Literal["anomaly", "sensor", "stale"] = Field(
+        "anomaly", description="anomaly (K/N/M rule), sensor (a sensor fault), stale (silence)."
+    )
+    reason: Optional[str] = Field(None, description="What a sensor or stale alert is about.")
     acknowledged: bool
     acked_at: Optional[str]
     acked_by: Optional[str]
@@ -64,7 +69,7 @@ class MonitorInfo(BaseModel):
 
 class Machine(BaseModel):
     machine: str
-    state: Literal["alarm", "acknowledged", "ok", "no data"]
+    state: Literal["alarm", "acknowledged", "stale", "sensor", "ok", "no data"]
     has_monitor: bool
     monitor: Optional[MonitorInfo]
     last_clip: Optional[Clip]
@@ -72,6 +77,9 @@ class Machine(BaseModel):
     clips_24h: int
     anomalous_24h: int
     open_alert: Optional[Alert]
+    sensor_alert: Optional[Alert] = Field(None, description="The machine's open sensor alert, if any.")
+    stale_alert: Optional[Alert] = Field(None, description="The machine's open stale alert, if any.")
+    last_seen: Optional[str] = Field(None, description="Its last clip's arrival or heartbeat, whichever is later.")
     alert_rule: str
 
 

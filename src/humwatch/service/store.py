@@ -6,7 +6,8 @@ postgresql+psycopg://user@host/db``)::
     machines   one row per machine that has sent a clip (its name, and alert-rule overrides)
     clips      every scored clip: its content key (unique: same machine + recording time + audio
                bytes = one row), times, score, threshold, decision, and the stored audio if kept
-    alerts     K of the last N clips anomalous opens one, M normal clips in a row close it; ack
+    alerts     K of the last N clips anomalous opens one, M normal clips in a row close it; ack;
+               of a kind: anomaly, sensor (a clip with a sensor fault) or stale (silence)
     tokens     API tokens: a name, the SHA-256 of the token (never the token), scopes
     store_info which humwatch last upgraded the schema (``written_by``)
     notifications  the outbox: one row per alert event and channel (webhook, email) to send
@@ -93,6 +94,8 @@ class Machine(Base):
     alert_k: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     alert_n: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     alert_m: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    heartbeat_at: Mapped[Optional[_dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)
+    """When its listener last said it is alive (``POST .../heartbeat``); None: never."""
     created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -116,6 +119,9 @@ class ClipRow(Base):
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
     audio_path: Mapped[Optional[str]] = mapped_column(String(1024), nullable=True)
     audio_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    sensor: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
+    """A sensor fault found before scoring (:mod:`humwatch.sensor`, one line); such a clip is not
+    scored (``score`` 0, shown as none) and counts towards no anomaly alert."""
 
 
 class Alert(Base):
@@ -126,6 +132,11 @@ class Alert(Base):
     machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"))
     state: Mapped[str] = mapped_column(String(8), default="open")
     """``open`` or ``closed``; acknowledging does not close an alert, normal clips do."""
+    kind: Mapped[str] = mapped_column(String(16), default="anomaly", server_default="anomaly")
+    """``anomaly`` (the K/N/M rule), ``sensor`` (a clip with a sensor fault) or ``stale`` (no clip
+    nor heartbeat for longer than the machine's expected interval): :mod:`.health`."""
+    reason: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
+    """What a sensor or stale alert is about (the sensor finding, the silence's length)."""
     start_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
     """Timeline time of the first anomalous clip that counted towards opening it."""
     end_at: Mapped[Optional[_dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)
