@@ -217,3 +217,24 @@ def test_a_zoom_in_the_url_is_the_charts_window(svc):
 def test_bad_parameters_are_4xx_not_500(svc, path, params):
     r = get(svc, path, params=params)
     assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+
+
+def test_a_sensor_fault_is_in_the_csv_as_such_and_the_pages_still_draw(svc):
+    """A silent clip is stored as a sensor fault (not scored): its CSV row says ``sensor`` with no
+    score, and the machine page's chart and the CSV take it (runs last: it adds a clip)."""
+    import numpy as np
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(16000 * 2, dtype=np.float32), 16000, format="WAV", subtype="PCM_16")
+    when = T0 + dt.timedelta(days=1)
+    r = svc.post(
+        f"/api/v1/machines/{MACHINE}/clips",
+        content=buf.getvalue(),
+        params={"recorded_at": when.isoformat(), "filename": "dead-mic.wav"},
+        headers={"authorization": f"Bearer {svc.tokens['ingest']}"},
+    )
+    assert r.status_code == 200, r.text
+    rows = list(csv.DictReader(io.StringIO(get(svc, f"/machines/{MACHINE}/scores.csv", params={"since": when.isoformat()}).text)))
+    assert [(x["file"], x["decision"], x["score"]) for x in rows] == [("dead-mic.wav", "sensor", "")]
+    assert get(svc, f"/machines/{MACHINE}?range=all").status_code == 200

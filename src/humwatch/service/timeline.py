@@ -177,9 +177,9 @@ def scores_csv(rows) -> str:
                 iso(r.recorded_at),
                 iso(r.received_at),
                 _cell(r.filename or ""),
-                repr(r.score),
+                "" if r.sensor else repr(r.score),  # a sensor fault is not scored
                 repr(r.threshold),
-                "anomalous" if r.anomalous else "normal",
+                "sensor" if r.sensor else "anomalous" if r.anomalous else "normal",
             ]
         )
     return out.getvalue()
