@@ -92,8 +92,12 @@ def test_device_option_on_every_command_that_runs_a_model(tmp_path, capsys):
         assert e.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
 
 
-def test_version_short_help_and_shell_completion(capsys):
+def test_version_short_help_and_shell_completion(capsys, monkeypatch):
     from humwatch import __version__
+
+    # the shell named, not detected: detection walks up the processes to a shell, and a test worker's
+    # (pytest-xdist) may have none ("Shell not supported"); typer's own switch for its tests
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
 
     with pytest.raises(SystemExit) as e:
         main(["--version"])
