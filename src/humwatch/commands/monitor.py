@@ -125,7 +125,7 @@ def fit_cmd(
     if summary["random_init"]:
         con.print(f"[bold red]{summary['label']}: {summary['weights']}[/]")
     con.print(
-        f"monitor -> {out}: {summary['label']}, fitted on {summary['n_train']} normal windows of {window_seconds:g} s "
+        f"monitor -> {out}: {summary['label']}, fitted on {summary['n_train']} normal windows of {summary['seconds']:g} s "
         f"from {summary['n_recordings']} recording(s)\n"
         f"threshold {summary['threshold']:.4g}: calibrated on {summary['n_calibration']} out-of-fold normal windows "
         f"({summary['folds']} folds, {threshold_method}); expected false alarms: {false_alarm_rate:.1%} of normal "
