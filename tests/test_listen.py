@@ -41,11 +41,12 @@ def test_clip_pieces_send_short_files_whole_and_cut_long_ones():
     sr = 1000
     assert clip_pieces(10_000, sr, 10.0) == [(0, 10_000)]
     assert clip_pieces(15_000, sr, 10.0) == [(0, 15_000)]  # up to 1.5 clips: whole
-    assert clip_pieces(24_000, sr, 10.0) == [(0, 10_000), (10_000, 20_000)]  # 4 s left: under half, dropped
-    assert clip_pieces(26_000, sr, 10.0)[-1] == (20_000, 26_000)  # 6 s left: kept, short
-    assert clip_pieces(27_000, sr, 5.0)[-1] == (20_000, 25_000)  # 2 s of 5 left: dropped
-    assert clip_pieces(28_000, sr, 5.0)[-1] == (25_000, 28_000)  # 3 s of 5 left: kept, short
-    assert clip_pieces(33_000, sr, 10.0) == [(0, 10_000), (10_000, 20_000), (20_000, 30_000)]
+    # never a piece shorter than a clip: the rest joins the last piece (scored window by window)
+    assert clip_pieces(24_000, sr, 10.0) == [(0, 10_000), (10_000, 24_000)]
+    assert clip_pieces(26_000, sr, 10.0)[-1] == (10_000, 26_000)
+    assert clip_pieces(27_000, sr, 5.0)[-1] == (20_000, 27_000)
+    assert clip_pieces(28_000, sr, 5.0)[-1] == (20_000, 28_000)
+    assert clip_pieces(33_000, sr, 10.0) == [(0, 10_000), (10_000, 20_000), (20_000, 33_000)]
 
 
 def test_the_spool_keeps_order_rejects_and_stays_under_its_limit(tmp_path):

@@ -221,11 +221,12 @@ class Ingestor:
                 raise UploadError(422, f"{up.filename}: {seconds:.1f} s of audio, longer than the {limit:g} s limit")
             clip = Clip.from_array(samples, rate, up.filename, "service", machine)
             del samples
-            score, threshold, anomalous = self.pool.score(machine, clip)
+            score, threshold, anomalous = self.pool.score(machine, clip)  # shorter than the window: AudioError (422)
+            warnings = self.pool.warnings(machine, clip)  # another channel count or sample rate than the monitor's recordings
         except AudioError as e:
             raise UploadError(422, str(e).replace(f"{MEMORY}/", "")) from None
         try:
-            return self._store(machine, up, key, seconds, score, threshold, anomalous)
+            return {**self._store(machine, up, key, seconds, score, threshold, anomalous), "warnings": warnings}
         except IntegrityError:  # the same clip, stored by a request that ran alongside this one
             found = self._existing(key, machine)
             if found is None:
