@@ -3,7 +3,8 @@
 MIMII clips are 8-channel, 16 kHz, 10 s WAV files. :func:`load_audio` turns any readable file into
 the mono 16 kHz float32 signal the frontends expect: the channels are averaged (as the study does)
 or one is picked, other sample rates are resampled, and the clip is padded or cut to the expected
-length with a note. Anything unusable raises :class:`~humwatch.errors.AudioError` with one line that
+length with a note (the study's fixed-length clips; a monitor never pads: it refuses a recording
+shorter than its window, :mod:`humwatch.fitcheck`). Anything unusable raises :class:`~humwatch.errors.AudioError` with one line that
 names the file; features never see NaN.
 """
 

@@ -25,7 +25,8 @@ below, with a note saying so); shorter than half a second (the shortest window) 
 reason. An anomalous recording shorter than the window is left out of the AUC (with a note).
 **Check after fitting**: inputs far from the training data (:meth:`Method.far_scores`) must score
 above the threshold, and so must two real recordings scored end to end, loud white noise and a loud
-pure tone (:func:`probe_scores`): a monitor that cannot alarm on them is refused, not saved.
+pure tone (:func:`probe_scores`): a monitor that cannot alarm on them is refused, not saved (for a
+supervised method, which learns what its anomalies sound like, it is a warning line).
 """
 
 from __future__ import annotations
@@ -177,7 +178,9 @@ def fit_monitor(
     with active(rt):
         probes = probe_scores(m)
     deaf = [f"{name} scores {v:.4g}" for name, v in probes.items() if not v > threshold]
-    if deaf:
+    if deaf and m.supervised:  # it learnt what its anomalies sound like: noise need not sound like one (said, not refused)
+        log.warning("warning: this monitor does not alarm on %s (threshold %.4g)", ", ".join(deaf), threshold)
+    elif deaf:
         raise ConfigError(
             f"this monitor does not alarm on sounds no healthy machine makes: {', '.join(deaf)}, not above the calibrated "
             f"threshold {threshold:.4g} ({m.label}, {seconds:g} s windows); record more healthy sound, or choose another method"

@@ -41,7 +41,10 @@ WindowSeconds = Annotated[
     float,
     typer.Option(
         "--window-seconds",
-        help=o.ranged("Window length in seconds: longer recordings are scored window by window, shorter ones padded", WINDOW_SECONDS),
+        help=o.ranged(
+            "Window length in seconds: longer recordings are scored window by window (never padded: recordings shorter than it make the window their length)",
+            WINDOW_SECONDS,
+        ),
         callback=o.checked(WINDOW_SECONDS, "--window-seconds"),
     ),
 ]
