@@ -111,6 +111,8 @@ def fit_monitor(
     if not normal:
         raise DatasetError("a monitor needs normal (healthy) recordings to learn from; found none")
     seconds = window_for(normal, seconds)
+    if hop is not None and hop > seconds:
+        log.warning("note: --hop %g is longer than the %g s window: the hop is %g s", hop, seconds, seconds)
     hop = min(float(hop if hop is not None else seconds), seconds)
     base = audio or AudioSettings()
     audio = AudioSettings(base.sample_rate, float(seconds), base.channel)
