@@ -41,11 +41,12 @@ def test_clip_pieces_send_short_files_whole_and_cut_long_ones():
     sr = 1000
     assert clip_pieces(10_000, sr, 10.0) == [(0, 10_000)]
     assert clip_pieces(15_000, sr, 10.0) == [(0, 15_000)]  # up to 1.5 clips: whole
-    assert clip_pieces(24_000, sr, 10.0) == [(0, 10_000), (10_000, 20_000)]  # 4 s left: under half, dropped
-    assert clip_pieces(26_000, sr, 10.0)[-1] == (20_000, 26_000)  # 6 s left: kept, short
-    assert clip_pieces(27_000, sr, 5.0)[-1] == (20_000, 25_000)  # 2 s of 5 left: dropped
-    assert clip_pieces(28_000, sr, 5.0)[-1] == (25_000, 28_000)  # 3 s of 5 left: kept, short
-    assert clip_pieces(33_000, sr, 10.0) == [(0, 10_000), (10_000, 20_000), (20_000, 30_000)]
+    # never a piece shorter than a clip: the rest joins the last piece (scored window by window)
+    assert clip_pieces(24_000, sr, 10.0) == [(0, 10_000), (10_000, 24_000)]
+    assert clip_pieces(26_000, sr, 10.0)[-1] == (10_000, 26_000)
+    assert clip_pieces(27_000, sr, 5.0)[-1] == (20_000, 27_000)
+    assert clip_pieces(28_000, sr, 5.0)[-1] == (20_000, 28_000)
+    assert clip_pieces(33_000, sr, 10.0) == [(0, 10_000), (10_000, 20_000), (20_000, 33_000)]
 
 
 def test_the_spool_keeps_order_rejects_and_stays_under_its_limit(tmp_path):
@@ -71,7 +72,7 @@ def test_a_long_file_is_spooled_as_clips_stamped_by_their_offsets(tmp_path):
     assert len(items) == 2
     times = [dt.datetime.fromisoformat(i.recorded_at) for i in items]
     assert (times[1] - times[0]).total_seconds() == pytest.approx(10.0)
-    assert [sf.info(str(i.audio)).frames for i in items] == [160_000, 160_000]
+    assert [sf.info(str(i.audio)).frames for i in items] == [160_000, 224_000]  # the 4 s left join the last clip
     (tmp_path / "junk.wav").write_bytes(b"not audio at all")
     assert spool_file(Spool(tmp_path / "spool"), tmp_path / "junk.wav", "m", 10.0) == []
 

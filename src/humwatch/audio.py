@@ -3,7 +3,8 @@
 MIMII clips are 8-channel, 16 kHz, 10 s WAV files. :func:`load_audio` turns any readable file into
 the mono 16 kHz float32 signal the frontends expect: the channels are averaged (as the study does)
 or one is picked, other sample rates are resampled, and the clip is padded or cut to the expected
-length with a note. Anything unusable raises :class:`~humwatch.errors.AudioError` with one line that
+length with a note (the study's fixed-length clips; a monitor never pads: it refuses a recording
+shorter than its window, :mod:`humwatch.fitcheck`). Anything unusable raises :class:`~humwatch.errors.AudioError` with one line that
 names the file; features never see NaN.
 """
 
@@ -31,6 +32,9 @@ CLIP_SECONDS = 10.0
 """MIMII's clip length."""
 SILENCE_PEAK = 1e-6
 """A clip whose peak amplitude is below this (full scale = 1.0) is treated as silent."""
+WINDOW_SLACK = 1e-3
+"""Seconds a recording may fall short of a window (or run past its last one) and still count as
+covering it: sample-count rounding, never padding worth the name."""
 
 MAX_FILE_BYTES = 4 << 30
 """The largest audio file humwatch opens (4 GiB: 37 hours of 16 kHz 16-bit mono, 9 hours of MIMII's 8 channels)."""
@@ -295,13 +299,15 @@ def duration(path: str | os.PathLike) -> float | None:
 
 
 def window_starts(total: float, seconds: float, hop: float) -> list[float]:
-    """Where the ``seconds``-long windows of a ``total``-second recording begin, ``hop`` apart; a
-    last window ends at the recording's end when at least a second would be left out. A recording
-    no longer than one window has one window, at 0."""
-    if total <= seconds + 1e-6:
+    """Where the ``seconds``-long windows of a ``total``-second recording begin, ``hop`` apart; when
+    the last of them ends before the recording does (by more than :data:`WINDOW_SLACK`), one more
+    window ends at the recording's end (overlapping the one before), so the windows cover all of it
+    and none runs past its end (none is ever padded). A recording no longer than one window has
+    one window, at 0 (a monitor refuses one shorter than its window: :func:`humwatch.monitor.too_short`)."""
+    if total <= seconds + WINDOW_SLACK:
         return [0.0]
     starts = [round(k * hop, 6) for k in range(int(np.floor((total - seconds) / hop + 1e-9)) + 1)]
-    if total - (starts[-1] + seconds) >= 1.0:
+    if total - (starts[-1] + seconds) > WINDOW_SLACK:
         starts.append(round(total - seconds, 6))
     return starts
 

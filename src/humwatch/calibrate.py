@@ -19,13 +19,20 @@ that trains a network in parallel processes (``jobs``), with the same numbers ei
 **Checks before any work**: the method's settings, the false-alarm rate and threshold method, and
 whether there are enough normal windows for the rate (``percentile`` needs ``ceil(1 / rate)``;
 ``gamma`` needs :data:`humwatch.metrics.GAMMA_MIN_SCORES`) and enough per fold for the method.
+**Windows no longer than the recordings, never padded**: when the shortest healthy recording is
+shorter than ``seconds``, the window is the shortest recording's length (to a tenth of a second
+below, with a note saying so); shorter than half a second (the shortest window) is refused with the
+reason. An anomalous recording shorter than the window is left out of the AUC (with a note).
 **Check after fitting**: inputs far from the training data (:meth:`Method.far_scores`) must score
-above the threshold; a monitor that cannot alarm is refused, not saved.
+above the threshold, and so must two real recordings scored end to end, loud white noise and a loud
+pure tone (:func:`probe_scores`): a monitor that cannot alarm on them is refused, not saved (for a
+supervised method, which learns what its anomalies sound like, it is a warning line).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 from typing import Sequence
 
@@ -34,10 +41,13 @@ import numpy as np
 from humwatch.audio import AudioSettings
 from humwatch.data.clips import Clip, expand_windows
 from humwatch.errors import ConfigError, DatasetError
+from humwatch.fitcheck import check_recordings, fitted_recordings, recording_format, too_short
 from humwatch.folds import cross_fit, fold_jobs
-from humwatch.monitor import THRESHOLD_METHODS, Monitor, MonitorSettings, max_per_recording, recording_notes
+from humwatch.monitor import THRESHOLD_METHODS, Monitor, MonitorSettings, max_per_recording
 from humwatch.runtime import Runtime, active
 from humwatch.settings import FALSE_ALARM_RATE, FOLDS, WINDOW_SECONDS, OneOf, check_value
+
+log = logging.getLogger("humwatch")
 
 
 def windows_needed(false_alarm_rate: float, threshold_method: str) -> int:
@@ -93,19 +103,26 @@ def fit_monitor(
     false_alarm_rate = check_value(false_alarm_rate, FALSE_ALARM_RATE, "false_alarm_rate", "monitor")
     folds = check_value(folds, FOLDS, "folds", "monitor")
     seconds = check_value(seconds, WINDOW_SECONDS, "seconds", "monitor")
-    hop = float(hop if hop is not None else seconds)
-    if not 0 < hop <= seconds:
+    if hop is not None and not 0 < hop <= seconds:
         raise ConfigError(f"hop must be above 0 and at most the window length ({seconds:g} s), got {hop:g}")
     s = method_settings(method, settings)
+    normal = [c for c in clips if not c.is_anomalous]
+    anomalous = [c for c in clips if c.is_anomalous]
+    if not normal:
+        raise DatasetError("a monitor needs normal (healthy) recordings to learn from; found none")
+    seconds = window_for(normal, seconds)
+    if hop is not None and hop > seconds:
+        log.warning("note: --hop %g is longer than the %g s window: the hop is %g s", hop, seconds, seconds)
+    hop = min(float(hop if hop is not None else seconds), seconds)
     base = audio or AudioSettings()
     audio = AudioSettings(base.sample_rate, float(seconds), base.channel)
     ctx = Context(audio=audio, seed=seed, device=device)
     rt = Runtime(on_bad="skip" if skip_bad else "error", progress=progress, cache_dir=str(cache_dir) if cache_dir is not None else None)
     m = create_method(method, s, ctx, title="monitor")
-    normal = [c for c in clips if not c.is_anomalous]
-    anomalous = [c for c in clips if c.is_anomalous]
-    if not normal:
-        raise DatasetError("a monitor needs normal (healthy) recordings to learn from; found none")
+    refused, _ = check_recordings(anomalous, audio)
+    if refused:
+        log.warning("note: %d anomalous recording(s) shorter than the %g s window are left out of the AUC", len(refused), seconds)
+        anomalous = [c for c in anomalous if c.path not in refused]
     windows = expand_windows(normal, seconds, hop)
     need = windows_needed(false_alarm_rate, threshold_method)
     if len(windows) < need:
@@ -127,7 +144,7 @@ def fit_monitor(
     if m.supervised and not anomalous:
         raise DatasetError(f"{method} learns from normal and anomalous recordings; found no anomalous ones")
     jobs = fold_jobs(jobs, k, device)
-    recording_notes(clips, audio)
+    check_recordings(normal, audio)  # the resampling note
 
     # -- out-of-fold scores of every normal window, and the final method on every normal window (and the
     # anomalous ones, if it learns from them): humwatch.folds does it with as few trainings as it can
@@ -159,6 +176,16 @@ def fit_monitor(
         raise ConfigError(
             f"this monitor could never alarm: inputs far from the training data score at most {np.nanmax(far):.4g}, "
             f"not above the calibrated threshold {threshold:.4g} ({m.label}); choose another detector or method"
+        )
+    with active(rt):
+        probes = probe_scores(m)
+    deaf = [f"{name} scores {v:.4g}" for name, v in probes.items() if not v > threshold]
+    if deaf and m.supervised:  # it learnt what its anomalies sound like: noise need not sound like one (said, not refused)
+        log.warning("warning: this monitor does not alarm on %s (threshold %.4g)", ", ".join(deaf), threshold)
+    elif deaf:
+        raise ConfigError(
+            f"this monitor does not alarm on sounds no healthy machine makes: {', '.join(deaf)}, not above the calibrated "
+            f"threshold {threshold:.4g} ({m.label}, {seconds:g} s windows); record more healthy sound, or choose another method"
         )
     reference = _reference(rt.reader(audio), [w for w, g in zip(windows, ok) if g], audio)
     info = m.info()
@@ -197,6 +224,7 @@ def fit_monitor(
         },
         n_train=m.n_train_,
         reference_windows=reference.n_windows if reference is not None else 0,
+        recordings=fitted_recordings(normal),
     )
     summary = {
         "n_recordings": len(normal),
@@ -212,8 +240,62 @@ def fit_monitor(
         "weights": info.get("weights", ""),
         "random_init": bool(info.get("random_init", False)),
         "label": m.label,
+        "seconds": seconds,
+        "probe_scores": probes,
     }
     return Monitor(method=m, threshold=threshold, settings=mon_settings, reference=reference), summary
+
+
+def window_for(normal: Sequence[Clip], seconds: float) -> float:
+    """The window a monitor is fitted with: ``seconds``, or the shortest healthy recording's length
+    (to a tenth of a second below) when that is shorter (with a note); DatasetError when it is
+    shorter than the shortest window (:data:`humwatch.settings.WINDOW_SECONDS`)."""
+    from humwatch.audio import WINDOW_SLACK
+
+    lengths = [(f[0], c) for c, f in ((c, recording_format(c)) for c in normal) if f is not None]
+    if not lengths:
+        return seconds
+    shortest, clip = min(lengths, key=lambda t: t[0])
+    if shortest >= seconds - WINDOW_SLACK:
+        return seconds
+    name = clip.key if clip.in_memory else clip.path
+    window = math.floor((shortest + WINDOW_SLACK) * 10) / 10
+    if window < WINDOW_SECONDS.low:
+        raise DatasetError(too_short(shortest, WINDOW_SECONDS.low, name).replace("the monitor's", "a monitor's shortest"))
+    log.warning(
+        "note: the shortest healthy recording (%s) is %.1f s: the monitor's window is %g s, not %g s (windows are never padded)",
+        name,
+        shortest,
+        window,
+        seconds,
+    )
+    return window
+
+
+PROBE_LEVEL = 0.9
+"""The probes' peak level (full scale = 1.0)."""
+
+
+def probe_scores(m) -> dict[str, float]:
+    """The fitted method's scores of loud white noise and a loud 1 kHz pure tone, each a real
+    recording of one window scored end to end (as any clip is): a monitor must alarm on both."""
+    from humwatch.data.clips import Clip
+
+    sr = m.audio.sample_rate
+    n = int(round(m.audio.seconds * sr))
+    t = np.arange(n) / sr
+    probes = {
+        "loud white noise": PROBE_LEVEL * np.clip(np.random.default_rng(1).standard_normal(n) / 3, -1, 1),
+        "a loud 1 kHz tone": PROBE_LEVEL * np.sin(2 * np.pi * 1000 * t),
+    }
+    clips = [Clip.from_array(y.astype(np.float32), sr, f"probe-{i}.wav", "probe", "probe", 1) for i, y in enumerate(probes.values())]
+    from dataclasses import replace
+
+    from humwatch.runtime import current
+
+    rt = current() or Runtime()
+    scores = np.asarray(m.score(clips, runtime=replace(rt, cache_dir=None, keep_embeddings=False)), dtype=np.float64)  # never cached
+    return {name: float(v) for name, v in zip(probes, scores)}
 
 
 def _reference(reader, windows: Sequence[Clip], audio: AudioSettings):

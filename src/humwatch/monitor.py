@@ -84,6 +84,9 @@ class MonitorSettings:
     threshold_rule: dict = field(default_factory=dict)
     n_train: int = 0
     reference_windows: int = 0
+    recordings: dict = field(default_factory=dict)
+    """The channel counts and sample rates of the recordings it was fitted on (:func:`humwatch.fitcheck.fitted_recordings`;
+    empty for a monitor written before humwatch recorded them)."""
     kind: str = "monitor"
 
     SAVED: ClassVar[tuple[str, ...]] = (
@@ -99,6 +102,7 @@ class MonitorSettings:
         "threshold_rule",
         "n_train",
         "reference_windows",
+        "recordings",
     )
     """The fields monitor.json holds, in its order (besides format, format_version, threshold, fingerprints)."""
 
@@ -106,6 +110,8 @@ class MonitorSettings:
         """The fields as monitor.json writes them."""
         a = self.audio
         out = {k: getattr(self, k) for k in self.SAVED}
+        if not self.recordings:
+            del out["recordings"]
         out.update(
             machines=list(self.machines),
             threshold_rule=dict(self.threshold_rule),
@@ -116,7 +122,8 @@ class MonitorSettings:
     @classmethod
     def from_doc(cls, doc: dict, audio: AudioSettings) -> "MonitorSettings":
         """The settings of a checked monitor.json (:func:`check_monitor_fields`)."""
-        return cls(**{k: doc[k] for k in cls.SAVED if k not in ("audio", "machines")}, audio=audio, machines=tuple(doc["machines"]))
+        kw = {k: doc[k] for k in cls.SAVED if k not in ("audio", "machines", "recordings")}
+        return cls(**kw, audio=audio, machines=tuple(doc["machines"]), recordings=dict(doc.get("recordings") or {}))
 
 
 @dataclass(frozen=True)
@@ -159,11 +166,22 @@ class Monitor:
 
     # -- scoring -------------------------------------------------------------------------------
     def score_windows(self, clips: Sequence[Clip], skip_bad: bool = False, progress: bool = True, cache_dir=None):
-        """Every window of ``clips`` and its score: (windows, scores, skipped [(path, reason)] of this call)."""
+        """Every window of ``clips`` and its score: (windows, scores, skipped [(path, reason)] of this call).
+        A recording shorter than the window is refused (an AudioError, or a skip with ``skip_bad``);
+        another channel count or sample rate than the monitor's recordings is a warning line (logged)."""
+        from humwatch.errors import AudioError
+        from humwatch.fitcheck import check_recordings
+
         rt = Runtime(on_bad="skip" if skip_bad else "error", progress=progress, cache_dir=str(cache_dir) if cache_dir is not None else None)
         reader = rt.reader(self.audio)
-        windows = expand_windows(list(clips), self.audio.seconds or 10.0, self.hop)
-        recording_notes(clips, self.audio)
+        clips = list(clips)
+        refused, warnings = check_recordings(clips, self.audio, self.settings.recordings)
+        for line in warnings:
+            log.warning("%s", line)
+        for c in clips:
+            if c.path in refused:
+                reader.fail(c, AudioError(refused[c.path]))
+        windows = expand_windows([c for c in clips if c.path not in refused], self.audio.seconds or 10.0, self.hop)
         s = self.method.score(windows, runtime=rt)
         for w, v in zip(windows, s):  # NaN is a window the reader skipped; any other is the monitor failing
             if not np.isfinite(v) and not reader.is_bad(w):
@@ -288,11 +306,13 @@ def check_monitor_fields(doc: dict, where: Path) -> AudioSettings:
     from humwatch.settings import (
         FALSE_ALARM_RATE,
         FOLDS,
+        SAMPLE_RATE_HZ,
         SEED,
         Bool,
         Int,
         Mapping,
         OneOf,
+        Optional,
         Pattern,
         Real,
         Seq,
@@ -319,6 +339,7 @@ def check_monitor_fields(doc: dict, where: Path) -> AudioSettings:
                 "threshold_rule": Mapping(),
                 "n_train": Int(1),
                 "reference_windows": Int(0),
+                "recordings": Optional(Mapping()),
                 "threshold": Real(),
                 "fingerprints": Mapping(),
             },
@@ -341,6 +362,13 @@ def check_monitor_fields(doc: dict, where: Path) -> AudioSettings:
             where,
             "threshold_rule.",
         )
+        if v["recordings"] is not None:  # optional (format 3 monitors written before it have none)
+            check_fields(
+                v["recordings"],
+                {"channels": Seq(Int(1, 1024), min_len=1), "sample_rates": Seq(SAMPLE_RATE_HZ, min_len=1)},
+                where,
+                "recordings.",
+            )
     except ConfigError as e:
         raise MonitorError(str(e)) from None
     check_threshold(v["threshold"], rule, where)
@@ -455,35 +483,3 @@ def max_per_recording(windows: Sequence[Clip], scores) -> dict[str, float]:
     for w, s in zip(windows, np.asarray(scores, dtype=np.float64)):
         out[w.path] = max(out.get(w.path, -np.inf), float(s))
     return out
-
-
-def recording_notes(clips: Sequence[Clip], audio: AudioSettings) -> None:
-    """Say (at the default verbosity) which recordings are padded because they are shorter than a
-    window, and which are resampled; one line each kind."""
-    from humwatch.audio import header
-
-    short, rates = [], {}
-    for c in clips:
-        if c.in_memory:
-            seconds, rate = c.samples.seconds, c.samples.sample_rate
-        else:
-            try:
-                info = header(c.path)
-            except Exception:  # noqa: BLE001 - an unusable file is reported when it is read
-                continue
-            seconds, rate = info.duration, info.samplerate
-        if audio.seconds and seconds < audio.seconds - 1e-3:
-            short.append((Path(c.path).name, seconds))
-        if rate != audio.sample_rate:
-            rates.setdefault(rate, []).append(c.path)
-    if short:
-        first = ", ".join(f"{n} ({d:.1f} s)" for n, d in short[:3])
-        log.warning(
-            "warning: %d recording(s) shorter than the %g s window are padded with silence: %s%s",
-            len(short),
-            audio.seconds,
-            first,
-            ", ..." if len(short) > 3 else "",
-        )
-    for sr, paths in sorted(rates.items()):
-        log.warning("note: %d recording(s) at %d Hz are resampled to %d Hz", len(paths), sr, audio.sample_rate)

@@ -41,7 +41,10 @@ WindowSeconds = Annotated[
     float,
     typer.Option(
         "--window-seconds",
-        help=o.ranged("Window length in seconds: longer recordings are scored window by window, shorter ones padded", WINDOW_SECONDS),
+        help=o.ranged(
+            "Window length in seconds: longer recordings are scored window by window (never padded: recordings shorter than it make the window their length)",
+            WINDOW_SECONDS,
+        ),
         callback=o.checked(WINDOW_SECONDS, "--window-seconds"),
     ),
 ]
@@ -125,7 +128,7 @@ def fit_cmd(
     if summary["random_init"]:
         con.print(f"[bold red]{summary['label']}: {summary['weights']}[/]")
     con.print(
-        f"monitor -> {out}: {summary['label']}, fitted on {summary['n_train']} normal windows of {window_seconds:g} s "
+        f"monitor -> {out}: {summary['label']}, fitted on {summary['n_train']} normal windows of {summary['seconds']:g} s "
         f"from {summary['n_recordings']} recording(s)\n"
         f"threshold {summary['threshold']:.4g}: calibrated on {summary['n_calibration']} out-of-fold normal windows "
         f"({summary['folds']} folds, {threshold_method}); expected false alarms: {false_alarm_rate:.1%} of normal "

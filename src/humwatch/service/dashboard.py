@@ -227,7 +227,7 @@ def clip_spectrogram(request: Request, clip_id: ClipId, who: Reader):
 
 
 def draw_spectrogram_png(audio: Path, out: Path, title: str) -> None:
-    """The whole file's linear spectrogram (the monitor may have cut or padded it to its length)."""
+    """The whole file's linear spectrogram (the monitor scores it window by window)."""
     from humwatch.audio import AudioSettings, load_audio
     from humwatch.explain._plot import pyplot, save_figure
     from humwatch.explain.spectrograms import draw_spectrogram, spectrogram

@@ -228,16 +228,18 @@ class Ingestor:
                 raise UploadError(422, f"{up.filename}: {seconds:.1f} s of audio, longer than the {limit:g} s limit")
             entry = self.pool.get(machine)
             fault = sensor_fault(samples, rate, getattr(entry.monitor, "reference", None) if entry is not None else None)
+            warnings: list[str] = []
             if fault is not None:  # the microphone's fault, not the machine's: stored, not scored
                 score, threshold, anomalous = 0.0, entry.threshold if entry is not None else 0.0, False
             else:
                 clip = Clip.from_array(samples, rate, up.filename, "service", machine)
-                score, threshold, anomalous = self.pool.score(machine, clip)
+                score, threshold, anomalous = self.pool.score(machine, clip)  # shorter than the window: AudioError (422)
+                warnings = self.pool.warnings(machine, clip)  # another channel count or sample rate than the monitor's recordings
             del samples
         except AudioError as e:
             raise UploadError(422, str(e).replace(f"{MEMORY}/", "")) from None
         try:
-            return self._store(machine, up, key, seconds, score, threshold, anomalous, fault)
+            return {**self._store(machine, up, key, seconds, score, threshold, anomalous, fault), "warnings": warnings}
         except IntegrityError:  # the same clip, stored by a request that ran alongside this one
             found = self._existing(key, machine)
             if found is None:

@@ -331,12 +331,14 @@ def _detail(r) -> str:
 
 def clip_pieces(n_frames: int, sample_rate: int, seconds: float) -> list[tuple[int, int]]:
     """(start, stop) frames of the clips a file of ``n_frames`` is sent as: the whole file when it
-    is at most 1.5 clips long, else ``seconds``-long pieces (a last piece under half a clip dropped)."""
+    is at most 1.5 clips long, else ``seconds``-long pieces, the last one taking the rest shorter
+    than a clip (so every piece is at least a whole clip: none is ever sent short, to be refused or
+    padded, and no sound is dropped; the monitor scores a longer piece window by window)."""
     size = int(round(seconds * sample_rate))
     if n_frames <= 1.5 * size:
         return [(0, n_frames)]
-    pieces = [(a, min(a + size, n_frames)) for a in range(0, n_frames, size)]
-    return [(a, b) for a, b in pieces if b - a >= size / 2]
+    starts = list(range(0, n_frames - size + 1, size))
+    return [(a, b if b + size <= n_frames else n_frames) for a, b in ((a, a + size) for a in starts)]
 
 
 def spool_file(spool: Spool, path: Path, machine: str, seconds: float) -> list[Item]:

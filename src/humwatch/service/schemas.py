@@ -33,6 +33,10 @@ class Ingested(Clip):
     duplicate: bool = Field(description="This clip (same machine, recording time and audio) was stored before; nothing new was stored.")
     alert_opened: bool = Field(description="This clip opened an alert.")
     alert: Optional[OpenAlertRef] = Field(description="The machine's open alert, if any.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What makes this score less trustworthy: a channel count or sample rate other than the monitor's recordings'.",
+    )
 
 
 class Alert(BaseModel):

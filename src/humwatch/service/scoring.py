@@ -99,7 +99,8 @@ class MonitorPool:
 
         for name, e in self.entries.items():
             sr, seconds = e.monitor.audio.sample_rate, e.monitor.audio.seconds or 10.0
-            noise = 0.01 * np.random.default_rng(0).standard_normal(int(sr * seconds)).astype(np.float32)
+            ch = (e.monitor.settings.recordings.get("channels") or [1])[0]  # as the monitor's recordings: no mismatch warning
+            noise = 0.01 * np.random.default_rng(0).standard_normal((int(sr * seconds), ch)).astype(np.float32)
             self.score(name, Clip.from_array(noise, sr, f"{name}.wav", "service", name))
 
     def names(self) -> list[str]:
@@ -121,6 +122,14 @@ class MonitorPool:
             raise AudioError(skipped[0][1] if skipped else f"{clip.path}: could not be scored")
         score = float(scores[0])
         return score, e.threshold, bool(e.monitor.decide([score])[0])
+
+    def warnings(self, machine: str, clip) -> list[str]:
+        """Warning lines of an in-memory ``clip`` whose channel count or sample rate is not one of the
+        recordings the machine's monitor was fitted on (:func:`humwatch.fitcheck.mismatch_warnings`)."""
+        from humwatch.fitcheck import mismatch_warnings, recording_format
+
+        fitted = self.entries[machine].monitor.settings.recordings
+        return [w.removeprefix("warning: ") for w in mismatch_warnings(recording_format(clip), fitted, clip.path.rsplit("/", 1)[-1])]
 
     def explain(self, machine: str, path: str | Path, name: str | None = None):
         """The "why did it alarm" figure of a clip (:func:`humwatch.explain.alarm.explain_alarm`: an
