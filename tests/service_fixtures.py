@@ -324,3 +324,20 @@ def browser():
         b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         yield b
         b.close()
+
+
+def wait_js(page, expression: str, timeout: float = 30_000) -> None:
+    """Wait until a JavaScript expression (or arrow function) is truthy in `page`, polling from Python.
+
+    Playwright's `page.wait_for_function` re-runs its predicate with the page's own `eval`, which the
+    dashboard's Content-Security-Policy (script-src 'self') refuses once the first check is false; a
+    refused eval is also a CSP violation the hostile tests count. `page.evaluate` goes through the
+    DevTools protocol, which the page's policy does not govern.
+    """
+    deadline = time.monotonic() + timeout / 1000
+    while True:
+        if page.evaluate(expression):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout / 1000:.0f} s for {expression!r} in {page.url}")
+        time.sleep(0.05)

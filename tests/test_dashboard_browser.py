@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_fixtures import clip_bytes
+from service_fixtures import clip_bytes, wait_js
 
 MACHINE = "web-1"
 
@@ -67,7 +67,7 @@ def test_dashboard_fleet_chart_alert_and_acknowledge(live_service, browser):
 
     # the machine page: one chart point per clip, the threshold line
     page.click(f'#fleet a[href="/machines/{MACHINE}"]')
-    page.wait_for_function("window.humwatchChart !== undefined")
+    wait_js(page, "window.humwatchChart !== undefined")
     points = page.evaluate("() => window.humwatchChart.data[1].filter(v => v !== null).length")
     assert points == 6
     assert page.evaluate("() => window.humwatchChart.data[3][0]") == pytest.approx(threshold)
@@ -79,7 +79,7 @@ def test_dashboard_fleet_chart_alert_and_acknowledge(live_service, browser):
     assert bad[1]["alert_opened"]
     alert_id = bad[1]["alert"]["id"]
     page.reload()
-    page.wait_for_function("window.humwatchChart !== undefined")
+    wait_js(page, "window.humwatchChart !== undefined")
     assert page.evaluate("() => window.humwatchChart.data[2].filter(v => v !== null).length") == 2
     assert page.evaluate("() => JSON.parse(document.getElementById('chart-data').textContent).spans.length") == 1
     assert f"Alert #{alert_id}" in page.inner_text("#open-alert")
@@ -105,9 +105,7 @@ def test_dashboard_fleet_chart_alert_and_acknowledge(live_service, browser):
     # an anomalous clip's page: its spectrogram and the "why did it alarm" figure are drawn
     page.goto(server.url + f"/clips/{bad[0]['clip_id']}")
     for figure in ("spectrogram", "why"):
-        page.wait_for_function(
-            f"() => {{ const i = document.getElementById('{figure}'); return i && i.complete && i.naturalWidth > 300; }}"
-        )
+        wait_js(page, f"() => {{ const i = document.getElementById('{figure}'); return i && i.complete && i.naturalWidth > 300; }}")
     assert page.inner_text("#why-summary").startswith("ALARM: score")
     assert page.locator("audio").count() == 1
     shot(page, "3-clip")

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from service_fixtures import clip_bytes
+from service_fixtures import clip_bytes, wait_js
 
 MACHINE = "store-1"
 """The live server's machines are shared by the test modules; no other one sends this one clips there."""
@@ -64,14 +64,14 @@ def test_the_chart_range_hover_and_zoom(live_service, browser):
     page.set_default_timeout(20_000)
     sign_in(page, server)
     page.goto(server.url + f"/machines/{MACHINE}?range=1h")
-    page.wait_for_function("window.humwatchChart !== undefined")
+    wait_js(page, "window.humwatchChart !== undefined")
     lo, hi = axis(page)
     assert hi - lo == pytest.approx(3600, abs=5)
 
     # the 24h button: the axis spans 24 hours ending now, whatever the data
     page.click('nav.ranges a[data-range="24h"]')
     page.wait_for_url("**range=24h")
-    page.wait_for_function("window.humwatchChart !== undefined")
+    wait_js(page, "window.humwatchChart !== undefined")
     lo, hi = axis(page)
     assert hi - lo == pytest.approx(24 * 3600, abs=5)
     assert hi == pytest.approx(dt.datetime.now(dt.timezone.utc).timestamp(), abs=120)
@@ -84,7 +84,7 @@ def test_the_chart_range_hover_and_zoom(live_service, browser):
             "+", "%2B"
         )
     )
-    page.wait_for_function("window.humwatchChart !== undefined")
+    wait_js(page, "window.humwatchChart !== undefined")
     lo, hi = axis(page)
     assert hi - lo == pytest.approx(300, abs=1)
     assert page.locator("#reset-zoom").is_visible()
@@ -110,7 +110,7 @@ def test_the_chart_range_hover_and_zoom(live_service, browser):
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5, steps=8)
     page.mouse.up()
-    page.wait_for_function(f"() => new URLSearchParams(location.search).get('from') !== {q0['from'][0]!r}")
+    wait_js(page, f"() => new URLSearchParams(location.search).get('from') !== {q0['from'][0]!r}")
     zlo, zhi = axis(page)
     assert zhi - zlo == pytest.approx(0.4 * 300, rel=0.1)
     q = parse_qs(urlparse(page.url).query)
@@ -118,11 +118,11 @@ def test_the_chart_range_hover_and_zoom(live_service, browser):
     assert dt.datetime.fromisoformat(q["to"][0].replace("Z", "+00:00")).timestamp() == pytest.approx(zhi, abs=1)
     # loading that URL shows that zoom; the reset link goes back to the range
     page.goto(page.url)
-    page.wait_for_function("window.humwatchChart !== undefined")
+    wait_js(page, "window.humwatchChart !== undefined")
     assert axis(page) == pytest.approx((zlo, zhi), abs=1)
     page.click("#reset-zoom")
     page.wait_for_url("**range=24h")
-    page.wait_for_function("window.humwatchChart !== undefined")
+    wait_js(page, "window.humwatchChart !== undefined")
     lo, hi = axis(page)
     assert hi - lo == pytest.approx(24 * 3600, abs=5)
 
@@ -130,7 +130,7 @@ def test_the_chart_range_hover_and_zoom(live_service, browser):
     assert page.inner_text("#tz-label") == "UTC"  # the default, said on the page
     page.click("#tz-toggle")
     page.wait_for_url("**tz=America%2FNew_York")
-    page.wait_for_function("window.humwatchChart !== undefined")
+    wait_js(page, "window.humwatchChart !== undefined")
     assert page.inner_text("#tz-label") == "America/New_York" and page.locator("#tz-toggle").inner_text() == "show UTC"
     assert page.evaluate("() => JSON.parse(document.getElementById('chart-data').textContent).tz") == "America/New_York"
     latest = dt.datetime.fromisoformat(sent[-1]["at"]).astimezone(ZoneInfo("America/New_York"))
@@ -142,7 +142,7 @@ def test_the_chart_range_hover_and_zoom(live_service, browser):
     page.goto(server.url + "/alerts?tz=UTC")
     page.click(f'#alerts a[href="/alerts/{alert_id}"]')
     page.wait_for_url(f"**/alerts/{alert_id}")
-    page.wait_for_function("window.humwatchChart !== undefined")
+    wait_js(page, "window.humwatchChart !== undefined")
     listed = page.locator("#alert-clips tr[data-clip]").evaluate_all("rows => rows.map(r => Number(r.dataset.clip))")
     assert sent[8]["clip_id"] in listed and sent[9]["clip_id"] in listed and sent[0]["clip_id"] not in listed
     shot(page, "6-alert")

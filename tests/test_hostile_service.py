@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from service_fixtures import clip_bytes, fresh_monitors, iso, make_token
+from service_fixtures import clip_bytes, fresh_monitors, iso, make_token, wait_js
 from sqlalchemy import func, select, text
 
 MACHINE = "api-1"
@@ -455,13 +455,15 @@ def test_a_browser_runs_every_page_under_the_policy_without_a_violation(service_
         page.wait_for_url(server.url + "/")
         assert page.evaluate("window.__csp") == []
         page.goto(server.url + "/machines/web-1?range=all")
-        page.wait_for_function("window.humwatchChart !== undefined")
+        wait_js(page, "window.humwatchChart !== undefined")
         assert page.locator("#chart canvas").count() >= 1 and page.evaluate("window.__csp") == []
         page.goto(server.url + "/alerts")
         assert page.evaluate("window.__csp") == []
         page.goto(server.url + f"/clips/{docs[1]['clip_id']}")
-        page.wait_for_function(
-            "() => { const i = document.getElementById('spectrogram'); return i && i.complete && i.naturalWidth > 300; }", timeout=60_000
+        wait_js(
+            page,
+            "() => { const i = document.getElementById('spectrogram'); return i && i.complete && i.naturalWidth > 300; }",
+            timeout=60_000,
         )
         assert page.evaluate("window.__csp") == []
         page.goto(server.url + "/docs")
@@ -472,7 +474,7 @@ def test_a_browser_runs_every_page_under_the_policy_without_a_violation(service_
         page.evaluate(
             "() => { const s = document.createElement('script'); s.textContent = 'window.__ran = 1'; document.body.appendChild(s); }"
         )
-        page.wait_for_function("window.__csp.length > 0")
+        wait_js(page, "window.__csp.length > 0")
         assert page.evaluate("window.__ran") is None and "script-src" in page.evaluate("window.__csp")[0]
         page.close()
     finally:
