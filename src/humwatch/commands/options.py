@@ -38,7 +38,7 @@ def ranged(help: str, rule: Rule) -> str:
 Layouts = Literal["auto", "mimii", "dcase", "folder", "recordings", "csv"]
 Methods = Literal["autoencoder", "embed-detect", "finetune", "idnet", "aux-finetune", "embed-fusion", "score-fusion"]
 """Every entry of :data:`humwatch.methods.METHODS` (tests/test_cli.py checks that they agree)."""
-BACKBONES_TEXT = "ast, resnext101_32x8d, autoencoder, features, features-segments, idnet, hf-audio"
+BACKBONES_TEXT = "ast, resnext101_32x8d, autoencoder, features, features-segments, twfr, idnet, hf-audio"
 DETECTORS_TEXT = "lof-vote, lof, knn, mahalanobis, gmm, iforest, knn-ldn"
 """The backbone and detector registries' names, written out so that the help does not import torch
 and scikit-learn to list them (tests/test_cli.py checks that they agree with the registries); a

@@ -55,6 +55,7 @@ BUILTIN_MODULES = (
     "humwatch.models.autoencoder",
     "humwatch.models.features",
     "humwatch.models.segments",
+    "humwatch.models.twfr",
     "humwatch.models.idnet",
     "humwatch.models.hf_audio",
 )
