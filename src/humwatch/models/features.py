@@ -115,24 +115,35 @@ def weight_free_config(name: str, weights, config, defaults: dict) -> dict:
     return {**base, **overrides}
 
 
+def weight_free_backbone(name: str, arch: dict, module, *, version: int, description: str, embedding_dim: int, precision, device, seed):
+    """The :class:`LazyBackbone` of a weight-free backbone (``features``, ``features-segments``,
+    ``twfr``): the ``logmel`` frontend of ``arch``, a builtin weights identity ``name:v<version>`` (so
+    caches follow a change of the statistics), and ``module(arch)`` built only when a clip is not in
+    the embedding cache."""
+    from humwatch.features import get_frontend
+    from humwatch.models.weights import WeightsInfo
+
+    frontend = get_frontend("logmel", n_fft=arch["n_fft"], hop_length=arch["hop_length"], n_mels=arch["n_mels"])
+    info = WeightsInfo("builtin", False, description, identity=f"{name}:v{version}")
+    ident = dict(
+        name=name, frontend=frontend, embedding_dim=embedding_dim, precision=precision, weights=info, config=arch, device=device, seed=seed
+    )
+    return LazyBackbone(build=lambda: Backbone(module=module(arch).to(device).eval(), **ident), **ident)
+
+
 @register_backbone(NAME)
 def build_features(*, weights="default", precision="fp32", config=None, seed=0, device="cpu") -> LazyBackbone:
     """Factory registered as ``features`` (see the module docstring): its identity now, the (cheap,
     weight-free) module only when a clip is not in the embedding cache."""
-    from humwatch.features import get_frontend
-    from humwatch.models.weights import WeightsInfo
-
     arch = _check_arch(weight_free_config(NAME, weights, config, ARCH_DEFAULTS))
-    frontend = get_frontend("logmel", n_fft=arch["n_fft"], hop_length=arch["hop_length"], n_mels=arch["n_mels"])
-    info = WeightsInfo("builtin", False, "weight-free per-band log-mel statistics", identity=f"features:v{VERSION}")
-    ident = dict(
-        name=NAME,
-        frontend=frontend,
+    return weight_free_backbone(
+        NAME,
+        arch,
+        _module,
+        version=VERSION,
+        description="weight-free per-band log-mel statistics",
         embedding_dim=arch["n_mels"] * n_statistics(arch),
         precision=precision,
-        weights=info,
-        config=arch,
         device=device,
         seed=seed,
     )
-    return LazyBackbone(build=lambda: Backbone(module=_module(arch).to(device).eval(), **ident), **ident)

@@ -23,7 +23,7 @@ the detector (``gmm``) and frontend are this project's; the pooling is the part 
 from __future__ import annotations
 
 from humwatch.models.lazy import LazyBackbone
-from humwatch.models.registry import Backbone, register_backbone
+from humwatch.models.registry import register_backbone
 from humwatch.settings import Int, Real, check_value
 
 NAME = "twfr"
@@ -59,14 +59,17 @@ def _check_arch(arch: dict) -> dict:
 @register_backbone(NAME)
 def build_twfr(*, weights="default", precision="fp32", config=None, seed=0, device="cpu") -> LazyBackbone:
     """Factory registered as ``twfr`` (see the module docstring)."""
-    from humwatch.features import get_frontend
-    from humwatch.models.features import weight_free_config
-    from humwatch.models.weights import WeightsInfo
+    from humwatch.models.features import weight_free_backbone, weight_free_config
 
     arch = _check_arch(weight_free_config(NAME, weights, config, ARCH_DEFAULTS))
-    frontend = get_frontend("logmel", n_fft=arch["n_fft"], hop_length=arch["hop_length"], n_mels=arch["n_mels"])
-    info = WeightsInfo("builtin", False, "weight-free time-weighted frequency representation", identity=f"{NAME}:v{VERSION}")
-    ident = dict(
-        name=NAME, frontend=frontend, embedding_dim=arch["n_mels"], precision=precision, weights=info, config=arch, device=device, seed=seed
+    return weight_free_backbone(
+        NAME,
+        arch,
+        _module,
+        version=VERSION,
+        description="weight-free time-weighted frequency representation",
+        embedding_dim=arch["n_mels"],
+        precision=precision,
+        device=device,
+        seed=seed,
     )
-    return LazyBackbone(build=lambda: Backbone(module=_module(arch).to(device).eval(), **ident), **ident)
