@@ -43,6 +43,7 @@ WARM = (
     "humwatch.features",
     "humwatch.metrics",
     "humwatch.monitor",
+    "humwatch.calibrate",
     "humwatch.explain.alarm",
 )
 
@@ -62,17 +63,17 @@ def _worker(row: dict, data: str, result: str) -> None:
     out: dict = {"n_clips": len(clips)}
     if row["kind"] == "embed":
         from humwatch.methods import Context, create_method
-        from humwatch.reader import ClipReader
+        from humwatch.runtime import Runtime
 
-        m = create_method("embed-detect", row["settings"], Context(reader=ClipReader(progress=False), cache_dir=cache))
+        m = create_method("embed-detect", row["settings"], Context())
         t = time.perf_counter()
-        emb = m.embed(clips)
+        emb = m.embed(clips, Runtime(progress=False, cache_dir=cache))
         out.update(seconds=time.perf_counter() - t, n_embedded=len(emb))
     else:
         import numpy as np
 
         import humwatch.calibrate
-        from humwatch.monitor import fit_monitor
+        from humwatch.calibrate import fit_monitor
 
         oof = {}
         real = humwatch.calibrate.cross_fit

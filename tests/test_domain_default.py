@@ -127,3 +127,15 @@ def test_features_segments_backbone_puts_a_click_in_its_own_segment():
     assert int(np.argmax(rise)) == 5 and rise[5] > 10.0
     others = np.delete(rise, 5)
     assert np.abs(others).max() < 0.5 * rise[5]
+
+
+@pytest.mark.parametrize("n,d", [(80, 640), (200, 16), (30, 30), (5, 3)])
+def test_the_whitening_is_a_square_root_of_the_ledoit_wolf_precision(n, d):
+    from sklearn.covariance import LedoitWolf
+
+    from humwatch.detectors.local import ledoit_wolf_whitening
+
+    X = np.random.default_rng(n).normal(size=(n, d)) * np.linspace(0.1, 5.0, d)
+    P, W = LedoitWolf().fit(X).precision_, ledoit_wolf_whitening(X)
+    np.testing.assert_allclose(W @ W.T, P, atol=1e-10 * np.abs(P).max())
+    assert not ledoit_wolf_whitening(np.ones((6, 4))).any()  # identical clips: no direction to scale, as pinvh gives

@@ -40,7 +40,7 @@ Saved as the training matrix (refitted deterministically on load). No built-in d
 from __future__ import annotations
 
 import numpy as np
-from sklearn.covariance import LedoitWolf
+from sklearn.covariance import ledoit_wolf_shrinkage
 
 from humwatch.detectors.base import _RefitFromTraining
 from humwatch.errors import ConfigError
@@ -140,10 +140,7 @@ class KnnLdnDetector(_RefitFromTraining):
             self.row_mean_, self.row_scale_ = np.zeros(R.shape[1]), np.ones(R.shape[1])
         self.whiten_ = None
         if self.metric == "mahalanobis":
-            P = LedoitWolf().fit((R - self.row_mean_) / self.row_scale_).precision_
-            P = (P + P.T) / 2.0
-            w, V = np.linalg.eigh(P)
-            self.whiten_ = V * np.sqrt(np.clip(w, 0.0, None))  # W W^T = P
+            self.whiten_ = ledoit_wolf_whitening((R - self.row_mean_) / self.row_scale_)
         self.memory_ = self._project(R)
         self.clip_of_ = np.repeat(np.arange(Z.shape[0]), int(self.segments))
         kd = min(int(self.density_neighbors), (Z.shape[0] - 1) * int(self.segments))  # rows of other clips
@@ -162,3 +159,26 @@ class KnnLdnDetector(_RefitFromTraining):
     def _score(self, Z: np.ndarray) -> np.ndarray:
         S = self._segment_scores(Z)
         return S[:, 0] if self.segments == 1 else pool_scores(S, self.pool, float(self.gem_p))
+
+
+def ledoit_wolf_whitening(X: np.ndarray) -> np.ndarray:
+    """A symmetric ``W`` with ``W @ W.T`` the inverse of the Ledoit-Wolf shrunk covariance of ``X``
+    (what :class:`sklearn.covariance.LedoitWolf` fits, its pseudo-inverse where it is singular).
+
+    The shrunk covariance is ``(1 - delta) S + delta mu I`` (``S`` the empirical covariance, ``mu``
+    its mean eigenvalue), so its eigenvectors are those of ``S``: a thin SVD of the centred ``X``
+    gives them, and every direction outside the rows' span has eigenvalue ``delta mu``. That is one
+    ``n x d`` SVD instead of the two ``d x d`` eigendecompositions of ``LedoitWolf().precision_`` and
+    a whitening of it (with 640 features and a few dozen clips, most of a monitor's fit time).
+    Why not sklearn alone: it gives the precision, not a square root of it.
+    """
+    Xc = X - X.mean(axis=0)
+    n, d = Xc.shape
+    delta = float(ledoit_wolf_shrinkage(Xc, assume_centered=True))
+    mu = float((Xc * Xc).sum()) / (n * d)
+    _, sv, Vt = np.linalg.svd(Xc, full_matrices=False)
+    lam = (1.0 - delta) * sv**2 / n + delta * mu
+    cut = np.finfo(np.float64).eps * max(d, n) * (float(lam.max()) if lam.size else 0.0)
+    a = np.where(lam > cut, 1.0 / np.sqrt(np.where(lam > cut, lam, 1.0)), 0.0)
+    b = 1.0 / np.sqrt(delta * mu) if delta * mu > cut else 0.0
+    return b * np.eye(d) + (Vt.T * (a - b)) @ Vt
