@@ -129,7 +129,7 @@ def explain_alarm(monitor, path, out: str | Path | None = None, top_bands: int =
     fig = alarm_figure(m, ref, z, per_window, thr, seconds, len(y) / audio.sample_rate, edges, bands, summary, Path(clip.path).name)
     from humwatch.explain._plot import figure_png
 
-    res.png = figure_png(fig, dpi=90)
+    res.png = figure_png(fig)
     if out is not None:
         from humwatch.io import atomic_path
 
@@ -152,7 +152,7 @@ def alarm_figure(m, ref: NormalReference, z, windows, threshold, seconds, total,
         im = ax.imshow(data, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax, extent=(0, span, 0, data.shape[0]))
         _mel_ticks(ax, edges)
         ax.set_xlabel("time (s)")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title)
         return im
 
     im = spec(fig.add_subplot(grid[0, 0]), m, total, f"this recording: {name}")
@@ -161,7 +161,7 @@ def alarm_figure(m, ref: NormalReference, z, windows, threshold, seconds, total,
     ax = fig.add_subplot(grid[1, 0:2])
     zi = ax.imshow(np.clip(z, -6, 6), origin="lower", aspect="auto", cmap="RdBu_r", vmin=-6, vmax=6, extent=(0, total, 0, z.shape[0]))
     _mel_ticks(ax, edges)
-    ax.set_title("departure from normal (per band: (clip - normal mean) / normal spread)", fontsize=10)
+    ax.set_title("departure from normal (per band: (clip - normal mean) / normal spread)")
     ax.set_xlabel("time (s)")
     fig.colorbar(zi, ax=ax, label="spreads above (red) / below (blue) normal")
     axb = fig.add_subplot(grid[1, 2])
@@ -172,7 +172,7 @@ def alarm_figure(m, ref: NormalReference, z, windows, threshold, seconds, total,
     for b in bands:
         axb.axhline(np.searchsorted(edges[:, 0], b["low_hz"]) + 0.5, color="k", lw=0.6, ls=":")
     axb.set_xlabel("mean departure (dB)")
-    axb.set_title("bands", fontsize=10)
+    axb.set_title("bands")
     axw = fig.add_subplot(grid[2, 0:2])
     starts = [w[0] for w in windows]
     scores = [w[1] for w in windows]
@@ -181,7 +181,7 @@ def alarm_figure(m, ref: NormalReference, z, windows, threshold, seconds, total,
     axw.set_xlim(0, max(total, seconds))
     axw.set_xlabel("time (s)")
     axw.set_ylabel("anomaly score")
-    axw.set_title(f"scores of the {len(windows)} window(s) of {seconds:g} s (the recording's score is their maximum)", fontsize=10)
+    axw.set_title(f"scores of the {len(windows)} window(s) of {seconds:g} s (the recording's score is their maximum)")
     axw.legend(loc="upper right", fontsize=8)
     axt = fig.add_subplot(grid[2, 2])
     axt.axis("off")
