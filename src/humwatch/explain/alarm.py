@@ -246,10 +246,9 @@ def alarm_figure(m, ref: NormalReference, z, windows, threshold, seconds, total,
     axt.text(
         0,
         1,
-        "most different bands:\n"
+        ("most unusual bands\n(dB; normal: ±range):\n" if "normal_db" in bands[0] else "most different bands:\n")
         + "\n".join(
-            f"{b['low_hz']:.0f}-{b['high_hz']:.0f} Hz {b['delta_db']:+.1f} dB"
-            + (f" (normal ±{b['normal_db']:.1f})" if "normal_db" in b else "")
+            f"{b['low_hz']:.0f}-{b['high_hz']:.0f} Hz {b['delta_db']:+.1f}" + (f" (±{b['normal_db']:.1f})" if "normal_db" in b else " dB")
             for b in bands
         ),
         va="top",
