@@ -213,7 +213,7 @@ def draw_figure(records: Sequence[dict], meta: dict, path: Path) -> Path:
         fig = _cells(plt, groups, values, labels)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
-    return save_figure(fig, path, dpi=110, palette=False)
+    return save_figure(fig, path, palette=False)
 
 
 BARS_UP_TO = 5

@@ -452,6 +452,9 @@ def _load_reference(d: Path, settings: MonitorSettings):
         raise MonitorError(f"{f}: arrays of shapes {shapes}, not a {N_MELS}-band normal reference")
     if not all(np.isfinite(a).all() for a in (ref.mean, ref.std, ref.example)) or (ref.std < 0).any():
         raise MonitorError(f"{f}: holds values that are not finite (or a negative spread)")
+    cs = ref.clip_spread
+    if cs is not None and (cs.shape != (N_MELS,) or not np.isfinite(cs).all() or (cs <= 0).any()):
+        raise MonitorError(f"{f}: clip_spread is not {N_MELS} positive numbers")
     return ref
 
 

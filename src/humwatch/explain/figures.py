@@ -38,10 +38,12 @@ CAPTIONS = {
     "tokens left out, attention renormalised over the patches). Small distances are local, convolution-like heads; "
     "large ones integrate over the whole clip, which a CNN's early layers cannot do. The dashed line is the distance "
     "of uniform attention (what an untrained head does).",
-    "attention_maps": "For one anomalous clip per machine type: the AST input, the class tokens' attention over the "
-    "patches (a middle layer, the last layer, attention rollout), then the CNN input with Grad-CAM of a middle block "
-    "(layer2) and the last block (layer4), target: the embedding's norm. Each map is resized to its input and scaled "
-    "to [0, 1] and drawn over the input spectrogram.",
+    "attention_maps": "For one anomalous clip per machine type (at most four): left, the AST's attention rollout "
+    "(the class tokens' attention over the patches through all layers) over the AST input; right, Grad-CAM of the "
+    "CNN's last block (layer4, target: the embedding's norm) over the CNN input. Red: where the model looks most, "
+    "blue: least; each map is resized to its input and scaled to [0, 1] (the colour bar). The AST panel shows only "
+    "the clip's own frames: the zero padding that fills its 1024-frame input past the clip's end is cropped (it "
+    "drew a stripe at the right edge). attention_maps.npz holds every map (a middle and the last layer too), uncropped.",
 }
 
 
@@ -70,7 +72,7 @@ def make_spectrogram_figures(rows: dict[str, list[ClipRef]], out_dir: Path, audi
     out = {}
     for kind in ("linear", "mel"):
         fig = spectrogram_figure(panels, kind, title=f"{kind} spectrograms: normal (left) vs anomalous (right)")
-        out[f"spectrograms_{kind}"] = save_figure(fig, out_dir / f"spectrograms_{kind}.png", dpi=70)
+        out[f"spectrograms_{kind}"] = save_figure(fig, out_dir / f"spectrograms_{kind}.png")
     return out
 
 
@@ -94,11 +96,9 @@ def make_tsne_figures(run_dir: Path, out_dir: Path, notes: list[str], seed: int 
     if not res.panels:
         return {}, {}
     out = {
-        "tsne_label": save_figure(
-            tsne_figure(res, "label", "t-SNE of the embeddings: normal vs anomalous"), out_dir / "tsne_label.png", dpi=70
-        ),
+        "tsne_label": save_figure(tsne_figure(res, "label", "t-SNE of the embeddings: normal vs anomalous"), out_dir / "tsne_label.png"),
         "tsne_machine_id": save_figure(
-            tsne_figure(res, "machine_id", "t-SNE of the embeddings: machine ids"), out_dir / "tsne_machine_id.png", dpi=70
+            tsne_figure(res, "machine_id", "t-SNE of the embeddings: machine ids"), out_dir / "tsne_machine_id.png"
         ),
     }
     data = {
@@ -126,19 +126,34 @@ def attention_distance_figure(distances: np.ndarray, label: str, n_clips: int, u
     ax.set_xlabel("layer")
     ax.set_ylabel("mean attention distance (input pixels)")
     ax.set_xticks(np.arange(1, layers + 1))
-    ax.set_title(f"{label}: mean attention distance ({n_clips} clip{'s' if n_clips != 1 else ''})", fontsize=10)
+    ax.set_title(f"{label}: mean attention distance ({n_clips} clip{'s' if n_clips != 1 else ''})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
 
 
+MAX_MAP_ROWS = 4
+"""Clips (rows) in the attention-map figure: few, large panels."""
+PANEL_INCHES = (6.4, 2.5)
+"""Width and height of one attention-map panel."""
+
+
+def ast_real_frames(n_samples: int, max_length: int) -> int:
+    """How many of the AST input's ``max_length`` frames hold the clip (25 ms windows every 10 ms,
+    no centring); the rest are zero padding, which the figure crops (:func:`humwatch.features.ast_features`)."""
+    return int(min(max_length, max(1, 1 + (n_samples - 400) // 160)))
+
+
 def attention_maps_figure(rows: list[dict]):
-    """One row per clip: each entry ``{"title", "panels": [(name, input [F, T], map [F, T] or None, seconds)]}``."""
+    """One row per clip: each entry ``{"title", "panels": [(name, input [F, T], map [F, T] or None, seconds)]}``;
+    the maps (in [0, 1]) drawn over their inputs, one colour bar for all."""
     from humwatch.explain._plot import pyplot
 
     plt = pyplot()
     n_cols = max(len(r["panels"]) for r in rows)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.6 * n_cols, 1.9 * len(rows) + 0.4), squeeze=False, constrained_layout=True)
+    w, h = PANEL_INCHES
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(w * n_cols + 1.2, h * len(rows) + 0.9), squeeze=False, constrained_layout=True)
+    heat_img = None
     for i, r in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i][j]
@@ -149,14 +164,19 @@ def attention_maps_figure(rows: list[dict]):
             extent = (0.0, seconds, 0, inp.shape[0])
             ax.imshow(inp, origin="lower", aspect="auto", cmap="gray", extent=extent)
             if heat is not None:
-                ax.imshow(heat, origin="lower", aspect="auto", cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0, extent=extent)
-            ax.set_title(name, fontsize=7)
-            ax.tick_params(labelsize=6)
-            if j == 0:
-                ax.set_ylabel(f"{r['title']}\nmel bin", fontsize=7)
+                heat_img = ax.imshow(heat, origin="lower", aspect="auto", cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0, extent=extent)
+            ax.set_title(f"{r['title']}: {name}")
+            ax.set_ylabel("mel bin")
             if i == len(rows) - 1:
-                ax.set_xlabel("time (s)", fontsize=7)
+                ax.set_xlabel("time (s)")
+    if heat_img is not None:
+        fig.colorbar(heat_img, ax=axes, label="attention / Grad-CAM (each map scaled to [0, 1])", shrink=0.8, aspect=30)
     return fig
+
+
+def _rescale(mp: np.ndarray) -> np.ndarray:
+    lo, hi = float(mp.min()), float(mp.max())
+    return (mp - lo) / (hi - lo) if hi > lo else np.zeros_like(mp)
 
 
 def make_model_figures(
@@ -212,37 +232,46 @@ def make_model_figures(
             "heads": int(d.shape[1]),
         }
         fig = attention_distance_figure(d, m.label, len(distance_clips), uniform)
-        figures["attention_distance"] = save_figure(fig, out_dir / "attention_distance.png", dpi=80)
+        figures["attention_distance"] = save_figure(fig, out_dir / "attention_distance.png")
     elif not asts:
         notes.append("attention figures: no AST model, skipped")
 
     if map_clips and (asts or cnns):
         rows, arrays = [], {}
+        if len(map_clips) > MAX_MAP_ROWS:
+            notes.append(
+                f"attention maps: the figure shows the first {MAX_MAP_ROWS} of {len(map_clips)} clips; attention_maps.npz holds all"
+            )
         for k, c in enumerate(map_clips):
             panels = []
             y = signal(c)
             if asts:
                 m = asts[0]
-                x = m.frontend(y)  # [frames, mel bins]
+                x = m.frontend(y)  # [frames, mel bins], zero-padded to max_length
                 grid = PatchGrid.from_config(find_ast_model(m.model).config)
-                seconds = grid.max_length * 0.01  # 10 ms frame shift
+                n = ast_real_frames(len(y), grid.max_length)
                 maps = ast_attention_maps(m.model, x, rollout=rollout)
-                inp = x.T  # [mel bins, frames]
-                panels.append((f"{m.label} input", inp, None, seconds))
                 for name, mp in maps.items():
-                    panels.append((f"AST {name}", inp, mp, seconds))
                     arrays[f"clip{k}_ast_{name.replace(' ', '')}"] = mp
+                shown = "rollout" if "rollout" in maps else list(maps)[-1]
+                # only the clip's frames: the padding is one flat value the class tokens attend to
+                # differently (a stripe at the right edge); the map is rescaled over the clip
+                panels.append((f"AST {shown}", x.T[:, :n], _rescale(maps[shown][:, :n]), n * 0.01))
             if cnns:
                 m = cnns[0]
                 x = m.frontend(y)  # [3, mels, frames]
                 seconds = len(y) / audio.sample_rate
                 cams = gradcam_maps(m.model, x, layers=cam_layers)
-                panels.append((f"{m.label} input", x[0], None, seconds))
                 for name, mp in cams.items():
-                    panels.append((f"Grad-CAM {name}", x[0], mp, seconds))
                     arrays[f"clip{k}_cnn_{name}"] = mp
-            rows.append({"title": f"{c.machine_type} {c.label_name}", "panels": panels})
-        figures["attention_maps"] = save_figure(attention_maps_figure(rows), out_dir / "attention_maps.png", dpi=64)
+                shown = list(cams)[-1]
+                panels.append((f"{m.label.split(' ')[0]} Grad-CAM {shown}", x[0], cams[shown], seconds))
+            if k < MAX_MAP_ROWS:
+                rows.append({"title": f"{c.machine_type} {c.label_name}", "panels": panels})
+        fig = attention_maps_figure(rows)
+        labels = " / ".join(dict.fromkeys(m.label for m in (asts[:1] + cnns[:1])))
+        fig.suptitle(f"What the models look at: {labels}")
+        figures["attention_maps"] = save_figure(fig, out_dir / "attention_maps.png")
         from humwatch.io import atomic_path
 
         with atomic_path(out_dir / "attention_maps.npz", suffix=".npz") as tmp:

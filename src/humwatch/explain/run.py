@@ -7,8 +7,8 @@ into ``out_dir``:
   machine type side by side (needs the run's audio files);
 * ``tsne_label.png``, ``tsne_machine_id.png`` - t-SNE of the run's saved embeddings (no model time);
 * ``attention_distance.png`` - AST's mean attention distance per head and layer;
-* ``attention_maps.png`` - AST class-token attention (middle layer, last layer, rollout) beside
-  Grad-CAM of the CNN (layer2, layer4) for one anomalous clip per machine type;
+* ``attention_maps.png`` - AST attention rollout beside Grad-CAM of the CNN's last block for one
+  anomalous clip per machine type (at most four; ``attention_maps.npz`` holds every map);
 * ``explain.json`` (the numbers behind the model figures and the notes) and ``report.html``.
 
 :func:`explain_clips` does the same for a list of audio files (no tables, no t-SNE).

@@ -87,7 +87,7 @@ def draw_spectrogram(ax, spec: Spectrogram, title: str = "", colorbar: bool = Fa
     ax.set_xlabel("time (s)")
     ax.set_ylabel("frequency (Hz)")
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
     if colorbar:
         ax.figure.colorbar(img, ax=ax, format="%+2.0f dB")
     return img

@@ -222,10 +222,10 @@ def tsne_figure(result: TsneResult, color_by: str = "label", title: str = ""):
             head = f"{display_name(bb)} - {mtype}"
             if p.random_init:
                 head += " (RANDOM INIT)"
-            ax.set_title(head, fontsize=9)
+            ax.set_title(head)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.legend(fontsize=7, loc="best", markerscale=1.2)
+            ax.legend(fontsize=8, loc="best", markerscale=1.2)
     if title:
         fig.suptitle(title)
     return fig
