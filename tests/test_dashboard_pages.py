@@ -116,7 +116,7 @@ def test_the_scores_of_a_range_download_as_csv(svc):
     assert r.headers["content-type"].startswith("text/csv") and "attachment" in r.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert [int(x["clip_id"]) for x in rows] == [svc.clips[k]["clip_id"] for k in (1, 2, 3, 4)]
-    assert list(rows[0]) == ["clip_id", "recorded_at", "received_at", "file", "score", "threshold", "decision"]
+    assert list(rows[0]) == ["clip_id", "recorded_at", "received_at", "file", "score", "threshold", "decision", "sensor", "warnings"]
     assert [x["file"] for x in rows] == ["normal-1.wav", "normal-2.wav", "anomalous-3.wav", "anomalous-4.wav"]
     assert [x["decision"] for x in rows] == ["normal", "normal", "anomalous", "anomalous"]
     assert float(rows[2]["score"]) == svc.clips[3]["score"] and float(rows[2]["threshold"]) == svc.clips[3]["threshold"]

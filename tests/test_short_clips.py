@@ -169,9 +169,22 @@ def test_the_service_refuses_a_short_clip_and_warns_of_a_channel_mismatch(short_
         r = post(_write(tmp_path / "cut.wav", 3.0), 1)
         assert r.status_code == 422, r.text
         assert "cut.wav: recording is 3.0 s, shorter than the monitor's 4 s window" in r.text
-        r = post(_write(tmp_path / "mono.wav", 4.0, channels=1), 2)
+        mono = _write(tmp_path / "mono.wav", 4.0, channels=1)
+        r = post(mono, 2)
         assert r.status_code == 200, r.text
-        assert r.json()["warnings"] == ["mono.wav: mono recording, the monitor was fitted on stereo recordings"]
+        warned = ["mono.wav: mono recording, the monitor was fitted on stereo recordings"]
+        assert r.json()["warnings"] == warned
+        # stored with the clip: the API, a resend, the CSV and the pages show it again
+        read = {"authorization": f"Bearer {make_token(default_db_url(monitors), 'r', 'read')}"}
+        assert c.get(f"/api/v1/clips/{r.json()['clip_id']}", headers=read).json()["warnings"] == warned
+        again = post(mono, 2)
+        assert again.json()["duplicate"] and again.json()["warnings"] == warned
+        table = c.get("/api/v1/machines/short-1/scores", params={"format": "csv"}, headers=read).text
+        assert "mono recording, the monitor was fitted on stereo recordings" in table
+        c.cookies.set("humwatch_token", read["authorization"].split()[1])
+        assert "mono recording, the monitor was fitted on stereo" in c.get(f"/clips/{r.json()['clip_id']}").text
+        assert 'class="badge warn" title="mono.wav: mono recording' in c.get("/machines/short-1").text
+        c.cookies.clear()
         r = post(_write(tmp_path / "stereo.wav", 4.0, channels=2), 3)
         assert r.status_code == 200 and r.json()["warnings"] == [], r.text
     finally:

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from humwatch.errors import ConfigError
-from humwatch.service import queries, schemas
+from humwatch.service import queries, schemas, timeline
 from humwatch.service.alerts import AlertRule, acknowledge, alert_document
 from humwatch.service.auth import Principal, list_tokens, require
 from humwatch.service.guard import too_many
@@ -189,20 +189,48 @@ def get_machine(request: Request, machine: MachineName, who: Reader):
         return queries.machine_state(s, _machine(s, machine), svc.pool, svc.ingestor.rule)
 
 
-@router.get(f"{v1}/machines/{{machine}}/scores", response_model=schemas.ScoresPage, tags=["machines"], responses=ERRORS)
+@router.get(
+    f"{v1}/machines/{{machine}}/scores",
+    response_model=schemas.ScoresPage,
+    tags=["machines"],
+    responses={**ERRORS, 200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "A page of clips, or CSV"}},
+)
 def get_scores(
     request: Request,
     machine: MachineName,
     who: Reader,
     since: Annotated[Optional[str], Query(description="From this time on (ISO 8601).")] = None,
     until: Annotated[Optional[str], Query(description="Up to this time (ISO 8601).")] = None,
-    limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 100,
-    offset: Offset = 0,
+    limit: Annotated[Optional[int], Query(ge=1, le=queries.MAX_PAGE, description="Clips per page (JSON; default 100).")] = None,
+    offset: Annotated[Optional[int], Query(ge=0, le=queries.MAX_OFFSET)] = None,
     order: Literal["desc", "asc"] = "desc",
+    format: Annotated[  # noqa: A002
+        Literal["json", "csv"], Query(description="json: a page of clips; csv: every clip of the range, oldest first, as a download.")
+    ] = "json",
 ):
-    """A machine's scored clips in a time range, a page at a time (newest first by default)."""
+    """A machine's scored clips in a time range, a page at a time (newest first by default), or
+    all of them as CSV (``format=csv``: the dashboard's download; ``limit``/``offset`` page JSON only)."""
+    t0, t1 = _time(since, "since"), _time(until, "until")
+    if t0 is not None and t1 is not None and t1 < t0:
+        raise HTTPException(422, "since must not be after until")
     with service(request).store.read() as s:
-        return queries.scores_page(s, _machine(s, machine), _time(since, "since"), _time(until, "until"), limit, offset, order)
+        m = _machine(s, machine)
+        if format == "csv":
+            if limit is not None or offset is not None:
+                raise HTTPException(422, "format=csv gives every clip of the range: limit and offset page the JSON only")
+            return timeline.csv_response(m.name, queries.clips_between(s, m, t0, t1))
+        return queries.scores_page(s, m, t0, t1, 100 if limit is None else limit, offset or 0, order)
+
+
+@router.put(f"{v1}/machines/{{machine}}/expected-interval", response_model=schemas.Machine, tags=["machines"], responses=ERRORS)
+def put_expected_interval(request: Request, machine: MachineName, body: schemas.ExpectedIntervalIn, who: Admin):
+    """Set how often the machine sends a clip (s): it is stale after 3 such intervals without a clip
+    or heartbeat. ``{"seconds": null}`` goes back to learning it from the clips' arrivals."""
+    svc = service(request)
+    with svc.store.write() as s:
+        _machine(s, machine).expected_interval_s = body.seconds
+    with svc.store.read() as s:
+        return queries.machine_state(s, _machine(s, machine), svc.pool, svc.ingestor.rule)
 
 
 @router.put(f"{v1}/machines/{{machine}}/alert-rule", response_model=schemas.Machine, tags=["machines"], responses=ERRORS)

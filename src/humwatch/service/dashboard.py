@@ -48,6 +48,7 @@ Range = Literal["1h", "24h", "7d", "30d", "all"]
 
 templates.env.filters["when"] = timeline.when
 templates.env.filters["num"] = lambda v: "" if v is None else f"{v:.4g}"
+templates.env.filters["duration"] = timeline.duration
 
 
 def _page(request: Request, name: str, who: Principal | None, status: int = 200, **ctx) -> HTMLResponse:
@@ -172,10 +173,7 @@ def scores_csv(
         m = queries.machine_row(s, machine) if MACHINE_RE.match(machine) else None
         if m is None:
             raise HTTPException(404, f"no machine named {machine!r}")
-        body = timeline.scores_csv(queries.clips_between(s, m, t0, t1))
-    return Response(
-        body, media_type="text/csv; charset=utf-8", headers={"content-disposition": f'attachment; filename="{m.name}-scores.csv"'}
-    )
+        return timeline.csv_response(m.name, queries.clips_between(s, m, t0, t1))
 
 
 @router.get("/clips/{clip_id}", response_class=HTMLResponse)

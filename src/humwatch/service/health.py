@@ -4,10 +4,11 @@
   a DC offset, dropouts, a level far from the monitor's normal clips) opens a ``sensor`` alert (one
   open at a time per machine, its reason the finding); the next clip without a fault closes it.
 * ``stale``: no clip and no heartbeat for longer than the machine's stale window opens a ``stale``
-  alert; the next clip or heartbeat closes it. The window is learned:
-  :data:`STALE_FACTOR` times the median gap between the machine's last :data:`GAP_CLIPS` clips
-  (their arrival times), at least :data:`STALE_MIN_S`; with fewer than 3 clips the expected
-  interval is :data:`DEFAULT_INTERVAL_S`. Listeners send a heartbeat every 60 s when they have
+  alert; the next clip or heartbeat closes it. The window is :data:`STALE_FACTOR` times the
+  machine's expected interval: the one an admin set (``PUT /api/v1/machines/{m}/expected-interval``),
+  else learned, the median gap between its last :data:`GAP_CLIPS` clips (their arrival times),
+  with a window of at least :data:`STALE_MIN_S`; with fewer than 3 clips the expected interval is
+  :data:`DEFAULT_INTERVAL_S`. Listeners send a heartbeat every 60 s when they have
   nothing to send (``listen --heartbeat``), so a quiet machine with a live listener stays fresh.
   The server looks for stale machines every :data:`SWEEP_S` seconds (:class:`StaleSweeper`).
 
@@ -42,20 +43,26 @@ def open_alert(session: Session, machine_id: int, kind: str) -> Alert | None:
     return session.scalar(select(Alert).where(Alert.machine_id == machine_id, Alert.state == "open", Alert.kind == kind))
 
 
-def expected_interval_s(session: Session, machine_id: int) -> float:
-    """The median gap (s) between the machine's last clips' arrivals, or DEFAULT_INTERVAL_S."""
+def expected_interval(session: Session, m: Machine) -> tuple[float, str]:
+    """How often the machine sends a clip (s) and where that comes from: ``set`` (an admin's
+    ``PUT .../expected-interval``), ``learned`` (the median gap between its last clips' arrivals)
+    or ``default`` (:data:`DEFAULT_INTERVAL_S`, before its third clip)."""
+    if m.expected_interval_s is not None:
+        return float(m.expected_interval_s), "set"
     times = session.scalars(
-        select(ClipRow.received_at).where(ClipRow.machine_id == machine_id).order_by(ClipRow.id.desc()).limit(GAP_CLIPS)
+        select(ClipRow.received_at).where(ClipRow.machine_id == m.id).order_by(ClipRow.id.desc()).limit(GAP_CLIPS)
     ).all()
     if len(times) < 3:
-        return DEFAULT_INTERVAL_S
+        return DEFAULT_INTERVAL_S, "default"
     times = sorted(times)
-    return float(statistics.median((b - a).total_seconds() for a, b in zip(times, times[1:])))
+    return float(statistics.median((b - a).total_seconds() for a, b in zip(times, times[1:]))), "learned"
 
 
-def stale_window_s(session: Session, machine_id: int) -> float:
-    """How long a machine may stay silent before it is stale."""
-    return max(STALE_MIN_S, STALE_FACTOR * expected_interval_s(session, machine_id))
+def stale_window_s(session: Session, m: Machine) -> float:
+    """How long a machine may stay silent before it is stale: STALE_FACTOR expected intervals;
+    at least STALE_MIN_S unless an admin set the interval (then exactly STALE_FACTOR of it)."""
+    interval, source = expected_interval(session, m)
+    return STALE_FACTOR * interval if source == "set" else max(STALE_MIN_S, STALE_FACTOR * interval)
 
 
 def last_seen(session: Session, m: Machine) -> _dt.datetime | None:
@@ -69,14 +76,14 @@ def is_stale(session: Session, m: Machine, now: _dt.datetime | None = None) -> b
     seen = last_seen(session, m)
     if seen is None:
         return False  # "no data": it never sent anything
-    return ((now or utcnow()) - seen).total_seconds() > stale_window_s(session, m.id)
+    return ((now or utcnow()) - seen).total_seconds() > stale_window_s(session, m)
 
 
 def _open(session, m: Machine, kind: str, reason: str, clip: ClipRow | None, at: _dt.datetime, outbox) -> Alert:
-    clip_id = (
+    clip_id = (  # a stale alert is about the last clip before the silence; None if it never sent one
         clip.id
         if clip is not None
-        else (session.scalar(select(ClipRow.id).where(ClipRow.machine_id == m.id).order_by(ClipRow.id.desc()).limit(1)) or 0)
+        else session.scalar(select(ClipRow.id).where(ClipRow.machine_id == m.id).order_by(ClipRow.id.desc()).limit(1))
     )
     alert = Alert(
         machine_id=m.id,
@@ -153,7 +160,7 @@ def sweep_stale(store, outbox=None, now: _dt.datetime | None = None) -> list[str
                 continue
             seen = last_seen(s, m)
             quiet = (now - seen).total_seconds()
-            _open(s, m, "stale", f"no clip nor heartbeat for {quiet:.0f} s (window {stale_window_s(s, m.id):.0f} s)", None, now, outbox)
+            _open(s, m, "stale", f"no clip nor heartbeat for {quiet:.0f} s (window {stale_window_s(s, m):.0f} s)", None, now, outbox)
             opened.append(m.name)
     return opened
 

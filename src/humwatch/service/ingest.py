@@ -158,6 +158,7 @@ def clip_document(row: ClipRow, machine: str) -> dict:
         "filename": row.filename,
         "seconds": row.seconds,
         "audio_kept": row.audio_path is not None,
+        "warnings": (row.warnings or "").splitlines(),
     }
 
 
@@ -239,14 +240,14 @@ class Ingestor:
         except AudioError as e:
             raise UploadError(422, str(e).replace(f"{MEMORY}/", "")) from None
         try:
-            return {**self._store(machine, up, key, seconds, score, threshold, anomalous, fault), "warnings": warnings}
+            return self._store(machine, up, key, seconds, score, threshold, anomalous, fault, warnings)
         except IntegrityError:  # the same clip, stored by a request that ran alongside this one
             found = self._existing(key, machine)
             if found is None:
                 raise
             return found
 
-    def _store(self, machine, up: Upload, key, seconds, score, threshold, anomalous, fault=None) -> dict:
+    def _store(self, machine, up: Upload, key, seconds, score, threshold, anomalous, fault=None, warnings=()) -> dict:
         kept: Path | None = None
         try:
             with self.store.write() as s:
@@ -264,6 +265,7 @@ class Ingestor:
                     filename=up.filename,
                     seconds=seconds,
                     sensor=fault,
+                    warnings="\n".join(" ".join(w.split())[:500] for w in warnings) or None,
                 )
                 s.add(row)
                 s.flush()

@@ -59,6 +59,7 @@ def machine_state(s: Session, m: Machine, pool, default_rule: AlertRule) -> dict
         )
     ).one()
     entry = pool.get(m.name) if pool is not None else None
+    interval, interval_from = health.expected_interval(s, m)
     state = machine_state_name(last is not None, alert, sensor=last is not None and last.sensor is not None, stale=stale)
     return {
         "machine": m.name,
@@ -73,6 +74,9 @@ def machine_state(s: Session, m: Machine, pool, default_rule: AlertRule) -> dict
         "sensor_alert": alert_document(sensor_alert, m.name) if sensor_alert is not None else None,
         "stale_alert": alert_document(stale_alert, m.name) if stale_alert is not None else None,
         "last_seen": health_iso(health.last_seen(s, m)),
+        "expected_interval_s": interval,
+        "expected_interval_from": interval_from,
+        "stale_after_s": health.stale_window_s(s, m),
         "alert_rule": str(machine_rule(m, default_rule)),
     }
 

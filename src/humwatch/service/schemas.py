@@ -22,6 +22,10 @@ class Clip(BaseModel):
     filename: str
     seconds: float = Field(description="Length of the uploaded audio.")
     audio_kept: bool = Field(description="The server kept this clip's audio (anomalous clips, within the retention limit).")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What makes this score less trustworthy: a channel count or sample rate other than the monitor's recordings'.",
+    )
 
 
 class OpenAlertRef(BaseModel):
@@ -33,10 +37,6 @@ class Ingested(Clip):
     duplicate: bool = Field(description="This clip (same machine, recording time and audio) was stored before; nothing new was stored.")
     alert_opened: bool = Field(description="This clip opened an alert.")
     alert: Optional[OpenAlertRef] = Field(description="The machine's open alert, if any.")
-    warnings: list[str] = Field(
-        default_factory=list,
-        description="What makes this score less trustworthy: a channel count or sample rate other than the monitor's recordings'.",
-    )
 
 
 class Alert(BaseModel):
@@ -54,8 +54,8 @@ class Alert(BaseModel):
     end_at: Optional[str] = Field(description="Timeline time of the clip that closed it.")
     opened_at: str
     closed_at: Optional[str]
-    first_clip_id: int
-    last_clip_id: int
+    first_clip_id: Optional[int] = Field(description="The first clip it is about (null: a stale alert of a machine that never sent one).")
+    last_clip_id: Optional[int]
     n_anomalous: int
     max_score: float
     rule: str = Field(description="K/N/M in force when it opened.")
@@ -84,6 +84,11 @@ class Machine(BaseModel):
     sensor_alert: Optional[Alert] = Field(None, description="The machine's open sensor alert, if any.")
     stale_alert: Optional[Alert] = Field(None, description="The machine's open stale alert, if any.")
     last_seen: Optional[str] = Field(None, description="Its last clip's arrival or heartbeat, whichever is later.")
+    expected_interval_s: float = Field(description="How often it is expected to send a clip (s): set by an admin, or learned.")
+    expected_interval_from: Literal["set", "learned", "default"] = Field(
+        description="set (PUT .../expected-interval), learned (the median gap between its last clips' arrivals) or default."
+    )
+    stale_after_s: float = Field(description="Silent (no clip nor heartbeat) for longer than this, it is stale.")
     alert_rule: str
 
 
@@ -107,6 +112,12 @@ class AlertRuleIn(BaseModel):
     k: int = Field(ge=ALERT_COUNT.low, le=ALERT_COUNT.high, description="Anomalous clips among the last N that open an alert.")
     n: int = Field(ge=ALERT_COUNT.low, le=ALERT_COUNT.high)
     m: int = Field(ge=ALERT_COUNT.low, le=ALERT_COUNT.high, description="Normal clips in a row that close it.")
+
+
+class ExpectedIntervalIn(BaseModel):
+    seconds: Optional[float] = Field(
+        ge=1, le=7 * 24 * 3600, description="How often the machine sends a clip (s); null: learn it from its clips again."
+    )
 
 
 class SilenceIn(BaseModel):

@@ -96,6 +96,9 @@ class Machine(Base):
     alert_m: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     heartbeat_at: Mapped[Optional[_dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)
     """When its listener last said it is alive (``POST .../heartbeat``); None: never."""
+    expected_interval_s: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    """How often it sends a clip, as an admin set it (``PUT .../expected-interval``); None: learned
+    from its clips' arrivals (:mod:`.health`)."""
     created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -122,6 +125,9 @@ class ClipRow(Base):
     sensor: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
     """A sensor fault found before scoring (:mod:`humwatch.sensor`, one line); such a clip is not
     scored (``score`` 0, shown as none) and counts towards no anomaly alert."""
+    warnings: Mapped[Optional[str]] = mapped_column(Text(), nullable=True)
+    """What makes its score less trustworthy, one warning a line (another channel count or sample
+    rate than the monitor's recordings); None: nothing."""
 
 
 class Alert(Base):
@@ -143,8 +149,9 @@ class Alert(Base):
     """Timeline time of the clip that closed it."""
     opened_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     closed_at: Mapped[Optional[_dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)
-    first_clip_id: Mapped[int] = mapped_column(Integer)
-    last_clip_id: Mapped[int] = mapped_column(Integer)
+    first_clip_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    """The first clip it is about; None for a stale alert of a machine that never sent a clip."""
+    last_clip_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     n_anomalous: Mapped[int] = mapped_column(Integer, default=0)
     normal_streak: Mapped[int] = mapped_column(Integer, default=0)
     max_score: Mapped[float] = mapped_column(Float)

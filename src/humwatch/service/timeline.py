@@ -156,7 +156,16 @@ def _server_zone_name() -> str:
         return "Etc/UTC"
 
 
-CSV_COLUMNS = ("clip_id", "recorded_at", "received_at", "file", "score", "threshold", "decision")
+def duration(seconds: float) -> str:
+    """A length of time as people say it: "45 s", "10 min", "1.5 h", "2 d"."""
+    s = float(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s / size:.3g} {unit}"
+    return f"{s:.3g} s"
+
+
+CSV_COLUMNS = ("clip_id", "recorded_at", "received_at", "file", "score", "threshold", "decision", "sensor", "warnings")
 
 
 def _cell(text: str) -> str:
@@ -180,6 +189,19 @@ def scores_csv(rows) -> str:
                 "" if r.sensor else repr(r.score),  # a sensor fault is not scored
                 repr(r.threshold),
                 "sensor" if r.sensor else "anomalous" if r.anomalous else "normal",
+                _cell(r.sensor or ""),
+                _cell("; ".join((r.warnings or "").splitlines())),
             ]
         )
     return out.getvalue()
+
+
+def csv_response(machine: str, rows):
+    """The clips ``rows`` as a CSV download named after the machine (the dashboard's and the API's)."""
+    from fastapi.responses import Response
+
+    return Response(
+        scores_csv(rows),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{machine}-scores.csv"'},
+    )
