@@ -239,7 +239,7 @@ def test_an_admin_sets_the_expected_interval_and_the_stale_window_follows(servic
     service.cookies.set("humwatch_token", service.tokens["read"])
     page = service.get(f"/machines/{MACHINE}").text
     service.cookies.clear()
-    assert 'id="stale-alert"' in page and "is the listener running?" in page
+    assert 'id="stale-alert"' in page and "is the listener running" in page
     assert "a clip every <b>20 s</b>" in page and "set by an admin" in page
     r = service.put(url, json={"seconds": None}, headers=admin)
     assert r.status_code == 200 and r.json()["expected_interval_from"] == "learned"
@@ -270,10 +270,12 @@ def test_the_machine_page_shows_an_open_sensor_fault(service):
     post(service, clip_bytes("normal", 40), 0)
     post(service, silent_bytes(), 1)
     service.cookies.set("humwatch_token", service.tokens["read"])
-    page = service.get(f"/machines/{MACHINE}").text
+    page = service.get(f"/machines/{MACHINE}", params={"range": "all"}).text
     clip = service.get(f"/clips/{machine(service)['last_clip']['clip_id']}").text
     service.cookies.clear()
     assert 'id="sensor-alert"' in page and "digital silence" in page and "not the machine" in page
+    chart = json.loads(page.split('id="chart-data">', 1)[1].split("</script>", 1)[0])
+    assert [s[3] for s in chart["spans"]] == ["sensor"]  # drawn in the sensor colour, not as an alarm
     assert 'id="sensor"' in clip and "not scored" in clip
 
 

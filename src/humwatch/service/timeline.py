@@ -121,7 +121,7 @@ def shifted(t: _dt.datetime, delta: _dt.timedelta) -> _dt.datetime:
 
 def chart_data(points: list[dict], spans: list[dict], threshold, win: dict, live: bool) -> dict:
     """A chart: times (unix seconds), scores, anomalous scores (null elsewhere), clip ids, file
-    names, the threshold, alert spans [start, end or null, id], the x axis' bounds, the zone the
+    names, the threshold, alert spans [start, end or null, id, kind], the x axis' bounds, the zone the
     axis is drawn in, and whether the window follows now (``live``: the page asks for new clips)."""
     ts = lambda iso: _dt.datetime.fromisoformat(iso).timestamp()  # noqa: E731
     if threshold is None and points:
@@ -134,7 +134,7 @@ def chart_data(points: list[dict], spans: list[dict], threshold, win: dict, live
         "clip": [p["clip_id"] for p in points],
         "file": [p["filename"] for p in points],
         "threshold": threshold,
-        "spans": [[ts(a["start_at"]), ts(a["end_at"]) if a["end_at"] else None, a["id"]] for a in spans],
+        "spans": [[ts(a["start_at"]), ts(a["end_at"]) if a["end_at"] else None, a["id"], a["kind"]] for a in spans],
         "x_min": win["since"].timestamp(),
         "x_max": win["until"].timestamp(),
         "span_s": win["until"].timestamp() - win["since"].timestamp(),

@@ -16,15 +16,17 @@
     hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false, timeZoneName: "short"});
   const stamp = function (t) { return fmt.format(new Date(t * 1000)); };
 
+  const SPAN_FILL = {anomaly: "rgba(198, 47, 60, 0.13)", sensor: "rgba(94, 53, 177, 0.12)", stale: "rgba(180, 83, 9, 0.12)"};
+
   function spansPlugin() {
     return {hooks: {drawClear: [function (u) {
       const ctx = u.ctx, top = u.bbox.top, h = u.bbox.height;
       const xmin = u.scales.x.min, xmax = u.scales.x.max;
       ctx.save();
-      ctx.fillStyle = "rgba(198, 47, 60, 0.13)";
-      for (const [start, end] of data.spans) {
+      for (const [start, end, , kind] of data.spans) {  // a sensor fault or a silence is not the machine's alarm
         const a = Math.max(start, xmin), b = Math.min(end === null ? xmax : end, xmax);
         if (b < a) continue;
+        ctx.fillStyle = SPAN_FILL[kind] || SPAN_FILL.anomaly;
         const x0 = u.valToPos(a, "x", true), x1 = u.valToPos(b, "x", true);
         ctx.fillRect(x0, top, Math.max(x1 - x0, 3), h);
       }
@@ -175,7 +177,7 @@
         clip: items.map(function (c) { return c.clip_id; }), file: items.map(function (c) { return c.filename; }),
         threshold: data.threshold, tz: data.tz, live: true, span_s: span,
         x_min: el.dataset.range === "all" ? data.x_min : now - span, x_max: now,
-        spans: alerts.map(function (a) { return [ts(a.start_at), a.end_at ? ts(a.end_at) : null, a.id]; }),
+        spans: alerts.map(function (a) { return [ts(a.start_at), a.end_at ? ts(a.end_at) : null, a.id, a.kind]; }),
       };
       u.setData(columns(data), !zoomed);
       el.dataset.points = String(data.t.length);
