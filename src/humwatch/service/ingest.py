@@ -153,7 +153,7 @@ def clip_document(row: ClipRow, machine: str) -> dict:
         "received_at": iso(row.received_at),
         "score": None if row.sensor else row.score,
         "threshold": row.threshold,
-        "decision": "sensor" if row.sensor else "anomalous" if row.anomalous else "normal",
+        "decision": row.decision,
         "sensor": row.sensor,
         "filename": row.filename,
         "seconds": row.seconds,

@@ -129,6 +129,11 @@ class ClipRow(Base):
     """What makes its score less trustworthy, one warning a line (another channel count or sample
     rate than the monitor's recordings); None: nothing."""
 
+    @property
+    def decision(self) -> str:
+        """``sensor`` (a sensor fault: not scored), ``anomalous`` or ``normal``: the API's, the CSV's."""
+        return "sensor" if self.sensor else "anomalous" if self.anomalous else "normal"
+
 
 class Alert(Base):
     __tablename__ = "alerts"

@@ -188,7 +188,7 @@ def scores_csv(rows) -> str:
                 _cell(r.filename or ""),
                 "" if r.sensor else repr(r.score),  # a sensor fault is not scored
                 repr(r.threshold),
-                "sensor" if r.sensor else "anomalous" if r.anomalous else "normal",
+                r.decision,
                 _cell(r.sensor or ""),
                 _cell("; ".join((r.warnings or "").splitlines())),
             ]
