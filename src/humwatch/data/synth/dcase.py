@@ -4,9 +4,9 @@ dcase2023``): domain shift without downloading anything.
 ::
 
     OUT/fan/train/section_00_source_train_normal_0000_vel_1260_noise_D.wav
-    OUT/fan/train/section_00_target_train_normal_0000_vel_1512_noise_A.wav
+    OUT/fan/train/section_00_target_train_normal_0000_vel_1601_noise_B.wav
     OUT/fan/test/section_00_source_test_normal_0000_vel_1260_noise_D.wav
-    OUT/fan/test/section_00_target_test_anomaly_0003_vel_1512_noise_A.wav
+    OUT/fan/test/section_00_target_test_anomaly_0003_vel_1601_noise_B.wav
     OUT/fan/attributes_00.csv      file_name,d1p,d1v,d2p,d2v (file_name: fan/train/section_00_...wav)
     OUT/ground_truth.csv           path,machine_type,section,domain,split,label,attributes,anomaly_kind,
                                    anomaly_family,severity

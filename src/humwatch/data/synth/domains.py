@@ -1,11 +1,15 @@
 """Domains and the extra anomaly kinds of the DCASE layouts (:mod:`humwatch.data.synth.dcase`).
 
 **Domains**: a DCASE source domain and target domain differ by an operating condition or by the
-surroundings. Here each machine type has its own shift (:data:`CONDITIONS`): the fan runs faster in
-another factory hall, the pump's drive runs slower and its microphone is moved, the slide travels
-faster, the valve runs another open/close program. A condition changes the product's parameters
-(speeds move every fundamental and harmonic), its level (sound power grows with speed), and for a moved
-microphone the level and the high-frequency balance; it never changes the product itself.
+surroundings (:func:`conditions`). The source domain alternates between two speeds (the valve: two
+open/close programs), as before. The target domain, drawn from ``(seed, machine type, section)``, runs
+at a speed 12-30 % away from both (every fundamental, harmonic and speed-dependent resonance moves by
+that ratio; the valve: a third program), each clip within +-5 % of that set point, and changes one
+second factor chosen by the seed per machine type (:func:`second_factor`): another ``load`` (the
+tonal/broadband balance, the slip), a moved ``mic`` (1.6-2.5 times farther, through a transfer function
+with band gains of several dB) or another hall (``noise``: a louder background of another colour). A
+condition changes the product's parameters, its level and colour, and the background; it never changes
+the product itself. The attributes name the set point and the second factor.
 
 **Anomaly kinds**: the three MIMII kinds of each machine plus three generic ones added to the normal
 machine sound: a ``whine`` (tonal: a new bearing/whistle tone), a ``rub`` (broadband: band noise in
