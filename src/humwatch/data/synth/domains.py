@@ -119,9 +119,9 @@ TARGET_SPEED_SPREAD = 0.05
 under changing load: the few recordings made after a change of condition are less alike than the many
 of the usual one, whose speed varies by about 0.4 %)."""
 MIC_DB_STD, HALL_DB_STD, EQ_DB_LIMIT = 5.0, 6.0, 10.0
-HALL_LEVEL_DB = (3.0, 8.0)
-"""Another hall is this much louder (dB, uniform): a busier factory."""
 """Spread of a moved microphone's and another hall's band gains (dB, normal, clipped at the limit)."""
+HALL_LEVEL_DB = (3.0, 8.0)
+"""Another hall is this much louder (dB, uniform) at the same ``--snr``: a busier factory."""
 MIC_DISTANCES = (1.6, 2.5)
 """A moved microphone is this many times farther away (level 1/r)."""
 
@@ -146,7 +146,7 @@ def conditions(machine: str, section: int, seed: int = 0) -> dict[str, tuple[Con
     """Per domain, the conditions the clips of ``machine`` section ``section`` cycle through (clip index
     modulo their number): the source domain has two (two speeds; the valve: two programs), the target
     domain a third one the source never shows, drawn from ``(seed, machine type, section)``: a speed
-    10-30 % away (the valve: a third program) and the machine type's second factor
+    12-30 % away (the valve: a third program) and the machine type's second factor
     (:func:`second_factor`) at another value."""
     extra = second_factor(machine, seed)
     r = np.random.default_rng(np.random.SeedSequence([_SALT_TARGET, int(seed), _machine_key(machine), int(section)]))
