@@ -4,9 +4,9 @@ dcase2023``): domain shift without downloading anything.
 ::
 
     OUT/fan/train/section_00_source_train_normal_0000_vel_1260_noise_D.wav
-    OUT/fan/train/section_00_target_train_normal_0000_vel_1512_noise_A.wav
+    OUT/fan/train/section_00_target_train_normal_0000_vel_1601_noise_B.wav
     OUT/fan/test/section_00_source_test_normal_0000_vel_1260_noise_D.wav
-    OUT/fan/test/section_00_target_test_anomaly_0003_vel_1512_noise_A.wav
+    OUT/fan/test/section_00_target_test_anomaly_0003_vel_1601_noise_B.wav
     OUT/fan/attributes_00.csv      file_name,d1p,d1v,d2p,d2v (file_name: fan/train/section_00_...wav)
     OUT/ground_truth.csv           path,machine_type,section,domain,split,label,attributes,anomaly_kind,
                                    anomaly_family,severity
@@ -44,9 +44,11 @@ from humwatch.data.synth.domains import (
     NO_ATTRIBUTE_2024,
     add_generic,
     attributes,
+    clip_condition,
     condition,
     condition_effect,
     domain_product,
+    hall_effect,
 )
 from humwatch.data.synth.products import _SOURCES, _machine_key, _nominal_power
 from humwatch.data.synth.room import _background, _pad, _to_array
@@ -197,14 +199,15 @@ def render_dcase_clip(
     ss = np.random.SeedSequence(
         [_SALT_DCASE, int(seed), _machine_key(machine), section, DOMAINS.index(domain), _SPLITS.index(split), label, index]
     )
-    rng_src, rng_bg, rng_plan = [np.random.default_rng(s) for s in ss.spawn(3)]
+    rng_src, rng_bg, rng_plan, rng_cond = [np.random.default_rng(s) for s in ss.spawn(4)]
     kind, sev = "normal", 0.0
     if label:
         kinds = DCASE_ANOMALY_KINDS[machine]
         kind = kinds[index % len(kinds)]
         sev = 0.1 + 0.9 * float(rng_plan.uniform()) ** 1.2
     # anomalies: the kinds and the conditions rotate independently (not kind 0 always in condition 0)
-    cond = condition(machine, domain, index + index // len(DCASE_ANOMALY_KINDS[machine]) if label else index)
+    cond = condition(machine, domain, index + index // len(DCASE_ANOMALY_KINDS[machine]) if label else index, section, seed)
+    setpoint, cond = cond, clip_condition(cond, rng_cond)  # the attribute names the set point
     prod = domain_product(machine, section, sr, cond)
     own = kind if kind in ANOMALY_KINDS[machine] else "normal"
     x = _SOURCES[machine](prod, rng_src, n + 2 * _pad(sr), sr, own, sev if own != "normal" else 0.0)
@@ -212,15 +215,15 @@ def render_dcase_clip(
         x = add_generic(x, kind, sev, prod, rng_plan, sr)
     x = condition_effect(x, machine, cond, sr)
     mach = _to_array(x, n, 1, prod)[0]
-    bg = _background(rng_bg, n, sr, 1, prod.hall)[0]
+    bg = hall_effect(_background(rng_bg, n, sr, 1, prod.hall)[0], cond, sr)
     k_m = 1.0 / math.sqrt(_nominal_power(machine, section, sr, 1))
-    k_bg = math.sqrt(10.0 ** (-snr_db / 10.0) / _power(bg))
+    k_bg = math.sqrt(10.0 ** ((cond.hall_level_db - snr_db) / 10.0) / _power(bg))
     gain = 10.0 ** (NOMINAL_DBFS[machine] / 20.0) / math.sqrt(1.0 + 10.0 ** (-snr_db / 10.0))
     y = mach * np.float32(gain * k_m) + bg * np.float32(gain * k_bg)
     peak = float(np.max(np.abs(y)))
     if peak > PEAK_LIMIT:
         y *= np.float32(PEAK_LIMIT / peak)
-    return y, DcaseClipInfo(kind, sev, attributes(machine, section, sr, cond))
+    return y, DcaseClipInfo(kind, sev, attributes(machine, section, sr, setpoint))
 
 
 def _csv_width(path: Path) -> int:
