@@ -13,7 +13,7 @@ from typing import Annotated, Any, List, Literal, Optional
 import typer
 
 from humwatch.errors import ConfigError
-from humwatch.service.config import PORT, RETRIES
+from humwatch.service.config import BATCH_WAIT_MS, MAX_BATCH, PORT, RETRIES
 from humwatch.settings import CHANNEL, FRACTION, SEED, WINDOW_SECONDS, Rule, check_value, describe
 
 
@@ -381,6 +381,22 @@ Db = Annotated[
 Host = Annotated[str, typer.Option(help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 every network (put TLS in front).")]
 Port = Annotated[int, typer.Option(envvar="HUMWATCH_PORT", help="TCP port (or $HUMWATCH_PORT).", callback=checked(PORT, "--port"))]
 Workers = Annotated[int, typer.Option(help="Server processes; each loads every monitor (use PostgreSQL with several).", min=1, max=64)]
+MaxBatch = Annotated[
+    int,
+    typer.Option(
+        help=ranged(
+            "Clips of one machine arriving together are scored in one forward pass, up to this many (1: each clip alone).", MAX_BATCH
+        ),
+        callback=checked(MAX_BATCH, "--max-batch"),
+    ),
+]
+BatchWaitMs = Annotated[
+    float,
+    typer.Option(
+        help=ranged("How long a batch waits for more clips after its first, in milliseconds.", BATCH_WAIT_MS),
+        callback=checked(BATCH_WAIT_MS, "--batch-wait-ms"),
+    ),
+]
 MaxUploadMb = Annotated[float, typer.Option(help="Largest upload accepted (MB).")]
 MaxSeconds = Annotated[float, typer.Option(help="Longest audio accepted (seconds).")]
 AlertRuleOption = Annotated[
