@@ -3,7 +3,8 @@
 For each monitor kind it fits a monitor on built-in generated data (10 s fan clips, 16 kHz), copies
 it to ``--machines`` machines, starts ``humwatch serve`` on 127.0.0.1 (a fresh SQLite store, or the
 database ``--db URL`` names, e.g. a PostgreSQL one; one worker unless ``--workers``; the server's
-micro-batching as ``--max-batch`` and ``--batch-wait-ms`` say, else its defaults), and for each
+micro-batching and threads as ``--max-batch``, ``--batch-wait-ms`` and ``--threads`` say, else its
+defaults), and for each
 number of ``--clients`` has that many threads upload ``--clips`` 10 s WAV clips (each a new row: its
 own recording time) round-robin over the machines, one request at a time per client.
 Latency is per request, upload to answer (scoring and the stored row included); clips/s is clips
@@ -21,9 +22,10 @@ Run::
 
     .venv/bin/python benchmarks/bench_service.py --monitors autoencoder ast --clients 1 4 --json bench-service.json
 
-Batching off (each clip scored alone, as before micro-batching) against on, 8 clients x 50 clips::
+Batching off and every core per operation (as before micro-batching) against the defaults, 8
+clients x 50 clips::
 
-    .venv/bin/python benchmarks/bench_service.py --monitors autoencoder --clients 8 --clips 400 --max-batch 1
+    .venv/bin/python benchmarks/bench_service.py --monitors autoencoder --clients 8 --clips 400 --max-batch 1 --threads 0
     .venv/bin/python benchmarks/bench_service.py --monitors autoencoder --clients 8 64 --clips 400
 
 The results (``--json``) record the load (``uptime``) before and after, the CPU and the time (UTC):
@@ -184,6 +186,7 @@ def main() -> None:
         "--max-batch", type=int, default=None, help="the server's --max-batch (1: each clip scored alone; default: the server's)"
     )
     ap.add_argument("--batch-wait-ms", type=float, default=None, help="the server's --batch-wait-ms (default: the server's)")
+    ap.add_argument("--threads", type=int, default=None, help="the server's --threads (default: the server's)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="AST precision")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
@@ -204,6 +207,8 @@ def main() -> None:
         extra += ["--max-batch", str(args.max_batch)]
     if args.batch_wait_ms is not None:
         extra += ["--batch-wait-ms", f"{args.batch_wait_ms:g}"]
+    if args.threads is not None:
+        extra += ["--threads", str(args.threads)]
     tag = f"-{started:%H%M%S}{os.getpid() % 1000:03d}" if args.db else ""  # machines of their own in a shared database
     try:
         synthesize(root / "train", machines=("fan",), ids=("00",), n_normal=24, n_anomalous=0, channels=1, progress=False)
@@ -245,6 +250,7 @@ def main() -> None:
                         "db": (args.db or "sqlite").split(":")[0].split("+")[0],
                         "max_batch": args.max_batch,
                         "batch_wait_ms": args.batch_wait_ms,
+                        "threads": args.threads,
                         **r,
                     }
                     results.append(row)

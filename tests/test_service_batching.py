@@ -205,6 +205,7 @@ def test_max_batch_1_scores_each_clip_alone(service_monitors, tmp_path):
         (["--batch-wait-ms", "-1"], ["--batch-wait-ms", "-1"]),
         (["--batch-wait-ms", "5000"], ["--batch-wait-ms", "5000"]),
         (["--max-batch", "many"], ["--max-batch", "integer"]),
+        (["--threads", "-1"], ["--threads", "-1"]),
     ],
 )
 def test_batch_options_are_checked_in_one_line(args, words, tmp_path, capsys):
@@ -223,7 +224,29 @@ def test_batch_settings_are_checked():
     from humwatch.errors import ConfigError
     from humwatch.service.config import ServiceSettings
 
-    assert ServiceSettings().max_batch == 16 and ServiceSettings().batch_wait_ms == 5.0
-    for bad in ({"max_batch": 0}, {"batch_wait_ms": float("nan")}, {"max_batch": 2.5}):
-        with pytest.raises(ConfigError, match="max_batch|batch_wait_ms"):
+    s = ServiceSettings()
+    assert (s.max_batch, s.batch_wait_ms, s.threads) == (16, 5.0, 1)
+    for bad in ({"max_batch": 0}, {"batch_wait_ms": float("nan")}, {"max_batch": 2.5}, {"threads": -1}):
+        with pytest.raises(ConfigError, match="max_batch|batch_wait_ms|threads"):
             ServiceSettings(**bad).validate()
+
+
+def test_a_server_process_limits_its_numeric_threads():
+    """``--threads 1`` (the default): torch and the BLAS library use one thread per operation in the
+    server process (``create_app`` without a service of the caller's applies it); 0 leaves them."""
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from humwatch.service.app import limit_threads
+
+    before_torch, before_blas = torch.get_num_threads(), threadpool_limits(limits=None)
+    try:
+        torch.set_num_threads(2)
+        limit_threads(0)
+        assert torch.get_num_threads() == 2
+        limit_threads(1)
+        assert torch.get_num_threads() == 1
+        assert all(lib["num_threads"] == 1 for lib in threadpool_info())
+    finally:
+        torch.set_num_threads(before_torch)
+        before_blas.restore_original_limits()

@@ -13,7 +13,7 @@ from typing import Annotated, Any, List, Literal, Optional
 import typer
 
 from humwatch.errors import ConfigError
-from humwatch.service.config import BATCH_WAIT_MS, MAX_BATCH, PORT, RETRIES
+from humwatch.service.config import BATCH_WAIT_MS, MAX_BATCH, PORT, RETRIES, THREADS
 from humwatch.settings import CHANNEL, FRACTION, SEED, WINDOW_SECONDS, Rule, check_value, describe
 
 
@@ -388,6 +388,17 @@ MaxBatch = Annotated[
             "Clips of one machine arriving together are scored in one forward pass, up to this many (1: each clip alone).", MAX_BATCH
         ),
         callback=checked(MAX_BATCH, "--max-batch"),
+    ),
+]
+ServeThreads = Annotated[
+    int,
+    typer.Option(
+        "--threads",
+        help=ranged(
+            "Threads one torch or BLAS operation may use in each server process; 1: the parallelism is the concurrent clips, machines and --workers (0: every core, for one heavy model).",
+            THREADS,
+        ),
+        callback=checked(THREADS, "--threads"),
     ),
 ]
 BatchWaitMs = Annotated[

@@ -214,6 +214,8 @@ def create_app(settings: ServiceSettings, service: Service | None = None):
     from humwatch.service import api, dashboard
 
     settings.validate()
+    if service is None:  # a server process of its own (humwatch serve): its numeric libraries' threads
+        limit_threads(settings.threads)
     svc = service or Service.open(settings)
 
     @asynccontextmanager
@@ -240,6 +242,21 @@ def create_app(settings: ServiceSettings, service: Service | None = None):
     app.include_router(api.router)
     dashboard.install(app)
     return app
+
+
+def limit_threads(n: int) -> None:
+    """At most ``n`` threads per torch or BLAS operation in this process from now on (0: leave their
+    default, every core). The service's parallelism is its concurrent clips (one scoring thread per
+    machine, the uploads' worker threads) and ``--workers``; each of those also spreading every small
+    operation over every core makes them wait for each other (measured: docs/service.md, Batching
+    and load)."""
+    if n <= 0:
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n)
 
 
 def app_from_env():

@@ -29,6 +29,8 @@ MAX_BATCH = Int(1, 256)
 """Clips of one machine scored together (``--max-batch``; 1: each alone)."""
 BATCH_WAIT_MS = Real(0, 1000)
 """Milliseconds a batch waits for more clips after its first (``--batch-wait-ms``)."""
+THREADS = Int(0, 1024)
+"""Threads one numeric operation may use in a server process (``--threads``; 0: the libraries' default)."""
 
 
 @dataclass
@@ -67,6 +69,9 @@ class ServiceSettings(Settings):
     )
     max_batch: int = setting(16, MAX_BATCH, "clips of one machine scored together in one call of its monitor (1: each clip alone)")
     batch_wait_ms: float = setting(5.0, BATCH_WAIT_MS, "how long a batch waits for more clips after its first (milliseconds)")
+    threads: int = setting(
+        1, THREADS, "threads one operation of torch or the BLAS library may use in each server process (0: their default, every core)"
+    )
 
     def _check(self) -> None:
         from humwatch.service.alerts import AlertRule
