@@ -24,6 +24,7 @@ not scored; it opens a ``sensor`` alert (:mod:`.health`), never an anomaly alert
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import logging
@@ -176,6 +177,9 @@ class Ingestor:
         self.audio_dir = settings.audio_path
         self._last_prune = 0.0
         self._prune_lock = threading.Lock()
+        self._write_lock = threading.Lock() if getattr(store, "dialect", "") == "sqlite" else contextlib.nullcontext()
+        """SQLite takes one writer at a time: this process's writers queue here, in turn, instead of
+        in SQLite's busy handler (which sleeps up to 100 ms between tries: a long tail under load)."""
 
     @property
     def tmp_dir(self) -> Path:
@@ -255,7 +259,7 @@ class Ingestor:
     def _store(self, machine, up: Upload, key, seconds, score, threshold, anomalous, fault=None) -> dict:
         kept: Path | None = None
         try:
-            with self.store.write() as s:
+            with self._write_lock, self.store.write() as s:
                 m = s.scalar(select(Machine).where(Machine.name == machine).with_for_update())
                 row = ClipRow(
                     machine_id=m.id,
