@@ -2,7 +2,8 @@
 concurrent uploads to one machine are scored in one call of its monitor (the
 ``humwatch_score_batch_clips`` histogram and the batcher's count say so), each with the score and
 decision it gets alone (equal, not close: the autoencoder scores each clip's frames on their own),
-a clip that cannot be scored fails only itself, a store that cannot write is still 503 for every
+a network's batch changes only the last bits (a tiny AST: within a relative 1e-6, the same
+decision), a clip that cannot be scored fails only itself, a store that cannot write is still 503 for every
 clip of a batch, and the options are checked (one line, exit status 2)."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from service_fixtures import clip_bytes, fresh_monitors, iso, make_token
 from sqlalchemy.orm import sessionmaker
@@ -250,3 +252,40 @@ def test_a_server_process_limits_its_numeric_threads():
     finally:
         torch.set_num_threads(before_torch)
         before_blas.restore_original_limits()
+
+
+def test_a_network_monitor_scores_a_batch_as_each_clip_alone(tmp_path):
+    """embed-detect with a (tiny, random-initialised) AST: a batch's windows go through the network
+    together (the embedding batches hold windows of several clips), which changes the last bits of
+    its float32 matrix products: each clip's score is the one it gets alone within a relative 1e-6
+    (measured: about 1e-11), with the same threshold and decision."""
+    from helpers import make_mimii_tree
+
+    from humwatch.audio import decode_bytes
+    from humwatch.calibrate import fit_monitor
+    from humwatch.data import load_dataset
+    from humwatch.data.clips import Clip
+    from humwatch.service.scoring import MonitorPool
+
+    tiny_ast = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    data = make_mimii_tree(tmp_path / "data", machines=("fan",), ids=("00",), n_normal=8, n_anomalous=0, seconds=2.0)
+    settings = {"backbone": "ast", "weights": "none", "backbone_config": tiny_ast, "detector": "knn", "detector_params": {"n_neighbors": 2}}
+    mon, _ = fit_monitor(
+        load_dataset(data),
+        "embed-detect",
+        settings,
+        seconds=2.0,
+        folds=2,
+        progress=False,
+        false_alarm_rate=0.2,
+        threshold_method="percentile",
+    )
+    mon.save(tmp_path / "monitors" / "m")
+    pool = MonitorPool(tmp_path / "monitors")
+    blobs = [clip_bytes("normal", seed=s) for s in range(5)] + [clip_bytes("anomalous", seed=1), clip_bytes("normal", seed=9, seconds=5.0)]
+    clips = [Clip.from_array(*decode_bytes(b, "upload"), "upload", "service", "m") for b in blobs]
+    together = pool.score_many("m", clips)
+    alone = [pool.score("m", c) for c in clips]
+    np.testing.assert_allclose([t[0] for t in together], [a[0] for a in alone], rtol=1e-6, atol=0)
+    assert [t[1:] for t in together] == [a[1:] for a in alone]  # the same threshold and decision
+    assert len({a[0] for a in alone}) == len(clips)

@@ -15,7 +15,8 @@ That thread takes the clips waiting for the machine (up to ``max_batch``; after 
 at most ``batch_wait_ms`` for more) and scores them in one call of the monitor
 (:meth:`MonitorPool.score_many`: one :meth:`~humwatch.monitor.Monitor.score_clips` call, so the
 method's own batches run one forward pass over all of them). Each clip's result is what scoring it
-alone gives (tests/test_service_batching.py); a clip that cannot be scored gets its own error and
+alone gives: bit for bit with the autoencoder, to the last bits of a network's float32 products
+otherwise (an AST embedding batch of several clips: about 1e-11 relative; tests/test_service_batching.py); a clip that cannot be scored gets its own error and
 its batch-mates their scores. Clips of different machines are scored side by side (one scoring
 thread per machine). ``--max-batch 1`` scores each clip alone in its upload's worker thread.
 """
