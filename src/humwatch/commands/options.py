@@ -33,6 +33,11 @@ def ranged(help: str, rule: Rule) -> str:
     return f"{help} ({describe(rule)})"
 
 
+def ranged_option(rule: Rule, option: str, help: str):
+    """A typer option ``option`` checked by ``rule``, its help saying what ``rule`` accepts."""
+    return typer.Option(option, help=ranged(help, rule), callback=checked(rule, option))
+
+
 # -------------------------------------------------------------------------------------- choices
 
 Layouts = Literal["auto", "mimii", "dcase", "folder", "recordings", "csv"]
@@ -382,31 +387,13 @@ Host = Annotated[str, typer.Option(help="Address to listen on: 127.0.0.1 is this
 Port = Annotated[int, typer.Option(envvar="HUMWATCH_PORT", help="TCP port (or $HUMWATCH_PORT).", callback=checked(PORT, "--port"))]
 Workers = Annotated[int, typer.Option(help="Server processes; each loads every monitor (use PostgreSQL with several).", min=1, max=64)]
 MaxBatch = Annotated[
-    int,
-    typer.Option(
-        help=ranged(
-            "Clips of one machine arriving together are scored in one forward pass, up to this many (1: each clip alone).", MAX_BATCH
-        ),
-        callback=checked(MAX_BATCH, "--max-batch"),
-    ),
-]
-ServeThreads = Annotated[
-    int,
-    typer.Option(
-        "--threads",
-        help=ranged(
-            "Threads one torch or BLAS operation may use in each server process; 1: the parallelism is the concurrent clips, machines and --workers (0: every core, for one heavy model).",
-            THREADS,
-        ),
-        callback=checked(THREADS, "--threads"),
-    ),
+    int, ranged_option(MAX_BATCH, "--max-batch", "Concurrent clips of one machine scored in one forward pass, at most (1: each alone).")
 ]
 BatchWaitMs = Annotated[
-    float,
-    typer.Option(
-        help=ranged("How long a batch waits for more clips after its first, in milliseconds.", BATCH_WAIT_MS),
-        callback=checked(BATCH_WAIT_MS, "--batch-wait-ms"),
-    ),
+    float, ranged_option(BATCH_WAIT_MS, "--batch-wait-ms", "How long a batch waits for more clips after its first (ms).")
+]
+ServeThreads = Annotated[
+    int, ranged_option(THREADS, "--threads", "Threads per torch or BLAS operation in each server process (0: every core).")
 ]
 MaxUploadMb = Annotated[float, typer.Option(help="Largest upload accepted (MB).")]
 MaxSeconds = Annotated[float, typer.Option(help="Longest audio accepted (seconds).")]
