@@ -1,10 +1,12 @@
 """Load on `humwatch serve`: N concurrent clients on loopback, clips/s and p50/p99 latency.
 
 For each monitor kind it fits a monitor on built-in generated data (10 s fan clips, 16 kHz), copies
-it to ``--machines`` machines, starts ``humwatch serve`` on 127.0.0.1 (SQLite store, one worker unless
-``--workers``), and for each number of ``--clients`` has that many threads upload ``--clips`` 10 s
-WAV clips (each a new row: its own recording time) round-robin over the machines, one request at a
-time per client.
+it to ``--machines`` machines, starts ``humwatch serve`` on 127.0.0.1 (a fresh SQLite store, or the
+database ``--db URL`` names, e.g. a PostgreSQL one; one worker unless ``--workers``; the server's
+micro-batching and threads as ``--max-batch``, ``--batch-wait-ms`` and ``--threads`` say, else its
+defaults), and for each
+number of ``--clients`` has that many threads upload ``--clips`` 10 s WAV clips (each a new row: its
+own recording time) round-robin over the machines, one request at a time per client.
 Latency is per request, upload to answer (scoring and the stored row included); clips/s is clips
 over the wall time of the whole run. The server is warmed up first (every monitor scores a clip).
 
@@ -20,7 +22,16 @@ Run::
 
     .venv/bin/python benchmarks/bench_service.py --monitors autoencoder ast --clients 1 4 --json bench-service.json
 
-Everything happens in a temporary folder and on 127.0.0.1; the server is stopped at the end.
+Batching off and every core per operation (as before micro-batching) against the defaults, 8
+clients x 50 clips::
+
+    .venv/bin/python benchmarks/bench_service.py --monitors autoencoder --clients 8 --clips 400 --max-batch 1 --threads 0
+    .venv/bin/python benchmarks/bench_service.py --monitors autoencoder --clients 8 64 --clips 400
+
+The results (``--json``) record the load (``uptime``) before and after, the CPU and the time (UTC):
+the machine these run on is shared. Everything happens in a temporary folder and on 127.0.0.1 (and
+in the ``--db`` database: each run's machines are named apart, ``m0-<tag>``, so that runs never
+collide there); the server is stopped at the end.
 """
 
 from __future__ import annotations
@@ -44,8 +55,8 @@ DEFAULT_CLIPS = {"autoencoder": 200, "ast": 24}
 
 
 def fit(kind: str, data: Path, out: Path, precision: str) -> dict:
+    from humwatch.calibrate import fit_monitor
     from humwatch.data import load_dataset
-    from humwatch.monitor import fit_monitor
 
     settings = dict(SETTINGS[kind])
     if kind == "ast":
@@ -62,7 +73,7 @@ def fit(kind: str, data: Path, out: Path, precision: str) -> dict:
     }
 
 
-def start_server(monitors: Path, port: int, workers: int, log: Path) -> subprocess.Popen:
+def start_server(monitors: Path, port: int, workers: int, log: Path, extra: list[str] = ()) -> subprocess.Popen:
     import httpx
 
     cmd = [
@@ -78,6 +89,7 @@ def start_server(monitors: Path, port: int, workers: int, log: Path) -> subproce
         "--no-access-log",
         "--device",
         "cpu",
+        *extra,
     ]
     proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     for _ in range(600):
@@ -91,6 +103,28 @@ def start_server(monitors: Path, port: int, workers: int, log: Path) -> subproce
         time.sleep(0.5)
     proc.kill()
     raise SystemExit("humwatch serve did not start in 300 s")
+
+
+def uptime() -> str:
+    """``uptime``'s line (the load averages), or /proc/loadavg's."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return Path("/proc/loadavg").read_text().strip()
+
+
+def batch_counts(url: str, token: str) -> tuple[float, float]:
+    """(batches, clips) the server's scoring batches have counted so far (``humwatch_score_batch_clips``
+    on /metrics, summed over its workers)."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {token}"}, timeout=60).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("humwatch_score_batch_clips_count", "humwatch_score_batch_clips_sum")):
+            name, value = line.rsplit(" ", 1)
+            values[name.split("{")[0]] = float(value)
+    return values.get("humwatch_score_batch_clips_count", 0.0), values.get("humwatch_score_batch_clips_sum", 0.0)
 
 
 def load(url: str, token: str, machines: list[str], payloads: list[bytes], clients: int, offset: int = 0) -> dict:
@@ -143,6 +177,16 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=None, help="clips sent per monitor kind (default: 200 autoencoder, 24 ast)")
     ap.add_argument("--machines", type=int, default=2, help="machines (copies of the monitor) the clips are spread over")
     ap.add_argument("--workers", type=int, default=1, help="server processes")
+    ap.add_argument(
+        "--db",
+        default=None,
+        help="the server's database URL (e.g. postgresql+psycopg://USER@127.0.0.1:PORT/DB; default: a fresh SQLite file)",
+    )
+    ap.add_argument(
+        "--max-batch", type=int, default=None, help="the server's --max-batch (1: each clip scored alone; default: the server's)"
+    )
+    ap.add_argument("--batch-wait-ms", type=float, default=None, help="the server's --batch-wait-ms (default: the server's)")
+    ap.add_argument("--threads", type=int, default=None, help="the server's --threads (default: the server's)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="AST precision")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
@@ -156,24 +200,34 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="bench-service-"))
     results = []
+    started = datetime.datetime.now(datetime.timezone.utc)
+    uptime_before = uptime()
+    extra = ["--db", args.db] if args.db else []
+    if args.max_batch is not None:
+        extra += ["--max-batch", str(args.max_batch)]
+    if args.batch_wait_ms is not None:
+        extra += ["--batch-wait-ms", f"{args.batch_wait_ms:g}"]
+    if args.threads is not None:
+        extra += ["--threads", str(args.threads)]
+    tag = f"-{started:%H%M%S}{os.getpid() % 1000:03d}" if args.db else ""  # machines of their own in a shared database
     try:
         synthesize(root / "train", machines=("fan",), ids=("00",), n_normal=24, n_anomalous=0, channels=1, progress=False)
         test = synthesize(root / "test", machines=("fan",), ids=("02",), n_normal=12, n_anomalous=4, channels=1, seed=1, progress=False)
         payloads = [Path(c.path).read_bytes() for c in test]
-        for kind in args.monitors:
+        for k_kind, kind in enumerate(args.monitors):
             monitors = root / kind / "monitors"
-            info = fit(kind, root / "train", monitors / "m0", args.precision)
-            machines = [f"m{i}" for i in range(args.machines)]
+            machines = [f"m{i}{tag}" for i in range(args.machines)]
+            info = fit(kind, root / "train", monitors / machines[0], args.precision)
             for name in machines[1:]:
-                shutil.copytree(monitors / "m0", monitors / name)
-            store = Store(default_db_url(monitors))
+                shutil.copytree(monitors / machines[0], monitors / name)
+            store = Store(args.db or default_db_url(monitors))
             store.migrate()
-            token = create_token(store, "bench", "ingest")
+            token = create_token(store, f"bench{tag}-{kind}", "ingest,read")  # read: /metrics (the batch sizes)
             store.close()
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
-            proc = start_server(monitors, port, args.workers, root / f"{kind}.log")
+            proc = start_server(monitors, port, args.workers, root / f"{kind}.log", extra)
             try:
                 n = args.clips or DEFAULT_CLIPS[kind]
                 url = f"http://127.0.0.1:{port}"
@@ -181,7 +235,11 @@ def main() -> None:
                 for run, clients in enumerate(args.clients):
                     # each run sends its own recording times: every clip is a new row, scored
                     sent = [payloads[k % len(payloads)] for k in range(n)]
-                    r = load(url, token, machines, sent, clients, offset=(run + 1) * 100_000)
+                    before = batch_counts(url, token)
+                    r = load(url, token, machines, sent, clients, offset=(10 * k_kind + run + 1) * 100_000)
+                    after = batch_counts(url, token)
+                    r["batches"] = int(after[0] - before[0])
+                    r["mean_batch"] = round((after[1] - before[1]) / max(1, after[0] - before[0]), 2)
                     row = {
                         "monitor": kind,
                         **info,
@@ -189,13 +247,17 @@ def main() -> None:
                         "clients": clients,
                         "machines": args.machines,
                         "workers": args.workers,
+                        "db": (args.db or "sqlite").split(":")[0].split("+")[0],
+                        "max_batch": args.max_batch,
+                        "batch_wait_ms": args.batch_wait_ms,
+                        "threads": args.threads,
                         **r,
                     }
                     results.append(row)
                     flag = "  (RANDOM INIT)" if info["random_init"] else ""
                     print(
                         f"{kind}{flag}: {r['clips']} clips, {clients} client(s): {r['clips_per_s']} clips/s, "
-                        f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, errors {r['errors']}",
+                        f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, errors {r['errors']}, batches {r['batches']}",
                         flush=True,
                     )
             finally:
@@ -205,7 +267,12 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     doc = {
         "date": datetime.date.today().isoformat(),
+        "started_utc": started.strftime("%Y-%m-%d %H:%M:%S"),
+        "ended_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "uptime_before": uptime_before,
+        "uptime_after": uptime(),
         "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "server_args": extra,
         "httpx": httpx.__version__,
         "results": results,
     }

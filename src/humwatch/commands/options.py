@@ -13,7 +13,7 @@ from typing import Annotated, Any, List, Literal, Optional
 import typer
 
 from humwatch.errors import ConfigError
-from humwatch.service.config import PORT, RETRIES
+from humwatch.service.config import BATCH_WAIT_MS, MAX_BATCH, PORT, RETRIES, THREADS
 from humwatch.settings import CHANNEL, FRACTION, SEED, WINDOW_SECONDS, Rule, check_value, describe
 
 
@@ -31,6 +31,11 @@ def checked(rule: Rule, option: str):
 def ranged(help: str, rule: Rule) -> str:
     """``help`` with what ``rule`` accepts, e.g. ``(a whole number 0 or more)``."""
     return f"{help} ({describe(rule)})"
+
+
+def ranged_option(rule: Rule, option: str, help: str):
+    """A typer option ``option`` checked by ``rule``, its help saying what ``rule`` accepts."""
+    return typer.Option(option, help=ranged(help, rule), callback=checked(rule, option))
 
 
 # -------------------------------------------------------------------------------------- choices
@@ -381,6 +386,15 @@ Db = Annotated[
 Host = Annotated[str, typer.Option(help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 every network (put TLS in front).")]
 Port = Annotated[int, typer.Option(envvar="HUMWATCH_PORT", help="TCP port (or $HUMWATCH_PORT).", callback=checked(PORT, "--port"))]
 Workers = Annotated[int, typer.Option(help="Server processes; each loads every monitor (use PostgreSQL with several).", min=1, max=64)]
+MaxBatch = Annotated[
+    int, ranged_option(MAX_BATCH, "--max-batch", "Concurrent clips of one machine scored in one forward pass, at most (1: each alone).")
+]
+BatchWaitMs = Annotated[
+    float, ranged_option(BATCH_WAIT_MS, "--batch-wait-ms", "How long a batch waits for more clips after its first (ms).")
+]
+ServeThreads = Annotated[
+    int, ranged_option(THREADS, "--threads", "Threads per torch or BLAS operation in each server process (0: every core).")
+]
 MaxUploadMb = Annotated[float, typer.Option(help="Largest upload accepted (MB).")]
 MaxSeconds = Annotated[float, typer.Option(help="Longest audio accepted (seconds).")]
 AlertRuleOption = Annotated[

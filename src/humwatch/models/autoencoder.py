@@ -106,15 +106,27 @@ class AutoencoderDetector:
 
     @torch.no_grad()
     def score_clips(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        """Mean squared reconstruction error over each clip's context vectors (higher = more anomalous)."""
+        """Mean squared reconstruction error over each clip's context vectors (higher = more anomalous).
+        Every clip's vectors go through the network in one forward pass; each clip's error is the
+        mean of its own rows, bit for bit what the clip scored alone gives (a row's output does not
+        depend on the other rows: tests/test_service_batching.py)."""
         if self.model_ is None:
             raise ConfigError("the autoencoder is not fitted yet")
-        out = np.empty(len(clips), dtype=np.float64)
-        for i, c in enumerate(clips):
-            xb = torch.from_numpy(np.asarray(c, dtype=np.float32))
-            if xb.ndim != 2 or xb.shape[1] != self.model_.input_dim:
-                raise ConfigError(f"clip features of shape {tuple(xb.shape)} do not fit an autoencoder of input {self.model_.input_dim}")
-            out[i] = float(((self.model_(xb) - xb) ** 2).mean())
+        arrays = []
+        for c in clips:
+            a = np.asarray(c, dtype=np.float32)
+            if a.ndim != 2 or a.shape[1] != self.model_.input_dim:
+                raise ConfigError(f"clip features of shape {tuple(a.shape)} do not fit an autoencoder of input {self.model_.input_dim}")
+            arrays.append(a)
+        out = np.empty(len(arrays), dtype=np.float64)
+        if not arrays:
+            return out
+        x = torch.from_numpy(np.concatenate(arrays)) if len(arrays) > 1 else torch.from_numpy(arrays[0])
+        err = (self.model_(x) - x) ** 2
+        start = 0
+        for i, a in enumerate(arrays):
+            out[i] = float(err[start : start + a.shape[0]].mean())
+            start += a.shape[0]
         return out
 
 

@@ -1,7 +1,8 @@
 """The service's FastAPI application: :func:`create_app` builds it from :class:`ServiceSettings`.
 
 One process holds: the store (:mod:`.store`), every monitor of the folder loaded once
-(:mod:`.scoring`), the ingest path (:mod:`.ingest`, run in worker threads), the notification
+(:mod:`.scoring`), the ingest path (:mod:`.ingest`, run in worker threads; each machine's clips
+scored in batches by its scoring thread, :class:`~humwatch.service.scoring.Batcher`), the notification
 threads (:mod:`.notify`), the JSON API under ``/api/v1`` (:mod:`.api`), the dashboard (:mod:`.dashboard`)
 and ``/docs`` (the OpenAPI page, with Swagger UI served from the package). Every user error is
 answered with a status and ``{"detail": "<one line>"}``; nothing a client sends can cause a 500.
@@ -39,12 +40,19 @@ class Service:
     failed_logins: object = field(init=False)
     uploads: object = field(init=False)
     metrics: object = field(init=False)
+    batcher: object = field(init=False)
+    """Scores concurrent clips of one machine together (:class:`humwatch.service.scoring.Batcher`): the ingestor's scorer."""
 
     def __post_init__(self):
         from humwatch.service.guard import SlidingWindow, WriteProbe
         from humwatch.service.metrics import Metrics
+        from humwatch.service.scoring import Batcher
 
         self.metrics = Metrics(self.store)
+        self.batcher = Batcher(
+            self.pool, self.settings.max_batch, self.settings.batch_wait_ms / 1000.0, self.metrics.score_batch_clips.observe
+        )
+        self.ingestor.scorer = self.batcher
         self.probe = WriteProbe(self.store, self.write_folders)
         self.failed_logins = SlidingWindow(self.settings.max_failed_logins)
         self.uploads = SlidingWindow(self.settings.max_uploads_per_minute)
@@ -87,6 +95,7 @@ class Service:
         return cls(settings, store, pool, ingestor, notifier, sweeper)
 
     def close(self) -> None:
+        self.batcher.close()
         if self.sweeper is not None:
             self.sweeper.stop()
         if self.notifier is not None:
@@ -205,6 +214,8 @@ def create_app(settings: ServiceSettings, service: Service | None = None):
     from humwatch.service import api, dashboard
 
     settings.validate()
+    if service is None:  # a server process of its own (humwatch serve): its numeric libraries' threads
+        limit_threads(settings.threads)
     svc = service or Service.open(settings)
 
     @asynccontextmanager
@@ -231,6 +242,21 @@ def create_app(settings: ServiceSettings, service: Service | None = None):
     app.include_router(api.router)
     dashboard.install(app)
     return app
+
+
+def limit_threads(n: int) -> None:
+    """At most ``n`` threads per torch or BLAS operation in this process from now on (0: leave their
+    default, every core). The service's parallelism is its concurrent clips (one scoring thread per
+    machine, the uploads' worker threads) and ``--workers``; each of those also spreading every small
+    operation over every core makes them wait for each other (measured: docs/service.md, Batching
+    and load)."""
+    if n <= 0:
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n)
 
 
 def app_from_env():

@@ -25,6 +25,12 @@ RETRIES = Int(0, 20)
 """Retries after a notification's first attempt (webhook, e-mail)."""
 BACKOFF_SECONDS = Real(0, 600, open_low=True)
 """Seconds before a notification's first retry (doubling after)."""
+MAX_BATCH = Int(1, 256)
+"""Clips of one machine scored together (``--max-batch``; 1: each alone)."""
+BATCH_WAIT_MS = Real(0, 1000)
+"""Milliseconds a batch waits for more clips after its first (``--batch-wait-ms``)."""
+THREADS = Int(0, 1024)
+"""Threads one numeric operation may use in a server process (``--threads``; 0: the libraries' default)."""
 
 
 @dataclass
@@ -60,6 +66,11 @@ class ServiceSettings(Settings):
     )
     max_uploads_per_minute: int = setting(
         1200, Int(0, 10_000_000), "clips one token may send per minute before more are answered 429 (0: no limit)"
+    )
+    max_batch: int = setting(16, MAX_BATCH, "clips of one machine scored together in one call of its monitor (1: each clip alone)")
+    batch_wait_ms: float = setting(5.0, BATCH_WAIT_MS, "how long a batch waits for more clips after its first (milliseconds)")
+    threads: int = setting(
+        1, THREADS, "threads one operation of torch or the BLAS library may use in each server process (0: their default, every core)"
     )
 
     def _check(self) -> None:

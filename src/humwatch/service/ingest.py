@@ -12,7 +12,10 @@ Every refusal is an :class:`UploadError` with an HTTP status and one line: 413 (
 :func:`humwatch.audio.decode_bytes` and :func:`humwatch.audio.load_audio` refuse (AudioError, one
 line); the line names the upload's file name. The upload is decoded in memory and scored as an
 in-memory clip (:meth:`humwatch.data.clips.Clip.from_array`): no temporary file; its bytes are
-written only where the store keeps the audio (an anomalous clip, with ``keep_audio``).
+written only where the store keeps the audio (an anomalous clip, with ``keep_audio``). The clip is
+scored by the ingestor's ``scorer``: the service's :class:`~humwatch.service.scoring.Batcher`, which
+scores it together with the machine's other clips arriving at the same time (the same result as
+alone), while this thread waits.
 
 Before scoring, the sensor checks (:func:`humwatch.sensor.sensor_fault`) look for a microphone's
 fault: a clip with one is stored with its finding (``sensor``; decision ``sensor``, no score) and
@@ -21,6 +24,7 @@ not scored; it opens a ``sensor`` alert (:mod:`.health`), never an anomaly alert
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import logging
@@ -167,10 +171,16 @@ class Ingestor:
 
     def __init__(self, store: Store, pool, settings, notifier=None):
         self.store, self.pool, self.settings, self.notifier = store, pool, settings, notifier
+        self.scorer = pool
+        """What scores a clip (``score(machine, clip)``): the pool, or the service's batcher
+        (:class:`humwatch.service.scoring.Batcher`, set by :class:`humwatch.service.app.Service`)."""
         self.rule = settings.rule
         self.audio_dir = settings.audio_path
         self._last_prune = 0.0
         self._prune_lock = threading.Lock()
+        self._write_lock = threading.Lock() if getattr(store, "dialect", "") == "sqlite" else contextlib.nullcontext()
+        """SQLite takes one writer at a time: this process's writers queue here, in turn, instead of
+        in SQLite's busy handler (which sleeps up to 100 ms between tries: a long tail under load)."""
 
     @property
     def tmp_dir(self) -> Path:
@@ -234,7 +244,7 @@ class Ingestor:
                 score, threshold, anomalous = 0.0, entry.threshold if entry is not None else 0.0, False
             else:
                 clip = Clip.from_array(samples, rate, up.filename, "service", machine)
-                score, threshold, anomalous = self.pool.score(machine, clip)  # shorter than the window: AudioError (422)
+                score, threshold, anomalous = self.scorer.score(machine, clip)  # shorter than the window: AudioError (422)
                 warnings = self.pool.warnings(machine, clip)  # another channel count or sample rate than the monitor's recordings
             del samples
         except AudioError as e:
@@ -250,7 +260,7 @@ class Ingestor:
     def _store(self, machine, up: Upload, key, seconds, score, threshold, anomalous, fault=None, warnings=()) -> dict:
         kept: Path | None = None
         try:
-            with self.store.write() as s:
+            with self._write_lock, self.store.write() as s:
                 m = s.scalar(select(Machine).where(Machine.name == machine).with_for_update())
                 row = ClipRow(
                     machine_id=m.id,

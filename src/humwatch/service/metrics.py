@@ -18,7 +18,9 @@ any one of them:
   and one that just started would report a counter reset), and prometheus-client's multiprocess
   mode cannot hold a "last score" or an alert state at all (its gauges sum or max over processes).
 * **What only a process can see is counted in the process**: ``humwatch_ingest_seconds`` (a
-  histogram of accepted uploads, from the first byte to the stored row) and
+  histogram of accepted uploads, from the first byte to the stored row),
+  ``humwatch_score_batch_clips`` (a histogram of how many clips each call of a monitor scored
+  together: :class:`humwatch.service.scoring.Batcher`) and
   ``humwatch_store_errors_total{kind}`` (database errors answered 503). With ``--workers N``,
   ``humwatch serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder, each worker writes its
   values there and every scrape sums all workers' files (prometheus-client's multiprocess mode; a
@@ -49,6 +51,8 @@ from humwatch.service.store import Alert, ClipRow, Machine, Notification
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 INGEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Seconds: a short clip on a CPU scores in tens of milliseconds, a long one on a big model in seconds."""
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""Clips per scoring batch (``--max-batch`` is at most 256)."""
 
 
 class StoreCollector:
@@ -122,6 +126,12 @@ class Metrics:
             "humwatch_ingest_seconds",
             "Seconds from an upload's first byte to its stored row (accepted uploads).",
             buckets=INGEST_BUCKETS,
+            registry=own,
+        )
+        self.score_batch_clips = Histogram(
+            "humwatch_score_batch_clips",
+            "Clips scored together in one call of a machine's monitor (micro-batching: --max-batch, --batch-wait-ms).",
+            buckets=BATCH_BUCKETS,
             registry=own,
         )
         self.store_errors = Counter(
