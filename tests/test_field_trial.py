@@ -1,4 +1,6 @@
-"""The listener's spool, whose size limit raced the sender (found by the field trial, issue 20 item 7)."""
+"""The field trial (benchmarks/field_trial.py, issue 20 item 7) at CI size: 3 machines, one simulated
+hour, through the real listener and server, with a restart, a kill -9, a drifting machine, a fault
+and a dead microphone; and the listener's spool, whose size limit raced the sender."""
 
 from __future__ import annotations
 
@@ -72,3 +74,18 @@ def test_the_spool_limit_holds_while_a_sender_removes_clips_alongside(tmp_path):
         t.join(10)
     assert not errors, errors[:3]
     assert sum(p.stat().st_size for p in spool.pending_dir.iterdir()) <= 3.5 * size + 4096
+
+
+# -------------------------------------------------------------------------------------- scoring
+
+
+def test_the_server_s_monitors_score_with_one_blas_thread(service_monitors):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from humwatch.service.scoring import MonitorPool
+
+    with threadpool_limits(limits=2, user_api="blas"):  # two threads as on the 2-core machine (restored after)
+        pool = MonitorPool(service_monitors)
+        blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(i["num_threads"] == 1 for i in blas), blas
+    assert pool.names()

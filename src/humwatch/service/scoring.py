@@ -73,13 +73,26 @@ def find_monitors(folder: str | Path) -> dict[str, Path]:
     return found
 
 
+def one_blas_thread() -> None:
+    """Numpy's BLAS (OpenBLAS) on one thread in this process. A clip's matrices are small (a mel
+    filterbank times a spectrogram of seconds) and the server scores in several threads of its own:
+    BLAS threads only fight them, and other programs, for the cores. On the project's 2-core
+    machine under load (benchmarks/field_trial.py, docs/service.md) a 2 s clip's features +
+    knn-ldn scoring took 160 ms with two BLAS threads and 32 ms with one. PyTorch's own threads (a
+    transformer's forward pass) are left as they are."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 class MonitorPool:
-    """The loaded monitors of a folder, by machine name."""
+    """The loaded monitors of a folder, by machine name (numpy's BLAS on one thread: :func:`one_blas_thread`)."""
 
     def __init__(self, folder: str | Path, device: str = "cpu"):
         from humwatch.models.registry import resolve_device
         from humwatch.monitor import load_monitor
 
+        one_blas_thread()
         self.folder = Path(folder)
         self.device = resolve_device(device)
         self.entries: dict[str, Entry] = {}
