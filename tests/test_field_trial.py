@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import json
+import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from service_fixtures import write_clip
+import numpy as np
+import pytest
+from service_fixtures import env_with_src, write_clip
 
 from humwatch.service.listen import Spool
 
@@ -89,3 +93,60 @@ def test_the_server_s_monitors_score_with_one_blas_thread(service_monitors):
         blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
         assert blas and all(i["num_threads"] == 1 for i in blas), blas
     assert pool.names()
+
+
+# ------------------------------------------------------------------------------------ field trial
+
+
+def test_the_trial_clips_are_the_generator_s_own():
+    from humwatch.data.synth import render_clip
+
+    trial = load_trial()
+    y = trial.render("pump", 0, 1_000_007, 2.0)
+    ref, _ = render_clip("pump", 0, 0, 1_000_007, seconds=2.0, channels=1)
+    np.testing.assert_array_equal(y, ref[:, 0])
+    louder = trial.render("fan", 0, 5, 2.0, gain_db=1.0, speed=1.005)
+    assert louder.shape == y.shape and not np.array_equal(louder, trial.render("fan", 0, 5, 2.0))
+
+
+def test_the_trial_refuses_bad_sizes_in_one_line():
+    r = subprocess.run([sys.executable, str(SCRIPT), "--machines", "2"], env=env_with_src(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("error: --machines") and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_a_field_trial_of_three_machines_for_an_hour_keeps_every_clip_and_alerts_right(tmp_path):
+    out = tmp_path / "trial.json"
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--machines",
+        "3",
+        "--hours",
+        "1",
+        "--fit-clips",
+        "16",
+        "--json",
+        str(out),
+        "--keep",
+        str(tmp_path / "w"),
+    ]
+    r = subprocess.run(cmd, env=env_with_src(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    res = doc["results"]
+    assert "| clips lost (written vs stored) | 0 (" in r.stdout  # the markdown table
+    # every clip written is in the database once, through a SIGTERM and a SIGKILL of the server
+    assert res["clips_written"] == 3 * 60 == res["clips_stored"] == res["db_rows"]
+    assert res["clips_lost"] == 0 and res["duplicates"] == 0 and res["refused"] == 0
+    assert len(res["server_start_s"]) == 3  # the first start, after the restart, after the kill
+    # the fault is alerted within 10 simulated minutes of its onset, the dead microphone on its first clip
+    assert res["fault_alerted"] and res["fault_delay_min"] <= 10, res
+    assert res["dead_mic_detected"] and res["dead_mic_intervals"] <= 2, res
+    assert "digital silence" in res["dead_mic_reason"] and res["silent_clips_flagged"] == res["silent_clips"] > 0
+    assert res["dead_mic_alert_closed"]
+    # no false alert: neither on the drifting machine nor on the dead microphone's, nor the fault's before its onset
+    assert res["false_alerts"] == 0, doc["machines"]
+    by = {m["role"]: m for m in doc["machines"]}
+    assert by["fault"]["anomaly_alerts"] >= 1 and by["dead mic"]["sensor_alerts"] == 1 and by["dead mic"]["anomaly_alerts"] == 0
+    assert res["ingest_observed"] > 0 and res["ingest_p50_ms"] > 0
