@@ -38,7 +38,7 @@ sent and scored for real; only the clock is accelerated):
 
 Run::
 
-    PYTHONPATH=src .venv/bin/python benchmarks/field_trial.py --json field-trial.json
+    .venv/bin/python benchmarks/field_trial.py --json field-trial.json
 
 prints a markdown table (and ``--json OUT`` writes every number). Everything happens in a temporary
 folder (``--keep DIR`` keeps it there) and on 127.0.0.1; both subprocesses are stopped at the end.

@@ -126,6 +126,8 @@ def test_a_field_trial_of_three_machines_for_an_hour_keeps_every_clip_and_alerts
         "1",
         "--fit-clips",
         "16",
+        "--false-alarm-rate",  # 1 % of normal windows: a healthy hour with no false alert is not luck
+        "0.01",
         "--json",
         str(out),
         "--keep",
