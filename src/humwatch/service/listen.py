@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 import urllib.parse
@@ -188,13 +189,26 @@ class Spool:
         write_text(self.rejected_dir / (item.audio.stem + ".reason.txt"), reason + "\n")
 
     def _limit(self) -> None:
-        total = sum(p.stat().st_size for p in self.pending_dir.iterdir() if p.is_file())
+        # the sender removes clips while this sums: one gone counts 0 (an error lost the rest of a cut file)
+        sizes = {p: _size(p) for p in self.pending_dir.iterdir()}
+        total = sum(sizes.values())
         for item in self.pending() if total > self.max_bytes else []:
             if total <= self.max_bytes:
                 break
-            total -= item.audio.stat().st_size + item.meta.stat().st_size
+            total -= sizes.get(item.audio, 0) + sizes.get(item.meta, 0)
+            if not item.audio.exists():  # sent since the sizes were taken: it made its room itself
+                continue
             log.warning("spool over its %.0f MB limit: dropped the oldest clip %s", self.max_bytes / 1e6, item.audio.name)
             self.done(item)
+
+
+def _size(path: Path) -> int:
+    """A spooled file's size; 0 when it is gone (sent, or a temporary file renamed, just now) or no file."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
 
 # ----------------------------------------------------------------------------------------- sender
