@@ -98,7 +98,7 @@ def test_silent_clip_is_a_sensor_fault_with_its_own_alert(service):
     assert [c["decision"] for c in page["items"]].count("sensor") == 4
 
 
-def test_stale_after_the_window_and_heartbeat_keeps_fresh(service):
+def test_stale_after_the_window_and_only_a_clip_ends_it(service):
     from humwatch.service import health
     from humwatch.service.store import Machine, utcnow
 
@@ -114,11 +114,14 @@ def test_stale_after_the_window_and_heartbeat_keeps_fresh(service):
     assert health.sweep_stale(svc.store, svc.notifier.outbox, utcnow() + dt.timedelta(seconds=window + 9)) == []  # one at a time
     m = machine(service)
     assert m["state"] == "stale" and m["stale_alert"]["kind"] == "stale"
+    assert "no clip nor heartbeat" in m["stale_alert"]["reason"] and "is the listener running?" in m["stale_alert"]["reason"]
+    # a live listener is no clip: its heartbeat does not end the alert (the recorder may be dead)
     r = service.post(f"/api/v1/machines/{MACHINE}/heartbeat", headers={"authorization": f"Bearer {service.tokens['ingest']}"})
-    assert r.status_code == 200 and r.json()["state"] == "ok" and r.json()["stale_alert"] is None
+    assert r.status_code == 200 and r.json()["state"] == "stale" and r.json()["stale_alert"] is not None
+    assert events(service) == [("alert.opened", "stale")]
+    post(service, clip_bytes("normal", 13), 3)  # the next clip does
+    assert machine(service)["state"] == "ok" and machine(service)["stale_alert"] is None
     assert events(service) == [("alert.opened", "stale"), ("alert.closed", "stale")]
-    # the heartbeat moved "last seen": what was stale a moment ago is fresh now
-    assert health.sweep_stale(svc.store, svc.notifier.outbox, utcnow() + dt.timedelta(seconds=window / 2)) == []
     # a read token cannot send heartbeats; an unknown machine is a 404
     r = service.post(f"/api/v1/machines/{MACHINE}/heartbeat", headers={"authorization": f"Bearer {service.tokens['read']}"})
     assert r.status_code == 403
@@ -200,10 +203,15 @@ def test_listener_sends_heartbeats_when_idle(service, tmp_path):
     sender._last_contact[MACHINE] -= 31
     assert sender.beat(service) == 1  # service is FastAPI's TestClient: an httpx client
     assert sender.beat(service) == 0  # not again before 30 s
-    assert machine(service)["state"] == "ok"
+    assert machine(service)["state"] == "stale"  # the machine's clips stopped: its listener's beats do not hide that
     with svc.store.read() as st:
         m = st.scalar(select(Machine).where(Machine.name == MACHINE))
         assert m.heartbeat_at is not None and not health.is_stale(st, m)
+        later = m.heartbeat_at + dt.timedelta(seconds=health.stale_window_s(st, m) + 5)
+        # a heartbeat within the window: the listener is alive, the recorder or microphone is not
+        m.heartbeat_at = later - dt.timedelta(seconds=10)
+        assert "while its listener is alive" in health.stale_reason(st, m, later)
+        assert "the recorder or the microphone sends nothing" in health.stale_reason(st, m, later)
     off = Sender(
         ListenSettings(server="http://testserver", machine=MACHINE, spool=str(tmp_path / "s2"), heartbeat=0).validate(),
         "x",
@@ -260,10 +268,14 @@ def test_a_machine_that_only_sent_heartbeats_goes_stale_with_no_clip_in_its_aler
     assert health.sweep_stale(service.svc.store, None, later) == [MACHINE]
     alert = machine(service)["stale_alert"]
     assert alert["first_clip_id"] is None and alert["last_clip_id"] is None  # not clip 0: there is none
+    assert "no clip ever" in alert["reason"]
     service.cookies.set("humwatch_token", service.tokens["read"])
     page = service.get(f"/alerts/{alert['id']}")
     service.cookies.clear()
     assert page.status_code == 200 and "stale (nothing heard)" in page.text
+    # the listener is back (and the machine never sent a clip): its heartbeat ends the alert
+    r = service.post(f"/api/v1/machines/{MACHINE}/heartbeat", headers={"authorization": f"Bearer {service.tokens['ingest']}"})
+    assert r.json()["state"] == "no data" and r.json()["stale_alert"] is None
 
 
 def test_the_machine_page_shows_an_open_sensor_fault(service):

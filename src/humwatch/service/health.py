@@ -3,13 +3,16 @@
 * ``sensor``: a clip with a sensor fault (:func:`humwatch.sensor.sensor_fault`: silence, clipping,
   a DC offset, dropouts, a level far from the monitor's normal clips) opens a ``sensor`` alert (one
   open at a time per machine, its reason the finding); the next clip without a fault closes it.
-* ``stale``: no clip and no heartbeat for longer than the machine's stale window opens a ``stale``
-  alert; the next clip or heartbeat closes it. The window is :data:`STALE_FACTOR` times the
+* ``stale``: no clip for longer than the machine's stale window opens a ``stale`` alert, whether
+  or not its listener's heartbeats go on (a listener alive while its recorder or microphone sends
+  nothing is a sensor fault too; the alert's reason says which: the listener alive, or silent as
+  well); the next clip closes it. A machine that never sent a clip goes stale when its listener's
+  heartbeats stop, and its next heartbeat closes that. The window is :data:`STALE_FACTOR` times the
   machine's expected interval: the one an admin set (``PUT /api/v1/machines/{m}/expected-interval``),
   else learned, the median gap between its last :data:`GAP_CLIPS` clips (their arrival times),
   with a window of at least :data:`STALE_MIN_S`; with fewer than 3 clips the expected interval is
   :data:`DEFAULT_INTERVAL_S`. Listeners send a heartbeat every 60 s when they have
-  nothing to send (``listen --heartbeat``), so a quiet machine with a live listener stays fresh.
+  nothing to send (``listen --heartbeat``): the server knows the listener is alive.
   The server looks for stale machines every :data:`SWEEP_S` seconds (:class:`StaleSweeper`).
 
 These alerts go through the same outbox as anomaly alerts (events ``alert.opened`` and
@@ -65,18 +68,40 @@ def stale_window_s(session: Session, m: Machine) -> float:
     return STALE_FACTOR * interval if source == "set" else max(STALE_MIN_S, STALE_FACTOR * interval)
 
 
+def last_clip_at(session: Session, m: Machine) -> _dt.datetime | None:
+    """When the machine's last clip arrived (None: it never sent one)."""
+    return session.scalar(select(ClipRow.received_at).where(ClipRow.machine_id == m.id).order_by(ClipRow.id.desc()).limit(1))
+
+
 def last_seen(session: Session, m: Machine) -> _dt.datetime | None:
     """The machine's last clip arrival or heartbeat, whichever is later (None: neither)."""
-    last = session.scalar(select(ClipRow.received_at).where(ClipRow.machine_id == m.id).order_by(ClipRow.id.desc()).limit(1))
-    seen = [t for t in (last, m.heartbeat_at) if t is not None]
+    seen = [t for t in (last_clip_at(session, m), m.heartbeat_at) if t is not None]
     return max(seen) if seen else None
 
 
 def is_stale(session: Session, m: Machine, now: _dt.datetime | None = None) -> bool:
-    seen = last_seen(session, m)
-    if seen is None:
+    """No clip for longer than its window (heartbeats do not make up for clips: a listener that is
+    alive while its recorder or microphone sends nothing is what this is for); a machine that never
+    sent a clip is stale only when its listener's heartbeats stop too."""
+    last = last_clip_at(session, m) or m.heartbeat_at
+    if last is None:
         return False  # "no data": it never sent anything
-    return ((now or utcnow()) - seen).total_seconds() > stale_window_s(session, m)
+    return ((now or utcnow()) - last).total_seconds() > stale_window_s(session, m)
+
+
+def stale_reason(session: Session, m: Machine, now: _dt.datetime) -> str:
+    """What a stale alert says: how long without a clip, and whether the listener is alive."""
+    window = stale_window_s(session, m)
+    last, beat = last_clip_at(session, m), m.heartbeat_at
+    if last is None:
+        return f"no clip ever, and no heartbeat for {(now - beat).total_seconds():.0f} s (window {window:.0f} s): is the listener running?"
+    quiet = (now - last).total_seconds()
+    if beat is not None and (now - beat).total_seconds() <= window:
+        return (
+            f"no clip for {quiet:.0f} s (window {window:.0f} s) while its listener is alive (heartbeat "
+            f"{(now - beat).total_seconds():.0f} s ago): the recorder or the microphone sends nothing"
+        )
+    return f"no clip nor heartbeat for {quiet:.0f} s (window {window:.0f} s): is the listener running?"
 
 
 def _open(session, m: Machine, kind: str, reason: str, clip: ClipRow | None, at: _dt.datetime, outbox) -> Alert:
@@ -137,11 +162,12 @@ def on_sensor_clip(session: Session, m: Machine, clip: ClipRow, outbox=None) -> 
 
 
 def heartbeat(session: Session, m: Machine, outbox=None) -> None:
-    """A listener said the machine is alive: note it, close a stale alert."""
+    """A listener said it is alive: note it. It closes the stale alert of a machine that never sent a
+    clip (the listener is back); one that did send clips stays stale until its next clip."""
     now = utcnow()
     m.heartbeat_at = now
     stale = open_alert(session, m.id, "stale")
-    if stale is not None:
+    if stale is not None and last_clip_at(session, m) is None:
         _close(session, m, stale, now, outbox)
 
 
@@ -158,9 +184,7 @@ def sweep_stale(store, outbox=None, now: _dt.datetime | None = None) -> list[str
                 continue
             if silenced_at(s, m.id, now):
                 continue
-            seen = last_seen(s, m)
-            quiet = (now - seen).total_seconds()
-            _open(s, m, "stale", f"no clip nor heartbeat for {quiet:.0f} s (window {stale_window_s(s, m):.0f} s)", None, now, outbox)
+            _open(s, m, "stale", stale_reason(s, m, now), None, now, outbox)
             opened.append(m.name)
     return opened
 

@@ -81,7 +81,7 @@ class Outbox:
         if not self.channels:
             return
         session.flush()
-        if clip is None:
+        if clip is None and alert.last_clip_id is not None:  # none: a stale alert of a machine that never sent a clip
             clip = session.get(ClipRow, alert.last_clip_id)
         payload = json.dumps(event_document(event, alert, machine, clip, self.public_url))
         for channel in self.channels:
