@@ -99,8 +99,9 @@ def test_openvino_scores_equal_torch_scores(monitors, data, name, tmp_path):
     assert ov_mon.method.backend == "openvino" and ov_mon.method.info()["compute"] == "f32"
     assert ov_mon.threshold == torch_mon.threshold
     got = ov_mon.method.readings(test)
-    assert sorted(got) == sorted(want)  # lof-vote's votes come through too
-    for key in want:
+    # lof-vote's votes come through too; idnet's classifier reading is not exported (tests/test_export.py)
+    assert sorted(got) == (["score", "votes"] if name == "resnext-lofvote" else ["score"])
+    for key in got:
         _close(got[key], want[key])
     # a plain monitor: its network converted once, cached in the cache folder (the monitor stays sealed)
     cache = tmp_path / "cache"
@@ -197,7 +198,7 @@ def test_bad_requests_are_one_line_errors(monitors, data, tmp_path, capsys):
     write_manifest(d)  # and with the manifest written again, by export.json's own check
     with pytest.raises(MonitorError, match="is not a file inside the monitor"):
         load_monitor(d)
-    with pytest.raises(ConfigError, match="not exported as ONNX .it was exported for OpenVINO"):
+    with pytest.raises(ConfigError, match="exported for OpenVINO, not ONNX"):
         load_monitor(exp, runtime="onnx")
     with pytest.raises(ConfigError, match="pass --data"):
         export_monitor(mon, tmp_path / "x", fmt="openvino", int8=True)

@@ -142,7 +142,8 @@ def write_openvino(
     net: dict, x: np.ndarray, path: str | Path, *, calibration: np.ndarray | None = None, onnx_model: str | Path | None = None
 ) -> dict:
     """Write ``net`` as the OpenVINO model ``path`` (``.xml`` + ``.bin``): through the checked ONNX
-    model of :func:`write_onnx`, converted by ``openvino.convert_model`` (fp32 weights), its f32
+    model of :func:`write_onnx`, converted by ``openvino.convert_model`` (fp32 weights; a graph with an
+    op OpenVINO's ONNX reader lacks, such as idnet's STFT: the torch module, traced on ``x``), its f32
     output checked against PyTorch's on ``x`` as ONNX Runtime's is. ``calibration`` (frontend outputs
     of normal clips): the model is quantised to int8 by NNCF, calibrated on them, and its deviation on
     ``x`` reported. ``onnx_model``: that ONNX file of ``net`` (written by :func:`write_onnx`, fp32) is
@@ -156,17 +157,23 @@ def write_openvino(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = Path(onnx_model) if onnx_model else path.with_name(path.stem + ".tmp.onnx")
+    module = _wrap(net)
     try:
         check = {} if onnx_model else write_onnx(net, x, onnx_path)
         try:
-            model = ov.convert_model(str(onnx_path))
-        except Exception as e:  # OpenVINO's conversion errors are long: one line
-            raise ConfigError(f"export: OpenVINO could not convert the network ({one_line(e, 300)})") from None
+            model, check["converted_from"] = ov.convert_model(str(onnx_path)), "onnx"
+        except Exception as e:  # an op OpenVINO's ONNX reader lacks (idnet's STFT): its PyTorch frontend, traced on x
+            try:
+                with warnings.catch_warnings(), torch.no_grad():
+                    warnings.simplefilter("ignore")
+                    model, check["converted_from"] = ov.convert_model(module, example_input=torch.from_numpy(x)), "torch"
+            except Exception:  # OpenVINO's conversion errors are long: one line
+                raise ConfigError(f"export: OpenVINO could not convert the network ({one_line(e, 300)})") from None
     finally:
         if not onnx_model:
             onnx_path.unlink(missing_ok=True)
     with torch.no_grad():
-        want = _wrap(net)(torch.from_numpy(x)).float().numpy()
+        want = module(torch.from_numpy(x)).float().numpy()
     got = run_compiled(compile_model(model, "f32"), x)
     err = _relative_error(got, want)
     if got.shape != want.shape or not err <= TOLERANCE:

@@ -61,14 +61,18 @@ def choose_runtime(directory: str | Path, runtime: str = "auto") -> str:
         raise ConfigError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
     exported = exported_runtime(directory)
     if runtime == "onnx" and exported != "onnx":
-        raise ConfigError(
-            f"{directory}: not exported as ONNX ({'it was exported for OpenVINO' if exported else f'no {EXPORT_FILE}'}); "
-            "write one with `humwatch export MONITOR --format onnx --out DIR`"
+        what = (
+            "exported for OpenVINO, not ONNX (score it with --runtime openvino)"
+            if exported
+            else f"not an exported monitor (no {EXPORT_FILE})"
         )
+        raise ConfigError(f"{directory}: {what}; write one with `humwatch export MONITOR --format onnx --out DIR`")
     if runtime == "openvino" and not installed("openvino"):
         raise ConfigError(f"{directory}: OpenVINO is not installed here (pip install openvino); choose another --runtime")
     if runtime == "openvino" and not exported and not (Path(directory) / "monitor.json").is_file():
-        raise ConfigError(f"{directory}: --runtime openvino takes a monitor folder (monitor.json); a saved method runs with --runtime torch")
+        raise ConfigError(
+            f"{directory}: --runtime openvino takes a monitor folder (monitor.json); a saved method runs with --runtime torch"
+        )
     if runtime == "auto":
         if exported == "openvino" and installed("openvino"):
             runtime = "openvino"
