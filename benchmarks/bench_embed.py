@@ -1,11 +1,18 @@
-"""Is it fast? AST embeddings of the same clips by the plain Hugging Face pipeline and by humwatch.
+"""Is it fast? AST and ResNeXt embeddings of the same clips by the plain pipelines and by humwatch.
 
-One run measures, on the same generated 10 s clips (read from WAV files, frontend included):
+One run measures, for each model (AST and ResNeXt-101 32x8d, random init) on the same generated 10 s
+clips (read from WAV files, frontend included):
 
-* ``plain``: what a user would write: ``ASTFeatureExtractor`` + ``ASTModel`` in fp32, one clip at a time;
+* ``plain``: what a user would write: AST: ``ASTFeatureExtractor`` + ``ASTModel`` in fp32; ResNeXt:
+  ``timm.create_model("resnext101_32x8d", num_classes=0)`` on the study's librosa log-mel image; one
+  clip at a time;
 * ``humwatch fp32`` / ``humwatch bf16``: :func:`humwatch.embed.embed_clips` (batched) with ``--precision fp32`` / ``bf16``;
 * ``onnx fp32`` / ``onnx int8``: the same network exported by :mod:`humwatch.export`, on ONNX Runtime
   (int8: dynamic quantisation), frontend and reader as :mod:`humwatch.onnxrun` runs them;
+* ``openvino f32`` / ``bf16`` / ``int8``: the same network converted by :func:`humwatch.export.write_openvino`,
+  compiled by :func:`humwatch.ovrun.compile_model` with f32 / bf16 inference precision; int8: NNCF
+  post-training quantisation calibrated on other generated normal clips (compiled as ``--runtime
+  openvino`` compiles it: bf16 where the CPU has it);
 
 and reports clips/s, the ratio to ``plain``, peak memory (one fresh process per row), the cosine of
 each row's embeddings to humwatch fp32's, and the fraction of the machine's matrix-multiply peak the
@@ -21,7 +28,8 @@ the same weights in every row): speed does not depend on the weights' values (th
 
     .venv/bin/python benchmarks/bench_embed.py --clips 4 --batch 4 --rounds 4 --json bench_embed.json
 
-Target (issue 13): humwatch AST embeddings at least 3x the plain pipeline's clips/s with cosine >= 0.999 to fp32.
+Targets (issues 13 and 22): AST embeddings at least 3x the plain pipeline's clips/s, ResNeXt at least
+3x the plain timm pipeline's, each with cosine >= 0.999 to humwatch fp32.
 """
 
 from __future__ import annotations
@@ -42,15 +50,33 @@ from pathlib import Path
 
 import numpy as np
 
-ROWS = ("plain", "humwatch-fp32", "humwatch-bf16", "onnx-fp32", "onnx-int8")
-PEAK_OF = {"plain": "fp32", "humwatch-fp32": "fp32", "humwatch-bf16": "bf16", "onnx-fp32": "fp32", "onnx-int8": "fp32"}
+MODELS = {"ast": "ast", "resnext": "resnext101_32x8d"}
+"""The benchmark's names of the models -> humwatch's backbones."""
+ROWS = ("plain", "humwatch-fp32", "humwatch-bf16", "onnx-fp32", "onnx-int8", "openvino-f32", "openvino-bf16", "openvino-int8")
+PEAK_OF = {
+    "plain": "fp32",
+    "humwatch-fp32": "fp32",
+    "humwatch-bf16": "bf16",
+    "onnx-fp32": "fp32",
+    "onnx-int8": "fp32",
+    "openvino-f32": "fp32",
+    "openvino-bf16": "bf16",
+    "openvino-int8": "bf16",
+}
+"""The matmul peak each row's share is of (int8 rows: the float peak of what their other layers run in)."""
+EXPORTED = ("onnx-fp32", "onnx-int8", "openvino-f32", "openvino-int8")
+"""The rows whose model file the export worker writes (openvino-bf16 compiles openvino-f32's)."""
+CALIBRATION_CLIPS = 8
+"""Generated normal clips (not the timed ones) that calibrate OpenVINO int8."""
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni")
 TARGET_RATIO, TARGET_COSINE = 3.0, 0.999
 
 
 # -- the rows ------------------------------------------------------------------------------------------------
-def plain_runner():
+def plain_runner(model: str = "ast"):
     """The pipeline a user writes from the Hugging Face docs (random weights instead of from_pretrained)."""
+    if model == "resnext":
+        return plain_timm_runner()
     import soundfile as sf
     import torch
     from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
@@ -71,13 +97,39 @@ def plain_runner():
     return run
 
 
-def humwatch_runner(precision: str, batch: int):
+def plain_timm_runner():
+    """The pipeline a user writes from timm's docs and the study (its log-mel image: librosa, hop
+    128, 128 mels, dB, normalised per clip, 3 channels), random weights (seed 0, as humwatch's)."""
+    import librosa
+    import soundfile as sf
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnext101_32x8d", pretrained=False, num_classes=0).eval()
+
+    def run(paths):
+        out = []
+        for p in paths:
+            y, sr = sf.read(p, dtype="float32")
+            y = y.mean(axis=1) if y.ndim > 1 else y
+            mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=2048, hop_length=128, n_mels=128)
+            db = librosa.power_to_db(mel, ref=1.0, top_db=80.0)
+            x = np.repeat(((db - db.mean()) / (db.std() + 1e-6))[None].astype(np.float32), 3, axis=0)
+            with torch.no_grad():
+                out.append(model(torch.from_numpy(x)[None])[0].numpy())
+        return np.stack(out)
+
+    return run
+
+
+def humwatch_runner(precision: str, batch: int, model: str = "ast"):
     from humwatch.data.clips import Clip
     from humwatch.embed import embed_clips
     from humwatch.models import create_backbone
     from humwatch.reader import ClipReader
 
-    bb = create_backbone("ast", weights="none", precision=precision)
+    bb = create_backbone(MODELS[model], weights="none", precision=precision)
 
     def run(paths):
         clips = [Clip(p, "fan", "id_00", 0) for p in paths]
@@ -86,7 +138,7 @@ def humwatch_runner(precision: str, batch: int):
     return run
 
 
-def onnx_runner(model: str, batch: int, threads: int):
+def onnx_runner(model: str, batch: int, threads: int, frontend: str = "ast"):
     import onnxruntime as ort
 
     from humwatch.data.clips import Clip
@@ -97,7 +149,7 @@ def onnx_runner(model: str, batch: int, threads: int):
     so.intra_op_num_threads = threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must not slow the next row
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-    fe = get_frontend("ast")
+    fe = get_frontend(frontend)
 
     def run(paths):
         clips = [Clip(p, "fan", "id_00", 0) for p in paths]
@@ -108,12 +160,36 @@ def onnx_runner(model: str, batch: int, threads: int):
     return run
 
 
-def runner(row: str, a, models: dict):
+def openvino_runner(model: str, batch: int, threads: int, precision: str | None, frontend: str = "ast"):
+    """As ``--runtime openvino`` runs a network (:class:`humwatch.ovrun.OpenvinoMethod`): the reader,
+    the frontend, the compiled model; ``precision`` None: the rule of --precision auto."""
+    from humwatch.data.clips import Clip
+    from humwatch.features import get_frontend
+    from humwatch.ovrun import compile_model, run_compiled
+    from humwatch.reader import ClipReader
+
+    compiled = compile_model(model, precision, threads)
+    fe = get_frontend(frontend)
+
+    def run(paths):
+        clips = [Clip(p, "fan", "id_00", 0) for p in paths]
+        return np.concatenate([run_compiled(compiled, np.stack(xs)) for _, xs in ClipReader(progress=False).batches(clips, batch, "", fe)])
+
+    return run
+
+
+FRONTEND = {"ast": "ast", "resnext": "cnn"}
+
+
+def runner(row: str, a, models: dict, model: str = "ast"):
     if row == "plain":
-        return plain_runner()
+        return plain_runner(model)
     if row.startswith("humwatch-"):
-        return humwatch_runner(row.split("-")[1], a.batch)
-    return onnx_runner(models[row], a.batch, a.threads)
+        return humwatch_runner(row.split("-")[1], a.batch, model)
+    if row.startswith("onnx-"):
+        return onnx_runner(models[row], a.batch, a.threads, FRONTEND[model])
+    precision = {"openvino-f32": "f32", "openvino-bf16": "bf16", "openvino-int8": None}[row]
+    return openvino_runner(models["openvino-f32" if row == "openvino-bf16" else row], a.batch, a.threads, precision, FRONTEND[model])
 
 
 # -- measurements in a worker process -----------------------------------------------------------------------
@@ -152,15 +228,16 @@ def matmul_peak(dtype: str, n: int = 2048, reps: int = 5) -> dict:
     return out
 
 
-def flops_per_clip() -> float:
-    """FLOPs of one AST forward pass (eager attention, so that its matrix products are counted)."""
+def flops_per_clip(model: str = "ast") -> float:
+    """FLOPs of one forward pass of ``model`` (AST: eager attention, so that its matrix products are counted)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from humwatch.models import create_backbone
 
-    bb = create_backbone("ast", weights="none", precision="fp32", attention="eager")
-    x = torch.zeros(1, *bb.input_shape)
+    extra = {"attention": "eager"} if model == "ast" else {}
+    bb = create_backbone(MODELS[model], weights="none", precision="fp32", **extra)
+    x = torch.from_numpy(bb.frontend.batch([np.zeros(160000, dtype=np.float32)]))  # one 10 s clip's input
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         bb.module(x)
     return float(fc.get_total_flops())
@@ -193,10 +270,10 @@ def profile_split(precision: str, paths: list[str], batch: int) -> dict:
     return {"seconds_per_clip": total / 1e6 / len(x), **{k: v / total for k, v in out.items()}}
 
 
-def speed_worker(a, paths: list[str], models: dict) -> dict:
-    """Every row, taking turns; embeddings saved to compare; the matmul peaks before and after."""
+def speed_worker(a, paths: list[str], models: dict, model: str = "ast") -> dict:
+    """Every row of ``model``, taking turns; embeddings saved to compare; the matmul peaks before and after."""
     peaks = {p: [matmul_peak(p)] for p in ("fp32", "bf16")}  # before and after the rows: load changes
-    runs = {row: runner(row, a, models) for row in ROWS}
+    runs = {row: runner(row, a, models, model) for row in ROWS}
     for row in ROWS:  # warm-up: kernel selection, allocator, lazy imports
         runs[row](paths[:1])
     times = {row: [] for row in ROWS}
@@ -208,7 +285,7 @@ def speed_worker(a, paths: list[str], models: dict) -> dict:
             emb[row] = runs[row](paths)
             times[row].append(time.perf_counter() - t)
             cpu[row].append(time.process_time() - c)
-            print(f"  round {r + 1}: {row} {times[row][-1]:.1f} s", file=sys.stderr, flush=True)
+            print(f"  {model} round {r + 1}: {row} {times[row][-1]:.1f} s", file=sys.stderr, flush=True)
     del runs
     for p in peaks:
         peaks[p].append(matmul_peak(p))
@@ -226,14 +303,14 @@ def speed_worker(a, paths: list[str], models: dict) -> dict:
         e = e.astype(np.float64)
         out["cosine"][row] = float(((e * ref).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(ref, axis=1)).min())
         out["deviation"][row] = float(np.linalg.norm(e - ref, axis=1).mean() / spread)
-    out["flops_per_clip"] = flops_per_clip()
-    if a.profile:
+    out["flops_per_clip"] = flops_per_clip(model)
+    if a.profile and model == "ast":
         out["profile"] = {p: profile_split(p, paths, a.batch) for p in ("fp32", "bf16")}
     return out
 
 
-def memory_worker(a, row: str, paths: list[str], models: dict) -> dict:
-    run = runner(row, a, models)
+def memory_worker(a, row: str, paths: list[str], models: dict, model: str = "ast") -> dict:
+    run = runner(row, a, models, model)
     run(paths)
     return {"row": row, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -264,20 +341,36 @@ def grow_worker(a, paths: list[str]) -> dict:
     }
 
 
-def export_worker(a, paths: list[str], out: str) -> dict:
-    """The AST exported as ONNX fp32 and int8 (humwatch.export.write_onnx, checked against PyTorch)."""
+def export_worker(a, paths: list[str], out: str, calibration: list[str], model: str = "ast") -> dict:
+    """``model`` exported as ONNX fp32 and int8 (humwatch.export.write_onnx, checked against PyTorch)
+    and converted to OpenVINO f32 and int8 (write_openvino: checked too; int8 by NNCF, calibrated on
+    the ``calibration`` clips)."""
     from humwatch.audio import load_audio
-    from humwatch.export import write_onnx
+    from humwatch.convert import _quantize, _relative_error, _run_onnx
+    from humwatch.export import write_onnx, write_openvino
     from humwatch.models import create_backbone
 
-    bb = create_backbone("ast", weights="none", precision="fp32")
+    bb = create_backbone(MODELS[model], weights="none", precision="fp32")
     x = bb.frontend.batch([load_audio(p) for p in paths[:2]])
     net = {"module": bb.module, "frontend": bb.frontend, "output": "embedding"}
-    models, checks = {}, {}
-    for row, int8 in (("onnx-fp32", False), ("onnx-int8", True)):
-        models[row] = str(Path(out) / f"{row}.onnx")
-        checks[row] = write_onnx(net, x, models[row], int8=int8)
-    return {"models": models, "checks": checks}
+    models, checks, seconds = {}, {}, {}
+    t = time.perf_counter()
+    models["onnx-fp32"] = str(Path(out) / f"{model}-onnx-fp32.onnx")
+    checks["onnx-fp32"] = write_onnx(net, x, models["onnx-fp32"])
+    seconds["onnx-fp32"] = time.perf_counter() - t
+    t = time.perf_counter()  # int8 as write_onnx(int8=True) makes it, from the fp32 file (one export of the network, not two)
+    models["onnx-int8"] = str(Path(out) / f"{model}-onnx-int8.onnx")
+    _quantize(Path(models["onnx-fp32"]), Path(models["onnx-int8"]))
+    want = bb.embed(x)
+    checks["onnx-int8"] = {"int8_relative_error": _relative_error(_run_onnx(Path(models["onnx-int8"]), x), want)}
+    seconds["onnx-int8"] = time.perf_counter() - t
+    cal = bb.frontend.batch([load_audio(p) for p in calibration])
+    for row, c in (("openvino-f32", None), ("openvino-int8", cal)):
+        t = time.perf_counter()
+        models[row] = str(Path(out) / f"{model}-{row}.xml")
+        checks[row] = write_openvino(net, x, models[row], calibration=c, onnx_model=models["onnx-fp32"])
+        seconds[row] = time.perf_counter() - t
+    return {"models": models, "checks": checks, "seconds": seconds}
 
 
 # -- the driver ------------------------------------------------------------------------------------------
@@ -307,6 +400,8 @@ def machine() -> dict:
     )
     flags = cpu_flags()
     import onnxruntime
+    import openvino
+    import timm
     import torch
     import transformers
 
@@ -320,6 +415,8 @@ def machine() -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino.get_version(),
+        "timm": timm.__version__,
     }
 
 
@@ -363,7 +460,10 @@ def main(argv=None) -> int:
         type=int,
         help="memory growth: this many clips, then 10x (default: one batch, so that both runs hold batches of the same size)",
     )
+    ap.add_argument("--models", default="ast,resnext", help="comma separated: ast, resnext")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--no-memory", dest="memory", action="store_false", help="no peak-memory process per row")
+    ap.add_argument("--no-extras", dest="extras", action="store_false", help="no `humwatch embed` runs and no memory-growth run")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -374,10 +474,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
         kind, spec = a.worker[0], json.loads(a.worker[1])
         fn = {
-            "speed": lambda: speed_worker(a, spec["paths"], spec["models"]),
-            "memory": lambda: memory_worker(a, spec["row"], spec["paths"], spec["models"]),
+            "speed": lambda: speed_worker(a, spec["paths"], spec["models"], spec["model"]),
+            "memory": lambda: memory_worker(a, spec["row"], spec["paths"], spec["models"], spec["model"]),
             "grow": lambda: grow_worker(a, spec["paths"]),
-            "export": lambda: export_worker(a, spec["paths"], spec["out"]),
+            "export": lambda: export_worker(a, spec["paths"], spec["out"], spec["calibration"], spec["model"]),
         }[kind]
         print("RESULT " + json.dumps(fn()))
         return 0
@@ -386,10 +486,13 @@ def main(argv=None) -> int:
 
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "HF_HUB_OFFLINE": "1", "HUMWATCH_PROGRESS": "0"}
     common = ["--batch", str(a.batch), "--rounds", str(a.rounds), "--threads", str(a.threads)] + ([] if a.profile else ["--no-profile"])
+    models = [m.strip() for m in a.models.split(",") if m.strip()]
+    if not models or any(m not in MODELS for m in models):
+        raise SystemExit(f"--models: choose from {', '.join(MODELS)}")
     doc = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
         "machine": machine(),
-        "settings": {"clips": a.clips, "batch": a.batch, "rounds": a.rounds, "threads": a.threads},
+        "settings": {"clips": a.clips, "batch": a.batch, "rounds": a.rounds, "threads": a.threads, "models": models},
         "load": {},
     }
     doc["load"]["start"] = _load()
@@ -400,7 +503,7 @@ def main(argv=None) -> int:
             tmp / "data",
             machines=["fan"],
             ids=["00"],
-            n_normal=max(a.clips, n_grow),
+            n_normal=max(a.clips + CALIBRATION_CLIPS, n_grow),
             n_anomalous=0,
             snr_db=6.0,
             seed=0,
@@ -410,18 +513,32 @@ def main(argv=None) -> int:
         )
         paths = [c.path for c in clips]
         some = paths[: a.clips]
-        print("exporting the AST to ONNX (fp32, int8) ...", file=sys.stderr, flush=True)
-        exp = _worker(["--worker", "export", json.dumps({"paths": some, "out": str(tmp)}), *common], env)
-        doc["onnx_checks"] = exp["checks"]
-        print("timing every row, taking turns ...", file=sys.stderr, flush=True)
-        doc["load"]["speed_start"] = _load()
-        doc["speed"] = _worker(["--worker", "speed", json.dumps({"paths": some, "models": exp["models"]}), *common], env)
-        doc["load"]["speed_end"] = _load()
-        doc["memory"] = {}
-        for row in ROWS:
-            print(f"peak memory: {row} ...", file=sys.stderr, flush=True)
-            spec = {"row": row, "paths": some, "models": exp["models"]}
-            doc["memory"][row] = _worker(["--worker", "memory", json.dumps(spec), *common], env)["peak_rss_mib"]
+        calibration = paths[a.clips : a.clips + CALIBRATION_CLIPS]
+        doc["export_checks"], doc["export_seconds"], doc["speed"], doc["memory"] = {}, {}, {}, {}
+        for model in models:
+            print(f"{model}: exporting to ONNX (fp32, int8) and OpenVINO (f32, int8) ...", file=sys.stderr, flush=True)
+            spec = {"paths": some, "out": str(tmp), "calibration": calibration, "model": model}
+            exp = _worker(["--worker", "export", json.dumps(spec), *common], env)
+            doc["export_checks"][model], doc["export_seconds"][model] = exp["checks"], exp["seconds"]
+            print(f"{model}: timing every row, taking turns ...", file=sys.stderr, flush=True)
+            doc["load"][f"{model}_speed_start"] = _load()
+            spec = {"paths": some, "models": exp["models"], "model": model}
+            doc["speed"][model] = _worker(["--worker", "speed", json.dumps(spec), *common], env)
+            doc["load"][f"{model}_speed_end"] = _load()
+            if a.json:  # what is measured so far, in case a later model fails
+                Path(a.json).write_text(json.dumps(doc, indent=2) + "\n")
+            doc["memory"][model] = {}
+            for row in ROWS if a.memory else ():
+                print(f"{model}: peak memory: {row} ...", file=sys.stderr, flush=True)
+                spec = {"row": row, "paths": some, "models": exp["models"], "model": model}
+                doc["memory"][model][row] = _worker(["--worker", "memory", json.dumps(spec), *common], env)["peak_rss_mib"]
+        if not a.extras:
+            doc["load"]["end"] = _load()
+            doc["rows"] = summary(doc)
+            if a.json:
+                Path(a.json).write_text(json.dumps(doc, indent=2) + "\n")
+            print_report(doc)
+            return 0
         print("humwatch embed: first run and cached rerun ...", file=sys.stderr, flush=True)
         cli_data = tmp / "cli"
         (cli_data / "normal").mkdir(parents=True)
@@ -439,87 +556,114 @@ def main(argv=None) -> int:
 
 
 def summary(doc: dict) -> list[dict]:
-    s, n = doc["speed"], doc["settings"]["clips"]
-    rate = {row: n / statistics.median(t) for row, t in s["times"].items()}
+    n = doc["settings"]["clips"]
     rows = []
-    for row in ROWS:
-        peak = s["peaks"][PEAK_OF[row]]
-        cpu_s = statistics.median(s["cpu_times"][row]) / n
-        rows.append(
-            {
-                "row": row,
-                "clips_per_s": rate[row],
-                "ratio": rate[row] / rate["plain"],
-                "cpu_s_per_clip": cpu_s,
-                "cpu_ratio": statistics.median(s["cpu_times"]["plain"]) / n / cpu_s,
-                "peak_rss_mib": doc["memory"][row],
-                "cosine": s["cosine"][row],
-                "deviation": s["deviation"][row],
-                "peak_fraction": s["flops_per_clip"] * rate[row] / (peak * 1e9),
-                "peak_of": PEAK_OF[row],
-            }
-        )
+    for model, s in doc["speed"].items():
+        rate = {row: n / statistics.median(t) for row, t in s["times"].items()}
+        for row in ROWS:
+            peak = s["peaks"][PEAK_OF[row]]
+            cpu_s = statistics.median(s["cpu_times"][row]) / n
+            rows.append(
+                {
+                    "model": model,
+                    "row": row,
+                    "clips_per_s": rate[row],
+                    "ratio": rate[row] / rate["plain"],
+                    "cpu_s_per_clip": cpu_s,
+                    "cpu_ratio": statistics.median(s["cpu_times"]["plain"]) / n / cpu_s,
+                    "peak_rss_mib": doc["memory"].get(model, {}).get(row),
+                    "cosine": s["cosine"][row],
+                    "deviation": s["deviation"][row],
+                    "peak_fraction": s["flops_per_clip"] * rate[row] / (peak * 1e9),
+                    "peak_of": PEAK_OF[row],
+                }
+            )
     return rows
 
 
+NAMES = {
+    "plain": "plain pipeline (fp32, one clip at a time)",
+    "humwatch-fp32": "humwatch fp32",
+    "humwatch-bf16": "humwatch bf16",
+    "onnx-fp32": "ONNX Runtime fp32",
+    "onnx-int8": "ONNX Runtime int8",
+    "openvino-f32": "OpenVINO f32",
+    "openvino-bf16": "OpenVINO bf16",
+    "openvino-int8": "OpenVINO int8 (NNCF)",
+}
+PLAIN = {"ast": "plain HF pipeline (fp32, one clip at a time)", "resnext": "plain timm pipeline (fp32, one clip at a time)"}
+
+
 def print_report(doc: dict) -> None:
-    m, st, s = doc["machine"], doc["settings"], doc["speed"]
+    m, st = doc["machine"], doc["settings"]
+    load = doc["load"]
     print(
         f"\n{doc['date']}: {m['cpu']}, {m['cores']} cores, flags {', '.join(m['flags'])}; {m['memory_gib']} GiB; "
-        f"torch {m['torch']}, transformers {m['transformers']}, onnxruntime {m['onnxruntime']}; "
-        f"precision auto = {m['auto_precision']} here"
+        f"torch {m['torch']}, transformers {m['transformers']}, timm {m.get('timm')}, onnxruntime {m['onnxruntime']}, "
+        f"openvino {m.get('openvino')}; precision auto = {m['auto_precision']} here"
     )
     print(
         f"{st['clips']} clips of 10 s, batch {st['batch']} (plain: 1), {st['rounds']} rounds, {st['threads']} threads; "
-        f"load average (1, 5, 15 min): {doc['load']['start']} at start, {doc['load']['speed_end']} after timing, "
-        f"{doc['load']['end']} at end"
+        "load average (1, 5, 15 min): " + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in load.items())
     )
-    libs = ", ".join(f"{lib} {max(m[lib] for m in s['peaks_all']['fp32']):.0f}" for lib in s["peaks_all"]["fp32"][0])
+    for model, s in doc["speed"].items():
+        libs = ", ".join(f"{lib} {max(p[lib] for p in s['peaks_all']['fp32']):.0f}" for lib in s["peaks_all"]["fp32"][0])
+        print(
+            f"{model}: matmul peak (2048 x 2048, best of 5, before and after its rows): fp32 {s['peaks']['fp32']:.0f} GFLOP/s "
+            f"({libs}), bf16 {s['peaks']['bf16']:.0f} GFLOP/s (torch); {s['flops_per_clip'] / 1e9:.0f} GFLOP per clip"
+        )
     print(
-        f"matmul peak (2048 x 2048, best of 5, before and after): fp32 {s['peaks']['fp32']:.0f} GFLOP/s ({libs}), "
-        f"bf16 {s['peaks']['bf16']:.0f} GFLOP/s (torch); AST: {s['flops_per_clip'] / 1e9:.0f} GFLOP per clip\n"
-    )
-    print(
-        "| pipeline | clips/s | vs plain | CPU s/clip (vs plain) | peak RSS (MiB) | cosine to fp32 (min) "
+        "\n| model | pipeline | clips/s | vs plain | CPU s/clip (vs plain) | peak RSS (MiB) | cosine to fp32 (min) "
         "| deviation / between-clip spread | share of matmul peak |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    names = {
-        "plain": "plain HF pipeline (fp32, one clip at a time)",
-        "humwatch-fp32": "humwatch fp32",
-        "humwatch-bf16": "humwatch bf16",
-        "onnx-fp32": "ONNX Runtime fp32",
-        "onnx-int8": "ONNX Runtime int8",
-    }
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in doc["rows"]:
+        rss = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
+        name = PLAIN[r["model"]] if r["row"] == "plain" else NAMES[r["row"]]
         print(
-            f"| {names[r['row']]} | {r['clips_per_s']:.3f} | {r['ratio']:.2f}x | {r['cpu_s_per_clip']:.1f} "
-            f"({r['cpu_ratio']:.2f}x) | {r['peak_rss_mib']:.0f} | "
+            f"| {r['model']} | {name} | {r['clips_per_s']:.3f} | {r['ratio']:.2f}x | {r['cpu_s_per_clip']:.2f} "
+            f"({r['cpu_ratio']:.2f}x) | {rss} | "
             f"{r['cosine']:.5f} | {r['deviation']:.3f} | {100 * r['peak_fraction']:.0f} % of {r['peak_of']} |"
         )
-    c, n = doc["cli"], st["clips"]
-    print(
-        f"\n`humwatch embed` ({n} clips, start-up included): first run {c['first']['seconds']:.1f} s "
-        f"({n / c['first']['seconds']:.3f} clips/s), cached rerun {c['cached']['seconds']:.1f} s "
-        f"({c['first']['seconds'] / c['cached']['seconds']:.1f}x faster; it said: {c['cached']['said']})"
-    )
-    g = doc["grow"]
-    print(
-        f"memory as clips grow (one process, {g['precision']}): peak RSS {g['peak_rss_mib'][0]:.0f} MiB after "
-        f"{g['clips'][0]} clips, {g['peak_rss_mib'][1]:.0f} MiB after {g['clips'][1]} more ({g['clips_per_s']:.2f} clips/s)"
-    )
-    for p, split in s.get("profile", {}).items():
+    for model, checks in doc.get("export_checks", {}).items():
+
+        def err(row: str, c: dict) -> float:
+            return c["int8_relative_error"] if "int8" in row else c.get("openvino_f32_relative_error", c.get("fp32_relative_error"))
+
         print(
-            f"where {p} time goes: "
+            f"{model} exports (largest difference to PyTorch fp32 on 2 clips, relative; seconds to write): "
+            + ", ".join(f"{row} {err(row, c):.1e} ({doc['export_seconds'][model][row]:.0f} s)" for row, c in checks.items())
+        )
+    if "cli" in doc:
+        c, n = doc["cli"], st["clips"]
+        print(
+            f"\n`humwatch embed` ({n} clips, start-up included): first run {c['first']['seconds']:.1f} s "
+            f"({n / c['first']['seconds']:.3f} clips/s), cached rerun {c['cached']['seconds']:.1f} s "
+            f"({c['first']['seconds'] / c['cached']['seconds']:.1f}x faster; it said: {c['cached']['said']})"
+        )
+    if "grow" in doc:
+        g = doc["grow"]
+        print(
+            f"memory as clips grow (one process, {g['precision']}): peak RSS {g['peak_rss_mib'][0]:.0f} MiB after "
+            f"{g['clips'][0]} clips, {g['peak_rss_mib'][1]:.0f} MiB after {g['clips'][1]} more ({g['clips_per_s']:.2f} clips/s)"
+        )
+    for p, split in doc["speed"].get("ast", {}).get("profile", {}).items():
+        print(
+            f"where AST {p} time goes: "
             + ", ".join(f"{k} {100 * v:.0f} %" for k, v in split.items() if k != "seconds_per_clip")
             + f" ({split['seconds_per_clip']:.2f} s/clip under the profiler)"
         )
-    best = max((r for r in doc["rows"] if r["row"] != "plain" and r["cosine"] >= TARGET_COSINE), key=lambda r: r["ratio"], default=None)
-    if best:
-        print(
-            f"\ntarget (>= {TARGET_RATIO}x plain, cosine >= {TARGET_COSINE}): best {best['row']} {best['ratio']:.2f}x: "
-            f"{'MET' if best['ratio'] >= TARGET_RATIO else 'NOT MET'}"
-        )
+    print()
+    for model in doc["speed"]:
+        rows = [r for r in doc["rows"] if r["model"] == model and r["row"] != "plain" and r["cosine"] >= TARGET_COSINE]
+        best = max(rows, key=lambda r: r["ratio"], default=None)
+        if best:
+            print(
+                f"{model} target (>= {TARGET_RATIO}x plain, cosine >= {TARGET_COSINE}): best {best['row']} {best['ratio']:.2f}x "
+                f"(CPU time {best['cpu_ratio']:.2f}x): {'MET' if best['ratio'] >= TARGET_RATIO else 'NOT MET'}"
+            )
+        else:
+            print(f"{model} target: NOT MET (no row reaches cosine {TARGET_COSINE})")
 
 
 if __name__ == "__main__":

@@ -111,8 +111,8 @@ def load_monitor(directory: str | os.PathLike, *, weights: str | None = None, de
     from humwatch.monitor import load_monitor as _load
 
     _check_path(directory, "directory")
-    if runtime not in ("auto", "torch", "onnx"):
-        raise ConfigError(f"runtime must be auto, torch or onnx, got {runtime!r}")
+    if runtime not in ("auto", "torch", "onnx", "openvino"):
+        raise ConfigError(f"runtime must be auto, torch, onnx or openvino, got {runtime!r}")
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise ConfigError(f"weights must be a path or a hub id, got {type(weights).__name__}")
     return _load(Path(directory), weights=None if weights is None else os.fspath(weights), device=device, runtime=runtime)

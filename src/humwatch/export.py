@@ -1,4 +1,4 @@
-"""``humwatch export``: a monitor for small devices, its network as ONNX, run without PyTorch.
+"""``humwatch export``: a monitor for small devices, its network as ONNX or OpenVINO, run without PyTorch.
 
 ``export_monitor(MONITOR, OUT)`` writes::
 
@@ -27,153 +27,72 @@ to the output's largest value), and the int8 model's deviation is recorded in ``
 
 The network is exported in fp32 even when the monitor ran in bf16 (autocast is not part of a
 graph); its scores then differ from the monitor's own by bf16 rounding.
+
+``fmt="openvino"`` writes ``openvino/model.xml`` + ``model.bin`` instead of the ONNX file: the same
+checked ONNX graph converted by ``openvino.convert_model`` (weights kept in fp32), checked again:
+OpenVINO's f32 output must equal PyTorch's within :data:`TOLERANCE`. OpenVINO compiles it in bf16
+where the CPU does bf16 natively (:mod:`humwatch.ovrun`). With ``int8`` it is quantised by NNCF's
+post-training quantisation (weights and activations), the activation ranges calibrated on the
+monitor's own normal clips (``data``: the dataset it was fitted on; its normal recordings' windows,
+up to :data:`CALIBRATION_WINDOWS`). A plain monitor scored with ``--runtime openvino`` has the same
+conversion done once and cached (:func:`humwatch.convert.cached_openvino`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from humwatch.errors import ConfigError, one_line
+from humwatch.convert import TOLERANCE, _sample_inputs, write_onnx, write_openvino  # noqa: F401 (TOLERANCE, write_onnx: public here too)
+from humwatch.errors import ConfigError
 from humwatch.onnxrun import EXPORT_FILE, FORMAT
 
 FORMAT_VERSION = 1
 MODEL_FILE = "onnx/model.onnx"
-FORMATS = ("onnx",)
-TOLERANCE = 1e-4
-"""Largest |ONNX - PyTorch| allowed at export, relative to the largest |PyTorch| output value (fp32)."""
+FORMATS = ("onnx", "openvino")
+CALIBRATION_WINDOWS = 300
+"""At most this many windows of normal clips calibrate OpenVINO int8 (NNCF's own default subset size)."""
 
 
-def _wrap(net: dict):
-    """A torch module ``x -> output`` for the network's output kind (see the module docstring)."""
-    import torch
-    from torch import nn
+def calibration_inputs(monitor, data: str | Path, limit: int = CALIBRATION_WINDOWS) -> np.ndarray:
+    """Frontend outputs of up to ``limit`` windows of the normal recordings of the dataset ``data``
+    (read as ``humwatch fit --data`` reads it), as ``monitor`` windows and reads them."""
+    from humwatch.data import load_dataset
+    from humwatch.data.clips import expand_windows
+    from humwatch.errors import DatasetError
+    from humwatch.runtime import Runtime
 
-    class Exported(nn.Module):
-        def __init__(self, module, kind):
-            super().__init__()
-            self.module = module
-            self.kind = kind
-
-        def forward(self, x):
-            y = self.module(x)
-            if self.kind == "reconstruction":
-                return ((y - x) ** 2).mean(dim=tuple(range(1, x.dim())))
-            if self.kind == "logit":
-                return torch.sigmoid(y)
-            return y
-
-    if net.get("output") not in ("embedding", "reconstruction", "logit"):
-        raise ConfigError(f"export: unknown network output {net.get('output')!r}")  # a method's bug
-    return Exported(net["module"], net["output"]).eval().float().cpu()
-
-
-def _sample_inputs(frontend, audio, n: int = 2) -> np.ndarray:
-    """Frontend outputs of ``n`` generated clips of the monitor's length (tones and noise, seeded)."""
-    rng = np.random.default_rng(0)
-    t = np.arange(int(round(audio.seconds * audio.sample_rate))) / audio.sample_rate
-    ys = [(0.2 * np.sin(2 * np.pi * (120 + 90 * k) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32) for k in range(n)]
-    return frontend.batch(ys).astype(np.float32)
-
-
-def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.asarray(s.run(None, {s.get_inputs()[0].name: x})[0])
-
-
-def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.max(np.abs(got - want)) / (np.max(np.abs(want)) + 1e-12))
-
-
-def _to_onnx(module, x: np.ndarray, path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                (torch.from_numpy(x),),
-                str(path),
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_shapes={"x": {0: batch}},
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
-    except Exception as e:  # the exporter's errors are many and long: one line, the network named
-        text = one_line(e, 300)
-        raise ConfigError(f"export: the network could not be written as ONNX ({text})") from None
-
-
-def _quantize(src: Path, dst: Path) -> None:
-    """int8 weights (per output channel), activations quantised at run time; after ONNX Runtime's
-    recommended pre-processing (shape inference and graph optimisation). Weights use 7 bits
-    (``reduce_range``): on x86 CPUs without VNNI (AVX2 only) ONNX Runtime's uint8 x int8 kernels
-    saturate with full-range weights; here that made the autoencoder's outputs 6.7 % off against
-    under 5 % with the reduced range, and an exported monitor may run on any such CPU."""
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = src.with_name("model.prepared.onnx")
-    quant_pre_process(str(src), str(prepared))
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantiser logs advice through the root logger
-    try:
-        quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
-    finally:
-        root.setLevel(level)
-        prepared.unlink(missing_ok=True)
-
-
-def write_onnx(net: dict, x: np.ndarray, path: str | Path, *, int8: bool = False) -> dict:
-    """Write ``net`` (what :meth:`Method.export_network` gives) as the ONNX model ``path``, checked on
-    the sample batch ``x``: ONNX Runtime's fp32 output must equal PyTorch's within
-    :data:`TOLERANCE`; with ``int8`` the file holds the quantised model and its deviation is
-    reported. Returns ``{"inputs", "fp32_relative_error", "tolerance"(, "int8_relative_error")}``."""
-    import torch
-
-    path = Path(path)
-    module = _wrap(net)
-    with torch.no_grad():
-        want = module(torch.from_numpy(x)).float().numpy()
-    _to_onnx(module, x, path)
-    got = _run_onnx(path, x)
-    err = _relative_error(got, want)
-    if got.shape != want.shape or not err <= TOLERANCE:
-        raise ConfigError(f"export: ONNX Runtime's output differs from PyTorch's (relative error {err:.2g} > {TOLERANCE:g})")
-    check = {"inputs": int(x.shape[0]), "fp32_relative_error": err, "tolerance": TOLERANCE}
-    if int8:
-        fp32 = path.with_name(path.stem + ".fp32.onnx")
-        os.replace(path, fp32)
-        try:
-            _quantize(fp32, path)
-        finally:
-            fp32.unlink(missing_ok=True)
-        check["int8_relative_error"] = _relative_error(_run_onnx(path, x), want)
-    return check
+    normal = [c for c in load_dataset(data) if c.label == 0]
+    if not normal:
+        raise DatasetError(f"{data}: no normal recordings to calibrate int8 on")
+    windows = expand_windows(normal, monitor.audio.seconds or 10.0, monitor.hop)
+    step = max(1, len(windows) // limit)
+    reader = Runtime(on_bad="skip", progress=False).reader(monitor.audio)
+    frontend = monitor.method.export_network()["frontend"]
+    xs = [x for _, batch in reader.batches(windows[::step][:limit], 8, "calibration", frontend) for x in batch]
+    if not xs:
+        raise DatasetError(f"{data}: none of its normal recordings could be read to calibrate int8")
+    return np.stack(xs).astype(np.float32)
 
 
 def export_monitor(
-    monitor: str | Path, out: str | Path, *, fmt: str = "onnx", int8: bool = False, weights: str | None = None, overwrite: bool = False
+    monitor: str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "onnx",
+    int8: bool = False,
+    weights: str | None = None,
+    overwrite: bool = False,
+    data: str | Path | None = None,
 ) -> dict:
     """Write the exported monitor ``out`` (see the module docstring) from the monitor folder
     ``monitor``; returns what ``export.json`` holds. ``weights``: where the backbone's weights are
-    now, as for ``humwatch score``. ``out`` is built in a hidden folder that takes its place when
-    complete; one that holds files is replaced only with ``overwrite``."""
+    now, as for ``humwatch score``; ``data``: the dataset the monitor was fitted on, whose normal
+    clips calibrate OpenVINO int8 (needed there only). ``out`` is built in a hidden folder that
+    takes its place when complete; one that holds files is replaced only with ``overwrite``."""
     import torch
 
     from humwatch._version import __version__
@@ -185,7 +104,19 @@ def export_monitor(
     src, out = Path(monitor), Path(out)
     if not (src / "monitor.json").is_file():
         raise ConfigError(f"{src}: not a monitor folder (export takes what `humwatch fit` writes)")
-    check_out_folder(out, overwrite, kind="export", inputs=[src, weights])
+    openvino = fmt == "openvino"
+    if openvino and int8 and data is None:
+        raise ConfigError(
+            "--int8 with --format openvino calibrates on the monitor's normal clips: pass --data (the dataset it was fitted on)"
+        )
+    if data is not None and not (openvino and int8):
+        raise ConfigError("--data is for --format openvino --int8 only (ONNX int8 needs no calibration clips)")
+    if openvino:
+        from humwatch.onnxrun import installed
+
+        if not installed("openvino") or (int8 and not installed("nncf")):
+            raise ConfigError("--format openvino needs the openvino package (and nncf for --int8): pip install openvino nncf")
+    check_out_folder(out, overwrite, kind="export", inputs=[src, weights, data])
     mon = Monitor.load(src, weights=weights)
     net = mon.method.export_network()
     frontend = net["frontend"]
@@ -197,16 +128,25 @@ def export_monitor(
             "exported monitor; score it with PyTorch (humwatch score) instead"
         )
     x = _sample_inputs(frontend, mon.audio)
+    calibration = calibration_inputs(mon, data) if openvino and int8 else None
+    from humwatch.ovrun import MODEL_FILE as OV_MODEL
+    from humwatch.ovrun import WEIGHTS_FILE as OV_WEIGHTS
+
+    model_file = OV_MODEL if openvino else MODEL_FILE
     with staged_folder(out, kind="export") as tmp:
         # the monitor as it is (its method, reference, monitor.json), then the network beside it
         shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=lambda d, names: [MANIFEST] if Path(d) == src else [])
-        check = write_onnx(net, x, tmp / MODEL_FILE, int8=int8)
+        if openvino:
+            check = write_openvino(net, x, tmp / OV_MODEL, calibration=calibration)
+        else:
+            check = write_onnx(net, x, tmp / MODEL_FILE, int8=int8)
         doc = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "runtime": "onnx",
-            "model": MODEL_FILE,
-            "model_sha256": file_sha256(tmp / MODEL_FILE),  # checked apart from the manifest (onnxrun)
+            "runtime": fmt,
+            "model": model_file,
+            "model_sha256": file_sha256(tmp / model_file),  # checked apart from the manifest (onnxrun)
+            **({"weights": OV_WEIGHTS, "weights_sha256": file_sha256(tmp / OV_WEIGHTS)} if openvino else {}),
             "precision": "int8" if int8 else "fp32",
             "source_precision": mon.method.info().get("precision", "fp32"),
             "method": mon.method.name,
@@ -221,6 +161,10 @@ def export_monitor(
             "humwatch_version": __version__,
             "torch_version": torch.__version__,
         }
+        if openvino:
+            import openvino as ov
+
+            doc["openvino_version"] = ov.get_version()
         write_json(tmp / EXPORT_FILE, doc)
         write_manifest(tmp)
     return doc

@@ -1,19 +1,17 @@
 """A monitor: any fitted method plus a calibrated decision threshold, for one machine (or type).
 
-Recordings of any length are scored as windows of ``seconds`` (10 s) every ``hop`` seconds; a
-recording's score is the highest of its windows' (:meth:`Monitor.score_clips`;
-:meth:`Monitor.score_windows` gives them one by one). A shorter recording is padded with silence
-(with a warning), another sample rate is resampled (with a note).
+Recordings of any length are scored as windows of ``seconds`` (10 s) every ``hop`` seconds; a recording's score is the
+highest of its windows' (:meth:`Monitor.score_clips`; :meth:`Monitor.score_windows` gives them one by one). A shorter
+recording is padded with silence (with a warning), another sample rate is resampled (with a note).
 
-:func:`humwatch.calibrate.fit_monitor` fits a method on healthy recordings and sets the threshold
-from out-of-fold scores of all of them, then fits the final method on every normal window.
+:func:`humwatch.calibrate.fit_monitor` fits a method on healthy recordings and sets the threshold from out-of-fold
+scores of all of them, then fits the final method on every normal window.
 
-A monitor scores with a :class:`~humwatch.methods.base.Scorer` (a fitted method, or an exported
-network on ONNX Runtime) and never changes it: each call hands the method its own
-:class:`~humwatch.runtime.Runtime`, so one monitor scores from several threads at once and each
-call's skipped files come back from that call. ``monitor.json`` is read into a typed
-:class:`MonitorSettings`; a loaded monitor has a :class:`MonitorRecipe` (its folder and how it was
-loaded) from which a worker process rebuilds it (:mod:`humwatch.engine.ray`).
+A monitor scores with a :class:`~humwatch.methods.base.Scorer` (a fitted method, or its network on ONNX Runtime or
+OpenVINO) and never changes it: each call hands the method its own :class:`~humwatch.runtime.Runtime`, so one monitor
+scores from several threads at once and each call's skipped files come back from that call. ``monitor.json`` is read
+into a typed :class:`MonitorSettings`; a loaded monitor has a :class:`MonitorRecipe` (its folder and how it was loaded)
+from which a worker process rebuilds it (:mod:`humwatch.engine.ray`).
 
 A monitor is a folder, never a pickle::
 
@@ -23,12 +21,11 @@ A monitor is a folder, never a pickle::
     MONITOR/reference.safetensors the normal reference the "why did it alarm" figure compares with
     MONITOR/manifest.json         the SHA-256 of every file above, written last
 
-``Monitor.load`` refuses, with one clear line, a monitor it cannot trust: a missing, changed or
-added file, a field that is not what it must be (every field is checked, an unknown one refused),
-weights that differ from the SHA-256 monitor.json and method.json record of them (checked apart
-from the manifest: a manifest recomputed over edited weights does not help), audio settings that
-are not the method's, a threshold its calibration could not give (:func:`check_threshold`), a
-method whose backbone weights or embedding size differ from the ones it was fitted with. One
+``Monitor.load`` refuses, with one clear line, a monitor it cannot trust: a missing, changed or added file, a field that
+is not what it must be (every field is checked, an unknown one refused), weights that differ from the SHA-256
+monitor.json and method.json record of them (checked apart from the manifest: a manifest recomputed over edited weights
+does not help), audio settings that are not the method's, a threshold its calibration could not give
+(:func:`check_threshold`), a method whose backbone weights or embedding size differ from the ones it was fitted with. One
 written by a newer humwatch loads with a warning line. A window whose score is not finite is an
 error for its recording (a counted skip with ``skip_bad``), never left out in silence. :func:`load_monitor` also takes a saved method folder whose scores come with
 their own threshold (a fine-tuned model's probability, 0.5: ``RUN/models/<group>`` of ``humwatch finetune --save-model``).
@@ -135,9 +132,10 @@ class MonitorRecipe:
     weights: str | None = None
     device: str = "cpu"
     runtime: str = "torch"
+    cache_dir: str | None = None
 
     def build(self) -> "Monitor":
-        return load_monitor(self.directory, weights=self.weights, device=self.device, runtime=self.runtime)
+        return load_monitor(self.directory, weights=self.weights, device=self.device, runtime=self.runtime, cache_dir=self.cache_dir)
 
 
 @dataclass
@@ -241,10 +239,12 @@ class Monitor:
             write_manifest(d)
 
     @classmethod
-    def load(cls, directory: str | Path, weights: str | None = None, device: str = "cpu", runtime: str = "torch") -> "Monitor":
+    def load(
+        cls, directory: str | Path, weights: str | None = None, device: str = "cpu", runtime: str = "torch", cache_dir=None
+    ) -> "Monitor":
         """Load and check a monitor; ``weights`` says where the backbone's weights are now (they
         must be the ones the monitor was fitted with); ``runtime="onnx"``: an exported monitor's
-        network on ONNX Runtime (:mod:`humwatch.onnxrun`)."""
+        network on ONNX Runtime (:mod:`humwatch.onnxrun`); ``"openvino"``: on OpenVINO (:mod:`humwatch.ovrun`)."""
         from humwatch.methods import Context, load_method
 
         d = Path(directory)
@@ -267,10 +267,10 @@ class Monitor:
         settings = MonitorSettings.from_doc(doc, audio)
         try:
             check_weight_fingerprints(d, doc["fingerprints"], mj)
-            if runtime == "onnx":
-                from humwatch.onnxrun import load_onnx_method
+            if runtime == "onnx" or (runtime == "openvino" and (d / "export.json").is_file()):
+                from humwatch.ovrun import load_exported
 
-                method = load_onnx_method(d, audio)
+                method = load_exported(d, audio, runtime)
             else:
                 method = load_method(d / METHOD_DIR, Context(audio=audio, device=device), checked=True, weights=weights)
         except ConfigError as e:
@@ -280,9 +280,13 @@ class Monitor:
             threshold=threshold,
             settings=settings,
             reference=_load_reference(d, settings),
-            recipe=MonitorRecipe(str(d), weights, device, runtime),
+            recipe=MonitorRecipe(str(d), weights, device, runtime, cache_dir),
         )
         check_method_matches(mon, mj)
+        if runtime == "openvino" and getattr(method, "backend", "torch") == "torch":  # a plain monitor: converted once, cached
+            from humwatch.convert import cached_openvino
+
+            mon.method = cached_openvino(d, method, audio, cache_dir)
         return mon
 
     # -- the Python API (docs/api.md) -----------------------------------------------------------
@@ -417,7 +421,7 @@ def check_method_matches(mon: "Monitor", where: Path) -> None:
     m, s = mon.method, mon.settings
     if m.name != s.method:
         raise MonitorError(f"{where}: method {s.method!r}, but its method folder holds {m.name!r}")
-    if getattr(m, "backend", "torch") == "onnx":
+    if getattr(m, "backend", "torch") != "torch":  # an exported network: its method's numbers are in method.json
         return
     if m.n_train_ != s.n_train:
         raise MonitorError(f"{where}: n_train {s.n_train!r}, but its method was fitted on {m.n_train_}")
@@ -458,19 +462,20 @@ def _load_reference(d: Path, settings: MonitorSettings):
     return ref
 
 
-def load_monitor(directory: str | Path, weights: str | None = None, device: str = "cpu", runtime: str = "auto") -> Monitor:
+def load_monitor(directory: str | Path, weights: str | None = None, device: str = "cpu", runtime: str = "auto", cache_dir=None) -> Monitor:
     """A monitor written by ``humwatch fit`` (monitor.json), or a saved method whose scores come with
     their own threshold (a fine-tuned model, ``RUN/models/<group>``: probability, threshold 0.5);
-    ``runtime``: ``auto``, ``torch`` or ``onnx`` for a monitor written by ``humwatch export``
-    (:func:`humwatch.onnxrun.choose_runtime`)."""
+    ``runtime``: ``auto``, ``torch``, ``onnx`` or ``openvino`` (:func:`humwatch.onnxrun.choose_runtime`);
+    ``cache_dir``: where ``openvino`` keeps a plain monitor's converted network."""
     from humwatch.methods import load_method
     from humwatch.onnxrun import choose_runtime
 
     d = Path(directory)
-    if choose_runtime(d, runtime) == "onnx":
-        if weights is not None:
-            raise ConfigError("--weights does not apply to the onnx runtime: the weights are in the exported model")
-        return Monitor.load(d, runtime="onnx")
+    chosen = choose_runtime(d, runtime)
+    if chosen != "torch" and (d / "monitor.json").is_file():  # onnx: an export (choose_runtime); openvino: either
+        if weights is not None and (d / "export.json").is_file():
+            raise ConfigError(f"--weights does not apply to the {chosen} runtime: the weights are in the exported model")
+        return Monitor.load(d, weights=weights, device=device, runtime=chosen, cache_dir=cache_dir)
     if d.is_dir() and not (d / "monitor.json").exists() and (d / "method.json").is_file():
         method = load_method(d, device=device, weights=weights)
         if method.natural_threshold is None:

@@ -184,7 +184,7 @@ def score_cmd(
     target = None if to_stdout else Path(out or "scores.csv")
     if target is not None:  # before any work: a result that cannot be written is said now, not after scoring
         check_out_file(target, inputs=[monitor, *inputs, weights])
-    mon = load_monitor(monitor, weights=weights, device=device, runtime=runtime)
+    mon = load_monitor(monitor, weights=weights, device=device, runtime=runtime, cache_dir=cache or o.default_cache_dir())
     files: list[Path] = []
     for p in inputs:
         if p.is_dir():

@@ -109,9 +109,9 @@ EngineName = Annotated[
     ),
 ]
 Runtime = Annotated[
-    Literal["auto", "torch", "onnx"],
+    Literal["auto", "torch", "onnx", "openvino"],
     typer.Option(
-        help="What runs the monitor's network: auto (ONNX Runtime for an exported monitor when PyTorch is not installed, else PyTorch), torch, or onnx (a monitor written by `humwatch export`)."
+        help="What runs the monitor's network: auto (OpenVINO for a monitor exported for it, where installed; ONNX Runtime for an ONNX export when PyTorch is not installed; else PyTorch), torch, onnx (a monitor written by `humwatch export`) or openvino (an export, or a monitor whose network is converted once and cached in --cache)."
     ),
 ]
 RayAddress = Annotated[
