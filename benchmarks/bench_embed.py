@@ -532,21 +532,17 @@ def main(argv=None) -> int:
                 print(f"{model}: peak memory: {row} ...", file=sys.stderr, flush=True)
                 spec = {"row": row, "paths": some, "models": exp["models"], "model": model}
                 doc["memory"][model][row] = _worker(["--worker", "memory", json.dumps(spec), *common], env)["peak_rss_mib"]
-        if not a.extras:
-            doc["load"]["end"] = _load()
-            doc["rows"] = summary(doc)
-            if a.json:
-                Path(a.json).write_text(json.dumps(doc, indent=2) + "\n")
-            print_report(doc)
-            return 0
-        print("humwatch embed: first run and cached rerun ...", file=sys.stderr, flush=True)
-        cli_data = tmp / "cli"
-        (cli_data / "normal").mkdir(parents=True)
-        for p in some:
-            shutil.copy(p, cli_data / "normal" / Path(p).name)
-        doc["cli"] = cli_runs(cli_data, tmp / "cache", env)
-        print(f"memory as clips grow: {a.grow_from} and {n_grow} ...", file=sys.stderr, flush=True)
-        doc["grow"] = _worker(["--worker", "grow", json.dumps({"paths": paths[:n_grow]}), *common, "--grow-from", str(a.grow_from)], env)
+        if a.extras:
+            print("humwatch embed: first run and cached rerun ...", file=sys.stderr, flush=True)
+            cli_data = tmp / "cli"
+            (cli_data / "normal").mkdir(parents=True)
+            for p in some:
+                shutil.copy(p, cli_data / "normal" / Path(p).name)
+            doc["cli"] = cli_runs(cli_data, tmp / "cache", env)
+            print(f"memory as clips grow: {a.grow_from} and {n_grow} ...", file=sys.stderr, flush=True)
+            doc["grow"] = _worker(
+                ["--worker", "grow", json.dumps({"paths": paths[:n_grow]}), *common, "--grow-from", str(a.grow_from)], env
+            )
     doc["load"]["end"] = _load()
     doc["rows"] = summary(doc)
     if a.json:

@@ -33,3 +33,15 @@ def make_mimii_tree(
                     y = make_clip(rng, label == "abnormal", seconds=seconds, f0=200.0 + 150 * m_i)
                     sf.write(str(d / f"{k:08d}.wav"), y, 16000, subtype="PCM_16")
     return root
+
+
+def fan_train_test(root: Path, train_anomalous: int = 0):
+    """The built-in generator's fan at 6 dB, mono 10 s: 25 normal training clips (and
+    ``train_anomalous`` anomalous ones), 12 normal + 12 anomalous test clips; (train, test, root)."""
+    from humwatch.data import load_dataset
+    from humwatch.data.synth import synthesize
+
+    common = dict(machines=["fan"], ids=["00"], snr_db=6.0, seconds=10.0, channels=1, progress=False)
+    synthesize(root / "train", n_normal=25, n_anomalous=train_anomalous, seed=1, **common)
+    synthesize(root / "test", n_normal=12, n_anomalous=12, seed=2, **common)
+    return load_dataset(root / "train"), load_dataset(root / "test"), root

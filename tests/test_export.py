@@ -14,7 +14,6 @@ import pytest
 
 import humwatch
 from humwatch.calibrate import fit_monitor
-from humwatch.data import load_dataset
 from humwatch.errors import ConfigError
 from humwatch.export import TOLERANCE, export_monitor
 from humwatch.metrics import auc
@@ -55,13 +54,9 @@ TINY_IDNET = {
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """The built-in generator's fan at 6 dB: anomalies the trained autoencoder finds, but not all of them."""
-    from humwatch.data.synth import synthesize
+    from helpers import fan_train_test
 
-    root = tmp_path_factory.mktemp("export")
-    common = dict(machines=["fan"], ids=["00"], snr_db=6.0, seconds=10.0, channels=1, progress=False)
-    synthesize(root / "train", n_normal=25, n_anomalous=6, seed=1, **common)  # anomalies: for finetune only
-    synthesize(root / "test", n_normal=12, n_anomalous=12, seed=2, **common)
-    return load_dataset(root / "train"), load_dataset(root / "test"), root
+    return fan_train_test(tmp_path_factory.mktemp("export"), train_anomalous=6)  # anomalies: for finetune only
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ pytest.importorskip("openvino")
 
 import humwatch  # noqa: E402
 from humwatch.calibrate import fit_monitor  # noqa: E402
-from humwatch.data import load_dataset  # noqa: E402
 from humwatch.errors import ConfigError  # noqa: E402
 from humwatch.export import TOLERANCE, export_monitor  # noqa: E402
 from humwatch.metrics import auc  # noqa: E402
@@ -59,13 +58,9 @@ MONITORS = {
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from humwatch.data.synth import synthesize
+    from helpers import fan_train_test
 
-    root = tmp_path_factory.mktemp("ov")
-    common = dict(machines=["fan"], ids=["00"], snr_db=6.0, seconds=10.0, channels=1, progress=False)
-    synthesize(root / "train", n_normal=25, n_anomalous=0, seed=1, **common)
-    synthesize(root / "test", n_normal=12, n_anomalous=12, seed=2, **common)
-    return load_dataset(root / "train"), load_dataset(root / "test"), root
+    return fan_train_test(tmp_path_factory.mktemp("ov"))
 
 
 @pytest.fixture(scope="module")
