@@ -45,3 +45,17 @@ def fan_train_test(root: Path, train_anomalous: int = 0):
     synthesize(root / "train", n_normal=25, n_anomalous=train_anomalous, seed=1, **common)
     synthesize(root / "test", n_normal=12, n_anomalous=12, seed=2, **common)
     return load_dataset(root / "train"), load_dataset(root / "test"), root
+
+
+TINY_AST = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+"""A random-initialised AST small enough for a test (the export and OpenVINO tests)."""
+TINY_RX = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "cardinality": 2, "base_width": 32, "stem_width": 8}
+"""A random-initialised ResNeXt small enough for a test."""
+TINY_IDNET = {
+    "epochs": 1,
+    "epoch_crops": 32,
+    "batch_size": 16,
+    "outlier_clips": 1,
+    "backbone_config": {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16},
+}
+"""An idnet that trains in seconds."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY_AST, TINY_IDNET, TINY_RX
 
 import humwatch
 from humwatch.calibrate import fit_monitor
@@ -19,8 +20,6 @@ from humwatch.export import TOLERANCE, export_monitor
 from humwatch.metrics import auc
 from humwatch.monitor import MonitorError, load_monitor
 
-TINY_AST = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-TINY_RX = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "cardinality": 2, "base_width": 32, "stem_width": 8}
 SCORE_TOLERANCE = 1e-3
 """ONNX Runtime (fp32) scores equal PyTorch's within this, relative to the largest |score|. Looser than
 the network's own :data:`TOLERANCE` (1e-4 of its outputs): a kNN or LOF score is a distance between
@@ -41,13 +40,6 @@ MONITORS = {
     "autoencoder": ("autoencoder", {"epochs": 20}),
     "finetune": ("finetune", {"backbone": "resnext101_32x8d", "weights": "none", "backbone_config": TINY_RX}),
     "features-mahalanobis": ("embed-detect", {"backbone": "features", "detector": "mahalanobis", "standardize": True}),
-}
-TINY_IDNET = {
-    "epochs": 1,
-    "epoch_crops": 32,
-    "batch_size": 16,
-    "outlier_clips": 1,
-    "backbone_config": {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16},
 }
 
 

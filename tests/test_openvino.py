@@ -16,6 +16,8 @@ import pytest
 
 pytest.importorskip("openvino")
 
+from helpers import TINY_AST, TINY_IDNET, TINY_RX
+
 import humwatch  # noqa: E402
 from humwatch.calibrate import fit_monitor  # noqa: E402
 from humwatch.errors import ConfigError  # noqa: E402
@@ -23,15 +25,6 @@ from humwatch.export import TOLERANCE, export_monitor  # noqa: E402
 from humwatch.metrics import auc  # noqa: E402
 from humwatch.monitor import MonitorError, load_monitor  # noqa: E402
 
-TINY_AST = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-TINY_RX = {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "cardinality": 2, "base_width": 32, "stem_width": 8}
-TINY_IDNET = {
-    "epochs": 1,
-    "epoch_crops": 32,
-    "batch_size": 16,
-    "outlier_clips": 1,
-    "backbone_config": {"n_mels": 32, "width": 0.25, "embedding_dim": 32, "crop_frames": 16},
-}
 # tests/conftest.py sets HUMWATCH_BF16=0: torch and OpenVINO both compute in f32 unless a test says otherwise
 SCORE_TOLERANCE = 1e-3
 """OpenVINO (f32 compute) scores equal PyTorch's within this, relative to the largest |score|: the
